@@ -1,0 +1,54 @@
+"""Durations as users write them (90s, 30m, 2h, 7d, 1h30m, ISO 8601 PT2H) -> seconds."""
+from __future__ import annotations
+
+import re
+
+from .errors import SpecError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SHORT = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_ISO = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+
+
+def parse_duration(value: object, field: str) -> int:
+    """Seconds in `value`. Integers are seconds. Raises SpecError naming `field`."""
+    fix = "write e.g. 90s, 30m, 2h, 7d, 1h30m or ISO 8601 such as PT2H"
+    if isinstance(value, bool):
+        raise SpecError(field, f"{value!r} is not a duration", fix)
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        text = value.strip()
+        m = _SHORT.match(text.lower())
+        iso = _ISO.match(text.upper())
+        if text and m and any(m.groups()):
+            d, h, mi, s = (int(g or 0) for g in m.groups())
+            seconds = d * 86400 + h * 3600 + mi * 60 + s
+        elif text and iso and any(iso.groups()):
+            d, h, mi = (int(g or 0) for g in iso.groups()[:3])
+            seconds = d * 86400 + h * 3600 + mi * 60 + int(float(iso.group(4) or 0))
+        else:
+            raise SpecError(field, f"{value!r} is not a duration", fix)
+    else:
+        raise SpecError(field, f"{value!r} is not a duration", fix)
+    if seconds <= 0:
+        raise SpecError(field, f"{value!r} must be longer than zero", fix)
+    return seconds
+
+
+def iso8601(seconds: int) -> str:
+    """Seconds as the ISO 8601 duration the Batch REST API takes (PT2H30M)."""
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    out = "P" + (f"{d}D" if d else "")
+    time = (f"{h}H" if h else "") + (f"{m}M" if m else "") + (f"{s}S" if s else "")
+    return out + ("T" + time if time else "") if (d or time) else "PT0S"
+
+
+def human(seconds: int) -> str:
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    parts = [f"{v}{u}" for v, u in ((d, "d"), (h, "h"), (m, "m"), (s, "s")) if v]
+    return "".join(parts) or "0s"

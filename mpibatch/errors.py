@@ -1,0 +1,42 @@
+"""Errors that map to the CLI's exit codes: 2 bad input, 3 infrastructure."""
+from __future__ import annotations
+
+
+class MpibatchError(Exception):
+    """Base class. `exit_code` is what the CLI exits with."""
+
+    exit_code = 3
+
+
+class SpecError(MpibatchError, ValueError):
+    """Bad user input (spec field, host list, path, VM size...). Nothing was submitted or run.
+
+    `field` names the input (dotted path such as ``task.mpi.flavor``), `problem` says what is
+    wrong, `fix` says how to fix it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, field: str, problem: str, fix: str | None = None):
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        text = f"{field}: {problem}" if field else problem
+        if fix:
+            text += f" ({fix})"
+        super().__init__(text)
+
+
+class SpecErrors(SpecError):
+    """Several SpecErrors found at once; reported together so the user fixes them in one go."""
+
+    def __init__(self, errors: list[SpecError]):
+        self.errors = errors
+        MpibatchError.__init__(self, "\n".join(str(e) for e in errors))
+        self.field, self.problem, self.fix = errors[0].field, errors[0].problem, errors[0].fix
+
+
+class InfraError(MpibatchError):
+    """Something outside the user's input failed (a host, a service, a process)."""
+
+    exit_code = 3

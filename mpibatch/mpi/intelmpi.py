@@ -1,0 +1,37 @@
+"""Intel MPI (Linux): mpirun -hosts $AZ_BATCH_HOST_LIST -n N*P -ppn P."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..shell import Raw, Word
+from .base import Flavor
+
+
+class IntelMpi(Flavor):
+    name = "intelmpi"
+    title = "Intel MPI"
+    hostfile_style = "colon"
+
+    def launcher_argv(self, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word,
+                      env_names: Sequence[str]) -> list[Word]:
+        host_arg: Word = ",".join(hosts) if hosts is not None else Raw('"$AZ_BATCH_HOST_LIST"')
+        # Hydra passes the whole environment of mpirun to every rank (-genvall is the default),
+        # so the task's environment settings reach remote ranks without -genv.
+        return ["mpirun", "-hosts", host_arg, "-n", str(nprocs), "-ppn", str(ppn), "-wdir", rank_dir]
+
+    def fabric_env(self, fabric: str) -> dict[str, str]:
+        if fabric == "sriov":  # HB/HC/HX/NDv4...: Intel MPI 2019+ over libfabric's mlx provider
+            return {"I_MPI_FABRICS": "shm:ofi", "FI_PROVIDER": "mlx"}
+        if fabric == "networkdirect":  # A8/A9/H16r...: Intel MPI 5.x over DAPL; keep the shm: prefix
+            return {"I_MPI_FABRICS": "shm:dapl", "I_MPI_DAPL_PROVIDER": "ofa-v2-ib0",
+                    "I_MPI_DYNAMIC_CONNECTION": "0"}
+        if fabric == "tcp":
+            return {"I_MPI_FABRICS": "shm:ofi", "FI_PROVIDER": "tcp"}
+        return {}
+
+    def local_agent_env(self, agent: str) -> dict[str, str]:
+        return {"I_MPI_HYDRA_BOOTSTRAP": "rsh", "I_MPI_HYDRA_BOOTSTRAP_EXEC": agent}
+
+    def rehearsal_env(self, *, is_root: bool) -> dict[str, str]:
+        # Busy-polling ranks starve a 2-core machine; wait mode lets them sleep.
+        return {"I_MPI_WAIT_MODE": "1"}

@@ -1,0 +1,152 @@
+"""Spec -> the multi-instance task exactly as the Batch service receives it.
+
+Rendered once; the local and SSH executors run these same strings, the Azure executor sends them
+(DESIGN.md principle 1). Pure: no I/O except reading nothing at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Mapping
+
+from . import rdma
+from .mpi import Flavor, get_flavor
+from .shell import Raw, Word, bash_c, cmd_join, sh_join
+from .spec import Command, FileRef, Output, Spec
+
+LAUNCHER_DIR = "mpibatch"  # node-side launchers land in $AZ_BATCH_TASK_SHARED_DIR/mpibatch/
+PERSIST_URL_VAR = "MPIBATCH_PERSIST_URL"  # container SAS for subtask outputs, set at submit time
+
+
+def launcher_source(name: str) -> str:
+    """Path of a node-side launcher shipped in the package."""
+    return str(resources.files("mpibatch") / "launchers" / name)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    spec: Spec
+    os: str
+    flavor: Flavor
+    fabric: str  # resolved: sriov | networkdirect | tcp | none
+    command_line: str
+    coordination_command_line: str
+    environment: dict[str, str]
+    common_files: tuple[FileRef, ...]
+    files: tuple[FileRef, ...]
+    outputs: tuple[Output, ...]
+    rank_dir: str  # where ranks start, as the node's shell writes it
+    preparation_command_line: str | None
+    release_command_line: str | None
+
+    @property
+    def instances(self) -> int:
+        return self.spec.task.instances
+
+
+def resolve_fabric(spec: Spec) -> str:
+    """`auto` follows the pool's VM size: RDMA sizes get their fabric, others no fabric settings."""
+    fabric = spec.task.mpi.fabric
+    if fabric != "auto":
+        return fabric
+    if spec.pool and spec.pool.vm_size:
+        return rdma.classify(spec.pool.vm_size)
+    return "none"
+
+
+def rank_dir(spec: Spec) -> Word:
+    """Where every rank starts. Linux: a per-node symlink to that node's working directory, created
+    by the coordination step at the same path on every node (AZ_BATCH_NODE_SHARED_DIR is the same
+    path everywhere; the subtasks' own directories are not). Windows: the task shared dir (MS-MPI)."""
+    if spec.os == "windows":
+        return Raw("%AZ_BATCH_TASK_SHARED_DIR%")
+    # ids are [A-Za-z0-9_-] only (validated), safe inside double quotes
+    return Raw(f'"$AZ_BATCH_NODE_SHARED_DIR/mpibatch/{spec.job.id}/{spec.task.id}"')
+
+
+def _shell_line(cmd: Command, os: str) -> str:
+    if os == "windows":
+        return "cmd /c " + (cmd.shell if cmd.shell is not None else cmd_join(cmd.argv or ()))
+    return bash_c(cmd.shell if cmd.shell is not None else sh_join(cmd.argv or ()))
+
+
+def _program_argv(cmd: Command, os: str) -> list[Word]:
+    if cmd.argv is not None:
+        return list(cmd.argv)
+    return ["cmd", "/c", cmd.shell] if os == "windows" else ["/bin/bash", "-c", cmd.shell or ""]
+
+
+def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str]) -> tuple[str, str]:
+    t = spec.task
+    rdir = rank_dir(spec)
+    launch = flavor.launch(None, t.mpi.processes_per_node, t.mpi.options, env, "none", rdir,
+                           instances=t.instances)
+    app = sh_join([*launch.argv, *_program_argv(t.command, "linux")])
+    # Subtasks have no Batch output files: when submitted to Azure, one process per node persists
+    # that node's outputs and logs through a write-only SAS before the primary exits.
+    persist_env = dict.fromkeys((PERSIST_URL_VAR, "AZ_BATCH_HOST_LIST", "AZ_BATCH_MASTER_NODE"), "")
+    persist_launch = flavor.launch(None, 1, (), persist_env, "none", rdir, instances=t.instances)
+    persist_args: list[Word] = ["python3", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/persist.py"'),
+                                "--task", t.id]
+    for o in t.outputs:
+        persist_args += ["--output", f"{o.kind}={o.pattern}"]
+    script = (f"{app}; rc=$?\n"
+              f'if [ -n "${{{PERSIST_URL_VAR}:-}}" ]; then {sh_join([*persist_launch.argv, *persist_args])}'
+              " || echo 'mpibatch: persisting subtask outputs failed' >&2; fi\n"
+              "exit $rc")
+    links = [a for f in t.common_files for a in ("--link", f.path.split("/")[0])]
+    coord_argv: list[Word] = ["bash", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/coordinate.sh"'),
+                              "--rank-dir", rdir, "--shared-dir", t.shared_dir, *dict.fromkeys(links)]
+    coord = sh_join(coord_argv)
+    if t.coordination:
+        coord += " && " + sh_join(["/bin/bash", "-c", t.coordination])
+    return bash_c(script), bash_c(coord)
+
+
+def _windows_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str]) -> tuple[str, str]:
+    t = spec.task
+    launch = flavor.launch(None, t.mpi.processes_per_node, t.mpi.options, env, "none", rank_dir(spec),
+                           instances=t.instances)
+    genv: list[Word] = [w for k in sorted(env) for w in ("-genv", k, env[k])]
+    argv = [*launch.argv[:1], *genv, *launch.argv[1:], *_program_argv(t.command, "windows")]
+    app = "cmd /c " + cmd_join(argv)
+    coord = "cmd /c " + cmd_join(flavor.coordination_argv() or ["rem"])
+    if t.coordination:
+        coord += " && " + t.coordination
+    return app, coord
+
+
+def render(spec: Spec) -> Rendered:
+    """The whole multi-instance task for `spec`."""
+    flavor = get_flavor(spec.task.mpi.flavor)
+    fabric = resolve_fabric(spec)
+    # The user's environment always wins over fabric defaults.
+    env = {**flavor.fabric_env(fabric), **dict(spec.task.environment)}
+    if spec.os == "windows":
+        app, coord = _windows_lines(spec, flavor, env)
+        launchers: tuple[FileRef, ...] = ()
+    else:
+        app, coord = _linux_lines(spec, flavor, env)
+        launchers = tuple(FileRef(launcher_source(n), f"{LAUNCHER_DIR}/{n}")
+                          for n in ("coordinate.sh", "persist.py"))
+    job = spec.job
+    return Rendered(
+        spec=spec, os=spec.os, flavor=flavor, fabric=fabric, command_line=app,
+        coordination_command_line=coord, environment=env,
+        common_files=launchers + spec.task.common_files, files=spec.task.files,
+        outputs=spec.task.outputs, rank_dir=str(rank_dir(spec)),
+        preparation_command_line=_shell_line(job.preparation.command, spec.os) if job.preparation else None,
+        release_command_line=_shell_line(job.release.command, spec.os) if job.release else None,
+    )
+
+
+def is_local_source(ref: FileRef) -> bool:
+    return not ref.is_url
+
+
+def source_label(ref: FileRef) -> str:
+    """How `render` shows a file whose upload happens only at submit time."""
+    if ref.is_url:
+        return ref.source
+    return f"<upload at submit: {Path(ref.source).name} -> job container, read-only SAS>"

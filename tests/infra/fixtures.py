@@ -1,0 +1,170 @@
+"""pytest fixtures for the test infrastructure: SSH clusters in network namespaces, Azurite.
+
+Wire them in with ``pytest_plugins = ["tests.infra.fixtures"]`` in the top-level ``tests/conftest.py``
+(or import the fixture names into a test module).
+
+Missing prerequisites (not root, no ``ip``/``sshd``, no Azurite) skip the test with the reason - unless the
+``CI`` environment variable is set (to anything but ``""``, ``0``, ``false``, ``no``): then the test FAILS,
+because CI runs as root and must run everything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.infra.cluster import SshCluster, requirements_missing
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AZURITE_BIN = Path(os.environ.get("MPIBATCH_AZURITE_BIN", REPO_ROOT / ".cache/azurite/node_modules/.bin/azurite-blob"))
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development key (public, documented; not a secret).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(missing: list[str], what: str) -> None:
+    """Skip (locally) or fail (CI) when `missing` lists anything."""
+    if not missing:
+        return
+    msg = f"{what} unavailable: " + "; ".join(missing)
+    if in_ci():
+        pytest.fail(msg + " [CI is set: refusing to skip; run scripts/install-test-deps.sh as root]", pytrace=False)
+    pytest.skip(msg)
+
+
+def require_cluster(*, sshfs: bool = False) -> None:
+    require(requirements_missing(sshfs=sshfs), "SSH cluster")
+
+
+# ------------------------------------------------------------------------------------------------ SSH clusters
+@pytest.fixture
+def ssh_cluster_factory() -> Iterator[Callable[..., SshCluster]]:
+    """``make(k, **kwargs)`` starts a K-host SshCluster; every cluster made is torn down after the test."""
+    require_cluster()
+    made: list[SshCluster] = []
+
+    def make(k: int = 3, **kwargs: object) -> SshCluster:
+        cluster = SshCluster(k, **kwargs)  # type: ignore[arg-type]
+        made.append(cluster)
+        return cluster.start()
+
+    try:
+        yield make
+    finally:
+        for cluster in reversed(made):
+            cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def ssh_cluster3() -> Iterator[SshCluster]:
+    """Three hosts shared by the tests of one module (node-0 first). Leave them as you found them."""
+    require_cluster()
+    with SshCluster(3) as cluster:
+        yield cluster
+
+
+# ------------------------------------------------------------------------------------------------ Azurite
+@dataclass(frozen=True)
+class Azurite:
+    port: int
+    location: Path
+    pid: int
+    host: str = "127.0.0.1"
+    account: str = AZURITE_ACCOUNT
+    key: str = AZURITE_KEY
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}/{self.account}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
+            f"BlobEndpoint={self.blob_endpoint};"
+        )
+
+
+def azurite_missing() -> list[str]:
+    missing = []
+    if not os.access(AZURITE_BIN, os.X_OK):
+        missing.append(f"{AZURITE_BIN} not found (run scripts/install-test-deps.sh)")
+    if shutil.which("node") is None:
+        missing.append("`node` not found")
+    return missing
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def start_azurite(location: Path, *, attempts: int = 3, ready_timeout: float = 30.0) -> tuple[Azurite, subprocess.Popen]:
+    """Start azurite-blob on a free port; returns when the port accepts connections (bounded)."""
+    last_error = ""
+    for _ in range(attempts):
+        port = _free_port()
+        log_path = location.parent / f"azurite-{port}.log"
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                [str(AZURITE_BIN), "--silent", "--location", str(location), "--blobHost", "127.0.0.1",
+                 "--blobPort", str(port), "--skipApiVersionCheck", "--disableTelemetry"],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and proc.poll() is None and not _port_open(port):
+            time.sleep(0.05)
+        if proc.poll() is None and _port_open(port):
+            return Azurite(port=port, location=location, pid=proc.pid), proc
+        _stop_process(proc)
+        last_error = f"port {port}: exit {proc.returncode}: " + log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"azurite did not start: {last_error}")
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite blob service on 127.0.0.1:<free port>, fresh storage, stopped (by pid) at session end."""
+    require(azurite_missing(), "Azurite")
+    tmp = Path(tempfile.mkdtemp(prefix="mpibatch-azurite-"))
+    location = tmp / "data"
+    location.mkdir()
+    try:
+        service, proc = start_azurite(location)
+        try:
+            yield service
+        finally:
+            _stop_process(proc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

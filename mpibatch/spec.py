@@ -215,7 +215,7 @@ def _str(value: Any, where: str) -> str:
 
 def validate_id(value: Any, where: str) -> str:
     text = _str(value, where)
-    if not ID_RE.match(text):
+    if not ID_RE.fullmatch(text):
         raise SpecError(where, f"{text!r} is not a valid Batch id",
                         "use at most 64 letters, digits, '-' or '_'")
     return text
@@ -317,7 +317,7 @@ def _environment(value: Any, where: str) -> dict[str, str]:
     env: dict[str, str] = {}
     for k, v in m.items():
         name = str(k)
-        if not ENV_NAME_RE.match(name):
+        if not ENV_NAME_RE.fullmatch(name):
             raise SpecError(f"{where}.{name}", "is not a valid environment variable name",
                             "use letters, digits and '_', not starting with a digit")
         if name.upper().startswith("AZ_BATCH_") or name.upper() == "CCP_NODES":

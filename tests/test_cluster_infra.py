@@ -49,7 +49,8 @@ def test_three_hosts_distinct_names_addresses_no_default_route(ssh_cluster3: Ssh
     assert all(ipaddress.IPv4Address(h) in subnet for h in c.hosts)
     assert subnet.subnet_of(ipaddress.IPv4Network("10.213.0.0/16"))
     for i, (ip, name) in enumerate(zip(c.hosts, c.names)):
-        r = c.exec(i, ["sh", "-c", "hostname; ip -4 -o addr show dev eth0; ip route; getent hosts node-0 node-2"], timeout=10)
+        script = "hostname; ip -4 -o addr show dev eth0; ip route; getent hosts node-0 node-2"
+        r = c.exec(i, ["sh", "-c", script], timeout=10)
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert lines[0] == name
@@ -73,7 +74,9 @@ def test_node_to_node_ssh_with_checked_host_keys(ssh_cluster3: SshCluster) -> No
     assert r.returncode == 255 and "Host key verification failed" in r.stderr, (r.stdout, r.stderr)
     # A wrong key for node-1 is refused too (node-2's key under node-1's address).
     wrong = c.known_hosts_path.read_text().splitlines()[2].split(" ", 1)[1]
-    r = c.exec(0, ["sh", "-c", f"printf '%s\\n' '{c.hosts[1]} {wrong}' > /tmp/kh && ssh -o UserKnownHostsFile=/tmp/kh {c.hosts[1]} hostname; echo rc=$?"], timeout=20)
+    script = (f"printf '%s\\n' '{c.hosts[1]} {wrong}' > /tmp/kh && "
+              f"ssh -o UserKnownHostsFile=/tmp/kh {c.hosts[1]} hostname; echo rc=$?")
+    r = c.exec(0, ["sh", "-c", script], timeout=20)
     assert "rc=255" in r.stdout and "HOST IDENTIFICATION HAS CHANGED" in r.stderr, (r.stdout, r.stderr)
     # The nodes' /root/.ssh is the cluster's, not the machine's.
     r = c.exec(1, ["sh", "-c", "ls /root/.ssh"], timeout=10)
@@ -97,6 +100,13 @@ def test_paramiko_reject_policy_connects_to_every_host(ssh_cluster3: SshCluster)
     for i, name in enumerate(c.names):
         assert c.node_path(i, f"/tmp/sftp-{name}").read_text() == f"via sftp to {name}\n"
         assert not c.node_path(i, f"/tmp/sftp-{c.names[(i + 1) % 3]}").exists()
+    # The cluster's own helpers: paramiko client, and OpenSSH options from the root namespace.
+    client = c.ssh_client(1)
+    _, stdout, _ = client.exec_command("hostname")
+    assert stdout.read().decode().strip() == "node-1"
+    client.close()
+    r = subprocess.run(["ssh", *c.ssh_options(), c.hosts[2], "hostname"], capture_output=True, text=True, timeout=20)
+    assert (r.returncode, r.stdout.strip()) == (0, "node-2"), r.stderr
     # Unknown host key + RejectPolicy: refused.
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -116,7 +126,8 @@ def test_sshfs_between_nodes(ssh_cluster3: SshCluster) -> None:
     r = c.exec(2, ["sh", "-c", f"mkdir -p /tmp/mnt && sshfs -o BatchMode=yes {c.hosts[0]}:/tmp/x /tmp/mnt"], timeout=20)
     assert r.returncode == 0, r.stderr
     try:
-        r = c.exec(2, ["sh", "-c", "grep ' /tmp/mnt ' /proc/self/mounts; cat /tmp/mnt/a; echo from-node-2 > /tmp/mnt/b"], timeout=20)
+        script = "grep ' /tmp/mnt ' /proc/self/mounts; cat /tmp/mnt/a; echo from-node-2 > /tmp/mnt/b"
+        r = c.exec(2, ["sh", "-c", script], timeout=20)
         assert r.returncode == 0, r.stderr
         assert "fuse.sshfs" in r.stdout and "from-node-0" in r.stdout
         assert c.node_path(0, "/tmp/x/b").read_text() == "from-node-2\n"
@@ -143,7 +154,7 @@ def test_processes_and_kill_sshd(ssh_cluster_factory) -> None:
     assert c.is_down(1)
     with pytest.raises(OSError):
         socket.create_connection((c.hosts[1], 22), timeout=1).close()
-    r = c.exec(0, ["ssh", "-o", "ConnectTimeout=2", c.hosts[1], "true"], timeout=20)
+    r = c.exec(0, ["ssh", "-o", "ConnectTimeout=1", c.hosts[1], "true"], timeout=20)
     assert r.returncode == 255
     client = _paramiko_client(c, c.hosts[0])
     client.close()

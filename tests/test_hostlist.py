@@ -322,8 +322,7 @@ def test_ccp_nodes_round_trip(hs: list[str], data: st.DataObject) -> None:
         ("-1 10.0.0.4 1", ["node count"]),
         ("1 10.0.0.4 0", ["CCP_NODES[0]", "cores", "'0'"]),
         ("1 10.0.0.4 x", ["cores"]),
-        ("1 10.0.0.4 ١", ["cores"]),
-  # an Arabic-Indic digit: int() would take it
+        ("1 10.0.0.4 ١", ["cores"]),  # an Arabic-Indic digit: int() would take it
         ("2 10.0.0.4 1 10.0.0.4 1", ["twice"]),
         ("1 $(id) 1", ["'$'"]),
         ("1 a;b 1", ["';'"]),

@@ -89,10 +89,11 @@ def plot_latency(
     markers = "os^Dv<>"
     for k, (name, pts) in enumerate(lines.items()):
         x = [s.size for s in pts]
-        ax_lat.plot(x, [s.latency_us for s in pts], marker=markers[k % len(markers)], ms=4, lw=1.5, label=name)
+        style = {"marker": markers[k % len(markers)], "ms": 4, "lw": 1.5, "label": name, "color": f"C{k % 10}"}
+        ax_lat.plot(x, [s.latency_us for s in pts], **style)
         bw = [(s.size, s.bandwidth_mbs) for s in pts if s.bandwidth_mbs is not None and s.bandwidth_mbs > 0]
         if bw:
-            ax_bw.plot(*zip(*bw), marker=markers[k % len(markers)], ms=4, lw=1.5, label=name)
+            ax_bw.plot(*zip(*bw), **style)  # same colour and marker as the series' latency line
 
     ax_lat.set_xscale("log", base=2)
     ax_lat.set_yscale("log")
@@ -155,8 +156,7 @@ def plot_matrix(
     ax = fig.subplots()
     from matplotlib import colormaps
 
-    cmap = colormaps["viridis"].copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = colormaps["viridis"].with_extremes(bad="#d9d9d9")  # grey: diagonal and unmeasured pairs
     image = ax.imshow(masked, cmap=cmap, interpolation="nearest")
     cbar = fig.colorbar(image, ax=ax)
     cbar.set_label("one-way latency [us]")

@@ -35,7 +35,7 @@ if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   IFS=, read -r -a hosts <<< "$AZ_BATCH_HOST_LIST"
   tmp=$(mktemp -d)
   for h in "${hosts[@]}"; do
-    (timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$h.out" 2>&1; echo $? > "$tmp/$h.rc") &
+    (rc=0; timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$h.out" 2>&1 || rc=$?; echo "$rc" > "$tmp/$h.rc") &
   done
   wait
   failed=0

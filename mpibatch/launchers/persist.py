@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import glob
 import hashlib
 import json
 import os
+import re
 import socket
 import sys
 import urllib.parse
@@ -24,10 +24,40 @@ import urllib.request
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
 
 
+def _pattern_regex(pattern: str) -> "re.Pattern[str]":
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def glob_match(rel_path: str, pattern: str) -> bool:
+    """Glob semantics for output patterns: '*' and '?' stay within a directory, '**' spans
+    directories. The one rule used by persist.py on Batch nodes and by the local/SSH collectors."""
+    return _pattern_regex(pattern).match(rel_path) is not None
+
+
 def match_outputs(root: str, pattern: str) -> list[str]:
-    """Files under `root` matching `pattern` ('**' spans directories), as sorted relative paths."""
-    found = glob.glob(pattern, root_dir=root, recursive=True)
-    return sorted(p for p in found if os.path.isfile(os.path.join(root, p)))
+    """Files under `root` matching `pattern`, as sorted relative paths (symlinks not followed)."""
+    rx = _pattern_regex(pattern)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rx.match(rel) and os.path.isfile(os.path.join(dirpath, name)) \
+                    and not os.path.islink(os.path.join(dirpath, name)):
+                found.append(rel)
+    return sorted(found)
 
 
 def instance_index(position: int, hosts: list[str], master: str) -> int:

@@ -11,10 +11,11 @@ In each node's mount namespace:
 * ``/root/.ssh`` is a per-cluster directory: ``id_ed25519`` (the cluster's client key, trusted by every sshd),
   ``known_hosts`` (every node's host key under its name and address), ``config`` (``StrictHostKeyChecking yes``,
   ``BatchMode yes``), so ``ssh <other node>`` works without prompts and with host keys checked;
-* ``/tmp`` is a private tmpfs by default (``private_dirs``): like real hosts, nodes share no scratch space,
-  so a file reaches another node only by SFTP/scp/sshfs. The rest of the filesystem (``/work``, the venvs) is
-  the machine's, like software baked into a pool image. ``node_path(i, path)`` reads a node-private path
-  from the test process (through ``/proc/<sshd pid>/root``).
+* ``/tmp`` and ``/var/tmp`` are private tmpfs mounts by default (``private_dirs``): like real hosts, nodes share
+  no scratch space, so a file reaches another node only by SFTP/scp/sshfs. The rest of the filesystem is the
+  machine's, shared by all nodes and the test process, like software baked into a pool image: ``/work`` (the
+  venvs), and also ``/root`` apart from ``/root/.ssh`` (the venvs' python lives under ``/root/.pyenv``).
+  ``node_path(i, path)`` reads a node-private path from the test process (through ``/proc/<sshd pid>/root``).
 
 Nothing here touches the machine's real ssh setup: the only change outside the cluster's own state directory
 is an empty ``/root/.ssh`` created if missing (a bind mount needs a target); sshd reads its authorized keys
@@ -204,7 +205,7 @@ class _Node:
         return self.proc.pid if self.proc is not None else None
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: a cluster is a live resource
 class SshCluster:
     """K hosts, each a network + UTS + mount namespace running its own sshd on <ip>:22.
 
@@ -215,7 +216,7 @@ class SshCluster:
 
     k: int
     name_prefix: str = "node-"
-    private_dirs: Sequence[str] = ("/tmp",)
+    private_dirs: Sequence[str] = ("/tmp", "/var/tmp")
     start_timeout: float = 15.0
     hosts: list[str] = field(default_factory=list, init=False)
     names: list[str] = field(default_factory=list, init=False)
@@ -228,7 +229,9 @@ class SshCluster:
         if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", self.name_prefix):
             raise ValueError(f"bad name_prefix {self.name_prefix!r}")
         for d in self.private_dirs:
-            if not d.startswith("/") or not re.fullmatch(r"[A-Za-z0-9_./-]+", d) or d.rstrip("/") in ("", "/root", "/etc", "/proc", "/sys", "/dev", "/run"):
+            # Not /root: the venvs' python lives under /root/.pyenv here; not system directories.
+            reserved = ("", "/root", "/root/.ssh", "/etc", "/proc", "/sys", "/dev", "/run", "/usr", "/work")
+            if not re.fullmatch(r"/[A-Za-z0-9_./-]+", d) or ".." in d or d.rstrip("/") in reserved:
                 raise ValueError(f"bad private dir {d!r}")
         self.run_id = secrets.token_hex(3)
         self._nodes: list[_Node] = []
@@ -264,6 +267,33 @@ class SshCluster:
 
     def sshd_pid(self, i: int) -> int | None:
         return self._node(i).pid
+
+    def ssh_options(self) -> list[str]:
+        """OpenSSH client options for reaching the hosts from the test process (host keys checked)."""
+        return [
+            "-i", str(self.client_key_path), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts_path}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+            "-l", self.user,
+        ]
+
+    def ssh_client(self, i: int, timeout: float = 10):
+        """A connected paramiko.SSHClient to node i as root: RejectPolicy + the cluster's known_hosts."""
+        import paramiko
+
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(self.known_hosts_path))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(
+                self._node(i).ip, port=self.port, username=self.user, key_filename=str(self.client_key_path),
+                allow_agent=False, look_for_keys=False, timeout=timeout, banner_timeout=timeout,
+                auth_timeout=timeout,
+            )
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     def node_path(self, i: int, path: str | os.PathLike[str]) -> Path:
         """Where the test process can read node i's `path` (absolute, as the node sees it)."""
@@ -354,19 +384,15 @@ class SshCluster:
         state = self.state_dir
         ssh_dir = state / "ssh"
         ssh_dir.mkdir(mode=0o700)
-        jobs = [
-            subprocess.Popen(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mpibatch-cluster-{self.run_id}", "-f", str(ssh_dir / "id_ed25519")],
+
+        def keygen(path: Path, comment: str) -> subprocess.Popen:
+            return subprocess.Popen(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             )
-        ]
-        for n in self._nodes:
-            jobs.append(
-                subprocess.Popen(
-                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", n.name, "-f", str(n.dir / "ssh_host_ed25519_key")],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                )
-            )
+
+        jobs = [keygen(ssh_dir / "id_ed25519", f"mpibatch-cluster-{self.run_id}")]
+        jobs += [keygen(n.dir / "ssh_host_ed25519_key", n.name) for n in self._nodes]
         for job in jobs:
             _, err = job.communicate(timeout=30)
             if job.returncode != 0:
@@ -438,7 +464,7 @@ class SshCluster:
     def _start_sshds(self) -> None:
         for n in self._nodes:
             mounts = [f"mount --bind {n.dir / 'hosts'} /etc/hosts", f"mount --bind {self.state_dir / 'ssh'} /root/.ssh"]
-            mounts += [f"mount -t tmpfs -o mode=1777 tmpfs {d}" for d in self.private_dirs]
+            mounts += [f"mkdir -p {d} && mount -t tmpfs -o mode=1777 tmpfs {d}" for d in self.private_dirs]
             script = "set -e; hostname {name}; {mounts}; exec {sshd} -D -f {cfg} -E {log}".format(
                 name=n.name,
                 mounts="; ".join(mounts),
@@ -447,15 +473,17 @@ class SshCluster:
                 log=n.dir / "sshd.log",
             )
             # ip netns exec and unshare (no --fork) exec in place: the Popen pid is sshd's.
-            n.proc = subprocess.Popen(
-                ["ip", "netns", "exec", n.ns, "unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", script],
-                stdin=subprocess.DEVNULL,
-                stdout=open(n.dir / "start.out", "wb"),
-                stderr=subprocess.STDOUT,
-                cwd="/",
-                env=NODE_ENV,
-                close_fds=True,
-            )
+            with open(n.dir / "start.out", "wb") as out:
+                n.proc = subprocess.Popen(
+                    ["ip", "netns", "exec", n.ns, "unshare", "--uts", "--mount", "--propagation", "private",
+                     "sh", "-c", script],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd="/",
+                    env=NODE_ENV,
+                    close_fds=True,
+                )
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -502,6 +530,10 @@ class SshCluster:
                 return
             self._stopped = True
         try:
+            # All nodes at once first (one grace period), then each namespace until it is empty.
+            pids = {p for n in self._nodes for p in _netns_pids(n.ns)}
+            pids |= {n.pid for n in self._nodes if n.pid and _pid_alive(n.pid)}
+            _kill_pids(pids, grace=0.5)
             for n in self._nodes:
                 _kill_namespace_processes(n.ns, extra=[n.pid] if n.pid else [])
                 if n.proc is not None:
@@ -509,9 +541,9 @@ class SshCluster:
                         n.proc.wait(timeout=2)
                     except subprocess.TimeoutExpired:
                         log.warning("%s: sshd pid %s did not exit", n.name, n.pid)
-                    if n.proc.stdout:
-                        n.proc.stdout.close()
-            _teardown_network(self.run_id, [n.ns for n in self._nodes], [n.host_veth for n in self._nodes], self._bridge)
+            _teardown_network(
+                self.run_id, [n.ns for n in self._nodes], [n.host_veth for n in self._nodes], self._bridge
+            )
             if self._state is not None:
                 shutil.rmtree(self._state, ignore_errors=True)
         finally:

@@ -131,7 +131,9 @@ def _stop_process(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
-def start_azurite(location: Path, *, attempts: int = 3, ready_timeout: float = 30.0) -> tuple[Azurite, subprocess.Popen]:
+def start_azurite(
+    location: Path, *, attempts: int = 3, ready_timeout: float = 30.0
+) -> tuple[Azurite, subprocess.Popen]:
     """Start azurite-blob on a free port; returns when the port accepts connections (bounded)."""
     last_error = ""
     for _ in range(attempts):

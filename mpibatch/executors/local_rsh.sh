@@ -1,0 +1,21 @@
+#!/bin/bash
+# mpibatch's remote-shell agent for the local executor: called like ssh by MPI launchers
+# (`local_rsh.sh [ssh options] HOST COMMAND...`), it runs COMMAND in emulated node HOST's
+# namespaces, with a login-like environment (no Batch task variables, as over ssh on Batch).
+set -euo pipefail
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -[bcDEeFIiJLlmOoPpQRSWw]) shift 2 ;;  # ssh options that take a value
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+host=${1:?usage: local_rsh.sh [options] HOST COMMAND}
+shift
+pid=$(cat "${MPIBATCH_LOCAL_NODES:?}/$host" 2> /dev/null) || {
+  echo "mpibatch local: no emulated node has address $host" >&2; exit 255; }
+while IFS='=' read -r name _; do
+  case "$name" in AZ_BATCH_*|CCP_NODES) unset "$name" ;; esac
+done < <(env)
+# Already inside the run's PID namespace: enter only the node's mount and UTS namespaces.
+exec nsenter -t "$pid" -m -u -- /bin/sh -c "$*"

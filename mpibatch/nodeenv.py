@@ -1,0 +1,77 @@
+"""A Batch node's directory layout and task environment (FACTS.md section 2). Pure."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .hostlist import format_ccp_nodes, format_host_list, format_node_list
+
+MASTER_PORT = 6000  # the port Batch puts in AZ_BATCH_MASTER_NODE (the service's own)
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """Paths as the node sees them, for one task on a node rooted at `root`."""
+
+    root: str
+    job_id: str
+    task_id: str
+
+    @property
+    def shared(self) -> str:
+        return f"{self.root}/shared"
+
+    @property
+    def startup(self) -> str:
+        return f"{self.root}/startup"
+
+    @property
+    def job_dir(self) -> str:
+        return f"{self.root}/workitems/{self.job_id}/job-1"
+
+    @property
+    def task_dir(self) -> str:
+        return f"{self.job_dir}/{self.task_id}"
+
+    @property
+    def working_dir(self) -> str:
+        return f"{self.task_dir}/wd"
+
+    @property
+    def task_shared_dir(self) -> str:
+        # The same path on every instance; a local directory, not a network share.
+        return f"{self.task_dir}/shared"
+
+    def node_task_dir(self, name: str) -> str:
+        """Directory of a job preparation / release task."""
+        return f"{self.job_dir}/{name}"
+
+    def dirs(self) -> list[str]:
+        return [self.shared, self.startup, self.working_dir, self.task_shared_dir]
+
+
+def batch_env(layout: NodeLayout, *, hosts: list[str], index: int, node_id: str, pool_id: str,
+              account: str = "local", account_url: str = "http://127.0.0.1/local",
+              task_dir: str | None = None) -> dict[str, str]:
+    """The variables Batch sets for instance `index` of a multi-instance task, in Batch's formats.
+    `task_dir` overrides the task directory (job preparation / release tasks)."""
+    tdir = task_dir or layout.task_dir
+    return {
+        "AZ_BATCH_ACCOUNT_NAME": account,
+        "AZ_BATCH_ACCOUNT_URL": account_url,
+        "AZ_BATCH_POOL_ID": pool_id,
+        "AZ_BATCH_NODE_ID": node_id,
+        "AZ_BATCH_NODE_IS_DEDICATED": "true",
+        "AZ_BATCH_NODE_ROOT_DIR": layout.root,
+        "AZ_BATCH_NODE_SHARED_DIR": layout.shared,
+        "AZ_BATCH_NODE_STARTUP_DIR": layout.startup,
+        "AZ_BATCH_JOB_ID": layout.job_id,
+        "AZ_BATCH_TASK_ID": layout.task_id if task_dir is None else tdir.rsplit("/", 1)[-1],
+        "AZ_BATCH_TASK_DIR": tdir,
+        "AZ_BATCH_TASK_WORKING_DIR": f"{tdir}/wd",
+        "AZ_BATCH_TASK_SHARED_DIR": layout.task_shared_dir,
+        "AZ_BATCH_HOST_LIST": format_host_list(hosts),
+        "AZ_BATCH_NODE_LIST": format_node_list(hosts),
+        "CCP_NODES": format_ccp_nodes(hosts, 1),
+        "AZ_BATCH_MASTER_NODE": f"{hosts[0]}:{MASTER_PORT}",
+        "AZ_BATCH_IS_CURRENT_NODE_MASTER": "true" if index == 0 else "false",
+    }

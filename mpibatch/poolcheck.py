@@ -1,0 +1,342 @@
+"""Does this pool run this task? Everything that would make a multi-instance task never start or
+silently run slow, checked before anything is submitted (issue 2, item 7). Pure: no I/O.
+
+A pool comes either from the spec's `pool:` section (:func:`pool_from_spec`) or from the Batch REST API's
+``GET /pools/{id}`` JSON (:func:`pool_from_rest`; ``az batch pool show`` prints the same camelCase JSON).
+Both become one small :class:`PoolFacts`, and :func:`check` returns a list of :class:`Problem`, each naming
+the field to change and saying how.
+
+Why these rules (FACTS.md sections 1 and 3):
+
+* a pool without inter-node communication, or with more than one task slot per node, or with fewer nodes
+  than the task's instances, never schedules the task: it stays *active* forever and Batch reports no error;
+* a Spot/low-priority node can be preempted at any moment; for a multi-instance task losing one node
+  fails the whole MPI run, which is requeued from the start;
+* RDMA settings on a size without InfiniBand make the MPI runtime fail at start; an RDMA size without the
+  HPC image's drivers, or a runtime that cannot use the size's fabric (Open MPI / MPICH on NetworkDirect),
+  runs over TCP at about ten times the latency.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+from . import rdma
+from .errors import SpecError
+from .spec import IMAGE_ALIASES, Image, Pool, Spec
+
+__all__ = ["PoolFacts", "Problem", "check", "pool_from_rest", "pool_from_spec", "summary"]
+
+Severity = Literal["error", "warning"]
+
+_HPC_IMAGES = "pool.image: ubuntu-hpc (microsoft-dsvm/ubuntu-hpc, node agent batch.node.ubuntu 22.04) or " \
+              "almalinux-hpc (almalinux/almalinux-hpc, node agent batch.node.el 8)"
+_REST_HPC_IMAGES = "an HPC image: microsoft-dsvm/ubuntu-hpc with node agent 'batch.node.ubuntu 22.04', or " \
+                   "almalinux/almalinux-hpc with 'batch.node.el 8'"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing to fix. `field` names what to change (a spec field such as ``task.instances`` or, for
+    a pool read from the REST API, its property such as ``pool.enableInterNodeCommunication``)."""
+
+    field: str
+    message: str
+    fix: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.field}: {self.message} ({self.fix})"
+
+
+@dataclass(frozen=True)
+class PoolFacts:
+    """What the checks need to know about a pool. None means unknown (not checked)."""
+
+    source: Literal["spec", "rest"]
+    id: str | None = None
+    vm_size: str | None = None
+    dedicated_nodes: int | None = None
+    low_priority_nodes: int = 0
+    inter_node_communication: bool = True
+    task_slots_per_node: int = 1
+    image: Image | None = None  # marketplace image (with node agent)
+    custom_image: str | None = None  # virtualMachineImageId (Azure Compute Gallery): drivers unknown
+    node_agent: str | None = None
+    auto_scale: bool = False
+    state: str | None = None  # REST: active | deleting
+    allocation_state: str | None = None  # REST: steady | resizing | stopping
+    resize_errors: tuple[str, ...] = ()
+
+    @property
+    def nodes(self) -> int | None:
+        """Dedicated plus low-priority nodes, or None if unknown."""
+        if self.dedicated_nodes is None:
+            return None
+        return self.dedicated_nodes + self.low_priority_nodes
+
+    @property
+    def os(self) -> str | None:
+        agent = self.node_agent or (self.image.node_agent if self.image else None)
+        if not agent:
+            return None
+        return "windows" if agent.lower().startswith("batch.node.windows") else "linux"
+
+    @property
+    def is_hpc_image(self) -> bool | None:
+        """True for images with InfiniBand drivers (the HPC images), None when it cannot be told."""
+        if self.image is None:
+            return None
+        text = f"{self.image.offer} {self.image.sku}".lower()
+        return "hpc" in text or "rdma" in text
+
+    # The name of a property where the user changes it: a spec field, or the REST property.
+    def field(self, spec_name: str, rest_name: str) -> str:
+        return f"pool.{spec_name}" if self.source == "spec" else f"pool.{rest_name}"
+
+
+# ---------------------------------------------------------------------------------------------- building facts
+
+def pool_from_spec(pool: Pool) -> PoolFacts:
+    """The facts of a spec's `pool:` section (already validated by spec.py)."""
+    return PoolFacts(source="spec", id=pool.id, vm_size=pool.vm_size, dedicated_nodes=pool.nodes,
+                     low_priority_nodes=pool.low_priority_nodes,
+                     inter_node_communication=pool.inter_node_communication,
+                     task_slots_per_node=pool.task_slots_per_node, image=pool.image,
+                     node_agent=pool.image.node_agent if pool.image else None)
+
+
+def _rest_int(data: Mapping[str, Any], key: str, where: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SpecError(f"{where}.{key}", f"{value!r} is not a node count", "give the pool JSON as "
+                        "GET /pools/{id} or 'az batch pool show' returns it")
+    return value
+
+
+def _rest_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SpecError(f"{where}.{key}", f"{value!r} is not a string", "give the pool JSON as "
+                        "GET /pools/{id} or 'az batch pool show' returns it")
+    return value
+
+
+def _nodes(data: Mapping[str, Any], kind: str, steady: bool, where: str) -> int | None:
+    """Nodes of one kind the task can count on: the target while the pool resizes towards it, the
+    current count once it is steady (a steady pool below its target hit a resize error)."""
+    target = _rest_int(data, f"target{kind}Nodes", where)
+    current = _rest_int(data, f"current{kind}Nodes", where)
+    if steady and current is not None:
+        return current
+    return target if target is not None else current
+
+
+def pool_from_rest(data: Mapping[str, Any], where: str = "pool") -> PoolFacts:
+    """Facts of a pool as the Batch REST API returns it (``GET /pools/{id}``, camelCase JSON)."""
+    fix = "give the pool JSON as GET /pools/{id} or 'az batch pool show' returns it"
+    if not isinstance(data, Mapping):
+        raise SpecError(where, f"expected a JSON object, got {type(data).__name__}", fix)
+    if "id" not in data and "vmSize" not in data:
+        raise SpecError(where, "has neither 'id' nor 'vmSize': not a Batch pool", fix)
+    vm_size = _rest_str(data, "vmSize", where)
+    if vm_size is not None:
+        vm_size = rdma.validate_vm_size(vm_size, f"{where}.vmSize")
+    allocation = (_rest_str(data, "allocationState", where) or "").lower() or None
+    steady = allocation in ("steady", None)
+    dedicated = _nodes(data, "Dedicated", steady, where)
+    low = _nodes(data, "LowPriority", steady, where) or 0
+    slots = data.get("taskSlotsPerNode", data.get("maxTasksPerNode", 1))  # maxTasksPerNode: API < 2020-09
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise SpecError(f"{where}.taskSlotsPerNode", f"{slots!r} is not a slot count", fix)
+    inter = data.get("enableInterNodeCommunication", False)  # the REST default is false
+    if not isinstance(inter, bool):
+        raise SpecError(f"{where}.enableInterNodeCommunication", f"{inter!r} is not true/false", fix)
+    vmc = data.get("virtualMachineConfiguration") or {}
+    if not isinstance(vmc, Mapping):
+        raise SpecError(f"{where}.virtualMachineConfiguration", "is not a JSON object", fix)
+    ref = vmc.get("imageReference") or {}
+    if not isinstance(ref, Mapping):
+        raise SpecError(f"{where}.virtualMachineConfiguration.imageReference", "is not a JSON object", fix)
+    agent = _rest_str(vmc, "nodeAgentSKUId", f"{where}.virtualMachineConfiguration")
+    image = None
+    if ref.get("publisher") and ref.get("offer"):
+        image = Image(str(ref["publisher"]), str(ref["offer"]), str(ref.get("sku", "")),
+                      str(ref.get("version", "latest")), agent or "")
+    errors = data.get("resizeErrors") or []
+    resize_errors = tuple(f"{e.get('code', '?')}: {e.get('message', '')}".rstrip(": ")
+                          for e in errors if isinstance(e, Mapping))
+    return PoolFacts(source="rest", id=_rest_str(data, "id", where), vm_size=vm_size, dedicated_nodes=dedicated,
+                     low_priority_nodes=low, inter_node_communication=inter, task_slots_per_node=slots,
+                     image=image, custom_image=ref.get("virtualMachineImageId") if image is None else None,
+                     node_agent=agent, auto_scale=bool(data.get("enableAutoScale", False)),
+                     state=(_rest_str(data, "state", where) or "").lower() or None, allocation_state=allocation,
+                     resize_errors=resize_errors)
+
+
+# ---------------------------------------------------------------------------------------------- the checks
+
+def _fabric(spec: Spec) -> str:
+    """The fabric the rendered task carries (render.resolve_fabric: auto follows the spec's vm_size)."""
+    from .render import resolve_fabric  # render imports the MPI flavours; keep this module light to import
+
+    return resolve_fabric(spec)
+
+
+def _image_name(image: Image) -> str:
+    for alias, known in IMAGE_ALIASES.items():
+        if known == image:
+            return alias
+    return f"{image.publisher}/{image.offer}/{image.sku}"
+
+
+def check(spec: Spec, pool: PoolFacts) -> list[Problem]:
+    """Every problem that would keep `spec`'s task from starting on `pool`, or make it silently slow.
+    Errors first, then warnings; an empty list means the pool fits."""
+    out: list[Problem] = []
+    t = spec.task
+    rest = pool.source == "rest"
+    name = f"pool {pool.id}" if pool.id else "the pool"
+
+    def add(field: str, message: str, fix: str, severity: Severity = "error") -> None:
+        out.append(Problem(field, message, fix, severity))
+
+    # -- the pool itself ------------------------------------------------------------------------
+    if pool.id and spec.job.pool and pool.id.lower() != spec.job.pool.lower():  # Batch ids ignore case
+        add("job.pool", f"the job runs on pool {spec.job.pool!r} but the pool checked is {pool.id!r}",
+            f"set job.pool: {pool.id} or check the pool the job runs on")
+    if pool.state == "deleting":
+        add("pool.state", f"pool {pool.id!r} is being deleted", "create a new pool and point job.pool at it")
+    if not pool.inter_node_communication:
+        add(pool.field("inter_node_communication", "enableInterNodeCommunication"),
+            "inter-node communication is off: Batch never schedules a multi-instance task on this pool "
+            "(it stays active forever, with no error)",
+            "set pool.inter_node_communication: true" if not rest else
+            "create the pool with enableInterNodeCommunication: true (an existing pool can change it only "
+            "while it has 0 nodes)")
+    if pool.task_slots_per_node > 1:
+        add(pool.field("task_slots_per_node", "taskSlotsPerNode"),
+            f"{pool.task_slots_per_node} task slots per node: a multi-instance task needs pools with 1 slot per "
+            "node and is never scheduled otherwise",
+            "set pool.task_slots_per_node: 1 (run more ranks per node with task.mpi.processes_per_node)" if not rest
+            else "use a pool with taskSlotsPerNode: 1 (an existing pool can change it only while it has 0 "
+                 "nodes); run more ranks per node with task.mpi.processes_per_node")
+
+    # -- nodes ----------------------------------------------------------------------------------
+    nodes = pool.nodes
+    nodes_field = pool.field("nodes", "targetDedicatedNodes")
+    grow = "set pool.nodes" if not rest else "resize the pool (targetDedicatedNodes)"
+    severity: Severity = "warning" if pool.auto_scale else "error"
+    scale_note = " (the pool autoscales: its formula must grow it while the task waits)" if pool.auto_scale else ""
+    if nodes == 0:
+        add(nodes_field, f"{name} has 0 nodes: the task waits until it has {t.instances}{scale_note}",
+            f"{grow} to at least {t.instances}", severity)
+    elif nodes is not None and t.instances > nodes:
+        errs = f"; resize errors: {'; '.join(pool.resize_errors)}" if pool.resize_errors else ""
+        add("task.instances", f"{t.instances} instances but the pool has {nodes} node(s) "
+            f"({pool.dedicated_nodes} dedicated + {pool.low_priority_nodes} low-priority/Spot): the task would "
+            f"never start{scale_note}{errs}",
+            f"lower task.instances to {nodes} or {grow} to at least {t.instances}", severity)
+    elif pool.resize_errors:
+        add("pool.resizeErrors", f"the last resize failed: {'; '.join(pool.resize_errors)}",
+            "fix the cause (quota, capacity) before the pool shrinks or is resized again", "warning")
+    if pool.low_priority_nodes > 0:
+        mixed = pool.dedicated_nodes not in (None, 0)
+        add(pool.field("low_priority_nodes", "targetLowPriorityNodes"),
+            ("the pool mixes dedicated and Spot/low-priority nodes" if mixed else
+             "the pool's nodes are Spot/low-priority") +
+            ": any such node can be preempted, and for a multi-instance task losing one node fails the whole MPI "
+            "run, which Batch requeues from the start; MPI runs want nodes that stay",
+            "use dedicated nodes only (pool.low_priority_nodes: 0)" if not rest else
+            "use a pool with dedicated nodes only (targetLowPriorityNodes: 0)", "warning")
+
+    # -- operating system -----------------------------------------------------------------------
+    if pool.os == "linux" and t.mpi.flavor == "msmpi":
+        add("task.mpi.flavor", f"msmpi needs a Windows pool but {name} runs Linux "
+            f"({pool.node_agent})", "use intelmpi, openmpi or mpich on Linux pools, or a Windows pool "
+            "(node agent batch.node.windows amd64) for msmpi")
+    elif pool.os == "windows" and t.mpi.flavor != "msmpi":
+        add("task.mpi.flavor", f"{t.mpi.flavor} needs a Linux pool but {name} runs Windows "
+            f"({pool.node_agent})", "use msmpi on Windows pools, or a Linux pool for intelmpi, openmpi or mpich")
+
+    # -- fabric and RDMA ------------------------------------------------------------------------
+    if pool.vm_size:
+        cls = rdma.classify(pool.vm_size)
+        rendered = _fabric(spec)
+        asked = t.mpi.fabric
+        size = pool.vm_size
+        size_field = pool.field("vm_size", "vmSize")
+        if (spec.pool and spec.pool.vm_size and rest
+                and spec.pool.vm_size.lower() != size.lower()):
+            differs = rdma.classify(spec.pool.vm_size) != cls
+            add("pool.vm_size", f"the spec says {spec.pool.vm_size} but {name} is {size}",
+                f"set pool.vm_size: {size} so that the rendered task gets {size}'s fabric settings",
+                "error" if differs else "warning")
+        if rendered in (rdma.SRIOV, rdma.NETWORKDIRECT):
+            if cls == rdma.NONE:
+                add("task.mpi.fabric", f"the task carries {rendered} (InfiniBand) settings but {size} has no "
+                    "InfiniBand: the MPI runtime would fail to start or fall back to TCP",
+                    "use task.mpi.fabric: auto or tcp, or an RDMA size such as Standard_HB120rs_v3"
+                    if asked != "auto" else f"set pool.vm_size: {size} in the spec (fabric auto follows it)")
+            elif cls != rendered:
+                add("task.mpi.fabric", f"the task carries {rendered} settings but {size} is a {cls} size",
+                    f"use task.mpi.fabric: auto (gives {cls} on {size})" if asked != "auto"
+                    else f"set pool.vm_size: {size} in the spec (fabric auto follows it)")
+        elif rendered == "tcp" and cls != rdma.NONE:
+            add("task.mpi.fabric", f"fabric tcp on {size}, an InfiniBand ({cls}) size: the run pays for RDMA and "
+                "gets TCP latency (about 10x slower for small messages)",
+                "use task.mpi.fabric: auto, or a cheaper size without RDMA if TCP is intended", "warning")
+        elif rendered == rdma.NONE and cls != rdma.NONE:
+            add("task.mpi.fabric", f"{size} is an InfiniBand ({cls}) size but the rendered task carries no fabric "
+                "settings (fabric auto, and the spec has no pool.vm_size to pick them from)",
+                f"set pool.vm_size: {size} in the spec, or task.mpi.fabric: {cls}", "warning")
+
+        uses_rdma = cls != rdma.NONE and rendered != "tcp"
+        if uses_rdma and pool.os != "windows":
+            if pool.is_hpc_image is False:
+                add(pool.field("image", "virtualMachineConfiguration.imageReference"),
+                    f"{size} is an InfiniBand size but the image {_image_name(pool.image)} has no InfiniBand "
+                    "drivers: MPI would fail to start with the fabric settings, or run over TCP",
+                    f"use {_HPC_IMAGES if not rest else _REST_HPC_IMAGES}")
+            elif pool.is_hpc_image is None and pool.custom_image:
+                add("pool.virtualMachineConfiguration.imageReference.virtualMachineImageId",
+                    f"{size} is an InfiniBand size and the pool runs a custom image ({pool.custom_image}): "
+                    "mpibatch cannot tell whether it has the InfiniBand drivers",
+                    f"make sure the image is built from {_REST_HPC_IMAGES}", "warning")
+        if cls == rdma.NETWORKDIRECT and rendered != "tcp":
+            if t.mpi.flavor in ("openmpi", "mpich"):
+                runtime = {"openmpi": "Open MPI", "mpich": "MPICH"}[t.mpi.flavor]
+                add("task.mpi.flavor", f"{runtime} cannot use NetworkDirect RDMA, the only RDMA of {size}: ranks "
+                    "would talk TCP (about 10x the latency)",
+                    "use flavor: intelmpi on this size (I_MPI_FABRICS=shm:dapl), or an SR-IOV size (HB, HC, "
+                    "HX, NDv4...) where Open MPI and MPICH use UCX")
+            elif t.mpi.flavor == "intelmpi":
+                add("task.mpi.flavor", f"{size} speaks NetworkDirect only, through DAPL (I_MPI_FABRICS=shm:dapl), "
+                    "which Intel MPI 2019 and later no longer have",
+                    "install Intel MPI 2018 or earlier (5.x) on the pool, or use an SR-IOV size", "warning")
+    out.sort(key=lambda p: p.severity != "error")  # stable: errors first, in rule order
+    return out
+
+
+def summary(spec: Spec, pool: PoolFacts) -> str:
+    """One line describing the pool and the task, for a clean check."""
+    t = spec.task
+    parts = [f"pool {pool.id or '(no id)'}"]
+    if pool.vm_size:
+        parts.append(f"{pool.vm_size} ({rdma.classify(pool.vm_size)})")
+    if pool.nodes is not None:
+        lp = f" + {pool.low_priority_nodes} low-priority" if pool.low_priority_nodes else ""
+        parts.append(f"{pool.dedicated_nodes} dedicated{lp} node(s)")
+    parts.append("inter-node on" if pool.inter_node_communication else "inter-node OFF")
+    parts.append(f"{pool.task_slots_per_node} slot/node")
+    if pool.image:
+        parts.append(_image_name(pool.image))
+    elif pool.custom_image:
+        parts.append("custom image")
+    task = (f"task {t.id}: {t.instances} instance(s) x {t.mpi.processes_per_node} rank(s), {t.mpi.flavor}, "
+            f"fabric {_fabric(spec)}")
+    return ", ".join(parts) + " -> " + task

@@ -1,0 +1,384 @@
+"""Blob storage for the Azure executor: the job's container, input uploads, SAS URLs, downloads.
+
+Credentials come from the environment only - never from the spec, never printed or logged:
+
+* ``AZURE_STORAGE_CONNECTION_STRING``, or
+* ``AZURE_STORAGE_ACCOUNT`` + ``AZURE_STORAGE_KEY`` (+ ``AZURE_STORAGE_BLOB_ENDPOINT``, e.g. Azurite's
+  ``http://127.0.0.1:10000/devstoreaccount1``), or
+* ``AZURE_STORAGE_ACCOUNT`` alone: ``DefaultAzureCredential`` (azure-identity), and SAS URLs are user
+  delegation SAS (the identity needs "Storage Blob Data Contributor" on the account).
+
+What the SAS URLs grant (least privilege for each reader):
+
+* inputs (resource files): **read** on one blob, expiring a margin after the task's max_wall_clock;
+* Batch output files of the primary: container **add, create, write, list** (no read, no delete);
+* subtask persistence (``launchers/persist.py``): container **create, write** only.
+
+Inputs are content-addressed: ``mpibatch/inputs/{md5}/{file name}`` in the job's container, so a file
+is uploaded once per job container however many tasks use it; an existing blob is reused only when its
+stored Content-MD5 matches the local file.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import quote, urlparse
+
+from . import conventions
+from .errors import InfraError, SpecError
+
+log = logging.getLogger(__name__)
+
+INPUT_PREFIX = "mpibatch/inputs"
+DEFAULT_WALL_CLOCK = timedelta(days=1)  # when the task sets no max_wall_clock
+SAS_MARGIN = timedelta(days=1)  # queueing + node allocation + output upload after the wall clock
+MAX_USER_DELEGATION = timedelta(days=7)  # the service's limit on a user delegation key
+OUTPUT_PERMISSIONS = "acwl"  # add, create, write, list: what Batch output files need
+PERSIST_PERMISSIONS = "cw"  # create, write: the nodes can neither read nor list
+_CHUNK = 4 * 1024 * 1024
+
+_SIG_RE = re.compile(r"(sig|se|skoid|sktid|skt|ske|sks|skv)=[^&\s'\"]+", re.IGNORECASE)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with SAS signatures and the given secrets removed (for error messages)."""
+    out = _SIG_RE.sub(lambda m: f"{m.group(1)}=REDACTED", str(text))
+    for s in secrets:
+        if s:
+            out = out.replace(s, "REDACTED")
+    return out
+
+
+def file_md5(path: str | Path) -> bytes:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.digest()
+
+
+def sas_expiry(max_wall_clock: int | None, *, now: datetime | None = None,
+               margin: timedelta = SAS_MARGIN) -> datetime:
+    """When the task's SAS URLs expire: the wall clock (or DEFAULT_WALL_CLOCK) plus a margin."""
+    now = now or datetime.now(timezone.utc)
+    wall = timedelta(seconds=max_wall_clock) if max_wall_clock else DEFAULT_WALL_CLOCK
+    return now + wall + margin
+
+
+@dataclass
+class DownloadReport:
+    """What `download_prefix` brought back (relative paths) and what it could not."""
+
+    files: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # "blob: reason"
+    bytes: int = 0
+
+
+def _b64(md5: bytes | bytearray | None) -> str | None:
+    return base64.b64encode(bytes(md5)).decode() if md5 else None
+
+
+class Storage:
+    """One storage account. Build it with :meth:`from_env`."""
+
+    def __init__(self, service: Any, account: str, *, key: str | None = None, endpoint: str | None = None):
+        self.service = service  # azure.storage.blob.BlobServiceClient
+        self.account = account
+        self._key = key
+        self.endpoint = (endpoint or service.url).rstrip("/")
+        self._delegation_key: Any = None
+        self._delegation_expiry: datetime | None = None
+        self._lock = threading.Lock()
+        self._md5_cache: dict[tuple[str, int, int], bytes] = {}
+        self._checked_blobs: dict[tuple[str, str], bytes] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **client_kwargs: Any) -> "Storage":
+        from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+        env = os.environ if env is None else env
+        kwargs: dict[str, Any] = {
+            # Throttling and transient faults are retried with backoff by the SDK, then reported.
+            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3,
+                                             random_jitter_range=1),
+            "connection_timeout": 10, "read_timeout": 120,
+            "max_single_put_size": 64 * 1024 * 1024,  # one Put Blob: the service stores its Content-MD5
+        }
+        kwargs.update(client_kwargs)
+        conn = env.get("AZURE_STORAGE_CONNECTION_STRING", "").strip()
+        account = env.get("AZURE_STORAGE_ACCOUNT", "").strip()
+        key = env.get("AZURE_STORAGE_KEY", "").strip()
+        endpoint = env.get("AZURE_STORAGE_BLOB_ENDPOINT", "").strip()
+        try:
+            if conn:
+                service = BlobServiceClient.from_connection_string(conn, **kwargs)
+                cred = getattr(service, "credential", None)
+                return cls(service, service.account_name or "", key=getattr(cred, "account_key", None))
+            if not account:
+                raise SpecError("AZURE_STORAGE_CONNECTION_STRING", "no storage account configured",
+                                "export AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT "
+                                "(+ AZURE_STORAGE_KEY, or sign in for DefaultAzureCredential)")
+            if not re.fullmatch(r"[a-z0-9]{3,24}", account) and not endpoint:
+                raise SpecError("AZURE_STORAGE_ACCOUNT", f"{account!r} is not a storage account name",
+                                "use the account's name: 3-24 lower-case letters and digits")
+            url = endpoint or f"https://{account}.blob.core.windows.net"
+            if key:
+                from azure.core.credentials import AzureNamedKeyCredential
+
+                service = BlobServiceClient(url, credential=AzureNamedKeyCredential(account, key), **kwargs)
+                return cls(service, account, key=key, endpoint=url)
+            from azure.identity import DefaultAzureCredential
+
+            service = BlobServiceClient(url, credential=DefaultAzureCredential(), **kwargs)
+            return cls(service, account, endpoint=url)
+        except (SpecError, InfraError):
+            raise
+        except ValueError as e:  # malformed connection string or key
+            raise SpecError("AZURE_STORAGE_CONNECTION_STRING" if conn else "AZURE_STORAGE_KEY",
+                            f"cannot be used: {redact(str(e), key, conn)}",
+                            "copy it again from the portal (Access keys)") from None
+
+    # ------------------------------------------------------------------ errors
+    @property
+    def host(self) -> str:
+        u = urlparse(self.endpoint)
+        return u.netloc or self.endpoint
+
+    def _error(self, e: BaseException, doing: str) -> InfraError:
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+        text = redact(getattr(e, "message", None) or str(e), self._key).strip().splitlines()
+        first = text[0] if text else e.__class__.__name__
+        if isinstance(e, ServiceRequestError):
+            return InfraError(f"storage account unreachable at {self.host} while {doing}: {first}")
+        status = getattr(e, "status_code", None)
+        if isinstance(e, ClientAuthenticationError) or status == 403:
+            return InfraError(f"authentication failed for storage account {self.account} at {self.host} "
+                              f"while {doing} (check AZURE_STORAGE_KEY / AZURE_STORAGE_CONNECTION_STRING "
+                              f"or the identity's role): {first}")
+        if isinstance(e, HttpResponseError):
+            code = getattr(e, "error_code", None) or status
+            return InfraError(f"storage request failed at {self.host} while {doing}: {code}: {first}")
+        return InfraError(f"storage error at {self.host} while {doing}: {e.__class__.__name__}: {first}")
+
+    def _call(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a storage call; errors become InfraError (without secrets), except "not found" and
+        "already exists", which callers handle."""
+        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ResourceNotFoundError, ResourceExistsError):
+            raise
+        except AzureError as e:
+            raise self._error(e, doing) from None
+        except OSError as e:
+            raise InfraError(f"storage error at {self.host} while {doing}: {redact(str(e), self._key)}") from None
+
+    # ------------------------------------------------------------------ account and container
+    def check(self, job_id: str) -> bool:
+        """Reach the account (and authenticate) without creating anything; True if the job's
+        container exists. Fails fast: only one retry."""
+        name = conventions.job_container_name(job_id)
+        return bool(self._call("checking the job container", self.service.get_container_client(name).exists,
+                               retry_total=1))
+
+    def ensure_container(self, job_id: str) -> str:
+        """The job's container (File Conventions name), created if missing."""
+        from azure.core.exceptions import ResourceExistsError
+
+        name = conventions.job_container_name(job_id)
+        container = self.service.get_container_client(name)
+        try:
+            self._call(f"creating container {name}", container.create_container)
+        except ResourceExistsError:
+            pass
+        return name
+
+    # ------------------------------------------------------------------ uploads
+    def _local_md5(self, path: Path) -> bytes:
+        st = path.stat()
+        k = (str(path), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if k in self._md5_cache:
+                return self._md5_cache[k]
+        digest = file_md5(path)
+        with self._lock:
+            self._md5_cache[k] = digest
+        return digest
+
+    def input_blob_name(self, path: Path, md5: bytes | None = None) -> str:
+        md5 = md5 if md5 is not None else self._local_md5(path)
+        return f"{INPUT_PREFIX}/{md5.hex()}/{path.name}"
+
+    def upload_file(self, container: str, blob: str, path: str | Path) -> bool:
+        """Upload `path` to `container/blob` unless a blob with the same MD5 is there. True if uploaded."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.storage.blob import ContentSettings
+
+        p = Path(path)
+        if not p.is_file():
+            raise SpecError(str(p), "no such file to upload", "check the path in the spec")
+        md5 = self._local_md5(p)
+        with self._lock:
+            if self._checked_blobs.get((container, blob)) == md5:
+                return False
+        client = self.service.get_blob_client(container, blob)
+        try:
+            props = self._call(f"checking {blob}", client.get_blob_properties)
+            stored = props.content_settings.content_md5
+            if stored and bytes(stored) == md5 and props.size == p.stat().st_size:
+                with self._lock:
+                    self._checked_blobs[(container, blob)] = md5
+                log.debug("skip upload of %s: same MD5 already in %s", p.name, container)
+                return False
+        except ResourceNotFoundError:
+            pass
+        settings = ContentSettings(content_type="application/octet-stream", content_md5=bytearray(md5))
+        with open(p, "rb") as f:
+            self._call(f"uploading {p.name}", client.upload_blob, f, overwrite=True, content_settings=settings,
+                       validate_content=False)
+        with self._lock:
+            self._checked_blobs[(container, blob)] = md5
+        return True
+
+    def upload_inputs(self, container: str, paths: Iterable[str | Path]) -> dict[str, str]:
+        """Upload local files once (content-addressed); returns {local path: blob name}."""
+        out: dict[str, str] = {}
+        for path in paths:
+            p = Path(path)
+            if str(p) in out:
+                continue
+            if not p.is_file():
+                raise SpecError(str(p), "input file does not exist", "fix the source path in the spec")
+            blob = self.input_blob_name(p)
+            self.upload_file(container, blob, p)
+            out[str(p)] = blob
+        return out
+
+    # ------------------------------------------------------------------ SAS
+    def _user_delegation_key(self, expiry: datetime) -> Any:
+        with self._lock:
+            if self._delegation_key is not None and self._delegation_expiry and self._delegation_expiry >= expiry:
+                return self._delegation_key
+        start = datetime.now(timezone.utc) - timedelta(minutes=5)
+        if expiry - start > MAX_USER_DELEGATION:
+            raise SpecError("task.max_wall_clock", "too long for a user delegation SAS (at most 7 days)",
+                            "set AZURE_STORAGE_KEY or a shorter max_wall_clock")
+        key = self._call("getting a user delegation key", self.service.get_user_delegation_key, start, expiry)
+        with self._lock:
+            self._delegation_key, self._delegation_expiry = key, expiry
+        return key
+
+    def _signing(self, expiry: datetime) -> dict[str, Any]:
+        if self._key:
+            return {"account_key": self._key}
+        return {"user_delegation_key": self._user_delegation_key(expiry)}
+
+    def blob_url(self, container: str, blob: str) -> str:
+        return f"{self.endpoint}/{container}/{quote(blob, safe='/')}"
+
+    def container_url(self, container: str) -> str:
+        return f"{self.endpoint}/{container}"
+
+    def blob_read_url(self, container: str, blob: str, expiry: datetime) -> str:
+        """A read-only SAS URL for one blob."""
+        from azure.storage.blob import generate_blob_sas
+
+        sas = generate_blob_sas(self.account, container, blob, permission="r", expiry=expiry,
+                                start=datetime.now(timezone.utc) - timedelta(minutes=5), **self._signing(expiry))
+        return f"{self.blob_url(container, blob)}?{sas}"
+
+    def container_sas_url(self, container: str, permission: str, expiry: datetime) -> str:
+        from azure.storage.blob import generate_container_sas
+
+        sas = generate_container_sas(self.account, container, permission=permission, expiry=expiry,
+                                     start=datetime.now(timezone.utc) - timedelta(minutes=5),
+                                     **self._signing(expiry))
+        return f"{self.container_url(container)}?{sas}"
+
+    def output_container_url(self, container: str, expiry: datetime) -> str:
+        """Container SAS for Batch output files: add, create, write, list (no read, no delete)."""
+        return self.container_sas_url(container, OUTPUT_PERMISSIONS, expiry)
+
+    def persist_container_url(self, container: str, expiry: datetime) -> str:
+        """Write-only container SAS (create, write) for the nodes' persist step."""
+        return self.container_sas_url(container, PERSIST_PERMISSIONS, expiry)
+
+    # ------------------------------------------------------------------ listing and downloads
+    def list_blobs(self, container: str, prefix: str) -> list[Any]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        c = self.service.get_container_client(container)
+        try:
+            return self._call(f"listing {container}/{prefix}", lambda: list(c.list_blobs(name_starts_with=prefix)))
+        except ResourceNotFoundError:
+            return []
+
+    def read_blob(self, container: str, blob: str) -> bytes | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = self.service.get_blob_client(container, blob)
+        try:
+            return self._call(f"reading {blob}", lambda: client.download_blob().readall())
+        except ResourceNotFoundError:
+            return None
+
+    def download_blob(self, container: str, blob: Any, dest: Path) -> str | None:
+        """Download one listed blob (a BlobProperties) to `dest`, verifying size and MD5.
+        Returns None when good, else the reason it is not."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = self.service.get_blob_client(container, blob.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        h = hashlib.md5()
+        size = 0
+        try:
+            stream = self._call(f"downloading {blob.name}", client.download_blob)
+            with open(tmp, "wb") as f:
+                for chunk in stream.chunks():
+                    f.write(chunk)
+                    h.update(chunk)
+                    size += len(chunk)
+        except ResourceNotFoundError:
+            tmp.unlink(missing_ok=True)
+            return "vanished while downloading"
+        except InfraError as e:
+            tmp.unlink(missing_ok=True)
+            return str(e)
+        if blob.size is not None and size != blob.size:
+            tmp.unlink(missing_ok=True)
+            return f"size mismatch: got {size} bytes, storage says {blob.size}"
+        stored = blob.content_settings.content_md5 if blob.content_settings else None
+        if stored and bytes(stored) != h.digest():
+            tmp.unlink(missing_ok=True)
+            return f"MD5 mismatch: got {_b64(h.digest())}, storage says {_b64(stored)}"
+        os.replace(tmp, dest)
+        return None
+
+    def download_prefix(self, container: str, prefix: str, dest: str | Path) -> DownloadReport:
+        """Every blob under `prefix` into `dest` (paths relative to the prefix), verified."""
+        report = DownloadReport()
+        base = prefix.rstrip("/") + "/"
+        for blob in self.list_blobs(container, base):
+            rel = blob.name[len(base):]
+            if not rel or rel.endswith("/") or any(p in ("..", "") for p in rel.split("/")):
+                report.missing.append(f"{blob.name}: unsafe name, not downloaded")
+                continue
+            problem = self.download_blob(container, blob, Path(dest) / rel)
+            if problem:
+                report.missing.append(f"{blob.name}: {problem}")
+            else:
+                report.files.append(rel)
+                report.bytes += blob.size or 0
+        return report

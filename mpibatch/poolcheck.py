@@ -188,10 +188,9 @@ def _fabric(spec: Spec) -> str:
 
 
 def _image_name(image: Image) -> str:
-    for alias, known in IMAGE_ALIASES.items():
-        if known == image:
-            return alias
-    return f"{image.publisher}/{image.offer}/{image.sku}"
+    full = f"{image.publisher}/{image.offer}/{image.sku}"
+    alias = next((a for a, known in IMAGE_ALIASES.items() if known == image), None)
+    return f"{alias} ({full})" if alias else full
 
 
 def check(spec: Spec, pool: PoolFacts) -> list[Problem]:

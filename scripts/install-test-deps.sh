@@ -13,7 +13,7 @@ cd "$REPO_ROOT"
 PYTHON="${PYTHON:-python3}"
 AZURITE_VERSION="3.35.0" # newer releases need Node 22; Debian 12 / NodeSource 20 here
 APT_PACKAGES=(openssh-server openssh-client sshfs fuse3 shellcheck iproute2 procps python3-venv npm nodejs)
-MAIN_EXTRAS="test,plot"
+MAIN_EXTRAS="test,plot,mpich"
 # One MPI runtime per venv: two runtime wheels in one venv silently overwrite each other's files.
 declare -A MPI_VENVS=(
     [mpich]="mpich mpi4py"

@@ -1,0 +1,418 @@
+"""``mpibatch bench latency``: a ping-pong between one rank per node, run as a multi-instance task.
+
+What runs on the primary (one bash script, rendered here and shown by ``--show-script``):
+
+1. picks the benchmark program on the node, best first: ``osu_latency`` on PATH, else ``IMB-MPI1``
+   (``PingPong``), else ``python3 -m mpi4py.bench pingpong``; prints ``MPIBATCH-BENCH program=...``;
+2. reads the hosts from ``$AZ_BATCH_HOST_LIST`` and, for each pair measured (``first``: instances 0 and 1;
+   ``all``: every pair i<j), runs one two-rank launch with explicit hosts, the launcher argv coming from the
+   MPI flavour module (``Flavor.launch(hosts=[a, b], ppn=1, ...)``) exactly as for any task. Each rank first
+   prints its rank and host name, then ``exec``s the benchmark: the measured process *is* the benchmark
+   program, started by the same launcher line a user would type (nothing sits between the ranks);
+3. brackets each pair's output with ``MPIBATCH-BENCH pair=i,j ... begin`` / ``end rc=...`` marker lines so the
+   primary's stdout can be split and parsed.
+
+The task keeps every Batch rule (coordination on all instances first, 1 slot per node): only the
+application command line differs from ``render(spec)``'s, which would run the command under one N-rank launch.
+"""
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import InfraError, SpecError
+from ..mpi import get_flavor
+from ..plan import plan_from_rendered
+from ..render import Rendered, rank_dir, render
+from ..results import TaskResult
+from ..shell import bash_c, sh_join
+from ..spec import Spec, parse_spec
+from .parse import (
+    PROGRAM_IMB,
+    PROGRAM_MPI4PY,
+    PROGRAM_OSU_LATENCY,
+    Sample,
+    parse_imb_pingpong,
+    parse_mpi4py_pingpong,
+    parse_osu_latency,
+)
+from .verdict import Verdict, pair_matrix, slowest_node, verdict
+
+__all__ = [
+    "MARKER",
+    "PROGRAMS",
+    "LatencyResult",
+    "PairResult",
+    "benchmark_script",
+    "build_spec",
+    "parse_sizes",
+    "parse_task_output",
+    "render_benchmark",
+    "run_latency",
+    "run_rendered",
+]
+
+MARKER = "MPIBATCH-BENCH"
+DEFAULT_SIZES = (0, 4 << 20)
+# --program choices -> the name the node script prints and the parser to use
+PROGRAMS = {"osu": PROGRAM_OSU_LATENCY, "imb": PROGRAM_IMB, "mpi4py": PROGRAM_MPI4PY}
+_PARSERS = {PROGRAM_OSU_LATENCY: parse_osu_latency, PROGRAM_IMB: parse_imb_pingpong,
+            PROGRAM_MPI4PY: parse_mpi4py_pingpong}
+_HOST_A, _HOST_B = "MPIBATCHHOSTA", "MPIBATCHHOSTB"  # placeholders replaced by shell variables
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------- sizes
+def _size(text: str, where: str) -> int:
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise SpecError(where, f"{text!r} is not a message size", "write bytes, or a number with K, M or G (binary)")
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
+
+
+def parse_sizes(text: str | None, where: str = "--sizes") -> tuple[int, int]:
+    """``"0:4M"`` -> ``(0, 4194304)``; ``"8"`` -> ``(0, 8)``. K/M/G are powers of 1024."""
+    if text is None or not str(text).strip():
+        return DEFAULT_SIZES
+    lo_text, sep, hi_text = str(text).partition(":")
+    lo, hi = (_size(lo_text, where), _size(hi_text, where)) if sep else (0, _size(lo_text, where))
+    if lo > hi:
+        raise SpecError(where, f"minimum {lo} is larger than maximum {hi}", "write MIN:MAX, e.g. 0:4M")
+    if hi > 1 << 30:
+        raise SpecError(where, f"maximum {hi} bytes is over 1 GiB", "ping-pong latency needs small messages: e.g. 0:4M")
+    return lo, hi
+
+
+def _log2_floor(n: int) -> int:
+    return max(0, n.bit_length() - 1)
+
+
+def _log2_ceil(n: int) -> int:
+    return 0 if n <= 1 else (n - 1).bit_length()
+
+
+def program_args(sizes: tuple[int, int], iterations: int | None) -> dict[str, list[str]]:
+    """Each program's arguments for the size range (and iteration count), by PROGRAMS key.
+
+    IMB ``-msglog a:b`` runs 0 bytes and 2^a..2^b; OSU ``-m MIN:MAX``; mpi4py ``-m MIN -n MAX`` (powers of two
+    from 1: mpi4py never sends 0 bytes). Samples outside the range are filtered after parsing anyway."""
+    lo, hi = sizes
+    imb = ["PingPong", "-msglog", f"{_log2_ceil(max(lo, 1))}:{_log2_floor(max(hi, 1))}"]
+    osu = ["-m", f"{lo}:{hi}"]
+    m4 = ["-m", str(max(lo, 1)), "-n", str(max(hi, 1))]
+    if iterations is not None:
+        imb += ["-iter", str(iterations), "-iter_policy", "off"]
+        osu += ["-i", str(iterations), "-x", str(max(1, min(iterations // 10, 100)))]
+        m4 += ["-l", str(iterations), "-s", str(max(1, min(iterations // 10, 100))),
+               "--loop-large", str(iterations), "--loop-huge", str(iterations)]
+    return {"osu": osu, "imb": imb, "mpi4py": m4}
+
+
+# --------------------------------------------------------------------------------------------- spec
+def build_spec(*, flavor: str, instances: int, job_id: str = "mpibatch-bench", task_id: str | None = None,
+               pool_id: str | None = None, vm_size: str | None = None, fabric: str = "auto",
+               environment: Mapping[str, str] | None = None, options: Sequence[str] = (),
+               max_wall_clock: str = "15m", base: Spec | None = None) -> Spec:
+    """The benchmark's spec: a multi-instance task, 1 rank per node. From flags, or from a user's spec
+    (``base``: its job, pool, flavour, fabric, environment and launcher options are kept)."""
+    task_id = task_id or f"latency-{secrets.token_hex(3)}"
+    if base is not None:
+        t = base.task
+        task = replace(t, id=task_id, instances=instances, common_files=(), files=(), outputs=(),
+                       coordination=None, mpi=replace(t.mpi, processes_per_node=1))
+        spec = replace(base, task=task, job=replace(base.job, preparation=base.job.preparation))
+        if spec.task.mpi.flavor == "msmpi":
+            raise SpecError("task.mpi.flavor", "the latency benchmark runs on Linux pools only",
+                            "use intelmpi, openmpi or mpich")
+        return spec
+    data: dict[str, Any] = {
+        "job": {"id": job_id},
+        "task": {"id": task_id, "instances": instances,
+                 "mpi": {"flavor": flavor, "fabric": fabric, "options": list(options)},
+                 "command": ["mpibatch-bench-latency"],  # replaced by render_benchmark
+                 "environment": dict(environment or {}), "max_wall_clock": max_wall_clock},
+    }
+    if pool_id or vm_size:
+        data["pool"] = {k: v for k, v in (("id", pool_id), ("vm_size", vm_size)) if v}
+    if flavor == "msmpi":
+        raise SpecError("--flavor", "the latency benchmark runs on Linux pools only", "use intelmpi, openmpi or mpich")
+    return parse_spec(data)
+
+
+def benchmark_script(r: Rendered, *, pairs: str = "first", program: str = "auto",
+                     sizes: tuple[int, int] = DEFAULT_SIZES, iterations: int | None = None) -> str:
+    """The bash script the primary runs (see the module docstring)."""
+    if pairs not in ("first", "all"):
+        raise SpecError("--pairs", f"unknown value {pairs!r}", "choose first or all")
+    if program != "auto" and program not in PROGRAMS:
+        raise SpecError("--program", f"unknown value {program!r}", f"choose auto, {', '.join(PROGRAMS)}")
+    spec = r.spec
+    launch = r.flavor.launch([_HOST_A, _HOST_B], 1, spec.task.mpi.options, r.environment, r.fabric,
+                             rank_dir(spec))
+    launcher = sh_join(launch.argv).replace(_HOST_A, '"$host_a"').replace(_HOST_B, '"$host_b"')
+    args = program_args(sizes, iterations)
+    order = list(PROGRAMS) if program == "auto" else [program]
+    choose = []
+    for key in order:
+        if key == "osu":
+            choose.append(f'if [ -z "$prog" ] && p=$(command -v osu_latency); then prog={PROGRAMS[key]!r}; '
+                          f'argv=("$p" {sh_join(args[key])}); fi')
+        elif key == "imb":
+            choose.append(f'if [ -z "$prog" ] && p=$(command -v IMB-MPI1); then prog={PROGRAMS[key]!r}; '
+                          f'argv=("$p" {sh_join(args[key])}); fi')
+        else:
+            choose.append(f'if [ -z "$prog" ] && p=$(command -v python3) && "$p" -c "import mpi4py.bench" 2>/dev/null; '
+                          f'then prog={PROGRAMS[key]!r}; argv=("$p" -m mpi4py.bench pingpong {sh_join(args[key])}); fi')
+    wanted = "osu_latency, IMB-MPI1 or python3 with mpi4py" if program == "auto" else PROGRAMS[program]
+    pair_loop = ("for ((i = 0; i < n - 1; i++)); do for ((j = i + 1; j < n; j++)); do run_pair $i $j; done; done"
+                 if pairs == "all" else "run_pair 0 1")
+    # Each rank says who it is, then becomes the benchmark (exec: no process in between).
+    rank_sh = (f'echo "{MARKER} rank=${{PMI_RANK:-${{OMPI_COMM_WORLD_RANK:-${{PMIX_RANK:-?}}}}}} '
+               'host=$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)"; exec "$@"')
+    lines = [
+        "set -u",
+        'prog="" argv=()',
+        *choose,
+        f'if [ -z "$prog" ]; then echo "{MARKER} error: no benchmark program found on $(hostname) '
+        f'(looked for {wanted} on PATH=$PATH)" >&2; exit 127; fi',
+        f'echo "{MARKER} program=$prog path=${{argv[0]}}"',
+        'IFS=, read -r -a hosts <<< "$AZ_BATCH_HOST_LIST"',
+        "n=${#hosts[@]}",
+        f'if [ "$n" -lt 2 ]; then echo "{MARKER} error: need 2 or more instances, got $n" >&2; exit 2; fi',
+        "rc=0",
+        "run_pair() {",
+        '  local host_a=${hosts[$1]} host_b=${hosts[$2]} r=0',
+        f'  echo "{MARKER} pair=$1,$2 hosts=$host_a,$host_b begin"',
+        f"  {launcher} /bin/bash -c {sh_join([rank_sh])} mpibatch-rank \"${{argv[@]}}\" || r=$?",
+        f'  echo "{MARKER} pair=$1,$2 end rc=$r"',
+        '  if [ "$r" != 0 ]; then rc=$r; fi',
+        "}",
+        pair_loop,
+        "exit $rc",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_benchmark(spec: Spec, *, pairs: str = "first", program: str = "auto",
+                     sizes: tuple[int, int] = DEFAULT_SIZES, iterations: int | None = None) -> Rendered:
+    """``render(spec)`` with the benchmark script as the application command line."""
+    r = render(spec)
+    if r.os != "linux":
+        raise SpecError("pool.image", "the latency benchmark runs on Linux pools only", "use a Linux image")
+    if spec.task.instances < 2:
+        raise SpecError("task.instances", "a ping-pong between nodes needs 2 or more instances", "use 2 or more nodes")
+    script = benchmark_script(r, pairs=pairs, program=program, sizes=sizes, iterations=iterations)
+    return replace(r, command_line=bash_c(script))
+
+
+def run_rendered(executor: Any, r: Rendered) -> TaskResult:
+    """Run an already rendered task through any executor (local / SSH: ``run_plan``; Azure:
+    ``submit_rendered``)."""
+    if hasattr(executor, "run_plan"):
+        return executor.run_plan(plan_from_rendered(r))
+    if hasattr(executor, "submit_rendered"):
+        return executor.submit_rendered(r)
+    if all(hasattr(executor, a) for a in ("_prepare", "wait", "collect")):
+        # AzureExecutor.submit(spec) renders the spec itself; until it takes a Rendered, do its steps here.
+        job_id, task_id = r.spec.job.id, r.spec.task.id
+        prepared = executor._prepare([r])
+        executor._call(f"creating task {job_id}/{task_id}", executor.client.create_task, job_id, prepared.tasks[0])
+        executor.wait(job_id, task_id)
+        return executor.collect(job_id, task_id)
+    raise InfraError(f"{type(executor).__name__} cannot run a rendered task (needs run_plan or submit_rendered)")
+
+
+# --------------------------------------------------------------------------------------------- results
+@dataclass
+class PairResult:
+    i: int
+    j: int
+    addresses: tuple[str, str]  # from AZ_BATCH_HOST_LIST
+    rank_hosts: list[str]  # host names the ranks reported, in rank order
+    exit_code: int | None
+    samples: list[Sample] = field(default_factory=list)
+    verdict: Verdict | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pair": [self.i, self.j], "addresses": list(self.addresses), "rank_hosts": self.rank_hosts,
+                "exit_code": self.exit_code, "error": self.error,
+                "small_latency_us": self.verdict.small_latency_us if self.verdict else None,
+                "samples": [_sample_dict(s) for s in self.samples],
+                "verdict": self.verdict.as_dict() if self.verdict else None}
+
+
+def _sample_dict(s: Sample) -> dict[str, Any]:
+    return {"size": s.size, "latency_us": s.latency_us, "bandwidth_mbs": s.bandwidth_mbs, "program": s.program}
+
+
+@dataclass
+class LatencyResult:
+    program: str | None
+    program_path: str | None
+    pairs_mode: str
+    pairs: list[PairResult]
+    node_names: list[str]  # index -> host name reported by its rank (address if never reported)
+    matrix: list[list[float | None]]
+    slowest: tuple[int, float] | None
+    vm_size: str | None
+    task: TaskResult | None = None
+    command_line: str = ""
+
+    @property
+    def first(self) -> PairResult | None:
+        return self.pairs[0] if self.pairs else None
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self.first.samples if self.first else []
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return self.first.verdict if self.first else None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.pairs) and all(p.verdict is not None and p.error is None for p in self.pairs) \
+            and (self.task is None or self.task.succeeded)
+
+    @property
+    def slowest_name(self) -> str | None:
+        return self.node_names[self.slowest[0]] if self.slowest else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "program": self.program, "program_path": self.program_path, "pairs_mode": self.pairs_mode,
+            "vm_size": self.vm_size, "nodes": self.node_names,
+            "samples": [_sample_dict(s) for s in self.samples],
+            "verdict": self.verdict.as_dict() if self.verdict else None,
+            "pairs": [p.as_dict() for p in self.pairs],
+            "matrix": self.matrix if self.pairs_mode == "all" else None,
+            "slowest_node": ({"index": self.slowest[0], "name": self.slowest_name, "median_latency_us": self.slowest[1]}
+                             if self.slowest else None),
+            "task": self.task.to_json() if self.task else None,
+        }
+
+
+_PAIR_BEGIN = re.compile(rf"^{MARKER} pair=(\d+),(\d+) hosts=(\S*?),(\S*) begin$")
+_PAIR_END = re.compile(rf"^{MARKER} pair=(\d+),(\d+) end rc=(\d+)$")
+_PROGRAM = re.compile(rf"^{MARKER} program=(.+?) path=(.*)$")
+_RANK = re.compile(rf"{MARKER} rank=(\S+) host=(\S+)")
+
+
+def parse_task_output(text: str, *, sizes: tuple[int, int] | None = None, vm_size: str | None = None,
+                      fabric_expected: str | None = None, instances: int | None = None) -> LatencyResult:
+    """Split the primary's stdout at the pair markers, parse each pair's benchmark output, judge it."""
+    program = program_path = None
+    pairs: list[PairResult] = []
+    current: PairResult | None = None
+    body: list[str] = []
+
+    def close(rc: int | None) -> None:
+        nonlocal current
+        if current is None:
+            return
+        current.exit_code = rc
+        ranks: dict[int, str] = {}
+        kept = []
+        for line in body:
+            m = _RANK.search(line)
+            if m:
+                if m.group(1).isdigit():
+                    ranks[int(m.group(1))] = m.group(2)
+                continue
+            kept.append(line)
+        current.rank_hosts = [ranks[k] for k in sorted(ranks)]
+        parser = _PARSERS.get(program or "")
+        if parser is None:
+            current.error = "the node script named no benchmark program"
+        else:
+            try:
+                samples = parser("\n".join(kept))
+                if sizes is not None:
+                    samples = [s for s in samples if sizes[0] <= s.size <= sizes[1]] or samples
+                current.samples = samples
+                current.verdict = verdict(samples, hosts=current.rank_hosts, vm_size=vm_size,
+                                          fabric_expected=fabric_expected)
+            except ValueError as e:
+                current.error = f"could not read {program} output: {e}"
+        if rc not in (0, None) and current.error is None and current.verdict is None:
+            current.error = f"the launch exited with {rc}"
+        elif rc not in (0, None):
+            current.error = f"the launch exited with {rc}" + (f"; {current.error}" if current.error else "")
+        pairs.append(current)
+        current = None
+
+    for line in text.splitlines():
+        stripped = line.strip()
+        m = _PROGRAM.match(stripped)
+        if m and current is None:
+            program, program_path = m.group(1), m.group(2)
+            continue
+        m = _PAIR_BEGIN.match(stripped)
+        if m:
+            close(None)
+            current = PairResult(i=int(m.group(1)), j=int(m.group(2)), addresses=(m.group(3), m.group(4)),
+                                 rank_hosts=[], exit_code=None)
+            body = []
+            continue
+        m = _PAIR_END.match(stripped)
+        if m and current is not None:
+            close(int(m.group(3)))
+            continue
+        if current is not None:
+            body.append(line)
+    if current is not None:
+        current.error = "the output of this pair was cut short (no end marker)"
+        close(None)
+
+    n = max([instances or 0] + [p.j + 1 for p in pairs] + [2])
+    names: list[str | None] = [None] * n
+    for p in pairs:
+        for idx, k in enumerate((p.i, p.j)):
+            if names[k] is None:
+                names[k] = p.rank_hosts[idx] if len(p.rank_hosts) > idx else (p.addresses[idx] or None)
+    node_names = [name or f"node {k}" for k, name in enumerate(names)]
+    values = {(p.i, p.j): p.verdict.small_latency_us for p in pairs if p.verdict is not None}
+    matrix = pair_matrix(values, n)
+    slow = slowest_node(matrix)
+    return LatencyResult(program=program, program_path=program_path, pairs_mode="all" if len(pairs) > 1 else "first",
+                         pairs=pairs, node_names=node_names, matrix=matrix, slowest=slow, vm_size=vm_size)
+
+
+def _read_primary_stdout(result: TaskResult) -> str:
+    if not result.instances:
+        return ""
+    primary = result.instances[0]
+    if primary.stdout_path:
+        try:
+            return Path(primary.stdout_path).read_text(errors="replace")
+        except OSError:
+            pass
+    return primary.stdout
+
+
+def run_latency(executor: Any, spec: Spec, *, pairs: str = "first", program: str = "auto",
+                sizes: tuple[int, int] = DEFAULT_SIZES, iterations: int | None = None,
+                vm_size: str | None = None, fabric_expected: str | None = None) -> LatencyResult:
+    """Render, run through ``executor``, parse the primary's stdout and judge it."""
+    r = render_benchmark(spec, pairs=pairs, program=program, sizes=sizes, iterations=iterations)
+    vm_size = vm_size or (spec.pool.vm_size if spec.pool else None)
+    task = run_rendered(executor, r)
+    out = parse_task_output(_read_primary_stdout(task), sizes=sizes, vm_size=vm_size,
+                            fabric_expected=fabric_expected, instances=spec.task.instances)
+    out.pairs_mode = pairs
+    out.task = task
+    out.command_line = r.command_line
+    return out
+
+
+def fmt_ratio(v: Verdict) -> str:
+    if v.anchor_us is None or v.ratio is None or not math.isfinite(v.ratio):
+        return "no anchor (give --vm-size for the published latency of that size)"
+    return f"anchor {v.anchor_us:g} us, measured/anchor = {v.ratio:.2f}x"

@@ -1,0 +1,217 @@
+"""`mpibatch submit | status | collect | pool create | pool check | job terminate`: Azure Batch.
+
+Exit codes (cli.py): 0 success, 1 the task failed, 2 bad input - nothing was created, 3 infrastructure
+(Batch or storage unreachable, authentication failed, throttled beyond the retries). Interrupted
+while waiting: 130, after printing how to resume. Credentials come from the environment only (see
+mpibatch.executors.azure and mpibatch.storage) and are never printed.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
+from .errors import SpecError
+from .results import TaskResult
+from .spec import load_spec, validate_id
+
+EXIT_INTERRUPTED = 130
+
+
+def _progress(msg: str) -> None:
+    click.echo(f"mpibatch: {msg}", err=True)
+
+
+def _executor(runs_dir: str | None = None, quiet: bool = False) -> Any:
+    from .executors.azure import AzureExecutor
+
+    return AzureExecutor(runs_dir=runs_dir or "mpibatch-runs", progress=None if quiet else _progress)
+
+
+def format_task_result(result: TaskResult) -> str:
+    try:
+        from .report import format_result  # type: ignore[attr-defined]
+    except ImportError:
+        from .executors.azure import iter_progress_lines
+
+        return "\n".join(iter_progress_lines(result))
+    return format_result(result)
+
+
+def _print_result(result: TaskResult, output: str) -> None:
+    if output == "json":
+        echo_json(result.to_json())
+    else:
+        click.echo(format_task_result(result))
+
+
+def _exit_for(result: TaskResult) -> int:
+    if result.state in ("active", "running"):
+        return EXIT_OK
+    return EXIT_OK if result.succeeded and not result.missing else EXIT_TASK_FAILED
+
+
+def _resume_hint(job_id: str, task_id: str) -> str:
+    return (f"stopped waiting; the task keeps running in Batch. Resume with:\n"
+            f"  mpibatch status {job_id} {task_id}\n"
+            f"  mpibatch collect {job_id} {task_id}\n"
+            f"or end it with: mpibatch job terminate {job_id}")
+
+
+def _ids(job_id: str, task_id: str | None = None) -> None:
+    validate_id(job_id, "JOB")
+    if task_id is not None:
+        validate_id(task_id, "TASK")
+
+
+@click.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="wait for the task, then collect its outputs")
+@output_option
+@click.option("--runs-dir", type=click.Path(file_okay=False), default="mpibatch-runs", show_default=True,
+              help="where collected outputs go: RUNS_DIR/<job>/<task>/<instance>/")
+@click.option("--terminate-on-interrupt", is_flag=True,
+              help="on Ctrl-C while waiting, terminate the job instead of leaving the task running")
+@click.option("--timeout", type=float, default=None, help="give up waiting after this many seconds (exit 3)")
+@report_errors
+def submit(spec_path: Path, wait: bool, output: str, runs_dir: str, terminate_on_interrupt: bool,
+           timeout: float | None) -> None:
+    """Submit SPEC as an Azure Batch multi-instance task: check the pool, upload inputs, create the
+    job (if missing) and the task, wait with progress, collect every instance's outputs."""
+    spec = load_spec(spec_path)
+    ex = _executor(runs_dir)
+    result = ex.submit(spec, wait=False)
+    job_id, task_id = spec.job.id, spec.task.id
+    if not wait:
+        _print_result(result, output)
+        click.echo(f"follow it with: mpibatch status {job_id} {task_id}; then: mpibatch collect {job_id} {task_id}",
+                   err=True)
+        sys.exit(EXIT_OK)
+    try:
+        ex.wait(job_id, task_id, timeout=timeout)
+    except KeyboardInterrupt:
+        if terminate_on_interrupt:
+            click.echo(f"mpibatch: interrupted: terminating job {job_id}", err=True)
+            try:
+                ex.terminate_job(job_id, "interrupted by the user (mpibatch --terminate-on-interrupt)")
+            except KeyboardInterrupt:
+                pass
+            click.echo(f"job {job_id} terminated; collect what it produced with: mpibatch collect {job_id} {task_id}",
+                       err=True)
+        else:
+            click.echo(_resume_hint(job_id, task_id), err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    result = ex.collect(job_id, task_id)
+    _print_result(result, output)
+    sys.exit(_exit_for(result))
+
+
+@click.command()
+@click.argument("job_id", metavar="JOB")
+@click.argument("task_id", metavar="TASK")
+@output_option
+@click.option("--wait", "wait_", is_flag=True, help="wait until the task completes, with progress")
+@report_errors
+def status(job_id: str, task_id: str, output: str, wait_: bool) -> None:
+    """State, exit code and instances of task TASK in job JOB (downloads nothing)."""
+    _ids(job_id, task_id)
+    ex = _executor()
+    if wait_:
+        try:
+            ex.wait(job_id, task_id)
+        except KeyboardInterrupt:
+            click.echo(_resume_hint(job_id, task_id), err=True)
+            sys.exit(EXIT_INTERRUPTED)
+    result = ex.status(job_id, task_id)
+    _print_result(result, output)
+    sys.exit(_exit_for(result))
+
+
+@click.command()
+@click.argument("job_id", metavar="JOB")
+@click.argument("task_id", metavar="TASK")
+@click.option("--to", "to", type=click.Path(file_okay=False), default="mpibatch-runs", show_default=True,
+              help="runs directory: outputs go to TO/<job>/<task>/<instance>/ (a new directory each time)")
+@output_option
+@report_errors
+def collect(job_id: str, task_id: str, to: str, output: str) -> None:
+    """Bring back stdout/stderr and outputs of every instance of TASK, verified (sizes, MD5)."""
+    _ids(job_id, task_id)
+    result = _executor(to).collect(job_id, task_id, to)
+    _print_result(result, output)
+    sys.exit(_exit_for(result))
+
+
+@click.group()
+def pool() -> None:
+    """Create and check Batch pools for MPI."""
+
+
+@pool.command("create")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--msmpi-installer", "msmpi_installer", metavar="URL", default=None,
+              help="URL of MSMpiSetup.exe for Windows pools (installed by the start task)")
+@output_option
+@report_errors
+def pool_create(spec_path: Path, msmpi_installer: str | None, output: str) -> None:
+    """Create the pool of SPEC's `pool:` section, fit for MPI: inter-node communication on, one task
+    slot per node, an HPC image, and a start task installing what the MPI flavour needs."""
+    spec = load_spec(spec_path)
+    body = _executor().pool_create(spec, msmpi_installer_url=msmpi_installer)
+    if output == "json":
+        echo_json(body)
+    else:
+        vmc = body.get("virtualMachineConfiguration", {})
+        ref = vmc.get("imageReference", {})
+        click.echo(f"pool {body['id']}: {body.get('targetDedicatedNodes')} x {body.get('vmSize')}, "
+                   f"{ref.get('publisher')}/{ref.get('offer')}/{ref.get('sku')} ({vmc.get('nodeAgentSKUId')}), "
+                   "inter-node communication on, 1 task slot per node")
+
+
+@pool.command("check")
+@click.argument("pool_id", metavar="POOL")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="check the pool against this spec's task too")
+@output_option
+@report_errors
+def pool_check(pool_id: str, spec_path: Path | None, output: str) -> None:
+    """Would a multi-instance task run on POOL? Errors exit 2, warnings exit 0."""
+    validate_id(pool_id, "POOL")
+    spec = load_spec(spec_path) if spec_path else None
+    facts, problems = _executor(quiet=True).pool_check(pool_id, spec)
+    errors = [p for p in problems if p.severity == "error"]
+    if output == "json":
+        echo_json({"pool": pool_id, "ok": not errors,
+                   "problems": [{"severity": p.severity, "field": p.field, "message": p.message, "fix": p.fix}
+                                for p in problems]})
+    else:
+        for p in problems:
+            click.echo(str(p))
+        if not problems:
+            nodes = facts.nodes if facts.nodes is not None else "?"
+            click.echo(f"pool {pool_id}: fit for MPI ({facts.vm_size}, {nodes} node(s), inter-node on, "
+                       f"{facts.task_slots_per_node} slot/node)")
+    if errors:
+        sys.exit(SpecError.exit_code)
+
+
+@click.group()
+def job() -> None:
+    """Batch jobs."""
+
+
+@job.command("terminate")
+@click.argument("job_id", metavar="JOB")
+@report_errors
+def job_terminate(job_id: str) -> None:
+    """Terminate JOB: its running tasks end; collect what they produced with `mpibatch collect`."""
+    _ids(job_id)
+    state = _executor().terminate_job(job_id, "terminated with mpibatch job terminate")
+    click.echo(f"job {job_id}: {state}")
+
+
+COMMANDS = [submit, status, collect, pool, job]

@@ -272,7 +272,8 @@ def check_pool(spec_path: str, pool_json: str | None, output: str) -> None:
             click.echo(f"clean: {poolcheck.summary(spec, facts)}"
                        + (f" ({len(warnings)} warning(s) below)" if warnings else ""))
         else:
-            click.echo(f"{len(errors)} problem(s) keep task {spec.task.id} from running on "
+            also = f" (and {len(warnings)} warning(s))" if warnings else ""
+            click.echo(f"{len(errors)} problem(s){also} keep task {spec.task.id} from running on "
                        f"{facts.id or 'the pool'} (checked against {source}):")
         for p in problems:
             click.echo(f"  {p.severity:<7}  {p.field}: {p.message}")

@@ -150,6 +150,10 @@ class Lifecycle:
         while len(codes) < len(procs):
             for i, p in procs.items():
                 if i not in codes and (rc := p.poll()) is not None:
+                    # A process that "exited" because its node went away: say so, naming the node.
+                    if rc != 0 and (why := self.t.lost(nodes[i])):
+                        raise _Failed(Failure(phase, f"instance {i} ({nodes[i].host}) was lost after "
+                                              f"{time.monotonic() - self.t0:.1f}s: {why}", i))
                     codes[i] = rc
                     if phase == "coordination":
                         self._say("coordination", f"{len(codes)}/{len(procs)} done")

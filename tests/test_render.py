@@ -382,8 +382,9 @@ SHELLCHECK_SPECS = {
 }
 
 
-def _shellcheck(script: str) -> subprocess.CompletedProcess:
-    return subprocess.run([SHELLCHECK, "-s", "bash", "-"], input=script, capture_output=True, text=True, timeout=60)
+def _shellcheck(script: str, *exclude: str) -> subprocess.CompletedProcess:
+    args = [SHELLCHECK, "-s", "bash", *(f"--exclude={e}" for e in exclude), "-"]
+    return subprocess.run(args, input=script, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed (apt-get install shellcheck)")
@@ -392,10 +393,13 @@ def _shellcheck(script: str) -> subprocess.CompletedProcess:
 def test_rendered_lines_pass_shellcheck(flavor, variant):
     r = render(make_spec(flavor=flavor, **SHELLCHECK_SPECS[variant]))
     lines = {"application": r.command_line, "coordination": r.coordination_command_line}
+    # SC2016 ("expressions don't expand in single quotes") is what mpibatch wants for the user's words:
+    # '$(touch PWNED)' must reach the program literally. Only the variant with such words excludes it.
+    exclude = ("SC2016",) if variant == "full" else ()
     for what, line in lines.items():
         prog, flag, script = shlex.split(line)
         assert (prog, flag) == ("/bin/bash", "-c")
-        proc = _shellcheck(script)
+        proc = _shellcheck(script, *exclude)
         assert proc.returncode == 0, f"{what}:\n{script}\n{proc.stdout}"
 
 

@@ -60,6 +60,9 @@ def rehearsal_env(*, is_root: bool) -> dict[str, str]:
     for flavor in FLAVORS.values():
         env |= flavor.rehearsal_env(is_root=is_root)
     env["UCX_TLS"] = "tcp,self"
+    # Open MPI, unlike hydra, starts remote ranks with its daemon's (login) environment: forward
+    # PATH (where the hosts' MPI and Python are) and the run marker (for the cleanup sweep).
+    env["OMPI_MCA_mca_base_env_list"] = f"PATH;{RUN_VAR}"
     return env
 
 
@@ -117,7 +120,7 @@ class _SshProc:
             self.code = rc if rc >= 0 else 255  # -1: killed by a signal or no status sent
             return self.code
         tr = self.t.hosts[self.node.index].transport
-        if self.chan.closed or tr is None or not tr.is_active():
+        if self.chan.closed or tr is None or not tr.is_active() or self.t.lost(self.node):
             self.code = 255  # the connection is gone; lost() says which host and when
             return self.code
         return None

@@ -1,0 +1,252 @@
+"""`mpibatch bench latency`: internode ping-pong latency on any executor, judged against the hardware.
+
+Exit codes (cli.py): 0 the benchmark ran and was read, 1 the benchmark task (or a pair's launch) failed or
+printed nothing readable, 2 bad input (nothing was run), 3 infrastructure.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
+from .errors import SpecError
+
+_DEFAULT_FLAVOR = {"local": "mpich", "ssh": "mpich", "azure": "intelmpi"}
+
+
+def _progress(phase: str, detail: str = "") -> None:
+    click.echo(f"mpibatch: {phase}{': ' + detail if detail else ''}", err=True)
+
+
+def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for v in values:
+        name, sep, value = v.partition("=")
+        if not sep or not name:
+            raise SpecError("--env", f"{v!r} is not NAME=VALUE", "write e.g. --env FI_PROVIDER=mlx")
+        env[name] = value
+    return env
+
+
+def _ssh_hosts_count(kw: dict[str, Any]) -> int | None:
+    if kw.get("hosts"):
+        return len([h for h in kw["hosts"].split(",") if h.strip()])
+    if kw.get("hosts_file") and Path(kw["hosts_file"]).is_file():
+        from .hostlist import parse_hosts_file
+
+        return len(parse_hosts_file(Path(kw["hosts_file"]).read_text(), "--hosts-file"))
+    return None
+
+
+def _trim_ssh_hosts(kw: dict[str, Any], n: int) -> dict[str, Any]:
+    """--pairs first on more than 2 SSH hosts: the first two (the primary and one subtask)."""
+    kw = dict(kw)
+    if kw.get("hosts"):
+        kw["hosts"] = ",".join([h for h in kw["hosts"].split(",") if h.strip()][:n])
+    elif kw.get("hosts_file"):
+        from .hostlist import parse_hosts_file
+
+        specs = parse_hosts_file(Path(kw["hosts_file"]).read_text(), "--hosts-file")[:n]
+        kw["hosts"], kw["hosts_file"] = ",".join(str(s) for s in specs), None
+    return kw
+
+
+def format_report(res: Any, *, flavor: str, executor: str) -> str:
+    from .bench.latency import fmt_ratio
+    from .bench.verdict import format_matrix, format_table
+
+    lines = [f"benchmark: {res.program or '(none found)'}"
+             + (f" ({res.program_path})" if res.program_path else "")
+             + f" - {flavor}, executor {executor}, {len(res.node_names)} nodes, pairs: {res.pairs_mode}"]
+    for p in res.pairs:
+        names = " <-> ".join(p.rank_hosts[:2]) if len(p.rank_hosts) >= 2 else "?"
+        lines.append("")
+        lines.append(f"pair {p.i}-{p.j}: {names} ({', '.join(p.addresses)})")
+        if p.error:
+            lines.append(f"  error: {p.error}")
+        if p.samples and (res.pairs_mode == "first" or p is res.first):
+            lines.append(format_table(p.samples))
+        elif p.verdict:
+            lines.append(f"  small-message latency {p.verdict.small_latency_us:.2f} us ({p.verdict.fabric})")
+    v = res.verdict
+    if v is not None:
+        first = res.first
+        lines.append("")
+        lines.append("verdict:")
+        hosts = ", ".join(first.rank_hosts[:2]) if first else "?"
+        lines.append(f"  different hosts: {'yes' if v.different_hosts else 'NO'} ({hosts})")
+        lines.append(f"  fabric: {v.fabric} (small-message latency {v.small_latency_us:.2f} us)"
+                     + (f", expected {v.expected}" if v.expected else ""))
+        lines.append(f"  {fmt_ratio(v)}" + (f" [{res.vm_size}]" if res.vm_size else ""))
+        warnings = list(dict.fromkeys(w for p in res.pairs if p.verdict for w in p.verdict.warnings))
+        for w in warnings:
+            lines.append(f"  warning: {w}")
+    if res.pairs_mode == "all" and res.pairs:
+        lines.append("")
+        lines.append(format_matrix(res.matrix, res.node_names))
+        if res.slowest:
+            lines.append(f"slowest node: {res.slowest_name} (median {res.slowest[1]:.2f} us over its pairs)")
+        else:
+            lines.append("slowest node: none stands out (no node's pairs are 1.5x the others)")
+    if res.task is not None and not res.task.succeeded:
+        f = res.task.failure
+        lines.append("")
+        lines.append(f"task {res.task.job_id}/{res.task.task_id}: {res.task.state}, exit code {res.task.exit_code}"
+                     + (f" - {f.phase}: {f.reason}" if f else ""))
+        if res.task.instances and res.task.instances[0].stderr.strip():
+            lines.append("primary stderr (tail):")
+            lines += ["  " + x for x in res.task.instances[0].stderr.strip().splitlines()[-15:]]
+    return "\n".join(lines)
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks run as multi-instance tasks."""
+
+
+@bench.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@click.option("--executor", type=click.Choice(["local", "ssh", "azure"]), default="local", show_default=True)
+@click.option("--flavor", default=None, help="MPI flavour (default mpich for local/ssh, intelmpi for azure)")
+@click.option("--pool", "pool_id", default=None, help="azure: the pool to run on")
+@click.option("--vm-size", default=None, help="the pool's VM size: expected fabric and latency anchor")
+@click.option("--nodes", type=click.IntRange(min=2), default=None,
+              help="local/azure: instances (default 2; --pairs all: 3, or the spec's instances)")
+@click.option("--sizes", default="0:4M", show_default=True, help="message sizes MIN:MAX (K, M, G = 1024^n)")
+@click.option("--pairs", type=click.Choice(["first", "all"]), default="first", show_default=True,
+              help="first: instances 0 and 1; all: every node pair (matrix, slowest node)")
+@click.option("--program", type=click.Choice(["auto", "osu", "imb", "mpi4py"]), default="auto", show_default=True,
+              help="auto: osu_latency, else IMB-MPI1 PingPong, else mpi4py.bench pingpong, found on the node")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="iterations per size (default: the program's own)")
+@click.option("--fabric", type=click.Choice(["auto", "tcp", "sriov", "networkdirect"]), default=None,
+              help="fabric settings (default auto: from --vm-size)")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="task environment (repeatable)")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="write a log-log PNG (and FILE-matrix.png for --pairs all)")
+@click.option("--runs-dir", default="mpibatch-runs", show_default=True, help="where outputs are collected")
+@click.option("--show-script", is_flag=True, help="print the node script and exit without running")
+@output_option
+@click.option("--hosts", help="ssh: comma-separated [user@]host[:port] list; the first is the primary")
+@click.option("--hosts-file", type=click.Path(dir_okay=False), help="ssh: one [user@]host[:port] a line")
+@click.option("--user", help="ssh: user (default: yours, or user@ in the host entry)")
+@click.option("--key", type=click.Path(dir_okay=False), help="ssh: private key")
+@click.option("--known-hosts", type=click.Path(dir_okay=False), help="ssh: default ~/.ssh/known_hosts")
+@click.option("--port", type=int, default=None, help="ssh: port (default 22)")
+@click.option("--node-root", default=None, help="ssh: node root directory on each host")
+@click.option("--insecure-accept-unknown-host-keys", is_flag=True,
+              help="ssh: DANGER: do not check SSH host keys (man-in-the-middle risk)")
+@report_errors
+def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | None, vm_size: str | None,
+            nodes: int | None, sizes: str, pairs: str, program: str, iterations: int | None, fabric: str | None,
+            env: tuple[str, ...], plot_path: str | None, runs_dir: str, show_script: bool, output: str,
+            **ssh_kw: Any) -> None:
+    """Ping-pong latency between nodes (one rank per node), with a verdict on the fabric.
+
+    Without SPEC the task is built from the flags; with SPEC its job, pool, MPI flavour, fabric, environment
+    and launcher options are used.
+    """
+    from . import rdma
+    from .bench.latency import build_spec, parse_sizes, render_benchmark, run_latency
+    from .spec import load_spec
+
+    size_range = parse_sizes(sizes)
+    extra_env = _env_pairs(env)
+    if vm_size:
+        vm_size = rdma.validate_vm_size(vm_size, "--vm-size")
+    if plot_path and not show_script:
+        from .bench.plot import _matplotlib
+
+        _matplotlib()  # fail (exit 2) before running anything if matplotlib is missing
+
+    base = load_spec(spec) if spec else None
+    # How many instances.
+    if executor == "ssh":
+        n_hosts = _ssh_hosts_count(ssh_kw)
+        if n_hosts is None:
+            raise SpecError("--hosts", "the SSH executor needs exactly one of --hosts or --hosts-file",
+                            "e.g. --hosts 10.0.0.4,10.0.0.5")
+        if n_hosts < 2:
+            raise SpecError("--hosts", f"a ping-pong between nodes needs 2 hosts, got {n_hosts}", "give two or more")
+        instances = n_hosts if pairs == "all" else 2
+        if nodes is not None and nodes != instances:
+            raise SpecError("--nodes", f"the SSH executor uses its hosts ({instances})", "drop --nodes")
+    else:
+        default_all = base.task.instances if base and base.task.instances >= 3 else 3
+        instances = nodes or (default_all if pairs == "all" else 2)
+
+    if base is not None:
+        if flavor and flavor != base.task.mpi.flavor:
+            raise SpecError("--flavor", f"{flavor} differs from the spec's task.mpi.flavor {base.task.mpi.flavor}",
+                            "drop --flavor or edit the spec")
+        from dataclasses import replace
+
+        task = replace(base.task, environment={**base.task.environment, **extra_env})
+        if fabric:
+            task = replace(task, mpi=replace(task.mpi, fabric=fabric))
+        base = replace(base, task=task)
+        if pool_id and base.job.pool and pool_id != base.job.pool:
+            raise SpecError("--pool", f"{pool_id} differs from the spec's pool {base.job.pool}", "drop --pool")
+        if pool_id:
+            base = replace(base, job=replace(base.job, pool=pool_id))
+        the_spec = build_spec(flavor=base.task.mpi.flavor, instances=instances, base=base)
+        vm_size = vm_size or (base.pool.vm_size if base.pool else None)
+    else:
+        flavor = flavor or _DEFAULT_FLAVOR[executor]
+        the_spec = build_spec(flavor=flavor, instances=instances, pool_id=pool_id, vm_size=vm_size,
+                              fabric=fabric or "auto", environment=extra_env)
+    if executor == "azure" and not the_spec.job.pool:
+        raise SpecError("--pool", "the azure executor needs a pool", "give --pool or job.pool in the spec")
+
+    if show_script:
+        import shlex
+
+        r = render_benchmark(the_spec, pairs=pairs, program=program, sizes=size_range, iterations=iterations)
+        click.echo(shlex.split(r.command_line)[2], nl=False)
+        return
+
+    ex = _make_executor(executor, runs_dir, ssh_kw, instances)
+    res = run_latency(ex, the_spec, pairs=pairs, program=program, sizes=size_range, iterations=iterations,
+                      vm_size=vm_size)
+
+    plots: list[str] = []
+    if plot_path and res.samples:
+        from .bench.plot import plot_latency, plot_matrix
+
+        title = f"ping-pong {' - '.join(res.first.rank_hosts[:2])}: {res.program}, {the_spec.task.mpi.flavor}"
+        plots.append(plot_latency(res.samples, plot_path, anchor_us=res.verdict.anchor_us if res.verdict else None,
+                                  title=title))
+        if pairs == "all":
+            p = Path(plot_path)
+            plots.append(plot_matrix(res.matrix, res.node_names, p.with_name(p.stem + "-matrix" + p.suffix),
+                                     highlight=res.slowest[0] if res.slowest else None))
+
+    if output == "json":
+        data = res.to_json()
+        data["plots"] = plots
+        echo_json(data)
+    else:
+        click.echo(format_report(res, flavor=the_spec.task.mpi.flavor, executor=executor))
+        for p in plots:
+            click.echo(f"plot: {p}")
+    sys.exit(EXIT_OK if res.ok else EXIT_TASK_FAILED)
+
+
+def _make_executor(executor: str, runs_dir: str, ssh_kw: dict[str, Any], instances: int) -> Any:
+    if executor == "local":
+        from .executors.local import LocalExecutor
+
+        return LocalExecutor(runs_dir=runs_dir, progress=None)
+    if executor == "ssh":
+        from .cli_run import make_ssh_executor
+
+        return make_ssh_executor(_trim_ssh_hosts(ssh_kw, instances), runs_dir, None)
+    from .executors.azure import AzureExecutor
+
+    return AzureExecutor(runs_dir=runs_dir, progress=lambda msg: _progress(msg))
+
+
+COMMANDS = [bench]

@@ -137,6 +137,8 @@ def bench() -> None:
 @click.option("--known-hosts", type=click.Path(dir_okay=False), help="ssh: default ~/.ssh/known_hosts")
 @click.option("--port", type=int, default=None, help="ssh: port (default 22)")
 @click.option("--node-root", default=None, help="ssh: node root directory on each host")
+@click.option("--remote-path-prepend", "remote_path_prepend", multiple=True, metavar="DIR",
+              help="ssh: directory put first on the hosts' PATH, e.g. where their MPI lives (repeatable)")
 @click.option("--insecure-accept-unknown-host-keys", is_flag=True,
               help="ssh: DANGER: do not check SSH host keys (man-in-the-middle risk)")
 @report_errors
@@ -243,7 +245,12 @@ def _make_executor(executor: str, runs_dir: str, ssh_kw: dict[str, Any], instanc
     if executor == "ssh":
         from .cli_run import make_ssh_executor
 
-        return make_ssh_executor(_trim_ssh_hosts(ssh_kw, instances), runs_dir, None)
+        kw = dict(ssh_kw)
+        prepend = list(kw.pop("remote_path_prepend", ()) or ())
+        ex = make_ssh_executor(_trim_ssh_hosts(kw, instances), runs_dir, None)
+        if prepend:
+            ex.remote_path_prepend = prepend
+        return ex
     from .executors.azure import AzureExecutor
 
     return AzureExecutor(runs_dir=runs_dir, progress=lambda msg: _progress(msg))

@@ -153,7 +153,8 @@ def render_table(r: Rendered) -> str:
                       f"(1 primary + {t.instances - 1} subtask(s), one per node)"),
         ("launcher options", " ".join(t.mpi.options) if t.mpi.options else "(none)"),
         ("shared dir", t.shared_dir),
-        ("ranks start in", r.rank_dir),
+        ("ranks start in", r.rank_dir + ("  (output patterns are matched in %AZ_BATCH_TASK_WORKING_DIR%)"
+                                          if r.os == "windows" else "  (a link to each node's working directory)")),
         ("job container", f"{container} (Batch File Conventions name of job {job.id})"),
     ], indent="")
     lines += ["", "application command line (the primary runs it once coordination succeeded on every node):"]

@@ -268,7 +268,6 @@ def check(spec: Spec, pool: PoolFacts) -> list[Problem]:
         rendered = _fabric(spec)
         asked = t.mpi.fabric
         size = pool.vm_size
-        size_field = pool.field("vm_size", "vmSize")
         if (spec.pool and spec.pool.vm_size and rest
                 and spec.pool.vm_size.lower() != size.lower()):
             differs = rdma.classify(spec.pool.vm_size) != cls

@@ -74,7 +74,8 @@ def _shell_line(cmd: Command, os: str) -> str:
 def _program_argv(cmd: Command, os: str) -> list[Word]:
     if cmd.argv is not None:
         return list(cmd.argv)
-    return ["cmd", "/c", cmd.shell] if os == "windows" else ["/bin/bash", "-c", cmd.shell or ""]
+    # A Windows shell line goes through as written (cmd expands its %VARS%); POSIX lines are quoted.
+    return ["cmd", "/c", Raw(cmd.shell or "")] if os == "windows" else ["/bin/bash", "-c", cmd.shell or ""]
 
 
 def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str]) -> tuple[str, str]:

@@ -453,7 +453,7 @@ def _task(value: Any, base_dir: Path) -> Task:
     if "command" not in m:
         c.errors.append(SpecError("task.command", "is missing", "give the program, e.g. [python, app.py]"))
     cmd = c.run(lambda: _command(m["command"], "task.command")) if "command" in m else None
-    coord = m.get("coordination")
+    coord = m.get("coordination") or None
     if coord is not None:
         coord = c.run(lambda: _str(coord, "task.coordination"))
     shared = c.run(lambda: _choice(m.get("shared_dir", "none"), "task.shared_dir", SHARED_DIRS), "none")
@@ -507,10 +507,29 @@ def _cross_checks(spec: Spec) -> None:
     if spec.os == "windows" and t.shared_dir != "none":
         c.errors.append(SpecError("task.shared_dir", f"{t.shared_dir} is only supported on Linux pools",
                                   "use shared_dir: none on Windows"))
-    if p and p.id and spec.job.pool and p.id != spec.job.pool:
+    if spec.os == "windows":
+        _check_cmd_words(spec, c)
+    for i, ref in enumerate(t.common_files):
+        if ref.path.split("/")[0].lower() == "mpibatch":
+            c.errors.append(SpecError(f"task.common_files[{i}].path", f"{ref.path!r} is inside mpibatch/, where "
+                                      "mpibatch's own node-side launchers go", "put the file under another directory"))
+    if p and p.id and spec.job.pool and p.id.lower() != spec.job.pool.lower():
         c.errors.append(SpecError("job.pool", f"{spec.job.pool!r} differs from pool.id {p.id!r}",
                                   "make them the same or drop one"))
     c.raise_if_any()
+
+
+def _check_cmd_words(spec: Spec, c: _Collector) -> None:
+    """Words mpibatch quotes for cmd /c must not hold what cmd cannot take inside quotes."""
+    bad = set('%"\n')
+    fix = "use a shell-line string for the command, or a .cmd wrapper script"
+    words = [(f"task.command[{i}]", w) for i, w in enumerate(spec.task.command.argv or ())]
+    words += [(f"task.mpi.options[{i}]", w) for i, w in enumerate(spec.task.mpi.options)]
+    words += [(f"task.environment.{k}", v) for k, v in spec.task.environment.items()]
+    for where, word in words:
+        if bad & set(word):
+            c.errors.append(SpecError(where, f"{word!r} holds % or \" or a newline, which cannot pass safely "
+                                      "through cmd /c on Windows", fix))
 
 
 def parse_spec(data: Any, base_dir: Path | str = ".") -> Spec:

@@ -8,7 +8,6 @@ the task's environment settings taken from the rendered JSON.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -383,11 +382,12 @@ SHELLCHECK_SPECS = {
 
 
 def _shellcheck(script: str, *exclude: str) -> subprocess.CompletedProcess:
+    # No silent skip (DESIGN.md): scripts/install-test-deps.sh installs it.
+    assert SHELLCHECK, "shellcheck is not installed: apt-get install shellcheck (scripts/install-test-deps.sh does)"
     args = [SHELLCHECK, "-s", "bash", *(f"--exclude={e}" for e in exclude), "-"]
     return subprocess.run(args, input=script, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed (apt-get install shellcheck)")
 @pytest.mark.parametrize("flavor", LINUX_FLAVORS)
 @pytest.mark.parametrize("variant", sorted(SHELLCHECK_SPECS))
 def test_rendered_lines_pass_shellcheck(flavor, variant):
@@ -403,25 +403,13 @@ def test_rendered_lines_pass_shellcheck(flavor, variant):
         assert proc.returncode == 0, f"{what}:\n{script}\n{proc.stdout}"
 
 
-@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed (apt-get install shellcheck)")
 def test_coordinate_sh_passes_shellcheck():
-    proc = subprocess.run([SHELLCHECK, "-s", "bash", launcher_source("coordinate.sh")], capture_output=True,
-                          text=True, timeout=60)
+    proc = _shellcheck(Path(launcher_source("coordinate.sh")).read_text())
     assert proc.returncode == 0, proc.stdout
 
 
-def test_shellcheck_is_installed_in_ci():
-    # A test that needs a tool must not silently skip in CI (DESIGN.md); CI runs as root with apt.
-    if os.environ.get("CI"):
-        assert SHELLCHECK, "CI must install shellcheck"
+# ---------------------------------------------------------------------------------------------- found bugs, fixed
 
-
-# ---------------------------------------------------------------------------------------------- bugs found
-
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: an msmpi argv word or environment value with '%' or '\"' passes validation, then "
-                          "render raises a bare ValueError (cmd_quote) instead of a SpecError: the CLI shows a "
-                          "traceback instead of exit 2")
 @pytest.mark.parametrize("task", [
     {"command": ["app.exe", "%PATH%"]},
     {"command": ["app.exe"], "environment": {"X": 'say "hi"'}},
@@ -434,9 +422,6 @@ def test_windows_unquotable_words_are_spec_errors(task):
         render(parse_spec(data))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: a Windows shell-line command ('a string = a shell line' run under cmd /c) is quoted as "
-                          "one argument and refused if it uses %VARIABLES%, e.g. %AZ_BATCH_TASK_SHARED_DIR%\\app.exe")
 def test_windows_shell_line_keeps_cmd_variables():
     data = {"job": {"id": "j"}, "task": {"id": "t", "mpi": "msmpi",
                                         "command": "%AZ_BATCH_TASK_SHARED_DIR%\\app.exe > out.txt"}}

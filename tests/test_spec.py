@@ -406,8 +406,6 @@ def test_release_task_takes_no_files():
     assert e.field == "job.release.files" and "job.preparation" in e.fix
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a common file under mpibatch/ collides with mpibatch's own launchers "
-                                       "(render emits two commonResourceFiles with filePath mpibatch/coordinate.sh)")
 def test_common_file_paths_under_the_launcher_dir_are_refused():
     with pytest.raises(SpecError) as e:
         parse_spec(make("task.common_files", [{"source": "my.sh", "path": "mpibatch/coordinate.sh"}]))

@@ -350,7 +350,8 @@ class AzureExecutor:
 
         try:
             poller = self._call(f"terminating job {job_id}", self.client.begin_terminate_job, job_id,
-                                {"terminateReason": reason} if reason else None, polling_interval=1)
+                                # azure-batch 15.1 fails without options (no content type): always send them
+                                {"terminateReason": reason or "UserTerminate"}, polling_interval=1)
         except ResourceNotFoundError:
             raise SpecError("job", f"job {job_id!r} does not exist in Batch account {self.account.name}",
                             "check the job id (mpibatch status JOB TASK)") from None
@@ -741,11 +742,42 @@ class AzureExecutor:
             for blob_name in (info.get("files") or {}):
                 if blob_name not in names:
                     missing.append(f"{blob_name}: uploaded by the node's persist step but not in container {container}")
+            if i == 0 and state == "completed":
+                self._primary_named_outputs(task, result, container, blobs, d, files, missing)
             r.files = files
         result.missing = missing
         if missing:
             self._say(f"{len(missing)} item(s) could not be collected: see 'missing' in the result")
         return result
+
+    def _primary_named_outputs(self, task: Any, result: TaskResult, container: str, blobs: Sequence[Any], d: Path,
+                               files: list[str], missing: list[str]) -> None:
+        """Batch output files naming one file (no wildcard) upload to exactly their `path`: expect
+        that blob, and bring it back when it lies outside the instance folders listed above."""
+        by_name = {b.name: b for b in blobs}
+        ok = result.exit_code == 0 and result.failure is None
+        for of in task.output_files or []:
+            pattern = (of.file_pattern or "").replace("\\", "/")
+            dest = of.destination.container if of.destination else None
+            cond = _state(of.upload_options.upload_condition) if of.upload_options else "tasksuccess"
+            if not pattern or dest is None or any(c in pattern for c in "*?["):
+                continue
+            if (cond == "tasksuccess" and not ok) or (cond == "taskfailure" and ok):
+                continue
+            rel = re.sub(r"^(\.\./|\./)+", "", pattern)
+            blob = dest.path or Path(rel).name
+            b = by_name.get(blob)
+            if b is None:
+                missing.append(f"{rel}: Batch output file not uploaded to {container}/{blob} (no such file on the "
+                               "primary, or the upload failed)")
+                continue
+            if rel in files or rel in LOG_FILES or re.match(rf"^{re.escape(task.id)}/\$[A-Za-z0-9]+/0/", blob):
+                continue  # already collected from the instance folder
+            problem = self.storage.download_blob(container, b, d / rel)
+            if problem:
+                missing.append(f"{blob}: {problem}")
+            else:
+                files.append(rel)
 
     def _fetch_batch_file(self, fetch: Callable[..., Any], dest: Path) -> str | None:
         """Download a task or node file to `dest`, checking its size; None when good, else why not."""

@@ -41,6 +41,8 @@ def ssh_options(fn: Any) -> Any:
         click.option("--known-hosts", type=click.Path(dir_okay=False), help="default ~/.ssh/known_hosts"),
         click.option("--port", type=int, default=None, help="SSH port (default 22)"),
         click.option("--node-root", default=None, help="node root directory on each host (default /tmp/mpibatch)"),
+        click.option("--remote-path-prepend", multiple=True,
+                     help="directory to put first on PATH on the hosts (e.g. the venv with the MPI runtime)"),
         click.option("--insecure-accept-unknown-host-keys", is_flag=True,
                      help="DANGER: do not check SSH host keys (man-in-the-middle risk)"),
     ]
@@ -67,6 +69,7 @@ def make_ssh_executor(kw: dict[str, Any], runs_dir: str, progress: Any) -> Any:
                                  ("known_hosts", kw.get("known_hosts")), ("port", kw.get("port")),
                                  ("node_root", kw.get("node_root"))) if v is not None}
     return SshExecutor(hosts, insecure_accept_unknown_host_keys=kw.get("insecure_accept_unknown_host_keys", False),
+                       remote_path_prepend=tuple(kw.get("remote_path_prepend") or ()),
                        runs_dir=runs_dir, progress=progress, **options)
 
 

@@ -210,3 +210,20 @@ def test_ssh_three_hosts_all_pairs_imb(ssh_cluster_factory, tmp_path):
         assert p.verdict.different_hosts
     assert res.node_names == list(cluster.names)
     assert all(res.matrix[i][j] is not None and res.matrix[i][j] > 0 for i in range(3) for j in range(3) if i != j)
+
+
+@pytest.mark.cluster
+def test_cli_ssh_first_pair_of_three_hosts(ssh_cluster_factory, tmp_path):
+    """The CLI with --executor ssh: --pairs first on 3 hosts uses the first two; human output names them."""
+    cluster = ssh_cluster_factory(3)
+    pytest.importorskip("mpibatch.executors.ssh")
+    p = subprocess.run([str(REPO / ".venv" / "bin" / "mpibatch"), "bench", "latency", "--executor", "ssh",
+                        "--hosts", ",".join(cluster.hosts), "--user", "root", "--key", str(cluster.client_key_path),
+                        "--known-hosts", str(cluster.known_hosts_path),
+                        "--remote-path-prepend", str(VENVS / "mpich" / "bin"), "--sizes", "0:64",
+                        "--iterations", str(ITER), "--runs-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert f"pair 0-1: {cluster.names[0]} <-> {cluster.names[1]}" in p.stdout
+    assert "different hosts: yes" in p.stdout and PROGRAM_MPI4PY in p.stdout
+    assert "pair 0-2" not in p.stdout

@@ -463,65 +463,115 @@ class AzureExecutor:
 
     def add_tasks(self, job_id: str, tasks: Sequence[Any], *, threads: int | None = None,
                   max_rounds: int = 5) -> SubmitManyResult:
-        """Add task payloads (BatchTaskCreateOptions) to a job through ``addtaskcollection``."""
-        from azure.batch import models as bm
+        """Add task payloads (BatchTaskCreateOptions) to a job through ``addtaskcollection``.
 
+        Each task is serialised once, exactly as azure-batch would send it; chunks are cut by those
+        exact sizes (at most 100 tasks, under 1 MB: Batch's limits) and sent a few at a time through
+        the client's pipeline (Shared Key / token auth, retries with backoff on 429 and 5xx). Tasks the
+        service answers with a server error are resent; "TaskExists" counts as already there."""
         t0 = time.monotonic()
         res = SubmitManyResult(job_id=job_id)
-        pending = list(tasks)
-        by_id = {t.id: t for t in tasks}
+        encoded = {t.id: encode_task(t) for t in tasks}
+        pending = [t.id for t in tasks]
         budget = REQUEST_BYTES_BUDGET
         for _round in range(max_rounds):
             if not pending:
                 break
-            chunks = chunk_tasks(pending, budget=budget)
-            retry: list[Any] = []
+            chunks = chunk_encoded([(tid, encoded[tid]) for tid in pending], budget=budget)
+            retry: list[str] = []
 
-            def send(chunk: list[Any]) -> tuple[list[Any], list[Any], int]:
-                try:
-                    out = self._call(f"adding {len(chunk)} tasks to job {job_id}", self.client.create_task_collection,
-                                     job_id, bm.BatchTaskGroup(task_values=chunk))
-                    return chunk, list(out.result_values or []), _request_size(chunk)
-                except InfraError as e:
-                    if "RequestBodyTooLarge" in str(e) and len(chunk) > 1:
-                        return chunk, [], -1  # split and resend
-                    raise
+            def send(chunk: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], list[dict[str, Any]] | None, int]:
+                body = b'{"value":[' + b",".join(e for _, e in chunk) + b"]}"
+                out = self._post_collection(job_id, body, len(chunk))
+                return chunk, out, len(body)
 
-            with ThreadPoolExecutor(max_workers=threads or self.submit_threads) as pool:
+            with ThreadPoolExecutor(max_workers=max(1, min(threads or self.submit_threads, len(chunks)))) as pool:
                 outcomes = list(pool.map(send, chunks))
             for chunk, results, size in outcomes:
                 res.requests += 1
-                if size < 0:
+                if results is None:  # RequestBodyTooLarge: halve the budget and resend
                     budget = max(10_000, budget // 2)
-                    retry.extend(chunk)
+                    retry.extend(tid for tid, _ in chunk)
                     continue
                 res.max_tasks_per_request = max(res.max_tasks_per_request, len(chunk))
                 res.max_request_bytes = max(res.max_request_bytes, size)
                 answered = set()
                 for tr in results:
-                    answered.add(tr.task_id)
-                    status = _state(tr.status)
-                    code = getattr(getattr(tr, "error", None), "code", None)
+                    tid = str(tr.get("taskId"))
+                    answered.add(tid)
+                    status = str(tr.get("status") or "").lower()
+                    err = tr.get("error") or {}
+                    code = err.get("code")
                     if status == "success":
-                        res.added.append(tr.task_id)
+                        res.added.append(tid)
                     elif code == "TaskExists":
-                        res.existing.append(tr.task_id)
-                    elif status == "servererror":
-                        retry.append(by_id[tr.task_id])
+                        res.existing.append(tid)
+                    elif status == "servererror" and tid in encoded:
+                        retry.append(tid)
                     else:
-                        msg = getattr(getattr(getattr(tr, "error", None), "message", None), "value", None)
-                        res.failed[tr.task_id] = f"{code}: {msg}" if msg else str(code)
-                for t in chunk:
-                    if t.id not in answered:
-                        retry.append(t)
+                        msg = (err.get("message") or {}).get("value") if isinstance(err.get("message"), dict) \
+                            else err.get("message")
+                        res.failed[tid] = f"{code}: {msg}" if msg else str(code)
+                retry.extend(tid for tid, _ in chunk if tid not in answered)
             pending = retry
-        for t in pending:
-            res.failed.setdefault(t.id, f"not added after {max_rounds} attempts")
+        for tid in pending:
+            res.failed.setdefault(tid, f"not added after {max_rounds} attempts")
         res.elapsed_s = round(time.monotonic() - t0, 3)
         self._say(f"job {job_id}: {len(res.added)} task(s) added in {res.requests} request(s)"
                   + (f", {len(res.existing)} already existed" if res.existing else "")
                   + (f", {len(res.failed)} failed" if res.failed else ""))
         return res
+
+    def _post_collection(self, job_id: str, body: bytes, n: int) -> list[dict[str, Any]] | None:
+        """POST /jobs/{job}/addtaskcollection with a prepared body; the per-task results, or None when
+        the service says the body is too large."""
+        from urllib.parse import quote
+
+        from azure.core.rest import HttpRequest
+
+        api_version = getattr(getattr(self.client, "_config", None), "api_version", None) or "2025-06-01"
+        req = HttpRequest("POST", f"/jobs/{quote(job_id, safe='')}/addtaskcollection",
+                          params={"api-version": api_version}, content=body,
+                          headers={"content-type": "application/json; odata=minimalmetadata",
+                                   "Accept": "application/json"})
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        def send() -> Any:
+            try:
+                return self.client.send_request(req)
+            except HttpResponseError as e:  # azure-batch's exception policy raises for non-2xx
+                if e.status_code == 413 and e.response is not None:
+                    return e.response
+                raise
+
+        try:
+            resp = self._call(f"adding {n} tasks to job {job_id}", send)
+        except ResourceNotFoundError:
+            raise SpecError("job", f"job {job_id!r} does not exist in Batch account {self.account.name}",
+                            "create it first (mpibatch submit creates it)") from None
+        try:
+            data = json.loads(resp.read() or b"{}")
+        except ValueError:
+            data = {}
+        if resp.status_code == 200:
+            return list(data.get("value") or [])
+        code = data.get("code") or ""
+        msg = data.get("message")
+        text = redact(str(msg.get("value") if isinstance(msg, dict) else msg or "").splitlines()[0]
+                      if msg else "", self._env.get(ENV_KEY))
+        if resp.status_code == 413 or code == "RequestBodyTooLarge":
+            if n > 1:
+                return None
+            raise SpecError("task", f"a task's payload is over Batch's request limit: {text}",
+                            "shorten the command line / environment, or use fewer resource files")
+        if resp.status_code in (401, 403):
+            raise self._auth_error(Exception(text))
+        if resp.status_code == 404:
+            raise SpecError("job", f"job {job_id!r} does not exist in Batch account {self.account.name}",
+                            "create it first (mpibatch submit creates it)")
+        extra = " (throttled: retried with backoff, still refused)" if resp.status_code in (429, 503) else ""
+        raise InfraError(f"Batch account {self.account.name}: adding {n} tasks to job {job_id} failed: "
+                         f"HTTP {resp.status_code} {code}: {text}{extra}")
 
     # ------------------------------------------------------------------ watching
     def _subtasks(self, job_id: str, task_id: str) -> list[Any]:
@@ -837,29 +887,45 @@ def map_subtasks(subtasks: Sequence[Any], infos: Mapping[int, Mapping[str, Any]]
     return index_of
 
 
-def _request_size(tasks: Sequence[Any]) -> int:
-    return len(json.dumps({"value": [t.as_dict() for t in tasks]}, separators=(",", ":")).encode())
+def encode_task(task: Any) -> bytes:
+    """The task's JSON exactly as azure-batch sends it (its own encoder), compact."""
+    try:
+        from azure.batch._utils.model_base import SdkJSONEncoder  # what create_task_collection uses
+    except ImportError:  # a later azure-batch: the public REST form is the same JSON
+        return json.dumps(task.as_dict(), separators=(",", ":")).encode()
+    return json.dumps(task, cls=SdkJSONEncoder, exclude_readonly=True, separators=(",", ":")).encode()
 
 
-def chunk_tasks(tasks: Sequence[Any], *, budget: int = REQUEST_BYTES_BUDGET,
-                max_tasks: int = MAX_TASKS_PER_REQUEST) -> list[list[Any]]:
-    """Greedy chunks of at most `max_tasks` tasks whose JSON body stays under `budget` bytes."""
-    chunks: list[list[Any]] = []
-    cur: list[Any] = []
-    size = len('{"value":[]}')
-    for t in tasks:
-        s = len(json.dumps(t.as_dict(), separators=(",", ":")).encode()) + 1
-        if s + len('{"value":[]}') > budget:
-            raise SpecError(f"task {t.id}", f"its payload is {s} bytes: over Batch's 1 MB request limit",
+_ENVELOPE = len(b'{"value":[]}')
+
+
+def chunk_encoded(items: Sequence[tuple[str, bytes]], *, budget: int = REQUEST_BYTES_BUDGET,
+                  max_tasks: int = MAX_TASKS_PER_REQUEST) -> list[list[tuple[str, bytes]]]:
+    """Greedy chunks of at most `max_tasks` encoded tasks whose request body stays under `budget` bytes."""
+    chunks: list[list[tuple[str, bytes]]] = []
+    cur: list[tuple[str, bytes]] = []
+    size = _ENVELOPE
+    for tid, enc in items:
+        s = len(enc) + 1  # the comma
+        if s + _ENVELOPE > budget:
+            raise SpecError(f"task {tid}", f"its payload is {len(enc)} bytes: over Batch's 1 MB request limit",
                             "shorten the command line / environment, or use fewer resource files")
         if cur and (len(cur) >= max_tasks or size + s > budget):
             chunks.append(cur)
-            cur, size = [], len('{"value":[]}')
-        cur.append(t)
+            cur, size = [], _ENVELOPE
+        cur.append((tid, enc))
         size += s
     if cur:
         chunks.append(cur)
     return chunks
+
+
+def chunk_tasks(tasks: Sequence[Any], *, budget: int = REQUEST_BYTES_BUDGET,
+                max_tasks: int = MAX_TASKS_PER_REQUEST) -> list[list[Any]]:
+    """Task models in the chunks `add_tasks` would send."""
+    by_id = {t.id: t for t in tasks}
+    return [[by_id[tid] for tid, _ in c]
+            for c in chunk_encoded([(t.id, encode_task(t)) for t in tasks], budget=budget, max_tasks=max_tasks)]
 
 
 def choose_image(spec: Spec) -> Image:
@@ -916,4 +982,4 @@ def iter_progress_lines(result: TaskResult) -> Iterator[str]:
 
 
 __all__ = ["AzureExecutor", "BatchAccount", "PreparedTasks", "SubmitManyResult", "batch_client_from_env",
-           "choose_image", "chunk_tasks", "map_subtasks", "start_task"]
+           "choose_image", "chunk_encoded", "chunk_tasks", "encode_task", "map_subtasks", "start_task"]

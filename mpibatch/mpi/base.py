@@ -19,6 +19,13 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def hydra_argv(program: str, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word) -> list[Word]:
+    """Hydra launchers (Intel MPI, MPICH): `PROGRAM -hosts H -n N*P -ppn P -wdir DIR`. Hydra passes the
+    launcher's whole environment to every rank by default, so task environment settings need no flags."""
+    host_arg: Word = ",".join(hosts) if hosts is not None else Raw('"$AZ_BATCH_HOST_LIST"')
+    return [program, "-hosts", host_arg, "-n", str(nprocs), "-ppn", str(ppn), "-wdir", rank_dir]
+
+
 class Flavor:
     name: str = ""
     os: str = "linux"

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..shell import Raw, Word
-from .base import Flavor
+from ..shell import Word
+from .base import Flavor, hydra_argv
 
 
 class IntelMpi(Flavor):
@@ -14,10 +14,7 @@ class IntelMpi(Flavor):
 
     def launcher_argv(self, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word,
                       env_names: Sequence[str]) -> list[Word]:
-        host_arg: Word = ",".join(hosts) if hosts is not None else Raw('"$AZ_BATCH_HOST_LIST"')
-        # Hydra passes the whole environment of mpirun to every rank (-genvall is the default),
-        # so the task's environment settings reach remote ranks without -genv.
-        return ["mpirun", "-hosts", host_arg, "-n", str(nprocs), "-ppn", str(ppn), "-wdir", rank_dir]
+        return hydra_argv("mpirun", hosts, ppn, nprocs, rank_dir)
 
     def fabric_env(self, fabric: str) -> dict[str, str]:
         if fabric == "sriov":  # HB/HC/HX/NDv4...: Intel MPI 2019+ over libfabric's mlx provider

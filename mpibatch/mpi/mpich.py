@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..shell import Raw, Word
-from .base import Flavor
+from ..shell import Word
+from .base import Flavor, hydra_argv
 
 
 class Mpich(Flavor):
@@ -14,10 +14,7 @@ class Mpich(Flavor):
 
     def launcher_argv(self, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word,
                       env_names: Sequence[str]) -> list[Word]:
-        host_arg: Word = ",".join(hosts) if hosts is not None else Raw('"$AZ_BATCH_HOST_LIST"')
-        # Hydra propagates mpiexec's environment to all ranks by default (its per-variable flag
-        # would be -env NAME VALUE, not -env NAME=VALUE).
-        return ["mpiexec", "-hosts", host_arg, "-n", str(nprocs), "-ppn", str(ppn), "-wdir", rank_dir]
+        return hydra_argv("mpiexec", hosts, ppn, nprocs, rank_dir)
 
     def fabric_env(self, fabric: str) -> dict[str, str]:
         if fabric == "sriov":  # the MPICH wheels talk UCX; pin it to the InfiniBand port

@@ -105,7 +105,11 @@ def submit(spec_path: Path, wait: bool, output: str, runs_dir: str, terminate_on
         else:
             click.echo(_resume_hint(job_id, task_id), err=True)
         sys.exit(EXIT_INTERRUPTED)
-    result = ex.collect(job_id, task_id)
+    try:
+        result = ex.collect(job_id, task_id)
+    except KeyboardInterrupt:
+        click.echo(f"stopped collecting; collect again with: mpibatch collect {job_id} {task_id}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     _print_result(result, output)
     sys.exit(_exit_for(result))
 

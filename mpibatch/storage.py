@@ -122,7 +122,12 @@ class Storage:
             if conn:
                 service = BlobServiceClient.from_connection_string(conn, **kwargs)
                 cred = getattr(service, "credential", None)
-                return cls(service, service.account_name or "", key=getattr(cred, "account_key", None))
+                if not getattr(cred, "account_key", None):
+                    raise SpecError("AZURE_STORAGE_CONNECTION_STRING", "has no AccountKey, and mpibatch signs the "
+                                    "tasks' SAS URLs with the account key",
+                                    "use the connection string with AccountKey, or AZURE_STORAGE_ACCOUNT with "
+                                    "DefaultAzureCredential (user delegation SAS)")
+                return cls(service, service.account_name or "", key=cred.account_key)
             if not account:
                 raise SpecError("AZURE_STORAGE_CONNECTION_STRING", "no storage account configured",
                                 "export AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT "

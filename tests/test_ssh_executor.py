@@ -193,5 +193,5 @@ def test_sigint_to_the_cli_cleans_every_host(ssh_cluster3: SshCluster, tmp_path:
             p.kill()
             p.wait()
     assert p.returncode == 1, (out, err)
-    assert "interrupted" in err
+    assert "interrupted" in out + err, (out, err)
     _assert_idle(c)

@@ -471,22 +471,31 @@ class AzureExecutor:
         service answers with a server error are resent; "TaskExists" counts as already there."""
         t0 = time.monotonic()
         res = SubmitManyResult(job_id=job_id)
-        encoded = {t.id: encode_task(t) for t in tasks}
-        pending = [t.id for t in tasks]
+        encoded: dict[str, bytes] = {}
         budget = REQUEST_BYTES_BUDGET
+
+        def send(chunk: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], list[dict[str, Any]] | None, int]:
+            body = b'{"value":[' + b",".join(e for _, e in chunk) + b"]}"
+            return chunk, self._post_collection(job_id, body, len(chunk)), len(body)
+
+        def items(ids: Iterable[str] | None) -> Iterator[tuple[str, bytes]]:
+            if ids is None:  # first round: encode as we go, so sending overlaps encoding
+                for t in tasks:
+                    encoded[t.id] = encode_task(t)
+                    yield t.id, encoded[t.id]
+            else:
+                for tid in ids:
+                    yield tid, encoded[tid]
+
+        pending: list[str] | None = None
+        workers = max(1, threads or self.submit_threads)
         for _round in range(max_rounds):
-            if not pending:
+            if pending is not None and not pending:
                 break
-            chunks = chunk_encoded([(tid, encoded[tid]) for tid in pending], budget=budget)
             retry: list[str] = []
-
-            def send(chunk: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], list[dict[str, Any]] | None, int]:
-                body = b'{"value":[' + b",".join(e for _, e in chunk) + b"]}"
-                out = self._post_collection(job_id, body, len(chunk))
-                return chunk, out, len(body)
-
-            with ThreadPoolExecutor(max_workers=max(1, min(threads or self.submit_threads, len(chunks)))) as pool:
-                outcomes = list(pool.map(send, chunks))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(send, c) for c in iter_chunks(items(pending), budget=budget)]
+                outcomes = [f.result() for f in futures]
             for chunk, results, size in outcomes:
                 res.requests += 1
                 if results is None:  # RequestBodyTooLarge: halve the budget and resend
@@ -514,6 +523,7 @@ class AzureExecutor:
                         res.failed[tid] = f"{code}: {msg}" if msg else str(code)
                 retry.extend(tid for tid, _ in chunk if tid not in answered)
             pending = retry
+        pending = pending or []
         for tid in pending:
             res.failed.setdefault(tid, f"not added after {max_rounds} attempts")
         res.elapsed_s = round(time.monotonic() - t0, 3)
@@ -650,7 +660,9 @@ class AzureExecutor:
             code = fi.code or ""
             phase = "files" if code.startswith("Blob") or "ResourceFile" in code else \
                 "collecting" if "Upload" in code else "running"
-            failure = Failure(phase, f"{fi.category or ''} {code}: {fi.message or ''}".strip())
+            details = "; ".join(f"{d.name}={d.value}" for d in (fi.details or []) if getattr(d, "name", None))
+            text = f"{_state(fi.category)} {code}: {fi.message or ''}".strip() + (f" ({details})" if details else "")
+            failure = Failure(phase, redact(text))  # Batch may quote a resource file's URL: no SAS in results
         elif state == "completed" and exit_code not in (0, None):
             failure = Failure("running", f"the application exited with code {exit_code} on the primary", 0)
         for st in subtasks:
@@ -899,10 +911,10 @@ def encode_task(task: Any) -> bytes:
 _ENVELOPE = len(b'{"value":[]}')
 
 
-def chunk_encoded(items: Sequence[tuple[str, bytes]], *, budget: int = REQUEST_BYTES_BUDGET,
-                  max_tasks: int = MAX_TASKS_PER_REQUEST) -> list[list[tuple[str, bytes]]]:
-    """Greedy chunks of at most `max_tasks` encoded tasks whose request body stays under `budget` bytes."""
-    chunks: list[list[tuple[str, bytes]]] = []
+def iter_chunks(items: Iterable[tuple[str, bytes]], *, budget: int = REQUEST_BYTES_BUDGET,
+                max_tasks: int = MAX_TASKS_PER_REQUEST) -> Iterator[list[tuple[str, bytes]]]:
+    """Greedy chunks of at most `max_tasks` encoded tasks whose request body stays under `budget` bytes,
+    yielded as soon as each is full."""
     cur: list[tuple[str, bytes]] = []
     size = _ENVELOPE
     for tid, enc in items:
@@ -911,13 +923,17 @@ def chunk_encoded(items: Sequence[tuple[str, bytes]], *, budget: int = REQUEST_B
             raise SpecError(f"task {tid}", f"its payload is {len(enc)} bytes: over Batch's 1 MB request limit",
                             "shorten the command line / environment, or use fewer resource files")
         if cur and (len(cur) >= max_tasks or size + s > budget):
-            chunks.append(cur)
+            yield cur
             cur, size = [], _ENVELOPE
         cur.append((tid, enc))
         size += s
     if cur:
-        chunks.append(cur)
-    return chunks
+        yield cur
+
+
+def chunk_encoded(items: Sequence[tuple[str, bytes]], *, budget: int = REQUEST_BYTES_BUDGET,
+                  max_tasks: int = MAX_TASKS_PER_REQUEST) -> list[list[tuple[str, bytes]]]:
+    return list(iter_chunks(items, budget=budget, max_tasks=max_tasks))
 
 
 def chunk_tasks(tasks: Sequence[Any], *, budget: int = REQUEST_BYTES_BUDGET,
@@ -982,4 +998,4 @@ def iter_progress_lines(result: TaskResult) -> Iterator[str]:
 
 
 __all__ = ["AzureExecutor", "BatchAccount", "PreparedTasks", "SubmitManyResult", "batch_client_from_env",
-           "choose_image", "chunk_encoded", "chunk_tasks", "encode_task", "map_subtasks", "start_task"]
+           "choose_image", "chunk_encoded", "chunk_tasks", "encode_task", "iter_chunks", "map_subtasks", "start_task"]

@@ -39,7 +39,8 @@ def rehearsal_env(agent: str, nodes_dir: str, *, is_root: bool) -> dict[str, str
     """What this machine needs and Batch nodes don't: the launchers' remote shell is our agent,
     plus each flavour's local flags. Set for every flavour (their variable names are distinct),
     so a plan from any source runs; the task's environment still wins."""
-    env: dict[str, str] = {"MPIBATCH_RSH": agent, "MPIBATCH_LOCAL_NODES": nodes_dir}
+    # Emulated nodes have no sshd: the primary checks every node through the agent, the others skip.
+    env: dict[str, str] = {"MPIBATCH_RSH": agent, "MPIBATCH_LOCAL_NODES": nodes_dir, "MPIBATCH_PEER_PORT": "none"}
     for flavor in FLAVORS.values():
         env |= flavor.local_agent_env(agent) | flavor.rehearsal_env(is_root=is_root)
     return env

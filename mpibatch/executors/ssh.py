@@ -47,6 +47,7 @@ CONNECT_TIMEOUT_S = 5.0
 KEEPALIVE_S = 1.0
 LOST_AFTER_S = 4.0  # no keepalive reply for this long: the host is lost
 CLEANUP_TIMEOUT_S = 8.0
+SFTP_TIMEOUT_S = 30.0
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NODE_ROOT = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 INSECURE_FLAG = "--insecure-accept-unknown-host-keys"
@@ -252,6 +253,8 @@ class SshTransport:
         assert tr is not None
         tr.set_keepalive(int(KEEPALIVE_S) or 1)
         h.client, h.transport = client, tr
+        with h.sftp_lock:  # type: ignore[union-attr]
+            self._sftp(h)  # opened here, in parallel with the other hosts
 
     def _monitor(self, h: _Host) -> None:
         """Keepalive round trips; lost() reports a host whose reply is overdue or whose link closed."""
@@ -285,6 +288,8 @@ class SshTransport:
     # ------------------------------------------------------------------ commands
     def _exec(self, node: Node, command: str, timeout: float = 30.0) -> tuple[int, str, str]:
         h = self.hosts[node.index]
+        if h.lost_reason:
+            raise OSError(f"{h.label} was lost: {h.lost_reason}")
         if h.transport is None or not h.transport.is_active():
             raise InfraError(f"{h.label}: not connected")
         chan = h.transport.open_session(timeout=self.connect_timeout)
@@ -318,9 +323,12 @@ class SshTransport:
             h.made_dirs.update(dirs)
 
     def _sftp(self, h: _Host) -> paramiko.SFTPClient:
+        if h.lost_reason:
+            raise OSError(f"{h.label} was lost: {h.lost_reason}")
         if h.sftp is None:
             assert h.client is not None
             h.sftp = h.client.open_sftp()
+            h.sftp.get_channel().settimeout(SFTP_TIMEOUT_S)  # a host that stops answering fails, not hangs
         return h.sftp
 
     def _mkdirs_sftp(self, h: _Host, sftp: paramiko.SFTPClient, d: str) -> None:
@@ -356,7 +364,7 @@ class SshTransport:
                     size = f.stat().st_size or 0
                     f.seek(max(0, size - limit))
                     data = f.read(limit)
-        except (OSError, paramiko.SSHException):
+        except (OSError, paramiko.SSHException, EOFError):
             return ""
         return data.decode(errors="replace")
 
@@ -368,7 +376,7 @@ class SshTransport:
         except FileNotFoundError:
             Path(dest).unlink(missing_ok=True)
             return False
-        except (paramiko.SSHException, EOFError) as e:
+        except (paramiko.SSHException, EOFError, socket.timeout) as e:
             raise OSError(f"{h.label}: fetching {node_path} failed: {e}") from None
         return True
 
@@ -390,7 +398,7 @@ class SshTransport:
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 try:
                     sftp.get(f"{node_dir}/{rel}", str(dest / rel))
-                except (paramiko.SSHException, EOFError) as e:
+                except (paramiko.SSHException, EOFError, socket.timeout) as e:
                     raise OSError(f"{h.label}: fetching {node_dir}/{rel} failed: {e}") from None
         return found
 

@@ -29,20 +29,31 @@ mkdir -p "$(dirname "$rank_dir")"
 ln -sfn "$AZ_BATCH_TASK_WORKING_DIR" "$rank_dir"
 printf 'AZ_BATCH_NODE_ID=%s\n' "$node" > "$AZ_BATCH_TASK_WORKING_DIR/.mpibatch-node"
 
-# 2. Every host must reach every other one the way MPI will (ssh on Batch and SSH hosts).
+# 2. Every host must reach every other one. The primary logs in to every host the way the MPI
+#    launcher will (ssh on Batch and SSH hosts): N logins, not N x N. Every other node checks that
+#    the ssh port of each peer answers, so a one-way firewall is still named by its pair.
 if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   read -r -a rsh <<< "${MPIBATCH_RSH:-ssh -o BatchMode=yes -o ConnectTimeout=10}"
+  port="${MPIBATCH_PEER_PORT:-22}"
   IFS=, read -r -a hosts <<< "$AZ_BATCH_HOST_LIST"
   tmp=$(mktemp -d)
   for h in "${hosts[@]}"; do
-    (rc=0; timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$h.out" 2>&1 || rc=$?; echo "$rc" > "$tmp/$h.rc") &
+    if [ "$is_master" = true ]; then
+      (rc=0; timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$h.out" 2>&1 || rc=$?; echo "$rc" > "$tmp/$h.rc") &
+    elif [ "$port" != none ]; then
+      # shellcheck disable=SC2016  # $0/$1 expand in the inner bash, on purpose
+      (rc=0; timeout 10 bash -c 'exec 3<> "/dev/tcp/$0/$1"' "$h" "$port" > "$tmp/$h.out" 2>&1 || rc=$?
+       echo "$rc" > "$tmp/$h.rc") &
+    fi
   done
   wait
+  how="with '${rsh[0]}'"; [ "$is_master" = true ] || how="on port $port"
   failed=0
   for h in "${hosts[@]}"; do
+    [ -f "$tmp/$h.rc" ] || continue
     rc=$(cat "$tmp/$h.rc")
     if [ "$rc" != 0 ]; then
-      log "cannot reach $h from this node (${AZ_BATCH_HOST_LIST}) with '${rsh[0]}': exit $rc: $(tail -n 3 "$tmp/$h.out" | tr '\n' ' ')"
+      log "cannot reach $h from this node ($node) $how: exit $rc: $(tail -n 3 "$tmp/$h.out" | tr '\n' ' ')"
       failed=1
     fi
   done

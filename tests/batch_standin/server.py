@@ -775,20 +775,24 @@ class _Handler(BaseHTTPRequestHandler):
                     pass
             status, payload, extra = s.handle(self.command, raw_path, params, body)
             headers.update(extra)
-            record.status = status
-            self._reply(status, payload, headers)
         except _Error as e:
-            record.status = e.status
+            status = e.status
             headers.update(e.headers)
-            err = {"odata.metadata": f"{s.endpoint}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container."
-                                     "errors/@Element",
-                   "code": e.code, "message": {"lang": "en-US", "value": f"{e.message}\nRequestId:{rid}\nTime:{_now()}"}}
+            payload = {"odata.metadata": f"{s.endpoint}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container."
+                                         "errors/@Element",
+                       "code": e.code,
+                       "message": {"lang": "en-US", "value": f"{e.message}\nRequestId:{rid}\nTime:{_now()}"}}
             if e.values:
-                err["values"] = [{"key": k, "value": v} for k, v in e.values.items()]
-            self._reply(e.status, err, headers)
-        finally:
-            with s._lock:
-                s.requests.append(record)
+                payload["values"] = [{"key": k, "value": v} for k, v in e.values.items()]
+        except Exception as e:  # noqa: BLE001 - a stand-in bug: answer like the service would, keep a note
+            s.errors.append(f"{self.command} {raw_path}: {e.__class__.__name__}: {e}")
+            status = 500
+            payload = {"code": "InternalError", "message": {"lang": "en-US", "value": "The server encountered an "
+                                                            f"internal error.\nRequestId:{rid}\nTime:{_now()}"}}
+        record.status = status
+        with s._lock:  # recorded before the client can see the answer
+            s.requests.append(record)
+        self._reply(status, payload, headers)
 
     def _reply(self, status: int, payload: Any, headers: dict[str, str]) -> None:
         if isinstance(payload, Path):

@@ -29,12 +29,12 @@ def report_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"error: {len(e.errors)} problems in the input:", err=True)
             for err in e.errors:
                 click.echo(f"  - {err}", err=True)
-            click.echo("nothing was submitted or run", err=True)
+            click.echo("nothing was submitted, run or changed", err=True)
             sys.exit(e.exit_code)
         except MpibatchError as e:
             click.echo(f"error: {e}", err=True)
             if e.exit_code == EXIT_BAD_INPUT:
-                click.echo("nothing was submitted or run", err=True)
+                click.echo("nothing was submitted, run or changed", err=True)
             sys.exit(e.exit_code)
 
     return wrapper

@@ -36,6 +36,8 @@ def output_files(r: Rendered, container_url: str) -> list[bm.OutputFile]:
     for o in r.outputs:
         # With a wildcard, `path` is a virtual directory and matches keep their relative paths.
         prefix = conventions.instance_output_prefix(task_id, o.kind, 0)
+        if not any(c in o.pattern for c in "*?["):  # one file: Batch takes `path` as the blob's name
+            prefix = conventions.instance_output_blob(task_id, o.kind, 0, o.pattern)
         out.append(bm.OutputFile(file_pattern=o.pattern, upload_options=upload,
                                  destination=bm.OutputFileDestination(container=bm.OutputFileBlobContainerDestination(
                                      container_url=container_url, path=prefix))))

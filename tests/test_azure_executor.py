@@ -205,6 +205,8 @@ def test_submit_runs_mpi_ranks_persists_outputs_and_collect_brings_them_back(
     # status, later
     p4 = run_cli(["status", job_id, task_id, "--output", "json"], env, *secrets_of(standin, azurite))
     assert p4.returncode == 0 and json.loads(p4.stdout)["state"] == "completed"
+    p5 = run_cli(["status", job_id, task_id], env, *secrets_of(standin, azurite))  # the human table
+    assert p5.returncode == 0 and "completed" in p5.stdout and "subtask" in p5.stdout, p5.stdout + p5.stderr
     assert all(r.tasks <= 100 and r.body_bytes < 1_000_000 for r in standin.requests)
 
 
@@ -299,9 +301,9 @@ def test_storage_not_configured_is_bad_input(store_only: BatchStandIn, tmp_path:
 
 def test_throttled_requests_are_retried_then_succeed(store_only: BatchStandIn, azurite: Azurite,
                                                      tmp_path: Path) -> None:
-    store_only.throttle(2, method="GET", path=r"^/pools/")
-    store_only.throttle(1, method="POST", path=r"^/jobs$")
-    store_only.throttle(2, method="POST", path=r"/tasks$")
+    store_only.throttle(2, method="GET", path=r"^/pools/", retry_after=0.2)
+    store_only.throttle(1, method="POST", path=r"^/jobs$", retry_after=0.2)
+    store_only.throttle(2, method="POST", path=r"/tasks$", retry_after=0.2)
     spec, job_id, task_id = hello_spec(tmp_path)
     p = run_cli(["submit", str(spec), "--no-wait", "--output", "json"], cli_env(store_only, azurite),
                 *secrets_of(store_only, azurite))
@@ -376,7 +378,7 @@ def _start_and_interrupt(args: list[str], env: dict[str, str], task_id: str) -> 
 
 
 def test_ctrl_c_while_waiting_prints_how_to_resume(standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
-    spec, job_id, task_id = hello_spec(tmp_path, instances=2, command="sleep 8",
+    spec, job_id, task_id = hello_spec(tmp_path, instances=2, command="sleep 5",
                                        mpi={"flavor": "mpich", "processes_per_node": 1})
     rc, out, err = _start_and_interrupt(["submit", str(spec)], cli_env(standin, azurite), task_id)
     assert_no_secrets(out + err, *secrets_of(standin, azurite))

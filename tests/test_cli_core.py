@@ -123,7 +123,7 @@ def test_render_bad_spec_exits_2_with_every_message(tmp_path):
     assert "4 problems" in err
     for field in ("job.id", "task.instances", "task.mpi.flavor", "task.max_wall_clock"):
         assert f"- {field}:" in err, field
-    assert "nothing was submitted or run" in err
+    assert "nothing was submitted, run or changed" in err
     assert res.stdout == ""
 
 
@@ -277,7 +277,7 @@ def test_hostfile_hostile_list_exits_2(hosts):
     res = invoke("hostfile", "--flavor", "openmpi", "--hosts", hosts)
     assert res.exit_code == 2, res.output
     assert res.stdout == ""
-    assert "--hosts" in res.stderr and "nothing was submitted or run" in res.stderr
+    assert "--hosts" in res.stderr and "nothing was submitted, run or changed" in res.stderr
 
 
 def test_hostfile_ipv6_in_colon_style_exits_2():

@@ -481,8 +481,9 @@ class AzureExecutor:
         def items(ids: Iterable[str] | None) -> Iterator[tuple[str, bytes]]:
             if ids is None:  # first round: encode as we go, so sending overlaps encoding
                 for t in tasks:
-                    encoded[t.id] = encode_task(t)
-                    yield t.id, encoded[t.id]
+                    tid = t.id  # model attributes deserialise on every access: read once
+                    encoded[tid] = encode_task(t)
+                    yield tid, encoded[tid]
             else:
                 for tid in ids:
                     yield tid, encoded[tid]

@@ -51,6 +51,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 import urllib.error
@@ -188,6 +189,11 @@ class BatchStandIn:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        for run in self._runs:  # the kept node directories (keep_nodes=True) go with the stand-in
+            workdir = getattr(getattr(run.executor, "transport", None), "workdir", None)
+            if workdir is not None and Path(workdir).name.startswith("mpibatch-nodes-"):
+                shutil.rmtree(workdir, ignore_errors=True)
+        self._runs.clear()
 
     def __enter__(self) -> "BatchStandIn":
         return self.start()

@@ -96,9 +96,10 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str]) -> tuple[st
               f'if [ -n "${{{PERSIST_URL_VAR}:-}}" ]; then {sh_join([*persist_launch.argv, *persist_args])}'
               " || echo 'mpibatch: persisting subtask outputs failed' >&2; fi\n"
               "exit $rc")
-    links = [a for f in t.common_files for a in ("--link", f.path.split("/")[0])]
+    names = dict.fromkeys(f.path.split("/")[0] for f in t.common_files)  # top-level entries, in order
+    links = [a for name in names for a in ("--link", name)]
     coord_argv: list[Word] = ["bash", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/coordinate.sh"'),
-                              "--rank-dir", rdir, "--shared-dir", t.shared_dir, *dict.fromkeys(links)]
+                              "--rank-dir", rdir, "--shared-dir", t.shared_dir, *links]
     coord = sh_join(coord_argv)
     if t.coordination:
         coord += " && " + sh_join(["/bin/bash", "-c", t.coordination])

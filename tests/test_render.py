@@ -427,3 +427,12 @@ def test_windows_shell_line_keeps_cmd_variables():
                                         "command": "%AZ_BATCH_TASK_SHARED_DIR%\\app.exe > out.txt"}}
     r = render(parse_spec(data))
     assert r.command_line.endswith("%AZ_BATCH_TASK_SHARED_DIR%\\app.exe > out.txt")
+
+
+def test_every_common_file_top_level_entry_is_linked_once():
+    data = {"job": {"id": "j"}, "task": {"id": "t", "mpi": "mpich", "command": ["x"], "common_files": [
+        {"source": "https://h/a.tgz", "path": "a.tgz"}, {"source": "https://h/b", "path": "case/b"},
+        {"source": "https://h/c", "path": "case/c"}]}}
+    words = shlex.split(shlex.split(render(parse_spec(data)).coordination_command_line)[2])
+    links = [words[i + 1] for i, w in enumerate(words) if w == "--link"]
+    assert links == ["a.tgz", "case"]

@@ -38,6 +38,7 @@ import random
 import re
 import secrets
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -49,6 +50,7 @@ from typing import Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SSHD = "/usr/sbin/sshd"
 STATE_ROOT = Path(os.environ.get("MPIBATCH_CLUSTER_STATE", "/run/mpibatch-clusters"))
 NS_PREFIX = "mpb-"
@@ -464,7 +466,15 @@ class SshCluster:
     def _start_sshds(self) -> None:
         for n in self._nodes:
             mounts = [f"mount --bind {n.dir / 'hosts'} /etc/hosts", f"mount --bind {self.state_dir / 'ssh'} /root/.ssh"]
+            # The checkout (its .venvs hold the MPI runtimes the hosts run) stays visible even when it lives
+            # under a private dir, e.g. a CI clone in /tmp: park it, mount the tmpfs, move it back.
+            keep = [d for d in self.private_dirs if REPO_ROOT == Path(d) or Path(d) in REPO_ROOT.parents]
+            if keep:
+                mounts.append(f"mkdir -p {n.dir / 'repo'} && mount --bind {shlex.quote(str(REPO_ROOT))} {n.dir / 'repo'}")
             mounts += [f"mkdir -p {d} && mount -t tmpfs -o mode=1777 tmpfs {d}" for d in self.private_dirs]
+            if keep:
+                repo = shlex.quote(str(REPO_ROOT))
+                mounts.append(f"mkdir -p {repo} && mount --move {n.dir / 'repo'} {repo}")
             script = "set -e; hostname {name}; {mounts}; exec {sshd} -D -f {cfg} -E {log}".format(
                 name=n.name,
                 mounts="; ".join(mounts),

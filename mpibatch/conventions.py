@@ -59,29 +59,28 @@ _MAX_USABLE_JOB_ID = 63 - len(CONTAINER_PREFIX)  # 59: a container name is at mo
 _MAX_ID_IN_HASHED_NAME = 15  # room is 63 - 4 ("job-") - 1 - 40 (SHA-1 hex) = 18; .NET uses 15, so must we
 
 
-def validate_job_id(job_id: str, field: str = "job.id") -> str:
-    """Return `job_id` if it is a Batch job id: up to 64 letters, digits, '-' and '_'.
+def validate_batch_id(value: str, field: str, what: str = "id", example: str = "mpi-task-1") -> str:
+    """Return `value` if it is a Batch id: up to 64 letters, digits, '-' and '_' (the one id rule)."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        shown = repr(value) if isinstance(value, str) else type(value).__name__
+        problem = f"the {what} is empty" if value == "" else f"{shown} is not a valid Batch {what}"
+        if isinstance(value, str) and len(value) > 64:
+            problem = f"the {what} is {len(value)} characters long; the limit is 64"
+        raise SpecError(field, problem, f"use at most 64 letters, digits, '-' and '_', e.g. {example}")
+    return value
 
-    Also accepted: ``{scheduleId}:job-{n}``, the id the Batch service gives jobs created by a job schedule.
-    """
-    if not isinstance(job_id, str) or not (_ID.fullmatch(job_id) or _SCHEDULED_JOB_ID.fullmatch(job_id)):
-        shown = repr(job_id) if isinstance(job_id, str) else type(job_id).__name__
-        problem = "the job id is empty" if job_id == "" else f"{shown} is not a valid Batch job id"
-        if isinstance(job_id, str) and len(job_id) > 64:
-            problem = f"the job id is {len(job_id)} characters long; the limit is 64"
-        raise SpecError(field, problem, "use at most 64 letters, digits, '-' and '_', e.g. cfd-run-42")
-    return job_id
+
+def validate_job_id(job_id: str, field: str = "job.id") -> str:
+    """Return `job_id` if it is a Batch job id. Also accepted: ``{scheduleId}:job-{n}``, the id the Batch
+    service gives jobs created by a job schedule."""
+    if isinstance(job_id, str) and _SCHEDULED_JOB_ID.fullmatch(job_id):
+        return job_id
+    return validate_batch_id(job_id, field, "job id", "cfd-run-42")
 
 
 def validate_task_id(task_id: str, field: str = "task.id") -> str:
     """Return `task_id` if it is a Batch task id: up to 64 letters, digits, '-' and '_'."""
-    if not isinstance(task_id, str) or not _ID.fullmatch(task_id):
-        shown = repr(task_id) if isinstance(task_id, str) else type(task_id).__name__
-        problem = "the task id is empty" if task_id == "" else f"{shown} is not a valid Batch task id"
-        if isinstance(task_id, str) and len(task_id) > 64:
-            problem = f"the task id is {len(task_id)} characters long; the limit is 64"
-        raise SpecError(field, problem, "use at most 64 letters, digits, '-' and '_', e.g. mpi-task-1")
-    return task_id
+    return validate_batch_id(task_id, field, "task id", "mpi-task-1")
 
 
 def job_container_name(job_id: str, field: str = "job.id") -> str:

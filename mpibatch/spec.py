@@ -16,7 +16,6 @@ import yaml
 from .durations import parse_duration
 from .errors import SpecError, SpecErrors
 
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 FLAVORS = ("intelmpi", "msmpi", "openmpi", "mpich")
 FABRICS = ("auto", "tcp", "sriov", "networkdirect")
@@ -214,11 +213,9 @@ def _str(value: Any, where: str) -> str:
 
 
 def validate_id(value: Any, where: str) -> str:
-    text = _str(value, where)
-    if not ID_RE.fullmatch(text):
-        raise SpecError(where, f"{text!r} is not a valid Batch id",
-                        "use at most 64 letters, digits, '-' or '_'")
-    return text
+    from .conventions import validate_batch_id  # the one id rule
+
+    return validate_batch_id(_str(value, where), where, "id", "run-1")
 
 
 def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:

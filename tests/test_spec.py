@@ -59,12 +59,12 @@ def test_base_is_valid():
 # (name, path, value, field, words in problem, words in fix)
 RULES = [
     # ids: at most 64 letters, digits, '-', '_'
-    ("job id too long", "job.id", "j" * 65, "job.id", ["not a valid Batch id"], ["64", "letters"]),
-    ("task id too long", "task.id", "t" * 65, "task.id", ["not a valid Batch id"], ["64"]),
+    ("job id too long", "job.id", "j" * 65, "job.id", ["65 characters long", "limit is 64"], ["64", "letters"]),
+    ("task id too long", "task.id", "t" * 65, "task.id", ["65 characters long"], ["64"]),
     ("task id with a space", "task.id", "my task", "task.id", ["'my task'"], ["letters, digits"]),
-    ("task id with a dot", "task.id", "run.1", "task.id", ["'run.1'"], ["'-' or '_'"]),
+    ("task id with a dot", "task.id", "run.1", "task.id", ["'run.1' is not a valid Batch id"], ["'-' and '_'"]),
     ("job id with a slash", "job.id", "a/b", "job.id", ["'a/b'"], ["64"]),
-    ("job id empty", "job.id", "", "job.id", ["not a valid"], ["64"]),
+    ("job id empty", "job.id", "", "job.id", ["is empty"], ["64"]),
     ("pool id with a colon", "job.pool", "pool:1", "job.pool", ["'pool:1'"], ["64"]),
     # instances
     ("instances 0", "task.instances", 0, "task.instances", ["0 is out of range"], ["between 1 and 100"]),

@@ -27,7 +27,7 @@ def bash_c(script: str) -> str:
     return "/bin/bash -c " + shlex.quote(script)
 
 
-_CMD_SAFE = re.compile(r"^[A-Za-z0-9_@+=:,./\\-]+$")
+CMD_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@+=:,./\\-]+$")  # needs no quotes on a cmd /c line
 
 
 def cmd_quote(word: str) -> str:
@@ -40,7 +40,7 @@ def cmd_quote(word: str) -> str:
     if '"' in word or "%" in word or "\n" in word:
         raise ValueError(f"argument {word!r} contains a character (\" % or newline) that cannot be "
                          "passed safely through cmd /c")
-    if word and _CMD_SAFE.match(word):
+    if word and CMD_SAFE_WORD.match(word):
         return word
     return '"' + word.replace("\\", "\\\\") + '"' if word.endswith("\\") else f'"{word}"'
 

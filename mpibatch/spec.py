@@ -15,6 +15,7 @@ import yaml
 
 from .durations import parse_duration
 from .errors import SpecError, SpecErrors
+from .shell import CMD_SAFE_WORD
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 FLAVORS = ("intelmpi", "msmpi", "openmpi", "mpich")
@@ -527,6 +528,11 @@ def _check_cmd_words(spec: Spec, c: _Collector) -> None:
         if bad & set(word):
             c.errors.append(SpecError(where, f"{word!r} holds % or \" or a newline, which cannot pass safely "
                                       "through cmd /c on Windows", fix))
+        elif word and not CMD_SAFE_WORD.fullmatch(word):
+            # cmd /c strips the line's first and last quote: a quoted word at the end would break the
+            # ""%MSMPI_BIN%\mpiexec.exe"" form, so words that need quotes are refused.
+            c.errors.append(SpecError(where, f"{word!r} would need quotes on the cmd /c line (spaces or & | < > ^)",
+                                      "use values without spaces, or a shell-line string for the command"))
 
 
 def parse_spec(data: Any, base_dir: Path | str = ".") -> Spec:

@@ -1,5 +1,6 @@
-"""Every example runs as its README says: for real on the local or SSH executor where it can run here,
-rendered and checked (render, check-pool, shellcheck) where it needs Azure or Windows."""
+"""Every example under examples/ runs as its README says: for real on the local executor (emulated
+nodes, root) or the SSH test cluster where it can run here; rendered, pool-checked and shellchecked
+where it needs Azure or Windows."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,146 +9,347 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from mpibatch.executors.local import LocalExecutor
+from mpibatch.cli import main as cli
+from mpibatch.render import render
 from mpibatch.spec import load_spec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 VENVS = REPO / ".venvs"
 
-
-def venv_env(flavor: str) -> dict[str, str]:
-    bindir = VENVS / flavor / "bin"
-    if not (bindir / "python").exists():
-        pytest.fail(f"{bindir} missing: run scripts/install-test-deps.sh")
-    return dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the local executor emulates nodes in namespaces: root only")
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mpibatch.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+def runtime_env(flavor: str) -> dict[str, str]:
+    """The nodes' "image": this environment with one MPI runtime's venv first on PATH."""
+    venv_bin = VENVS / flavor / "bin"
+    if not (venv_bin / "mpiexec").exists() and not (venv_bin / "mpirun").exists():
+        pytest.skip(f"no {flavor} runtime in {venv_bin} (create it: python3 -m venv .venvs/{flavor} && "
+                    f".venvs/{flavor}/bin/pip install -e '.[{flavor}]')")
+    env = dict(os.environ)
+    env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
-def shellcheck(command_line: str) -> None:
+def run_local(spec_path: Path, flavor: str, runs_dir: Path, **env_extra: str):
+    from mpibatch.executors.local import LocalExecutor
+
+    env = {**runtime_env(flavor), **env_extra}
+    result = LocalExecutor(base_env=env, runs_dir=runs_dir).run(load_spec(spec_path))
+    assert result.succeeded, (result.failure, [(i.index, i.stdout, i.stderr) for i in result.instances])
+    return result
+
+
+def cli_ok(*args: str) -> str:
+    res = CliRunner().invoke(cli, list(args))
+    assert res.exit_code == 0, f"mpibatch {' '.join(args)} -> {res.exit_code}\n{res.output}"
+    return res.output
+
+
+def check_pool_clean(spec_path: Path) -> dict:
+    out = json.loads(cli_ok("check-pool", str(spec_path), "-o", "json"))
+    assert out["clean"], out
+    assert not [p for p in out["problems"] if p["severity"] == "error"], out
+    return out
+
+
+def render_json(spec_path: Path) -> dict:
+    return json.loads(cli_ok("render", str(spec_path), "-o", "json"))
+
+
+def bash_script(command_line: str) -> str:
+    """The script inside a rendered `/bin/bash -c '<script>'` line."""
+    parts = shlex.split(command_line)
+    assert parts[:2] == ["/bin/bash", "-c"] and len(parts) == 3, command_line
+    return parts[2]
+
+
+def shellcheck(script: str, tmp_path: Path, name: str, severity: str = "style") -> None:
     if shutil.which("shellcheck") is None:
-        pytest.fail("shellcheck missing: run scripts/install-test-deps.sh")
-    argv = shlex.split(command_line)
-    assert argv[:2] == ["/bin/bash", "-c"], command_line
-    proc = subprocess.run(["shellcheck", "-s", "bash", "-"], input=argv[2], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    f = tmp_path / f"{name}.sh"
+    f.write_text("#!/bin/bash\n" + script + "\n")
+    res = subprocess.run(["shellcheck", "-s", "bash", "-S", severity, str(f)], capture_output=True, text=True)
+    assert res.returncode == 0, f"shellcheck {name}:\n{script}\n{res.stdout}{res.stderr}"
 
 
-def rendered(spec: Path) -> dict:
-    proc = cli("render", str(spec), "--output", "json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+def shellcheck_rendered(spec_path: Path, tmp_path: Path) -> None:
+    """Every Linux command line of the rendered task: application, coordination, preparation, release."""
+    r = render(load_spec(spec_path))
+    assert r.os == "linux"
+    # A shell-line command is single-quoted on purpose (each rank's bash expands it): SC2016 is info.
+    app_level = "warning" if r.spec.task.command.shell is not None else "style"
+    shellcheck(bash_script(r.command_line), tmp_path, "application", severity=app_level)
+    shellcheck(bash_script(r.coordination_command_line), tmp_path, "coordination")
+    for name, line in (("preparation", r.preparation_command_line), ("release", r.release_command_line)):
+        if line:
+            shellcheck(bash_script(line), tmp_path, name)
 
 
+def readme_mentions(example: str, *texts: str) -> None:
+    readme = (EXAMPLES / example / "README.md").read_text()
+    for t in texts:
+        assert t in readme, f"examples/{example}/README.md should show {t!r}"
+
+
+# --------------------------------------------------------------------------------------------- 1. hello
+
+@needs_root
 @pytest.mark.mpi
-def test_hello_main_job_through_the_cli(tmp_path: Path) -> None:
-    proc = cli("run", str(EXAMPLES / "hello" / "spec.yaml"), "--runs-dir", str(tmp_path), env=venv_env("mpich"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def test_hello_runs_6_ranks_on_3_nodes(tmp_path: Path) -> None:
+    readme_mentions("hello", "mpibatch run examples/hello/spec.yaml", "sum of ranks = 15 (expected 15)")
+    result = run_local(EXAMPLES / "hello" / "spec.yaml", "mpich", tmp_path)
+    out = result.primary.stdout
+    assert "sum of ranks = 15 (expected 15)" in out
     for rank in range(6):
-        assert f"rank {rank}/6 host node-{rank // 2} node node-{rank // 2}" in proc.stdout
-    assert "sum of ranks = 15 (expected 15)" in proc.stdout
-    out = tmp_path / "hello" / "hello-mpi"
-    assert (out / "1" / "rank-2.txt").read_text().startswith("rank 2/6 host node-1")  # from a subtask
-    assert "coordination: 3/3 done" in proc.stderr  # progress
+        assert f"rank {rank}/6 host node-{rank // 2} " in out, out
+    assert [sorted(i.files) for i in result.instances] == [
+        ["hello-summary.txt", "rank-0.txt", "rank-1.txt"], ["rank-2.txt", "rank-3.txt"], ["rank-4.txt", "rank-5.txt"]]
 
 
-def _load_stitch():
-    spec = importlib.util.spec_from_file_location("stitch", EXAMPLES / "heat-simulation" / "stitch.py")
+# ------------------------------------------------------------------------------------ 2. heat-simulation
+
+HEAT = EXAMPLES / "heat-simulation"
+
+
+def load_stitch():
+    spec = importlib.util.spec_from_file_location("heat_stitch", HEAT / "stitch.py")
+    assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def heat_args() -> list[str]:
+    """NX NY STEPS from the spec's command, so the serial run is the same problem."""
+    words = shlex.split(load_spec(HEAT / "spec.yaml").task.command.shell or "")
+    assert words[0].endswith("/heat") and len(words) == 4, words
+    return words[1:]
+
+
+@needs_root
 @pytest.mark.mpi
 def test_heat_simulation_matches_a_serial_run(tmp_path: Path) -> None:
-    env = venv_env("mpich")
-    r = LocalExecutor(base_env=env, runs_dir=tmp_path / "runs").run(load_spec(EXAMPLES / "heat-simulation" / "spec.yaml"))
-    assert r.succeeded, (r.failure, r.primary.stderr)
-    assert [len(i.files) for i in r.instances] == [2, 2, 2]  # two bands from every node
-    stitch = _load_stitch()
+    readme_mentions("heat-simulation", "mpibatch run examples/heat-simulation/spec.yaml",
+                    "stitch.py mpibatch-runs/heat-simulation/heat -o heat.png")
+    env = runtime_env("mpich")
+    result = run_local(HEAT / "spec.yaml", "mpich", tmp_path / "runs")
+    # Every instance ran ranks and its part files were collected, subtasks included.
+    assert [sorted(i.files) for i in result.instances] == [
+        ["part-0.csv", "part-1.csv"], ["part-2.csv", "part-3.csv"], ["part-4.csv", "part-5.csv"]]
+    assert "on 6 ranks" in result.primary.stdout
+    for rank in range(6):
+        assert f"rank {rank}/6 on node-{rank // 2}:" in result.primary.stdout
+
+    # Stitch with the example's script, as the README does.
     png = tmp_path / "heat.png"
-    subprocess.run([sys.executable, str(EXAMPLES / "heat-simulation" / "stitch.py"), r.output_dir, "-o", str(png)],
-                   check=True, capture_output=True)
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    parallel = stitch.stitch(r.output_dir)
-    serial_dir = tmp_path / "serial"
-    serial_dir.mkdir()
-    subprocess.run(["mpicc", "-O2", "-o", "heat", str(EXAMPLES / "heat-simulation" / "heat.c")], cwd=serial_dir,
-                   env=env, check=True)
-    subprocess.run(["mpiexec", "-n", "1", "./heat", "160", "120", "4000"], cwd=serial_dir, env=env, check=True,
-                   capture_output=True)
-    serial = stitch.stitch(serial_dir)
-    assert len(parallel) == len(serial) == 120 and len(parallel[0]) == 160
-    worst = max(abs(a - b) for ra, rb in zip(parallel, serial) for a, b in zip(ra, rb))
-    assert worst < 1e-12
+    res = subprocess.run(["python3", str(HEAT / "stitch.py"), result.output_dir, "-o", str(png)],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "stitched 6 parts into a 160x120 plate" in res.stdout
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert int.from_bytes(data[16:20], "big") == 480 and int.from_bytes(data[20:24], "big") == 360
+
+    # The serial reference: the same program, built the same way, one rank, no Batch at all.
+    serial = tmp_path / "serial"
+    serial.mkdir()
+    subprocess.run(["mpicc", "-O2", "-o", str(serial / "heat"), str(HEAT / "heat.c")], check=True, env=env)
+    subprocess.run(["mpiexec", "-n", "1", str(serial / "heat"), *heat_args()], check=True, cwd=serial, env=env,
+                   capture_output=True, timeout=120)
+    stitch = load_stitch()
+    parallel, reference = stitch.stitch(result.output_dir), stitch.stitch(serial)
+    assert len(parallel) == len(reference) == 120 and len(parallel[0]) == 160
+    worst = max(abs(a - b) for pr, rr in zip(parallel, reference) for a, b in zip(pr, rr))
+    assert worst <= 1e-12, f"parallel and serial plates differ by up to {worst}"
+    # Not trivially equal: heat reached the middle of the plate (the halo exchange worked).
+    assert 0.05 < reference[100][80] < 0.95
 
 
-@pytest.mark.mpi
-def test_wrap_existing_code_runs_imb_unchanged(tmp_path: Path) -> None:
-    r = LocalExecutor(base_env=venv_env("intelmpi"), runs_dir=tmp_path / "runs").run(
-        load_spec(EXAMPLES / "wrap-existing-code" / "spec.yaml"))
-    assert r.succeeded, (r.failure, r.primary.stderr)
-    out = Path(r.primary.stdout_path).read_text()
-    assert "Benchmarking PingPong" in out and "# #processes = 3" in out
-    assert "#bytes #repetitions" in out
+def test_heat_stitch_rejects_missing_parts(tmp_path: Path) -> None:
+    stitch = load_stitch()
+    header = "# heat part rank={r} ranks=2 nx=3 ny=4 steps=1 row0={r0} rows=2 host=h\n"
+    (tmp_path / "part-0.csv").write_text(header.format(r=0, r0=0) + "1,1,1\n0,0.5,0\n")
+    with pytest.raises(ValueError, match="expected 2 parts"):
+        stitch.stitch(tmp_path)
+    (tmp_path / "part-1.csv").write_text(header.format(r=1, r0=2) + "0,0.25,0\n0,0,0\n")
+    assert stitch.stitch(tmp_path)[1] == [0.0, 0.5, 0.0]
+    assert stitch.main([str(tmp_path), "-o", str(tmp_path / "x.png")]) == 0
 
 
-def test_latency_rdma_pool_renders_sriov_intel_mpi() -> None:
-    spec = EXAMPLES / "latency-rdma-pool" / "spec.yaml"
-    task = rendered(spec)["task"]
+# --------------------------------------------------------------------------------- 4. latency-rdma-pool
+
+LATENCY = EXAMPLES / "latency-rdma-pool" / "spec.yaml"
+
+
+def test_latency_rdma_pool_renders_sriov_intel_mpi(tmp_path: Path) -> None:
+    readme_mentions("latency-rdma-pool", "mpibatch pool create examples/latency-rdma-pool/spec.yaml",
+                    "mpibatch bench latency examples/latency-rdma-pool/spec.yaml --executor azure --pairs all",
+                    "~1.2 us", "Over ~10 us")
+    payload = render_json(LATENCY)
+    task = payload["task"]
     env = {e["name"]: e["value"] for e in task["environmentSettings"]}
     assert env["I_MPI_FABRICS"] == "shm:ofi" and env["FI_PROVIDER"] == "mlx"
-    assert "-ppn 1" in task["commandLine"] and task["multiInstanceSettings"]["numberOfInstances"] == 2
-    assert cli("check-pool", str(spec)).returncode == 0
-    shellcheck(task["commandLine"])
-    shellcheck(task["multiInstanceSettings"]["coordinationCommandLine"])
+    assert task["multiInstanceSettings"]["numberOfInstances"] >= 2
+    assert task["commandLine"].startswith('/bin/bash -c \'mpirun -hosts "$AZ_BATCH_HOST_LIST" -n 3 -ppn 1 ')
+    assert task["userIdentity"]["autoUser"] == {"scope": "pool", "elevationLevel": "admin"}
+    spec = load_spec(LATENCY)
+    assert spec.pool and spec.pool.vm_size == "Standard_HB120rs_v3" and spec.pool.nodes >= 2
+    assert spec.pool.image and spec.pool.image.offer == "ubuntu-hpc"
+    check = check_pool_clean(LATENCY)
+    assert "sriov" in check["summary"]
+    shellcheck_rendered(LATENCY, tmp_path)
+
+
+def test_latency_bench_script_is_built_from_the_spec(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["bench", "latency", str(LATENCY), "--executor", "azure", "--pairs", "all",
+                                   "--show-script"])
+    if res.exit_code != 0 and "No such command" in res.output:
+        pytest.skip("mpibatch bench latency is not available")
+    assert res.exit_code == 0, res.output
+    assert "IMB-MPI1" in res.output and "run_pair" in res.output
+    # warning level: the rank wrapper is single-quoted on purpose (SC2016 is info).
+    shellcheck(res.output, tmp_path, "bench", severity="warning")
+
+
+# ------------------------------------------------------------------------------------ 5. msmpi-windows
+
+MSMPI = EXAMPLES / "msmpi-windows" / "spec.yaml"
 
 
 def test_msmpi_windows_renders_smpd_and_ccp_nodes() -> None:
-    spec = EXAMPLES / "msmpi-windows" / "spec.yaml"
-    task = rendered(spec)["task"]
-    assert task["multiInstanceSettings"]["coordinationCommandLine"] == 'cmd /c start cmd /c ""%MSMPI_BIN%\\smpd.exe"" -d'
-    assert task["commandLine"] == ('cmd /c ""%MSMPI_BIN%\\mpiexec.exe"" -c 2 -wdir %AZ_BATCH_TASK_SHARED_DIR% '
-                                   "MPIHelloWorld.exe")
-    assert "userIdentity" not in task  # no Linux auto-user on Windows
-    check = cli("check-pool", str(spec))
-    assert check.returncode == 0 and check.stdout.startswith("clean"), check.stdout + check.stderr
+    readme_mentions("msmpi-windows", "MSMpiSetup.exe -unattend -force", "--msmpi-installer",
+                    "mpibatch check-pool examples/msmpi-windows/spec.yaml", "CCP_NODES")
+    payload = render_json(MSMPI)
+    task = payload["task"]
+    mi = task["multiInstanceSettings"]
+    assert mi["coordinationCommandLine"] == 'cmd /c start cmd /c ""%MSMPI_BIN%\\smpd.exe"" -d'
+    ppn = load_spec(MSMPI).task.mpi.processes_per_node
+    app = task["commandLine"]
+    assert app.startswith(f'cmd /c ""%MSMPI_BIN%\\mpiexec.exe"" -c {ppn} -wdir %AZ_BATCH_TASK_SHARED_DIR% '), app
+    assert "-hosts" not in app  # mpiexec reads CCP_NODES
+    # cmd /c strips the first and the last quote of the line: only the mpiexec idiom may have quotes.
+    assert app.count('"') == 4, app
+    assert "userIdentity" not in task or not task["userIdentity"]
+    assert [f["filePath"] for f in mi["commonResourceFiles"]] == ["hello.py"]
+    prep = payload["job"]["jobPreparationTask"]["commandLine"]
+    assert prep.startswith("cmd /c python-3.12.8-amd64.exe /quiet") and "pip install" in prep
+    check = check_pool_clean(MSMPI)
+    assert "windows" in check["summary"]
 
 
-def test_shared_dir_nfs_variant_renders_and_passes_shellcheck() -> None:
-    spec = EXAMPLES / "shared-dir" / "spec-nfs.yaml"
-    task = rendered(spec)["task"]
-    coord = task["multiInstanceSettings"]["coordinationCommandLine"]
-    assert "--shared-dir nfs" in coord and "tar -xzf" in coord
-    shellcheck(coord)
-    shellcheck(task["commandLine"])
-    assert cli("check-pool", str(spec)).returncode == 0
+# ------------------------------------------------------------------------------- 3. wrap-existing-code
+
+WRAP = EXAMPLES / "wrap-existing-code"
+
+
+@needs_root
+@pytest.mark.mpi
+def test_wrap_existing_code_runs_imb_unchanged(tmp_path: Path) -> None:
+    readme_mentions("wrap-existing-code", "mpibatch run examples/wrap-existing-code/spec.yaml",
+                    "pool start task", "job preparation task", "common files")
+    if not (VENVS / "intelmpi" / "bin" / "IMB-MPI1").exists():
+        pytest.skip("IMB-MPI1 is not installed in .venvs/intelmpi (pip install impi-rt==2021.18.1)")
+    result = run_local(WRAP / "spec.yaml", "intelmpi", tmp_path)
+    stdout = Path(result.primary.stdout_path or Path(result.output_dir, "0", "stdout.txt")).read_text()
+    assert "Benchmarking PingPong" in stdout and "Benchmarking Allreduce" in stdout
+    assert "# #processes = 3" in stdout and "All processes entering MPI_Finalize" in stdout
+    assert "IMB-MPI1 PingPong Sendrecv Allreduce" in stdout  # IMB's own "calling sequence": unchanged argv
+    # Every instance's logs were collected, and the wrapper found the library path on every node.
+    for inst in result.instances:
+        assert Path(result.output_dir, str(inst.index), "stdout.txt").exists()
+        assert "error while loading shared libraries" not in inst.stderr
+
+
+def test_wrap_existing_code_wrapper_passes_shellcheck(tmp_path: Path) -> None:
+    shellcheck((WRAP / "run-imb.sh").read_text(), tmp_path, "run-imb")
+    shellcheck_rendered(WRAP / "spec.yaml", tmp_path)
+
+
+# ----------------------------------------------------------------------------------------- 6. shared-dir
+
+SHARED = EXAMPLES / "shared-dir"
+
+
+def load_solver():
+    spec = importlib.util.spec_from_file_location("shared_dir_solve", SHARED / "solve.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.cluster
-def test_shared_dir_sshfs_on_the_ssh_cluster(tmp_path: Path, ssh_cluster3) -> None:
+@pytest.mark.mpi
+def test_shared_dir_case_is_read_by_every_node_over_sshfs(ssh_cluster3, tmp_path: Path) -> None:
+    from mpibatch.executors.ssh import SshExecutor
     from tests.infra.fixtures import require_cluster
 
     require_cluster(sshfs=True)
-    from mpibatch.executors.ssh import SshExecutor
-
+    readme_mentions("shared-dir", "mpibatch run examples/shared-dir/spec.yaml --executor ssh",
+                    "mpibatch check-pool examples/shared-dir/spec-nfs.yaml")
+    runtime_env("mpich")  # skips without the runtime
     c = ssh_cluster3
     ex = SshExecutor(c.hosts, user="root", key=str(c.client_key_path), known_hosts=str(c.known_hosts_path),
-                     runs_dir=str(tmp_path / "runs"), remote_path_prepend=[str(VENVS / "mpich" / "bin")])
-    r = ex.run(load_spec(EXAMPLES / "shared-dir" / "spec.yaml"))
-    assert r.succeeded, (r.failure, r.primary.stderr, [i.stderr for i in r.instances])
-    summary = Path(r.output_dir, "0", "summary.txt").read_text()
-    for i, name in enumerate(c.names):
-        assert f"rank {i} on {name}: 2 case files" in summary
-    assert "same case everywhere: True" in r.primary.stdout
-    assert Path(r.output_dir, "2", "result-2.txt").exists()  # collected from a subtask
-    assert not c.wait_idle(timeout=10)
+                     runs_dir=tmp_path / "runs", remote_path_prepend=[str(VENVS / "mpich" / "bin")])
+    result = ex.run(load_spec(SHARED / "spec.yaml"))
+    assert result.succeeded, (result.failure, [(i.index, i.stdout, i.stderr) for i in result.instances])
+    out = result.primary.stdout
+    assert "6 ranks on 3 hosts (node-0, node-1, node-2)" in out and "every rank read the same case: True" in out
+    # Subtasks mounted the primary's shared dir, and their ranks' logs came back from their own nodes.
+    for inst in result.instances[1:]:
+        assert "(sshfs)" in inst.stderr
+    assert [sorted(i.files) for i in result.instances] == [
+        ["T.final", "rank-0.log", "rank-1.log"], ["rank-2.log", "rank-3.log"], ["rank-4.log", "rank-5.log"]]
+    logs = [Path(result.output_dir, str(i // 2), f"rank-{i}.log").read_text() for i in range(6)]
+    assert len({log.split("digest ")[1].split(")")[0] for log in logs}) == 1
+    assert all(f"on node-{i // 2}:" in log for i, log in enumerate(logs))
+    # The reconstructed field is the serial solution of the same case.
+    final = [float(v) for v in Path(result.output_dir, "0", "T.final").read_text().split()]
+    reference = load_solver().solve_serial(SHARED / "case")
+    assert len(final) == len(reference) == 240
+    assert max(abs(a - b) for a, b in zip(final, reference)) <= 1e-12
+    left = c.wait_idle(timeout=10)
+    assert not left, f"processes left on the hosts: {left}"
+
+
+@pytest.mark.parametrize("name", ["spec.yaml", "spec-nfs.yaml"])
+def test_shared_dir_specs_render_and_pass_shellcheck(name: str, tmp_path: Path) -> None:
+    spec = load_spec(SHARED / name)
+    assert spec.task.shared_dir == ("nfs" if "nfs" in name else "sshfs")
+    r = render(spec)
+    assert f"--shared-dir {spec.task.shared_dir}" in r.coordination_command_line
+    shellcheck_rendered(SHARED / name, tmp_path)
+    if spec.pool:
+        check_pool_clean(SHARED / name)
+
+
+
+# ------------------------------------------------------------------------------------------ all of them
+
+ALL_SPECS = sorted(p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.glob("*/spec*.yaml"))
+
+
+def test_every_example_has_a_readme_and_a_spec() -> None:
+    dirs = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir())
+    assert {"hello", "heat-simulation", "wrap-existing-code", "latency-rdma-pool", "msmpi-windows",
+            "shared-dir"} <= set(dirs)
+    for d in dirs:
+        assert (EXAMPLES / d / "README.md").is_file(), d
+        assert list((EXAMPLES / d).glob("spec*.yaml")), d
+
+
+@pytest.mark.parametrize("name", ALL_SPECS)
+def test_every_spec_renders_and_its_linux_lines_pass_shellcheck(name: str, tmp_path: Path) -> None:
+    spec = load_spec(EXAMPLES / name)
+    cli_ok("render", str(EXAMPLES / name))
+    for ref in (*spec.task.common_files, *spec.task.files,
+                *(spec.job.preparation.files if spec.job.preparation else ())):
+        assert ref.is_url or Path(ref.source).is_file(), f"{name}: {ref.source} is missing"
+    if spec.os == "linux":
+        shellcheck_rendered(EXAMPLES / name, tmp_path)

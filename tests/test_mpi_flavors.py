@@ -197,14 +197,14 @@ def test_unknown_flavour_lists_the_known_ones():
 @pytest.mark.parametrize("ppn", PPNS)
 def test_windows_rendered_lines_follow_the_msmpi_recipe(ppn):
     spec = parse_spec({"job": {"id": "j1"}, "task": {
-        "id": "t1", "instances": 2, "command": ["app.exe", "in put.dat"],
+        "id": "t1", "instances": 2, "command": ["app.exe", "input.dat"],
         "mpi": {"flavor": "msmpi", "processes_per_node": ppn, "fabric": "tcp"},
         "environment": {"MPICH_DISABLE_ND": "0", "OMP_NUM_THREADS": "2"}}})
     r = render(spec)
     assert r.coordination_command_line == 'cmd /c start cmd /c ""%MSMPI_BIN%\\smpd.exe"" -d'
     assert r.command_line == ('cmd /c ""%MSMPI_BIN%\\mpiexec.exe"" -genv MPICH_DISABLE_ND 0 '
                               f'-genv OMP_NUM_THREADS 2 -c {ppn} -wdir %AZ_BATCH_TASK_SHARED_DIR% '
-                              'app.exe "in put.dat"')
+                              'app.exe input.dat')
     assert r.environment == {"MPICH_DISABLE_ND": "0", "OMP_NUM_THREADS": "2"}  # the user's 0 beat the tcp 1
 
 

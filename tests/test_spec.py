@@ -410,3 +410,11 @@ def test_common_file_paths_under_the_launcher_dir_are_refused():
     with pytest.raises(SpecError) as e:
         parse_spec(make("task.common_files", [{"source": "my.sh", "path": "mpibatch/coordinate.sh"}]))
     assert e.value.field == "task.common_files[0].path"
+
+
+def test_windows_argv_word_needing_quotes_is_refused():
+    data = {"job": {"id": "j"}, "pool": {"image": "windows"},
+            "task": {"id": "t", "mpi": "msmpi", "command": ["C:\\Program Files\\app.exe", "-x"]}}
+    with pytest.raises(SpecError) as e:
+        parse_spec(data)
+    assert e.value.field == "task.command[0]" and "shell-line string" in e.value.fix

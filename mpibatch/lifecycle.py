@@ -203,9 +203,6 @@ class Lifecycle:
             except KeyboardInterrupt:
                 result.failure = Failure("interrupted", "interrupted by the user; every process was ended")
             self.t.end_processes()
-            result.state = "completed" if result.failure is None or result.exit_code is not None else "failed"
-            if result.failure is None and result.exit_code not in (0, None):
-                result.failure = Failure("running", f"the application exited with code {result.exit_code}", 0)
             self._collect(nodes, layouts, result)
             self._release(ran, hosts, layouts)
         finally:
@@ -214,8 +211,9 @@ class Lifecycle:
             finally:
                 self.t.close()
                 shutil.rmtree(cache, ignore_errors=True)
-        if result.failure is not None:
-            result.state = "failed" if result.exit_code in (None, 0) else "completed"
+        # As on Batch: a task whose application ran to an exit code completed (with that code); one
+        # that never got there (coordination, files, timeout, interrupt) failed.
+        result.state = "completed" if result.exit_code is not None else "failed"
         result.elapsed_s = round(time.monotonic() - self.t0, 3)
         return result
 

@@ -65,6 +65,18 @@ def file_md5(path: str | Path) -> bytes:
     return h.digest()
 
 
+def write_chunks(chunks: Iterable[bytes], path: Path) -> tuple[int, bytes]:
+    """Stream `chunks` into `path`; returns the size and MD5 digest of what was written."""
+    h = hashlib.md5()
+    size = 0
+    with open(path, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.digest()
+
+
 def sas_expiry(max_wall_clock: int | None, *, now: datetime | None = None,
                margin: timedelta = SAS_MARGIN) -> datetime:
     """When the task's SAS URLs expire: the wall clock (or DEFAULT_WALL_CLOCK) plus a margin."""
@@ -346,15 +358,9 @@ class Storage:
         client = self.service.get_blob_client(container, blob.name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
-        h = hashlib.md5()
-        size = 0
         try:
             stream = self._call(f"downloading {blob.name}", client.download_blob)
-            with open(tmp, "wb") as f:
-                for chunk in stream.chunks():
-                    f.write(chunk)
-                    h.update(chunk)
-                    size += len(chunk)
+            size, digest = write_chunks(stream.chunks(), tmp)
         except ResourceNotFoundError:
             tmp.unlink(missing_ok=True)
             return "vanished while downloading"
@@ -365,9 +371,9 @@ class Storage:
             tmp.unlink(missing_ok=True)
             return f"size mismatch: got {size} bytes, storage says {blob.size}"
         stored = blob.content_settings.content_md5 if blob.content_settings else None
-        if stored and bytes(stored) != h.digest():
+        if stored and bytes(stored) != digest:
             tmp.unlink(missing_ok=True)
-            return f"MD5 mismatch: got {_b64(h.digest())}, storage says {_b64(stored)}"
+            return f"MD5 mismatch: got {_b64(digest)}, storage says {_b64(stored)}"
         os.replace(tmp, dest)
         return None
 

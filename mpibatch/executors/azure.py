@@ -41,7 +41,7 @@ from ..payload import batch_job, batch_task, image_reference
 from ..render import PERSIST_URL_VAR, Rendered, render
 from ..results import Failure, InstanceResult, TaskResult, tail
 from ..spec import IMAGE_ALIASES, Command, FileRef, Image, Job, Mpi, Pool, Spec, Task
-from ..storage import Storage, redact, sas_expiry
+from ..storage import Storage, redact, sas_expiry, write_chunks
 
 log = logging.getLogger(__name__)
 
@@ -854,13 +854,9 @@ class AzureExecutor:
             return deserialized
 
         tmp = dest.with_name(dest.name + ".part")
-        size = 0
         try:
             stream = self._call(f"downloading {dest.name}", fetch, cls=cls)
-            with open(tmp, "wb") as f:
-                for chunk in stream:
-                    f.write(chunk)
-                    size += len(chunk)
+            size, _ = write_chunks(stream, tmp)
         except ResourceNotFoundError:
             tmp.unlink(missing_ok=True)
             return "not found on the node (retention over, node reimaged or removed?)"

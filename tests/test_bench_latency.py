@@ -26,26 +26,16 @@ from mpibatch.bench.parse import PROGRAM_IMB, PROGRAM_MPI4PY
 from mpibatch.bench.verdict import FABRIC_SHM
 from mpibatch.errors import SpecError
 from mpibatch.render import render
+from tests.infra.fixtures import VENVS, mpi_env, require
 
 REPO = Path(__file__).resolve().parents[1]
-VENVS = REPO / ".venvs"
 SIZES = (0, 1024)
 ITER = 200
 
 
-def _venv_env(flavor: str) -> dict[str, str]:
-    from mpibatch.executors.local import default_base_env
-
-    env = default_base_env()
-    env["PATH"] = f"{VENVS / flavor / 'bin'}{os.pathsep}{env['PATH']}"
-    return env
-
-
-def _need_local(flavor: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the local executor needs root (namespaces)")
-    if not (VENVS / flavor / "bin" / "mpiexec").exists():
-        pytest.skip(f"no {flavor} venv at {VENVS / flavor}")
+def _need_root() -> None:
+    """The local executor emulates nodes with namespaces (skips locally, fails under CI)."""
+    require([] if os.geteuid() == 0 else ["root"], "the local executor")
 
 
 def _check_plausible(res, program: str, hosts: list[str]) -> None:
@@ -116,11 +106,11 @@ def test_parse_task_output_splits_pairs_and_names_the_slow_node():
 
 # ----------------------------------------------------------------------------------------------- local executor
 def test_local_mpi4py_mpich(tmp_path):
-    _need_local("mpich")
+    _need_root()
     from mpibatch.executors.local import LocalExecutor
 
     spec = build_spec(flavor="mpich", instances=2)
-    res = run_latency(LocalExecutor(base_env=_venv_env("mpich"), runs_dir=tmp_path), spec, sizes=SIZES,
+    res = run_latency(LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path), spec, sizes=SIZES,
                       iterations=ITER)
     _check_plausible(res, PROGRAM_MPI4PY, ["node-0", "node-1"])
     assert res.samples[0].size == 1  # mpi4py sends no 0-byte message
@@ -128,12 +118,12 @@ def test_local_mpi4py_mpich(tmp_path):
 
 
 def test_local_imb_intelmpi(tmp_path):
-    _need_local("intelmpi")
+    _need_root()
     from mpibatch.executors.local import LocalExecutor
 
     lib = str(VENVS / "intelmpi" / "lib")
     spec = build_spec(flavor="intelmpi", instances=2, environment={"LD_LIBRARY_PATH": lib})
-    res = run_latency(LocalExecutor(base_env=_venv_env("intelmpi"), runs_dir=tmp_path), spec, sizes=SIZES,
+    res = run_latency(LocalExecutor(base_env=mpi_env("intelmpi"), runs_dir=tmp_path), spec, sizes=SIZES,
                       iterations=ITER, vm_size="Standard_HB120rs_v3", fabric_expected="tcp")
     _check_plausible(res, PROGRAM_IMB, ["node-0", "node-1"])
     assert res.samples[0].size == 0
@@ -143,12 +133,12 @@ def test_local_imb_intelmpi(tmp_path):
 def test_local_rdma_size_without_infiniband_fails_clearly(tmp_path):
     """An HB size gets Intel MPI's mlx provider, which this machine lacks: the task fails (exit 1 in the CLI)
     and the error says why, rather than a silent fallback."""
-    _need_local("intelmpi")
+    _need_root()
     from mpibatch.executors.local import LocalExecutor
 
     spec = build_spec(flavor="intelmpi", instances=2, vm_size="Standard_HB120rs_v3",
                       environment={"LD_LIBRARY_PATH": str(VENVS / "intelmpi" / "lib")})
-    res = run_latency(LocalExecutor(base_env=_venv_env("intelmpi"), runs_dir=tmp_path), spec, sizes=(0, 8),
+    res = run_latency(LocalExecutor(base_env=mpi_env("intelmpi"), runs_dir=tmp_path), spec, sizes=(0, 8),
                       iterations=10)
     assert not res.ok and not res.task.succeeded
     assert "exited with" in res.first.error
@@ -156,9 +146,9 @@ def test_local_rdma_size_without_infiniband_fails_clearly(tmp_path):
 
 
 def test_cli_local_json_and_plot(tmp_path):
-    _need_local("mpich")
+    _need_root()
     pytest.importorskip("matplotlib")
-    env = _venv_env("mpich")
+    env = mpi_env("mpich")
     png = tmp_path / "lat.png"
     p = subprocess.run([str(REPO / ".venv" / "bin" / "mpibatch"), "bench", "latency", "--sizes", "0:1K",
                         "--iterations", str(ITER), "--pairs", "all", "--nodes", "3", "--output", "json",

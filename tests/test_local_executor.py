@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +15,10 @@ import pytest
 
 from mpibatch.executors.local import LocalExecutor
 from mpibatch.spec import parse_spec
+from tests.infra.fixtures import VENVS, mpi_env
 
 pytestmark = pytest.mark.mpi
 REPO = Path(__file__).resolve().parent.parent
-VENVS = REPO / ".venvs"
 
 HELLO_PY = """
 from mpi4py import MPI
@@ -45,15 +44,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-def venv_env(flavor: str) -> dict[str, str]:
-    bindir = VENVS / flavor / "bin"
-    if not (bindir / "python").exists():
-        pytest.fail(f"{bindir} missing: run scripts/install-test-deps.sh")
-    env = dict(os.environ)
-    env["PATH"] = f"{bindir}:{env['PATH']}"
-    return env
 
 
 def make_spec(tmp_path: Path, *, flavor: str = "mpich", instances: int = 3, ppn: int = 2,
@@ -85,7 +75,7 @@ def no_process_left(ex: LocalExecutor) -> None:
 
 
 def run(tmp_path: Path, spec: object, flavor: str = "mpich", **kw: object):
-    ex = LocalExecutor(base_env=venv_env(flavor), runs_dir=tmp_path / "runs", **kw)
+    ex = LocalExecutor(base_env=mpi_env(flavor), runs_dir=tmp_path / "runs", **kw)
     result = ex.run(spec)
     no_process_left(ex)
     return result
@@ -105,7 +95,7 @@ def test_mpi4py_ranks_across_three_nodes(tmp_path: Path, flavor: str) -> None:
                                             ("intelmpi", "mpich")])  # Intel MPI runs MPICH-ABI binaries
 def test_c_program_built_with_mpicc(tmp_path: Path, flavor: str, cc_venv: str) -> None:
     (tmp_path / "hello.c").write_text(HELLO_C)
-    env = venv_env(cc_venv)
+    env = mpi_env(cc_venv)
     subprocess.run(["mpicc", "-o", str(tmp_path / "hello_c"), str(tmp_path / "hello.c")], env=env, check=True)
     spec = make_spec(tmp_path, flavor=flavor, command=("./hello_c",),
                      environment={"LD_LIBRARY_PATH": str(VENVS / flavor / "lib")})
@@ -177,7 +167,7 @@ def test_subtask_rank_crash_fails_the_task(tmp_path: Path) -> None:
 
 def test_lost_subtask_node_fails_the_task(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, instances=3, ppn=1, command="sleep 30", max_wall_clock="60s")
-    ex = LocalExecutor(base_env=venv_env("mpich"), runs_dir=tmp_path / "runs",
+    ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs",
                        progress=lambda phase, d: phase == "running" and threading.Timer(
                            0.3, lambda: ex.transport.kill_node(1)).start())
     t0 = time.monotonic()
@@ -225,7 +215,7 @@ def test_missing_local_source_is_bad_input(tmp_path: Path) -> None:
 
     spec = make_spec(tmp_path, files=[{"source": "absent.dat"}])
     with pytest.raises(SpecError, match=r"task.files\[0\].source"):
-        LocalExecutor(base_env=venv_env("mpich"), runs_dir=tmp_path / "runs").run(spec)
+        LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs").run(spec)
 
 
 def test_job_preparation_and_release_run_on_every_node(tmp_path: Path) -> None:
@@ -244,7 +234,7 @@ def test_cli_sigint_mid_run_ends_everything(tmp_path: Path) -> None:
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text("job: {id: j1}\ntask: {id: t1, instances: 3, mpi: mpich, command: 'sleep 60'}\n")
     before = {p for p in os.listdir("/proc") if p.isdigit()}
-    env = venv_env("mpich")
+    env = mpi_env("mpich")
     p = subprocess.Popen([sys.executable, "-m", "mpibatch.cli", "run", str(spec_file), "--runs-dir",
                           str(tmp_path / "runs")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)

@@ -45,6 +45,18 @@ def require(missing: list[str], what: str) -> None:
     pytest.skip(msg)
 
 
+VENVS = REPO_ROOT / ".venvs"
+
+
+def mpi_env(flavor: str) -> dict[str, str]:
+    """The emulated nodes' "image": this environment with one MPI runtime's venv (scripts/install-test-deps.sh
+    makes them, one runtime each) first on PATH. A missing venv fails the test: MPI tests never skip."""
+    bindir = VENVS / flavor / "bin"
+    if not (bindir / "python").exists():
+        pytest.fail(f"{bindir} missing: run scripts/install-test-deps.sh", pytrace=False)
+    return dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def require_cluster(*, sshfs: bool = False) -> None:
     require(requirements_missing(sshfs=sshfs), "SSH cluster")
 

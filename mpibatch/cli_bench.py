@@ -13,6 +13,7 @@ import click
 
 from .cli import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
 from .errors import SpecError
+from .cli_run import make_ssh_executor, ssh_hosts, ssh_options
 
 _DEFAULT_FLAVOR = {"local": "mpich", "ssh": "mpich", "azure": "intelmpi"}
 
@@ -29,29 +30,6 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
             raise SpecError("--env", f"{v!r} is not NAME=VALUE", "write e.g. --env FI_PROVIDER=mlx")
         env[name] = value
     return env
-
-
-def _ssh_hosts_count(kw: dict[str, Any]) -> int | None:
-    if kw.get("hosts"):
-        return len([h for h in kw["hosts"].split(",") if h.strip()])
-    if kw.get("hosts_file") and Path(kw["hosts_file"]).is_file():
-        from .hostlist import parse_hosts_file
-
-        return len(parse_hosts_file(Path(kw["hosts_file"]).read_text(), "--hosts-file"))
-    return None
-
-
-def _trim_ssh_hosts(kw: dict[str, Any], n: int) -> dict[str, Any]:
-    """--pairs first on more than 2 SSH hosts: the first two (the primary and one subtask)."""
-    kw = dict(kw)
-    if kw.get("hosts"):
-        kw["hosts"] = ",".join([h for h in kw["hosts"].split(",") if h.strip()][:n])
-    elif kw.get("hosts_file"):
-        from .hostlist import parse_hosts_file
-
-        specs = parse_hosts_file(Path(kw["hosts_file"]).read_text(), "--hosts-file")[:n]
-        kw["hosts"], kw["hosts_file"] = ",".join(str(s) for s in specs), None
-    return kw
 
 
 def format_report(res: Any, *, flavor: str, executor: str) -> str:
@@ -130,17 +108,7 @@ def bench() -> None:
 @click.option("--runs-dir", default="mpibatch-runs", show_default=True, help="where outputs are collected")
 @click.option("--show-script", is_flag=True, help="print the node script and exit without running")
 @output_option
-@click.option("--hosts", help="ssh: comma-separated [user@]host[:port] list; the first is the primary")
-@click.option("--hosts-file", type=click.Path(dir_okay=False), help="ssh: one [user@]host[:port] a line")
-@click.option("--user", help="ssh: user (default: yours, or user@ in the host entry)")
-@click.option("--key", type=click.Path(dir_okay=False), help="ssh: private key")
-@click.option("--known-hosts", type=click.Path(dir_okay=False), help="ssh: default ~/.ssh/known_hosts")
-@click.option("--port", type=int, default=None, help="ssh: port (default 22)")
-@click.option("--node-root", default=None, help="ssh: node root directory on each host")
-@click.option("--remote-path-prepend", "remote_path_prepend", multiple=True, metavar="DIR",
-              help="ssh: directory put first on the hosts' PATH, e.g. where their MPI lives (repeatable)")
-@click.option("--insecure-accept-unknown-host-keys", is_flag=True,
-              help="ssh: DANGER: do not check SSH host keys (man-in-the-middle risk)")
+@ssh_options
 @report_errors
 def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | None, vm_size: str | None,
             nodes: int | None, sizes: str, pairs: str, program: str, iterations: int | None, fabric: str | None,
@@ -167,10 +135,8 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
     base = load_spec(spec) if spec else None
     # How many instances.
     if executor == "ssh":
-        n_hosts = _ssh_hosts_count(ssh_kw)
-        if n_hosts is None:
-            raise SpecError("--hosts", "the SSH executor needs exactly one of --hosts or --hosts-file",
-                            "e.g. --hosts 10.0.0.4,10.0.0.5")
+        hosts = ssh_hosts(ssh_kw)
+        n_hosts = len(hosts)
         if n_hosts < 2:
             raise SpecError("--hosts", f"a ping-pong between nodes needs 2 hosts, got {n_hosts}", "give two or more")
         instances = n_hosts if pairs == "all" else 2
@@ -210,7 +176,7 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
         click.echo(shlex.split(r.command_line)[2], nl=False)
         return
 
-    ex = _make_executor(executor, runs_dir, ssh_kw, instances)
+    ex = _make_executor(executor, runs_dir, ssh_kw, hosts[:instances] if executor == "ssh" else None)
     res = run_latency(ex, the_spec, pairs=pairs, program=program, sizes=size_range, iterations=iterations,
                       vm_size=vm_size)
 
@@ -237,20 +203,13 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
     sys.exit(EXIT_OK if res.ok else EXIT_TASK_FAILED)
 
 
-def _make_executor(executor: str, runs_dir: str, ssh_kw: dict[str, Any], instances: int) -> Any:
+def _make_executor(executor: str, runs_dir: str, ssh_kw: dict[str, Any], hosts: list[Any] | None) -> Any:
     if executor == "local":
         from .executors.local import LocalExecutor
 
         return LocalExecutor(runs_dir=runs_dir, progress=None)
-    if executor == "ssh":
-        from .cli_run import make_ssh_executor
-
-        kw = dict(ssh_kw)
-        prepend = list(kw.pop("remote_path_prepend", ()) or ())
-        ex = make_ssh_executor(_trim_ssh_hosts(kw, instances), runs_dir, None)
-        if prepend:
-            ex.remote_path_prepend = prepend
-        return ex
+    if executor == "ssh":  # --pairs first on more than 2 hosts: the primary and one subtask
+        return make_ssh_executor(ssh_kw, runs_dir, None, hosts=hosts)
     from .executors.azure import AzureExecutor
 
     return AzureExecutor(runs_dir=runs_dir, progress=lambda msg: _progress(msg))

@@ -51,24 +51,30 @@ def ssh_options(fn: Any) -> Any:
     return fn
 
 
-def make_ssh_executor(kw: dict[str, Any], runs_dir: str, progress: Any) -> Any:
-    from .executors.ssh import SshExecutor
+def ssh_hosts(kw: dict[str, Any]) -> list[Any]:
+    """The hosts of --hosts or --hosts-file (exactly one), parsed and validated."""
     from .hostlist import parse_host_spec, parse_hosts_file
 
     if bool(kw.get("hosts")) == bool(kw.get("hosts_file")):
         raise SpecError("--hosts", "the SSH executor needs exactly one of --hosts or --hosts-file",
                         "e.g. --hosts 10.0.0.4,10.0.0.5")
     if kw.get("hosts"):
-        hosts = [parse_host_spec(h.strip(), "--hosts") for h in kw["hosts"].split(",") if h.strip()]
-    else:
-        path = Path(kw["hosts_file"])
-        if not path.is_file():
-            raise SpecError("--hosts-file", f"{path} does not exist", "give a file with one host a line")
-        hosts = parse_hosts_file(path.read_text(), "--hosts-file")
+        return [parse_host_spec(h.strip(), "--hosts") for h in kw["hosts"].split(",") if h.strip()]
+    path = Path(kw["hosts_file"])
+    if not path.is_file():
+        raise SpecError("--hosts-file", f"{path} does not exist", "give a file with one host a line")
+    return parse_hosts_file(path.read_text(), "--hosts-file")
+
+
+def make_ssh_executor(kw: dict[str, Any], runs_dir: str, progress: Any, hosts: list[Any] | None = None) -> Any:
+    """An SshExecutor from the ssh_options; `hosts` overrides the parsed --hosts/--hosts-file."""
+    from .executors.ssh import SshExecutor
+
     options = {k: v for k, v in (("user", kw.get("user")), ("key", kw.get("key")),
                                  ("known_hosts", kw.get("known_hosts")), ("port", kw.get("port")),
                                  ("node_root", kw.get("node_root"))) if v is not None}
-    return SshExecutor(hosts, insecure_accept_unknown_host_keys=kw.get("insecure_accept_unknown_host_keys", False),
+    return SshExecutor(hosts if hosts is not None else ssh_hosts(kw),
+                       insecure_accept_unknown_host_keys=kw.get("insecure_accept_unknown_host_keys", False),
                        remote_path_prepend=tuple(kw.get("remote_path_prepend") or ()),
                        runs_dir=runs_dir, progress=progress, **options)
 

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._results import write_section  # noqa: E402
 from mpibatch.bench.latency import parse_sizes, program_args  # noqa: E402
 from mpibatch.bench.parse import parse_imb_pingpong, parse_mpi4py_pingpong  # noqa: E402
 from mpibatch.executors.ssh import rehearsal_env  # noqa: E402
@@ -38,7 +38,6 @@ from tests.infra.cluster import SshCluster  # noqa: E402
 
 VENVS = REPO / ".venvs"
 MPIBATCH = REPO / ".venv" / "bin" / "mpibatch"
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## latency_fidelity"
 
 CASES = {
@@ -145,18 +144,8 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not a.no_write:
-        write_section(text)
+        write_section("latency_fidelity", text.split("\n", 2)[2])  # without the heading line
     return 0
-
-
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda m: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Run as root:  .venv/bin/python benchmarks/ssh_scaling.py [--repeats N]
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
 import sys
@@ -24,14 +23,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._results import RESULTS, write_section  # noqa: E402
 import paramiko  # noqa: E402
 
 from mpibatch.executors.ssh import SshExecutor, SshTransport  # noqa: E402
 from mpibatch.spec import parse_spec  # noqa: E402
 from tests.infra.cluster import SshCluster  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
-SECTION = "## ssh_scaling"
 FILES, FILE_MB = 100, 1
 OUT_DIR = "/tmp/mpibatch-bench-out"
 
@@ -117,17 +115,6 @@ def _mk(p: Path) -> Path:
     return p
 
 
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    body = f"{SECTION}\n\n{text.rstrip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda m: body + "\n", old, count=1)
-    else:
-        new = old.rstrip() + "\n\n" + body
-    RESULTS.write_text(new.rstrip() + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
@@ -177,7 +164,7 @@ def main() -> None:
                  f"{open('/proc/loadavg').read().split()[0]}."]
         text = "\n".join(rows)
         print(text)
-        write_section(text)
+        write_section("ssh_scaling", text)
         print(f"written to {RESULTS}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -45,7 +45,7 @@ def e2e(cluster: SshCluster, k: int, repeats: int, tmp: Path, peer_check: bool =
                          known_hosts=str(cluster.known_hosts_path), runs_dir=str(tmp / "runs"),
                          remote_path_prepend=[str(REPO / ".venvs" / "mpich" / "bin")])
         t0 = time.perf_counter()
-        res = ex.run(spec)
+        res = ex.submit(spec).result()
         times.append(time.perf_counter() - t0)
         if not res.succeeded:
             raise SystemExit(f"{k} hosts: run failed: {res.failure} {res.instances[0].stderr}")

@@ -13,10 +13,10 @@ __version__ = "0.1.0"
 
 
 def run(spec: Spec, **options: Any) -> "TaskResult":
-    """Run `spec` on this machine with Batch semantics (the local executor); see LocalExecutor."""
-    from .executors.local import LocalExecutor
+    """Run `spec` on this machine with Batch semantics (the local executor) and return its result."""
+    from .executors import get_executor
 
-    return LocalExecutor(**options).run(spec)
+    return get_executor("local", **options).submit(spec).result()
 
 
 __all__ = ["InfraError", "MpibatchError", "Spec", "SpecError", "load_spec", "parse_spec", "run"]

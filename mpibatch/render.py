@@ -6,11 +6,11 @@ Rendered once; the local and SSH executors run these same strings, the Azure exe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
 from . import rdma
+from .launchers import script_path
 from .mpi import Flavor, get_flavor
 from .shell import Raw, Word, bash_c, cmd_join, sh_join
 from .spec import Command, FileRef, Output, Spec
@@ -20,8 +20,8 @@ PERSIST_URL_VAR = "MPIBATCH_PERSIST_URL"  # container SAS for subtask outputs, s
 
 
 def launcher_source(name: str) -> str:
-    """Path of a node-side launcher shipped in the package."""
-    return str(resources.files("mpibatch") / "launchers" / name)
+    """Path of a node-side script shipped in the package."""
+    return script_path(name)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def run_local(spec_path: Path, flavor: str, runs_dir: Path, **env_extra: str):
     from mpibatch.executors.local import LocalExecutor
 
     env = {**mpi_env(flavor), **env_extra}
-    result = LocalExecutor(base_env=env, runs_dir=runs_dir).run(load_spec(spec_path))
+    result = LocalExecutor(base_env=env, runs_dir=runs_dir).submit(load_spec(spec_path)).result()
     assert result.succeeded, (result.failure, [(i.index, i.stdout, i.stderr) for i in result.instances])
     return result
 
@@ -277,7 +277,7 @@ def test_shared_dir_case_is_read_by_every_node_over_sshfs(ssh_cluster3, tmp_path
     c = ssh_cluster3
     ex = SshExecutor(c.hosts, user="root", key=str(c.client_key_path), known_hosts=str(c.known_hosts_path),
                      runs_dir=tmp_path / "runs", remote_path_prepend=[str(VENVS / "mpich" / "bin")])
-    result = ex.run(load_spec(SHARED / "spec.yaml"))
+    result = ex.submit(load_spec(SHARED / "spec.yaml")).result()
     assert result.succeeded, (result.failure, [(i.index, i.stdout, i.stderr) for i in result.instances])
     out = result.primary.stdout
     assert "6 ranks on 3 hosts (node-0, node-1, node-2)" in out and "every rank read the same case: True" in out

@@ -76,7 +76,7 @@ def no_process_left(ex: LocalExecutor) -> None:
 
 def run(tmp_path: Path, spec: object, flavor: str = "mpich", **kw: object):
     ex = LocalExecutor(base_env=mpi_env(flavor), runs_dir=tmp_path / "runs", **kw)
-    result = ex.run(spec)
+    result = ex.submit(spec).result()
     no_process_left(ex)
     return result
 
@@ -171,7 +171,7 @@ def test_lost_subtask_node_fails_the_task(tmp_path: Path) -> None:
                        progress=lambda phase, d: phase == "running" and threading.Timer(
                            0.3, lambda: ex.transport.kill_node(1)).start())
     t0 = time.monotonic()
-    r = ex.run(spec)
+    r = ex.submit(spec).result()
     assert time.monotonic() - t0 < 20
     assert not r.succeeded and r.failure.instance == 1 and "lost" in r.failure.reason
     no_process_left(ex)
@@ -215,7 +215,7 @@ def test_missing_local_source_is_bad_input(tmp_path: Path) -> None:
 
     spec = make_spec(tmp_path, files=[{"source": "absent.dat"}])
     with pytest.raises(SpecError, match=r"task.files\[0\].source"):
-        LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs").run(spec)
+        LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs").submit(spec).result()
 
 
 def test_job_preparation_and_release_run_on_every_node(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def _assert_idle(c: SshCluster) -> None:
 @pytest.mark.parametrize("flavor,ppn", [("intelmpi", 2), ("openmpi", 1), ("mpich", 2)])
 def test_mpi4py_ranks_span_the_three_hosts(ssh_cluster3: SshCluster, tmp_path: Path, flavor: str, ppn: int) -> None:
     c = ssh_cluster3
-    r = _executor(c, tmp_path, flavor).run(_spec(tmp_path, f"hello-{flavor}", flavor=flavor, ppn=ppn))
+    r = _executor(c, tmp_path, flavor).submit(_spec(tmp_path, f"hello-{flavor}", flavor=flavor, ppn=ppn)).result()
     out = r.instances[0].stdout
     assert r.succeeded, (r.failure, out, r.instances[0].stderr)
     n = 3 * ppn
@@ -77,7 +77,7 @@ def test_imb_pingpong_between_two_hosts(ssh_cluster3: SshCluster, tmp_path: Path
     spec = _spec(tmp_path, "imb", flavor="intelmpi", instances=2, ppn=1,
                  command=["IMB-MPI1", "PingPong", "-msglog", "0:4", "-iter", "200"],
                  environment={"LD_LIBRARY_PATH": str(venv / "lib")})
-    r = _executor(c, tmp_path, "intelmpi").run(spec)
+    r = _executor(c, tmp_path, "intelmpi").submit(spec).result()
     out = r.instances[0].stdout
     assert r.succeeded, (r.failure, out, r.instances[0].stderr)
     assert "Benchmarking PingPong" in out and "#bytes #repetitions" in out
@@ -93,7 +93,7 @@ def test_sshfs_shared_dir(ssh_cluster3: SshCluster, tmp_path: Path, shared: str)
     c = ssh_cluster3
     job = f"shared-{shared}"
     spec = _spec(tmp_path, job, command=WRITE_ON_HOST_3, shared_dir=shared)
-    r = _executor(c, tmp_path).run(spec)
+    r = _executor(c, tmp_path).submit(spec).result()
     assert r.succeeded, (r.failure, r.instances[0].stderr, [i.stderr for i in r.instances])
     on_primary = c.node_path(0, f"/tmp/mpibatch/workitems/{job}/job-1/t/shared/from-node-2.txt")
     on_host_3 = c.node_path(2, f"/tmp/mpibatch/workitems/{job}/job-1/t/shared/from-node-2.txt")
@@ -113,7 +113,7 @@ def test_unknown_host_key_is_refused(ssh_cluster3: SshCluster, tmp_path: Path) -
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     with pytest.raises(SpecError) as e:
-        _executor(c, tmp_path, known_hosts=str(empty)).run(_spec(tmp_path, "keys"))
+        _executor(c, tmp_path, known_hosts=str(empty)).submit(_spec(tmp_path, "keys")).result()
     msg = str(e.value)
     assert "unknown" in msg and c.hosts[0] in msg and "ssh-keyscan" in msg
     assert "--insecure-accept-unknown-host-keys" in msg
@@ -122,10 +122,10 @@ def test_unknown_host_key_is_refused(ssh_cluster3: SshCluster, tmp_path: Path) -
     wrong = tmp_path / "wrong"
     wrong.write_text(f"{c.hosts[0]} {lines[1].split(' ', 1)[1]}\n" + "\n".join(lines[1:]) + "\n")
     with pytest.raises(SpecError, match="CHANGED"):
-        _executor(c, tmp_path, known_hosts=str(wrong)).run(_spec(tmp_path, "keys"))
+        _executor(c, tmp_path, known_hosts=str(wrong)).submit(_spec(tmp_path, "keys")).result()
     # The loudly named opt-out runs.
-    r = _executor(c, tmp_path, known_hosts=str(empty), insecure_accept_unknown_host_keys=True).run(
-        _spec(tmp_path, "keys"))
+    r = _executor(c, tmp_path, known_hosts=str(empty), insecure_accept_unknown_host_keys=True).submit(
+        _spec(tmp_path, "keys")).result()
     assert r.succeeded, r.failure
 
 
@@ -135,7 +135,7 @@ def test_unreachable_host_fails_fast(ssh_cluster3: SshCluster, tmp_path: Path) -
     ghost = str(c.subnet.network_address + 200)
     t0 = time.monotonic()
     with pytest.raises(InfraError) as e:
-        _executor(c, tmp_path, hosts=[c.hosts[0], ghost, c.hosts[2]]).run(_spec(tmp_path, "ghost"))
+        _executor(c, tmp_path, hosts=[c.hosts[0], ghost, c.hosts[2]]).submit(_spec(tmp_path, "ghost")).result()
     assert time.monotonic() - t0 < 8
     assert ghost in str(e.value) and "unreachable" in str(e.value)
     _assert_idle(c)
@@ -154,7 +154,7 @@ def test_host_dropping_mid_run_fails_the_task_and_cleans_the_others(ssh_cluster_
     killer = threading.Thread(target=lambda: running.wait(30) and (time.sleep(1.0), c.kill_sshd(2)))
     killer.start()
     t0 = time.monotonic()
-    r = ex.run(spec)
+    r = ex.submit(spec).result()
     killer.join(10)
     assert time.monotonic() - t0 < 25
     assert not r.succeeded and r.failure is not None

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import InfraError, SpecError
-from ..mpi import get_flavor
-from ..plan import plan_from_rendered
+from ..errors import SpecError
+from ..executors import Executor
 from ..render import Rendered, rank_dir, render
 from ..results import TaskResult
 from ..shell import bash_c, sh_join
@@ -210,21 +209,9 @@ def render_benchmark(spec: Spec, *, pairs: str = "first", program: str = "auto",
     return replace(r, command_line=bash_c(script))
 
 
-def run_rendered(executor: Any, r: Rendered) -> TaskResult:
-    """Run an already rendered task through any executor (local / SSH: ``run_plan``; Azure:
-    ``submit_rendered``)."""
-    if hasattr(executor, "run_plan"):
-        return executor.run_plan(plan_from_rendered(r))
-    if hasattr(executor, "submit_rendered"):
-        return executor.submit_rendered(r)
-    if all(hasattr(executor, a) for a in ("_prepare", "wait", "collect")):
-        # AzureExecutor.submit(spec) renders the spec itself; until it takes a Rendered, do its steps here.
-        job_id, task_id = r.spec.job.id, r.spec.task.id
-        prepared = executor._prepare([r])
-        executor._call(f"creating task {job_id}/{task_id}", executor.client.create_task, job_id, prepared.tasks[0])
-        executor.wait(job_id, task_id)
-        return executor.collect(job_id, task_id)
-    raise InfraError(f"{type(executor).__name__} cannot run a rendered task (needs run_plan or submit_rendered)")
+def run_rendered(executor: Executor, r: Rendered) -> TaskResult:
+    """Run an already rendered task through any executor and wait for its collected result."""
+    return executor.submit(r).result()
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -397,7 +384,7 @@ def _read_primary_stdout(result: TaskResult) -> str:
     return primary.stdout
 
 
-def run_latency(executor: Any, spec: Spec, *, pairs: str = "first", program: str = "auto",
+def run_latency(executor: Executor, spec: Spec, *, pairs: str = "first", program: str = "auto",
                 sizes: tuple[int, int] = DEFAULT_SIZES, iterations: int | None = None,
                 vm_size: str | None = None, fabric_expected: str | None = None) -> LatencyResult:
     """Render, run through ``executor``, parse the primary's stdout and judge it."""

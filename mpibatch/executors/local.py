@@ -14,25 +14,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import InfraError
+from ..launchers import script_path
 from ..launchers.persist import match_outputs
-from ..lifecycle import Lifecycle, Node, Progress, split_command_line
+from . import Progress
+from .lifecycle import Node, RehearsalExecutor, split_command_line
 from ..mpi import FLAVORS
-from ..plan import TaskPlan, plan_from_rendered
-from ..render import render
+from ..plan import TaskPlan
 from ..results import TaskResult
-from ..spec import Spec
 
 log = logging.getLogger(__name__)
 LOOPBACK_PREFIX = "127.0.1."
-
-
-def _script(name: str) -> str:
-    return str(resources.files("mpibatch") / "executors" / name)
 
 
 def rehearsal_env(agent: str, nodes_dir: str, *, is_root: bool) -> dict[str, str]:
@@ -132,7 +127,7 @@ class LocalTransport:
         init = self._ensure_run_init()
         p = subprocess.Popen(
             ["nsenter", "-t", str(init), "-p", "-m", "--", "unshare", "--mount", "--uts", "--propagation", "private",
-             "--", "/bin/bash", _script("local_node_init.sh"), str(self.workdir / "nodes" / str(node.index)),
+             "--", "/bin/bash", script_path("local_node_init.sh"), str(self.workdir / "nodes" / str(node.index)),
              str(self.mount_point), str(self.hosts_file), node.node_id],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         line = p.stdout.readline() if p.stdout else b""
@@ -274,26 +269,27 @@ class LocalTransport:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-class LocalExecutor:
+class LocalExecutor(RehearsalExecutor):
     """Runs a multi-instance task on this machine with Batch semantics."""
+
+    name = "local"
 
     def __init__(self, base_env: dict[str, str] | None = None, runs_dir: str | Path = "mpibatch-runs",
                  keep_nodes: bool = False, progress: Progress | None = None) -> None:
+        super().__init__(runs_dir=runs_dir, progress=progress)
         self.base_env = dict(base_env) if base_env is not None else default_base_env()
-        self.runs_dir = Path(runs_dir)
         self.keep_nodes = keep_nodes
-        self.progress = progress
         self.transport: LocalTransport | None = None  # the last run's, for inspection
 
-    def run(self, spec: Spec) -> TaskResult:
-        return self.run_plan(plan_from_rendered(render(spec)))
+    def transport_for(self, plan: TaskPlan) -> tuple[LocalTransport, dict[str, str]]:
+        t = self.transport = LocalTransport(keep_nodes=self.keep_nodes)
+        agent = script_path("local_rsh.sh")
+        return t, {**self.base_env, **rehearsal_env(agent, str(t.nodes_dir), is_root=os.geteuid() == 0)}
 
     def run_plan(self, plan: TaskPlan) -> TaskResult:
-        t = self.transport = LocalTransport(keep_nodes=self.keep_nodes)
-        agent = _script("local_rsh.sh")
-        env = {**self.base_env, **rehearsal_env(agent, str(t.nodes_dir), is_root=os.geteuid() == 0)}
-        result = Lifecycle(plan, t, base_env=env, runs_dir=self.runs_dir, progress=self.progress).run()
-        if self.keep_nodes:
+        result = super().run_plan(plan)
+        t = self.transport
+        if self.keep_nodes and t is not None:
             for r, node in zip(result.instances, t.nodes):
                 r.task_dir = str(t.host_path(node, f"{node.root}/workitems/{plan.job_id}/job-1/{plan.task_id}"))
         return result

@@ -31,12 +31,10 @@ import paramiko
 from ..errors import InfraError, SpecError
 from ..hostlist import HostSpec, parse_host_spec, validate_host
 from ..launchers.persist import glob_match
-from ..lifecycle import Lifecycle, Node, Progress, split_command_line
+from . import Progress
+from .lifecycle import Node, RehearsalExecutor, split_command_line
 from ..mpi import FLAVORS
-from ..plan import TaskPlan, plan_from_rendered
-from ..render import render
-from ..results import TaskResult
-from ..spec import Spec
+from ..plan import TaskPlan
 
 log = logging.getLogger(__name__)
 
@@ -502,28 +500,32 @@ class SshTransport:
             h.sftp = None
 
 
-class SshExecutor:
+class SshExecutor(RehearsalExecutor):
     """Runs a multi-instance task on SSH hosts with Batch semantics (the first host is the primary)."""
+
+    name = "ssh"
 
     def __init__(self, hosts: Sequence[str | HostSpec], user: str | None = None, key: str | None = None,
                  known_hosts: str | None = None, port: int = 22, node_root: str = DEFAULT_NODE_ROOT,
                  insecure_accept_unknown_host_keys: bool = False, base_env: dict[str, str] | None = None,
                  runs_dir: str | Path = "mpibatch-runs", progress: Progress | None = None,
                  remote_path_prepend: Sequence[str] = ()) -> None:
+        super().__init__(runs_dir=runs_dir, progress=progress)
         self.hosts = list(hosts)
         self.user, self.key, self.known_hosts, self.port = user, key, known_hosts, port
         self.node_root = node_root
         self.insecure = insecure_accept_unknown_host_keys
         self.base_env = dict(base_env) if base_env is not None else None
-        self.runs_dir = Path(runs_dir)
-        self.progress = progress
         self.remote_path_prepend = list(remote_path_prepend)
         self.transport: SshTransport | None = None  # the last run's, for inspection
-        # Fail on bad input now, before any connection.
-        SshTransport(self.hosts, user=user, key=key, known_hosts=known_hosts, port=port, node_root=node_root,
-                     insecure_accept_unknown_host_keys=self.insecure)
+        self._new_transport()  # bad input fails now, before any connection
 
-    def _env(self, t: SshTransport) -> dict[str, str]:
+    def _new_transport(self) -> SshTransport:
+        return SshTransport(self.hosts, user=self.user, key=self.key, known_hosts=self.known_hosts, port=self.port,
+                            node_root=self.node_root, insecure_accept_unknown_host_keys=self.insecure)
+
+    def transport_for(self, plan: TaskPlan) -> tuple[SshTransport, dict[str, str]]:
+        t = self.transport = self._new_transport()
         if self.base_env is not None:
             env = dict(self.base_env)
         else:
@@ -531,14 +533,4 @@ class SshExecutor:
         if "PATH" not in env or self.remote_path_prepend:
             path = env.get("PATH", SYSTEM_PATH)
             env["PATH"] = ":".join([*self.remote_path_prepend, path])
-        return env
-
-    def run(self, spec: Spec) -> TaskResult:
-        return self.run_plan(plan_from_rendered(render(spec)))
-
-    def run_plan(self, plan: TaskPlan) -> TaskResult:
-        t = self.transport = SshTransport(self.hosts, user=self.user, key=self.key, known_hosts=self.known_hosts,
-                                          port=self.port, node_root=self.node_root,
-                                          insecure_accept_unknown_host_keys=self.insecure)
-        return Lifecycle(plan, t, base_env=self._env(t), runs_dir=self.runs_dir, progress=self.progress,
-                         account="ssh").run()
+        return t, env

@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from .cli import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
-from .errors import SpecError
-from .results import TaskResult
-from .spec import load_spec, validate_id
+from .common import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
+from ..errors import SpecError
+from ..results import TaskResult
+from ..spec import load_spec, validate_id
 
 EXIT_INTERRUPTED = 130
 
@@ -26,16 +26,16 @@ def _progress(msg: str) -> None:
 
 
 def _executor(runs_dir: str | None = None, quiet: bool = False) -> Any:
-    from .executors.azure import AzureExecutor
+    from ..executors.azure import AzureExecutor
 
     return AzureExecutor(runs_dir=runs_dir or "mpibatch-runs", progress=None if quiet else _progress)
 
 
 def format_task_result(result: TaskResult) -> str:
     try:
-        from .report import format_result  # type: ignore[attr-defined]
+        from ..report import format_result  # type: ignore[attr-defined]
     except ImportError:
-        from .executors.azure import iter_progress_lines
+        from ..executors.azure import iter_progress_lines
 
         return "\n".join(iter_progress_lines(result))
     return format_result(result)

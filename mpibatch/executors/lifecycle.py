@@ -1,5 +1,6 @@
-"""The multi-instance task lifecycle (FACTS.md section 1), in one place for every rehearsal
-executor. A Transport gives it nodes, files and processes (local namespaces, or SSH hosts).
+"""The multi-instance task lifecycle, in one place for every rehearsal executor (docs/batch-semantics.md).
+A Transport gives it nodes, files and processes (local namespaces, or SSH hosts); RehearsalExecutor
+turns a Transport into an Executor.
 
 Order: job preparation once per node -> common files to every node, task files to the primary ->
 coordination on all nodes at once -> the application on the primary only after every
@@ -19,18 +20,21 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
-from .durations import human
-from .errors import InfraError, SpecError
-from .nodeenv import NodeLayout, batch_env
-from .plan import TaskPlan
-from .results import Failure, InstanceResult, TaskResult, tail
-from .spec import FileRef
+from ..durations import human
+from ..errors import InfraError, SpecError
+from ..nodeenv import NodeLayout, batch_env
+from ..plan import TaskPlan, plan_from_rendered
+from ..results import Failure, InstanceResult, TaskResult, tail
+from ..spec import FileRef, Spec
+from . import Executor, Progress, TaskHandle, rendered
+
+if TYPE_CHECKING:
+    from ..render import Rendered
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
-Progress = Callable[[str, str], None]  # (phase, detail)
 
 
 @dataclass
@@ -334,3 +338,26 @@ class Lifecycle:
 def split_command_line(command_line: str) -> list[str]:
     """How a Linux Batch node splits a task command line (no shell: just words)."""
     return shlex.split(command_line)
+
+
+class RehearsalExecutor(Executor):
+    """An executor that runs the lifecycle itself over a Transport: when `submit` returns, the task
+    has ended and every instance's outputs are in `runs_dir`."""
+
+    def __init__(self, *, runs_dir: str | Path = "mpibatch-runs", progress: Progress | None = None) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.progress = progress
+
+    def submit(self, task: "Rendered | Spec") -> TaskHandle:
+        result = self.run_plan(plan_from_rendered(rendered(task)))
+        return TaskHandle(self, result.job_id, result.task_id, result)
+
+    def run_plan(self, plan: TaskPlan) -> TaskResult:
+        """Run a plan (a rendered spec, or a task as the Batch REST API describes it)."""
+        transport, base_env = self.transport_for(plan)
+        return Lifecycle(plan, transport, base_env=base_env, runs_dir=self.runs_dir, progress=self.progress,
+                         account=self.name).run()
+
+    def transport_for(self, plan: TaskPlan) -> tuple[Transport, dict[str, str]]:
+        """A fresh Transport for one run, and the environment every node process starts from."""
+        raise NotImplementedError

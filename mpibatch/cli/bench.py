@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from .cli import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
-from .errors import SpecError
-from .cli_run import make_ssh_executor, ssh_hosts, ssh_options
+from .common import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
+from ..errors import SpecError
+from .options import executor_from_options, executor_option, ssh_hosts, ssh_options
 
 _DEFAULT_FLAVOR = {"local": "mpich", "ssh": "mpich", "azure": "intelmpi"}
 
@@ -33,8 +33,8 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def format_report(res: Any, *, flavor: str, executor: str) -> str:
-    from .bench.latency import fmt_ratio
-    from .bench.verdict import format_matrix, format_table
+    from ..bench.latency import fmt_ratio
+    from ..bench.verdict import format_matrix, format_table
 
     lines = [f"benchmark: {res.program or '(none found)'}"
              + (f" ({res.program_path})" if res.program_path else "")
@@ -87,7 +87,7 @@ def bench() -> None:
 
 @bench.command()
 @click.argument("spec", required=False, type=click.Path(dir_okay=False))
-@click.option("--executor", type=click.Choice(["local", "ssh", "azure"]), default="local", show_default=True)
+@executor_option()
 @click.option("--flavor", default=None, help="MPI flavour (default mpich for local/ssh, intelmpi for azure)")
 @click.option("--pool", "pool_id", default=None, help="azure: the pool to run on")
 @click.option("--vm-size", default=None, help="the pool's VM size: expected fabric and latency anchor")
@@ -119,16 +119,16 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
     Without SPEC the task is built from the flags; with SPEC its job, pool, MPI flavour, fabric, environment
     and launcher options are used.
     """
-    from . import rdma
-    from .bench.latency import build_spec, parse_sizes, render_benchmark, run_latency
-    from .spec import load_spec
+    from .. import rdma
+    from ..bench.latency import build_spec, parse_sizes, render_benchmark, run_latency
+    from ..spec import load_spec
 
     size_range = parse_sizes(sizes)
     extra_env = _env_pairs(env)
     if vm_size:
         vm_size = rdma.validate_vm_size(vm_size, "--vm-size")
     if plot_path and not show_script:
-        from .bench.plot import _matplotlib
+        from ..bench.plot import _matplotlib
 
         _matplotlib()  # fail (exit 2) before running anything if matplotlib is missing
 
@@ -163,7 +163,7 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
         the_spec = build_spec(flavor=base.task.mpi.flavor, instances=instances, base=base)
         vm_size = vm_size or (base.pool.vm_size if base.pool else None)
     else:
-        flavor = flavor or _DEFAULT_FLAVOR[executor]
+        flavor = flavor or _DEFAULT_FLAVOR.get(executor, "mpich")
         the_spec = build_spec(flavor=flavor, instances=instances, pool_id=pool_id, vm_size=vm_size,
                               fabric=fabric or "auto", environment=extra_env)
     if executor == "azure" and not the_spec.job.pool:
@@ -176,13 +176,14 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
         click.echo(shlex.split(r.command_line)[2], nl=False)
         return
 
-    ex = _make_executor(executor, runs_dir, ssh_kw, hosts[:instances] if executor == "ssh" else None)
+    ex = executor_from_options(executor, ssh_kw, runs_dir=runs_dir, progress=_progress,
+                               hosts=hosts[:instances] if executor == "ssh" else None)
     res = run_latency(ex, the_spec, pairs=pairs, program=program, sizes=size_range, iterations=iterations,
                       vm_size=vm_size)
 
     plots: list[str] = []
     if plot_path and res.samples:
-        from .bench.plot import plot_latency, plot_matrix
+        from ..bench.plot import plot_latency, plot_matrix
 
         title = f"ping-pong {' - '.join(res.first.rank_hosts[:2])}: {res.program}, {the_spec.task.mpi.flavor}"
         plots.append(plot_latency(res.samples, plot_path, anchor_us=res.verdict.anchor_us if res.verdict else None,
@@ -201,18 +202,6 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
         for p in plots:
             click.echo(f"plot: {p}")
     sys.exit(EXIT_OK if res.ok else EXIT_TASK_FAILED)
-
-
-def _make_executor(executor: str, runs_dir: str, ssh_kw: dict[str, Any], hosts: list[Any] | None) -> Any:
-    if executor == "local":
-        from .executors.local import LocalExecutor
-
-        return LocalExecutor(runs_dir=runs_dir, progress=None)
-    if executor == "ssh":  # --pairs first on more than 2 hosts: the primary and one subtask
-        return make_ssh_executor(ssh_kw, runs_dir, None, hosts=hosts)
-    from .executors.azure import AzureExecutor
-
-    return AzureExecutor(runs_dir=runs_dir, progress=lambda msg: _progress(msg))
 
 
 COMMANDS = [bench]

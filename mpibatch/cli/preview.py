@@ -14,14 +14,14 @@ from typing import Any, Iterable, Mapping
 
 import click
 
-from . import conventions, hostlist, poolcheck
-from .cli import EXIT_BAD_INPUT, echo_json, output_option, report_errors
-from .durations import human, iso8601
-from .errors import SpecError
-from .mpi import get_flavor
-from .payload import payload_json
-from .render import LAUNCHER_DIR, PERSIST_URL_VAR, Rendered, render as render_spec
-from .spec import FileRef, Spec, load_spec
+from .. import conventions, hostlist, poolcheck
+from .common import EXIT_BAD_INPUT, echo_json, output_option, report_errors
+from ..durations import human, iso8601
+from ..errors import SpecError
+from ..mpi import get_flavor
+from ..payload import payload_json
+from ..render import LAUNCHER_DIR, PERSIST_URL_VAR, Rendered, render as render_spec
+from ..spec import FileRef, Spec, load_spec
 
 _INDENT = "  "
 

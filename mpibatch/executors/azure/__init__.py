@@ -34,14 +34,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
-from .. import conventions, poolcheck
-from ..errors import InfraError, SpecError, SpecErrors
+from ... import conventions, poolcheck
+from ...errors import InfraError, SpecError, SpecErrors
 from ..lifecycle import new_output_dir
-from ..payload import batch_job, batch_task, image_reference
-from ..render import PERSIST_URL_VAR, Rendered, render
-from ..results import Failure, InstanceResult, TaskResult, tail
-from ..spec import IMAGE_ALIASES, Command, FileRef, Image, Job, Mpi, Pool, Spec, Task
-from ..storage import Storage, redact, sas_expiry, write_chunks
+from ...payload import batch_job, batch_task, image_reference
+from ...render import PERSIST_URL_VAR, Rendered, render
+from ...results import Failure, InstanceResult, TaskResult, tail
+from ...spec import IMAGE_ALIASES, Command, FileRef, Image, Job, Mpi, Pool, Spec, Task
+from .storage import Storage, redact, sas_expiry, write_chunks
 
 log = logging.getLogger(__name__)
 
@@ -975,7 +975,7 @@ def start_task(spec: Spec, image: Image, msmpi_installer_url: str | None) -> Any
     if spec.task.mpi.flavor in packages:
         probe, deb, rpm = packages[spec.task.mpi.flavor]
         steps.append(f"command -v {probe} >/dev/null || ls /opt/*/bin/{probe} >/dev/null 2>&1 || install {deb} {rpm}")
-    from ..shell import bash_c
+    from ...shell import bash_c
 
     return bm.BatchStartTask(command_line=bash_c("\n".join(steps)), user_identity=admin, wait_for_success=True,
                              max_task_retry_count=2)

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote, urlparse
 
-from . import conventions
-from .errors import InfraError, SpecError
+from ... import conventions
+from ...errors import InfraError, SpecError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,50 @@
+"""`mpibatch run`: run a spec through any executor - rehearse it on this machine (local, the default)
+or on SSH hosts with Batch semantics, or submit it to Azure Batch and wait for it."""
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+import click
+
+from ..report import format_result
+from ..spec import load_spec
+from .common import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, progress_printer, report_errors
+from .options import executor_from_options, executor_option, ssh_options
+
+
+def _sigterm_as_interrupt() -> None:
+    # SIGTERM ends a run like Ctrl-C: every process the run started is ended first.
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@executor_option()
+@click.option("--runs-dir", default="mpibatch-runs", show_default=True, help="where outputs are collected")
+@click.option("--keep-nodes", is_flag=True, help="local: keep the emulated nodes' directories for inspection")
+@ssh_options
+@output_option
+@report_errors
+def run(spec: str, executor: str, runs_dir: str, output: str, **executor_kw: Any) -> None:
+    """Run SPEC as a multi-instance task on this machine (default), on SSH hosts, or on Azure Batch."""
+    s = load_spec(spec)
+    ex = executor_from_options(executor, executor_kw, runs_dir=runs_dir, progress=progress_printer())
+    _sigterm_as_interrupt()
+    try:
+        result = ex.submit(s).result()
+    except KeyboardInterrupt:
+        click.echo("interrupted: every process the run started was ended", err=True)
+        sys.exit(EXIT_TASK_FAILED)
+    if output == "json":
+        echo_json(result.to_json())
+    else:
+        click.echo(format_result(result))
+    sys.exit(EXIT_OK if result.succeeded else EXIT_TASK_FAILED)
+
+
+COMMANDS = [run]

@@ -1,10 +1,10 @@
 #!/bin/bash
 # mpibatch coordination step: runs on every instance (primary and subtasks) before the application.
-# It only does what can be known on the node; mpibatch rendered everything else (DESIGN.md).
+# It only does what can be known on the node; mpibatch rendered everything else.
 #   --rank-dir DIR      where ranks start: made a symlink to this node's working directory
 #   --shared-dir MODE   none | sshfs | nfs: share the primary's task shared dir with every node
 #   --link NAME         a common file (in the task shared dir) to link into the working directory
-# Environment: the Batch variables (FACTS 2); MPIBATCH_RSH (remote shell, default ssh) and
+# Environment: the Batch variables (docs/batch-semantics.md#environment); MPIBATCH_RSH (remote shell, default ssh) and
 # MPIBATCH_PEER_CHECK=0 (skip the reachability check) for rehearsal executors.
 set -euo pipefail
 

@@ -1,6 +1,6 @@
 """Host lists as Azure Batch hands them to a multi-instance task, and the hostfiles MPI runtimes read.
 
-Pure functions: no network, disk or clock. Formats (FACTS.md section 2):
+Pure functions: no network, disk or clock. Formats (docs/batch-semantics.md#environment):
 
 * ``AZ_BATCH_HOST_LIST`` - ``ip,ip,...``
 * ``AZ_BATCH_NODE_LIST`` - ``ip;ip;...``

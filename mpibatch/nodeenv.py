@@ -1,4 +1,4 @@
-"""A Batch node's directory layout and task environment (FACTS.md section 2). Pure."""
+"""A Batch node's directory layout and task environment (docs/batch-semantics.md#environment). Pure."""
 from __future__ import annotations
 
 from dataclasses import dataclass

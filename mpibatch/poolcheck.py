@@ -6,7 +6,7 @@ A pool comes either from the spec's `pool:` section (:func:`pool_from_spec`) or 
 Both become one small :class:`PoolFacts`, and :func:`check` returns a list of :class:`Problem`, each naming
 the field to change and saying how.
 
-Why these rules (FACTS.md sections 1 and 3):
+Why these rules (docs/batch-semantics.md#pool-rules, docs/mpi-launch-rules.md):
 
 * a pool without inter-node communication, or with more than one task slot per node, or with fewer nodes
   than the task's instances, never schedules the task: it stays *active* forever and Batch reports no error;

@@ -1,6 +1,6 @@
 """Azure VM size -> RDMA class (``sriov`` | ``networkdirect`` | ``none``), family and latency anchors.
 
-Pure functions: no network, disk or clock. The class picks the MPI fabric environment (FACTS.md section 3):
+Pure functions: no network, disk or clock. The class picks the MPI fabric environment (docs/mpi-launch-rules.md#rdma-sizes):
 SR-IOV sizes take ``I_MPI_FABRICS=shm:ofi`` / UCX; the older NetworkDirect sizes take ``shm:dapl`` with the
 ``ofa-v2-ib0`` provider; everything else runs MPI over TCP.
 
@@ -14,8 +14,8 @@ Which RDMA sizes are *not* SR-IOV (sources, read with the search tools):
   enabled" - so NC24rs_v2 is NetworkDirect, NC24rs_v3 is SR-IOV.
 * microsoft/AzureML-BERT issue #34: ND24rs (NDv1) has no SR-IOV; "SR-IOV support should come to NCv2 and NDv1
   later in 2020". Both series were retired (2023) before any such change was documented, so they stay
-  NetworkDirect here, as in FACTS.md.
-* A8/A9 are the original QDR InfiniBand sizes, NetworkDirect only (FACTS.md section 3).
+  NetworkDirect here.
+* A8/A9 are the original QDR InfiniBand sizes, NetworkDirect only (docs/mpi-launch-rules.md#intel-mpi).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ NETWORKDIRECT = "networkdirect"
 NONE = "none"
 
 # Patterns are applied with fullmatch(): re's '$' also matches before a trailing newline.
-# FACTS.md section 3. Batch Shipyard's patterns missed constrained-core HBv3 (HB120-16rs_v3), HX and NDv4;
+# docs/mpi-launch-rules.md#rdma-sizes. Batch Shipyard's patterns missed constrained-core HBv3 (HB120-16rs_v3), HX and NDv4;
 # this one takes them: an 'r' among the feature letters of an H/HB/HC/HX/NC/ND size, or A8/A9.
 _RDMA = re.compile(r"^standard_(a8|a9|(h[bcx]?|nc|nd)\d+(-\d+)?[a-z]*r[a-z]*(_[a-z0-9]+)*)$")
 
@@ -67,7 +67,7 @@ _SIZE = re.compile(r"^(standard|basic)_[a-z][a-z0-9_-]*$", re.IGNORECASE)
 _PARTS = re.compile(r"^(?:standard|basic)_([a-z]+)(\d+)(?:-(\d+))?([a-z]*)((?:_[a-z0-9]+)*)$")
 _VERSION = re.compile(r"^v(\d+)$")
 
-# Small-message one-way latency between two nodes (osu_latency / IMB PingPong), Azure HPC docs via FACTS.md.
+# Small-message one-way latency between two nodes (osu_latency / IMB PingPong), Azure HPC docs (docs/mpi-launch-rules.md#latency-anchors).
 ANCHOR_LATENCY_US: dict[str, float] = {
     "HC": 1.05,
     "HB": 1.27,

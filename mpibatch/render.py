@@ -1,7 +1,7 @@
 """Spec -> the multi-instance task exactly as the Batch service receives it.
 
 Rendered once; the local and SSH executors run these same strings, the Azure executor sends them
-(DESIGN.md principle 1). Pure: no I/O except reading nothing at all.
+(a difference between a rehearsal and a Batch run is a bug). Pure: no I/O except reading nothing at all.
 """
 from __future__ import annotations
 
@@ -141,10 +141,6 @@ def render(spec: Spec) -> Rendered:
         preparation_command_line=_shell_line(job.preparation.command, spec.os) if job.preparation else None,
         release_command_line=_shell_line(job.release.command, spec.os) if job.release else None,
     )
-
-
-def is_local_source(ref: FileRef) -> bool:
-    return not ref.is_url
 
 
 def source_label(ref: FileRef) -> str:

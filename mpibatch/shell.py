@@ -23,7 +23,7 @@ def sh_join(argv: Iterable[Word]) -> str:
 
 
 def bash_c(script: str) -> str:
-    """Batch runs command lines without a shell (FACTS 1): wrap in /bin/bash -c."""
+    """Batch runs command lines without a shell (docs/batch-semantics.md#command-lines): wrap in /bin/bash -c."""
     return "/bin/bash -c " + shlex.quote(script)
 
 

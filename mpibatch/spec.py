@@ -152,9 +152,6 @@ class Spec:
             return self.pool.os
         return "windows" if self.task.mpi.flavor == "msmpi" else "linux"
 
-    def with_instances(self, n: int) -> "Spec":
-        return replace(self, task=replace(self.task, instances=n))
-
 
 # ---------------------------------------------------------------- parsing helpers
 

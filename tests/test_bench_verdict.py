@@ -48,7 +48,7 @@ def run(latency_small: float, program: str = PROGRAM_OSU_LATENCY) -> list[Sample
         (5.2, FABRIC_UNCLEAR),  # IMB over TCP between namespaces here
         (10.0, FABRIC_UNCLEAR),
         (10.01, FABRIC_TCP),
-        (16.0, FABRIC_TCP),  # Open MPI over veth (FACTS.md section 6)
+        (16.0, FABRIC_TCP),  # Open MPI over veth (docs/rehearsal-machine.md#latency-here)
         (45.0, FABRIC_TCP),
     ],
 )

@@ -67,7 +67,7 @@ def test_dotnet_unit_test_cases(job_id: str, expected: str) -> None:
         assert expected.endswith("-" + sha1_of_lower(job_id))
 
 
-# Cases worked out by hand from the rules in FACTS.md section 4; the hash computed here, independently.
+# Cases worked out by hand from the naming rules of the .NET ContainerNameUtils; the hash computed here, independently.
 HAND_CASES = [
     # (job id, expected prefix before "-<sha1>", or None when the name is not hashed)
     ("a" * 59, None),  # "job-" + 59 = 63 characters: still fits

@@ -1,6 +1,6 @@
-"""MPI flavours: launcher argv and env for every flavour x fabric x processes per node (FACTS.md section 3).
+"""MPI flavours: launcher argv and env for every flavour x fabric x processes per node (docs/mpi-launch-rules.md).
 
-The tables below are written from FACTS.md, not from the code: Intel MPI and MPICH take
+The tables below are written from docs/mpi-launch-rules.md, not from the code: Intel MPI and MPICH take
 `-hosts h1,h2 -n N*P -ppn P`, Open MPI `--host h1:P,h2:P -np N*P --map-by ppr:P:node` plus `-x NAME` per
 variable, MS-MPI `-c P -wdir %AZ_BATCH_TASK_SHARED_DIR%` behind smpd. The user's environment always wins.
 """
@@ -126,7 +126,7 @@ def test_user_env_beats_fabric_env(flavor, ppn):
 
 
 def test_intelmpi_fabric_values_keep_the_shm_prefix():
-    # FACTS 3: the docs once omitted 'shm:' and cost a customer dearly.
+    # docs/mpi-launch-rules.md#intel-mpi: the docs once omitted 'shm:' and cost a customer dearly.
     for fabric in ("sriov", "networkdirect", "tcp"):
         assert get_flavor("intelmpi").fabric_env(fabric)["I_MPI_FABRICS"].startswith("shm:")
 

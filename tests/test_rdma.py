@@ -19,7 +19,7 @@ from mpibatch.rdma import (
     validate_vm_size,
 )
 
-# (size as Azure spells it, class, family). Sources: FACTS.md section 3, Azure VM size docs.
+# (size as Azure spells it, class, family). Sources: docs/mpi-launch-rules.md#rdma-sizes, Azure VM size docs.
 SIZES = [
     # SR-IOV InfiniBand
     ("Standard_HB60rs", "sriov", "HB"),
@@ -103,7 +103,7 @@ def test_family(name: str, expected: str, fam: str) -> None:
 
 
 def test_classify_agrees_with_the_facts_pattern() -> None:
-    # FACTS.md section 3, copied verbatim: every size it matches has RDMA, nothing else does.
+    # docs/mpi-launch-rules.md#rdma-sizes, copied verbatim: every size it matches has RDMA, nothing else does.
     pattern = re.compile(r"^standard_(a8|a9|(h[bcx]?|nc|nd)\d+(-\d+)?[a-z]*r[a-z]*(_[a-z0-9]+)*)$", re.IGNORECASE)
     for name, expected, _ in SIZES:
         assert (pattern.match(name) is not None) == (expected != "none"), name

@@ -2,7 +2,7 @@
 rendered Linux command lines *executed* with stand-in launchers that record the argv they were given.
 
 The stand-ins (`mpirun`, `mpiexec`) are tiny Python scripts put first on PATH; the command line runs under
-/bin/bash -c exactly as a Batch node runs it, with the node's environment variables (FACTS.md section 2) and
+/bin/bash -c exactly as a Batch node runs it, with the node's environment variables (docs/batch-semantics.md#environment) and
 the task's environment settings taken from the rendered JSON.
 """
 from __future__ import annotations
@@ -382,7 +382,7 @@ SHELLCHECK_SPECS = {
 
 
 def _shellcheck(script: str, *exclude: str) -> subprocess.CompletedProcess:
-    # No silent skip (DESIGN.md): scripts/install-test-deps.sh installs it.
+    # No silent skip: scripts/install-test-deps.sh installs it.
     assert SHELLCHECK, "shellcheck is not installed: apt-get install shellcheck (scripts/install-test-deps.sh does)"
     args = [SHELLCHECK, "-s", "bash", *(f"--exclude={e}" for e in exclude), "-"]
     return subprocess.run(args, input=script, capture_output=True, text=True, timeout=60)

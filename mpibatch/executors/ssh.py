@@ -52,7 +52,7 @@ INSECURE_FLAG = "--insecure-accept-unknown-host-keys"
 
 
 def rehearsal_env(*, is_root: bool) -> dict[str, str]:
-    """Per-flavour flags for rehearsal hosts (FACTS 6), without the local executor's agent: MPI
+    """Per-flavour flags for rehearsal hosts (docs/rehearsal-machine.md), without the local executor's agent: MPI
     launchers use the hosts' own ssh. UCX over TCP: across network namespaces (and hosts without
     InfiniBand) UCX would otherwise pick shared memory or devices that are not there."""
     env: dict[str, str] = {}

@@ -50,7 +50,7 @@ class Flavor:
         return {}
 
     def rehearsal_env(self, *, is_root: bool) -> dict[str, str]:
-        """Rehearsal only: flags this kind of machine needs (FACTS 6). Never sent to Batch."""
+        """Rehearsal only: flags this kind of machine needs (docs/rehearsal-machine.md). Never sent to Batch."""
         return {}
 
     # -- derived --------------------------------------------------------------------------------

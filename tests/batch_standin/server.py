@@ -26,7 +26,7 @@ sorted query parameters; a wrong key gets 403 AuthenticationFailed), requires a 
 (400 MissingRequiredQueryParameter / UnsupportedRequestVersion), refuses task collections over 100 tasks
 or 1 MB, and - when a test asks - answers 429 with ``Retry-After`` (:meth:`BatchStandIn.throttle`).
 
-Scheduling follows FACTS.md section 1: a multi-instance task is only scheduled on a pool with inter-node
+Scheduling follows docs/batch-semantics.md#pool-rules: a multi-instance task is only scheduled on a pool with inter-node
 communication on, one task slot per node and at least as many nodes as instances; otherwise it stays
 *active* forever, with no error, as on Batch. A scheduled task runs with mpibatch's ``LocalExecutor
 (keep_nodes=True).run_plan(...)`` in a background thread, from a TaskPlan built out of the REST task JSON:
@@ -526,7 +526,7 @@ class BatchStandIn:
 
     # ------------------------------------------------------------------ scheduling and execution
     def _schedulable(self, t: _Task) -> bool:
-        """FACTS.md 1: otherwise the task stays active forever, with no error."""
+        """docs/batch-semantics.md#pool-rules: otherwise the task stays active forever, with no error."""
         job = self._job(t.job_id)
         pool = self.pools.get(job["poolInfo"]["poolId"].lower())
         if pool is None or pool.get("state") != "active":

@@ -19,7 +19,6 @@ from .common import EXIT_BAD_INPUT, echo_json, output_option, report_errors
 from ..durations import human, iso8601
 from ..errors import SpecError
 from ..mpi import get_flavor
-from ..payload import payload_json
 from ..render import LAUNCHER_DIR, PERSIST_URL_VAR, Rendered, render as render_spec
 from ..spec import FileRef, Spec, load_spec
 
@@ -201,6 +200,8 @@ def render(spec_path: str, output: str) -> None:
     spec = load_spec(spec_path)
     rendered = render_spec(spec)
     if output == "json":
+        from ..payload import payload_json  # the azure-batch models: only when asked for
+
         echo_json(payload_json(rendered))
     else:
         click.echo(render_table(rendered))

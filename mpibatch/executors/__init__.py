@@ -64,17 +64,19 @@ class TaskHandle:
 
     def status(self) -> "TaskResult":
         """State, exit code and instances, without downloading outputs."""
-        return self._result if self.done and self._result else self.executor.status(self.job_id, self.task_id)
+        if self.done and self._result is not None:
+            return self._result
+        return self.executor.status(self.job_id, self.task_id)
 
     def wait(self, timeout: float | None = None) -> "TaskResult":
         """Block until the task has ended (outputs not yet brought back)."""
-        if self.done and self._result:
+        if self.done and self._result is not None:
             return self._result
         return self.executor.wait(self.job_id, self.task_id, timeout=timeout)
 
     def collect(self, to: str | Path | None = None) -> "TaskResult":
         """Bring back the outputs and logs of every instance; the result says where they are."""
-        if self._result is None or self._result.output_dir is None:
+        if not self.done:
             self._result = self.executor.collect(self.job_id, self.task_id, to=to)
         return self._result
 

@@ -103,7 +103,6 @@ def run(n_tasks: int, reps: int, write: bool) -> str:
     from azure.batch import models as bm
 
     from mpibatch.executors.azure import AzureExecutor
-    from mpibatch.render import render
 
     missing = azurite_missing()
     if missing:
@@ -136,7 +135,7 @@ def run(n_tasks: int, reps: int, write: bool) -> str:
             full = standin.stats(job_full)
 
             # 2. Same payloads, add only: mpibatch.add_tasks vs create_tasks (sequential / 4 threads).
-            prepared = ex._prepare([render(s) for s in specs])  # creates job "sweep", uploads once
+            prepared = ex.prepare_tasks(specs)  # creates job "sweep", uploads once
             payloads = prepared.tasks
             sides: dict[str, Callable[[str], Any]] = {
                 "mpibatch add_tasks (4 threads)": lambda job: ex.add_tasks(job, payloads),

@@ -1,6 +1,7 @@
 """Human output for a TaskResult (the same for every executor)."""
 from __future__ import annotations
 
+from .redaction import redact
 from .results import TaskResult
 
 
@@ -20,9 +21,9 @@ def format_result(r: TaskResult, stdout_lines: int = 20) -> str:
     lines = [head, ""] + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if r.failure:
         where = f" (instance {r.failure.instance})" if r.failure.instance is not None else ""
-        lines += ["", f"FAILED in {r.failure.phase}{where}: {r.failure.reason}"]
+        lines += ["", f"FAILED in {r.failure.phase}{where}: {redact(r.failure.reason)}"]
     for m in r.missing:
-        lines.append(f"missing: {m}")
+        lines.append(f"missing: {redact(m)}")
     if r.failure and r.instances:
         bad = r.instances[r.failure.instance or 0]
         err = bad.stderr.rstrip("\n").splitlines()[-10:]

@@ -1,9 +1,11 @@
 """`mpibatch submit | status | collect | pool create | pool check | job terminate`: Azure Batch.
 
-Exit codes (cli.py): 0 success, 1 the task failed, 2 bad input - nothing was created, 3 infrastructure
-(Batch or storage unreachable, authentication failed, throttled beyond the retries). Interrupted
-while waiting: 130, after printing how to resume. Credentials come from the environment only (see
-mpibatch.executors.azure and mpibatch.storage) and are never printed.
+Every command goes through the executor interface (`get_executor("azure")`, its handles); pools and
+jobs are the Azure executor's own public methods. Exit codes (cli/common.py): 0 success, 1 the task
+failed, 2 bad input - nothing was created, 3 infrastructure (Batch or storage unreachable,
+authentication failed, throttled beyond the retries). Interrupted while waiting or collecting: 130,
+after printing how to resume. Credentials come from the environment only (see
+mpibatch.executors.azure.client and .storage) and are never printed.
 """
 from __future__ import annotations
 
@@ -13,39 +15,31 @@ from typing import Any
 
 import click
 
-from .common import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
 from ..errors import SpecError
+from ..executors import TaskHandle, get_executor
+from ..redaction import redact
+from ..report import format_result
 from ..results import TaskResult
 from ..spec import load_spec, validate_id
+from .common import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
 
 EXIT_INTERRUPTED = 130
 
 
-def _progress(msg: str) -> None:
-    click.echo(f"mpibatch: {msg}", err=True)
+def _progress(phase: str, detail: str) -> None:
+    click.echo(f"mpibatch: {phase} {redact(detail)}", err=True)
 
 
 def _executor(runs_dir: str | None = None, quiet: bool = False) -> Any:
-    from ..executors.azure import AzureExecutor
-
-    return AzureExecutor(runs_dir=runs_dir or "mpibatch-runs", progress=None if quiet else _progress)
-
-
-def format_task_result(result: TaskResult) -> str:
-    try:
-        from ..report import format_result  # type: ignore[attr-defined]
-    except ImportError:
-        from ..executors.azure import iter_progress_lines
-
-        return "\n".join(iter_progress_lines(result))
-    return format_result(result)
+    """The Azure executor (its pool and job commands are Azure's own: `Any` keeps them reachable)."""
+    return get_executor("azure", runs_dir=runs_dir or "mpibatch-runs", progress=None if quiet else _progress)
 
 
 def _print_result(result: TaskResult, output: str) -> None:
     if output == "json":
         echo_json(result.to_json())
     else:
-        click.echo(format_task_result(result))
+        click.echo(format_result(result))
 
 
 def _exit_for(result: TaskResult) -> int:
@@ -61,10 +55,23 @@ def _resume_hint(job_id: str, task_id: str) -> str:
             f"or end it with: mpibatch job terminate {job_id}")
 
 
+def _collect_hint(job_id: str, task_id: str) -> str:
+    return f"stopped collecting; the task's outputs stay in Batch. Collect again with: mpibatch collect {job_id} {task_id}"
+
+
 def _ids(job_id: str, task_id: str | None = None) -> None:
     validate_id(job_id, "JOB")
     if task_id is not None:
         validate_id(task_id, "TASK")
+
+
+def _collect(handle: TaskHandle, to: str | None = None) -> TaskResult:
+    """Collect, or exit 130 with how to resume on Ctrl-C."""
+    try:
+        return handle.collect(to)
+    except KeyboardInterrupt:
+        click.echo(_collect_hint(handle.job_id, handle.task_id), err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @click.command()
@@ -84,15 +91,15 @@ def submit(spec_path: Path, wait: bool, output: str, runs_dir: str, terminate_on
     job (if missing) and the task, wait with progress, collect every instance's outputs."""
     spec = load_spec(spec_path)
     ex = _executor(runs_dir)
-    result = ex.submit(spec, wait=False)
-    job_id, task_id = spec.job.id, spec.task.id
+    handle = ex.submit(spec)
+    job_id, task_id = handle.job_id, handle.task_id
     if not wait:
-        _print_result(result, output)
+        _print_result(handle.status(), output)
         click.echo(f"follow it with: mpibatch status {job_id} {task_id}; then: mpibatch collect {job_id} {task_id}",
                    err=True)
         sys.exit(EXIT_OK)
     try:
-        ex.wait(job_id, task_id, timeout=timeout)
+        handle.wait(timeout=timeout)
     except KeyboardInterrupt:
         if terminate_on_interrupt:
             click.echo(f"mpibatch: interrupted: terminating job {job_id}", err=True)
@@ -105,11 +112,7 @@ def submit(spec_path: Path, wait: bool, output: str, runs_dir: str, terminate_on
         else:
             click.echo(_resume_hint(job_id, task_id), err=True)
         sys.exit(EXIT_INTERRUPTED)
-    try:
-        result = ex.collect(job_id, task_id)
-    except KeyboardInterrupt:
-        click.echo(f"stopped collecting; collect again with: mpibatch collect {job_id} {task_id}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    result = _collect(handle)
     _print_result(result, output)
     sys.exit(_exit_for(result))
 
@@ -123,14 +126,12 @@ def submit(spec_path: Path, wait: bool, output: str, runs_dir: str, terminate_on
 def status(job_id: str, task_id: str, output: str, wait_: bool) -> None:
     """State, exit code and instances of task TASK in job JOB (downloads nothing)."""
     _ids(job_id, task_id)
-    ex = _executor()
-    if wait_:
-        try:
-            ex.wait(job_id, task_id)
-        except KeyboardInterrupt:
-            click.echo(_resume_hint(job_id, task_id), err=True)
-            sys.exit(EXIT_INTERRUPTED)
-    result = ex.status(job_id, task_id)
+    handle = _executor().attach(job_id, task_id)
+    try:
+        result = handle.wait() if wait_ else handle.status()
+    except KeyboardInterrupt:
+        click.echo(_resume_hint(job_id, task_id), err=True)
+        sys.exit(EXIT_INTERRUPTED)
     _print_result(result, output)
     sys.exit(_exit_for(result))
 
@@ -145,7 +146,7 @@ def status(job_id: str, task_id: str, output: str, wait_: bool) -> None:
 def collect(job_id: str, task_id: str, to: str, output: str) -> None:
     """Bring back stdout/stderr and outputs of every instance of TASK, verified (sizes, MD5)."""
     _ids(job_id, task_id)
-    result = _executor(to).collect(job_id, task_id, to)
+    result = _collect(_executor(to).attach(job_id, task_id), to)
     _print_result(result, output)
     sys.exit(_exit_for(result))
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import MpibatchError, SpecErrors
+from ..redaction import redact
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT, EXIT_INFRA = 0, 1, 2, 3
 
@@ -30,11 +31,11 @@ def report_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SpecErrors as e:
             click.echo(f"error: {len(e.errors)} problems in the input:", err=True)
             for err in e.errors:
-                click.echo(f"  - {err}", err=True)
+                click.echo(f"  - {redact(err)}", err=True)
             click.echo("nothing was submitted, run or changed", err=True)
             sys.exit(e.exit_code)
         except MpibatchError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {redact(e)}", err=True)
             if e.exit_code == EXIT_BAD_INPUT:
                 click.echo("nothing was submitted, run or changed", err=True)
             sys.exit(e.exit_code)
@@ -52,6 +53,6 @@ def progress_printer() -> Callable[[str, str], None]:
     t0 = time.monotonic()
 
     def show(phase: str, detail: str) -> None:
-        click.echo(f"[{time.monotonic() - t0:6.1f}s] {phase}: {detail}", err=True)
+        click.echo(f"[{time.monotonic() - t0:6.1f}s] {phase}: {redact(detail)}", err=True)
 
     return show

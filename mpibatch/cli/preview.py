@@ -6,7 +6,6 @@ Nothing here talks to Azure or starts a process; the output is what the Batch se
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from .common import EXIT_BAD_INPUT, echo_json, output_option, report_errors
 from ..durations import human, iso8601
 from ..errors import SpecError
 from ..mpi import get_flavor
+from ..redaction import redact, redact_url
 from ..render import LAUNCHER_DIR, PERSIST_URL_VAR, Rendered, render as render_spec
 from ..spec import FileRef, Spec, load_spec
 
@@ -81,17 +81,9 @@ def _source(ref: FileRef, container: str) -> str:
     if _is_launcher(ref):
         return f"mpibatch's node-side {Path(ref.source).name}, uploaded at submit to {container}, read-only SAS"
     if ref.is_url:
-        return f"downloaded from {_redact(ref.source)}"
+        return f"downloaded from {redact_url(ref.source)}"
     missing = "" if Path(ref.source).exists() else "  [NOT FOUND on this machine]"
     return f"local {ref.source}: uploaded at submit to {container}, read-only SAS URL{missing}"
-
-
-_SIG = re.compile(r"([?&]sig=)[^&]*", re.IGNORECASE)
-
-
-def _redact(url: str) -> str:
-    """A SAS URL's signature is a credential: the table never shows it (the JSON payload must)."""
-    return _SIG.sub(r"\1<redacted>", url)
 
 
 def _files_section(title: str, refs: tuple[FileRef, ...], container: str) -> list[str]:
@@ -186,7 +178,9 @@ def render_table(r: Rendered) -> str:
         ("user", "pool-scoped admin auto-user (same account and SSH setup on every node)" if r.os == "linux"
          else "Batch default task user"),
     ])
-    return "\n".join(lines)
+    # Passwords and SAS tokens are credentials: the table never shows them, wherever they appear
+    # (the JSON payload is what Batch receives, so it keeps them as written).
+    return redact("\n".join(lines))
 
 
 @click.command("render")

@@ -15,7 +15,6 @@ import shutil
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from ..durations import human
 from ..errors import InfraError, SpecError
 from ..nodeenv import NodeLayout, batch_env
 from ..plan import TaskPlan, plan_from_rendered
+from ..redaction import redact, redact_url
 from ..results import Failure, InstanceResult, TaskResult, tail
 from ..spec import FileRef, Spec
 from . import Executor, Progress, TaskHandle, rendered
@@ -93,12 +93,6 @@ def check_local_sources(plan: TaskPlan) -> None:
                                 "fix the path (relative paths are relative to the spec file)")
 
 
-def redact_url(url: str) -> str:
-    """A URL without its query string: SAS tokens never reach messages or logs."""
-    p = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((p.scheme, p.netloc, p.path, "", ""))
-
-
 def download(ref: FileRef, cache: Path, timeout: float = 60) -> Path:
     """Fetch an http(s) source once; the error names the file and the URL without its SAS."""
     dest = cache / f"{abs(hash(ref.source))}-{Path(ref.path).name}"
@@ -109,10 +103,10 @@ def download(ref: FileRef, cache: Path, timeout: float = 60) -> Path:
             shutil.copyfileobj(resp, f)
     except urllib.error.HTTPError as e:
         dest.unlink(missing_ok=True)
-        raise _FilesError(f"resource file {ref.path}: HTTP {e.code} {e.reason} from {redact_url(ref.source)}")
-    except (urllib.error.URLError, OSError) as e:
+        raise _FilesError(f"resource file {ref.path}: HTTP {e.code} {redact(e.reason)} from {redact_url(ref.source)}")
+    except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client.InvalidURL and kin
         dest.unlink(missing_ok=True)
-        reason = getattr(e, "reason", e)
+        reason = redact(getattr(e, "reason", e))  # the exception may quote the URL, SAS included
         raise _FilesError(f"resource file {ref.path}: cannot download {redact_url(ref.source)}: {reason}")
     return dest
 

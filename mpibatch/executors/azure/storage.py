@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import threading
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -34,6 +33,7 @@ from urllib.parse import quote, urlparse
 
 from ... import conventions
 from ...errors import InfraError, SpecError
+from ...redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,6 @@ MAX_USER_DELEGATION = timedelta(days=7)  # the service's limit on a user delegat
 OUTPUT_PERMISSIONS = "acwl"  # add, create, write, list: what Batch output files need
 PERSIST_PERMISSIONS = "cw"  # create, write: the nodes can neither read nor list
 _CHUNK = 4 * 1024 * 1024
-
-_SIG_RE = re.compile(r"(sig|se|skoid|sktid|skt|ske|sks|skv)=[^&\s'\"]+", re.IGNORECASE)
-
-
-def redact(text: str, *secrets: str | None) -> str:
-    """`text` with SAS signatures and the given secrets removed (for error messages)."""
-    out = _SIG_RE.sub(lambda m: f"{m.group(1)}=REDACTED", str(text))
-    for s in secrets:
-        if s:
-            out = out.replace(s, "REDACTED")
-    return out
-
 
 def file_md5(path: str | Path) -> bytes:
     h = hashlib.md5()
@@ -83,15 +71,6 @@ def sas_expiry(max_wall_clock: int | None, *, now: datetime | None = None,
     now = now or datetime.now(timezone.utc)
     wall = timedelta(seconds=max_wall_clock) if max_wall_clock else DEFAULT_WALL_CLOCK
     return now + wall + margin
-
-
-@dataclass
-class DownloadReport:
-    """What `download_prefix` brought back (relative paths) and what it could not."""
-
-    files: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # "blob: reason"
-    bytes: int = 0
 
 
 def _b64(md5: bytes | bytearray | None) -> str | None:
@@ -367,6 +346,9 @@ class Storage:
         except InfraError as e:
             tmp.unlink(missing_ok=True)
             return str(e)
+        except BaseException:  # interrupted: no partial file under any name
+            tmp.unlink(missing_ok=True)
+            raise
         if blob.size is not None and size != blob.size:
             tmp.unlink(missing_ok=True)
             return f"size mismatch: got {size} bytes, storage says {blob.size}"
@@ -376,20 +358,3 @@ class Storage:
             return f"MD5 mismatch: got {_b64(digest)}, storage says {_b64(stored)}"
         os.replace(tmp, dest)
         return None
-
-    def download_prefix(self, container: str, prefix: str, dest: str | Path) -> DownloadReport:
-        """Every blob under `prefix` into `dest` (paths relative to the prefix), verified."""
-        report = DownloadReport()
-        base = prefix.rstrip("/") + "/"
-        for blob in self.list_blobs(container, base):
-            rel = blob.name[len(base):]
-            if not rel or rel.endswith("/") or any(p in ("..", "") for p in rel.split("/")):
-                report.missing.append(f"{blob.name}: unsafe name, not downloaded")
-                continue
-            problem = self.download_blob(container, blob, Path(dest) / rel)
-            if problem:
-                report.missing.append(f"{blob.name}: {problem}")
-            else:
-                report.files.append(rel)
-                report.bytes += blob.size or 0
-        return report

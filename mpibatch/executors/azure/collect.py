@@ -1,0 +1,215 @@
+"""Collection: what every instance of a finished task produced, into ``<runs>/<job>/<task>/<instance>/``.
+
+The same layout and the same TaskResult as the rehearsal executors. Logs come from Batch (the
+primary's task files; a subtask's files from its node), else from the copy the node persisted;
+outputs come from the job's container under their File Conventions names, verified (size, MD5).
+Anything that could not be brought back is listed in ``TaskResult.missing``, never skipped silently.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ... import conventions
+from ...errors import InfraError, SpecError
+from ...render import PERSIST_URL_VAR
+from ...results import InstanceResult, TaskResult, tail
+from ..lifecycle import new_output_dir
+from .client import Batch, state_of
+from .storage import Storage, write_chunks
+from .watch import INSTANCE_INFO, instance_count, map_subtasks, task_result
+
+Say = Callable[[str, str], None]
+LOG_FILES = ("stdout.txt", "stderr.txt")
+
+
+def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir: Path, say: Say) -> TaskResult:
+    """Bring back every instance's stdout/stderr and persisted outputs into
+    ``<runs_dir>/<job>/<task>/<instance>/`` (a new directory: never overwrites)."""
+    task = batch.task(job_id, task_id)
+    state = state_of(task.state)
+    if state != "completed":
+        raise SpecError("TASK", f"task {job_id}/{task_id} is {state or 'not started'}: its outputs are uploaded "
+                        "when it ends", f"wait for it with `mpibatch status {job_id} {task_id} --wait`, then collect")
+    container = conventions.job_container_name(job_id)
+    n = instance_count(task)
+    persisted = any(e.name == PERSIST_URL_VAR for e in (task.environment_settings or []))
+    subtasks = batch.subtasks(job_id, task_id) if n > 1 else []
+    pool_id = getattr(task.node_info, "pool_id", None) if task.node_info else None
+    if not pool_id:
+        job = batch.get_job(job_id)
+        pool_id = getattr(job.pool_info, "pool_id", None) if job and job.pool_info else None
+
+    blobs = storage.list_blobs(container, f"{task_id}/")
+    infos: dict[int, dict[str, Any]] = {}
+    info_re = re.compile(rf"^{re.escape(task_id)}/\$TaskLog/(\d+)/{re.escape(INSTANCE_INFO)}$")
+    for b in blobs:
+        m = info_re.match(b.name)
+        if m:
+            raw = storage.read_blob(container, b.name)
+            try:
+                infos[int(m.group(1))] = json.loads(raw or b"{}")
+            except ValueError:
+                pass
+    missing: list[str] = []
+    index_of = map_subtasks(subtasks, infos, n, missing, task_id)
+    result = task_result(batch, job_id, task, subtasks, index_of)
+    out = new_output_dir(runs_dir, job_id, task_id)
+    result.output_dir = str(out)
+    say("collecting", f"{n} instance(s) of {job_id}/{task_id} into {out}")
+    by_index = {r.index: r for r in result.instances}
+    for i in range(n):
+        by_index.setdefault(i, InstanceResult(index=i, node_id="", host=""))
+    result.instances = [by_index[i] for i in sorted(by_index)]
+    sub_of = {index_of.get(st.id, st.id): st for st in subtasks}
+
+    # blobs by instance: {i: [(kind, rel, blob)]}
+    per: dict[int, list[tuple[str, str, Any]]] = {}
+    blob_re = re.compile(rf"^{re.escape(task_id)}/\$([A-Za-z0-9]+)/(\d+)/(.+)$")
+    names = {b.name for b in blobs}
+    for b in blobs:
+        m = blob_re.match(b.name)
+        if m:
+            per.setdefault(int(m.group(2)), []).append((m.group(1), m.group(3), b))
+
+    for r in result.instances:
+        i = r.index
+        d = out / str(i)
+        d.mkdir(parents=True, exist_ok=True)
+        r.output_dir = str(d)
+        info = infos.get(i, {})
+        r.host = str(info.get("host") or r.host or "")
+        if not r.node_id and info.get("node_id"):
+            r.node_id = str(info["node_id"])
+        if persisted and i not in infos and (n > 1 or i == 0):
+            missing.append(f"{task_id}/$TaskLog/{i}/{INSTANCE_INFO}: not in container {container} (the "
+                           "node's persist step did not run or failed)")
+        logs_from_blob = {rel: b for kind, rel, b in per.get(i, []) if kind == "TaskLog"}
+        for name in LOG_FILES:
+            if i == 0:
+                problem = fetch_batch_file(
+                    batch, lambda name=name, **kw: batch.client.download_task_file(job_id, task_id, name, **kw),
+                    d / name)
+            else:
+                problem = _fetch_subtask_file(batch, sub_of.get(i), pool_id, name, d / name)
+            if problem and name in logs_from_blob:  # node gone or file cleaned up: the persisted copy
+                blob_problem = storage.download_blob(container, logs_from_blob[name], d / name)
+                problem = None if blob_problem is None else f"{problem}; persisted copy: {blob_problem}"
+            if problem:
+                missing.append(f"instance {i} {name}: {problem}")
+                continue
+            text = (d / name).read_text(errors="replace")
+            setattr(r, name[:6], tail(text))
+            setattr(r, f"{name[:6]}_path", str(d / name))
+        # Outputs (every kind but the logs handled above) and anything else the node persisted.
+        files: list[str] = []
+        for kind, rel, b in sorted(per.get(i, []), key=lambda x: x[1]):
+            if kind == "TaskLog" and rel in (*LOG_FILES, INSTANCE_INFO):
+                continue
+            if any(p in ("", "..", ".") for p in rel.split("/")):
+                missing.append(f"{b.name}: unsafe name, not downloaded")
+                continue
+            target = rel if kind != "TaskLog" else f"$TaskLog/{rel}"
+            if target in files:
+                target = f"${kind}/{rel}"
+            problem = storage.download_blob(container, b, d / target)
+            if problem:
+                missing.append(f"{b.name}: {problem}")
+            else:
+                files.append(target)
+        for blob_name in (info.get("files") or {}):
+            if blob_name not in names:
+                missing.append(f"{blob_name}: uploaded by the node's persist step but not in container {container}")
+        if i == 0:
+            _primary_named_outputs(storage, task, result, container, blobs, d, files, missing)
+        r.files = files
+    result.missing = missing
+    if missing:
+        say("collecting", f"{len(missing)} item(s) could not be collected: see 'missing' in the result")
+    return result
+
+
+def _fetch_subtask_file(batch: Batch, st: Any, pool_id: str | None, name: str, dest: Path) -> str | None:
+    """A subtask's log, read from its node (Batch gives the subtask's directory: never built here)."""
+    info = st.node_info if st is not None else None
+    root = getattr(info, "task_root_directory", None)
+    node = getattr(info, "node_id", None)
+    sub_pool = getattr(info, "pool_id", None) or pool_id
+    if not (root and node and sub_pool):
+        return "the subtask has no node information"
+    path = f"{root.replace(chr(92), '/').strip('/')}/{name}"
+    return fetch_batch_file(batch, lambda **kw: batch.client.download_node_file(sub_pool, node, path, **kw), dest)
+
+
+def _primary_named_outputs(storage: Storage, task: Any, result: TaskResult, container: str, blobs: Sequence[Any],
+                           d: Path, files: list[str], missing: list[str]) -> None:
+    """Batch output files naming one file (no wildcard) upload to exactly their `path`: expect that
+    blob, and bring it back when it lies outside the instance folders listed above."""
+    by_name = {b.name: b for b in blobs}
+    ok = result.exit_code == 0 and result.failure is None
+    for of in task.output_files or []:
+        pattern = (of.file_pattern or "").replace("\\", "/")
+        dest = of.destination.container if of.destination else None
+        cond = state_of(of.upload_options.upload_condition) if of.upload_options else "tasksuccess"
+        if not pattern or dest is None or any(c in pattern for c in "*?["):
+            continue
+        if (cond == "tasksuccess" and not ok) or (cond == "taskfailure" and ok):
+            continue
+        rel = re.sub(r"^(\.\./|\./)+", "", pattern)
+        blob = dest.path or Path(rel).name
+        b = by_name.get(blob)
+        if b is None:
+            missing.append(f"{rel}: Batch output file not uploaded to {container}/{blob} (no such file on the "
+                           "primary, or the upload failed)")
+            continue
+        if rel in files or rel in LOG_FILES or re.match(rf"^{re.escape(task.id)}/\$[A-Za-z0-9]+/0/", blob):
+            continue  # already collected from the instance folder
+        problem = storage.download_blob(container, b, d / rel)
+        if problem:
+            missing.append(f"{blob}: {problem}")
+        else:
+            files.append(rel)
+
+
+def fetch_batch_file(batch: Batch, fetch: Callable[..., Any], dest: Path) -> str | None:
+    """Download a task or node file to `dest`, checking its size; None when good, else why not."""
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+    holder: dict[str, Any] = {}
+
+    def cls(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
+        holder["headers"] = headers
+        holder["encoding"] = pipeline_response.http_response.headers.get("Content-Encoding")
+        return deserialized
+
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        stream = batch.call(f"downloading {dest.name}", fetch, cls=cls)
+        size, _ = write_chunks(stream, tmp)
+    except ResourceNotFoundError:
+        tmp.unlink(missing_ok=True)
+        return "not found on the node (retention over, node reimaged or removed?)"
+    except ResourceExistsError as e:  # 409: the files are not available (yet)
+        tmp.unlink(missing_ok=True)
+        return f"not available: {batch.message(e)}"
+    except InfraError as e:
+        tmp.unlink(missing_ok=True)
+        return str(e)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        return f"download failed: {batch.redact(str(e))}"
+    except BaseException:  # interrupted: no partial file under any name
+        tmp.unlink(missing_ok=True)
+        raise
+    expected = (holder.get("headers") or {}).get("Content-Length")
+    if expected is not None and not holder.get("encoding") and size != expected:
+        tmp.unlink(missing_ok=True)
+        return f"size mismatch: got {size} bytes, Batch says {expected}"
+    os.replace(tmp, dest)
+    return None
+
+
+__all__ = ["LOG_FILES", "collect", "fetch_batch_file"]

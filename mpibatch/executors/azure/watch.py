@@ -1,0 +1,178 @@
+"""Watching a task: polling with progress, and a Batch task + its subtasks -> mpibatch's TaskResult.
+
+Instances are numbered as everywhere in mpibatch (0 = the primary); a subtask is mapped to its instance
+through the node ids that the nodes persisted (``instance.json``), else in subtask-id order. The reason
+of a failure and the instance table use that same numbering.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any, Callable, Mapping, Sequence
+
+from ...errors import InfraError
+from ...results import Failure, InstanceResult, TaskResult
+from .client import Batch, state_of
+
+Say = Callable[[str, str], None]
+INSTANCE_INFO = "instance.json"
+ACTIVE_WARNING_S = 600  # a task active this long most likely waits for nodes that never come
+
+
+def _dt(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) else None
+
+
+def _node(obj: Any) -> str | None:
+    return getattr(obj.node_info, "node_id", None) if obj is not None and obj.node_info else None
+
+
+def instance_count(task: Any) -> int:
+    mis = task.multi_instance_settings
+    return mis.number_of_instances if mis and mis.number_of_instances else 1
+
+
+def map_subtasks(subtasks: Sequence[Any], infos: Mapping[int, Mapping[str, Any]], n: int,
+                 notes: list[str], task_id: str) -> dict[int, int]:
+    """Subtask id -> instance index, through the node ids in the instance.json files the nodes
+    persisted. Subtasks without one take the remaining indices in subtask-id order (noted when
+    some instance.json exist, since then one was expected)."""
+    node_to_index = {str(info.get("node_id")): i for i, info in infos.items() if info.get("node_id") and i > 0}
+    index_of: dict[int, int] = {}
+    for st in subtasks:
+        node = _node(st)
+        if node and node in node_to_index and node_to_index[node] not in index_of.values():
+            index_of[st.id] = node_to_index[node]
+    free = [i for i in range(1, n) if i not in index_of.values()]
+    for st in sorted(subtasks, key=lambda s: s.id):
+        if st.id not in index_of and free:
+            index_of[st.id] = free.pop(0)
+            if infos:
+                notes.append(f"subtask {st.id}: no {task_id}/$TaskLog/*/{INSTANCE_INFO} names its node; "
+                             f"taken as instance {index_of[st.id]}")
+    return index_of
+
+
+def _failed_subtask(subtasks: Sequence[Any], index_of: Mapping[int, int]) -> tuple[int, Any] | None:
+    """The failed subtask of the lowest instance, with that instance."""
+    failed = [(index_of.get(st.id, st.id), st) for st in subtasks
+              if st.exit_code not in (0, None) or state_of(getattr(st, "result", None)) == "failure"]
+    return min(failed, key=lambda x: x[0]) if failed else None
+
+
+def _failure(task: Any, subtasks: Sequence[Any], index_of: Mapping[int, int], batch: Batch) -> Failure | None:
+    info = task.execution_info
+    exit_code = info.exit_code if info else None
+    fi = info.failure_info if info else None
+    said = ""
+    if fi is not None:
+        code = fi.code or ""
+        details = "; ".join(f"{d.name}={d.value}" for d in (fi.details or []) if getattr(d, "name", None))
+        said = batch.redact(f"{state_of(fi.category)} {code}: {fi.message or ''}".strip()
+                            + (f" ({details})" if details else ""))  # Batch may quote a resource file's URL
+        if code.startswith("Blob") or "ResourceFile" in code:
+            return Failure("files", said)
+        if "Upload" in code:
+            return Failure("collecting", said)
+    sub = _failed_subtask(subtasks, index_of)
+    if sub is not None and exit_code is None:  # the application never ran: coordination failed on a node
+        i, st = sub
+        node = _node(st)
+        code = f"exited with code {st.exit_code}" if st.exit_code is not None else "failed"
+        return Failure("coordination", f"the coordination command {code} on instance {i} (subtask {st.id}"
+                       + (f", node {node}" if node else "") + ")" + (f"; Batch: {said}" if said else ""), i)
+    if said:
+        return Failure("running", said)
+    if state_of(task.state) == "completed" and exit_code not in (0, None):
+        return Failure("running", f"the application exited with code {exit_code} on the primary", 0)
+    if sub is not None:
+        i, st = sub
+        return Failure("coordination", f"the coordination command exited with code {st.exit_code} on instance "
+                       f"{i} (subtask {st.id})", i)
+    return None
+
+
+def task_result(batch: Batch, job_id: str, task: Any, subtasks: Sequence[Any],
+                index_of: Mapping[int, int] | None = None) -> TaskResult:
+    """The task's state, exit code, failure and instances (nothing downloaded)."""
+    if index_of is None:
+        index_of = map_subtasks(subtasks, {}, instance_count(task), [], task.id)
+    info = task.execution_info
+    state = state_of(task.state)
+    exit_code = info.exit_code if info else None
+    failure = _failure(task, subtasks, index_of, batch)
+    timed_out = False
+    elapsed = 0.0
+    start, end = (_dt(info.start_time), _dt(info.end_time)) if info else (None, None)
+    if start and end:
+        elapsed = (end - start).total_seconds()
+    wall = task.constraints.max_wall_clock_time if task.constraints else None
+    if failure is not None and wall is not None and elapsed >= wall.total_seconds() - 1:
+        timed_out = True
+        failure = Failure("timeout", f"max_wall_clock ({wall}) exceeded: {failure.reason}", failure.instance)
+    if state == "completed":
+        rstate = "completed" if failure is None or exit_code not in (None, 0) else "failed"
+    else:
+        rstate = {"active": "active", "preparing": "running", "running": "running"}.get(state, state or "active")
+    instances = [InstanceResult(index=0, node_id=_node(task) or "", host="", application_exit_code=exit_code)]
+    for st in sorted(subtasks, key=lambda s: index_of.get(s.id, s.id)):
+        instances.append(InstanceResult(index=index_of.get(st.id, st.id), node_id=_node(st) or "", host="",
+                                        coordination_exit_code=st.exit_code))
+    return TaskResult(job_id=job_id, task_id=task.id, executor="azure", state=rstate,
+                      exit_code=exit_code, failure=failure, timed_out=timed_out,
+                      attempts=(info.retry_count or 0) + 1 if info else 1, elapsed_s=round(elapsed, 3),
+                      instances=instances)
+
+
+def status(batch: Batch, job_id: str, task_id: str) -> TaskResult:
+    task = batch.task(job_id, task_id)
+    subtasks = batch.subtasks(job_id, task_id) if state_of(task.state) in ("running", "completed") else []
+    return task_result(batch, job_id, task, subtasks)
+
+
+def wait(batch: Batch, job_id: str, task_id: str, say: Say, *, timeout: float | None = None,
+         poll_interval: float = 1.0, max_poll_interval: float = 5.0) -> TaskResult:
+    """Poll until the task completes, reporting task and subtask states as they change; the result
+    without outputs. Raises InfraError after `timeout` seconds (the task keeps running)."""
+    t0 = time.monotonic()
+    interval = poll_interval
+    last: str | None = None
+    sub_last: dict[int, str] = {}
+    active_since = t0
+    warned_active = False
+    while True:
+        task = batch.task(job_id, task_id)
+        state = state_of(task.state)
+        if state != last:
+            node = _node(task)
+            say("task", f"{task_id}: {state}" + (f" (primary on {node})" if node and state != "active" else ""))
+            last, interval, active_since = state, poll_interval, time.monotonic()
+        subtasks: list[Any] = []
+        if state in ("running", "completed"):
+            subtasks = batch.subtasks(job_id, task_id)
+            for st in subtasks:
+                s = state_of(st.state)
+                if sub_last.get(st.id) != s:
+                    sub_last[st.id] = s
+                    node = _node(st)
+                    code = f", exit code {st.exit_code}" if st.exit_code is not None else ""
+                    say("subtask", f"{st.id}: {s}" + (f" on {node}" if node else "") + code)
+        if state == "completed":
+            return task_result(batch, job_id, task, subtasks)
+        if state == "active":
+            job = batch.get_job(job_id)
+            if job is not None and state_of(job.state) in ("completed", "terminating", "deleting"):
+                raise InfraError(f"job {job_id} is {state_of(job.state)} and task {task_id} never started "
+                                 "(Batch leaves active tasks of an ended job unscheduled)")
+            if not warned_active and time.monotonic() - active_since > ACTIVE_WARNING_S:
+                warned_active = True
+                say("warning", f"task {task_id} has waited 10 minutes for nodes: check the pool "
+                    f"(mpibatch pool check {getattr(task.node_info, 'pool_id', '') or 'POOL'})")
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            raise InfraError(f"gave up waiting for task {job_id}/{task_id} after {timeout:.0f}s (it is {state}); "
+                             f"resume with: mpibatch status {job_id} {task_id}")
+        time.sleep(interval)
+        interval = min(max_poll_interval, interval * 1.5)
+
+
+__all__ = ["INSTANCE_INFO", "instance_count", "map_subtasks", "status", "task_result", "wait"]

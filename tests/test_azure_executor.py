@@ -323,7 +323,7 @@ def test_throttling_beyond_the_retries_is_reported(store_only: BatchStandIn, azu
     spec, job_id, _ = hello_spec(tmp_path)
     ex = AzureExecutor(env=cli_env(store_only, azurite), client_kwargs={"retry_total": 2})
     with pytest.raises(InfraError, match="throttled: retried with backoff") as e:
-        ex.submit(load_spec(spec), wait=False)
+        ex.submit(load_spec(spec))
     assert_no_secrets(str(e.value), *secrets_of(store_only, azurite))
     assert store_only.throttled == 3  # the first try and two retries
     nothing_created(store_only, azurite, job_id)

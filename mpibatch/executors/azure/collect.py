@@ -4,6 +4,7 @@ The same layout and the same TaskResult as the rehearsal executors. Logs come fr
 primary's task files; a subtask's files from its node), else from the copy the node persisted;
 outputs come from the job's container under their File Conventions names, verified (size, MD5).
 Anything that could not be brought back is listed in ``TaskResult.missing``, never skipped silently.
+Why subtasks persist their own files: docs/batch-semantics.md#outputs.
 """
 from __future__ import annotations
 

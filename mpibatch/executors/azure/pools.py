@@ -2,7 +2,7 @@
 
 A task that could never start on its pool (inter-node communication off, more than one task slot per
 node, too few nodes) stays active forever without an error from Batch, so the check runs before
-anything is created; see docs/ for the rules and their sources.
+anything is created (docs/batch-semantics.md#pool-rules).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every refusal (pool, storage, job state, task ids) happens before anything is created. One task goes
 through ``create_task``; many tasks of one job (a parameter sweep) through ``addtaskcollection`` in
 chunks of at most 100 tasks and under 1 MB per request, Batch's limits
-(https://learn.microsoft.com/rest/api/batchservice/task/add-collection).
+(docs/batch-semantics.md#ids-and-requests).
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Instances are numbered as everywhere in mpibatch (0 = the primary); a subtask is mapped to its instance
 through the node ids that the nodes persisted (``instance.json``), else in subtask-id order. The reason
-of a failure and the instance table use that same numbering.
+of a failure and the instance table use that same numbering. A subtask that fails before the
+application ran is a coordination failure (docs/batch-semantics.md#lifecycle).
 """
 from __future__ import annotations
 

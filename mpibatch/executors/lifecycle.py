@@ -9,6 +9,7 @@ task's -> retries re-run the lifecycle -> outputs collected -> job release on ev
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import shlex
 import shutil
@@ -104,7 +105,7 @@ def download(ref: FileRef, cache: Path, timeout: float = 60) -> Path:
     except urllib.error.HTTPError as e:
         dest.unlink(missing_ok=True)
         raise _FilesError(f"resource file {ref.path}: HTTP {e.code} {redact(e.reason)} from {redact_url(ref.source)}")
-    except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client.InvalidURL and kin
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:  # e.g. InvalidURL
         dest.unlink(missing_ok=True)
         reason = redact(getattr(e, "reason", e))  # the exception may quote the URL, SAS included
         raise _FilesError(f"resource file {ref.path}: cannot download {redact_url(ref.source)}: {reason}")

@@ -339,8 +339,10 @@ def test_existing_task_is_refused(store_only: BatchStandIn, azurite: Azurite, tm
 
 # ---------------------------------------------------------------------------------------------- interrupts
 
-def _start_and_interrupt(args: list[str], env: dict[str, str], task_id: str) -> tuple[int, str, str]:
-    """Run the CLI, send SIGINT once the task runs, return (exit code, stdout, stderr). Bounded."""
+def _start_and_interrupt(args: list[str], env: dict[str, str], task_id: str,
+                         trigger: str | None = None) -> tuple[int, str, str]:
+    """Run the CLI, send SIGINT once the task runs (or once a stderr line holds `trigger`), return
+    (exit code, stdout, stderr). Bounded."""
     proc = subprocess.Popen([str(MPIBATCH), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     lines: queue.Queue[str] = queue.Queue()
@@ -359,10 +361,10 @@ def _start_and_interrupt(args: list[str], env: dict[str, str], task_id: str) -> 
                 assert proc.poll() is None, "".join(seen)
                 continue
             seen.append(line)
-            if f"task {task_id}: running" in line:
+            if (trigger or f"task {task_id}: running") in line:
                 break
         else:
-            raise AssertionError("the task never ran:\n" + "".join(seen))
+            raise AssertionError(f"never saw {trigger or 'the task run'}:\n" + "".join(seen))
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)

@@ -50,7 +50,7 @@ def _closed_port() -> int:
 
 
 def test_resource_file_with_a_space_in_its_sas_url_fails_cleanly(tmp_path: Path) -> None:
-    """urllib raises http.client.InvalidURL (a ValueError) quoting the query: a failure line, no secret."""
+    """urllib raises http.client.InvalidURL (an HTTPException) quoting the query: a failure line, no secret."""
     from mpibatch.executors.lifecycle import _FilesError, download
 
     ref = FileRef(source=f"http://127.0.0.1:{_closed_port()}/c/my file.txt?{SAS}", path="my file.txt")

@@ -45,6 +45,21 @@ def test_run_with_the_azure_executor_submits_waits_and_collects(
     assert "task: " in p.stderr and f"{task_id}: completed" in p.stderr  # the shared progress printer
 
 
+def test_ctrl_c_in_run_with_the_azure_executor_leaves_the_task_running_and_says_how_to_resume(
+        standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+    spec, job_id, task_id = hello_spec(tmp_path, instances=2, command="sleep 5",
+                                       mpi={"flavor": "mpich", "processes_per_node": 1})
+    rc, out, err = _start_and_interrupt(["run", str(spec), "--executor", "azure"], cli_env(standin, azurite),
+                                        task_id, trigger=f"{task_id}: running")
+    assert_no_secrets(out + err, *secrets_of(standin, azurite))
+    assert rc == 130, err
+    assert f"mpibatch status {job_id} {task_id}" in err and f"mpibatch collect {job_id} {task_id}" in err
+    assert "Traceback" not in err
+    assert standin.wait_idle(60)
+    t = standin.task(job_id, task_id)
+    assert t is not None and t.state == "completed" and t.execution.get("exitCode") == 0
+
+
 def test_bench_latency_on_the_azure_executor(standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
     p = run_cli(["bench", "latency", "--executor", "azure", "--pool", POOL, "--flavor", "mpich", "--sizes", "0:1K",
                  "--iterations", "50", "--output", "json", "--runs-dir", str(tmp_path / "runs")],

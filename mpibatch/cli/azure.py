@@ -21,9 +21,7 @@ from ..redaction import redact
 from ..report import format_result
 from ..results import TaskResult
 from ..spec import load_spec, validate_id
-from .common import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
-
-EXIT_INTERRUPTED = 130
+from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
 
 
 def _progress(phase: str, detail: str) -> None:

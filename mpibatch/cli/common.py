@@ -1,6 +1,7 @@
 """What every `mpibatch` command shares: exit codes, error reporting, output and progress options.
 
-Exit codes: 0 success, 1 the task failed, 2 bad input (nothing was submitted or run), 3 infrastructure error.
+Exit codes: 0 success, 1 the task failed, 2 bad input (nothing was submitted or run), 3 infrastructure error,
+130 interrupted while waiting for a task that keeps running.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..errors import MpibatchError, SpecErrors
 from ..redaction import redact
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_BAD_INPUT, EXIT_INFRA = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C while waiting for a task that lives on (Batch)
 
 output_option = click.option("--output", "-o", "output", type=click.Choice(["table", "json"]), default="table",
                              show_default=True, help="human output, or JSON for machines")

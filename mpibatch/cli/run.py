@@ -8,9 +8,11 @@ from typing import Any
 
 import click
 
+from ..executors import TaskHandle
 from ..report import format_result
 from ..spec import load_spec
-from .common import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, progress_printer, report_errors
+from .common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, progress_printer,
+                     report_errors)
 from .options import executor_from_options, executor_option, ssh_options
 
 
@@ -35,9 +37,16 @@ def run(spec: str, executor: str, runs_dir: str, output: str, **executor_kw: Any
     s = load_spec(spec)
     ex = executor_from_options(executor, executor_kw, runs_dir=runs_dir, progress=progress_printer())
     _sigterm_as_interrupt()
+    handle: TaskHandle | None = None
     try:
-        result = ex.submit(s).result()
+        handle = ex.submit(s)
+        result = handle.result()
     except KeyboardInterrupt:
+        if handle is not None and not handle.done:  # submitted to a service (Batch): the task lives on there
+            click.echo(f"stopped waiting; the task keeps running. Resume with:\n"
+                       f"  mpibatch status {handle.job_id} {handle.task_id}\n"
+                       f"  mpibatch collect {handle.job_id} {handle.task_id}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         click.echo("interrupted: every process the run started was ended", err=True)
         sys.exit(EXIT_TASK_FAILED)
     if output == "json":

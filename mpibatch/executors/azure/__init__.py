@@ -24,7 +24,9 @@ from ...render import Rendered
 from ...results import TaskResult
 from ...spec import Spec
 from .. import Executor, Progress, TaskHandle, rendered
-from . import collect as collecting, pools, submit as submission, watch
+from . import collect as collecting
+from . import pools, watch
+from . import submit as submission
 from .client import Batch, BatchAccount, batch_client_from_env
 from .pools import choose_image, start_task
 from .storage import Storage

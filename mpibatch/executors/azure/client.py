@@ -116,8 +116,14 @@ class Batch:
     def call(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One Batch call (the SDK retries throttling and transient faults). Not-found and
         already-exists go to the caller; everything else becomes an InfraError without secrets."""
-        from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError,
-                                           ResourceExistsError, ResourceNotFoundError, ServiceRequestError)
+        from azure.core.exceptions import (
+            AzureError,
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceExistsError,
+            ResourceNotFoundError,
+            ServiceRequestError,
+        )
 
         _ = self.client
         acct = self.account

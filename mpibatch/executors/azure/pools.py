@@ -88,13 +88,15 @@ def pool_create(batch: Batch, spec: Spec, say: Say, *, msmpi_installer_url: str 
     missing = [n for n, v in (("pool.vm_size", p.vm_size), ("pool.nodes", p.nodes)) if v is None]
     if missing:
         raise SpecError(missing[0], "is missing", "give vm_size (e.g. Standard_HB120rs_v3) and nodes")
+    pool_id, vm_size = p.id, p.vm_size
+    assert vm_size is not None  # checked above (mypy does not follow the list)
     image = p.image or choose_image(spec)
     p = replace(p, image=image, inter_node_communication=True, task_slots_per_node=1)
     spec = replace(spec, pool=p)
     raise_errors(poolcheck.check(spec, poolcheck.pool_from_spec(p)), say)
     start = start_task(spec, image, msmpi_installer_url)
     body = bm.BatchPoolCreateOptions(
-        id=p.id, vm_size=p.vm_size, virtual_machine_configuration=image_reference(image),
+        id=pool_id, vm_size=vm_size, virtual_machine_configuration=image_reference(image),
         target_dedicated_nodes=p.nodes, target_low_priority_nodes=p.low_priority_nodes or None,
         enable_inter_node_communication=True, task_slots_per_node=1, start_task=start,
         task_scheduling_policy=bm.BatchTaskSchedulingPolicy(node_fill_type=bm.BatchNodeFillType.SPREAD))

@@ -27,11 +27,9 @@ from .. import Executor, Progress, TaskHandle, rendered
 from . import collect as collecting
 from . import pools, watch
 from . import submit as submission
-from .client import Batch, BatchAccount, batch_client_from_env
-from .pools import choose_image, start_task
+from .client import Batch, BatchAccount
 from .storage import Storage
-from .submit import PreparedTasks, SubmitManyResult, encode_task, iter_chunks
-from .watch import map_subtasks
+from .submit import PreparedTasks, SubmitManyResult
 
 log = logging.getLogger(__name__)
 
@@ -134,5 +132,4 @@ class AzureExecutor(Executor):
         return pools.pool_create(self.batch, spec, self._say, msmpi_installer_url=msmpi_installer_url)
 
 
-__all__ = ["AzureExecutor", "BatchAccount", "PreparedTasks", "SubmitManyResult", "batch_client_from_env",
-           "choose_image", "encode_task", "iter_chunks", "map_subtasks", "start_task"]
+__all__ = ["AzureExecutor", "BatchAccount", "PreparedTasks", "SubmitManyResult"]

@@ -20,11 +20,11 @@ MASK = "<redacted>"
 # A URL inside free text: scheme://, then anything up to whitespace or a quote/bracket (not the
 # punctuation that ends a sentence).
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}]*[^\s'\"<>()\[\]{},;.]")
-# userinfo: everything between "//" and the last "@" before the path.
+# userinfo right after the scheme: user:password@ (unencoded, a password holds no "/", "?", "#" or "@").
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/?#@:]*):(?P<password>[^/?#@]*)@")
 # SAS parameters (and their user delegation key fields) anywhere in text, URL or not.
-_SAS_PARAM = re.compile(r"(?<![A-Za-z0-9_])(sig|se|st|skoid|sktid|skt|ske|sks|skv|sdd|saoid|suoid)=(?!<redacted>)[^&\s'\",;]*",
-                        re.IGNORECASE)
+_SAS_PARAM = re.compile(r"(?<![A-Za-z0-9_])(sig|se|st|skoid|sktid|skt|ske|sks|skv|sdd|saoid|suoid)"
+                        r"=(?!<redacted>)[^&\s'\",;]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:

@@ -54,7 +54,8 @@ def _resume_hint(job_id: str, task_id: str) -> str:
 
 
 def _collect_hint(job_id: str, task_id: str) -> str:
-    return f"stopped collecting; the task's outputs stay in Batch. Collect again with: mpibatch collect {job_id} {task_id}"
+    return (f"stopped collecting; the task's outputs stay in Batch. Collect again with: "
+            f"mpibatch collect {job_id} {task_id}")
 
 
 def _ids(job_id: str, task_id: str | None = None) -> None:

@@ -43,7 +43,7 @@ def run(spec: str, executor: str, runs_dir: str, output: str, **executor_kw: Any
         result = handle.result()
     except KeyboardInterrupt:
         if handle is not None and not handle.done:  # submitted to a service (Batch): the task lives on there
-            click.echo(f"stopped waiting; the task keeps running. Resume with:\n"
+            click.echo(f"interrupted; the task stays in {handle.executor.name}. Follow it, or collect it, with:\n"
                        f"  mpibatch status {handle.job_id} {handle.task_id}\n"
                        f"  mpibatch collect {handle.job_id} {handle.task_id}", err=True)
             sys.exit(EXIT_INTERRUPTED)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ... import poolcheck
+from ...redaction import redact
 from ...render import Rendered
 from ...results import TaskResult
 from ...spec import Spec
@@ -68,7 +69,7 @@ class AzureExecutor(Executor):
         return self._storage
 
     def _say(self, phase: str, detail: str) -> None:
-        log.info("%s: %s", phase, detail)
+        log.info("%s: %s", phase, redact(detail, self.batch.key))
         if self.progress is not None:
             self.progress(phase, detail)
 

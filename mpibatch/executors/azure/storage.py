@@ -112,13 +112,13 @@ class Storage:
         try:
             if conn:
                 service = BlobServiceClient.from_connection_string(conn, **kwargs)
-                cred = getattr(service, "credential", None)
-                if not getattr(cred, "account_key", None):
+                account_key = getattr(getattr(service, "credential", None), "account_key", None)
+                if not account_key:
                     raise SpecError("AZURE_STORAGE_CONNECTION_STRING", "has no AccountKey, and mpibatch signs the "
                                     "tasks' SAS URLs with the account key",
                                     "use the connection string with AccountKey, or AZURE_STORAGE_ACCOUNT with "
                                     "DefaultAzureCredential (user delegation SAS)")
-                return cls(service, service.account_name or "", key=cred.account_key)
+                return cls(service, service.account_name or "", key=account_key)
             if not account:
                 raise SpecError("AZURE_STORAGE_CONNECTION_STRING", "no storage account configured",
                                 "export AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT "

@@ -83,3 +83,27 @@ def test_task_collections_hold_at_most_100_tasks_under_1_mb() -> None:
 def test_a_task_over_the_request_limit_is_bad_input() -> None:
     with pytest.raises(SpecError, match="over Batch's 1 MB request limit"):
         list(iter_chunks([("big", b"x" * 1_000_000)]))
+
+
+def test_fabric_auto_follows_the_pool_only_for_tasks_render_made() -> None:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from mpibatch.executors.azure.pools import follow_pool_size
+    from mpibatch.render import render
+    from mpibatch.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "hello" / "spec.yaml")
+    pool = {"id": "p", "vmSize": "Standard_HB120rs_v3", "enableInterNodeCommunication": True}
+    said: list[tuple[str, str]] = []
+    r = render(spec)
+    assert r.fabric == "none"
+    followed = follow_pool_size(r, pool, lambda phase, detail: said.append((phase, detail)))
+    assert followed.fabric == "sriov" and followed.environment["UCX_NET_DEVICES"] == "mlx5_0:1"
+    assert said == [("fabric", "auto: sriov, from the pool's VM size Standard_HB120rs_v3")]
+    custom = replace(r, command_line="/bin/bash -c 'my own line'")  # e.g. the latency benchmark's
+    assert follow_pool_size(custom, pool, lambda *a: None) is custom
+    tcp = render(replace(spec, task=replace(spec.task, mpi=replace(spec.task.mpi, fabric="tcp"))))
+    assert follow_pool_size(tcp, pool, lambda *a: None) is tcp
+    plain = {"id": "p", "vmSize": "Standard_D4s_v3"}
+    assert follow_pool_size(r, plain, lambda *a: None) is r

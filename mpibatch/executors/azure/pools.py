@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable, Mapping
 
-from ... import poolcheck
+from ... import poolcheck, rdma
 from ...errors import SpecError, SpecErrors
 from ...payload import image_reference
 from ...render import Rendered, render
@@ -56,11 +56,10 @@ def follow_pool_size(r: Rendered, pool_json: Mapping[str, Any], say: Say) -> Ren
     size = poolcheck.pool_from_rest(pool_json).vm_size
     if spec.task.mpi.fabric != "auto" or not size or (spec.pool and spec.pool.vm_size):
         return r
-    if r != render(spec):
+    if rdma.classify(size) == r.fabric or r != render(spec):  # nothing changes, or not ours to re-render
         return r
     followed = render(replace(spec, pool=replace(spec.pool or Pool(), vm_size=size)))
-    if followed.fabric != r.fabric:
-        say("fabric", f"auto: {followed.fabric}, from the pool's VM size {size}")
+    say("fabric", f"auto: {followed.fabric}, from the pool's VM size {size}")
     return followed
 
 

@@ -47,15 +47,18 @@ class TaskHandle:
     """A submitted task. Every executor returns this type; what it can do is the executor's."""
 
     def __init__(self, executor: "Executor", job_id: str, task_id: str, result: "TaskResult | None" = None) -> None:
+        """`result`: the collected result of a task that has already ended (rehearsal executors)."""
         self.executor, self.job_id, self.task_id = executor, job_id, task_id
-        self._result = result  # final result, once known
+        self._last: TaskResult | None = result  # the latest state seen
+        self._collected: TaskResult | None = result  # outputs brought back
 
     def __repr__(self) -> str:
         return f"TaskHandle({self.executor.name}:{self.job_id}/{self.task_id})"
 
     @property
     def done(self) -> bool:
-        return self._result is not None and self._result.state in ("completed", "failed")
+        """The task has ended (its outputs may still be to collect)."""
+        return self._last is not None and self._last.state in ("completed", "failed")
 
     @property
     def state(self) -> str:
@@ -64,21 +67,25 @@ class TaskHandle:
 
     def status(self) -> "TaskResult":
         """State, exit code and instances, without downloading outputs."""
-        if self.done and self._result is not None:
-            return self._result
-        return self.executor.status(self.job_id, self.task_id)
+        if self._collected is not None:
+            return self._collected
+        if self._last is None or not self.done:
+            self._last = self.executor.status(self.job_id, self.task_id)
+        return self._last
 
     def wait(self, timeout: float | None = None) -> "TaskResult":
         """Block until the task has ended (outputs not yet brought back)."""
-        if self.done and self._result is not None:
-            return self._result
-        return self.executor.wait(self.job_id, self.task_id, timeout=timeout)
+        if self._collected is not None:
+            return self._collected
+        if self._last is None or not self.done:
+            self._last = self.executor.wait(self.job_id, self.task_id, timeout=timeout)
+        return self._last
 
     def collect(self, to: str | Path | None = None) -> "TaskResult":
-        """Bring back the outputs and logs of every instance; the result says where they are."""
-        if not self.done:
-            self._result = self.executor.collect(self.job_id, self.task_id, to=to)
-        return self._result
+        """Bring back the outputs and logs of every instance, once; the result says where they are."""
+        if self._collected is None:
+            self._collected = self._last = self.executor.collect(self.job_id, self.task_id, to=to)
+        return self._collected
 
     def result(self, timeout: float | None = None) -> "TaskResult":
         """Wait for the task, collect its outputs, and return the result."""

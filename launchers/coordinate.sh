@@ -1,19 +1,38 @@
 #!/bin/bash
 # mpibatch coordination step: runs on every instance (primary and subtasks) before the application.
-# It only does what can be known on the node; mpibatch rendered everything else.
+# It only does what can be known on the node; mpibatch rendered everything else (docs/hpc-nodes.md).
 #   --rank-dir DIR      where ranks start: made a symlink to this node's working directory
 #   --shared-dir MODE   none | sshfs | nfs: share the primary's task shared dir with every node
 #   --link NAME         a common file (in the task shared dir) to link into the working directory
-# Environment: the Batch variables (docs/batch-semantics.md#environment); MPIBATCH_RSH (remote shell, default ssh) and
-# MPIBATCH_PEER_CHECK=0 (skip the reachability check) for rehearsal executors.
+#   --module NAME       activate the MPI runtime with `module load NAME` (repeatable), or
+#   --source SCRIPT     with `. SCRIPT ARG...` (--source-arg ARG, repeatable)
+#   --launcher PROG --expect TITLE --runtime TITLE=ERE...
+#                       `PROG --version` must match the ERE of TITLE, not that of another runtime
+#   --fabric F          sriov | networkdirect | tcp | none: sriov needs an active InfiniBand port here
+#   --node-var NAME=ucx|iface
+#                       NAME, for this node's ranks, is its active InfiniBand ports (UCX names) or its
+#                       IPoIB interface; unset when the node has none
+# Writes this node's environment (.mpibatch-node.env) and the per-rank wrapper (.mpibatch-rank) into
+# the working directory. Environment: the Batch variables (docs/batch-semantics.md#environment); for
+# rehearsals MPIBATCH_RSH (remote shell, default ssh), MPIBATCH_PEER_CHECK=0 (skip the reachability
+# check), MPIBATCH_SYSFS (default /sys).
 set -euo pipefail
 
-rank_dir="" shared_mode="none" links=()
+rank_dir="" shared_mode="none" links=() modules=() source_script="" source_args=()
+launcher="" expect="" runtimes=() fabric="none" node_vars=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rank-dir) rank_dir=$2; shift 2 ;;
     --shared-dir) shared_mode=$2; shift 2 ;;
     --link) links+=("$2"); shift 2 ;;
+    --module) modules+=("$2"); shift 2 ;;
+    --source) source_script=$2; shift 2 ;;
+    --source-arg) source_args+=("$2"); shift 2 ;;
+    --launcher) launcher=$2; shift 2 ;;
+    --expect) expect=$2; shift 2 ;;
+    --runtime) runtimes+=("$2"); shift 2 ;;
+    --fabric) fabric=$2; shift 2 ;;
+    --node-var) node_vars+=("$2"); shift 2 ;;
     *) echo "mpibatch coordinate: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -21,22 +40,151 @@ done
 node="${AZ_BATCH_NODE_ID:-?}"
 master_ip="${AZ_BATCH_MASTER_NODE%:*}"
 is_master="${AZ_BATCH_IS_CURRENT_NODE_MASTER:-false}"
+wd=$AZ_BATCH_TASK_WORKING_DIR
+here="$node, $(hostname 2> /dev/null || cat /proc/sys/kernel/hostname)"
 log() { echo "mpibatch coordinate [$node]: $*" >&2; }
+tail_of() { tail -n 5 "$1" | tr '\n' ' ' | sed 's/ *$//'; }
+quote() { local q="'\\''"; printf "'%s'" "${1//\'/$q}"; }
 
 # 1. The same path on every node leads to that node's own working directory (subtask directory
 #    names differ from the primary's; AZ_BATCH_NODE_SHARED_DIR does not).
 mkdir -p "$(dirname "$rank_dir")"
-ln -sfn "$AZ_BATCH_TASK_WORKING_DIR" "$rank_dir"
-printf 'AZ_BATCH_NODE_ID=%s\n' "$node" > "$AZ_BATCH_TASK_WORKING_DIR/.mpibatch-node"
+ln -sfn "$wd" "$rank_dir"
+printf 'AZ_BATCH_NODE_ID=%s\n' "$node" > "$wd/.mpibatch-node"
 
-# 2. Every host must reach every other one. The primary logs in to every host the way the MPI
+# 2. This node's environment for its ranks. Every rank starts through .mpibatch-rank, which sources
+#    it: with Open MPI (-x forwards the primary's values) and hydra alike, a rank sees its own node's.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+env_out="$work/node.env"
+: > "$env_out"
+
+# 2a. Activate the MPI runtime the way a login shell would make `module` available (a Batch task's
+#     shell is not a login shell), and keep what the activation changed.
+if [ ${#modules[@]} -gt 0 ] || [ -n "$source_script" ]; then
+  declare -A before=()
+  while IFS= read -r -d '' kv; do before[${kv%%=*}]=${kv#*=}; done < <(env -0)
+  if [ ${#modules[@]} -gt 0 ]; then how="module load ${modules[*]}"; else how="source $source_script ${source_args[*]}"; fi
+  rc=0
+  (
+    set +euo pipefail
+    if [ ${#modules[@]} -gt 0 ]; then
+      if ! type module > /dev/null 2>&1; then
+        for init in "${MODULESHOME:-/nonexistent}/init/bash" /etc/profile.d/modules.sh /etc/profile.d/lmod.sh \
+                    /usr/share/modules/init/bash /usr/share/lmod/lmod/init/bash; do
+          # shellcheck disable=SC1090  # the image's modules init script
+          if [ -f "$init" ]; then . "$init"; break; fi
+        done
+      fi
+      if ! type module > /dev/null 2>&1; then
+        echo "no environment modules on this node (no module command, no /etc/profile.d/modules.sh or lmod.sh)" >&2
+        exit 1
+      fi
+      module load "${modules[@]}" || exit 1
+    else
+      [ -f "$source_script" ] || { echo "$source_script: no such file" >&2; exit 1; }
+      # shellcheck disable=SC1090  # the user's activation script, on the node
+      . "$source_script" "${source_args[@]}" || exit 1
+    fi
+    env -0 > "$work/env.after"
+  ) > "$work/setup.out" 2>&1 < /dev/null || rc=$?
+  if [ "$rc" != 0 ]; then
+    log "task.mpi.setup failed on this node ($here): $how: exit $rc: $(tail_of "$work/setup.out")"
+    exit 1
+  fi
+  while IFS= read -r -d '' kv; do
+    name=${kv%%=*} value=${kv#*=}
+    [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
+    case "$name" in PWD | OLDPWD | SHLVL | _) continue ;; esac
+    if [ "${before[$name]+set}" != set ] || [ "${before[$name]}" != "$value" ]; then
+      printf 'export %s=%s\n' "$name" "$(quote "$value")" >> "$env_out"
+    fi
+  done < "$work/env.after"
+  set +u
+  # shellcheck disable=SC1090  # written just above
+  . "$env_out"
+  set -u
+fi
+
+# 2b. The runtime on this node must be the spec's flavour: another MPI's launcher takes the arguments
+#     it understands and runs the ranks by its own rules, without a word.
+if [ -n "$launcher" ]; then
+  if path=$(command -v "$launcher"); then
+    out=$(timeout 30 "$path" --version 2>&1 < /dev/null || true)
+    found=""
+    for r in "${runtimes[@]}"; do
+      if grep -Eq -- "${r#*=}" <<< "$out"; then found=${r%%=*}; break; fi
+    done
+    first=$(grep -m 1 . <<< "$out" || true)
+    if [ -z "$found" ]; then
+      log "warning: cannot tell which MPI $path is ($launcher --version: ${first:-no output}); the spec says $expect"
+    elif [ "$found" != "$expect" ]; then
+      log "the spec's flavour is $expect but $launcher on this node ($here) is $found: $path" \
+          "($launcher --version: $first). Activate $expect with task.mpi.setup or environment.PATH, or set" \
+          "task.mpi.flavor to match."
+      exit 1
+    fi
+  elif [ "$is_master" = true ]; then
+    log "$launcher, the $expect launcher, is not on PATH on this node ($here): PATH=$PATH." \
+        "Activate the runtime with task.mpi.setup ({module: ...} or {source: /path/to/vars.sh}) or environment.PATH."
+    exit 1
+  fi
+fi
+
+# 2c. This node's InfiniBand ports (device names differ between nodes of one pool). An SR-IOV
+#     InfiniBand fabric without an active port here would silently fall back to TCP: refuse.
+sysfs=${MPIBATCH_SYSFS:-/sys}
+ports=() seen=() iface=""
+for port_dir in "$sysfs"/class/infiniband/*/ports/*; do
+  [ -d "$port_dir" ] || continue
+  dev=${port_dir%/ports/*}; dev=${dev##*/}; port=${port_dir##*/}
+  state=$(cat "$port_dir/state" 2> /dev/null || echo "?: unreadable"); state=${state#*: }
+  layer=$(cat "$port_dir/link_layer" 2> /dev/null || echo unknown)
+  seen+=("$dev:$port $state $layer")
+  if [ "$state" = ACTIVE ] && [ "$layer" = InfiniBand ]; then ports+=("$dev:$port"); fi
+done
+for net in "$sysfs"/class/net/*; do
+  if [ "$(cat "$net/type" 2> /dev/null)" = 32 ]; then iface=${net##*/}; break; fi  # ARPHRD_INFINIBAND
+done
+ucx=$(IFS=,; echo "${ports[*]}")
+if [ "$fabric" = sriov ] && [ -z "$ucx" ]; then
+  what="no InfiniBand device under $sysfs/class/infiniband"
+  if [ ${#seen[@]} -gt 0 ]; then what="$(IFS=,; echo "${seen[*]}") (none ACTIVE with link layer InfiniBand)"; fi
+  log "the task's fabric is sriov (InfiniBand RDMA) but this node ($here) has no active InfiniBand" \
+      "port: found $what. The application would run over TCP: not starting it. Use an RDMA size with an" \
+      "HPC image, or task.mpi.fabric: tcp if TCP is intended."
+  exit 1
+fi
+if [ -n "$ucx" ]; then log "InfiniBand: active ports $ucx${iface:+, IPoIB interface $iface}"; fi
+if [ "$fabric" != tcp ]; then
+  for nv in "${node_vars[@]}"; do
+    name=${nv%%=*}
+    case "${nv#*=}" in ucx) value=$ucx ;; iface) value=$iface ;; *) value="" ;; esac
+    if [ -n "$value" ]; then
+      printf 'export %s=%s\n' "$name" "$(quote "$value")" >> "$env_out"
+    else
+      printf 'unset %s\n' "$name" >> "$env_out"
+    fi
+  done
+fi
+mv "$env_out" "$wd/.mpibatch-node.env"
+{
+  echo '#!/bin/bash'
+  echo '# mpibatch: every rank on this node starts here: this node environment, then the program.'
+  printf '. %s || exit 127\n' "$(quote "$wd/.mpibatch-node.env")"
+  echo 'exec "$@"'
+} > "$work/rank"
+chmod 755 "$work/rank"
+mv "$work/rank" "$wd/.mpibatch-rank"
+
+# 3. Every host must reach every other one. The primary logs in to every host the way the MPI
 #    launcher will (ssh on Batch and SSH hosts): N logins, not N x N. Every other node checks that
 #    the ssh port of each peer answers, so a one-way firewall is still named by its pair.
 if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   read -r -a rsh <<< "${MPIBATCH_RSH:-ssh -o BatchMode=yes -o ConnectTimeout=10}"
   port="${MPIBATCH_PEER_PORT:-22}"
   IFS=, read -r -a hosts <<< "$AZ_BATCH_HOST_LIST"
-  tmp=$(mktemp -d)
+  tmp="$work/peers"; mkdir "$tmp"
   for h in "${hosts[@]}"; do
     if [ "$is_master" = true ]; then
       (rc=0; timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$h.out" 2>&1 || rc=$?; echo "$rc" > "$tmp/$h.rc") &
@@ -57,11 +205,10 @@ if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
       failed=1
     fi
   done
-  rm -rf "$tmp"
   [ "$failed" = 0 ] || exit 1
 fi
 
-# 3. A directory shared by all nodes (the task shared dir is NOT shared on Batch).
+# 4. A directory shared by all nodes (the task shared dir is NOT shared on Batch).
 case "$shared_mode" in
   none) ;;
   sshfs)
@@ -91,7 +238,7 @@ case "$shared_mode" in
   *) log "unknown shared dir mode $shared_mode"; exit 2 ;;
 esac
 
-# 4. Common files land in the task shared dir (a Batch rule users trip on): link them into the
+# 5. Common files land in the task shared dir (a Batch rule users trip on): link them into the
 #    working directory, where the ranks start.
 for name in "${links[@]}"; do
   if [ -e "$AZ_BATCH_TASK_SHARED_DIR/$name" ] && [ ! -e "$AZ_BATCH_TASK_WORKING_DIR/$name" ]; then

@@ -21,6 +21,7 @@ import sys
 import urllib.parse
 import urllib.request
 
+# Where the rank number is, when the command line does not say (--rank-vars, from the flavour).
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
 
 
@@ -90,13 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", required=True)
     ap.add_argument("--output", action="append", default=[], help="Kind=pattern")
+    ap.add_argument("--rank-vars", default=",".join(RANK_VARS), help="NAME,NAME: where the rank number is")
     args = ap.parse_args(argv)
+    rank_vars = [v for v in args.rank_vars.split(",") if v] or list(RANK_VARS)
     url = os.environ.get("MPIBATCH_PERSIST_URL", "")
     if not url:
         return 0
     hosts = [h for h in os.environ.get("AZ_BATCH_HOST_LIST", "").split(",") if h]
     master = os.environ.get("AZ_BATCH_MASTER_NODE", "").rsplit(":", 1)[0]
-    pos = next((int(os.environ[v]) for v in RANK_VARS if os.environ.get(v, "").isdigit()), 0)
+    pos = next((int(os.environ[v]) for v in rank_vars if os.environ.get(v, "").isdigit()), 0)
     index = instance_index(pos, hosts, master)
     wd = os.path.realpath(os.getcwd())
     task_dir = os.path.dirname(wd)

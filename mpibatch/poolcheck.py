@@ -23,6 +23,7 @@ from typing import Any, Literal, Mapping
 
 from . import rdma
 from .errors import SpecError
+from .mpi import FLAVORS, get_flavor
 from .spec import IMAGE_ALIASES, Image, Pool, Spec
 
 __all__ = ["PoolFacts", "Problem", "check", "pool_from_rest", "pool_from_spec", "summary"]
@@ -96,6 +97,11 @@ class PoolFacts:
 
 
 # ---------------------------------------------------------------------------------------------- building facts
+
+
+def _either(names: list[str]) -> str:
+    """'a, b or c'."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1] if names else ""
 
 def pool_from_spec(pool: Pool) -> PoolFacts:
     """The facts of a spec's `pool:` section (already validated by spec.py)."""
@@ -254,13 +260,14 @@ def check(spec: Spec, pool: PoolFacts) -> list[Problem]:
             "use a pool with dedicated nodes only (targetLowPriorityNodes: 0)", "warning")
 
     # -- operating system -----------------------------------------------------------------------
-    if pool.os == "linux" and t.mpi.flavor == "msmpi":
-        add("task.mpi.flavor", f"msmpi needs a Windows pool but {name} runs Linux "
-            f"({pool.node_agent})", "use intelmpi, openmpi or mpich on Linux pools, or a Windows pool "
-            "(node agent batch.node.windows amd64) for msmpi")
-    elif pool.os == "windows" and t.mpi.flavor != "msmpi":
-        add("task.mpi.flavor", f"{t.mpi.flavor} needs a Linux pool but {name} runs Windows "
-            f"({pool.node_agent})", "use msmpi on Windows pools, or a Linux pool for intelmpi, openmpi or mpich")
+    flavor = get_flavor(t.mpi.flavor)
+    if pool.os in ("linux", "windows") and flavor.os != pool.os:
+        fits = _either([n for n, f in FLAVORS.items() if f.os == pool.os])
+        agent = "batch.node.windows amd64" if flavor.os == "windows" else "batch.node.ubuntu 22.04"
+        add("task.mpi.flavor", f"{flavor.name} needs a {flavor.os.capitalize()} pool but {name} runs "
+            f"{pool.os.capitalize()} ({pool.node_agent})", f"use {fits or 'another flavour'} on "
+            f"{pool.os.capitalize()} pools, or a {flavor.os.capitalize()} pool (node agent {agent}) "
+            f"for {flavor.name}")
 
     # -- fabric and RDMA ------------------------------------------------------------------------
     if pool.vm_size:
@@ -306,13 +313,12 @@ def check(spec: Spec, pool: PoolFacts) -> list[Problem]:
                     "mpibatch cannot tell whether it has the InfiniBand drivers",
                     f"make sure the image is built from {_REST_HPC_IMAGES}", "warning")
         if cls == rdma.NETWORKDIRECT and rendered != "tcp":
-            if t.mpi.flavor in ("openmpi", "mpich"):
-                runtime = {"openmpi": "Open MPI", "mpich": "MPICH"}[t.mpi.flavor]
-                add("task.mpi.flavor", f"{runtime} cannot use NetworkDirect RDMA, the only RDMA of {size}: ranks "
-                    "would talk TCP (about 10x the latency)",
+            if flavor.networkdirect == "none":
+                add("task.mpi.flavor", f"{flavor.title} cannot use NetworkDirect RDMA, the only RDMA of {size}: "
+                    "ranks would talk TCP (about 10x the latency)",
                     "use flavor: intelmpi on this size (I_MPI_FABRICS=shm:dapl), or an SR-IOV size (HB, HC, "
                     "HX, NDv4...) where Open MPI and MPICH use UCX")
-            elif t.mpi.flavor == "intelmpi":
+            elif flavor.networkdirect == "dapl":
                 add("task.mpi.flavor", f"{size} speaks NetworkDirect only, through DAPL (I_MPI_FABRICS=shm:dapl), "
                     "which Intel MPI 2019 and later no longer have",
                     "install Intel MPI 2018 or earlier (5.x) on the pool, or use an SR-IOV size", "warning")

@@ -1,7 +1,7 @@
 """Spec -> the multi-instance task exactly as the Batch service receives it.
 
 Rendered once; the local and SSH executors run these same strings, the Azure executor sends them
-(a difference between a rehearsal and a Batch run is a bug). Pure: no I/O except reading nothing at all.
+(a difference between a rehearsal and a Batch run is a bug). Pure: no I/O.
 """
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ from typing import Mapping
 
 from . import rdma
 from .launchers import script_path
-from .mpi import Flavor, get_flavor
+from .mpi import FLAVORS, Flavor, get_flavor
 from .shell import Raw, Word, bash_c, cmd_join, sh_join
-from .spec import Command, FileRef, Output, Spec
+from .spec import Command, FileRef, Output, Setup, Spec
 
 LAUNCHER_DIR = "mpibatch"  # node-side launchers land in $AZ_BATCH_TASK_SHARED_DIR/mpibatch/
 PERSIST_URL_VAR = "MPIBATCH_PERSIST_URL"  # container SAS for subtask outputs, set at submit time
+# Written by the coordination step into each node's working directory (docs/hpc-nodes.md): the
+# node's own environment (activated runtime, its InfiniBand device), and the per-rank wrapper that
+# sources it before it becomes the program.
+NODE_ENV_FILE = ".mpibatch-node.env"
+RANK_WRAPPER = ".mpibatch-rank"
 
 
 def launcher_source(name: str) -> str:
@@ -37,6 +42,8 @@ class Rendered:
     files: tuple[FileRef, ...]
     outputs: tuple[Output, ...]
     rank_dir: str  # where ranks start, as the node's shell writes it
+    setup: Setup | None  # how the runtime is activated on each node (None: it is on PATH)
+    setup_origin: str  # where the setup comes from: task.mpi.setup, an image default, or none
     preparation_command_line: str | None
     release_command_line: str | None
 
@@ -53,6 +60,37 @@ def resolve_fabric(spec: Spec) -> str:
     if spec.pool and spec.pool.vm_size:
         return rdma.classify(spec.pool.vm_size)
     return "none"
+
+
+def resolve_setup(spec: Spec, flavor: Flavor) -> tuple[Setup | None, str]:
+    """task.mpi.setup if given (`none` turns the image default off), else the flavour's module on an
+    Azure HPC image, else nothing."""
+    given = spec.task.mpi.setup
+    if given is not None:
+        return (None if given.kind == "none" else given), "task.mpi.setup"
+    image = spec.pool.image if spec.pool else None
+    module = flavor.hpc_image_modules.get(image.offer.lower()) if image else None
+    if image and module:
+        return Setup("module", (module,)), f"default for the {image.offer} image"
+    return None, "none (the runtime is on the node's PATH)"
+
+
+def _node_step_args(spec: Spec, flavor: Flavor, fabric: str, setup: Setup | None) -> list[Word]:
+    """coordinate.sh's node-side steps: activate the runtime, check it is the spec's flavour, find the
+    node's InfiniBand ports, write the node's environment for its ranks."""
+    args: list[Word] = ["--fabric", fabric]
+    if setup and setup.kind == "module":
+        args += [w for m in setup.words for w in ("--module", m)]
+    elif setup and setup.kind == "source":
+        args += ["--source", setup.words[0], *[w for a in setup.words[1:] for w in ("--source-arg", a)]]
+    if flavor.launcher and flavor.version_signature:
+        args += ["--launcher", flavor.launcher, "--expect", flavor.title]
+        args += [w for f in FLAVORS.values() if f.os == "linux" and f.version_signature
+                 for w in ("--runtime", f"{f.title}={f.version_signature}")]
+    # The user's environment wins: a name the user set is forwarded as given, never replaced per node.
+    args += [w for name, fact in sorted(flavor.node_env.items()) if name not in spec.task.environment
+             for w in ("--node-var", f"{name}={fact}")]
+    return args
 
 
 def rank_dir(spec: Spec) -> Word:
@@ -78,28 +116,40 @@ def _program_argv(cmd: Command, os: str) -> list[Word]:
     return ["cmd", "/c", Raw(cmd.shell or "")] if os == "windows" else ["/bin/bash", "-c", cmd.shell or ""]
 
 
-def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str]) -> tuple[str, str]:
+def _launcher(argv: list[Word], flavor: Flavor, setup: Setup | None) -> list[Word]:
+    if setup and flavor.absolute_launcher_after_setup:
+        return [Raw(f'"$(command -v {argv[0]})"'), *argv[1:]]
+    return list(argv)
+
+
+def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str,
+                 setup: Setup | None) -> tuple[str, str]:
     t = spec.task
     rdir = rank_dir(spec)
     launch = flavor.launch(None, t.mpi.processes_per_node, t.mpi.options, env, "none", rdir,
                            instances=t.instances)
-    app = sh_join([*launch.argv, *_program_argv(t.command, "linux")])
+    argv = _launcher(launch.argv, flavor, setup)
+    # Every rank starts through its node's wrapper, which sources that node's environment first.
+    wrapper = Raw(f'{str(rdir)[:-1]}/{RANK_WRAPPER}"')
+    node_env = sh_join([".", Raw(f'"$AZ_BATCH_TASK_WORKING_DIR/{NODE_ENV_FILE}"')])
+    app = f"# shellcheck source=/dev/null\n{node_env} || exit 3\n" + sh_join([*argv, wrapper, *_program_argv(t.command, "linux")])
     # Subtasks have no Batch output files: when submitted to Azure, one process per node persists
     # that node's outputs and logs through a write-only SAS before the primary exits.
     persist_env = dict.fromkeys((PERSIST_URL_VAR, "AZ_BATCH_HOST_LIST", "AZ_BATCH_MASTER_NODE"), "")
     persist_launch = flavor.launch(None, 1, (), persist_env, "none", rdir, instances=t.instances)
     persist_args: list[Word] = ["python3", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/persist.py"'),
-                                "--task", t.id]
+                                "--task", t.id, "--rank-vars", ",".join(flavor.rank_vars)]
     for o in t.outputs:
         persist_args += ["--output", f"{o.kind}={o.pattern}"]
     script = (f"{app}; rc=$?\n"
-              f'if [ -n "${{{PERSIST_URL_VAR}:-}}" ]; then {sh_join([*persist_launch.argv, *persist_args])}'
+              f'if [ -n "${{{PERSIST_URL_VAR}:-}}" ]; then {sh_join([*_launcher(persist_launch.argv, flavor, setup), *persist_args])}'
               " || echo 'mpibatch: persisting subtask outputs failed' >&2; fi\n"
               "exit $rc")
     names = dict.fromkeys(f.path.split("/")[0] for f in t.common_files)  # top-level entries, in order
     links = [a for name in names for a in ("--link", name)]
     coord_argv: list[Word] = ["bash", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/coordinate.sh"'),
-                              "--rank-dir", rdir, "--shared-dir", t.shared_dir, *links]
+                              "--rank-dir", rdir, "--shared-dir", t.shared_dir, *links,
+                              *_node_step_args(spec, flavor, fabric, setup)]
     coord = sh_join(coord_argv)
     if t.coordination:
         coord += " && " + sh_join(["/bin/bash", "-c", t.coordination])
@@ -123,13 +173,14 @@ def render(spec: Spec) -> Rendered:
     """The whole multi-instance task for `spec`."""
     flavor = get_flavor(spec.task.mpi.flavor)
     fabric = resolve_fabric(spec)
+    setup, setup_origin = resolve_setup(spec, flavor) if spec.os == "linux" else (None, "none")
     # The user's environment always wins over fabric defaults.
     env = {**flavor.fabric_env(fabric), **dict(spec.task.environment)}
     if spec.os == "windows":
         app, coord = _windows_lines(spec, flavor, env)
         launchers: tuple[FileRef, ...] = ()
     else:
-        app, coord = _linux_lines(spec, flavor, env)
+        app, coord = _linux_lines(spec, flavor, env, fabric, setup)
         launchers = tuple(FileRef(launcher_source(n), f"{LAUNCHER_DIR}/{n}")
                           for n in ("coordinate.sh", "persist.py"))
     job = spec.job
@@ -137,7 +188,7 @@ def render(spec: Spec) -> Rendered:
         spec=spec, os=spec.os, flavor=flavor, fabric=fabric, command_line=app,
         coordination_command_line=coord, environment=env,
         common_files=launchers + spec.task.common_files, files=spec.task.files,
-        outputs=spec.task.outputs, rank_dir=str(rank_dir(spec)),
+        outputs=spec.task.outputs, rank_dir=str(rank_dir(spec)), setup=setup, setup_origin=setup_origin,
         preparation_command_line=_shell_line(job.preparation.command, spec.os) if job.preparation else None,
         release_command_line=_shell_line(job.release.command, spec.os) if job.release else None,
     )

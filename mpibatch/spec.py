@@ -18,7 +18,10 @@ from .errors import SpecError, SpecErrors
 from .shell import CMD_SAFE_WORD
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-FLAVORS = ("intelmpi", "msmpi", "openmpi", "mpich")
+# A word of task.mpi.setup goes into the coordination line as it is: only characters no shell treats
+# specially (so it never needs quoting, and means the same on every node).
+SETUP_WORD_RE = re.compile(r"^[A-Za-z0-9_./+:,=@%-]+$")
+SETUP_KINDS = ("module", "source")
 FABRICS = ("auto", "tcp", "sriov", "networkdirect")
 SHARED_DIRS = ("none", "sshfs", "nfs")
 MAX_INSTANCES = 100  # Batch caps inter-node communication pools at 100 nodes
@@ -91,11 +94,29 @@ class NodeTask:
 
 
 @dataclass(frozen=True)
+class Setup:
+    """How the MPI runtime is activated on a node before the launcher runs: `module` (environment
+    modules / Lmod: the words are module names) or `source` (words[0] is a script, the rest its
+    arguments), or `none` (explicitly nothing, not even an image default)."""
+
+    kind: str
+    words: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "module":
+            return "module load " + " ".join(self.words)
+        if self.kind == "source":
+            return "source " + " ".join(self.words)
+        return "none"
+
+
+@dataclass(frozen=True)
 class Mpi:
     flavor: str
     processes_per_node: int = 1
     options: tuple[str, ...] = ()
     fabric: str = "auto"
+    setup: Setup | None = None  # None: the image's default (render.resolve_setup)
 
 
 @dataclass(frozen=True)
@@ -150,7 +171,9 @@ class Spec:
         """The nodes' OS: the pool's image decides; without one, the flavour does (msmpi -> Windows)."""
         if self.pool and self.pool.os:
             return self.pool.os
-        return "windows" if self.task.mpi.flavor == "msmpi" else "linux"
+        from .mpi import get_flavor
+
+        return get_flavor(self.task.mpi.flavor).os
 
 
 # ---------------------------------------------------------------- parsing helpers
@@ -411,17 +434,51 @@ def _pool(value: Any) -> Pool | None:
                 inter_node_communication=inc, task_slots_per_node=slots)
 
 
-def _mpi(value: Any) -> Mpi:
+def _setup(value: Any, where: str) -> Setup | None:
+    """task.mpi.setup: {module: mpi/impi-2021}, {source: /opt/x/vars.sh [args]}, none, or absent."""
     if value is None:
-        raise SpecError("task.mpi", "is missing", "add mpi: {flavor: intelmpi|msmpi|openmpi|mpich}")
+        return None
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return Setup("none")
+    example = "write {module: mpi/impi-2021} or {source: /opt/intel/oneapi/mpi/latest/env/vars.sh}"
+    if not isinstance(value, Mapping):
+        raise SpecError(where, f"expected a mapping, got {type(value).__name__}", example)
+    _check_keys(value, SETUP_KINDS, where)
+    if len(value) != 1:
+        raise SpecError(where, "needs exactly one of module or source", example)
+    kind, raw = next(iter(value.items()))
+    field_ = f"{where}.{kind}"
+    words = tuple(_str(raw, field_).split())
+    if not words:
+        raise SpecError(field_, "is empty", example)
+    for w in words:
+        if not SETUP_WORD_RE.fullmatch(w):
+            raise SpecError(field_, f"{w!r} would need quoting on the node's command line",
+                            "use names and paths of letters, digits and . _ / + : , = @ % - only")
+    if kind == "source" and not words[0].startswith("/"):
+        raise SpecError(field_, f"{words[0]!r} is a relative path; the script is on the node, where no "
+                        "working directory is shared", "give its absolute path on the node, e.g. "
+                        "/opt/intel/oneapi/mpi/latest/env/vars.sh")
+    if kind == "module" and any(w.startswith("-") for w in words):
+        raise SpecError(field_, "holds an option, not a module name", "give module names only")
+    return Setup(kind, words)
+
+
+def _mpi(value: Any) -> Mpi:
+    from .mpi import names as flavor_names
+
+    flavors = tuple(flavor_names())
+    if value is None:
+        raise SpecError("task.mpi", "is missing", f"add mpi: {{flavor: {'|'.join(flavors)}}}")
     if isinstance(value, str):
         value = {"flavor": value}
     m = _mapping(value, "task.mpi")
-    _check_keys(m, ("flavor", "processes_per_node", "options", "fabric"), "task.mpi")
+    _check_keys(m, ("flavor", "processes_per_node", "options", "fabric", "setup"), "task.mpi")
     if "flavor" not in m:
-        raise SpecError("task.mpi.flavor", "is missing", f"choose one of: {', '.join(FLAVORS)}")
+        raise SpecError("task.mpi.flavor", "is missing", f"choose one of: {', '.join(flavors)}")
     c = _Collector()
-    flavor = c.run(lambda: _choice(m["flavor"], "task.mpi.flavor", FLAVORS))
+    flavor = c.run(lambda: _choice(m["flavor"], "task.mpi.flavor", flavors))
+    setup = c.run(lambda: _setup(m.get("setup"), "task.mpi.setup"))
     ppn = c.run(lambda: _int(m.get("processes_per_node", 1), "task.mpi.processes_per_node", 1, 4096), 1)
     fabric = c.run(lambda: _choice(m.get("fabric", "auto"), "task.mpi.fabric", FABRICS), "auto")
     opts = m.get("options", []) or []
@@ -431,7 +488,7 @@ def _mpi(value: Any) -> Mpi:
         opts = []
     options = tuple(c.run(lambda i=i, o=o: _str(o, f"task.mpi.options[{i}]"), "") for i, o in enumerate(opts))
     c.raise_if_any()
-    return Mpi(flavor=flavor, processes_per_node=ppn, options=options, fabric=fabric)
+    return Mpi(flavor=flavor, processes_per_node=ppn, options=options, fabric=fabric, setup=setup)
 
 
 def _task(value: Any, base_dir: Path) -> Task:
@@ -493,12 +550,17 @@ def _cross_checks(spec: Spec) -> None:
                                   f"{p.nodes + p.low_priority_nodes} nodes".replace("  ", " "),
                                   "lower task.instances or grow the pool: the task would never start"))
     if p and p.os:
-        if t.mpi.flavor == "msmpi" and p.os != "windows":
-            c.errors.append(SpecError("task.mpi.flavor", "msmpi needs a Windows pool",
-                                      "use pool.image: windows, or intelmpi/openmpi/mpich on Linux"))
-        if t.mpi.flavor != "msmpi" and p.os == "windows":
-            c.errors.append(SpecError("task.mpi.flavor", f"{t.mpi.flavor} needs a Linux pool",
-                                      "use msmpi on Windows pools"))
+        from .mpi import FLAVORS
+
+        wanted = FLAVORS[t.mpi.flavor].os
+        if wanted != p.os:
+            fits = [name for name, f in FLAVORS.items() if f.os == p.os]
+            c.errors.append(SpecError("task.mpi.flavor", f"{t.mpi.flavor} needs a {wanted.capitalize()} pool",
+                                      f"use pool.image: {wanted}, or {'/'.join(fits)} on "
+                                      f"{p.os.capitalize()} pools"))
+    if t.mpi.setup and t.mpi.setup.kind != "none" and spec.os == "windows":
+        c.errors.append(SpecError("task.mpi.setup", "is for Linux nodes (environment modules or a script "
+                                  "to source)", "drop it; install MS-MPI in the pool's start task"))
     if spec.os == "windows" and t.shared_dir != "none":
         c.errors.append(SpecError("task.shared_dir", f"{t.shared_dir} is only supported on Linux pools",
                                   "use shared_dir: none on Windows"))

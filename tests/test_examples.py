@@ -186,7 +186,10 @@ def test_latency_rdma_pool_renders_sriov_intel_mpi(tmp_path: Path) -> None:
     env = {e["name"]: e["value"] for e in task["environmentSettings"]}
     assert env["I_MPI_FABRICS"] == "shm:ofi" and env["FI_PROVIDER"] == "mlx"
     assert task["multiInstanceSettings"]["numberOfInstances"] >= 2
-    assert task["commandLine"].startswith('/bin/bash -c \'mpirun -hosts "$AZ_BATCH_HOST_LIST" -n 3 -ppn 1 ')
+    assert '\nmpirun -hosts "$AZ_BATCH_HOST_LIST" -n 3 -ppn 1 ' in task["commandLine"]
+    # the runtime comes from the image's module, not from hand-set paths
+    assert "--module mpi/impi-2021" in task["multiInstanceSettings"]["coordinationCommandLine"]
+    assert not {"PATH", "LD_LIBRARY_PATH", "I_MPI_ROOT"} & set(env)
     assert task["userIdentity"]["autoUser"] == {"scope": "pool", "elevationLevel": "admin"}
     spec = load_spec(LATENCY)
     assert spec.pool and spec.pool.vm_size == "Standard_HB120rs_v3" and spec.pool.nodes >= 2

@@ -31,13 +31,13 @@ FABRIC_ENV = {
         "none": {},
     },
     "openmpi": {
-        "sriov": {"OMPI_MCA_pml": "ucx", "UCX_NET_DEVICES": "mlx5_0:1"},
+        "sriov": {"OMPI_MCA_pml": "ucx"},
         "networkdirect": {},  # no NetworkDirect support: check-pool reports it
         "tcp": {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "tcp,sm,self"},
         "none": {},
     },
     "mpich": {
-        "sriov": {"UCX_NET_DEVICES": "mlx5_0:1"},
+        "sriov": {},
         "networkdirect": {},
         "tcp": {"UCX_TLS": "tcp,self"},
         "none": {},
@@ -217,4 +217,8 @@ def test_linux_rendered_launch_is_built_from_the_flavour(flavor):
     r = render(spec)
     launch = get_flavor(flavor).launch(None, 2, ["--verbose"], {"A": "1"}, "none", RANK_DIR, instances=3)
     script = shlex.split(r.command_line)[2]
-    assert script.startswith(sh_join([*launch.argv, "app", "--flag"]) + "; rc=$?")
+    # after the node's environment is sourced, every rank starts through its node's wrapper
+    first, node_env, app = script.split("\n")[:3]
+    assert node_env == '. "$AZ_BATCH_TASK_WORKING_DIR/.mpibatch-node.env" || exit 3'
+    wrapper = '"$AZ_BATCH_NODE_SHARED_DIR/mpibatch/j1/t1/.mpibatch-rank"'
+    assert app.startswith(sh_join([*launch.argv, Raw(wrapper), "app", "--flag"]) + "; rc=$?")

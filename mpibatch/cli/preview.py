@@ -140,6 +140,12 @@ def render_table(r: Rendered) -> str:
         ("OS", f"{r.os} ({_os_reason(spec)})"),
         ("MPI flavour", f"{r.flavor.title} ({r.flavor.name})"),
         ("fabric", _fabric_reason(r)),
+        *([("MPI setup", f"{r.setup.describe() if r.setup else 'none'} ({r.setup_origin}), on every node "
+                         "in the coordination step")] if r.os == "linux" else []),
+        *([("per node", f"{', '.join(sorted(n for n in r.flavor.node_env if n not in t.environment))} from "
+                        "each node's own active InfiniBand ports" + ("; a node without one fails coordination"
+                                                                      if r.fabric == "sriov" else ""))]
+          if r.os == "linux" and r.fabric != "tcp" and set(r.flavor.node_env) - set(t.environment) else []),
         ("instances", f"{t.instances} node(s) x {ppn} rank(s) per node = {t.instances * ppn} MPI ranks "
                       f"(1 primary + {t.instances - 1} subtask(s), one per node)"),
         ("launcher options", " ".join(t.mpi.options) if t.mpi.options else "(none)"),

@@ -26,11 +26,40 @@ def hydra_argv(program: str, hosts: Sequence[str] | None, ppn: int, nprocs: int,
     return [program, "-hosts", host_arg, "-n", str(nprocs), "-ppn", str(ppn), "-wdir", rank_dir]
 
 
+# What the coordination step found on a node, by the name it gives to a per-node variable
+# (docs/hpc-nodes.md): "ucx" = the node's active InfiniBand ports as UCX names (mlx5_0:1,...),
+# "iface" = its IPoIB interface.
+NODE_FACTS = ("ucx", "iface")
+
+
 class Flavor:
+    """Everything mpibatch knows about one MPI flavour. Subclass, set the facts, override the rules,
+    and pass an instance to `mpibatch.mpi.register_flavor`."""
+
     name: str = ""
-    os: str = "linux"
-    hostfile_style: str = "colon"
     title: str = ""
+    os: str = "linux"  # the nodes' OS: linux | windows
+    hostfile_style: str = "colon"
+    # The program that starts the ranks, and an extended regex its `--version` output matches: the
+    # coordination step refuses a node whose launcher belongs to another flavour.
+    launcher: str = ""
+    version_signature: str = ""
+    # Where a rank finds its rank number (the persist step and the latency benchmark read them).
+    rank_vars: tuple[str, ...] = ()
+    # Per-node variables set on every node from what its coordination step found there (NODE_FACTS);
+    # the user's task.environment wins over them.
+    node_env: dict[str, str] = {}
+    # Talks UCX: rehearsal hosts without InfiniBand pin UCX to TCP.
+    uses_ucx: bool = False
+    # NetworkDirect (A8/A9/H16r RDMA): "native", "dapl" (old releases only) or "none".
+    networkdirect: str = "none"
+    # (probe, deb, rpm): a pool created by mpibatch installs the deb/rpm when `probe` is not found.
+    node_packages: tuple[str, str, str] | None = None
+    # Azure HPC images (by image offer) -> the environment module that activates this flavour there.
+    hpc_image_modules: dict[str, str] = {}
+    # With task.mpi.setup, start the launcher by its absolute path (Open MPI then finds its remote
+    # daemons under the same prefix).
+    absolute_launcher_after_setup: bool = False
 
     # -- the rules of the flavour (override) --------------------------------------------------
     def launcher_argv(self, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word,
@@ -52,6 +81,11 @@ class Flavor:
     def rehearsal_env(self, *, is_root: bool) -> dict[str, str]:
         """Rehearsal only: flags this kind of machine needs (docs/rehearsal-machine.md). Never sent to Batch."""
         return {}
+
+    def ssh_rehearsal_env(self, forward: Sequence[str]) -> dict[str, str]:
+        """SSH rehearsal hosts only: make `forward` (names) reach the ranks on every host, whose
+        launcher daemons start with a login environment."""
+        return {"UCX_TLS": "tcp,self"} if self.uses_ucx else {}
 
     # -- derived --------------------------------------------------------------------------------
     def launch(self, hosts: Sequence[str] | None, ppn: int, options: Sequence[str],

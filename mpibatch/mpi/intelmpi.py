@@ -11,6 +11,15 @@ class IntelMpi(Flavor):
     name = "intelmpi"
     title = "Intel MPI"
     hostfile_style = "colon"
+    launcher = "mpirun"
+    version_signature = r"Intel\(R\) MPI"
+    rank_vars = ("PMI_RANK", "MPI_LOCALRANKID")
+    # FI_PROVIDER=mlx is libfabric's provider on top of UCX: it honours UCX_NET_DEVICES.
+    node_env = {"UCX_NET_DEVICES": "ucx"}
+    uses_ucx = True
+    networkdirect = "dapl"  # Intel MPI 5.x (2018 and older) only
+    # ubuntu-hpc and almalinux-hpc install Intel MPI behind this module (Azure/azhpc-images).
+    hpc_image_modules = {"ubuntu-hpc": "mpi/impi-2021", "almalinux-hpc": "mpi/impi-2021"}
 
     def launcher_argv(self, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word,
                       env_names: Sequence[str]) -> list[Word]:

@@ -11,14 +11,19 @@ class Mpich(Flavor):
     name = "mpich"
     title = "MPICH"
     hostfile_style = "colon"
+    launcher = "mpiexec"
+    version_signature = "HYDRA build details"
+    rank_vars = ("PMI_RANK",)
+    node_env = {"UCX_NET_DEVICES": "ucx"}  # the MPICH wheels talk UCX
+    uses_ucx = True
+    node_packages = ("mpiexec.hydra", "mpich", "mpich")
 
     def launcher_argv(self, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word,
                       env_names: Sequence[str]) -> list[Word]:
         return hydra_argv("mpiexec", hosts, ppn, nprocs, rank_dir)
 
     def fabric_env(self, fabric: str) -> dict[str, str]:
-        if fabric == "sriov":  # the MPICH wheels talk UCX; pin it to the InfiniBand port
-            return {"UCX_NET_DEVICES": "mlx5_0:1"}
+        # On InfiniBand, UCX_NET_DEVICES comes from each node's own ports (node_env), not from here.
         if fabric == "tcp":
             return {"UCX_TLS": "tcp,self"}
         return {}  # NetworkDirect has no UCX support: check-pool reports it

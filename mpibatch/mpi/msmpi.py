@@ -12,6 +12,8 @@ class MsMpi(Flavor):
     title = "MS-MPI"
     os = "windows"
     hostfile_style = "msmpi"
+    rank_vars = ("PMI_RANK",)
+    networkdirect = "native"
 
     def launcher_argv(self, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word,
                       env_names: Sequence[str]) -> list[Word]:

@@ -11,6 +11,16 @@ class OpenMpi(Flavor):
     name = "openmpi"
     title = "Open MPI"
     hostfile_style = "slots"
+    launcher = "mpirun"
+    version_signature = r"\(Open MPI\)|OpenRTE"
+    rank_vars = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+    # -x forwards the primary's value to every rank, so the device must be set on each node instead.
+    node_env = {"UCX_NET_DEVICES": "ucx"}
+    uses_ucx = True
+    node_packages = ("mpirun", "openmpi-bin", "openmpi")
+    # HPC-X (NVIDIA's Open MPI build for InfiniBand) is the Open MPI of the Azure HPC images.
+    hpc_image_modules = {"ubuntu-hpc": "mpi/hpcx", "almalinux-hpc": "mpi/hpcx"}
+    absolute_launcher_after_setup = True  # mpirun(1): an absolute path implies --prefix
 
     def launcher_argv(self, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word,
                       env_names: Sequence[str]) -> list[Word]:
@@ -27,8 +37,8 @@ class OpenMpi(Flavor):
 
     def fabric_env(self, fabric: str) -> dict[str, str]:
         if fabric == "sriov":
-            # UCX over the InfiniBand port; with accelerated networking it can be mlx5_1.
-            return {"OMPI_MCA_pml": "ucx", "UCX_NET_DEVICES": "mlx5_0:1"}
+            # UCX over InfiniBand; which device (mlx5_0, mlx5_ib0, mlx5_1...) is found on each node.
+            return {"OMPI_MCA_pml": "ucx"}
         if fabric == "tcp":
             return {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "tcp,sm,self"}
         return {}
@@ -36,6 +46,10 @@ class OpenMpi(Flavor):
     def local_agent_env(self, agent: str) -> dict[str, str]:
         # Open MPI 5 (PRRTE) reads plm_ssh_agent; 4.x read plm_rsh_agent.
         return {"PRTE_MCA_plm_ssh_agent": agent, "OMPI_MCA_plm_rsh_agent": agent}
+
+    def ssh_rehearsal_env(self, forward: Sequence[str]) -> dict[str, str]:
+        # Unlike hydra, Open MPI starts remote ranks with its daemon's (login) environment.
+        return {**super().ssh_rehearsal_env(forward), "OMPI_MCA_mca_base_env_list": ";".join(forward)}
 
     def rehearsal_env(self, *, is_root: bool) -> dict[str, str]:
         env = {"OMPI_MCA_mpi_yield_when_idle": "1",

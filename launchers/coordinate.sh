@@ -80,11 +80,11 @@ if [ ${#modules[@]} -gt 0 ] || [ -n "$source_script" ]; then
         echo "no environment modules on this node (no module command, no /etc/profile.d/modules.sh or lmod.sh)" >&2
         exit 1
       fi
-      module load "${modules[@]}" || exit 1
+      module load "${modules[@]}" || exit
     else
       [ -f "$source_script" ] || { echo "$source_script: no such file" >&2; exit 1; }
       # shellcheck disable=SC1090  # the user's activation script, on the node
-      . "$source_script" "${source_args[@]}" || exit 1
+      . "$source_script" "${source_args[@]}" || exit
     fi
     env -0 > "$work/env.after"
   ) > "$work/setup.out" 2>&1 < /dev/null || rc=$?

@@ -44,6 +44,12 @@ class Rendered:
     rank_dir: str  # where ranks start, as the node's shell writes it
     setup: Setup | None  # how the runtime is activated on each node (None: it is on PATH)
     setup_origin: str  # where the setup comes from: task.mpi.setup, an image default, or none
+    node_env_line: str  # Linux: the primary sources its node's environment with this before the launcher
+    rank_wrapper: str  # Linux: the word that starts every rank through its node's wrapper
+
+    def launcher_argv(self, argv: list[Word]) -> list[Word]:
+        """A flavour's launcher argv as this task starts it (after the runtime's setup)."""
+        return _launcher(argv, self.flavor, self.setup)
     preparation_command_line: str | None
     release_command_line: str | None
 
@@ -116,6 +122,17 @@ def _program_argv(cmd: Command, os: str) -> list[Word]:
     return ["cmd", "/c", Raw(cmd.shell or "")] if os == "windows" else ["/bin/bash", "-c", cmd.shell or ""]
 
 
+def rank_wrapper(spec: Spec) -> str:
+    """Every rank starts through its node's wrapper, which sources that node's environment first."""
+    return f'{str(rank_dir(spec))[:-1]}/{RANK_WRAPPER}"'
+
+
+def node_env_line() -> str:
+    """Sources the node's environment (written by the coordination step) into the primary's shell."""
+    return ("# shellcheck source=/dev/null\n"
+            + sh_join([".", Raw(f'"$AZ_BATCH_TASK_WORKING_DIR/{NODE_ENV_FILE}"')]) + " || exit 3")
+
+
 def _launcher(argv: list[Word], flavor: Flavor, setup: Setup | None) -> list[Word]:
     if setup and flavor.absolute_launcher_after_setup:
         return [Raw(f'"$(command -v {argv[0]})"'), *argv[1:]]
@@ -129,10 +146,8 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
     launch = flavor.launch(None, t.mpi.processes_per_node, t.mpi.options, env, "none", rdir,
                            instances=t.instances)
     argv = _launcher(launch.argv, flavor, setup)
-    # Every rank starts through its node's wrapper, which sources that node's environment first.
-    wrapper = Raw(f'{str(rdir)[:-1]}/{RANK_WRAPPER}"')
-    node_env = sh_join([".", Raw(f'"$AZ_BATCH_TASK_WORKING_DIR/{NODE_ENV_FILE}"')])
-    app = f"# shellcheck source=/dev/null\n{node_env} || exit 3\n" + sh_join([*argv, wrapper, *_program_argv(t.command, "linux")])
+    wrapper = Raw(rank_wrapper(spec))
+    app = node_env_line() + "\n" + sh_join([*argv, wrapper, *_program_argv(t.command, "linux")])
     # Subtasks have no Batch output files: when submitted to Azure, one process per node persists
     # that node's outputs and logs through a write-only SAS before the primary exits.
     persist_env = dict.fromkeys((PERSIST_URL_VAR, "AZ_BATCH_HOST_LIST", "AZ_BATCH_MASTER_NODE"), "")
@@ -189,6 +204,8 @@ def render(spec: Spec) -> Rendered:
         coordination_command_line=coord, environment=env,
         common_files=launchers + spec.task.common_files, files=spec.task.files,
         outputs=spec.task.outputs, rank_dir=str(rank_dir(spec)), setup=setup, setup_origin=setup_origin,
+        node_env_line=node_env_line() if spec.os == "linux" else "",
+        rank_wrapper=rank_wrapper(spec) if spec.os == "linux" else "",
         preparation_command_line=_shell_line(job.preparation.command, spec.os) if job.preparation else None,
         release_command_line=_shell_line(job.release.command, spec.os) if job.release else None,
     )

@@ -26,9 +26,10 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import SpecError
 from ..executors import Executor
+from ..mpi import FLAVORS
 from ..render import Rendered, rank_dir, render
 from ..results import TaskResult
-from ..shell import bash_c, sh_join
+from ..shell import Raw, bash_c, sh_join
 from ..spec import Spec, parse_spec
 from .parse import (
     PROGRAM_IMB,
@@ -153,7 +154,7 @@ def benchmark_script(r: Rendered, *, pairs: str = "first", program: str = "auto"
     spec = r.spec
     launch = r.flavor.launch([_HOST_A, _HOST_B], 1, spec.task.mpi.options, r.environment, r.fabric,
                              rank_dir(spec))
-    launcher = sh_join(launch.argv).replace(_HOST_A, '"$host_a"').replace(_HOST_B, '"$host_b"')
+    launcher = sh_join([*r.launcher_argv(launch.argv), Raw(r.rank_wrapper)]).replace(_HOST_A, '"$host_a"').replace(_HOST_B, '"$host_b"')
     args = program_args(sizes, iterations)
     order = list(PROGRAMS) if program == "auto" else [program]
     choose = []
@@ -171,9 +172,14 @@ def benchmark_script(r: Rendered, *, pairs: str = "first", program: str = "auto"
     pair_loop = ("for ((i = 0; i < n - 1; i++)); do for ((j = i + 1; j < n; j++)); do run_pair $i $j; done; done"
                  if pairs == "all" else "run_pair 0 1")
     # Each rank says who it is, then becomes the benchmark (exec: no process in between).
-    rank_sh = (f'echo "{MARKER} rank=${{PMI_RANK:-${{OMPI_COMM_WORLD_RANK:-${{PMIX_RANK:-?}}}}}} '
+    names = dict.fromkeys(v for f in FLAVORS.values() for v in f.rank_vars if "LOCAL" not in v)
+    rank = "?"
+    for name in reversed(names):
+        rank = f"${{{name}:-{rank}}}"
+    rank_sh = (f'echo "{MARKER} rank={rank} '
                'host=$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)"; exec "$@"')
     lines = [
+        r.node_env_line,
         "set -u",
         'prog="" argv=()',
         *choose,

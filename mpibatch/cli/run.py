@@ -29,6 +29,9 @@ def _sigterm_as_interrupt() -> None:
 @executor_option()
 @click.option("--runs-dir", default="mpibatch-runs", show_default=True, help="where outputs are collected")
 @click.option("--keep-nodes", is_flag=True, help="local: keep the emulated nodes' directories for inspection")
+@click.option("--node-ib", default=None, metavar="DEV,DEV,...",
+              help="local: each emulated node's InfiniBand, like an HPC node's sysfs: a device name "
+                   "(mlx5_ib0), NAME:down or none, one per node, e.g. mlx5_ib0,mlx5_0,none")
 @ssh_options
 @output_option
 @report_errors

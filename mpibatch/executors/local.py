@@ -15,12 +15,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from ..errors import InfraError
 from ..launchers import script_path
 from ..launchers.persist import match_outputs
 from . import Progress
+from . import hpcnode
 from .lifecycle import Node, RehearsalExecutor, split_command_line
 from ..mpi import FLAVORS
 from ..plan import TaskPlan
@@ -70,8 +71,10 @@ class _LocalProc:
 class LocalTransport:
     name = "local"
 
-    def __init__(self, keep_nodes: bool = False, workdir: str | None = None) -> None:
+    def __init__(self, keep_nodes: bool = False, workdir: str | None = None,
+                 node_setup: Callable[[Node, Path], None] | None = None) -> None:
         self.keep_nodes = keep_nodes
+        self.node_setup = node_setup  # fills node i's root directory (as this machine sees it) before it starts
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mpibatch-nodes-"))
         self.mount_point = self.workdir / "node"  # every node's root appears here, in its namespace
         self.nodes_dir = self.workdir / "hosts"  # address -> PID of the node's init, for the agent
@@ -101,6 +104,8 @@ class LocalTransport:
         self.hosts_file.write_text("\n".join(lines) + "\n")
         for nd in self.nodes:
             self.host_path(nd, nd.root).mkdir(parents=True, exist_ok=True)
+            if self.node_setup:
+                self.node_setup(nd, self.host_path(nd, nd.root))
             self._start_holder(nd)
         return self.nodes
 
@@ -275,18 +280,40 @@ class LocalExecutor(RehearsalExecutor):
     name = "local"
 
     def __init__(self, base_env: dict[str, str] | None = None, runs_dir: str | Path = "mpibatch-runs",
-                 keep_nodes: bool = False, progress: Progress | None = None) -> None:
+                 keep_nodes: bool = False, progress: Progress | None = None,
+                 node_ib: str | Sequence[str] | None = None, modules: Mapping[str, str] | None = None) -> None:
+        """`node_ib`: each node's fake InfiniBand (hpcnode.parse_node_ib), e.g. "mlx5_ib0,mlx5_0,none".
+        `modules`: modulefiles the nodes offer (name -> MPI runtime prefix); by default mpi/venv for
+        the runtime first on the nodes' PATH."""
         super().__init__(runs_dir=runs_dir, progress=progress)
         self.base_env = dict(base_env) if base_env is not None else default_base_env()
         self.keep_nodes = keep_nodes
+        self.node_ib = hpcnode.parse_node_ib(node_ib) if node_ib is not None else None
+        if modules is None:
+            prefix = hpcnode.runtime_prefix(self.base_env.get("PATH", ""))
+            modules = {hpcnode.DEFAULT_MODULE: str(prefix)} if prefix else {}
+        self.modules = dict(modules)
         self.transport: LocalTransport | None = None  # the last run's, for inspection
 
+    def _setup_node(self, node: Node, root: Path) -> None:
+        if self.node_ib is not None:
+            hpcnode.write_sysfs(root / hpcnode.FAKE_SYSFS, self.node_ib[node.index])
+
     def transport_for(self, plan: TaskPlan) -> tuple[LocalTransport, dict[str, str]]:
-        t = self.transport = LocalTransport(keep_nodes=self.keep_nodes)
+        t = self.transport = LocalTransport(keep_nodes=self.keep_nodes, node_setup=self._setup_node)
         agent = script_path("local_rsh.sh")
-        return t, {**self.base_env, **rehearsal_env(agent, str(t.nodes_dir), is_root=os.geteuid() == 0)}
+        env = {**self.base_env, **rehearsal_env(agent, str(t.nodes_dir), is_root=os.geteuid() == 0)}
+        if self.modules:  # nodes that look like HPC images: their MPI runtimes behind modules
+            modulepath = t.workdir / "modulefiles"
+            hpcnode.write_modulefiles(modulepath, self.modules)
+            env["MODULEPATH"] = os.pathsep.join(p for p in (str(modulepath), env.get("MODULEPATH", "")) if p)
+        if self.node_ib is not None:
+            env[hpcnode.SYSFS_VAR] = f"{t.mount_point}/{hpcnode.FAKE_SYSFS}"
+        return t, env
 
     def run_plan(self, plan: TaskPlan) -> TaskResult:
+        if self.node_ib is not None:  # bad input, before anything starts
+            hpcnode.check_node_count(self.node_ib, plan.instances)
         result = super().run_plan(plan)
         t = self.transport
         if self.keep_nodes and t is not None:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 
 from ... import poolcheck, rdma
 from ...errors import SpecError, SpecErrors
+from ...mpi import get_flavor
 from ...payload import image_reference
 from ...render import Rendered, render
 from ...spec import IMAGE_ALIASES, Command, Image, Job, Mpi, Pool, Spec, Task
@@ -112,7 +113,7 @@ def pool_create(batch: Batch, spec: Spec, say: Say, *, msmpi_installer_url: str 
 def choose_image(spec: Spec) -> Image:
     """The image for a pool created by mpibatch: Windows for MS-MPI, otherwise the Ubuntu HPC image
     (InfiniBand drivers, HPC-X / Intel MPI), which also suits sizes without RDMA."""
-    if spec.task.mpi.flavor == "msmpi":
+    if get_flavor(spec.task.mpi.flavor).os == "windows":
         return IMAGE_ALIASES["windows"]
     return IMAGE_ALIASES["ubuntu-hpc"]
 
@@ -137,13 +138,13 @@ def start_task(spec: Spec, image: Image, msmpi_installer_url: str | None) -> Any
             command_line="cmd /c MSMpiSetup.exe -unattend -force",
             resource_files=[bm.ResourceFile(http_url=msmpi_installer_url, file_path="MSMpiSetup.exe")],
             user_identity=admin, wait_for_success=True, max_task_retry_count=2)
-    packages = {"mpich": ("mpiexec.hydra", "mpich", "mpich"), "openmpi": ("mpirun", "openmpi-bin", "openmpi")}
+    packages = get_flavor(spec.task.mpi.flavor).node_packages
     steps = ["set -e",
              "install() { if command -v apt-get >/dev/null; then apt-get update -q && "
              "DEBIAN_FRONTEND=noninteractive apt-get install -y -q \"$1\"; else dnf install -y \"$2\"; fi; }",
              "command -v python3 >/dev/null || install python3 python3"]
-    if spec.task.mpi.flavor in packages:
-        probe, deb, rpm = packages[spec.task.mpi.flavor]
+    if packages:
+        probe, deb, rpm = packages
         steps.append(f"command -v {probe} >/dev/null || ls /opt/*/bin/{probe} >/dev/null 2>&1 || install {deb} {rpm}")
     return bm.BatchStartTask(command_line=bash_c("\n".join(steps)), user_identity=admin, wait_for_success=True,
                              max_task_retry_count=2)

@@ -131,8 +131,9 @@ def test_local_imb_intelmpi(tmp_path):
 
 
 def test_local_rdma_size_without_infiniband_fails_clearly(tmp_path):
-    """An HB size gets Intel MPI's mlx provider, which this machine lacks: the task fails (exit 1 in the CLI)
-    and the error says why, rather than a silent fallback."""
+    """An HB size means an InfiniBand fabric, and these emulated nodes have no InfiniBand port: the
+    coordination step refuses to start the benchmark (exit 1 in the CLI) and names the node, rather
+    than a silent TCP fallback."""
     _need_root()
     from mpibatch.executors.local import LocalExecutor
 
@@ -141,8 +142,8 @@ def test_local_rdma_size_without_infiniband_fails_clearly(tmp_path):
     res = run_latency(LocalExecutor(base_env=mpi_env("intelmpi"), runs_dir=tmp_path), spec, sizes=(0, 8),
                       iterations=10)
     assert not res.ok and not res.task.succeeded
-    assert "exited with" in res.first.error
-    assert "fi_getinfo" in res.task.instances[0].stderr or "OFI" in res.task.instances[0].stderr
+    assert res.task.failure and res.task.failure.phase == "coordination"
+    assert "no active InfiniBand port" in res.task.failure.reason and "node-0" in res.task.failure.reason
 
 
 def test_cli_local_json_and_plot(tmp_path):

@@ -53,10 +53,10 @@ INSECURE_FLAG = "--insecure-accept-unknown-host-keys"
 
 def rehearsal_env(*, is_root: bool) -> dict[str, str]:
     """Per-flavour flags for rehearsal hosts (docs/rehearsal-machine.md), without the local
-    executor's agent: MPI launchers use the hosts' own ssh. Each flavour says what its ranks need there (UCX over TCP: across network
-    namespaces, and on hosts without InfiniBand, UCX would pick shared memory or absent devices), and
-    how PATH (where the hosts' MPI and Python are) and the run marker (for the cleanup sweep) reach
-    ranks that start with a login environment."""
+    executor's agent: MPI launchers use the hosts' own ssh. Each flavour says what its ranks need
+    there (UCX over TCP: across network namespaces, and on hosts without InfiniBand, UCX would pick
+    shared memory or absent devices), and how PATH (where the hosts' MPI and Python are) and the run
+    marker (for the cleanup sweep) reach ranks that start with a login environment."""
     env: dict[str, str] = {}
     for flavor in FLAVORS.values():
         env |= flavor.rehearsal_env(is_root=is_root) | flavor.ssh_rehearsal_env(["PATH", RUN_VAR])

@@ -156,8 +156,9 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
                                 "--task", t.id, "--rank-vars", ",".join(flavor.rank_vars)]
     for o in t.outputs:
         persist_args += ["--output", f"{o.kind}={o.pattern}"]
+    persist = sh_join([*_launcher(persist_launch.argv, flavor, setup), *persist_args])
     script = (f"{app}; rc=$?\n"
-              f'if [ -n "${{{PERSIST_URL_VAR}:-}}" ]; then {sh_join([*_launcher(persist_launch.argv, flavor, setup), *persist_args])}'
+              f'if [ -n "${{{PERSIST_URL_VAR}:-}}" ]; then {persist}'
               " || echo 'mpibatch: persisting subtask outputs failed' >&2; fi\n"
               "exit $rc")
     names = dict.fromkeys(f.path.split("/")[0] for f in t.common_files)  # top-level entries, in order

@@ -67,7 +67,7 @@ def test_every_rank_uses_its_own_nodes_device(tmp_path, flavor):
     _need_local()
     ex = LocalExecutor(base_env=mpi_env(flavor), runs_dir=tmp_path, node_ib="mlx5_ib0,mlx5_0")
     result = ex.submit(spec_of(flavor, fabric="sriov", tmp=tmp_path)).result()
-    assert result.succeeded, result.failure
+    assert result.succeeded, (result.failure, result.instances[0].stderr)
     seen = rank_lines(result)
     assert {h: f["ucx"] for h, f in seen.items()} == {"node-0": "mlx5_ib0:1", "node-1": "mlx5_0:1"}
     no_process_left(ex)
@@ -79,7 +79,7 @@ def test_the_users_ucx_net_devices_beats_discovery(tmp_path):
     spec = spec_of("openmpi", fabric="sriov", tmp=tmp_path, environment={"UCX_NET_DEVICES": "mlx5_9:1"})
     assert "UCX_NET_DEVICES=ucx" not in render(spec).coordination_command_line
     result = ex.submit(spec).result()
-    assert result.succeeded, result.failure
+    assert result.succeeded, (result.failure, result.instances[0].stderr)
     assert {f["ucx"] for f in rank_lines(result).values()} == {"mlx5_9:1"}
     no_process_left(ex)
 

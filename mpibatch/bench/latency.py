@@ -154,7 +154,9 @@ def benchmark_script(r: Rendered, *, pairs: str = "first", program: str = "auto"
     spec = r.spec
     launch = r.flavor.launch([_HOST_A, _HOST_B], 1, spec.task.mpi.options, r.environment, r.fabric,
                              rank_dir(spec))
-    launcher = sh_join([*r.launcher_argv(launch.argv), Raw(r.rank_wrapper)]).replace(_HOST_A, '"$host_a"').replace(_HOST_B, '"$host_b"')
+    # every rank starts through its node's wrapper (the node's own InfiniBand device and MPI setup)
+    launcher = sh_join([*r.launcher_argv(launch.argv), Raw(r.rank_wrapper)])
+    launcher = launcher.replace(_HOST_A, '"$host_a"').replace(_HOST_B, '"$host_b"')
     args = program_args(sizes, iterations)
     order = list(PROGRAMS) if program == "auto" else [program]
     choose = []

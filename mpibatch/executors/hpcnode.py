@@ -17,7 +17,8 @@ FAKE_SYSFS = "fake-sysfs"  # under each node's root directory, so each node sees
 DEFAULT_MODULE = "mpi/venv"  # the modulefile for the MPI runtime of the venv mpibatch runs from
 _DEVICE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 _MODULE = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
-_FIX = "give one entry per node: a device name (mlx5_ib0), NAME:down (port not active) or none, e.g. mlx5_ib0,mlx5_0,none"
+_FIX = ("give one entry per node: a device name (mlx5_ib0), NAME:down (port not active) or none, "
+        "e.g. mlx5_ib0,mlx5_0,none")
 
 
 @dataclass(frozen=True)

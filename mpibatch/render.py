@@ -176,8 +176,7 @@ def _windows_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str]) -> tuple[
     t = spec.task
     launch = flavor.launch(None, t.mpi.processes_per_node, t.mpi.options, env, "none", rank_dir(spec),
                            instances=t.instances)
-    genv: list[Word] = [w for k in sorted(env) for w in ("-genv", k, env[k])]
-    argv = [*launch.argv[:1], *genv, *launch.argv[1:], *_program_argv(t.command, "windows")]
+    argv = [*launch.argv, *_program_argv(t.command, "windows")]
     app = "cmd /c " + cmd_join(argv)
     coord = "cmd /c " + cmd_join(flavor.coordination_argv() or ["rem"])
     if t.coordination:

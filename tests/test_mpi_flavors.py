@@ -103,7 +103,10 @@ def test_launch_table(flavor, fabric, vm_size, resolved, ppn):
     rank_dir = Raw("%AZ_BATCH_TASK_SHARED_DIR%") if flavor == "msmpi" else RANK_DIR
     launch = fl.launch(HOSTS, ppn, ["--opt", "x y"], {}, resolved, rank_dir)
     assert launch.env == want_env
-    assert launch.argv == [*expected_argv(flavor, HOSTS, ppn, want_env), "--opt", "x y"]
+    want_argv = expected_argv(flavor, HOSTS, ppn, want_env)
+    if flavor == "msmpi":  # the task environment rides on -genv, right after mpiexec
+        want_argv[1:1] = [w for k in sorted(want_env) for w in ("-genv", k, want_env[k])]
+    assert launch.argv == [*want_argv, "--opt", "x y"]
     # the rendered task carries the same environment (as environment settings)
     assert render(spec).environment == want_env
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import SpecError
 from ..executors import Executor
-from ..mpi import FLAVORS
+from ..mpi import FLAVORS, get_flavor
 from ..render import Rendered, rank_dir, render
 from ..results import TaskResult
 from ..shell import Raw, bash_c, sh_join
@@ -126,9 +126,9 @@ def build_spec(*, flavor: str, instances: int, job_id: str = "mpibatch-bench", t
         task = replace(t, id=task_id, instances=instances, common_files=(), files=(), outputs=(),
                        coordination=None, mpi=replace(t.mpi, processes_per_node=1))
         spec = replace(base, task=task, job=replace(base.job, preparation=base.job.preparation))
-        if spec.task.mpi.flavor == "msmpi":
+        if get_flavor(spec.task.mpi.flavor).os != "linux":
             raise SpecError("task.mpi.flavor", "the latency benchmark runs on Linux pools only",
-                            "use intelmpi, openmpi or mpich")
+                            f"use {', '.join(_linux_flavors())}")
         return spec
     data: dict[str, Any] = {
         "job": {"id": job_id},
@@ -139,9 +139,14 @@ def build_spec(*, flavor: str, instances: int, job_id: str = "mpibatch-bench", t
     }
     if pool_id or vm_size:
         data["pool"] = {k: v for k, v in (("id", pool_id), ("vm_size", vm_size)) if v}
-    if flavor == "msmpi":
-        raise SpecError("--flavor", "the latency benchmark runs on Linux pools only", "use intelmpi, openmpi or mpich")
+    if get_flavor(flavor, "--flavor").os != "linux":
+        raise SpecError("--flavor", "the latency benchmark runs on Linux pools only",
+                        f"use {', '.join(_linux_flavors())}")
     return parse_spec(data)
+
+
+def _linux_flavors() -> list[str]:
+    return [name for name, f in FLAVORS.items() if f.os == "linux"]
 
 
 def benchmark_script(r: Rendered, *, pairs: str = "first", program: str = "auto",

@@ -18,6 +18,7 @@ from .common import EXIT_BAD_INPUT, echo_json, output_option, report_errors
 from ..durations import human, iso8601
 from ..errors import SpecError
 from ..mpi import get_flavor
+from ..mpi import names as flavor_names
 from ..redaction import redact, redact_url
 from ..render import LAUNCHER_DIR, PERSIST_URL_VAR, Rendered, render as render_spec
 from ..spec import FileRef, Spec, load_spec
@@ -297,7 +298,7 @@ def _parse_hosts(text: str) -> list[str]:
 
 @click.command("hostfile")
 @click.option("--flavor", "flavor_name", required=True, metavar="F",
-              help="intelmpi | msmpi | openmpi | mpich")
+              help="an MPI flavour: " + " | ".join(flavor_names()))
 @click.option("--hosts", "hosts_text", required=True, metavar="LIST",
               help="hosts as AZ_BATCH_HOST_LIST gives them: 10.0.0.4,10.0.0.5 (';' as in AZ_BATCH_NODE_LIST works too)")
 @click.option("--ppn", type=click.IntRange(min=1), default=1, show_default=True, help="processes per node")

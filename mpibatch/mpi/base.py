@@ -66,6 +66,11 @@ class Flavor:
                       env_names: Sequence[str]) -> list[Word]:
         raise NotImplementedError
 
+    def env_argv(self, env: Mapping[str, str]) -> list[Word]:
+        """Launcher flags that carry the task environment to remote ranks, put right after the launcher
+        (MS-MPI's -genv). Hydra forwards the whole environment by itself; Open MPI's -x is in its argv."""
+        return []
+
     def fabric_env(self, fabric: str) -> dict[str, str]:
         """Environment for 'sriov', 'networkdirect', 'tcp' or 'none' (no opinion)."""
         return {}
@@ -99,4 +104,4 @@ class Flavor:
             raise ValueError("need the hosts or the number of instances")
         env = {**self.fabric_env(fabric), **dict(user_env)}
         argv = self.launcher_argv(hosts, ppn, n * ppn, rank_dir, sorted(env))
-        return Launch(argv=[*argv, *options], env=env)
+        return Launch(argv=[*argv[:1], *self.env_argv(env), *argv[1:], *options], env=env)

@@ -1,7 +1,7 @@
 """MS-MPI (Windows): smpd on every node, mpiexec reads CCP_NODES."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..shell import Raw, Word
 from .base import Flavor
@@ -22,6 +22,10 @@ class MsMpi(Flavor):
         if hosts is not None:
             argv[1:1] = ["-hosts", str(len(hosts)), *[w for h in hosts for w in (h, str(ppn))]]
         return argv
+
+    def env_argv(self, env: Mapping[str, str]) -> list[Word]:
+        # mpiexec starts remote ranks through smpd, which does not pass the caller's environment.
+        return [w for k in sorted(env) for w in ("-genv", k, env[k])]
 
     def fabric_env(self, fabric: str) -> dict[str, str]:
         if fabric == "tcp":

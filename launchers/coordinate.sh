@@ -41,7 +41,8 @@ node="${AZ_BATCH_NODE_ID:-?}"
 master_ip="${AZ_BATCH_MASTER_NODE%:*}"
 is_master="${AZ_BATCH_IS_CURRENT_NODE_MASTER:-false}"
 wd=$AZ_BATCH_TASK_WORKING_DIR
-here="$node, $(hostname 2> /dev/null || cat /proc/sys/kernel/hostname)"
+host_name=$(hostname 2> /dev/null || cat /proc/sys/kernel/hostname)
+here=$node; [ "$host_name" = "$node" ] || here="$node, $host_name"
 log() { echo "mpibatch coordinate [$node]: $*" >&2; }
 tail_of() { tail -n 5 "$1" | tr '\n' ' ' | sed 's/ *$//'; }
 quote() { local q="'\\''"; printf "'%s'" "${1//\'/$q}"; }
@@ -116,6 +117,8 @@ if [ -n "$launcher" ]; then
       if grep -Eq -- "${r#*=}" <<< "$out"; then found=${r%%=*}; break; fi
     done
     first=$(grep -m 1 . <<< "$out" || true)
+    version=$(grep -m 1 -i version <<< "$out" | tr -s ' ' || true)
+    if [ -n "$version" ] && [ "$version" != "$first" ]; then first="$first $version"; fi
     if [ -z "$found" ]; then
       log "warning: cannot tell which MPI $path is ($launcher --version: ${first:-no output}); the spec says $expect"
     elif [ "$found" != "$expect" ]; then

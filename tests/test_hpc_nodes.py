@@ -236,3 +236,15 @@ def test_parse_node_ib():
         with pytest.raises(Exception) as e:
             parse_node_ib(bad)
         assert getattr(e.value, "field", None) == "--node-ib"
+
+
+def test_cli_rehearsal_nodes_offer_the_venvs_runtime_as_mpi_venv(tmp_path):
+    _need_local()
+    _need_modules()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"job": {"id": "hpc"}, "task": {
+        "id": "t", "instances": 2, "command": 'echo "RANK host=$(hostname) loaded=$LOADEDMODULES"',
+        "mpi": {"flavor": "mpich", "setup": {"module": "mpi/venv"}}}}))
+    res = CliRunner().invoke(cli, ["run", str(spec), "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    assert "host=node-0 loaded=mpi/venv" in res.output and "host=node-1 loaded=mpi/venv" in res.output

@@ -1,0 +1,170 @@
+"""The emulator as one object: its account and key, state, storage, scheduler and HTTP server."""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable
+
+from ..errors import SpecError
+from . import pools
+from .files import AutoStorage
+from .nodes import Processes
+from .scheduler import Scheduler
+from .server import make_server
+from .state import Store
+from .storage import Azurite
+
+log = logging.getLogger(__name__)
+DEFAULT_VM_SIZE = "standard_d2s_v3"
+
+
+def node_image(env: dict[str, str] | None = None) -> dict[str, str]:
+    """What a node's processes start from: this environment without Azure credentials or mpibatch's
+    own settings (a real node has neither)."""
+    base = dict(os.environ if env is None else env)
+    return {k: v for k, v in base.items() if not k.startswith(("AZURE_", "MPIBATCH_"))}
+
+
+def seconds(iso: str | None) -> float | None:
+    """ISO 8601 duration -> seconds; None for none or the service's "forever"."""
+    if not iso or iso.startswith("P10675199D"):
+        return None
+    m = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:([\d.]+)S)?)?", iso)
+    if not m:
+        return None
+    d, h, mi, s = m.groups()
+    return int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+
+
+class Emulator:
+    """`mpibatch emulate` in-process: `start()`, then point a Batch client at `endpoint` with `account`
+    and `key`; `stop()` ends every node process (and the Azurite it started)."""
+
+    def __init__(self, *, port: int = 8900, state_dir: str | Path | None = None, storage: str | None = "auto",
+                 pools_: list[tuple[str, int, int]] = (), account: str | None = None, key: str | None = None,
+                 image: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None) -> None:
+        self.port = port
+        self.state_dir = Path(state_dir).resolve() if state_dir else None
+        self.storage_arg = storage
+        self.initial_pools = list(pools_)
+        self.account_arg, self.key_arg = account, key
+        self.image = node_image(image)
+        self.on_event = on_event or (lambda msg: log.info("%s", msg))
+        self.store = Store(self.state_dir)
+        self.procs = Processes()
+        self.scheduler = Scheduler(self)
+        self.storage: AutoStorage | None = None
+        self.connection_string: str | None = None
+        self.azurite: Azurite | None = None
+        self.restarted_failed: list[str] = []
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self._tmp: Path | None = None
+        self.account = account or ""
+        self.key = key or ""
+        self.seconds = seconds
+
+    @property
+    def work_dir(self) -> Path:
+        return (self.state_dir / "work") if self.state_dir else self._tmp  # type: ignore[return-value]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def event(self, message: str) -> None:
+        self.on_event(message)
+
+    def env(self) -> dict[str, str]:
+        out = {"AZURE_BATCH_ENDPOINT": self.endpoint, "AZURE_BATCH_ACCOUNT": self.account,
+               "AZURE_BATCH_ACCESS_KEY": self.key}
+        if self.connection_string:
+            out["AZURE_STORAGE_CONNECTION_STRING"] = self.connection_string
+        return out
+
+    def _identity(self) -> None:
+        """Account and key: given, or generated once per state directory (and kept there)."""
+        meta = self.store.meta
+        account = self.account_arg or meta.get("account") or "emulator"
+        if self.key_arg:
+            try:
+                base64.b64decode(self.key_arg, validate=True)
+            except ValueError:
+                raise SpecError("--key", "is not base64", "use a base64 key, e.g. the output of "
+                                "`openssl rand -base64 64`") from None
+        key = self.key_arg or meta.get("key") or base64.b64encode(secrets.token_bytes(64)).decode()
+        if not re.fullmatch(r"[a-z0-9]{3,24}", account):
+            raise SpecError("--account", f"{account!r} is not a Batch account name",
+                            "use 3 to 24 lower-case letters and digits")
+        self.account, self.key = account, key
+        meta.update({"account": account, "key": key})
+
+    def start(self) -> "Emulator":
+        if self.state_dir:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.restarted_failed = self.store.load()
+        else:
+            self._tmp = Path(tempfile.mkdtemp(prefix="mpibatch-emulate-"))
+        self._identity()
+        try:
+            self._server = make_server(self, self.port)
+        except OSError as e:
+            raise SpecError("--port", f"cannot listen on 127.0.0.1:{self.port}: {e.strerror}",
+                            "choose another port (0 picks a free one)") from None
+        self.port = self._server.server_address[1]
+        try:
+            self._start_storage()
+        except BaseException:
+            self._server.server_close()
+            raise
+        self.store.start_saving()
+        self.scheduler.start()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="emulator-http", daemon=True)
+        self._thread.start()
+        for task in self.restarted_failed:
+            self.event(f"task {task}: failed (the emulator restarted while it ran)")
+        for pool_id, nodes, slots in self.initial_pools:
+            if pool_id.lower() not in self.store.pools:
+                pools.add(self, {"id": pool_id, "vmSize": DEFAULT_VM_SIZE, "targetDedicatedNodes": nodes,
+                                 "taskSlotsPerNode": slots, "enableInterNodeCommunication": True})
+        return self
+
+    def _start_storage(self) -> None:
+        if self.storage_arg in (None, "", "none"):
+            return
+        if self.storage_arg == "auto":
+            self.azurite = Azurite(self.work_dir / "azurite").start()
+            self.connection_string = self.azurite.connection_string
+            self.event(f"storage: Azurite on 127.0.0.1:{self.azurite.port} (auto-storage of {self.account})")
+        else:
+            self.connection_string = self.storage_arg
+        try:
+            self.storage = AutoStorage.parse(self.connection_string or "")
+        except ValueError as e:
+            raise SpecError("--storage", str(e), "pass `auto` or a full connection string") from None
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self.store.stop_saving()
+        if self.azurite is not None:
+            self.azurite.stop()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "Emulator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,200 @@
+"""Files as a Batch node handles them: resource files downloaded before a task starts (`httpUrl`,
+`storageContainerUrl` + `blobPrefix`, `autoStorageContainerName`) and output files uploaded after it ends
+(per `uploadCondition`, to a container URL with a SAS), through plain HTTP to the storage endpoint.
+SAS tokens never reach a log line or an error message (only the URL without its query)."""
+from __future__ import annotations
+
+import base64
+import glob
+import hashlib
+import re
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from ..executors.lifecycle import redact_url
+
+TIMEOUT_S = 60
+STORAGE_VERSION = "2021-08-06"
+
+
+class FileError(Exception):
+    """A resource or output file failed; `code` is the failureInfo code Batch reports."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class AutoStorage:
+    """The account's linked storage (from a connection string)."""
+
+    account: str
+    key: str
+    blob_endpoint: str
+
+    @classmethod
+    def parse(cls, conn: str) -> "AutoStorage":
+        parts = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+        account, key = parts.get("AccountName", ""), parts.get("AccountKey", "")
+        endpoint = parts.get("BlobEndpoint") or (f"{parts.get('DefaultEndpointsProtocol', 'https')}://{account}"
+                                                 f".blob.{parts.get('EndpointSuffix', 'core.windows.net')}")
+        if not account or not key:
+            raise ValueError("the storage connection string needs AccountName and AccountKey")
+        return cls(account, key, endpoint.rstrip("/"))
+
+    def container_url(self, container: str) -> str:
+        """The container's URL with a read/list SAS valid for a day (what Batch gives the node)."""
+        from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+        sas = generate_container_sas(self.account, container, account_key=self.key,
+                                     permission=ContainerSasPermissions(read=True, list=True),
+                                     expiry=datetime.now(timezone.utc) + timedelta(days=1))
+        return f"{self.blob_endpoint}/{container}?{sas}"
+
+
+def _blob_url(container_url: str, blob: str) -> str:
+    base, _, sas = container_url.partition("?")
+    return f"{base.rstrip('/')}/{urllib.parse.quote(blob)}" + (f"?{sas}" if sas else "")
+
+
+def _list_blobs(container_url: str, prefix: str) -> list[str]:
+    base, _, sas = container_url.partition("?")
+    names, marker = [], ""
+    for _ in range(1000):  # bounded: 5,000 blobs a page
+        q = "restype=container&comp=list" + (f"&prefix={urllib.parse.quote(prefix)}" if prefix else "")
+        q += f"&marker={urllib.parse.quote(marker)}" if marker else ""
+        url = f"{base}?{q}" + (f"&{sas}" if sas else "")
+        req = urllib.request.Request(url, headers={"x-ms-version": STORAGE_VERSION})
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+                root = ET.fromstring(resp.read())
+        except urllib.error.HTTPError as e:
+            raise FileError("BlobAccessDenied" if e.code == 403 else "ContainerNotFound",
+                            f"cannot list {redact_url(container_url)}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError, ET.ParseError) as e:
+            raise FileError("ResourceFileDownloadFailed",
+                            f"cannot list {redact_url(container_url)}: {getattr(e, 'reason', e)}") from None
+        names += [b.findtext("Name") or "" for b in root.iter("Blob")]
+        marker = root.findtext("NextMarker") or ""
+        if not marker:
+            break
+    return [n for n in names if n]
+
+
+def resolve(resource_files: list[dict[str, Any]], storage: AutoStorage | None) -> list[tuple[str, str]]:
+    """Resource files -> (URL, path relative to the working directory), one per file."""
+    out: list[tuple[str, str]] = []
+    for rf in resource_files or []:
+        path = (rf.get("filePath") or "").replace("\\", "/").strip("/")
+        if rf.get("httpUrl"):
+            out.append((rf["httpUrl"], path or Path(urllib.parse.urlsplit(rf["httpUrl"]).path).name))
+            continue
+        if rf.get("autoStorageContainerName"):
+            if storage is None:
+                raise FileError("AutoStorageNotConfigured", "the emulator has no auto-storage account (start it "
+                                "with --storage auto or a connection string)")
+            url = storage.container_url(rf["autoStorageContainerName"])
+        elif rf.get("storageContainerUrl"):
+            url = rf["storageContainerUrl"]
+        else:
+            raise FileError("InvalidResourceFile", "a resource file needs httpUrl, storageContainerUrl or "
+                            "autoStorageContainerName")
+        prefix = rf.get("blobPrefix") or ""
+        for blob in _list_blobs(url, prefix):
+            out.append((_blob_url(url, blob), f"{path}/{blob}" if path else blob))
+    return out
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    rel = rel.replace("\\", "/").lstrip("/")
+    if not rel or ".." in rel.split("/"):
+        raise FileError("InvalidFilePath", f"file path {rel!r} leaves the task directory")
+    return root / rel
+
+
+def download(files: list[tuple[str, str]], wd: Path) -> None:
+    for url, rel in files:
+        dest = safe_join(wd, rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        try:
+            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp, open(part, "wb") as f:
+                shutil.copyfileobj(resp, f)
+            part.replace(dest)
+        except urllib.error.HTTPError as e:
+            part.unlink(missing_ok=True)
+            raise FileError("BlobAccessDenied" if e.code == 403 else "BlobNotFound" if e.code == 404 else
+                            "ResourceFileDownloadFailed",
+                            f"resource file {rel}: HTTP {e.code} {e.reason} from {redact_url(url)}") from None
+        except (urllib.error.URLError, OSError) as e:
+            part.unlink(missing_ok=True)
+            raise FileError("ResourceFileDownloadFailed", f"resource file {rel}: cannot download "
+                            f"{redact_url(url)}: {getattr(e, 'reason', e)}") from None
+
+
+def _put_blob(container_url: str, blob: str, path: Path) -> None:
+    data = path.read_bytes()
+    req = urllib.request.Request(_blob_url(container_url, blob), data=data, method="PUT", headers={
+        "x-ms-blob-type": "BlockBlob", "x-ms-version": STORAGE_VERSION,
+        "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as e:
+        raise FileError("FileUploadFailed", f"upload of {blob} to {redact_url(container_url)} failed: "
+                        f"HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise FileError("FileUploadFailed", f"upload of {blob} to {redact_url(container_url)} failed: "
+                        f"{getattr(e, 'reason', e)}") from None
+
+
+def upload_outputs(output_files: list[dict[str, Any]], task_dir: Path, succeeded: bool) -> list[str]:
+    """Upload the task's output files as the node agent does; returns the errors (empty: all uploaded).
+    Patterns are relative to the working directory; `../std*.txt` reaches the task directory's logs."""
+    wd = task_dir / "wd"
+    errors = []
+    for of in output_files or []:
+        cond = ((of.get("uploadOptions") or {}).get("uploadCondition") or "taskSuccess").lower()
+        if (cond == "tasksuccess" and not succeeded) or (cond == "taskfailure" and succeeded):
+            continue
+        pattern = of["filePattern"].replace("\\", "/")
+        dest = (of.get("destination") or {}).get("container") or {}
+        url, path = dest.get("containerUrl"), dest.get("path")
+        if not url:
+            continue
+        wildcard = any(c in pattern for c in "*?[")
+        root = wd if not pattern.startswith("/") else Path("/")
+        matches = sorted(p for p in glob.glob(pattern, root_dir=root, recursive=True) if (root / p).is_file())
+        for rel in matches:
+            clean = re.sub(r"^(\.\./|\./)+", "", rel)
+            name = (f"{path.rstrip('/')}/{clean}" if path else clean) if wildcard else (path or Path(clean).name)
+            try:
+                _put_blob(url, name, root / rel)
+            except FileError as e:
+                errors.append(e.message)
+    return errors
+
+
+def file_listing(root: Path, base: str, recursive: bool) -> list[dict[str, Any]]:
+    """A node or task directory as the files-list operation describes it."""
+    out = []
+    if not root.is_dir():
+        return out
+    entries = sorted(root.rglob("*") if recursive else root.iterdir())
+    for p in entries:
+        rel = p.relative_to(root).as_posix()
+        st = p.stat()
+        props = {"lastModified": datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", "contentLength": st.st_size if p.is_file() else 0,
+            "contentType": "application/octet-stream", "fileMode": oct(st.st_mode)}
+        out.append({"name": rel, "url": f"{base}/{urllib.parse.quote(rel)}", "isDirectory": p.is_dir(),
+                    "properties": props})
+    return out

@@ -1,0 +1,216 @@
+"""Jobs: add / get / list / terminate / delete, `onAllTasksComplete`, the job preparation task (run on a
+node before its first task of the job) and the release task (on every node that ran one of its tasks,
+when the job is terminated or deleted), and the preparation-and-release status list."""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import files, schema
+from .errors import BatchError, exists, not_found, now_iso
+from .nodes import env_settings, node_env
+from .state import key, public, set_state, touch
+
+if TYPE_CHECKING:
+    from .core import Emulator
+
+log = logging.getLogger(__name__)
+
+
+def add(emu: "Emulator", body: Any) -> dict[str, Any]:
+    body = schema.validate(body, schema.JOB, "job", required=("id", "poolInfo.poolId"))
+    on_all = schema.enum(body.get("onAllTasksComplete") or "noaction", "onAllTasksComplete",
+                         ("noaction", "terminatejob"))
+    on_fail = schema.enum(body.get("onTaskFailure") or "noaction", "onTaskFailure",
+                          ("noaction", "performexitoptionsjobaction"))
+    if on_fail != "noaction":
+        raise schema.not_emulated("onTaskFailure performExitOptionsJobAction (exit conditions)")
+    for name in ("jobPreparationTask", "jobReleaseTask"):
+        if body.get(name) and not body[name].get("commandLine"):
+            raise schema.missing_property(f"{name}.commandLine")
+    with emu.store.lock:
+        if key(body["id"]) in emu.store.jobs:
+            raise exists("Job")
+        t = now_iso()
+        job = {**body, "url": f"{emu.endpoint}/jobs/{body['id']}", "creationTime": t, "state": "active",
+               "stateTransitionTime": t, "priority": body.get("priority", 0), "onAllTasksComplete": on_all,
+               "onTaskFailure": on_fail, "usesTaskDependencies": bool(body.get("usesTaskDependencies")),
+               "constraints": {"maxWallClockTime": "P10675199DT2H48M5.4775807S", "maxTaskRetryCount": 0,
+                               **(body.get("constraints") or {})},
+               "executionInfo": {"startTime": t, "poolId": body["poolInfo"]["poolId"]}, "_nodes": {}}
+        touch(job)
+        emu.store.jobs[key(body["id"])] = job
+    emu.store.mark()
+    emu.event(f"job {body['id']}: added on pool {body['poolInfo']['poolId']}")
+    return job
+
+
+def get(emu: "Emulator", job_id: str) -> dict[str, Any]:
+    job = emu.store.jobs.get(key(job_id))
+    if job is None:
+        raise not_found("Job")
+    return job
+
+
+def view(job: dict[str, Any]) -> dict[str, Any]:
+    return public(job)
+
+
+def terminate(emu: "Emulator", job_id: str, body: Any, *, reason: str = "UserTerminate") -> None:
+    if body:
+        schema.validate(body, schema.TERMINATE_JOB, "job")
+    job = get(emu, job_id)
+    with emu.store.lock:
+        if job["state"] in ("completed", "terminating", "deleting"):
+            raise BatchError(409, "JobCompleted", "The specified job is already in a completed state.")
+        set_state(job, "terminating")
+        job["executionInfo"]["terminateReason"] = (body or {}).get("terminateReason") or reason
+    emu.store.mark()
+    emu.event(f"job {job['id']}: terminating ({job['executionInfo']['terminateReason']})")
+    threading.Thread(target=_finish, args=(emu, job, "completed"), name=f"end-{job_id}", daemon=True).start()
+
+
+def delete(emu: "Emulator", job_id: str) -> None:
+    job = get(emu, job_id)
+    with emu.store.lock:
+        if job["state"] == "deleting":
+            return
+        was = job["state"]
+        set_state(job, "deleting")
+    emu.store.mark()
+    emu.event(f"job {job['id']}: deleting")
+    threading.Thread(target=_finish, args=(emu, job, None if was != "terminating" else None), daemon=True).start()
+
+
+def _finish(emu: "Emulator", job: dict[str, Any], final: str | None) -> None:
+    """End the job's running tasks, run the release task where needed, then complete (or remove) it."""
+    with emu.store.lock:
+        running = [t for t in emu.store.job_tasks(job["id"]) if t["state"] in ("running", "preparing")]
+    for t in running:
+        emu.scheduler.end_task(t)
+    emu.scheduler.wait_ended(running)
+    release_all(emu, job)
+    with emu.store.lock:
+        if final is None:
+            for k in [k for k in emu.store.tasks if k.startswith(key(job["id"]) + "/")]:
+                del emu.store.tasks[k]
+            del emu.store.jobs[key(job["id"])]
+        else:
+            set_state(job, final)
+            job["executionInfo"]["endTime"] = now_iso()
+    emu.store.mark()
+    emu.event(f"job {job['id']}: {'deleted' if final is None else final}")
+
+
+def check_all_complete(emu: "Emulator", job: dict[str, Any]) -> None:
+    """onAllTasksComplete=terminateJob: once every task of the job has completed."""
+    with emu.store.lock:
+        if job.get("onAllTasksComplete") != "terminatejob" or job["state"] != "active":
+            return
+        tasks = list(emu.store.job_tasks(job["id"]))
+        if not tasks or any(t["state"] != "completed" for t in tasks):
+            return
+    try:
+        terminate(emu, job["id"], None, reason="AllTasksComplete")
+    except BatchError:
+        pass
+
+
+# ---------------------------------------------------------------------------------- preparation / release
+def _node_entry(emu: "Emulator", job: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    return job["_nodes"].setdefault(node["id"], {"poolId": node["_pool"], "nodeId": node["id"],
+                                                 "nodeUrl": node["url"]})
+
+
+def _task_info(emu: "Emulator", node: dict[str, Any], job: dict[str, Any], name: str) -> dict[str, Any]:
+    rel = f"workitems/{job['id']}/job-1/{name}"
+    return {"startTime": now_iso(), "state": "running", "taskRootDirectory": rel,
+            "taskRootDirectoryUrl": f"{node['url']}/files/{rel}", "retryCount": 0}
+
+
+def _run_node_task(emu: "Emulator", job: dict[str, Any], node: dict[str, Any], name: str,
+                   spec: dict[str, Any]) -> dict[str, Any]:
+    task_dir = Path(node["_root"]) / "workitems" / job["id"] / "job-1" / name
+    info = _task_info(emu, node, job, name)
+    failure, outcome = None, None
+    try:
+        files.download(files.resolve(spec.get("resourceFiles") or [], emu.storage), task_dir / "wd")
+    except files.FileError as e:
+        failure = {"category": "UserError", "code": e.code, "message": e.message}
+    if failure is None:
+        env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=node["_pool"], node=node,
+                       job_id=job["id"], task_id=spec.get("id") or name, task_dir=task_dir)
+        env.update(env_settings(job.get("commonEnvironmentSettings")))
+        env.update(env_settings(spec.get("environmentSettings")))
+        limit = (spec.get("constraints") or {}).get("maxWallClockTime") or spec.get("maxWallClockTime")
+        outcome = emu.procs.run(f"job:{job['id']}:{node['id']}", spec["commandLine"], env, task_dir,
+                                emu.seconds(limit))
+        failure = outcome.failure
+    info.update({"state": "completed", "endTime": now_iso(),
+                 "result": "success" if failure is None and outcome and outcome.exit_code == 0 else "failure"})
+    if outcome is not None and outcome.exit_code is not None:
+        info["exitCode"] = outcome.exit_code
+    if failure:
+        info["failureInfo"] = failure
+    return info
+
+
+def prepare(emu: "Emulator", job: dict[str, Any], node: dict[str, Any]) -> dict[str, Any] | None:
+    """Run the job preparation task on `node` unless it ran there already; the failureInfo if it failed
+    and waitForSuccess holds the job's tasks back."""
+    spec = job.get("jobPreparationTask")
+    if not spec:
+        return None
+    lock = emu.scheduler.node_job_lock(node["id"], job["id"])
+    with lock:
+        with emu.store.lock:
+            done = (job["_nodes"].get(node["id"]) or {}).get("jobPreparationTaskExecutionInfo")
+            if done and done["state"] == "completed":
+                return _prep_failure(spec, done)
+            _node_entry(emu, job, node)["jobPreparationTaskExecutionInfo"] = _task_info(
+                emu, node, job, "jobpreparation")
+        emu.event(f"job {job['id']}: preparation task on node {node['id']}")
+        info = _run_node_task(emu, job, node, "jobpreparation", spec)
+        with emu.store.lock:
+            _node_entry(emu, job, node)["jobPreparationTaskExecutionInfo"] = info
+        emu.store.mark()
+        return _prep_failure(spec, info)
+
+
+def _prep_failure(spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any] | None:
+    if info.get("result") == "success" or not spec.get("waitForSuccess", True):
+        return None
+    why = info.get("failureInfo", {}).get("message") or f"exit code {info.get('exitCode')}"
+    return {"category": "UserError", "code": "JobPreparationTaskFailed",
+            "message": f"The job preparation task failed on the node: {why}"}
+
+
+def ran_on(emu: "Emulator", job: dict[str, Any], node: dict[str, Any]) -> None:
+    with emu.store.lock:
+        _node_entry(emu, job, node).setdefault("_ran", True)
+
+
+def release_all(emu: "Emulator", job: dict[str, Any]) -> None:
+    spec = job.get("jobReleaseTask")
+    with emu.store.lock:
+        targets = [(nid, e) for nid, e in job["_nodes"].items() if e.get("_ran") or
+                   e.get("jobPreparationTaskExecutionInfo")]
+    if not spec:
+        return
+    for nid, entry in targets:
+        node = emu.store.nodes.get(key(entry["poolId"], nid))
+        if node is None:
+            continue
+        emu.event(f"job {job['id']}: release task on node {nid}")
+        info = _run_node_task(emu, job, node, "jobrelease", spec)
+        with emu.store.lock:
+            entry["jobReleaseTaskExecutionInfo"] = info
+    emu.store.mark()
+
+
+def prep_release_status(emu: "Emulator", job_id: str) -> list[dict[str, Any]]:
+    job = get(emu, job_id)
+    with emu.store.lock:
+        return [public(e) for e in job["_nodes"].values()]

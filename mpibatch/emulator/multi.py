@@ -1,0 +1,139 @@
+"""A multi-instance task on rehearsal nodes: mpibatch's LocalExecutor runs it with every rule of the
+multi-instance lifecycle (common files on every node, coordination everywhere, the application on the
+primary only, subtasks ended with it), and its launchers' remote-shell hooks in the environment let a
+plain `mpiexec -hosts $AZ_BATCH_HOST_LIST ...` reach every node. The pool nodes the scheduler chose are
+the instances: each one's files endpoint then also serves its rehearsal node's tree."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..executors.local import LocalExecutor, LocalTransport, rehearsal_env
+from ..launchers import script_path
+from ..plan import TaskPlan
+from ..spec import FileRef
+from . import files
+from .errors import now_iso
+from .nodes import env_settings
+from .state import key
+
+if TYPE_CHECKING:
+    from .core import Emulator
+
+log = logging.getLogger(__name__)
+
+
+class _Executor(LocalExecutor):
+    """The local executor with its node trees under the emulator's work directory, kept after the run
+    (the node files endpoint serves them)."""
+
+    def __init__(self, workdir: Path, **kwargs: Any) -> None:
+        super().__init__(keep_nodes=True, **kwargs)
+        self.workdir = workdir
+
+    def transport_for(self, plan: TaskPlan) -> tuple[LocalTransport, dict[str, str]]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        t = self.transport = LocalTransport(keep_nodes=True, workdir=str(self.workdir))
+        agent = script_path("local_rsh.sh")
+        return t, {**self.base_env, **rehearsal_env(agent, str(t.nodes_dir), is_root=os.geteuid() == 0)}
+
+
+def _refs(emu: "Emulator", items: list[dict[str, Any]] | None) -> tuple[FileRef, ...]:
+    return tuple(FileRef(source=url, path=rel) for url, rel in files.resolve(items or [], emu.storage))
+
+
+class MultiInstanceRun:
+    def __init__(self, emu: "Emulator", task: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
+        self.emu, self.t, self.nodes = emu, task, nodes
+        self.executor: _Executor | None = None
+        self.ended = False
+
+    def end(self) -> None:
+        self.ended = True
+        transport = self.executor.transport if self.executor else None
+        if transport is not None:
+            transport.end_processes()
+
+    def _subtasks(self, state: str) -> list[dict[str, Any]]:
+        return [{"id": i, "state": state, "startTime": self.t["executionInfo"].get("startTime")}
+                for i in range(1, len(self.nodes))]
+
+    def run(self) -> tuple[int | None, dict[str, Any] | None, Path | None]:
+        emu, t = self.emu, self.t
+        job = emu.store.jobs[key(t["_job"])]
+        mis = t["multiInstanceSettings"]
+        try:
+            plan = TaskPlan(
+                job_id=t["_job"], task_id=t["id"], instances=len(self.nodes), command_line=t["commandLine"],
+                coordination_command_line=mis.get("coordinationCommandLine") or "/bin/true",
+                common_files=_refs(emu, mis.get("commonResourceFiles")), files=_refs(emu, t.get("resourceFiles")),
+                environment={**env_settings(job.get("commonEnvironmentSettings")),
+                             **env_settings(t.get("environmentSettings"))},
+                max_wall_clock=emu.seconds(t["constraints"].get("maxWallClockTime")),
+                max_retries=max(0, t["constraints"].get("maxTaskRetryCount") or 0), pool_id=t["_pool"])
+        except files.FileError as e:
+            return None, {"category": "UserError", "code": e.code, "message": e.message}, None
+        run_dir = emu.work_dir / "runs" / f"{t['_job']}-{t['id']}-{t['_seq']}"
+
+        def progress(phase: str, detail: str) -> None:
+            if phase == "coordination" and not t.get("_subtasks"):
+                with emu.store.lock:
+                    t["_subtasks"] = self._subtasks("running")
+            if phase == "starting":
+                from .state import set_state
+
+                with emu.store.lock:
+                    set_state(t, "running")
+                    t["executionInfo"]["startTime"] = now_iso()
+                emu.store.mark()
+
+        self.executor = _Executor(run_dir / "nodes", base_env=emu.image, runs_dir=run_dir / "collected",
+                                  progress=progress)
+        if self.ended:
+            return None, None, None
+        result = self.executor.run_plan(plan)
+        return self._report(result)
+
+    def _report(self, result: Any) -> tuple[int | None, dict[str, Any] | None, Path | None]:
+        emu, t = self.emu, self.t
+        subtasks, primary_dir = [], None
+        for r in result.instances:
+            if not r.task_dir:
+                continue
+            pool_node = self.nodes[r.index]
+            task_dir = Path(r.task_dir)
+            root = task_dir.parents[3]  # <node root>/workitems/<job>/job-1/<task>
+            rel = task_dir.relative_to(root).as_posix()
+            with emu.store.lock:
+                roots = pool_node.setdefault("_extra_roots", [])
+                if str(root) not in roots:
+                    roots.append(str(root))
+            info = {"affinityId": pool_node["affinityId"], "nodeUrl": pool_node["url"], "poolId": t["_pool"],
+                    "nodeId": pool_node["id"], "taskRootDirectory": rel,
+                    "taskRootDirectoryUrl": f"{pool_node['url']}/files/{rel}"}
+            if r.index == 0:
+                primary_dir = task_dir
+                with emu.store.lock:
+                    t["nodeInfo"], t["_task_dir"] = info, str(task_dir)
+                continue
+            code = r.coordination_exit_code
+            sub = {"id": r.index, "nodeInfo": info, "state": "completed",
+                   "startTime": t["executionInfo"].get("startTime"), "endTime": now_iso(),
+                   "result": "success" if code == 0 else "failure"}
+            if code is not None:
+                sub["exitCode"] = code
+            subtasks.append(sub)
+        with emu.store.lock:
+            t["_subtasks"] = sorted(subtasks, key=lambda s: s["id"])
+            t["executionInfo"]["retryCount"] = max(0, result.attempts - 1)
+        fail = result.failure
+        failure = None
+        if fail is not None and fail.phase == "files":
+            failure = {"category": "UserError", "code": "BlobAccessDenied" if "HTTP 403" in fail.reason
+                       else "ResourceFileDownloadFailed", "message": fail.reason}
+        elif fail is not None and result.exit_code is None:
+            failure = {"category": "UserError", "code": "TaskEnded" if fail.phase == "timeout" else
+                       "CommandLaunchFailed" if fail.phase == "coordination" else "Unknown", "message": fail.reason}
+        return result.exit_code, failure, primary_dir

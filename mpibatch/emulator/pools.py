@@ -1,0 +1,218 @@
+"""Pools and their nodes: add / get / list / delete / resize / exists, nodes joining with the pool's start
+task (`waitForSuccess` holds a node in `starting`; a failed start task leaves it `starttaskfailed`), node
+list / get and the node's files."""
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import files, schema
+from .errors import BatchError, exists, not_found, now_iso
+from .nodes import env_settings, node_env
+from .state import key, public, set_state, touch
+
+if TYPE_CHECKING:
+    from .core import Emulator
+
+log = logging.getLogger(__name__)
+MAX_NODES = 100  # the emulator's cap per pool (Batch caps inter-node pools at 100)
+START_TASK_RETRY_CAP = 3  # maxTaskRetryCount -1 (forever) is bounded here
+FOREVER = "P10675199DT2H48M5.4775807S"
+
+
+def add(emu: "Emulator", body: Any) -> dict[str, Any]:
+    body = schema.validate(body, schema.POOL, "pool", required=("id", "vmSize"))
+    nodes = body.get("targetDedicatedNodes") or 0
+    slots = body.get("taskSlotsPerNode") or 1
+    if not 0 <= nodes <= MAX_NODES:
+        raise schema.invalid_value("targetDedicatedNodes", f"the emulator runs 0 to {MAX_NODES} nodes a pool")
+    if not 1 <= slots <= 256:
+        raise schema.invalid_value("taskSlotsPerNode", "from 1 to 256")
+    fill = schema.enum((body.get("taskSchedulingPolicy") or {}).get("nodeFillType") or "spread",
+                       "taskSchedulingPolicy.nodeFillType", ("spread", "pack"))
+    with emu.store.lock:
+        if key(body["id"]) in emu.store.pools:
+            raise exists("Pool")
+        t = now_iso()
+        pool = {**body, "url": f"{emu.endpoint}/pools/{body['id']}", "creationTime": t, "state": "active",
+                "stateTransitionTime": t, "allocationState": "resizing", "allocationStateTransitionTime": t,
+                "resizeTimeout": body.get("resizeTimeout") or "PT15M", "currentDedicatedNodes": 0,
+                "currentLowPriorityNodes": 0, "targetDedicatedNodes": nodes, "targetLowPriorityNodes": 0,
+                "enableAutoScale": False, "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
+                "taskSlotsPerNode": slots, "taskSchedulingPolicy": {"nodeFillType": fill}, "_next_node": 0}
+        touch(pool)
+        emu.store.pools[key(body["id"])] = pool
+    emu.event(f"pool {body['id']}: added ({nodes} nodes x {slots} slots)")
+    resize_to(emu, pool, nodes)
+    return pool
+
+
+def get(emu: "Emulator", pool_id: str) -> dict[str, Any]:
+    pool = emu.store.pools.get(key(pool_id))
+    if pool is None or pool.get("state") == "deleted":
+        raise not_found("Pool")
+    return pool
+
+
+def view(pool: dict[str, Any]) -> dict[str, Any]:
+    return public(pool)
+
+
+def resize(emu: "Emulator", pool_id: str, body: Any) -> None:
+    body = schema.validate(body, schema.RESIZE, "pool")
+    pool = get(emu, pool_id)
+    target = body.get("targetDedicatedNodes")
+    if target is None or not 0 <= target <= MAX_NODES:
+        raise schema.invalid_value("targetDedicatedNodes", f"from 0 to {MAX_NODES}")
+    with emu.store.lock:
+        if pool["state"] != "active":
+            raise BatchError(409, "PoolBeingDeleted", "The specified pool is being deleted.")
+        if pool["allocationState"] != "steady":
+            raise BatchError(409, "PoolNotSteady", "The specified pool is not in a steady state.")
+        pool["targetDedicatedNodes"] = target
+    resize_to(emu, pool, target)
+
+
+def resize_to(emu: "Emulator", pool: dict[str, Any], target: int) -> None:
+    """Add nodes (each runs the start task as it joins) or remove idle ones, then steady."""
+    with emu.store.lock:
+        pool["allocationState"], pool["allocationStateTransitionTime"] = "resizing", now_iso()
+        nodes = emu.store.pool_nodes(pool["id"])
+        joining = []
+        for _ in range(max(0, target - len(nodes))):
+            joining.append(_new_node(emu, pool))
+        removable = [n for n in nodes if not n["_running"]][::-1][:max(0, len(nodes) - target)]
+        for n in removable:
+            del emu.store.nodes[key(pool["id"], n["id"])]
+        pool["currentDedicatedNodes"] = len(emu.store.pool_nodes(pool["id"]))
+        pool["allocationState"], pool["allocationStateTransitionTime"] = "steady", now_iso()
+        touch(pool)
+    emu.store.mark()
+    if joining or removable:
+        emu.event(f"pool {pool['id']}: {pool['currentDedicatedNodes']} nodes")
+    for n in joining:
+        threading.Thread(target=join, args=(emu, pool, n), name=f"node-{n['id']}", daemon=True).start()
+
+
+def _new_node(emu: "Emulator", pool: dict[str, Any]) -> dict[str, Any]:
+    i = pool["_next_node"]
+    pool["_next_node"] = i + 1
+    node_id = f"tvmps_{secrets.token_hex(16)}_d"
+    root = emu.work_dir / "nodes" / pool["id"] / node_id
+    for d in ("startup", "shared", "workitems"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    t = now_iso()
+    node = {"id": node_id, "url": f"{emu.endpoint}/pools/{pool['id']}/nodes/{node_id}", "state": "creating",
+            "schedulingState": "enabled", "stateTransitionTime": t, "lastBootTime": t, "allocationTime": t,
+            "ipAddress": f"127.0.2.{i % 250 + 1}", "affinityId": f"TVM:{node_id}", "vmSize": pool["vmSize"],
+            "totalTasksRun": 0, "totalTasksSucceeded": 0, "runningTasksCount": 0, "runningTaskSlotsCount": 0,
+            "isDedicated": True, "recentTasks": [],
+            "nodeAgentInfo": {"version": "mpibatch-emulate", "lastUpdateTime": t},
+            "_root": str(root), "_running": [], "_pool": pool["id"], "_index": i}
+    emu.store.nodes[key(pool["id"], node_id)] = node
+    return node
+
+
+def join(emu: "Emulator", pool: dict[str, Any], node: dict[str, Any]) -> None:
+    st = pool.get("startTask")
+    if not st:
+        with emu.store.lock:
+            set_state(node, "idle")
+        emu.store.mark()
+        return
+    wait = st.get("waitForSuccess", True)
+    with emu.store.lock:
+        set_state(node, "starting" if wait else "idle")
+        node["startTask"] = st
+        node["startTaskInfo"] = {"state": "running", "startTime": now_iso(), "retryCount": 0}
+    emu.store.mark()
+    retries = st.get("maxTaskRetryCount") or 0
+    retries = START_TASK_RETRY_CAP if retries < 0 else min(retries, START_TASK_RETRY_CAP)
+    task_dir = Path(node["_root"]) / "startup"
+    outcome = None
+    for attempt in range(retries + 1):
+        failure = None
+        try:
+            files.download(files.resolve(st.get("resourceFiles") or [], emu.storage), task_dir / "wd")
+        except files.FileError as e:
+            failure = {"category": "UserError", "code": e.code, "message": e.message}
+        if failure is None:
+            env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=pool["id"], node=node,
+                           job_id=None, task_id="starttask", task_dir=task_dir)
+            outcome = emu.procs.run(f"node:{node['id']}", st["commandLine"], {**env, **env_settings(
+                st.get("environmentSettings"))}, task_dir, None)
+            failure = outcome.failure
+            if failure is None and outcome.exit_code != 0:
+                failure = {"category": "UserError", "code": "FailureExitCode",
+                           "message": f"The start task exited with code {outcome.exit_code}."}
+        with emu.store.lock:
+            info = node["startTaskInfo"]
+            info["retryCount"] = attempt
+            if failure is None or attempt == retries:
+                info.update({"state": "completed", "endTime": now_iso(),
+                             "result": "success" if failure is None else "failure"})
+                if outcome is not None and outcome.exit_code is not None:
+                    info["exitCode"] = outcome.exit_code
+                if failure:
+                    info["failureInfo"] = failure
+                if wait:
+                    set_state(node, "idle" if failure is None else "starttaskfailed")
+                break
+    emu.store.mark()
+    emu.event(f"node {node['id']} of pool {pool['id']}: {node['state']}"
+              + (f" (start task: {failure['message']})" if failure else ""))
+
+
+def delete(emu: "Emulator", pool_id: str) -> None:
+    pool = get(emu, pool_id)
+    with emu.store.lock:
+        if pool["state"] == "deleting":
+            return
+        set_state(pool, "deleting")
+        running = [t for t in emu.store.tasks.values() if t.get("_pool", "").lower() == pool_id.lower()
+                   and t["state"] in ("running", "preparing")]
+    emu.event(f"pool {pool_id}: deleting")
+
+    def finish() -> None:
+        for t in running:
+            emu.scheduler.end_task(t, requeue=True)
+        with emu.store.lock:
+            for n in emu.store.pool_nodes(pool_id):
+                emu.procs.end(f"node:{n['id']}")
+                del emu.store.nodes[key(pool_id, n["id"])]
+            del emu.store.pools[key(pool_id)]
+        shutil.rmtree(emu.work_dir / "nodes" / pool["id"], ignore_errors=True)
+        emu.store.mark()
+        emu.event(f"pool {pool_id}: deleted")
+
+    threading.Thread(target=finish, name=f"delete-{pool_id}", daemon=True).start()
+
+
+# ---------------------------------------------------------------------------------------------- nodes
+def node(emu: "Emulator", pool_id: str, node_id: str) -> dict[str, Any]:
+    get(emu, pool_id)
+    n = emu.store.nodes.get(key(pool_id, node_id))
+    if n is None:
+        raise not_found("Node")
+    return n
+
+
+def node_roots(emu: "Emulator", n: dict[str, Any]) -> list[Path]:
+    """Where a node's files are: its own tree, then the rehearsal nodes it was for multi-instance tasks."""
+    return [Path(n["_root"]), *(Path(p) for p in reversed(n.get("_extra_roots", [])))]
+
+
+def node_file(emu: "Emulator", pool_id: str, node_id: str, file_path: str) -> Path:
+    n = node(emu, pool_id, node_id)
+    for root in node_roots(emu, n):
+        try:
+            p = files.safe_join(root, file_path)
+        except files.FileError:
+            raise schema.invalid_value("filePath", "a path inside the node's root directory") from None
+        if p.is_file():
+            return p
+    raise not_found("File")

@@ -1,0 +1,214 @@
+"""The HTTP side: a threaded server on 127.0.0.1, the api-version and Shared Key checks, the routing of
+every emulated REST operation, Batch's error body, ETag / Last-Modified, file downloads with `ocp-range`.
+Every answer carries `x-ms-emulator: mpibatch-emulate` and a Server header saying it is an emulator."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import auth, files, jobs, odata, pools, schema, tasks
+from .errors import BatchError, new_etag, not_emulated, rfc1123
+
+if TYPE_CHECKING:
+    from .core import Emulator
+
+log = logging.getLogger(__name__)
+API_VERSIONS = ("2025-06-01", "2024-07-01.20.0", "2024-02-01.19.0", "2023-11-01.18.0", "2023-05-01.17.0")
+EMULATOR_HEADER = ("x-ms-emulator", "mpibatch-emulate (not the Azure Batch service)")
+MAX_BODY = 4 * 1024 * 1024
+Answer = tuple[int, Any, dict[str, str]]
+ID = r"([^/]+)"
+
+
+def _created(url: str) -> Answer:
+    return 201, None, {"DataServiceId": url, "Location": url}
+
+
+def _accepted(url: str) -> Answer:
+    return 202, None, {"DataServiceId": url}
+
+
+def _list(emu: "Emulator", q: dict[str, list[str]], items: list[dict[str, Any]], path: str) -> Answer:
+    return 200, odata.page(items, q, f"{emu.endpoint}{path}"), {}
+
+
+def _files(emu: "Emulator", q: dict[str, list[str]], root: Path, base: str, path: str) -> Answer:
+    recursive = (q.get("recursive") or ["false"])[0].lower() == "true"
+    return _list(emu, q, files.file_listing(root, base, recursive), path)
+
+
+def _node_files(emu: "Emulator", q: dict[str, list[str]], p: str, n: str, path: str) -> Answer:
+    node = pools.node(emu, p, n)
+    items: dict[str, dict[str, Any]] = {}
+    for root in pools.node_roots(emu, node):
+        for f in files.file_listing(root, f"{node['url']}/files", True
+                                    if (q.get("recursive") or [""])[0].lower() == "true" else False):
+            items.setdefault(f["name"], f)
+    return _list(emu, q, list(items.values()), path)
+
+
+def _body(raw: bytes) -> Any:
+    return schema.parse_json(raw)
+
+
+def routes(emu: "Emulator") -> list[tuple[str, re.Pattern[str], Callable[..., Answer]]]:
+    """(verb, path pattern, handler(query, body, *path ids)) for every emulated operation."""
+    e = emu
+    table: list[tuple[str, str, Callable[..., Answer]]] = [
+        ("POST", "/pools", lambda q, b: _created(pools.add(e, _body(b))["url"])),
+        ("GET", "/pools", lambda q, b: _list(e, q, [pools.view(x) for x in list(e.store.pools.values())], "/pools")),
+        ("GET", f"/pools/{ID}", lambda q, b, p: (200, odata.select_one(pools.view(pools.get(e, p)), q), {})),
+        ("HEAD", f"/pools/{ID}", lambda q, b, p: (200, pools.get(e, p) and None, {})),
+        ("DELETE", f"/pools/{ID}", lambda q, b, p: (pools.delete(e, p), _accepted(f"{e.endpoint}/pools/{p}"))[1]),
+        ("POST", f"/pools/{ID}/resize", lambda q, b, p: (pools.resize(e, p, _body(b)),
+                                                         _accepted(f"{e.endpoint}/pools/{p}"))[1]),
+        ("GET", f"/pools/{ID}/nodes", lambda q, b, p: _list(e, q, [pools.view(n) for n in (
+            pools.get(e, p) and e.store.pool_nodes(p))], f"/pools/{p}/nodes")),
+        ("GET", f"/pools/{ID}/nodes/{ID}", lambda q, b, p, n: (200, odata.select_one(
+            pools.view(pools.node(e, p, n)), q), {})),
+        ("GET", f"/pools/{ID}/nodes/{ID}/files", lambda q, b, p, n: _node_files(e, q, p, n,
+                                                                              f"/pools/{p}/nodes/{n}/files")),
+        ("GET", f"/pools/{ID}/nodes/{ID}/files/(.+)", lambda q, b, p, n, f: (200, pools.node_file(e, p, n, f), {})),
+        ("HEAD", f"/pools/{ID}/nodes/{ID}/files/(.+)", lambda q, b, p, n, f: (200, pools.node_file(e, p, n, f), {})),
+        ("POST", "/jobs", lambda q, b: _created(jobs.add(e, _body(b))["url"])),
+        ("GET", "/jobs", lambda q, b: _list(e, q, [jobs.view(x) for x in list(e.store.jobs.values())], "/jobs")),
+        ("GET", f"/jobs/{ID}", lambda q, b, j: (200, odata.select_one(jobs.view(jobs.get(e, j)), q), {})),
+        ("DELETE", f"/jobs/{ID}", lambda q, b, j: (jobs.delete(e, j), _accepted(f"{e.endpoint}/jobs/{j}"))[1]),
+        ("POST", f"/jobs/{ID}/terminate", lambda q, b, j: (jobs.terminate(e, j, _body(b) if b else None),
+                                                           _accepted(f"{e.endpoint}/jobs/{j}"))[1]),
+        ("GET", f"/jobs/{ID}/jobpreparationandreleasetaskstatus", lambda q, b, j: _list(
+            e, q, jobs.prep_release_status(e, j), f"/jobs/{j}/jobpreparationandreleasetaskstatus")),
+        ("GET", f"/jobs/{ID}/taskcounts", lambda q, b, j: (200, tasks.counts(e, j), {})),
+        ("POST", f"/jobs/{ID}/tasks", lambda q, b, j: _created(tasks.add(e, j, _body(b))["url"])),
+        ("GET", f"/jobs/{ID}/tasks", lambda q, b, j: _list(e, q, tasks.listing(e, j), f"/jobs/{j}/tasks")),
+        ("POST", f"/jobs/{ID}/addtaskcollection", lambda q, b, j: (200, tasks.add_collection(e, j, b), {})),
+        ("GET", f"/jobs/{ID}/tasks/{ID}", lambda q, b, j, t: (200, odata.select_one(
+            tasks.view(tasks.get(e, j, t)), q), {})),
+        ("DELETE", f"/jobs/{ID}/tasks/{ID}", lambda q, b, j, t: (tasks.delete(e, j, t), 200, None, {})[1:]),
+        ("POST", f"/jobs/{ID}/tasks/{ID}/terminate", lambda q, b, j, t: (
+            tasks.terminate(e, j, t), 204, None, {"DataServiceId": f"{e.endpoint}/jobs/{j}/tasks/{t}"})[1:]),
+        ("GET", f"/jobs/{ID}/tasks/{ID}/subtasksinfo", lambda q, b, j, t: (200, {"value": tasks.subtasks(e, j, t)},
+                                                                           {})),
+        ("GET", f"/jobs/{ID}/tasks/{ID}/files", lambda q, b, j, t: _files(
+            e, q, tasks.task_dir(e, j, t), f"{e.endpoint}/jobs/{j}/tasks/{t}/files", f"/jobs/{j}/tasks/{t}/files")),
+        ("GET", f"/jobs/{ID}/tasks/{ID}/files/(.+)", lambda q, b, j, t, f: (200, tasks.task_file(e, j, t, f), {})),
+        ("HEAD", f"/jobs/{ID}/tasks/{ID}/files/(.+)", lambda q, b, j, t, f: (200, tasks.task_file(e, j, t, f), {})),
+    ]
+    return [(verb, re.compile(pattern + "$"), fn) for verb, pattern, fn in table]
+
+
+class Handler(BaseHTTPRequestHandler):
+    emu: "Emulator"
+    table: list[tuple[str, re.Pattern[str], Callable[..., Answer]]]
+    protocol_version = "HTTP/1.1"
+    server_version = "mpibatch-emulate/1.0 (an Azure Batch emulator, not the Azure Batch service)"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _serve(self) -> None:
+        emu = self.emu
+        raw_path, _, query = self.path.partition("?")
+        rid = secrets.token_hex(16)
+        headers = {"request-id": rid}
+        if self.headers.get("client-request-id"):
+            headers["client-request-id"] = self.headers["client-request-id"]
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self.close_connection = True
+                raise BatchError(413, "RequestBodyTooLarge", "The request body is too large and exceeds the "
+                                 "maximum permissible limit.", {"MaxLimit": str(MAX_BODY)})
+            body = self.rfile.read(length) if length else b""
+            q = urllib.parse.parse_qs(query, keep_blank_values=True)
+            version = (q.get("api-version") or [""])[0]
+            if not version:
+                raise BatchError(400, "MissingRequiredQueryParameter", "A query parameter that's mandatory for "
+                                 "this request is not specified.", {"QueryParameterName": "api-version"})
+            if version not in API_VERSIONS:
+                raise BatchError(400, "UnsupportedRequestVersion", "The specified request version is not "
+                                 "supported.", {"QueryParameterName": "api-version", "QueryParameterValue": version,
+                                                "Reason": f"mpibatch emulate takes {', '.join(API_VERSIONS)}"})
+            auth.check(self.command, raw_path, query, self.headers, emu.account, emu.key)
+            status, payload, extra = self._route(raw_path, q, body)
+            headers.update(extra)
+        except BatchError as e:
+            status, payload = e.status, e.body(rid)
+            headers.update(e.headers)
+        except Exception as e:  # noqa: BLE001 - an emulator bug: answer like the service would, log it
+            log.exception("%s %s", self.command, raw_path)
+            status = 500
+            payload = BatchError(500, "InternalError", f"The server encountered an internal error "
+                                 f"(mpibatch emulate: {e.__class__.__name__}).").body(rid)
+        self._reply(status, payload, headers)
+
+    def _route(self, raw_path: str, q: dict[str, list[str]], body: bytes) -> Answer:
+        path = raw_path.rstrip("/") or "/"
+        known_path = False
+        for verb, pattern, fn in self.table:
+            m = pattern.match(path)
+            if m:
+                known_path = True
+                if verb == self.command:
+                    return fn(q, body, *(urllib.parse.unquote(g) for g in m.groups()))
+        if known_path:
+            raise not_emulated(f"{self.command} {path}")
+        raise not_emulated(f"the operation {self.command} {path}")
+
+    def _reply(self, status: int, payload: Any, headers: dict[str, str]) -> None:
+        data, ctype = b"", None
+        if isinstance(payload, Path):
+            status, data, extra = self._file(payload)
+            headers.update(extra)
+            ctype = "application/octet-stream"
+        elif payload is not None:
+            data = json.dumps(payload).encode()
+            ctype = "application/json;odata=minimalmetadata"
+        self.send_response(status)
+        if ctype:
+            self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data) if not isinstance(payload, Path) else
+                                                  headers.pop("_length", len(data))))
+        if status < 300:
+            headers.setdefault("ETag", new_etag())
+            headers.setdefault("Last-Modified", rfc1123())
+        headers.setdefault("DataServiceVersion", "3.0")
+        self.send_header(*EMULATOR_HEADER)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD" and data:
+            self.wfile.write(data)
+
+    def _file(self, path: Path) -> tuple[int, bytes, dict[str, Any]]:
+        st = path.stat()
+        extra: dict[str, Any] = {"ocp-batch-file-isdirectory": "false", "ocp-batch-file-mode": oct(st.st_mode),
+                                 "ocp-creation-time": rfc1123()}
+        rng = self.headers.get("ocp-range") or self.headers.get("Range")
+        data = path.read_bytes() if self.command != "HEAD" else b""
+        size = st.st_size
+        if rng and self.command != "HEAD":
+            m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+            if not m or (not m.group(1) and not m.group(2)):
+                raise BatchError(400, "InvalidRange", "The range specified is invalid.", {"Range": rng})
+            start = int(m.group(1)) if m.group(1) else max(0, size - int(m.group(2)))
+            end = int(m.group(2)) if m.group(1) and m.group(2) else size - 1
+            data = data[start:min(end, size - 1) + 1]
+            extra["Content-Range"] = f"bytes {start}-{min(end, size - 1)}/{size}"
+            return 200, data, {**extra, "_length": len(data)}  # the service answers 200 with the range
+        return 200, data, {**extra, "_length": size}
+
+
+def make_server(emu: "Emulator", port: int) -> ThreadingHTTPServer:
+    handler = type("EmulatorHandler", (Handler,), {"emu": emu, "table": routes(emu)})
+    for verb in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
+        setattr(handler, f"do_{verb}", Handler._serve)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    return server

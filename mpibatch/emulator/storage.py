@@ -1,0 +1,94 @@
+"""The account's auto-storage: a connection string the user gives, or (`auto`) an Azurite blob service
+the emulator starts itself and stops with it. Azurite comes from npm (`npm install azurite@3.35.0`, as
+scripts/install-test-deps.sh does into .cache/azurite) or any `azurite-blob` on PATH."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import InfraError, SpecError
+
+log = logging.getLogger(__name__)
+# Azurite's well-known development account and key (public, in Azurite's README; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+READY_TIMEOUT_S = 30
+HOW_TO_GET = ("install it with `npm install --prefix .cache/azurite azurite@3.35.0` (Node 18+), put "
+              "`azurite-blob` on PATH, or pass --storage CONNECTION_STRING")
+
+
+def find_azurite() -> str | None:
+    explicit = os.environ.get("MPIBATCH_AZURITE_BIN")
+    candidates = [explicit] if explicit else []
+    candidates.append(str(Path.cwd() / ".cache/azurite/node_modules/.bin/azurite-blob"))
+    repo = Path(__file__).resolve().parents[2]
+    candidates.append(str(repo / ".cache/azurite/node_modules/.bin/azurite-blob"))
+    for c in candidates:
+        if c and os.access(c, os.X_OK):
+            return c
+    return shutil.which("azurite-blob")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Azurite:
+    """An azurite-blob process on a free loopback port, with its data in `location`."""
+
+    def __init__(self, location: Path) -> None:
+        self.location = location
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};")
+
+    def start(self) -> "Azurite":
+        binary = find_azurite()
+        if binary is None:
+            raise SpecError("--storage", "auto needs Azurite, and no azurite-blob was found", HOW_TO_GET)
+        self.location.mkdir(parents=True, exist_ok=True)
+        log_path = self.location / "azurite.log"
+        for _ in range(3):
+            self.port = _free_port()
+            with open(log_path, "ab") as out:
+                self.proc = subprocess.Popen(
+                    [binary, "--silent", "--location", str(self.location), "--blobHost", "127.0.0.1", "--blobPort",
+                     str(self.port), "--skipApiVersionCheck", "--disableTelemetry"],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while time.monotonic() < deadline and self.proc.poll() is None and not _open(self.port):
+                time.sleep(0.05)
+            if self.proc.poll() is None and _open(self.port):
+                return self
+            self.stop()
+        raise InfraError(f"Azurite did not start (its log: {log_path})")
+
+    def stop(self) -> None:
+        p, self.proc = self.proc, None
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)

@@ -21,6 +21,9 @@ declare -A MPI_VENVS=(
     [openmpi]="openmpi mpi4py"
     [intelmpi]="impi-rt==2021.18.1 mpi4py"
 )
+# The previous major of the Batch SDK (the API of most existing code): the emulator's tests run it from its
+# own venv, unchanged, next to 15.1 in .venv.
+BATCH14_REQS="azure-batch==14.2.0 azure-storage-blob>=12.19"
 MARKER=".mpibatch-installed"
 
 SUDO=()
@@ -104,6 +107,10 @@ for name in mpich openmpi intelmpi; do
     ensure_venv ".venvs/$name" "$name" "${reqs[*]}" 1 "${reqs[@]}"
 done
 
+# shellcheck disable=SC2206 # word splitting of the requirement list is intended
+batch14_reqs=(${BATCH14_REQS})
+ensure_venv .venvs/batch14 "batch14" "${batch14_reqs[*]}" 1 "${batch14_reqs[@]}"
+
 # --- Azurite ---------------------------------------------------------------------------------------
 azurite_dir=".cache/azurite"
 azurite_pkg="$azurite_dir/node_modules/azurite/package.json"
@@ -126,6 +133,7 @@ problems=()
 for name in mpich openmpi intelmpi; do
     .venvs/$name/bin/python -c 'import mpi4py' 2>/dev/null || problems+=(".venvs/$name lacks mpi4py")
 done
+.venvs/batch14/bin/python -c 'import azure.batch, azure.storage.blob' 2>/dev/null || problems+=(".venvs/batch14 lacks azure-batch 14.2")
 [[ -x .venvs/mpich/bin/mpiexec ]] || problems+=(".venvs/mpich lacks mpiexec")
 [[ -x .venvs/openmpi/bin/mpirun ]] || problems+=(".venvs/openmpi lacks mpirun")
 [[ -x .venvs/intelmpi/bin/mpirun ]] || problems+=(".venvs/intelmpi lacks mpirun")

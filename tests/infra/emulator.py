@@ -59,19 +59,23 @@ class EmulatorProcess:
                                      env=self.env, stdin=subprocess.DEVNULL)
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
+        threading.Thread(target=self._read_exports, daemon=True).start()
         deadline = time.monotonic() + READY_TIMEOUT_S
-        assert self.proc.stdout is not None
-        while len(self.exports) < 4 and time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
+        # The exports come first on stdout, then "listening on" in the log: both are read by threads,
+        # so a silent or dead process cannot block this wait beyond its bound.
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if any("listening on" in line for line in self.log) and "AZURE_BATCH_ACCESS_KEY" in self.exports:
+                return self
+            time.sleep(0.05)
+        self.stop(check=False)
+        raise RuntimeError("mpibatch emulate did not start:\n" + "\n".join(self.log))
+
+    def _read_exports(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
             m = EXPORT.match(line.strip())
             if m:
                 self.exports[m.group(1)] = shlex.split(m.group(2))[0]
-        if "AZURE_BATCH_ENDPOINT" not in self.exports:
-            self.stop(check=False)
-            raise RuntimeError("mpibatch emulate did not start:\n" + "\n".join(self.log))
-        return self
 
     def _read_log(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None

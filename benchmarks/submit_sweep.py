@@ -2,11 +2,11 @@
 
 mpibatch's submission path (``AzureExecutor.submit_many`` -> ``add_tasks``: addtaskcollection in chunks
 of <= 100 tasks and < 1 MB, a few requests at a time) against azure-batch 15.1's own
-``BatchClient.create_tasks`` on the *same* task payloads, in the same run, against the Batch REST
-STAND-IN of the tests (tests/batch_standin - a local stand-in, not the Batch service; tasks are stored,
-not run) and real Azurite storage. Each side adds the payloads to its own fresh job; sides alternate,
-the table shows medians. The stand-in records every request's size and task count, so the limits are
-observed, not assumed.
+``BatchClient.create_tasks`` on the *same* task payloads, in the same run, against mpibatch's Batch
+EMULATOR (mpibatch.emulator, as tests/infra/batch_emulator.py runs it with scheduling disabled on the nodes:
+an emulator, not the Batch service; tasks are stored, not run) and real Azurite storage. Each side adds the
+payloads to its own fresh job; sides alternate, the table shows medians. The emulator's request hook records
+every request's size and task count, so the limits are observed, not assumed.
 
 Two payload shapes: the hello example as a sweep (one PARAM per task, ~4 KB per task), and the same
 with 12 KB of parameters per task - 100 such tasks are over 1 MB, which Batch refuses
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._results import write_section  # noqa: E402
-from tests.batch_standin import BatchStandIn  # noqa: E402
+from tests.infra.batch_emulator import BatchEmulator  # noqa: E402
 from tests.infra.fixtures import _stop_process, azurite_missing, start_azurite  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def sweep_specs(spec_path: Path, n: int, pad: int) -> list[Any]:
             for i in range(n)]
 
 
-def collection_stats(standin: BatchStandIn, job_id: str) -> dict[str, Any]:
+def collection_stats(standin: BatchEmulator, job_id: str) -> dict[str, Any]:
     reqs = [r for r in standin.requests if r.path == f"/jobs/{job_id}/addtaskcollection"]
     ok = [r for r in reqs if r.status == 200]
     return {"requests": len(reqs), "refused": len(reqs) - len(ok),
@@ -58,8 +58,8 @@ def collection_stats(standin: BatchStandIn, job_id: str) -> dict[str, Any]:
 
 
 def _serve(conn: Any, work_dir: str) -> None:
-    """The stand-in in its own process (a service is not in the client's process: no shared GIL)."""
-    standin = BatchStandIn(execute=False, work_dir=work_dir).start()
+    """The emulator in its own process (a service is not in the client's process: no shared GIL)."""
+    standin = BatchEmulator(Path(work_dir), hold=True).start()
     standin.add_pool("sweep-pool", nodes=4)
     conn.send(standin.env())
     try:
@@ -81,7 +81,7 @@ class RemoteStandIn:
         self.proc = ctx.Process(target=_serve, args=(child, str(work_dir)), daemon=True)
         self.proc.start()
         if not self.conn.poll(60):
-            raise SystemExit("the Batch stand-in did not start")
+            raise SystemExit("the Batch emulator did not start")
         self.env: dict[str, str] = self.conn.recv()
 
     def stats(self, job_id: str) -> dict[str, Any]:
@@ -187,8 +187,8 @@ def run(n_tasks: int, reps: int, write: bool) -> str:
               "(413) | max tasks/request | max request bytes |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
     body = (f"`python benchmarks/submit_sweep.py --tasks {n_tasks} --reps {reps}` ({os.cpu_count()} cores, "
             f"{time.strftime('%Y-%m-%d')}). {n_tasks} multi-instance tasks (the hello example, 3 instances, "
-            "swept over one parameter) added to a fresh job by each side, against the Batch REST stand-in of the "
-            "tests (a local stand-in, not the Batch service, in its own process: requests are parsed and stored, "
+            "swept over one parameter) added to a fresh job by each side, against the Batch emulator of the "
+            "tests (an emulator, not the Batch service, in its own process: requests are parsed and stored, "
             "tasks not run) over http with Shared Key; storage is Azurite. Same payloads for every side; sides alternate, in rotating order; medians of "
             f"{reps}. \"speed vs create_tasks\" = create_tasks' median time / this side's (higher is faster). "
             "The whole-path row also includes the pool check, storage check, uploads, SAS URLs and payload "
@@ -196,9 +196,9 @@ def run(n_tasks: int, reps: int, write: bool) -> str:
             "\n\n" + header + "\n" + "\n".join(rows))
     if notes:
         body += "\n\n" + "\n".join(f"- {n}" for n in notes)
-    body += ("\n\nAgainst a local stand-in the round trip is ~1 ms, so these numbers measure client-side cost and "
+    body += ("\n\nAgainst a local emulator the round trip is ~1 ms, so these numbers measure client-side cost and "
              "request count; against the real service each request costs tens of milliseconds and the concurrency "
-             "and the absence of refused requests matter more. On this 2-core machine (client, stand-in and Azurite "
+             "and the absence of refused requests matter more. On this 2-core machine (client, emulator and Azurite "
              "share it) single runs scatter by +-20%: for the ~4 KB payloads, mpibatch and the threaded create_tasks "
              "are level within that noise (0.75x-1.2x across runs of 3-9 reps); mpibatch does not beat azure-batch "
              "there, it equals it with no tuning, and it beats it when chunks must be cut by size.")

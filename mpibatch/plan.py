@@ -1,6 +1,6 @@
 """TaskPlan: what an executor runs - a multi-instance task as Batch holds it (command lines,
-files, environment, constraints). Built from a rendered spec, or (the Batch stand-in in the
-tests) from the REST JSON the Azure executor sent."""
+files, environment, constraints). Built from a rendered spec, or (the Batch emulator, mpibatch.emulator)
+from the REST JSON a Batch client sent."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

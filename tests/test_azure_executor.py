@@ -1,8 +1,9 @@
 """The Azure executor and `mpibatch submit/status/collect/pool/job`, end to end.
 
 Real parts: the azure-batch 15.1 client over http with Shared Key, Azurite blob storage, real MPI ranks
-(the mpich venv) run by the local executor. The Batch service itself is played by tests/batch_standin,
-a local STAND-IN that follows the documented REST API - not the service.
+(the mpich venv) run by the local executor. The Batch service itself is played by `mpibatch emulate`'s
+emulator (in process, tests/infra/batch_emulator.py) - an emulator of the documented REST API, not the
+service.
 
 No test reads a secret out of any output: every CLI run is checked for the Batch key, the storage key
 and any SAS signature.
@@ -27,9 +28,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from tests.batch_standin import BatchStandIn
-from tests.batch_standin.server import mpi_base_env
-from tests.infra.fixtures import Azurite, require
+from tests.infra.batch_emulator import BatchEmulator
+from tests.infra.fixtures import Azurite, mpi_env, require
 
 pytestmark = pytest.mark.azure
 
@@ -55,10 +55,10 @@ def require_local_nodes() -> None:
 
 
 @pytest.fixture
-def standin(tmp_path: Path) -> Iterator[BatchStandIn]:
-    """A Batch REST stand-in that runs tasks with real MPI ranks (MPICH), one pool of 3 nodes."""
+def standin(tmp_path: Path) -> Iterator[BatchEmulator]:
+    """The Batch emulator, its nodes running real MPI ranks (MPICH), one pool of 3 nodes."""
     require_local_nodes()
-    s = BatchStandIn(base_env=mpi_base_env(MPICH_BIN), work_dir=tmp_path).start()
+    s = BatchEmulator(tmp_path, image=mpi_env("mpich")).start()
     s.add_pool(POOL, nodes=3)
     try:
         yield s
@@ -67,9 +67,9 @@ def standin(tmp_path: Path) -> Iterator[BatchStandIn]:
 
 
 @pytest.fixture
-def store_only(tmp_path: Path) -> Iterator[BatchStandIn]:
-    """A stand-in that stores tasks without running them (no root needed)."""
-    s = BatchStandIn(execute=False, work_dir=tmp_path).start()
+def store_only(tmp_path: Path) -> Iterator[BatchEmulator]:
+    """The Batch emulator with scheduling disabled on its nodes: tasks are stored, not run (no root needed)."""
+    s = BatchEmulator(tmp_path, hold=True).start()
     s.add_pool(POOL, nodes=3)
     try:
         yield s
@@ -93,7 +93,7 @@ def hello_spec(tmp_path: Path, *, job_id: str | None = None, pool: str = POOL, *
     return d / "spec.yaml", data["job"]["id"], data["task"]["id"]
 
 
-def cli_env(standin: BatchStandIn, azurite: Azurite | None, **overrides: str) -> dict[str, str]:
+def cli_env(standin: BatchEmulator, azurite: Azurite | None, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MPIBATCH_"))}
     env.update(standin.env())
     if azurite is not None:
@@ -114,7 +114,7 @@ def run_cli(args: list[str], env: dict[str, str], *secrets: str, timeout: float 
     return p
 
 
-def secrets_of(standin: BatchStandIn, azurite: Azurite | None = None) -> tuple[str, ...]:
+def secrets_of(standin: BatchEmulator, azurite: Azurite | None = None) -> tuple[str, ...]:
     return (standin.key,) + ((azurite.key,) if azurite else ())
 
 
@@ -134,7 +134,7 @@ def md5(path: Path) -> bytes:
     return hashlib.md5(path.read_bytes()).digest()
 
 
-def nothing_created(standin: BatchStandIn, azurite: Azurite | None, job_id: str) -> None:
+def nothing_created(standin: BatchEmulator, azurite: Azurite | None, job_id: str) -> None:
     assert standin.jobs == {} and standin.tasks == {}
     assert not any(r.method == "POST" and r.status in (200, 201) for r in standin.requests)
     if azurite is not None:
@@ -144,19 +144,19 @@ def nothing_created(standin: BatchStandIn, azurite: Azurite | None, job_id: str)
 # ---------------------------------------------------------------------------------------------- end to end
 
 def test_submit_runs_mpi_ranks_persists_outputs_and_collect_brings_them_back(
-        standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, task_id = hello_spec(tmp_path)
     env = cli_env(standin, azurite)
     p = run_cli(["submit", str(spec), "--output", "json", "--runs-dir", str(tmp_path / "runs")], env,
                 *secrets_of(standin, azurite))
-    assert p.returncode == 0, p.stderr + "\n" + "\n".join(standin.errors)
+    assert p.returncode == 0, p.stdout + p.stderr + "\n" + "\n".join(standin.errors)
     result = json.loads(p.stdout)
     assert result["executor"] == "azure" and result["state"] == "completed" and result["exit_code"] == 0
     assert result["missing"] == [] and result["succeeded"]
     assert [i["index"] for i in result["instances"]] == [0, 1, 2]
     # progress: task and subtask states as they change (a poll may miss the short running state)
     assert f"task {task_id}: completed" in p.stderr
-    assert re.search(r"subtask \d+: completed on node-\d", p.stderr)
+    assert re.search(r"subtask \d+: completed on tvmps_\w+", p.stderr)
 
     # Real MPI: 6 ranks on 3 nodes, the collective checked by rank 0 (the primary's stdout).
     primary = result["instances"][0]
@@ -211,7 +211,7 @@ def test_submit_runs_mpi_ranks_persists_outputs_and_collect_brings_them_back(
 
 
 def test_collect_reports_what_is_missing_instead_of_skipping_it(
-        standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     from azure.storage.blob import BlobServiceClient
 
     from mpibatch.conventions import job_container_name
@@ -232,7 +232,7 @@ def test_collect_reports_what_is_missing_instead_of_skipping_it(
 
 # ---------------------------------------------------------------------------------------------- refusals
 
-def test_wrong_key_is_a_clear_authentication_error(standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+def test_wrong_key_is_a_clear_authentication_error(standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     import base64
 
     spec, job_id, _ = hello_spec(tmp_path)
@@ -247,7 +247,7 @@ def test_wrong_key_is_a_clear_authentication_error(standin: BatchStandIn, azurit
 
 
 def test_missing_pool_is_refused_before_anything_is_created(
-        standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, _ = hello_spec(tmp_path, job_id=None, pool="no-such-pool")
     p = run_cli(["submit", str(spec)], cli_env(standin, azurite), *secrets_of(standin, azurite))
     assert p.returncode == 2, p.stderr
@@ -257,7 +257,7 @@ def test_missing_pool_is_refused_before_anything_is_created(
 
 
 def test_pool_without_inter_node_communication_is_refused(
-        standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     standin.add_pool("tcp-pool", nodes=3, inter_node=False)
     spec, job_id, _ = hello_spec(tmp_path, pool="tcp-pool")
     p = run_cli(["submit", str(spec)], cli_env(standin, azurite), *secrets_of(standin, azurite))
@@ -266,7 +266,7 @@ def test_pool_without_inter_node_communication_is_refused(
     nothing_created(standin, azurite, job_id)
 
 
-def test_pool_too_small_is_refused(standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+def test_pool_too_small_is_refused(standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     standin.add_pool("small", nodes=2)
     spec, job_id, _ = hello_spec(tmp_path, pool="small")  # 3 instances
     p = run_cli(["submit", str(spec)], cli_env(standin, azurite), *secrets_of(standin, azurite))
@@ -274,7 +274,7 @@ def test_pool_too_small_is_refused(standin: BatchStandIn, azurite: Azurite, tmp_
     nothing_created(standin, azurite, job_id)
 
 
-def test_storage_unreachable_creates_no_job_or_task(store_only: BatchStandIn, tmp_path: Path) -> None:
+def test_storage_unreachable_creates_no_job_or_task(store_only: BatchEmulator, tmp_path: Path) -> None:
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -292,14 +292,14 @@ def test_storage_unreachable_creates_no_job_or_task(store_only: BatchStandIn, tm
     nothing_created(store_only, None, job_id)
 
 
-def test_storage_not_configured_is_bad_input(store_only: BatchStandIn, tmp_path: Path) -> None:
+def test_storage_not_configured_is_bad_input(store_only: BatchEmulator, tmp_path: Path) -> None:
     spec, job_id, _ = hello_spec(tmp_path)
     p = run_cli(["submit", str(spec)], cli_env(store_only, None), store_only.key)
     assert p.returncode == 2 and "AZURE_STORAGE_CONNECTION_STRING" in p.stderr, p.stderr
     nothing_created(store_only, None, job_id)
 
 
-def test_throttled_requests_are_retried_then_succeed(store_only: BatchStandIn, azurite: Azurite,
+def test_throttled_requests_are_retried_then_succeed(store_only: BatchEmulator, azurite: Azurite,
                                                      tmp_path: Path) -> None:
     store_only.throttle(2, method="GET", path=r"^/pools/", retry_after=0.2)
     store_only.throttle(1, method="POST", path=r"^/jobs$", retry_after=0.2)
@@ -314,7 +314,7 @@ def test_throttled_requests_are_retried_then_succeed(store_only: BatchStandIn, a
     assert f"mpibatch status {job_id} {task_id}" in p.stderr
 
 
-def test_throttling_beyond_the_retries_is_reported(store_only: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+def test_throttling_beyond_the_retries_is_reported(store_only: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     from mpibatch.errors import InfraError
     from mpibatch.executors.azure import AzureExecutor
     from mpibatch.spec import load_spec
@@ -329,7 +329,7 @@ def test_throttling_beyond_the_retries_is_reported(store_only: BatchStandIn, azu
     nothing_created(store_only, azurite, job_id)
 
 
-def test_existing_task_is_refused(store_only: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+def test_existing_task_is_refused(store_only: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, task_id = hello_spec(tmp_path)
     env = cli_env(store_only, azurite)
     assert run_cli(["submit", str(spec), "--no-wait"], env, *secrets_of(store_only, azurite)).returncode == 0
@@ -379,7 +379,7 @@ def _start_and_interrupt(args: list[str], env: dict[str, str], task_id: str,
     return proc.returncode, "".join(stdout), "".join(seen)
 
 
-def test_ctrl_c_while_waiting_prints_how_to_resume(standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+def test_ctrl_c_while_waiting_prints_how_to_resume(standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, task_id = hello_spec(tmp_path, instances=2, command="sleep 5",
                                        mpi={"flavor": "mpich", "processes_per_node": 1})
     rc, out, err = _start_and_interrupt(["submit", str(spec)], cli_env(standin, azurite), task_id)
@@ -394,7 +394,7 @@ def test_ctrl_c_while_waiting_prints_how_to_resume(standin: BatchStandIn, azurit
     assert t.state == "completed" and t.execution.get("exitCode") == 0
 
 
-def test_terminate_on_interrupt_ends_the_job(standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+def test_terminate_on_interrupt_ends_the_job(standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, task_id = hello_spec(tmp_path, instances=2, command="sleep 60",
                                        mpi={"flavor": "mpich", "processes_per_node": 1})
     t0 = time.monotonic()
@@ -414,7 +414,7 @@ def test_terminate_on_interrupt_ends_the_job(standin: BatchStandIn, azurite: Azu
 # ---------------------------------------------------------------------------------------------- pools, jobs
 
 def test_pool_create_makes_an_mpi_pool_and_pool_check_accepts_it(
-        store_only: BatchStandIn, tmp_path: Path) -> None:
+        store_only: BatchEmulator, tmp_path: Path) -> None:
     spec, _, _ = hello_spec(tmp_path)
     data = yaml.safe_load(spec.read_text())
     data["pool"] = {"id": "new-pool", "vm_size": "Standard_HB120rs_v3", "nodes": 4}
@@ -436,7 +436,7 @@ def test_pool_create_makes_an_mpi_pool_and_pool_check_accepts_it(
     assert p.returncode == 2 and "already exists" in p.stderr
 
 
-def test_windows_pool_needs_the_msmpi_installer_url(store_only: BatchStandIn, tmp_path: Path) -> None:
+def test_windows_pool_needs_the_msmpi_installer_url(store_only: BatchEmulator, tmp_path: Path) -> None:
     spec, _, _ = hello_spec(tmp_path, mpi={"flavor": "msmpi", "processes_per_node": 1}, command=["app.exe"],
                             outputs=[])
     data = yaml.safe_load(spec.read_text())
@@ -456,7 +456,7 @@ def test_windows_pool_needs_the_msmpi_installer_url(store_only: BatchStandIn, tm
     assert st["waitForSuccess"] is True and st["userIdentity"]["autoUser"]["elevationLevel"] == "admin"
 
 
-def test_pool_check_refuses_a_misconfigured_pool(store_only: BatchStandIn) -> None:
+def test_pool_check_refuses_a_misconfigured_pool(store_only: BatchEmulator) -> None:
     store_only.add_pool("slots", nodes=2, slots=4)
     p = run_cli(["pool", "check", "slots"], cli_env(store_only, None), store_only.key)
     assert p.returncode == 2 and "taskSlotsPerNode" in p.stdout, p.stdout + p.stderr
@@ -464,7 +464,7 @@ def test_pool_check_refuses_a_misconfigured_pool(store_only: BatchStandIn) -> No
     assert p.returncode == 2 and "does not exist" in p.stderr
 
 
-def test_job_terminate(store_only: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+def test_job_terminate(store_only: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, _ = hello_spec(tmp_path)
     env = cli_env(store_only, azurite)
     assert run_cli(["submit", str(spec), "--no-wait"], env, *secrets_of(store_only, azurite)).returncode == 0
@@ -477,7 +477,7 @@ def test_job_terminate(store_only: BatchStandIn, azurite: Azurite, tmp_path: Pat
 
 # ---------------------------------------------------------------------------------------------- sweeps
 
-def test_submit_many_chunks_by_count_and_size(store_only: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+def test_submit_many_chunks_by_count_and_size(store_only: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     from dataclasses import replace
 
     from mpibatch.executors.azure import AzureExecutor

@@ -70,6 +70,10 @@ class Emulator:
         self.account = account or ""
         self.key = key or ""
         self.seconds = seconds
+        # Hooks around every authenticated request: before(method, path, body) may raise a BatchError
+        # (tests inject throttling this way); after(method, path, status, body) sees every answer.
+        self.before_request: Callable[[str, str, bytes], None] | None = None
+        self.after_request: Callable[[str, str, int, bytes], None] | None = None
 
     @property
     def work_dir(self) -> Path:

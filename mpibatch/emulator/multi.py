@@ -25,17 +25,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class _Transport(LocalTransport):
+    """Rehearsal nodes that carry the pool nodes' ids (AZ_BATCH_NODE_ID, as the subtask list names them);
+    their hostnames stay node-0, node-1, ..."""
+
+    def __init__(self, node_ids: list[str], workdir: Path) -> None:
+        super().__init__(keep_nodes=True, workdir=str(workdir))
+        self.node_ids = node_ids
+
+    def open(self, n: int) -> list[Any]:
+        nodes = super().open(n)
+        for node, node_id in zip(nodes, self.node_ids):
+            node.node_id = node_id
+        return nodes
+
+
 class _Executor(LocalExecutor):
     """The local executor with its node trees under the emulator's work directory, kept after the run
     (the node files endpoint serves them)."""
 
-    def __init__(self, workdir: Path, **kwargs: Any) -> None:
+    def __init__(self, workdir: Path, node_ids: list[str], **kwargs: Any) -> None:
         super().__init__(keep_nodes=True, **kwargs)
-        self.workdir = workdir
+        self.workdir, self.node_ids = workdir, node_ids
 
     def transport_for(self, plan: TaskPlan) -> tuple[LocalTransport, dict[str, str]]:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        t = self.transport = LocalTransport(keep_nodes=True, workdir=str(self.workdir))
+        t = self.transport = _Transport(self.node_ids, self.workdir)
         agent = script_path("local_rsh.sh")
         return t, {**self.base_env, **rehearsal_env(agent, str(t.nodes_dir), is_root=os.geteuid() == 0)}
 
@@ -89,7 +104,7 @@ class MultiInstanceRun:
                     t["executionInfo"]["startTime"] = now_iso()
                 emu.store.mark()
 
-        self.executor = _Executor(run_dir / "nodes", base_env=emu.image, runs_dir=run_dir / "collected",
+        self.executor = _Executor(run_dir / "nodes", [n["id"] for n in self.nodes], base_env=emu.image, runs_dir=run_dir / "collected",
                                   progress=progress)
         if self.ended:
             return None, None, None

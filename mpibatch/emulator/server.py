@@ -119,6 +119,7 @@ class Handler(BaseHTTPRequestHandler):
         headers = {"request-id": rid}
         if self.headers.get("client-request-id"):
             headers["client-request-id"] = self.headers["client-request-id"]
+        body = b""
         try:
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
@@ -136,6 +137,8 @@ class Handler(BaseHTTPRequestHandler):
                                  "supported.", {"QueryParameterName": "api-version", "QueryParameterValue": version,
                                                 "Reason": f"mpibatch emulate takes {', '.join(API_VERSIONS)}"})
             auth.check(self.command, raw_path, query, self.headers, emu.account, emu.key)
+            if emu.before_request is not None:  # fault injection for tests (e.g. 429 throttling)
+                emu.before_request(self.command, raw_path, body)
             status, payload, extra = self._route(raw_path, q, body)
             headers.update(extra)
         except BatchError as e:
@@ -146,6 +149,8 @@ class Handler(BaseHTTPRequestHandler):
             status = 500
             payload = BatchError(500, "InternalError", f"The server encountered an internal error "
                                  f"(mpibatch emulate: {e.__class__.__name__}).").body(rid)
+        if emu.after_request is not None:
+            emu.after_request(self.command, raw_path, status, body)
         self._reply(status, payload, headers)
 
     def _route(self, raw_path: str, q: dict[str, list[str]], body: bytes) -> Answer:

@@ -226,7 +226,8 @@ class Scheduler:
         if failure is None and exit_code not in (None, 0):
             failure = {"category": "UserError", "code": "FailureExitCode",
                        "message": f"The task exited with an exit code representing a failure ({exit_code})."}
-        if t.get("_ending"):
+        if t.get("_ending"):  # ended by a request or by the emulator stopping: no exit code of its own
+            exit_code = None
             failure = {"category": "ServerError", "code": "EmulatorStopped", "message": "mpibatch emulate was "
                        "stopped while this task was running"} if t["_ending"] == "stopping" else \
                 {"category": "UserError", "code": "TaskEnded", "message": "Task was ended by user request."}

@@ -2,7 +2,8 @@
 benchmark, fabric following the real pool, failures and interrupts as a user meets them.
 
 Real parts as in test_azure_executor.py: the azure-batch client over http with Shared Key, Azurite, real MPI
-ranks (MPICH) run by the Batch STAND-IN (tests/batch_standin), which follows the documented REST API.
+ranks (MPICH) run by the Batch EMULATOR (mpibatch.emulator, in process: tests/infra/batch_emulator.py), which
+follows the documented REST API - an emulator, not the Batch service.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mpibatch.mpi import get_flavor
-from tests.batch_standin import BatchStandIn
+from tests.infra.batch_emulator import BatchEmulator
 from tests.infra.fixtures import Azurite
 from tests.test_azure_executor import (  # noqa: F401 - fixtures
     MPIBATCH,
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.azure
 
 
 def test_run_with_the_azure_executor_submits_waits_and_collects(
-        standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, task_id = hello_spec(tmp_path)
     p = run_cli(["run", str(spec), "--executor", "azure", "--runs-dir", str(tmp_path / "runs"), "--output", "json"],
                 cli_env(standin, azurite), *secrets_of(standin, azurite))
@@ -46,7 +47,7 @@ def test_run_with_the_azure_executor_submits_waits_and_collects(
 
 
 def test_ctrl_c_in_run_with_the_azure_executor_leaves_the_task_running_and_says_how_to_resume(
-        standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, task_id = hello_spec(tmp_path, instances=2, command="sleep 5",
                                        mpi={"flavor": "mpich", "processes_per_node": 1})
     rc, out, err = _start_and_interrupt(["run", str(spec), "--executor", "azure"], cli_env(standin, azurite),
@@ -60,7 +61,7 @@ def test_ctrl_c_in_run_with_the_azure_executor_leaves_the_task_running_and_says_
     assert t is not None and t.state == "completed" and t.execution.get("exitCode") == 0
 
 
-def test_bench_latency_on_the_azure_executor(standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+def test_bench_latency_on_the_azure_executor(standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     p = run_cli(["bench", "latency", "--executor", "azure", "--pool", POOL, "--flavor", "mpich", "--sizes", "0:1K",
                  "--iterations", "50", "--output", "json", "--runs-dir", str(tmp_path / "runs")],
                 cli_env(standin, azurite), *secrets_of(standin, azurite))
@@ -72,7 +73,7 @@ def test_bench_latency_on_the_azure_executor(standin: BatchStandIn, azurite: Azu
     assert len(set(data["pairs"][0]["rank_hosts"])) == 2  # one rank on each of two nodes
 
 
-def test_fabric_auto_follows_the_pools_vm_size(store_only: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+def test_fabric_auto_follows_the_pools_vm_size(store_only: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     """No pool.vm_size in the spec: the pool's real size (an InfiniBand SR-IOV one) decides the fabric."""
     store_only.add_pool("hb-pool", nodes=3, vm_size="Standard_HB120rs_v3")
     spec, job_id, task_id = hello_spec(tmp_path, pool="hb-pool")
@@ -87,7 +88,7 @@ def test_fabric_auto_follows_the_pools_vm_size(store_only: BatchStandIn, azurite
         assert env.get(name) == value, (name, env)
 
 
-def test_fabric_stays_as_the_spec_says_when_it_names_a_size(store_only: BatchStandIn, azurite: Azurite,
+def test_fabric_stays_as_the_spec_says_when_it_names_a_size(store_only: BatchEmulator, azurite: Azurite,
                                                              tmp_path: Path) -> None:
     store_only.add_pool("d-pool", nodes=3, vm_size="Standard_D4s_v3")
     spec, job_id, task_id = hello_spec(tmp_path, pool="d-pool", mpi={"flavor": "mpich", "fabric": "tcp"})
@@ -100,7 +101,7 @@ def test_fabric_stays_as_the_spec_says_when_it_names_a_size(store_only: BatchSta
     assert not set(get_flavor("mpich").fabric_env("sriov")) & names
 
 
-def test_collect_of_a_task_not_ended_is_one_clear_line(store_only: BatchStandIn, azurite: Azurite,
+def test_collect_of_a_task_not_ended_is_one_clear_line(store_only: BatchEmulator, azurite: Azurite,
                                                        tmp_path: Path) -> None:
     spec, job_id, task_id = hello_spec(tmp_path)
     env = cli_env(store_only, azurite)
@@ -115,7 +116,7 @@ def test_collect_of_a_task_not_ended_is_one_clear_line(store_only: BatchStandIn,
 
 
 def test_coordination_failure_on_a_subtask_says_coordination_and_numbers_the_instance_once(
-        standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, task_id = hello_spec(tmp_path, instances=2, coordination='test "$AZ_BATCH_IS_CURRENT_NODE_MASTER" = true',
                                        mpi={"flavor": "mpich", "processes_per_node": 1})
     env = cli_env(standin, azurite)
@@ -136,7 +137,7 @@ def test_coordination_failure_on_a_subtask_says_coordination_and_numbers_the_ins
 
 
 def test_ctrl_c_while_collecting_exits_130_and_says_how_to_resume(
-        standin: BatchStandIn, azurite: Azurite, tmp_path: Path) -> None:
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, task_id = hello_spec(tmp_path, instances=2, mpi={"flavor": "mpich", "processes_per_node": 1})
     env = cli_env(standin, azurite)
     assert run_cli(["submit", str(spec), "--no-wait"], env, *secrets_of(standin, azurite)).returncode == 0

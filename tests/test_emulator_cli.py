@@ -98,3 +98,21 @@ def test_state_dir_restart_reports_running_tasks_failed(tmp_path: Path) -> None:
         assert p.returncode == 0, p.stderr
     finally:
         emu.stop()
+
+
+def test_bench_latency_with_the_azure_executor(tmp_path: Path) -> None:
+    """The latency benchmark as a user runs it on Batch, here against `mpibatch emulate`: real ping-pong
+    between two emulated nodes."""
+    require(azurite_missing(), "Azurite")
+    emu = start(tmp_path / "state")
+    try:
+        p = cli(["bench", "latency", "--executor", "azure", "--pool", "mpipool", "--flavor", "mpich", "--sizes",
+                 "0:1K", "--iterations", "50", "--output", "json", "--runs-dir", str(tmp_path / "runs")], emu,
+                timeout=300)
+        assert p.returncode == 0, p.stdout + p.stderr + "\n".join(emu.log[-30:])
+        data = json.loads(p.stdout)
+        assert data["ok"] and data["pairs"][0]["exit_code"] == 0, data
+        assert data["samples"] and all(s["latency_us"] > 0 for s in data["samples"])
+        assert len(set(data["pairs"][0]["rank_hosts"])) == 2  # one rank on each of two nodes
+    finally:
+        emu.stop()

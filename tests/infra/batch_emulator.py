@@ -194,3 +194,8 @@ class _LiveTask:
     @property
     def execution(self) -> dict[str, Any]:
         return dict(self._t.get("executionInfo") or {})
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The task as the client added it (with the properties the service fills in)."""
+        return {k: v for k, v in self._t.items() if not k.startswith("_")}

@@ -40,3 +40,18 @@ def test_no_state_dir_keeps_nothing(tmp_path: Path) -> None:
     store.jobs["j"] = {"id": "j"}
     store.save()
     assert Store(None).load() == [] and list(tmp_path.iterdir()) == []
+
+
+def test_bad_command_line_input_is_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    mpibatch = Path(sys.executable).parent / "mpibatch"
+    for args, field in [(["--pool", "p:x"], "--pool"), (["--pool", "bad id:2"], "--pool"),
+                        (["--account", "Not_Valid"], "--account"), (["--key", "not base64!"], "--key"),
+                        (["--storage", "AccountName=x"], "--storage")]:
+        p = subprocess.run([str(mpibatch), "emulate", "--port", "0", "--storage", "none",
+                            "--state-dir", str(tmp_path / "s"), *args], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2, (args, p.stderr)
+        assert field in p.stderr and "export" not in p.stdout
+        assert not (tmp_path / "s").exists()  # nothing created

@@ -97,20 +97,29 @@ class Emulator:
         """Account and key: given, or generated once per state directory (and kept there)."""
         meta = self.store.meta
         account = self.account_arg or meta.get("account") or "emulator"
+        key = self.key_arg or meta.get("key") or base64.b64encode(secrets.token_bytes(64)).decode()
+        self.account, self.key = account, key
+        meta.update({"account": account, "key": key})
+
+    def check(self) -> None:
+        """Bad input, before anything is created."""
         if self.key_arg:
             try:
                 base64.b64decode(self.key_arg, validate=True)
             except ValueError:
                 raise SpecError("--key", "is not base64", "use a base64 key, e.g. the output of "
                                 "`openssl rand -base64 64`") from None
-        key = self.key_arg or meta.get("key") or base64.b64encode(secrets.token_bytes(64)).decode()
-        if not re.fullmatch(r"[a-z0-9]{3,24}", account):
-            raise SpecError("--account", f"{account!r} is not a Batch account name",
+        if self.account_arg is not None and not re.fullmatch(r"[a-z0-9]{3,24}", self.account_arg):
+            raise SpecError("--account", f"{self.account_arg!r} is not a Batch account name",
                             "use 3 to 24 lower-case letters and digits")
-        self.account, self.key = account, key
-        meta.update({"account": account, "key": key})
+        if self.storage_arg not in (None, "", "none", "auto"):
+            try:
+                AutoStorage.parse(self.storage_arg)
+            except ValueError as e:
+                raise SpecError("--storage", str(e), "pass `auto`, `none` or a full connection string") from None
 
     def start(self) -> "Emulator":
+        self.check()
         if self.state_dir:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.restarted_failed = self.store.load()

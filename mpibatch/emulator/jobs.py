@@ -77,11 +77,10 @@ def delete(emu: "Emulator", job_id: str) -> None:
     with emu.store.lock:
         if job["state"] == "deleting":
             return
-        was = job["state"]
         set_state(job, "deleting")
     emu.store.mark()
     emu.event(f"job {job['id']}: deleting")
-    threading.Thread(target=_finish, args=(emu, job, None if was != "terminating" else None), daemon=True).start()
+    threading.Thread(target=_finish, args=(emu, job, None), name=f"delete-{job_id}", daemon=True).start()
 
 
 def _finish(emu: "Emulator", job: dict[str, Any], final: str | None) -> None:

@@ -17,7 +17,7 @@ from ..spec import FileRef
 from . import files
 from .errors import now_iso
 from .nodes import env_settings
-from .state import key
+from .state import key, set_state
 
 if TYPE_CHECKING:
     from .core import Emulator
@@ -97,12 +97,11 @@ class MultiInstanceRun:
                 with emu.store.lock:
                     t["_subtasks"] = self._subtasks("running")
             if phase == "starting":
-                from .state import set_state
-
                 with emu.store.lock:
                     set_state(t, "running")
                     t["executionInfo"]["startTime"] = now_iso()
                 emu.store.mark()
+                emu.event(f"task {t['_job']}/{t['id']}: running on {len(self.nodes)} nodes")
 
         self.executor = _Executor(run_dir / "nodes", [n["id"] for n in self.nodes], base_env=emu.image, runs_dir=run_dir / "collected",
                                   progress=progress)

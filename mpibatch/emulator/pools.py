@@ -123,6 +123,7 @@ def join(emu: "Emulator", pool: dict[str, Any], node: dict[str, Any]) -> None:
         with emu.store.lock:
             set_state(node, "idle")
         emu.store.mark()
+        emu.event(f"node {node['id']} of pool {pool['id']}: idle")
         return
     wait = st.get("waitForSuccess", True)
     with emu.store.lock:

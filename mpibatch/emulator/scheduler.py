@@ -186,6 +186,7 @@ class Scheduler:
             set_state(t, "running")
             t["executionInfo"]["startTime"] = now_iso()
         emu.store.mark()
+        emu.event(f"task {t['_job']}/{t['id']}: running on node {node['id']}")
         env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=node["_pool"], node=node,
                        job_id=t["_job"], task_id=t["id"], task_dir=task_dir)
         env |= env_settings(job.get("commonEnvironmentSettings")) | env_settings(t.get("environmentSettings"))

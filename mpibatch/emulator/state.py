@@ -136,7 +136,8 @@ class Store:
         self._saver.start()
 
     def stop_saving(self) -> None:
+        if self._saver is None:  # never started (the emulator did not get that far): nothing to keep
+            return
         self._stop.set()
-        if self._saver is not None:
-            self._saver.join(5)
+        self._saver.join(5)
         self.save()

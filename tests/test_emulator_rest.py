@@ -209,3 +209,66 @@ def test_node_file_range(client: Any) -> None:
     assert part == b"2345"
     names = {f.name for f in client.list_task_files("files", "t")}
     assert {"stdout.txt", "stderr.txt", "wd"} <= names
+
+
+def wait_completed(client: Any, job: str, task: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = client.get_task(job, task)
+        if t.state == "completed":
+            return t
+        time.sleep(0.1)
+    raise AssertionError(f"{job}/{task} did not complete")
+
+
+def test_constraints_wall_clock_and_retries(client: Any) -> None:
+    """"Batch task constraints": maxWallClockTime ends the task; maxTaskRetryCount re-runs a failing one."""
+    assert call(client, "POST", "/jobs", {**GOOD_JOB, "id": "limits"}).status_code == 201
+    assert call(client, "POST", "/jobs/limits/tasks", {"id": "slow", "commandLine": "/bin/sleep 60",
+                                                      "constraints": {"maxWallClockTime": "PT1S"}}).status_code == 201
+    assert call(client, "POST", "/jobs/limits/tasks", {"id": "fails", "commandLine": "/bin/false",
+                                                      "constraints": {"maxTaskRetryCount": 2}}).status_code == 201
+    slow = wait_completed(client, "limits", "slow")
+    assert slow.execution_info.result == "failure" and slow.execution_info.failure_info.code == "TaskEnded"
+    fails = wait_completed(client, "limits", "fails")
+    assert fails.execution_info.exit_code == 1 and fails.execution_info.retry_count == 2
+
+
+def test_task_slots_run_tasks_side_by_side(client: Any) -> None:
+    """"Run tasks concurrently to maximize usage of Batch compute nodes": taskSlotsPerNode 2 on 2 nodes
+    runs 4 tasks at once. Each task waits until 2 tasks have marked its node: that only ends if two run
+    side by side on every node (else the wall clock limit fails them)."""
+    assert call(client, "POST", "/jobs", {**GOOD_JOB, "id": "slots"}).status_code == 201
+    cmd = ("/bin/bash -c 'touch $AZ_BATCH_NODE_SHARED_DIR/slots-$AZ_BATCH_TASK_ID; "
+           "until [ $(ls $AZ_BATCH_NODE_SHARED_DIR | grep -c ^slots-) -ge 2 ]; do sleep 0.05; done'")
+    tasks = {"value": [{"id": f"s{i}", "commandLine": cmd, "constraints": {"maxWallClockTime": "PT30S"}}
+                       for i in range(4)]}
+    assert call(client, "POST", "/jobs/slots/addtaskcollection", tasks).status_code == 200
+    done = [wait_completed(client, "slots", f"s{i}") for i in range(4)]
+    assert all(t.execution_info.exit_code == 0 for t in done), [t.execution_info for t in done]
+    assert len({t.node_info.node_id for t in done}) == 2  # spread: two on each node
+
+
+def test_dependencies_and_all_tasks_complete(client: Any) -> None:
+    """"Create task dependencies": a task runs after the tasks it depends on succeeded; a job with
+    onAllTasksComplete=terminateJob completes when its last task does."""
+    assert call(client, "POST", "/jobs", {**GOOD_JOB, "id": "deps", "usesTaskDependencies": True,
+                                          "onAllTasksComplete": "terminateJob"}).status_code == 201
+    tasks = {"value": [
+        {"id": "1", "commandLine": "/bin/bash -c 'echo one > $AZ_BATCH_NODE_SHARED_DIR/dep-1'"},
+        {"id": "2", "commandLine": "/bin/bash -c 'echo two > $AZ_BATCH_NODE_SHARED_DIR/dep-2'"},
+        {"id": "after", "dependsOn": {"taskIdRanges": [{"start": 1, "end": 2}]},
+         "commandLine": "/bin/bash -c 'ls $AZ_BATCH_NODE_ROOT_DIR/../*/shared/dep-* | wc -l'"}]}
+    assert call(client, "POST", "/jobs/deps/addtaskcollection", tasks).status_code == 200
+    after = wait_completed(client, "deps", "after")
+    assert after.execution_info.exit_code == 0
+    first = [wait_completed(client, "deps", i) for i in ("1", "2")]
+    assert after.execution_info.start_time >= max(t.execution_info.end_time for t in first)
+    deadline = time.monotonic() + 30
+    while client.get_job("deps").state != "completed" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    job = client.get_job("deps")
+    assert job.state == "completed" and job.execution_info.termination_reason == "AllTasksComplete"
+    # A dependency on a job that does not allow them is refused.
+    assert error(call(client, "POST", "/jobs/limits/tasks", {"id": "d", "commandLine": "/bin/true", "dependsOn": {
+        "taskIds": ["slow"]}}))[:2] == (409, "TaskDependenciesNotSpecifiedOnJob")

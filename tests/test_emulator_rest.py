@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -197,7 +196,8 @@ def test_answers_say_they_come_from_an_emulator_and_carry_etags(client: Any) -> 
 
 def test_node_file_range(client: Any) -> None:
     assert call(client, "POST", "/jobs", {**GOOD_JOB, "id": "files"}).status_code == 201
-    assert call(client, "POST", "/jobs/files/tasks", {"id": "t", "commandLine": "/bin/echo 0123456789"}).status_code == 201
+    echo = {"id": "t", "commandLine": "/bin/echo 0123456789"}
+    assert call(client, "POST", "/jobs/files/tasks", echo).status_code == 201
     deadline = time.monotonic() + 30
     while client.get_task("files", "t").state != "completed" and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -6,12 +6,11 @@ the instances: each one's files endpoint then also serves its rehearsal node's t
 from __future__ import annotations
 
 import logging
-import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..executors.local import LocalExecutor, LocalTransport, rehearsal_env
-from ..launchers import script_path
+from ..executors.local import LocalExecutor, LocalTransport
 from ..plan import TaskPlan
 from ..spec import FileRef
 from . import files
@@ -25,34 +24,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class _Transport(LocalTransport):
-    """Rehearsal nodes that carry the pool nodes' ids (AZ_BATCH_NODE_ID, as the subtask list names them);
-    their hostnames stay node-0, node-1, ..."""
+class _Executor(LocalExecutor):
+    """The local executor, its nodes kept after the run (the node files endpoint serves them) and carrying
+    the pool nodes' ids as AZ_BATCH_NODE_ID (as the subtask list names them); hostnames stay node-0, ..."""
 
-    def __init__(self, node_ids: list[str], workdir: Path) -> None:
-        super().__init__(keep_nodes=True, workdir=str(workdir))
+    def __init__(self, node_ids: list[str], **kwargs: Any) -> None:
+        super().__init__(keep_nodes=True, **kwargs)
         self.node_ids = node_ids
 
-    def open(self, n: int) -> list[Any]:
-        nodes = super().open(n)
-        for node, node_id in zip(nodes, self.node_ids):
-            node.node_id = node_id
-        return nodes
-
-
-class _Executor(LocalExecutor):
-    """The local executor with its node trees under the emulator's work directory, kept after the run
-    (the node files endpoint serves them)."""
-
-    def __init__(self, workdir: Path, node_ids: list[str], **kwargs: Any) -> None:
-        super().__init__(keep_nodes=True, **kwargs)
-        self.workdir, self.node_ids = workdir, node_ids
-
     def transport_for(self, plan: TaskPlan) -> tuple[LocalTransport, dict[str, str]]:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        t = self.transport = _Transport(self.node_ids, self.workdir)
-        agent = script_path("local_rsh.sh")
-        return t, {**self.base_env, **rehearsal_env(agent, str(t.nodes_dir), is_root=os.geteuid() == 0)}
+        t, env = super().transport_for(plan)
+        opened = t.open
+
+        def open_with_pool_ids(n: int) -> list[Any]:
+            nodes = opened(n)
+            for node, node_id in zip(nodes, self.node_ids):
+                node.node_id = node_id
+            return nodes
+
+        t.open = open_with_pool_ids  # type: ignore[method-assign]
+        return t, env
 
 
 def _refs(emu: "Emulator", items: list[dict[str, Any]] | None) -> tuple[FileRef, ...]:
@@ -64,6 +55,7 @@ class MultiInstanceRun:
         self.emu, self.t, self.nodes = emu, task, nodes
         self.executor: _Executor | None = None
         self.ended = False
+        self.moved_from = self.moved_to = ""
 
     def end(self) -> None:
         self.ended = True
@@ -103,12 +95,25 @@ class MultiInstanceRun:
                 emu.store.mark()
                 emu.event(f"task {t['_job']}/{t['id']}: running on {len(self.nodes)} nodes")
 
-        self.executor = _Executor(run_dir / "nodes", [n["id"] for n in self.nodes], base_env=emu.image, runs_dir=run_dir / "collected",
+        self.executor = _Executor([n["id"] for n in self.nodes], base_env=emu.image, runs_dir=run_dir / "collected",
                                   progress=progress)
         if self.ended:
             return None, None, None
-        result = self.executor.run_plan(plan)
+        try:
+            result = self.executor.run_plan(plan)
+        finally:
+            self._keep(run_dir)
         return self._report(result)
+
+    def _keep(self, run_dir: Path) -> None:
+        """Move the kept node trees under the emulator's work directory (its state dir, when given), so
+        they live and go with it; every process of the run has ended by now."""
+        t = self.executor.transport if self.executor else None
+        if t is None or not Path(t.workdir).exists():
+            return
+        self.moved_from, self.moved_to = str(t.workdir), str(run_dir / "nodes")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.move(self.moved_from, self.moved_to)
 
     def _report(self, result: Any) -> tuple[int | None, dict[str, Any] | None, Path | None]:
         emu, t = self.emu, self.t
@@ -117,7 +122,7 @@ class MultiInstanceRun:
             if not r.task_dir:
                 continue
             pool_node = self.nodes[r.index]
-            task_dir = Path(r.task_dir)
+            task_dir = Path(r.task_dir.replace(self.moved_from, self.moved_to, 1) if self.moved_from else r.task_dir)
             root = task_dir.parents[3]  # <node root>/workitems/<job>/job-1/<task>
             rel = task_dir.relative_to(root).as_posix()
             with emu.store.lock:

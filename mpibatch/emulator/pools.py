@@ -42,7 +42,8 @@ def add(emu: "Emulator", body: Any) -> dict[str, Any]:
                 "stateTransitionTime": t, "allocationState": "resizing", "allocationStateTransitionTime": t,
                 "resizeTimeout": body.get("resizeTimeout") or "PT15M", "currentDedicatedNodes": 0,
                 "currentLowPriorityNodes": 0, "targetDedicatedNodes": nodes, "targetLowPriorityNodes": 0,
-                "enableAutoScale": False, "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
+                "enableAutoScale": False,
+                "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
                 "taskSlotsPerNode": slots, "taskSchedulingPolicy": {"nodeFillType": fill}, "_next_node": 0}
         touch(pool)
         emu.store.pools[key(body["id"])] = pool

@@ -99,7 +99,10 @@ def test_fabric_auto_follows_the_pool_only_for_tasks_render_made() -> None:
     r = render(spec)
     assert r.fabric == "none"
     followed = follow_pool_size(r, pool, lambda phase, detail: said.append((phase, detail)))
-    assert followed.fabric == "sriov" and followed.environment["UCX_NET_DEVICES"] == "mlx5_0:1"
+    # the re-rendered task carries the pool's fabric: the flavour's env, and the node-side InfiniBand check
+    assert followed.fabric == "sriov" and "--fabric sriov" in followed.coordination_command_line
+    assert "--fabric sriov" not in r.coordination_command_line
+    assert followed.environment.items() >= r.flavor.fabric_env("sriov").items()
     assert said == [("fabric", "auto: sriov, from the pool's VM size Standard_HB120rs_v3")]
     custom = replace(r, command_line="/bin/bash -c 'my own line'")  # e.g. the latency benchmark's
     assert follow_pool_size(custom, pool, lambda *a: None) is custom

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from mpibatch.errors import SpecError
+from mpibatch.errors import SpecError, shown
 
 __all__ = [
     "CONTAINER_PREFIX",
@@ -116,11 +116,11 @@ def validate_kind(kind: str, field: str = "output.kind") -> str:
     Kinds are case-sensitive and written without the ``$`` (it is added in the blob name).
     """
     if not isinstance(kind, str) or not _KIND.fullmatch(kind):
-        shown = repr(kind) if isinstance(kind, str) else type(kind).__name__
+        what = shown(kind) if isinstance(kind, str) else type(kind).__name__
         fix = f"use one of {', '.join(KINDS)}, or a custom kind made of letters and digits"
         if isinstance(kind, str) and kind.startswith("$"):
-            fix = f"drop the leading '$' ({kind[1:]!r}); it is added to the blob name for you"
-        problem = "the output kind is empty" if kind == "" else f"{shown} is not a valid output kind"
+            fix = f"drop the leading '$' ({shown(kind[1:])}); it is added to the blob name for you"
+        problem = "the output kind is empty" if kind == "" else f"{what} is not a valid output kind"
         raise SpecError(field, problem, fix)
     return kind
 
@@ -139,7 +139,7 @@ def normalize_relative_path(relative_path: str, field: str = "output.path") -> s
         raise SpecError(field, "the file path is empty", "give a path relative to the task working directory, e.g. results/out.h5")
     path = relative_path.replace("\\", "/")
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        raise SpecError(field, f"{relative_path!r} is an absolute path", "give a path relative to the task working directory, e.g. results/out.h5")
+        raise SpecError(field, f"{shown(relative_path)} is an absolute path", "give a path relative to the task working directory, e.g. results/out.h5")
     while True:
         if path.startswith("../"):
             path = path[3:]
@@ -148,11 +148,11 @@ def normalize_relative_path(relative_path: str, field: str = "output.path") -> s
         else:
             break
     if path.startswith("/"):
-        raise SpecError(field, f"{relative_path!r} has a doubled '/' after its leading '../'", "write it without the extra '/'")
+        raise SpecError(field, f"{shown(relative_path)} has a doubled '/' after its leading '../'", "write it without the extra '/'")
     if path in ("", ".", ".."):
-        raise SpecError(field, f"{relative_path!r} names no file", "give the file's path, e.g. ../stdout.txt or results/out.h5")
+        raise SpecError(field, f"{shown(relative_path)} names no file", "give the file's path, e.g. ../stdout.txt or results/out.h5")
     if path.endswith("/"):
-        raise SpecError(field, f"{relative_path!r} ends with '/', so it names a directory", "name a file inside it, e.g. results/out.h5")
+        raise SpecError(field, f"{shown(relative_path)} ends with '/', so it names a directory", "name a file inside it, e.g. results/out.h5")
     return path
 
 
@@ -199,7 +199,7 @@ def job_output_blob(kind: str, relative_path: str, *, kind_field: str = "output.
 def _check_instance(instance: int, field: str) -> int:
     # bool is an int subclass; True as "instance 1" would be a caller bug.
     if isinstance(instance, bool) or not isinstance(instance, int) or instance < 0:
-        raise SpecError(field, f"instance must be a whole number >= 0 (0 is the primary), got {instance!r}", "e.g. 0 for the primary, 1 for the first subtask")
+        raise SpecError(field, f"instance must be a whole number >= 0 (0 is the primary), got {shown(instance)}", "e.g. 0 for the primary, 1 for the first subtask")
     return instance
 
 

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import re
 
-from .errors import SpecError
+from .errors import SpecError, shown
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Longest duration accepted: ten years. Dates a run derives from it (SAS expiry = now + wall clock
+# + a margin) must stay representable; "no limit" is written by leaving the field out.
+MAX_SECONDS = 3650 * 86400
+_MAX_TEXT = 40  # longer than any duration written by hand: refused before any regex or int() runs
 _SHORT = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _ISO = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 
@@ -14,11 +18,13 @@ def parse_duration(value: object, field: str) -> int:
     """Seconds in `value`. Integers are seconds. Raises SpecError naming `field`."""
     fix = "write e.g. 90s, 30m, 2h, 7d, 1h30m or ISO 8601 such as PT2H"
     if isinstance(value, bool):
-        raise SpecError(field, f"{value!r} is not a duration", fix)
+        raise SpecError(field, f"{shown(value)} is not a duration", fix)
     if isinstance(value, int):
         seconds = value
     elif isinstance(value, str):
         text = value.strip()
+        if len(text) > _MAX_TEXT:
+            raise SpecError(field, f"{shown(value)} is not a duration", fix)
         m = _SHORT.match(text.lower())
         iso = _ISO.match(text.upper())
         if text and m and any(m.groups()):
@@ -28,11 +34,14 @@ def parse_duration(value: object, field: str) -> int:
             d, h, mi = (int(g or 0) for g in iso.groups()[:3])
             seconds = d * 86400 + h * 3600 + mi * 60 + int(float(iso.group(4) or 0))
         else:
-            raise SpecError(field, f"{value!r} is not a duration", fix)
+            raise SpecError(field, f"{shown(value)} is not a duration", fix)
     else:
-        raise SpecError(field, f"{value!r} is not a duration", fix)
+        raise SpecError(field, f"{shown(value)} is not a duration", fix)
     if seconds <= 0:
-        raise SpecError(field, f"{value!r} must be longer than zero", fix)
+        raise SpecError(field, f"{shown(value)} must be longer than zero", fix)
+    if seconds > MAX_SECONDS:
+        raise SpecError(field, f"{shown(value)} is longer than {MAX_SECONDS // 86400}d (ten years)",
+                        "use a shorter duration, or leave the field out for no limit")
     return seconds
 
 

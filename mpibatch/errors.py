@@ -1,6 +1,8 @@
 """Errors that map to the CLI's exit codes: 2 bad input, 3 infrastructure."""
 from __future__ import annotations
 
+import reprlib
+
 
 class MpibatchError(Exception):
     """Base class. `exit_code` is what the CLI exits with."""
@@ -40,3 +42,21 @@ class InfraError(MpibatchError):
     """Something outside the user's input failed (a host, a service, a process)."""
 
     exit_code = 3
+
+
+class _Shown(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() of a huge int is slow (and refused past 4300 digits): say how big it is instead.
+        return super().repr_int(x, level) if x.bit_length() <= 200 else f"<a {x.bit_length()}-bit number>"
+
+
+_SHOWN = _Shown()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
+_SHOWN.maxlevel = 2
+
+
+def shown(value: object) -> str:
+    """A rejected value as messages show it: repr, cut short. Bounded in time and size whatever the
+    value holds (a 1 MiB string, a deeply nested list), so a message never echoes a whole input."""
+    return _SHOWN.repr(value)

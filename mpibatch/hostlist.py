@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from mpibatch.errors import SpecError
+from mpibatch.errors import SpecError, shown
 
 __all__ = [
     "HostSpec",
@@ -89,7 +89,7 @@ def validate_host(host: str, field: str = "hosts") -> str:
     names that are not valid IPv4 addresses (``10.0.0.04``, ``12345``: resolvers read those as addresses).
     """
     if not isinstance(host, str):
-        raise SpecError(field, f"expected a host name or address, got {type(host).__name__} {host!r}", _HOST_FIX)
+        raise SpecError(field, f"expected a host name or address, got {type(host).__name__} {shown(host)}", _HOST_FIX)
     if host == "":
         raise SpecError(field, "the host is empty", _HOST_FIX)
     if _ip(host) is not None:
@@ -98,14 +98,14 @@ def validate_host(host: str, field: str = "hosts") -> str:
     if bad is not None:
         raise SpecError(
             field,
-            f"{host!r} is not an IP address or host name: it contains {bad!r}, which is not allowed "
+            f"{shown(host)} is not an IP address or host name: it contains {shown(bad)}, which is not allowed "
             "(host names end up in shell command lines)",
             _HOST_FIX,
         )
     if ":" in host or "%" in host:
-        raise SpecError(field, f"{host!r} is not a valid IPv6 address", "write it as e.g. fd00::4 (no brackets, no port)")
+        raise SpecError(field, f"{shown(host)} is not a valid IPv6 address", "write it as e.g. fd00::4 (no brackets, no port)")
     if host.startswith("-"):
-        raise SpecError(field, f"{host!r} starts with '-', so a command would read it as an option", _HOST_FIX)
+        raise SpecError(field, f"{shown(host)} starts with '-', so a command would read it as an option", _HOST_FIX)
     if len(host) > 253:
         raise SpecError(field, f"host name is {len(host)} characters long; the limit is 253", "use a shorter name or the IP address")
     labels = host.split(".")
@@ -113,15 +113,15 @@ def validate_host(host: str, field: str = "hosts") -> str:
         if label == "":
             raise SpecError(
                 field,
-                f"{host!r} has an empty label (a leading, trailing or doubled '.')",
+                f"{shown(host)} has an empty label (a leading, trailing or doubled '.')",
                 "remove the extra '.'",
             )
         if not _LABEL.fullmatch(label):
             if len(label) > 63:
-                raise SpecError(field, f"label {label[:20]!r}... of {host!r} is {len(label)} characters; the limit is 63", _HOST_FIX)
+                raise SpecError(field, f"label {shown(label[:20])}... of {shown(host)} is {len(label)} characters; the limit is 63", _HOST_FIX)
             raise SpecError(
                 field,
-                f"label {label!r} of {host!r} is not a valid host name label "
+                f"label {shown(label)} of {shown(host)} is not a valid host name label "
                 "(letters, digits and '-' only, not starting or ending with '-')",
                 _HOST_FIX,
             )
@@ -129,7 +129,7 @@ def validate_host(host: str, field: str = "hosts") -> str:
         # "10.0.0.04" or "12345": not a valid address, and resolvers would not treat it as a name either.
         raise SpecError(
             field,
-            f"{host!r} looks like an IPv4 address but is not a valid one",
+            f"{shown(host)} looks like an IPv4 address but is not a valid one",
             "write four numbers 0-255 without leading zeros, e.g. 10.0.0.4",
         )
     return host
@@ -155,7 +155,7 @@ def _check_hosts(hosts: Sequence[str], field: str) -> list[str]:
         if key in seen:
             raise SpecError(
                 f"{field}[{i}]",
-                f"host {host!r} is listed twice (also at position {seen[key]})",
+                f"host {shown(host)} is listed twice (also at position {seen[key]})",
                 "list each node once; set processes per node instead of repeating a host",
             )
         seen[key] = i
@@ -175,8 +175,8 @@ def _parse_separated(s: str, sep: str, field: str, example: str) -> list[str]:
         if entry == "":
             raise SpecError(
                 f"{field}[{i}]",
-                f"entry {i + 1} of {s!r} is empty (a leading, trailing or doubled {sep!r})",
-                f"separate hosts with a single {sep!r}, e.g. {example}",
+                f"entry {i + 1} of {shown(s)} is empty (a leading, trailing or doubled {shown(sep)})",
+                f"separate hosts with a single {shown(sep)}, e.g. {example}",
             )
     return _check_hosts(entries, field)
 
@@ -206,7 +206,7 @@ def format_node_list(hosts: Sequence[str], field: str = "AZ_BATCH_NODE_LIST") ->
 def _positive_int(token: str, field: str, what: str, fix: str) -> int:
     # int() would also take "+2", " 2" and non-ASCII digits; the format has plain decimal digits only.
     if not _DIGITS.fullmatch(token) or int(token) < 1:
-        raise SpecError(field, f"{what} {token!r} is not a whole number of at least 1", fix)
+        raise SpecError(field, f"{what} {shown(token)} is not a whole number of at least 1", fix)
     return int(token)
 
 
@@ -220,7 +220,7 @@ def _per_host_counts(value: int | Sequence[int], n: int, field: str, what: str) 
     for v in values:
         # bool is an int subclass; True as "1 core" is a bug in the caller, not a count.
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SpecError(field, f"{what} must be a whole number of at least 1, got {v!r}", f"e.g. {what}=4")
+            raise SpecError(field, f"{what} must be a whole number of at least 1, got {shown(v)}", f"e.g. {what}=4")
     return values
 
 
@@ -231,7 +231,7 @@ def parse_ccp_nodes(s: str, field: str = "CCP_NODES") -> list[tuple[str, int]]:
     unambiguous). The leading count must match the number of host/cores pairs.
     """
     example = "2 10.0.0.4 1 10.0.0.5 1"
-    fix = f"the format is 'count host cores host cores ...', e.g. {example!r}"
+    fix = f"the format is 'count host cores host cores ...', e.g. {shown(example)}"
     if not isinstance(s, str):
         raise SpecError(field, f"expected a string, got {type(s).__name__}", fix)
     tokens = s.split()
@@ -240,12 +240,12 @@ def parse_ccp_nodes(s: str, field: str = "CCP_NODES") -> list[tuple[str, int]]:
     count = _positive_int(tokens[0], field, "the node count", fix)
     rest = tokens[1:]
     if len(rest) % 2 != 0:
-        raise SpecError(field, f"{s!r} does not end with a cores value after its last host", fix)
+        raise SpecError(field, f"{shown(s)} does not end with a cores value after its last host", fix)
     pairs = len(rest) // 2
     if pairs != count:
-        raise SpecError(field, f"{s!r} says {count} node(s) but lists {pairs}", fix)
+        raise SpecError(field, f"{shown(s)} says {count} node(s) but lists {pairs}", fix)
     hosts = _check_hosts(rest[0::2], field)
-    cores = [_positive_int(c, f"{field}[{i}]", f"cores for {hosts[i]!r}", fix) for i, c in enumerate(rest[1::2])]
+    cores = [_positive_int(c, f"{field}[{i}]", f"cores for {shown(hosts[i])}", fix) for i, c in enumerate(rest[1::2])]
     return list(zip(hosts, cores))
 
 
@@ -272,7 +272,7 @@ def hostfile(hosts: Sequence[str], ppn: int | Sequence[int], style: HostfileStyl
     ``colon`` style: ``fd00::4:4`` cannot be read back unambiguously.
     """
     if style not in HOSTFILE_STYLES:
-        raise SpecError("hostfile.style", f"unknown hostfile style {style!r}", f"use one of {', '.join(HOSTFILE_STYLES)}")
+        raise SpecError("hostfile.style", f"unknown hostfile style {shown(style)}", f"use one of {', '.join(HOSTFILE_STYLES)}")
     checked = _check_hosts(hosts, field)
     counts = _per_host_counts(ppn, len(checked), field, "ppn")
     lines = []
@@ -283,7 +283,7 @@ def hostfile(hosts: Sequence[str], ppn: int | Sequence[int], style: HostfileStyl
             if is_ipv6(host):
                 raise SpecError(
                     f"{field}[{i}]",
-                    f"IPv6 address {host!r} cannot be written as 'host:count' (MPICH / Intel MPI hostfile)",
+                    f"IPv6 address {shown(host)} cannot be written as 'host:count' (MPICH / Intel MPI hostfile)",
                     "use the node's host name or IPv4 address",
                 )
             lines.append(f"{host}:{p}\n")
@@ -302,7 +302,7 @@ def parse_hostfile(text: str, style: HostfileStyle, field: str = "hostfile") -> 
     Only the one-host-one-count line shapes that :func:`hostfile` writes are accepted.
     """
     if style not in HOSTFILE_STYLES:
-        raise SpecError("hostfile.style", f"unknown hostfile style {style!r}", f"use one of {', '.join(HOSTFILE_STYLES)}")
+        raise SpecError("hostfile.style", f"unknown hostfile style {shown(style)}", f"use one of {', '.join(HOSTFILE_STYLES)}")
     shape = {"slots": "'host slots=N'", "colon": "'host:N'", "msmpi": "'host N'"}[style]
     if not isinstance(text, str):
         raise SpecError(field, f"expected text, got {type(text).__name__}", f"write one {shape} per line")
@@ -321,12 +321,12 @@ def parse_hostfile(text: str, style: HostfileStyle, field: str = "hostfile") -> 
             host, sep, count = line.rpartition(":")
             m = None if not sep or ":" in host else (host, count)
         if m is None:
-            raise SpecError(where, f"{raw!r} is not a {shape} line", f"write one {shape} per line")
+            raise SpecError(where, f"{shown(raw)} is not a {shape} line", f"write one {shape} per line")
         host, count = (m.group(1), m.group(2)) if isinstance(m, re.Match) else m
         validate_host(host, where)
         key = _host_key(host)
         if key in seen:
-            raise SpecError(where, f"{host!r} is listed again (first on line {seen[key]})", "list each node once")
+            raise SpecError(where, f"{shown(host)} is listed again (first on line {seen[key]})", "list each node once")
         seen[key] = lineno
         entries.append((host, _positive_int(count, where, "the process count", f"write one {shape} per line")))
     if not entries:
@@ -352,7 +352,7 @@ class HostSpec:
 
 def _parse_port(text: str, field: str, entry: str) -> int:
     if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= 65535:
-        raise SpecError(field, f"port {text!r} in {entry!r} is not a number from 1 to 65535", "write e.g. node-1:2222")
+        raise SpecError(field, f"port {shown(text)} in {shown(entry)} is not a number from 1 to 65535", "write e.g. node-1:2222")
     return int(text)
 
 
@@ -372,25 +372,25 @@ def parse_host_spec(s: str, field: str = "hosts") -> HostSpec:
     if "@" in s:
         user, _, rest = s.partition("@")
         if "@" in rest:
-            raise SpecError(field, f"{s!r} has more than one '@'", fix)
+            raise SpecError(field, f"{shown(s)} has more than one '@'", fix)
         if user == "":
-            raise SpecError(field, f"{s!r} has an empty user name before '@'", "drop the '@' or put a user name before it")
+            raise SpecError(field, f"{shown(s)} has an empty user name before '@'", "drop the '@' or put a user name before it")
         if not _USER.fullmatch(user):
             raise SpecError(
                 field,
-                f"user name {user!r} in {s!r} is not valid (letters, digits, '_', '.', '-', not starting with a digit, '.' or '-')",
+                f"user name {shown(user)} in {shown(s)} is not valid (letters, digits, '_', '.', '-', not starting with a digit, '.' or '-')",
                 "use the account name as it is on the node, e.g. azureuser",
             )
         if len(user) > _MAX_USER:
-            raise SpecError(field, f"user name {user!r} is longer than {_MAX_USER} characters", "use the account name as it is on the node")
+            raise SpecError(field, f"user name {shown(user)} is longer than {_MAX_USER} characters", "use the account name as it is on the node")
     port: int | None = None
     if rest.startswith("["):
         host, close, after = rest[1:].partition("]")
         if not close:
-            raise SpecError(field, f"{s!r} opens '[' but never closes it", fix)
+            raise SpecError(field, f"{shown(s)} opens '[' but never closes it", fix)
         if after:
             if not after.startswith(":"):
-                raise SpecError(field, f"unexpected {after!r} after ']' in {s!r}", fix)
+                raise SpecError(field, f"unexpected {shown(after)} after ']' in {shown(s)}", fix)
             port = _parse_port(after[1:], field, s)
     elif rest.count(":") == 1:
         host, _, port_text = rest.partition(":")
@@ -419,7 +419,7 @@ def parse_hosts_file(text: str, field: str = "hosts_file") -> list[HostSpec]:
         spec = parse_host_spec(line, where)
         key = (_host_key(spec.host), spec.port)
         if key in seen:
-            raise SpecError(where, f"{spec.host!r} is listed again (first on line {seen[key]})", "list each node once")
+            raise SpecError(where, f"{shown(spec.host)} is listed again (first on line {seen[key]})", "list each node once")
         seen[key] = lineno
         specs.append(spec)
     if not specs:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from mpibatch.errors import SpecError
+from mpibatch.errors import SpecError, shown
 
 __all__ = [
     "ANCHOR_LATENCY_RANGE_US",
@@ -92,7 +92,7 @@ def validate_vm_size(vm_size: str, field: str = "pool.vm_size") -> str:
     ``Standard_`` / ``Basic_``; the rest is kept as given (Azure compares sizes case-insensitively).
     """
     if not isinstance(vm_size, str):
-        raise SpecError(field, f"expected a VM size name, got {type(vm_size).__name__} {vm_size!r}", _FIX)
+        raise SpecError(field, f"expected a VM size name, got {type(vm_size).__name__} {shown(vm_size)}", _FIX)
     if vm_size == "":
         raise SpecError(field, "the VM size is empty", _FIX)
     lowered = vm_size.lower()
@@ -105,7 +105,7 @@ def validate_vm_size(vm_size: str, field: str = "pool.vm_size") -> str:
     if not _SIZE.fullmatch(canonical):
         raise SpecError(
             field,
-            f"{vm_size!r} is not an Azure VM size name (letters, digits, '_' and '-' after 'Standard_', starting with a letter)",
+            f"{shown(vm_size)} is not an Azure VM size name (letters, digits, '_' and '-' after 'Standard_', starting with a letter)",
             _FIX,
         )
     return canonical
@@ -140,7 +140,7 @@ def family(vm_size: str, field: str = "pool.vm_size") -> str:
     name = normalize_vm_size(vm_size, field)
     m = _PARTS.fullmatch(name)
     if m is None:
-        raise SpecError(field, f"cannot read a VM series from {vm_size!r}", _FIX)
+        raise SpecError(field, f"cannot read a VM series from {shown(vm_size)}", _FIX)
     series, cores, _constrained, _features, tags = m.groups()
     versions = [v.group(1) for v in (_VERSION.fullmatch(t) for t in tags.split("_")[1:]) if v]
     version = versions[-1] if versions else None

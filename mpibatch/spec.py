@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from .durations import parse_duration
-from .errors import SpecError, SpecErrors
+from .errors import SpecError, SpecErrors, shown
+from .inputfiles import read_text_file
 from .shell import CMD_SAFE_WORD
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -25,6 +26,14 @@ SETUP_KINDS = ("module", "source")
 FABRICS = ("auto", "tcp", "sriov", "networkdirect")
 SHARED_DIRS = ("none", "sshfs", "nfs")
 MAX_INSTANCES = 100  # Batch caps inter-node communication pools at 100 nodes
+# What a spec may cost (docs/limits.md): a spec is a page of YAML, not a data file.
+MAX_SPEC_BYTES = 1024 * 1024
+MAX_YAML_DEPTH = 32
+# Linux refuses exec (E2BIG) of any one argument or NAME=value longer than MAX_ARG_STRLEN (128 KiB);
+# a node runs the rendered command line as one `bash -c` argument, so the spec's parts stay well below.
+MAX_ARG_BYTES = 128 * 1024 - 1
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ENVIRONMENT_BYTES = 256 * 1024  # all of task.environment; leaves room for Batch's variables and the image's
 
 
 @dataclass(frozen=True)
@@ -217,7 +226,7 @@ def _mapping(value: Any, where: str) -> Mapping[str, Any]:
 
 def _int(value: Any, where: str, lo: int, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(where, f"{value!r} is not a whole number", f"write a number >= {lo}")
+        raise SpecError(where, f"{shown(value)} is not a whole number", f"write a number >= {lo}")
     if value < lo or (hi is not None and value > hi):
         rng = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
         raise SpecError(where, f"{value} is out of range", f"use a number {rng}")
@@ -226,7 +235,7 @@ def _int(value: Any, where: str, lo: int, hi: int | None = None) -> int:
 
 def _str(value: Any, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise SpecError(where, f"{value!r} is not a string", "quote it")
+        raise SpecError(where, f"{shown(value)} is not a string", "quote it")
     text = str(value)
     if "\x00" in text:
         raise SpecError(where, "contains a NUL byte", "remove it")
@@ -244,7 +253,7 @@ def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
     if text not in choices:
         close = difflib.get_close_matches(text, choices, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise SpecError(where, f"unknown value {value!r}", f"{hint}choose one of: {', '.join(choices)}")
+        raise SpecError(where, f"unknown value {shown(value)}", f"{hint}choose one of: {', '.join(choices)}")
     return text
 
 
@@ -255,15 +264,15 @@ def check_node_path(value: Any, where: str) -> str:
     if not text:
         raise SpecError(where, "is empty", fix)
     if PureWindowsPath(text).drive or text.startswith(("/", "\\")) or PureWindowsPath(text).root:
-        raise SpecError(where, f"{text!r} is absolute", fix)
+        raise SpecError(where, f"{shown(text)} is absolute", fix)
     parts = PurePosixPath(text.replace("\\", "/")).parts
     if ".." in parts:
-        raise SpecError(where, f"{text!r} escapes the task directory with '..'", fix)
+        raise SpecError(where, f"{shown(text)} escapes the task directory with '..'", fix)
     if any(c in text for c in "\n\r\t"):
-        raise SpecError(where, f"{text!r} contains a control character", fix)
+        raise SpecError(where, f"{shown(text)} contains a control character", fix)
     clean = "/".join(p for p in parts if p != ".")
     if not clean:
-        raise SpecError(where, f"{text!r} names no file", fix)
+        raise SpecError(where, f"{shown(text)} names no file", fix)
     return clean
 
 
@@ -306,7 +315,7 @@ def _files(value: Any, where: str, base_dir: Path) -> tuple[FileRef, ...]:
                 raise SpecError(f"{w}.source", "is empty", "name a local file or an http(s) URL")
             is_url = source.startswith(("http://", "https://"))
             if "://" in source and not is_url:
-                raise SpecError(f"{w}.source", f"unsupported URL scheme in {source!r}",
+                raise SpecError(f"{w}.source", f"unsupported URL scheme in {shown(source)}",
                                 "use a local path or an http(s) URL")
             default_path = PurePosixPath(source.split("?")[0]).name if is_url else Path(source).name
             path = check_node_path(m.get("path", default_path), f"{w}.path")
@@ -319,7 +328,7 @@ def _files(value: Any, where: str, base_dir: Path) -> tuple[FileRef, ...]:
             continue
         key = ref.path.lower()  # Windows nodes and many tools are case-insensitive
         if key in seen:
-            c.errors.append(SpecError(f"{w}.path", f"{ref.path!r} is also the destination of "
+            c.errors.append(SpecError(f"{w}.path", f"{shown(ref.path)} is also the destination of "
                                       f"{where}[{seen[key]}]", "give each file its own path"))
             continue
         seen[key] = i
@@ -366,7 +375,7 @@ def _outputs(value: Any, where: str) -> tuple[Output, ...]:
         pattern = check_node_path(m["pattern"], f"{w}.pattern")
         kind = _str(m.get("kind", "TaskOutput"), f"{w}.kind")
         if kind not in KINDS and not re.match(r"^[A-Za-z][A-Za-z0-9]{0,62}$", kind):
-            raise SpecError(f"{w}.kind", f"{kind!r} is not a File Conventions kind",
+            raise SpecError(f"{w}.kind", f"{shown(kind)} is not a File Conventions kind",
                             f"use one of {', '.join(KINDS)} or a custom name of letters and digits")
         out.append(Output(pattern=pattern, kind=kind))
     return tuple(out)
@@ -394,7 +403,7 @@ def _image(value: Any, where: str) -> Image | None:
     if isinstance(value, str):
         key = value.lower()
         if key not in IMAGE_ALIASES:
-            raise SpecError(where, f"unknown image {value!r}",
+            raise SpecError(where, f"unknown image {shown(value)}",
                             f"use one of {', '.join(IMAGE_ALIASES)} or a mapping with "
                             "publisher, offer, sku, version, node_agent")
         return IMAGE_ALIASES[key]
@@ -425,7 +434,7 @@ def _pool(value: Any) -> Pool | None:
     image = c.run(lambda: _image(m.get("image"), "pool.image"))
     inc = m.get("inter_node_communication", True)
     if not isinstance(inc, bool):
-        c.errors.append(SpecError("pool.inter_node_communication", f"{inc!r} is not true/false",
+        c.errors.append(SpecError("pool.inter_node_communication", f"{shown(inc)} is not true/false",
                                   "write true or false"))
         inc = True
     slots = c.run(lambda: _int(m.get("task_slots_per_node", 1), "pool.task_slots_per_node", 1, 256), 1)
@@ -568,12 +577,45 @@ def _cross_checks(spec: Spec) -> None:
         _check_cmd_words(spec, c)
     for i, ref in enumerate(t.common_files):
         if ref.path.split("/")[0].lower() == "mpibatch":
-            c.errors.append(SpecError(f"task.common_files[{i}].path", f"{ref.path!r} is inside mpibatch/, where "
+            c.errors.append(SpecError(f"task.common_files[{i}].path", f"{shown(ref.path)} is inside mpibatch/, where "
                                       "mpibatch's own node-side launchers go", "put the file under another directory"))
+    _check_exec_sizes(spec, c)
     if p and p.id and spec.job.pool and p.id.lower() != spec.job.pool.lower():
-        c.errors.append(SpecError("job.pool", f"{spec.job.pool!r} differs from pool.id {p.id!r}",
+        c.errors.append(SpecError("job.pool", f"{shown(spec.job.pool)} differs from pool.id {shown(p.id)}",
                                   "make them the same or drop one"))
     c.raise_if_any()
+
+
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _check_exec_sizes(spec: Spec, c: _Collector) -> None:
+    """What a node hands to exec must fit Linux's limits, or the run fails with E2BIG after nodes started."""
+    t = spec.task
+    fix = "put large data in a file (common_files) and pass its path"
+    env = t.environment
+    for k, v in env.items():
+        if _nbytes(k) + 1 + _nbytes(v) > MAX_ARG_BYTES:
+            c.errors.append(SpecError(f"task.environment.{k}", f"is {_nbytes(v)} bytes; exec refuses a variable "
+                                      f"over {MAX_ARG_BYTES + 1} bytes (E2BIG)", fix))
+    total = sum(_nbytes(k) + _nbytes(v) + 2 for k, v in env.items())
+    if total > MAX_ENVIRONMENT_BYTES and all(_nbytes(k) + 1 + _nbytes(v) <= MAX_ARG_BYTES for k, v in env.items()):
+        c.errors.append(SpecError("task.environment", f"is {total} bytes in all; at most {MAX_ENVIRONMENT_BYTES} "
+                                  "leaves exec room for Batch's variables (E2BIG otherwise)", fix))
+    parts: list[tuple[str, Command | None, tuple[str, ...]]] = [("task.command", t.command, t.mpi.options)]
+    for name, nt in (("job.preparation.command", spec.job.preparation), ("job.release.command", spec.job.release)):
+        parts.append((name, nt.command if nt else None, ()))
+    for where, cmd, extra in parts:
+        if cmd is None:
+            continue
+        size = sum(_nbytes(w) + 1 for w in (cmd.argv or (cmd.shell or "",)) + extra)
+        if size > MAX_COMMAND_BYTES:
+            c.errors.append(SpecError(where, f"is {size} bytes; a node runs it as one exec argument, so at most "
+                                      f"{MAX_COMMAND_BYTES} bytes", "move the logic into a script file"))
+    if t.coordination and _nbytes(t.coordination) > MAX_COMMAND_BYTES:
+        c.errors.append(SpecError("task.coordination", f"is {_nbytes(t.coordination)} bytes; at most "
+                                  f"{MAX_COMMAND_BYTES}", "move the logic into a script file"))
 
 
 def _check_cmd_words(spec: Spec, c: _Collector) -> None:
@@ -585,12 +627,12 @@ def _check_cmd_words(spec: Spec, c: _Collector) -> None:
     words += [(f"task.environment.{k}", v) for k, v in spec.task.environment.items()]
     for where, word in words:
         if bad & set(word):
-            c.errors.append(SpecError(where, f"{word!r} holds % or \" or a newline, which cannot pass safely "
+            c.errors.append(SpecError(where, f"{shown(word)} holds % or \" or a newline, which cannot pass safely "
                                       "through cmd /c on Windows", fix))
         elif word and not CMD_SAFE_WORD.fullmatch(word):
             # cmd /c strips the line's first and last quote: a quoted word at the end would break the
             # ""%MSMPI_BIN%\mpiexec.exe"" form, so words that need quotes are refused.
-            c.errors.append(SpecError(where, f"{word!r} would need quotes on the cmd /c line (spaces or & | < > ^)",
+            c.errors.append(SpecError(where, f"{shown(word)} would need quotes on the cmd /c line (spaces or & | < > ^)",
                                       "use values without spaces, or a shell-line string for the command"))
 
 
@@ -619,19 +661,52 @@ def parse_spec(data: Any, base_dir: Path | str = ".") -> Spec:
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a YAML spec file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(str(p), "no such file", "check the path to the spec") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise SpecError(str(p), f"cannot be read ({e.__class__.__name__})", "give a readable YAML file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(str(p), f"is not valid YAML{where}: {getattr(e, 'problem', e)}",
-                        "fix the YAML syntax") from None
+    data = parse_yaml(read_spec_text(p), str(p))
     if data is None:
         raise SpecError(str(p), "is empty", "see examples/hello/spec.yaml for a starting point")
     return parse_spec(data, p.parent)
+
+
+def read_spec_text(p: Path) -> str:
+    """The spec's text: a small regular UTF-8 file (a huge one would cost its size many times over
+    in YAML objects)."""
+    return read_text_file(p, field=str(p), limit=MAX_SPEC_BYTES,
+                          fix="give a UTF-8 YAML file of at most 1 MiB; put data in files named in common_files")
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases and deep nesting: the cost of a spec stays proportional to its size."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _Refused(mark, "YAML aliases (*name) are not accepted in a spec",
+                           "write the value out where it is used")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _Refused(self.peek_event().start_mark, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                               "a spec needs only a few levels of mappings and lists")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Refused(Exception):
+    def __init__(self, mark: Any, problem: str, fix: str) -> None:
+        self.mark, self.problem, self.fix = mark, problem, fix
+
+
+def parse_yaml(text: str, name: str) -> Any:
+    """YAML text -> plain data, every failure a SpecError naming the line."""
+    try:
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as e:
+        raise SpecError(name, f"{e.problem} (line {e.mark.line + 1}, column {e.mark.column + 1})", e.fix) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(name, f"is not valid YAML{where}: {getattr(e, 'problem', e)}",
+                        "fix the YAML syntax") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise SpecError(name, f"holds a value YAML cannot convert: {str(e)[:120]}", "fix the value") from None

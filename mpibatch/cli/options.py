@@ -1,12 +1,12 @@
 """Options that several commands share: which executor, and how the SSH executor reaches its hosts."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from ..errors import SpecError
+from ..inputfiles import read_text_file
 from ..executors import Executor, Progress, get_executor, names
 
 # What an option holds when the user did not give it: such options are not passed to the executor.
@@ -25,7 +25,7 @@ def ssh_options(fn: Any) -> Any:
         click.option("--user", help="SSH user (default: yours, or user@ in the host entry)"),
         click.option("--key", type=click.Path(dir_okay=False), help="SSH private key"),
         click.option("--known-hosts", type=click.Path(dir_okay=False), help="default ~/.ssh/known_hosts"),
-        click.option("--port", type=int, default=None, help="SSH port (default 22)"),
+        click.option("--port", type=click.IntRange(1, 65535), default=None, help="SSH port (default 22)"),
         click.option("--node-root", default=None, help="node root directory on each host (default /tmp/mpibatch)"),
         click.option("--remote-path-prepend", multiple=True,
                      help="directory to put first on PATH on the hosts (e.g. the venv with the MPI runtime)"),
@@ -46,10 +46,12 @@ def ssh_hosts(kw: dict[str, Any]) -> list[Any]:
                         "e.g. --hosts 10.0.0.4,10.0.0.5")
     if kw.get("hosts"):
         return [parse_host_spec(h.strip(), "--hosts") for h in kw["hosts"].split(",") if h.strip()]
-    path = Path(kw["hosts_file"])
-    if not path.is_file():
-        raise SpecError("--hosts-file", f"{path} does not exist", "give a file with one host a line")
-    return parse_hosts_file(path.read_text(), "--hosts-file")
+    text = read_text_file(kw["hosts_file"], field=f"--hosts-file {kw['hosts_file']}", limit=MAX_HOSTS_FILE_BYTES,
+                          fix="give a UTF-8 text file with one [user@]host[:port] a line")
+    return parse_hosts_file(text, "--hosts-file")
+
+
+MAX_HOSTS_FILE_BYTES = 1024 * 1024  # a task has at most 100 hosts; a megabyte is far more than any real list
 
 
 def executor_from_options(name: str, kw: dict[str, Any], *, runs_dir: str, progress: Progress | None,

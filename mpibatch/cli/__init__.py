@@ -17,7 +17,7 @@ def main(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # Libraries stay quiet unless -vv: the Azure SDK logs request URLs, paramiko whole tracebacks.
-    for name in ("azure", "paramiko"):
+    for name in ("azure", "paramiko", "mpibatch.executors.ssh.wire"):
         logging.getLogger(name).setLevel(level if verbose >= 2 else logging.CRITICAL)
 
 

@@ -46,6 +46,10 @@ KEEPALIVE_S = 1.0
 LOST_AFTER_S = 4.0  # no keepalive reply for this long: the host is lost
 CLEANUP_TIMEOUT_S = 8.0
 SFTP_TIMEOUT_S = 30.0
+# paramiko's own log (wire errors, each with a traceback): _connect turns them into one message, so
+# it stays quiet unless someone lowers this logger's level (the CLI does with -vv).
+WIRE_LOG = f"{__name__}.wire"
+logging.getLogger(WIRE_LOG).setLevel(logging.CRITICAL)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NODE_ROOT = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 INSECURE_FLAG = "--insecure-accept-unknown-host-keys"
@@ -143,6 +147,8 @@ class SshTransport:
         if not (_NODE_ROOT.fullmatch(node_root) and ".." not in node_root.split("/")):
             raise SpecError("node_root", f"{node_root!r} is not a plain absolute directory",
                             "use e.g. /tmp/mpibatch or /mnt/batch/tasks (letters, digits, '.', '_', '-')")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise SpecError("port", f"{port!r} is not a TCP port", "use a number from 1 to 65535 (SSH: 22)")
         if key is not None and not Path(key).expanduser().is_file():
             raise SpecError("key", f"{key} does not exist or is not a file", "give the path of a private key file")
         default_user = user or getpass.getuser()
@@ -202,6 +208,7 @@ class SshTransport:
 
     def _connect(self, h: _Host) -> None:
         client = paramiko.SSHClient()
+        client.set_log_channel(WIRE_LOG)
         if self.insecure:
             log.warning("%s: host key NOT checked (%s): anyone on the network path can impersonate it",
                         h.label, INSECURE_FLAG)
@@ -228,6 +235,7 @@ class SshTransport:
                             f"if you know why it changed, remove the old entry (ssh-keygen -R {h.spec.host} "
                             f"-f {self.known_hosts}) and add the new one after checking it ({keyscan})") from None
         except paramiko.SSHException as e:
+            handshake_done = getattr(client.get_transport(), "session_id", None) is not None
             client.close()
             if "not found in known_hosts" in str(e):
                 raise SpecError("known_hosts", f"the host key of {h.label} is unknown: {self.known_hosts} "
@@ -237,6 +245,9 @@ class SshTransport:
             if isinstance(e, paramiko.AuthenticationException):
                 raise InfraError(f"{h.label}: authentication as {h.user} failed ({e}); give the right "
                                  "--user and --key") from None
+            if not handshake_done:
+                raise InfraError(f"{h.label} accepted a TCP connection but did not answer as an SSH server "
+                                 f"within {t:g}s ({e}); check the address and the port") from None
             raise InfraError(f"{h.label}: SSH connection failed: {e}") from None
         except (socket.timeout, TimeoutError):
             client.close()

@@ -9,33 +9,34 @@ task's -> retries re-run the lifecycle -> outputs collected -> job release on ev
 """
 from __future__ import annotations
 
-import http.client
+import errno
 import logging
 import shlex
 import shutil
 import tempfile
+import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence, TypeVar
 
 from ..durations import human
-from ..errors import InfraError, SpecError
+from ..errors import InfraError
 from ..nodeenv import NodeLayout, batch_env
 from ..plan import TaskPlan, plan_from_rendered
-from ..redaction import redact, redact_url
 from ..results import Failure, InstanceResult, TaskResult, tail
 from ..spec import FileRef, Spec
 from . import Executor, Progress, TaskHandle, rendered
+from .resource_files import DownloadTimeout, FilesError, check_local_sources, download
 
 if TYPE_CHECKING:
     from ..render import Rendered
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
+# Batch stops a job release task after 15 minutes and refuses a longer limit (docs/batch-semantics.md#lifecycle).
+RELEASE_TIMEOUT_S = 15 * 60.0
 
 
 @dataclass
@@ -84,36 +85,35 @@ def new_output_dir(runs_dir: Path, job_id: str, task_id: str) -> Path:
     raise InfraError(f"too many runs of {job_id}/{task_id} in {runs_dir}: clean some up")
 
 
-def check_local_sources(plan: TaskPlan) -> None:
-    """Bad input before anything runs: every local source must exist."""
-    for where, refs in (("task.common_files", plan.common_files), ("task.files", plan.files),
-                        ("job.preparation.files", plan.preparation_files)):
-        for i, ref in enumerate(refs):
-            if not ref.is_url and not Path(ref.source).is_file():
-                raise SpecError(f"{where}[{i}].source", f"{ref.source} does not exist or is not a file",
-                                "fix the path (relative paths are relative to the spec file)")
+T = TypeVar("T")
 
 
-def download(ref: FileRef, cache: Path, timeout: float = 60) -> Path:
-    """Fetch an http(s) source once; the error names the file and the URL without its SAS."""
-    dest = cache / f"{abs(hash(ref.source))}-{Path(ref.path).name}"
-    if dest.exists():
-        return dest
-    try:
-        with urllib.request.urlopen(ref.source, timeout=timeout) as resp, open(dest, "wb") as f:
-            shutil.copyfileobj(resp, f)
-    except urllib.error.HTTPError as e:
-        dest.unlink(missing_ok=True)
-        raise _FilesError(f"resource file {ref.path}: HTTP {e.code} {redact(e.reason)} from {redact_url(ref.source)}")
-    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:  # e.g. InvalidURL
-        dest.unlink(missing_ok=True)
-        reason = redact(getattr(e, "reason", e))  # the exception may quote the URL, SAS included
-        raise _FilesError(f"resource file {ref.path}: cannot download {redact_url(ref.source)}: {reason}")
-    return dest
+def run_all(fn: Callable[[T], None], items: Sequence[T], workers: int = 8) -> list[BaseException | None]:
+    """fn(item) for every item, `workers` at a time, in daemon threads; the exception of each (or None).
+    Ctrl-C returns at once (KeyboardInterrupt) instead of waiting for every call, as a thread pool's
+    shutdown would: the calls still running end with the process, or on their own."""
+    results: list[BaseException | None] = [None] * len(items)
+    slots = threading.Semaphore(max(1, workers))
+    threads = []
 
+    def one(i: int) -> None:
+        try:
+            fn(items[i])
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            results[i] = e
+        finally:
+            slots.release()
 
-class _FilesError(Exception):
-    pass
+    for i in range(len(items)):
+        while not slots.acquire(timeout=0.2):
+            pass
+        th = threading.Thread(target=one, args=(i,), daemon=True, name=f"mpibatch-collect-{i}")
+        th.start()
+        threads.append(th)
+    for th in threads:
+        while th.is_alive():
+            th.join(0.2)
+    return results
 
 
 class _Failed(Exception):
@@ -123,8 +123,10 @@ class _Failed(Exception):
 
 class Lifecycle:
     def __init__(self, plan: TaskPlan, transport: Transport, *, base_env: dict[str, str],
-                 runs_dir: Path, progress: Progress | None = None, account: str = "local") -> None:
+                 runs_dir: Path, progress: Progress | None = None, account: str = "local",
+                 release_timeout_s: float = RELEASE_TIMEOUT_S) -> None:
         self.plan, self.t = plan, transport
+        self.release_timeout_s = release_timeout_s
         self.base_env = base_env
         self.runs_dir = Path(runs_dir)
         self.progress = progress or (lambda phase, detail: None)
@@ -143,8 +145,12 @@ class Lifecycle:
         # Batch's own variables last: nothing overrides them (the spec refuses AZ_BATCH_* names).
         return {**self.base_env, **self.plan.environment, **batch}
 
-    def _wait(self, procs: dict[int, Proc], phase: str, nodes: list[Node], watch: Sequence[Node] = ()) -> dict[int, int]:
-        """Wait for every process; fail on timeout, lost node; returns exit codes by instance."""
+    def _wait(self, procs: dict[int, Proc], phase: str, nodes: list[Node], watch: Sequence[Node] = (),
+              limit: tuple[float, str] | None = None) -> dict[int, int]:
+        """Wait for every process; fail on timeout, lost node; returns exit codes by instance.
+        `limit` is (deadline, what sets it); by default the task's max_wall_clock."""
+        if limit is None and self.deadline is not None:
+            limit = (self.deadline, f"max_wall_clock {human(self.plan.max_wall_clock or 0)}")
         codes: dict[int, int] = {}
         while len(codes) < len(procs):
             for i, p in procs.items():
@@ -162,9 +168,9 @@ class Lifecycle:
                     if why:
                         raise _Failed(Failure(phase, f"instance {n.index} ({n.host}) was lost after "
                                               f"{time.monotonic() - self.t0:.1f}s: {why}", n.index))
-            if self.deadline and time.monotonic() > self.deadline and len(codes) < len(procs):
-                raise _Failed(Failure("timeout", f"max_wall_clock {human(self.plan.max_wall_clock or 0)} "
-                                      f"exceeded during {phase}; every process was ended"), timed_out=True)
+            if limit and time.monotonic() > limit[0] and len(codes) < len(procs):
+                raise _Failed(Failure("timeout", f"{limit[1]} exceeded during {phase}; every process was ended"),
+                              timed_out=True)
             if len(codes) < len(procs):
                 time.sleep(POLL_S)
         return codes
@@ -172,7 +178,6 @@ class Lifecycle:
     # ------------------------------------------------------------------ phases
     def run(self) -> TaskResult:
         plan = self.plan
-        check_local_sources(plan)
         result = TaskResult(job_id=plan.job_id, task_id=plan.task_id, executor=self.t.name, state="running",
                             exit_code=None)
         cache = Path(tempfile.mkdtemp(prefix="mpibatch-downloads-"))
@@ -202,7 +207,7 @@ class Lifecycle:
             except KeyboardInterrupt:
                 result.failure = Failure("interrupted", "interrupted by the user; every process was ended")
             self.t.end_processes()
-            self._collect(nodes, layouts, result)
+            self._collect(nodes, layouts, result, task_started=bool(ran))
             self._release(ran, hosts, layouts)
         finally:
             try:
@@ -216,22 +221,38 @@ class Lifecycle:
         result.elapsed_s = round(time.monotonic() - self.t0, 3)
         return result
 
+    def _start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str, stderr: str,
+               phase: str) -> Proc:
+        try:
+            return self.t.start(node, command_line, env, cwd, stdout, stderr)
+        except OSError as e:
+            if e.errno != errno.E2BIG:
+                raise
+            size = len(command_line) + sum(len(k) + len(v) + 2 for k, v in env.items())
+            raise _Failed(Failure(phase, f"instance {node.index}: the command line and environment ({size} bytes) "
+                                  "are too big for exec (E2BIG); shrink the environment the run starts from",
+                                  node.index)) from None
+
     def _node_task(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout], name: str,
-                   command_line: str, files: Sequence[FileRef], cache: Path) -> dict[int, int]:
+                   command_line: str, files: Sequence[FileRef], cache: Path,
+                   limit: tuple[float, str] | None = None) -> dict[int, int]:
         procs: dict[int, Proc] = {}
         for n, lay in zip(nodes, layouts):
             tdir = lay.node_task_dir(name)
             self.t.make_dirs(n, [f"{tdir}/wd"], clean=[tdir])
             for ref in files:
                 self.t.put(n, self._local(ref, cache), f"{tdir}/wd/{ref.path}")
-            procs[n.index] = self.t.start(n, command_line, self._env(n, hosts, lay, tdir), f"{tdir}/wd",
-                                          f"{tdir}/stdout.txt", f"{tdir}/stderr.txt")
-        return self._wait(procs, name, nodes)
+            procs[n.index] = self._start(n, command_line, self._env(n, hosts, lay, tdir), f"{tdir}/wd",
+                                         f"{tdir}/stdout.txt", f"{tdir}/stderr.txt", name)
+        return self._wait(procs, name, nodes, limit=limit)
 
     def _local(self, ref: FileRef, cache: Path) -> Path:
         try:
-            return download(ref, cache) if ref.is_url else Path(ref.source)
-        except _FilesError as e:
+            return download(ref, cache, self.deadline) if ref.is_url else Path(ref.source)
+        except DownloadTimeout as e:
+            raise _Failed(Failure("timeout", f"max_wall_clock {human(self.plan.max_wall_clock or 0)} exceeded: {e}; "
+                                  "every process was ended"), timed_out=True) from None
+        except FilesError as e:
             raise _Failed(Failure("files", str(e))) from None
 
     def _prepare_nodes(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout], cache: Path) -> None:
@@ -252,14 +273,26 @@ class Lifecycle:
         if not self.plan.release_command_line or not nodes:
             return
         self._say("release", f"job release task on {len(nodes)} nodes")
+        # Its own limit, not the task's max_wall_clock (the task has ended); Batch does not fail the
+        # task for its job release task, and neither does a timeout or Ctrl-C here.
+        limit = (time.monotonic() + self.release_timeout_s, f"the job release task's limit {human(int(self.release_timeout_s))}")
         try:
-            codes = self._node_task(nodes, hosts, layouts, "jobrelease", self.plan.release_command_line, (), Path("."))
-        except _Failed as f:  # Batch does not fail the task for its job release task
+            codes = self._node_task(nodes, hosts, layouts, "jobrelease", self.plan.release_command_line, (), Path("."),
+                                    limit=limit)
+        except _Failed as f:
+            self.t.end_processes()
             log.warning("job release task: %s", f.failure.reason)
             return
-        for i, c in codes.items():
+        except KeyboardInterrupt:
+            self.t.end_processes()
+            log.warning("job release task interrupted by the user and ended; the task's outcome stands")
+            return
+        for i, c in sorted(codes.items()):
             if c != 0:
-                log.warning("job release task exited with code %s on instance %s", c, i)
+                n = next(nd for nd in nodes if nd.index == i)
+                err = self.t.read_tail(n, f"{layouts[i].node_task_dir('jobrelease')}/stderr.txt", 500).strip()
+                log.warning("job release task exited with code %s on instance %s (%s)%s", c, i, n.host,
+                            f": {err}" if err else " (stderr empty)")
 
     def _attempt(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout], cache: Path,
                  result: TaskResult) -> None:
@@ -278,8 +311,8 @@ class Lifecycle:
             list(pool.map(lambda c: self.t.put(*c), copies))
 
         self._say("coordination", f"0/{len(nodes)}")
-        procs = {n.index: self.t.start(n, plan.coordination_command_line, self._env(n, hosts, lay), lay.working_dir,
-                                       f"{lay.task_dir}/stdout.txt", f"{lay.task_dir}/stderr.txt")
+        procs = {n.index: self._start(n, plan.coordination_command_line, self._env(n, hosts, lay), lay.working_dir,
+                                      f"{lay.task_dir}/stdout.txt", f"{lay.task_dir}/stderr.txt", "coordination")
                  for n, lay in zip(nodes, layouts)}
         codes = self._wait(procs, "coordination", nodes, watch=nodes)
         for i, c in codes.items():
@@ -293,42 +326,53 @@ class Lifecycle:
 
         self._say("running", f"application on the primary ({nodes[0].host})")
         lay0 = layouts[0]
-        app = self.t.start(nodes[0], plan.command_line, self._env(nodes[0], hosts, lay0), lay0.working_dir,
-                           f"{lay0.task_dir}/stdout.txt", f"{lay0.task_dir}/stderr.txt")
+        app = self._start(nodes[0], plan.command_line, self._env(nodes[0], hosts, lay0), lay0.working_dir,
+                          f"{lay0.task_dir}/stdout.txt", f"{lay0.task_dir}/stderr.txt", "running")
         rc = self._wait({0: app}, "running", nodes, watch=nodes[1:])[0]
         result.instances[0].application_exit_code = rc
         result.exit_code = rc
         if rc != 0:
             raise _Failed(Failure("running", f"the application exited with code {rc} on the primary", 0))
 
-    def _collect(self, nodes: list[Node], layouts: list[NodeLayout], result: TaskResult) -> None:
+    def _collect(self, nodes: list[Node], layouts: list[NodeLayout], result: TaskResult,
+                 task_started: bool = True) -> None:
+        """Every instance's logs and outputs; when job preparation failed (the task never started),
+        each node's job preparation logs instead, under <instance>/jobpreparation/."""
         if not nodes:
             return
         self._say("collecting", f"outputs of {len(nodes)} instances")
         out = new_output_dir(self.runs_dir, self.plan.job_id, self.plan.task_id)
         result.output_dir = str(out)
-        patterns = [o.pattern for o in self.plan.outputs]
+        patterns = [o.pattern for o in self.plan.outputs] if task_started else []
 
         def one(n: Node) -> None:
             r, lay = result.instances[n.index], layouts[n.index]
             d = out / str(n.index)
             d.mkdir()
             r.output_dir = str(d)
+            src, logs = (lay.task_dir, d) if task_started else (lay.node_task_dir("jobpreparation"), d / "jobpreparation")
+            logs.mkdir(exist_ok=True)
             for name in ("stdout.txt", "stderr.txt"):
-                if self.t.fetch(n, f"{lay.task_dir}/{name}", d / name):
-                    text = (d / name).read_text(errors="replace")
+                if self.t.fetch(n, f"{src}/{name}", logs / name):
+                    text = (logs / name).read_text(errors="replace")
                     setattr(r, name[:6], tail(text))
-                    setattr(r, f"{name[:6]}_path", str(d / name))
+                    setattr(r, f"{name[:6]}_path", str(logs / name))
             if patterns:
                 r.files = self.t.collect(n, lay.working_dir, patterns, d)
 
-        with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
-            for f in [pool.submit(one, n) for n in nodes]:
-                try:
-                    f.result()
-                except OSError as e:
-                    result.missing.append(f"collecting failed: {e}")
-
+        try:
+            errors = run_all(one, nodes, workers=8)
+        except KeyboardInterrupt:
+            # The copies still running are abandoned, not awaited; what they leave is incomplete.
+            result.missing.append("collection was interrupted: outputs of some instances are incomplete")
+            if result.failure is None:
+                result.failure = Failure("collecting", f"interrupted by the user while collecting; {out} is incomplete")
+            return
+        for e in errors:
+            if isinstance(e, OSError):
+                result.missing.append(f"collecting failed: {e}")
+            elif e is not None:
+                raise e
 
 def split_command_line(command_line: str) -> list[str]:
     """How a Linux Batch node splits a task command line (no shell: just words)."""
@@ -338,6 +382,8 @@ def split_command_line(command_line: str) -> list[str]:
 class RehearsalExecutor(Executor):
     """An executor that runs the lifecycle itself over a Transport: when `submit` returns, the task
     has ended and every instance's outputs are in `runs_dir`."""
+
+    release_timeout_s: float = RELEASE_TIMEOUT_S  # an instance may lower it (tests do)
 
     def __init__(self, *, runs_dir: str | Path = "mpibatch-runs", progress: Progress | None = None) -> None:
         self.runs_dir = Path(runs_dir)
@@ -349,9 +395,10 @@ class RehearsalExecutor(Executor):
 
     def run_plan(self, plan: TaskPlan) -> TaskResult:
         """Run a plan (a rendered spec, or a task as the Batch REST API describes it)."""
+        check_local_sources(plan)  # before the transport exists: a bad source leaves nothing behind
         transport, base_env = self.transport_for(plan)
         return Lifecycle(plan, transport, base_env=base_env, runs_dir=self.runs_dir, progress=self.progress,
-                         account=self.name).run()
+                         account=self.name, release_timeout_s=self.release_timeout_s).run()
 
     def transport_for(self, plan: TaskPlan) -> tuple[Transport, dict[str, str]]:
         """A fresh Transport for one run, and the environment every node process starts from."""

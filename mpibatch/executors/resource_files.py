@@ -1,0 +1,122 @@
+"""Resource files of a rehearsal: local sources checked before any node exists, http(s) sources
+downloaded once per run within the task's max_wall_clock."""
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..inputfiles import check_readable_file
+from ..plan import TaskPlan
+from ..redaction import redact, redact_url
+from ..spec import FileRef
+
+POLL_S = 0.05
+DOWNLOAD_IDLE_S = 60.0  # a resource-file server silent this long is gone
+DOWNLOAD_CHUNK = 1 << 16
+
+
+def check_local_sources(plan: TaskPlan) -> None:
+    """Bad input before anything runs (before any node exists): every local source is a regular
+    file this process can read - opened, not guessed from its mode bits. Indexes are the spec's:
+    mpibatch's own launchers (under mpibatch/, a path the spec keeps for them) are not counted."""
+    fix = "give a readable regular file (relative paths are relative to the spec file)"
+    for where, refs in (("task.common_files", plan.common_files), ("task.files", plan.files),
+                        ("job.preparation.files", plan.preparation_files)):
+        own = [r for r in refs if where == "task.common_files" and r.path.startswith("mpibatch/")]
+        users = [r for r in refs if r not in own]
+        for name, ref in [(f"{where}[{i}].source", r) for i, r in enumerate(users)] + \
+                         [(f"mpibatch's {r.path}", r) for r in own]:
+            if not ref.is_url:
+                check_readable_file(ref.source, field=f"{name} {ref.source}", fix=fix)
+
+
+def download(ref: FileRef, cache: Path, deadline: float | None = None, idle_s: float = DOWNLOAD_IDLE_S) -> Path:
+    """Fetch an http(s) source once, done by `deadline` (time.monotonic()) or not at all: a socket
+    timeout alone would let a server that trickles a byte every few seconds hold the run forever.
+    The transfer runs in a daemon thread the caller stops waiting for at the deadline (or Ctrl-C);
+    the thread then stops after its current read. Errors name the file and the URL without its SAS."""
+    dest = cache / f"{abs(hash(ref.source))}-{Path(ref.path).name}"
+    if dest.exists():
+        return dest
+    part = dest.with_name(dest.name + ".part")  # never the final name until complete
+    stop, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def transfer() -> None:
+        try:
+            with urllib.request.urlopen(ref.source, timeout=idle_s) as resp, open(part, "wb") as f:
+                while not stop.is_set() and (chunk := resp.read1(DOWNLOAD_CHUNK)):
+                    f.write(chunk)
+            if not stop.is_set():
+                part.replace(dest)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            errors.append(e)
+        finally:
+            part.unlink(missing_ok=True)
+            done.set()
+
+    threading.Thread(target=transfer, name=f"mpibatch-download-{Path(ref.path).name}", daemon=True).start()
+    try:
+        while not done.wait(POLL_S if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DownloadTimeout(f"resource file {ref.path} from {redact_url(ref.source)} was still "
+                                      "downloading")
+    finally:
+        stop.set()
+    if errors:
+        e = errors[0]
+        if isinstance(e, urllib.error.HTTPError):
+            raise FilesError(f"resource file {ref.path}: HTTP {e.code} {redact(e.reason)} from {redact_url(ref.source)}")
+        if isinstance(e, (urllib.error.URLError, OSError, ValueError, http.client.HTTPException)):  # e.g. InvalidURL
+            reason = redact(getattr(e, "reason", e))  # the exception may quote the URL, SAS included
+            raise FilesError(f"resource file {ref.path}: cannot download {redact_url(ref.source)}: {reason}")
+        raise e
+    return dest
+    part = dest.with_name(dest.name + ".part")  # never the final name until complete
+    stop, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def transfer() -> None:
+        try:
+            with urllib.request.urlopen(ref.source, timeout=idle_s) as resp, open(part, "wb") as f:
+                while not stop.is_set() and (chunk := resp.read1(DOWNLOAD_CHUNK)):
+                    f.write(chunk)
+            if not stop.is_set():
+                part.replace(dest)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            errors.append(e)
+        finally:
+            part.unlink(missing_ok=True)
+            done.set()
+
+    threading.Thread(target=transfer, name=f"mpibatch-download-{Path(ref.path).name}", daemon=True).start()
+    try:
+        while not done.wait(POLL_S if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DownloadTimeout(f"resource file {ref.path} from {redact_url(ref.source)} was still "
+                                      "downloading")
+    finally:
+        stop.set()
+    if errors:
+        e = errors[0]
+        if isinstance(e, urllib.error.HTTPError):
+            raise FilesError(f"resource file {ref.path}: HTTP {e.code} {e.reason} from {redact_url(ref.source)}")
+        if isinstance(e, ValueError):  # e.g. http.client.InvalidURL: its text holds the whole URL
+            raise FilesError(f"resource file {ref.path}: {redact_url(ref.source)} is not a valid URL")
+        if isinstance(e, (urllib.error.URLError, OSError)):
+            reason = getattr(e, "reason", e)
+            raise FilesError(f"resource file {ref.path}: cannot download {redact_url(ref.source)}: {reason}")
+        raise e
+    return dest
+
+
+class FilesError(Exception):
+    """A resource file could not be had: the task fails in its files phase."""
+
+
+class DownloadTimeout(FilesError):
+    """The task's max_wall_clock ran out while a resource file was downloading."""

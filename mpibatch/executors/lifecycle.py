@@ -272,11 +272,12 @@ class Lifecycle:
     def _release(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout]) -> None:
         if not self.plan.release_command_line or not nodes:
             return
-        self._say("release", f"job release task on {len(nodes)} nodes")
         # Its own limit, not the task's max_wall_clock (the task has ended); Batch does not fail the
         # task for its job release task, and neither does a timeout or Ctrl-C here.
-        limit = (time.monotonic() + self.release_timeout_s, f"the job release task's limit {human(int(self.release_timeout_s))}")
+        limit = (time.monotonic() + self.release_timeout_s,
+                 f"the job release task's limit {human(int(self.release_timeout_s))}")
         try:
+            self._say("release", f"job release task on {len(nodes)} nodes")
             codes = self._node_task(nodes, hosts, layouts, "jobrelease", self.plan.release_command_line, (), Path("."),
                                     limit=limit)
         except _Failed as f:
@@ -340,10 +341,8 @@ class Lifecycle:
         each node's job preparation logs instead, under <instance>/jobpreparation/."""
         if not nodes:
             return
-        self._say("collecting", f"outputs of {len(nodes)} instances")
-        out = new_output_dir(self.runs_dir, self.plan.job_id, self.plan.task_id)
-        result.output_dir = str(out)
         patterns = [o.pattern for o in self.plan.outputs] if task_started else []
+        out = Path()
 
         def one(n: Node) -> None:
             r, lay = result.instances[n.index], layouts[n.index]
@@ -360,13 +359,17 @@ class Lifecycle:
             if patterns:
                 r.files = self.t.collect(n, lay.working_dir, patterns, d)
 
-        try:
+        try:  # Ctrl-C from the first progress line on is an interrupted collection
+            self._say("collecting", f"outputs of {len(nodes)} instances")
+            out = new_output_dir(self.runs_dir, self.plan.job_id, self.plan.task_id)
+            result.output_dir = str(out)
             errors = run_all(one, nodes, workers=8)
         except KeyboardInterrupt:
             # The copies still running are abandoned, not awaited; what they leave is incomplete.
             result.missing.append("collection was interrupted: outputs of some instances are incomplete")
             if result.failure is None:
-                result.failure = Failure("collecting", f"interrupted by the user while collecting; {out} is incomplete")
+                result.failure = Failure("collecting", "interrupted by the user while collecting; "
+                                         f"{result.output_dir or 'the outputs'} is incomplete")
             return
         for e in errors:
             if isinstance(e, OSError):

@@ -51,20 +51,20 @@ def _closed_port() -> int:
 
 def test_resource_file_with_a_space_in_its_sas_url_fails_cleanly(tmp_path: Path) -> None:
     """urllib raises http.client.InvalidURL (an HTTPException) quoting the query: a failure line, no secret."""
-    from mpibatch.executors.lifecycle import _FilesError, download
+    from mpibatch.executors.resource_files import FilesError, download
 
     ref = FileRef(source=f"http://127.0.0.1:{_closed_port()}/c/my file.txt?{SAS}", path="my file.txt")
-    with pytest.raises(_FilesError) as e:
+    with pytest.raises(FilesError) as e:
         download(ref, tmp_path)
     assert "SECRETSIG" not in str(e.value) and "resource file my file.txt" in str(e.value)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_resource_file_failure_line_hides_the_password(tmp_path: Path) -> None:
-    from mpibatch.executors.lifecycle import _FilesError, download
+    from mpibatch.executors.resource_files import FilesError, download
 
     ref = FileRef(source=f"http://alice:hunter2@127.0.0.1:{_closed_port()}/data.bin?{SAS}", path="data.bin")
-    with pytest.raises(_FilesError) as e:
+    with pytest.raises(FilesError) as e:
         download(ref, tmp_path)
     assert "hunter2" not in str(e.value) and "SECRETSIG" not in str(e.value)
     assert f"alice:{MASK}@127.0.0.1" in str(e.value)

@@ -1,11 +1,13 @@
 #!/bin/bash
-# The init of one emulated node (its own mount and UTS namespaces): the node's directory appears
-# at the node-root path every node shares (as /mnt/batch/tasks on Batch), /etc/hosts lists the
-# nodes, the hostname is the node's.
+# The init of one emulated node (its own mount and UTS namespaces, inside the run's user namespace):
+# the node's directory appears at the node-root path every node shares (as /mnt/batch/tasks on
+# Batch), /etc/hosts lists the nodes, the hostname is the node's, and /dev/shm is the node's own
+# (MPI shared-memory segments never reach the host's, nor another node's or run's).
 #   local_node_init.sh NODE_DIR NODE_ROOT HOSTS_FILE HOSTNAME
 set -euo pipefail
 mount --bind "$1" "$2"
 mount --bind "$3" /etc/hosts
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 hostname "$4"
 echo ready
 # Stay alive (and reap orphans) until the executor ends the node.

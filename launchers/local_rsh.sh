@@ -17,5 +17,6 @@ pid=$(cat "${MPIBATCH_LOCAL_NODES:?}/$host" 2> /dev/null) || {
 while IFS='=' read -r name _; do
   case "$name" in AZ_BATCH_*|CCP_NODES) unset "$name" ;; esac
 done < <(env)
-# Already inside the run's PID namespace: enter only the node's mount and UTS namespaces.
+# Already inside the run's user and PID namespaces (as root there): enter only the
+# node's mount and UTS namespaces.
 exec nsenter -t "$pid" -m -u -- /bin/sh -c "$*"

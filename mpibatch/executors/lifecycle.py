@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 POLL_S = 0.05
 # Batch stops a job release task after 15 minutes and refuses a longer limit (docs/batch-semantics.md#lifecycle).
 RELEASE_TIMEOUT_S = 15 * 60.0
+# Exit code 127 is the shell's "command not found": on a rehearsal node, most often the MPI launcher.
+NOT_FOUND_HINT = (": code 127 means a command was not found on the node - most likely the MPI launcher "
+                  "(mpirun/mpiexec) or the program is not on the node's PATH; put its directory first with "
+                  "--remote-path-prepend DIR (SSH) or task.environment.PATH")
 
 
 @dataclass
@@ -79,10 +85,22 @@ def new_output_dir(runs_dir: Path, job_id: str, task_id: str) -> Path:
         d = parent / (task_id if n == 1 else f"{task_id}.{n}")
         try:
             d.mkdir()
-            return d
         except FileExistsError:
             continue
+        point_latest(d)
+        return d
     raise InfraError(f"too many runs of {job_id}/{task_id} in {runs_dir}: clean some up")
+
+
+def point_latest(run_dir: Path) -> None:
+    """runs_dir/job/task.latest -> the newest run of that task (task, task.2, ...): a stable name for
+    scripts and READMEs (a task id never holds a dot, so no run is ever called that). Replaced
+    atomically: a reader sees the old run or the new one."""
+    link = run_dir.parent / f"{run_dir.name.split('.')[0]}.latest"
+    tmp = run_dir.parent / f".{link.name}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, link)
 
 
 T = TypeVar("T")
@@ -180,7 +198,8 @@ class Lifecycle:
         plan = self.plan
         result = TaskResult(job_id=plan.job_id, task_id=plan.task_id, executor=self.t.name, state="running",
                             exit_code=None)
-        cache = Path(tempfile.mkdtemp(prefix="mpibatch-downloads-"))
+        # Made by the first download only: a run without URLs (or a killed one) leaves nothing in /tmp.
+        cache = Path(tempfile.gettempdir()) / f"mpibatch-downloads-{secrets.token_hex(6)}"
         nodes: list[Node] = []
         ran: list[Node] = []
         try:
@@ -333,7 +352,8 @@ class Lifecycle:
         result.instances[0].application_exit_code = rc
         result.exit_code = rc
         if rc != 0:
-            raise _Failed(Failure("running", f"the application exited with code {rc} on the primary", 0))
+            raise _Failed(Failure("running", f"the application exited with code {rc} on the primary"
+                                  + (NOT_FOUND_HINT if rc == 127 else ""), 0))
 
     def _collect(self, nodes: list[Node], layouts: list[NodeLayout], result: TaskResult,
                  task_started: bool = True) -> None:

@@ -1,13 +1,15 @@
-"""Local executor: N emulated Batch nodes on this machine, each its own PID, mount and UTS
-namespace, so every node sees its own files at the same node-root path (as on a Batch pool) and
-has its own hostname and loopback address. MPI launchers reach node i through mpibatch's
-remote-shell agent. Killing a node's PID-1 ends every process of that node, so no process
-outlives the task.
+"""Local executor: N emulated Batch nodes on this machine, without root. A run is one user
+namespace (the caller is root only inside it) holding one PID namespace, and per node a mount + UTS
+namespace: every node sees its own files at the same node-root path (as on a Batch pool), its own
+/dev/shm and TMPDIR, its own hostname, and has its own loopback address (127.0.1.x).
+MPI launchers reach node i through mpibatch's remote-shell agent. The run's PID 1 dies with its
+controller (even a SIGKILLed one), and with it every process of the run.
 """
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,6 +25,7 @@ from ..launchers.persist import match_outputs
 from . import Progress
 from . import hpcnode
 from .lifecycle import Node, RehearsalExecutor, split_command_line
+from .userns import check_namespaces, die_with_parent
 from ..mpi import FLAVORS
 from ..plan import TaskPlan
 from ..results import TaskResult
@@ -42,14 +45,52 @@ def rehearsal_env(agent: str, nodes_dir: str, *, is_root: bool) -> dict[str, str
     return env
 
 
-def default_base_env() -> dict[str, str]:
-    """The nodes' "image": this environment, with the running Python's bin dir (mpibatch's venv,
-    where an MPI runtime wheel puts mpiexec) first on PATH."""
-    env = dict(os.environ)
-    bindir = os.path.dirname(sys.executable)
-    if bindir not in env.get("PATH", "").split(os.pathsep):
-        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+# What a node "image" takes from the operator's environment: where programs and libraries are, the
+# home and locale. Nothing else: on Batch no client variable (keys, connection strings) reaches a node.
+IMAGE_VARS = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "LD_LIBRARY_PATH")
+IMAGE_PREFIXES = ("LC_",)
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def default_base_env(environ: dict[str, str] | None = None, python: str = sys.executable) -> dict[str, str]:
+    """The nodes' "image": a clean environment (IMAGE_VARS from `environ`), with the running Python's
+    bin dir (mpibatch's venv, where an MPI runtime wheel puts mpiexec) first on PATH. Pure."""
+    src = os.environ if environ is None else environ
+    env = {k: v for k, v in src.items() if k in IMAGE_VARS or k.startswith(IMAGE_PREFIXES)}
+    env.setdefault("LANG", "C.UTF-8")
+    path = env.get("PATH") or SYSTEM_PATH
+    bindir = os.path.dirname(python)
+    if bindir not in path.split(os.pathsep):
+        path = bindir + os.pathsep + path
+    env["PATH"] = path
     return env
+
+
+CONTROLLER_FILE = "controller"  # "PID START-TIME" of the process that made a node directory
+
+
+def _process_identity(pid: int) -> str | None:
+    """'PID START-TIME': names one process for ever (a PID alone is reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def sweep_stale_workdirs(tmp: Path) -> None:
+    """Remove the node directories of runs whose controller died without cleaning up (SIGKILL, OOM
+    killer): their processes died with it, their directories are only left behind."""
+    for d in tmp.glob("mpibatch-nodes-*"):
+        try:
+            if d.stat().st_uid != os.getuid():
+                continue
+            owner = (d / CONTROLLER_FILE).read_text().split()
+        except (OSError, ValueError):
+            continue
+        if owner and owner[0].isdigit() and _process_identity(int(owner[0])) != " ".join(owner):
+            log.info("removing %s, left by a dead run", d)
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class _LocalProc:
@@ -70,31 +111,39 @@ class _LocalProc:
 
 class LocalTransport:
     name = "local"
+    MODULEFILES = "modulefiles"  # in the run's directory: what the nodes' `module avail` lists
 
     def __init__(self, keep_nodes: bool = False, workdir: str | None = None,
-                 node_setup: Callable[[Node, Path], None] | None = None) -> None:
+                 node_setup: Callable[[Node, Path], None] | None = None,
+                 workdir_setup: Callable[[Path], None] | None = None) -> None:
         self.keep_nodes = keep_nodes
         self.node_setup = node_setup  # fills node i's root directory (as this machine sees it) before it starts
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mpibatch-nodes-"))
+        self.workdir_setup = workdir_setup  # fills the run's directory once it exists
+        # Named now, made by open(): bad input found before that leaves nothing behind.
+        self.workdir = Path(workdir or Path(tempfile.gettempdir()) / f"mpibatch-nodes-{secrets.token_hex(6)}")
         self.mount_point = self.workdir / "node"  # every node's root appears here, in its namespace
         self.nodes_dir = self.workdir / "hosts"  # address -> PID of the node's init, for the agent
         self.hosts_file = self.workdir / "etc-hosts"
+        # Each node's own TMPDIR, at the same path on every node: MPI session directories (named by
+        # PIDs, which every run's PID namespace reuses) never meet another node's, run's or user's.
+        self.node_tmp = str(self.mount_point / "tmp")
+        self.given_workdir, self.made = workdir is not None, False
         self.nodes: list[Node] = []
         self.holders: dict[int, subprocess.Popen[bytes]] = {}
         self.holder_pids: dict[int, int] = {}
         self.run_init: subprocess.Popen[bytes] | None = None
         self.run_init_pid = 0
         self.procs: list[_LocalProc] = []
-        self.ended: set[int] = set()
         self.pid_namespaces: set[str] = set()  # for tests: no process may remain in these
 
     # ------------------------------------------------------------------ nodes
     def open(self, n: int) -> list[Node]:
-        if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-            raise InfraError("the local executor needs unshare and nsenter (util-linux)")
-        if os.geteuid() != 0:
-            raise InfraError("the local executor emulates nodes with Linux namespaces and must run as root "
-                             "(or use --executor ssh with your own hosts)")
+        sweep_stale_workdirs(self.workdir.parent)
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=self.given_workdir)
+        self.made = True
+        (self.workdir / CONTROLLER_FILE).write_text(_process_identity(os.getpid()) or "")
+        if self.workdir_setup:
+            self.workdir_setup(self.workdir)
         for d in (self.mount_point, self.nodes_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.nodes = [Node(index=i, host=f"{LOOPBACK_PREFIX}{i + 1}", node_id=f"node-{i}", root=str(self.mount_point))
@@ -104,50 +153,77 @@ class LocalTransport:
         self.hosts_file.write_text("\n".join(lines) + "\n")
         for nd in self.nodes:
             self.host_path(nd, nd.root).mkdir(parents=True, exist_ok=True)
+            self.host_path(nd, self.node_tmp).mkdir(mode=0o1777, exist_ok=True)
             if self.node_setup:
                 self.node_setup(nd, self.host_path(nd, nd.root))
-            self._start_holder(nd)
+        self._start_nodes()
         return self.nodes
 
-    def _ensure_run_init(self) -> int:
-        """PID 1 of the run's PID namespace: every node process lives under it, so killing it ends
-        them all. (One namespace for the run: a process cannot enter a sibling's PID namespace, and
-        MPI launchers on node 0 must start processes on node i.)"""
-        if self.run_init is None or self.run_init.poll() is not None:
-            self.run_init = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--mount", "--propagation", "private",
-                 "--mount-proc", "--", "/bin/bash", "-c",
-                 'trap "exit 0" TERM; echo ready; while :; do sleep 3600 & wait $!; done'],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-            if self.run_init.stdout is None or self.run_init.stdout.readline().strip() != b"ready":
-                raise InfraError("could not create a PID namespace for the emulated nodes")
-            self.run_init_pid = self._child_pid(self.run_init.pid)
-            try:
-                self.pid_namespaces.add(os.readlink(f"/proc/{self.run_init_pid}/ns/pid"))
-            except OSError:
-                pass
-        return self.run_init_pid
+    def _start_nodes(self) -> None:
+        """A fresh run namespace and every node's init in it. All nodes are up, and the agent's
+        address table names only them, before any node process starts (a retry after
+        end_processes() never sees a PID of the previous namespace)."""
+        self._start_run_init()
+        for nd in self.nodes:
+            self._start_holder(nd)
+        for nd in self.nodes:
+            (self.nodes_dir / nd.host).write_text(self._ns_pid(self.holder_pids[nd.index]))
+
+    def _start_run_init(self) -> None:
+        """PID 1 of the run: its user namespace holds the run's PID and mount namespaces.
+        Every node process lives under it, so its death ends them all; it dies with this process
+        (PR_SET_PDEATHSIG on unshare, whose --kill-child passes the SIGKILL on to PID 1). One PID
+        namespace for the run: MPI launchers on node 0 must start processes on node i."""
+        self.run_init = subprocess.Popen(
+            ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child=SIGKILL", "--mount",
+             "--propagation", "private", "--mount-proc", "--",
+             "/bin/bash", script_path("local_run_init.sh")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            preexec_fn=die_with_parent())
+        if self.run_init.stdout is None or self.run_init.stdout.readline().strip() != b"ready":
+            err = self._stop(self.run_init)
+            self.run_init = None
+            raise InfraError(f"could not create the namespaces of the emulated nodes: {err or 'unshare failed'}")
+        self.run_init_pid = self._child_pid(self.run_init.pid)
+        try:
+            self.pid_namespaces.add(os.readlink(f"/proc/{self.run_init_pid}/ns/pid"))
+        except OSError:
+            pass
+
+    def _enter(self, pid: int, *namespaces: str) -> list[str]:
+        """nsenter into process `pid`'s user namespace (keeping our uid, root inside) and `namespaces`."""
+        return ["nsenter", "-t", str(pid), "-U", "--preserve-credentials", *namespaces, "--"]
 
     def _start_holder(self, node: Node) -> None:
-        init = self._ensure_run_init()
         p = subprocess.Popen(
-            ["nsenter", "-t", str(init), "-p", "-m", "--", "unshare", "--mount", "--uts", "--propagation", "private",
-             "--", "/bin/bash", script_path("local_node_init.sh"), str(self.workdir / "nodes" / str(node.index)),
+            [*self._enter(self.run_init_pid, "-p", "-m"), "unshare", "--mount", "--uts", "--propagation",
+             "private", "--", "/bin/bash", script_path("local_node_init.sh"), str(self.workdir / "nodes" / str(node.index)),
              str(self.mount_point), str(self.hosts_file), node.node_id],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         line = p.stdout.readline() if p.stdout else b""
         if line.strip() != b"ready":
-            p.wait(timeout=10)
-            err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-            raise InfraError(f"could not create emulated node {node.index}: {err.strip() or 'no namespace'}")
+            err = self._stop(p)
+            raise InfraError(f"could not create emulated node {node.index}: {err or 'no namespace'}")
         self.holders[node.index] = p
-        self.ended.discard(node.index)
-        holder_pid = self._child_pid(p.pid)
-        self.holder_pids[node.index] = holder_pid
-        # The agent runs inside the run's namespace, whose /proc numbers processes its own way.
-        status = Path(f"/proc/{holder_pid}/status").read_text()
-        ns_pid = next(line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:"))
-        (self.nodes_dir / node.host).write_text(ns_pid)
+        self.holder_pids[node.index] = self._child_pid(p.pid)
+
+    @staticmethod
+    def _stop(p: subprocess.Popen[bytes]) -> str:
+        """Kill a helper that did not come up; its stderr, for the message."""
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        err = p.stderr.read().decode(errors="replace").strip() if p.stderr and not p.stderr.closed else ""
+        for stream in (p.stdout, p.stderr):
+            if stream:
+                stream.close()
+        return err
+
+    @staticmethod
+    def _ns_pid(pid: int) -> str:
+        """Process `pid`'s number in the run's PID namespace (where the agent runs)."""
+        status = Path(f"/proc/{pid}/status").read_text()
+        return next(line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:"))
 
     @staticmethod
     def _child_pid(pid: int) -> int:
@@ -220,9 +296,9 @@ class LocalTransport:
     # ------------------------------------------------------------------ processes
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
               stderr: str) -> _LocalProc:
-        if node.index in self.ended or self.holders[node.index].poll() is not None:
-            self._start_holder(node)
-        argv = ["nsenter", "-t", str(self.holder_pids[node.index]), "-p", "-m", "-u", "--",
+        if self.run_init is None:  # ended after a failed attempt: a retry gets fresh nodes
+            self._start_nodes()
+        argv = [*self._enter(self.holder_pids[node.index], "-p", "-m", "-u"),
                 # nsenter's --wd resolves outside the node's mount namespace: chdir inside it.
                 "env", f"--chdir={cwd}", *split_command_line(command_line)]
         with open(self.host_path(node, stdout), "ab") as out, open(self.host_path(node, stderr), "ab") as err:
@@ -234,7 +310,7 @@ class LocalTransport:
 
     def lost(self, node: Node) -> str | None:
         h = self.holders.get(node.index)
-        if node.index in self.ended or h is None or h.poll() is None:
+        if self.run_init is None or h is None or h.poll() is None:
             return None
         return f"emulated node {node.node_id} went down (its init process exited with {h.returncode})"
 
@@ -247,30 +323,22 @@ class LocalTransport:
                 pass
 
     def end_processes(self) -> None:
-        if self.run_init is not None:  # PID 1 of the run's namespace: its death ends every node process
-            if self.run_init.poll() is None:
-                os.killpg(self.run_init.pid, signal.SIGKILL)
-            self.run_init.wait()
-            if self.run_init.stdout:
-                self.run_init.stdout.close()
-        for i, h in self.holders.items():
-            if h.poll() is None:
-                try:
-                    os.killpg(h.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            h.wait()
-            for stream in (h.stdout, h.stderr):
-                if stream:
-                    stream.close()
-            self.ended.add(i)
+        """Kill PID 1 of the run's namespace: the kernel then ends every process in it."""
+        for name in os.listdir(self.nodes_dir) if self.nodes_dir.is_dir() else ():
+            (self.nodes_dir / name).unlink(missing_ok=True)  # no stale PIDs for the agent
+        if self.run_init is not None:
+            self._stop(self.run_init)
+            self.run_init = None
+        for h in self.holders.values():
+            self._stop(h)
+        self.holders.clear()
         for p in self.procs:
             p.kill()
         self.procs.clear()
 
     def close(self) -> None:
         self.end_processes()
-        if not self.keep_nodes:
+        if not self.keep_nodes and self.made:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -300,13 +368,17 @@ class LocalExecutor(RehearsalExecutor):
             hpcnode.write_sysfs(root / hpcnode.FAKE_SYSFS, self.node_ib[node.index])
 
     def transport_for(self, plan: TaskPlan) -> tuple[LocalTransport, dict[str, str]]:
-        t = self.transport = LocalTransport(keep_nodes=self.keep_nodes, node_setup=self._setup_node)
+        check_namespaces()  # before anything starts: exit 2 naming the setting that blocks it
+        t = self.transport = LocalTransport(
+            keep_nodes=self.keep_nodes, node_setup=self._setup_node,
+            workdir_setup=(lambda d: hpcnode.write_modulefiles(d / LocalTransport.MODULEFILES, self.modules))
+            if self.modules else None)
         agent = script_path("local_rsh.sh")
-        env = {**self.base_env, **rehearsal_env(agent, str(t.nodes_dir), is_root=os.geteuid() == 0)}
+        # Node processes are root inside the run's user namespace (the operator's uid outside).
+        env = {**self.base_env, "TMPDIR": t.node_tmp, **rehearsal_env(agent, str(t.nodes_dir), is_root=True)}
         if self.modules:  # nodes that look like HPC images: their MPI runtimes behind modules
-            modulepath = t.workdir / "modulefiles"
-            hpcnode.write_modulefiles(modulepath, self.modules)
-            env["MODULEPATH"] = os.pathsep.join(p for p in (str(modulepath), env.get("MODULEPATH", "")) if p)
+            modulepath = str(t.workdir / LocalTransport.MODULEFILES)
+            env["MODULEPATH"] = os.pathsep.join(p for p in (modulepath, env.get("MODULEPATH", "")) if p)
         if self.node_ib is not None:
             env[hpcnode.SYSFS_VAR] = f"{t.mount_point}/{hpcnode.FAKE_SYSFS}"
         return t, env

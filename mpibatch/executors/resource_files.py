@@ -42,6 +42,7 @@ def download(ref: FileRef, cache: Path, deadline: float | None = None, idle_s: f
     dest = cache / f"{abs(hash(ref.source))}-{Path(ref.path).name}"
     if dest.exists():
         return dest
+    cache.mkdir(mode=0o700, exist_ok=True)  # made by the first download only
     part = dest.with_name(dest.name + ".part")  # never the final name until complete
     stop, done = threading.Event(), threading.Event()
     errors: list[BaseException] = []

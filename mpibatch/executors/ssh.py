@@ -428,8 +428,12 @@ class SshTransport:
         inner = (f"echo $$; cd {shlex.quote(cwd)} || exit 127; exec env -i {' '.join(assigns)} "
                  f"{' '.join(shlex.quote(w) for w in words)} < /dev/null >> {shlex.quote(stdout)} "
                  f"2>> {shlex.quote(stderr)}")
-        return (f"export {RUN_VAR}={self.run_id}; "
-                f"exec setsid -w /bin/bash -c {shlex.quote(inner)}")
+        # The task's process group lives as long as the connection: when the controller dies (even
+        # by SIGKILL) sshd closes the session's stdin, the watcher reads EOF and kills the group.
+        return (f"export {RUN_VAR}={self.run_id}; exec 3<&0; "
+                f"setsid -w /bin/bash -c {shlex.quote(inner)} & p=$!; "
+                "{ while read -r _ <&3; do :; done; kill -KILL -- -$p; } 2> /dev/null & w=$!; "
+                "wait $p; rc=$?; kill $w 2> /dev/null; exit $rc")
 
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
               stderr: str) -> _SshProc:

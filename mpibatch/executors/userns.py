@@ -1,0 +1,89 @@
+"""Can this machine give a local run its own namespaces without root? The local executor asks once,
+before anything starts, and names the setting that stops it when the answer is no.
+
+A run is `unshare --user --map-root-user --pid --mount ...`: inside its own user namespace the
+caller is root over the namespaces it creates, so mounts, hostnames and loopback addresses need no
+privileges on the host (user_namespaces(7)). Three kernel settings can switch that off for normal
+users; a fourth (`user.max_user_namespaces`) for everyone, root included.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+from ..errors import SpecError
+
+# The exact namespaces a run uses: if this starts, the run's init does too.
+PROBE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount", "--uts",
+         "--propagation", "private", "--mount-proc", "--", "true"]
+WAYS_OUT = ("or run the task on your own hosts with `--executor ssh --hosts ...`; "
+            "or see docs/local-executor.md")
+_ok = False
+
+
+def blocking_setting(euid: int, read: Callable[[str], str | None]) -> tuple[str, str] | None:
+    """The kernel setting that forbids this user new user namespaces, and how to allow them (as
+    root), from `read(path)` of /proc/sys files (None: the file does not exist). Pure."""
+    def value(path: str) -> str | None:
+        v = read(path)
+        return v.strip() if v is not None else None
+
+    if value("/proc/sys/user/max_user_namespaces") == "0":
+        return ("user.max_user_namespaces = 0", "sysctl -w user.max_user_namespaces=10000")
+    if euid != 0 and value("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        return ("kernel.unprivileged_userns_clone = 0", "sysctl -w kernel.unprivileged_userns_clone=1")
+    if euid != 0 and value("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        return ("kernel.apparmor_restrict_unprivileged_userns = 1 (AppArmor)",
+                "an AppArmor profile with `userns,` for this Python, or "
+                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
+    return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def check_namespaces() -> None:
+    """Bad input (exit 2) unless this process can create a run's namespaces; asked once per process."""
+    global _ok
+    if _ok:
+        return
+    missing = [tool for tool in ("unshare", "nsenter") if shutil.which(tool) is None]
+    if missing:
+        raise SpecError("--executor local", f"{' and '.join(missing)} (util-linux) not found on PATH",
+                        "apt-get install util-linux, " + WAYS_OUT)
+    try:
+        probe = subprocess.run(PROBE, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               timeout=30)
+        failed, err = probe.returncode != 0, probe.stderr.decode(errors="replace").strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        failed, err = True, str(e)
+    if failed:
+        why = blocking_setting(os.geteuid(), _read)
+        if why:
+            raise SpecError("--executor local", f"this machine does not allow new user namespaces ({why[0]}): "
+                            "the local executor emulates nodes in them", f"as root: {why[1]}; {WAYS_OUT}")
+        raise SpecError("--executor local", f"cannot create the namespaces of emulated nodes: {err or 'unshare failed'}",
+                        f"allow unprivileged user namespaces (user_namespaces(7)); {WAYS_OUT}")
+    _ok = True
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when this thread's process dies (even by SIGKILL or the
+    OOM killer), so nothing of a run outlives its controller (prctl(2) PR_SET_PDEATHSIG)."""
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return preexec

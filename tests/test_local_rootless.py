@@ -68,7 +68,7 @@ def test_command_not_found_names_the_likely_cause(tmp_path: Path) -> None:
     """Issue 11: `mpirun: command not found` (exit 127) was reported as "the application exited with
     code 127"; the reason now names the likely cause and the two ways to fix PATH."""
     (tmp_path / "in.txt").write_text("x")
-    r = cli(tmp_path, SPEC % "in.txt" + "  environment: {PATH: /usr/bin:/bin}\n")  # no MPI launcher on PATH
+    r = cli(tmp_path, (SPEC % "in.txt").replace("command: [hostname]", "command: 'no-such-program --help'"))
     assert r.returncode == 1, r.stderr
     out = r.stdout + r.stderr
     assert "exited with code 127" in out and "--remote-path-prepend" in out and "environment.PATH" in out

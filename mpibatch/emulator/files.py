@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from ..executors.lifecycle import redact_url
+from ..redaction import redact_url
 
 TIMEOUT_S = 60
 STORAGE_VERSION = "2021-08-06"

@@ -6,59 +6,31 @@ Subtasks have no Batch output files and their node files vanish with retention o
 node uploads its own outputs and logs to the job container through a write-only SAS, under File
 Conventions names with the instance in the path: {task}/${Kind}/{instance}/{path}. The primary's
 outputs go through Batch output files (uploaded on completion), so the primary only records
-instance.json. Standard library only: this runs on the node.
+instance.json. Standard library only: this runs on the node, with outputnames.py (the names, the same
+module the client uses) and blobio.py (block uploads) shipped beside it.
 """
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import os
-import re
 import socket
 import sys
-import urllib.parse
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+try:  # as the package mpibatch.launchers (client side, tests)
+    from .blobio import BlobError, ContainerClient, b64
+    from .outputnames import (INSTANCE_INFO, LOG_FILES, NameRuleError, glob_match, instance_info_blob,
+                              instance_output_blob, match_outputs)
+except ImportError:  # as a script on the node: the modules are shipped beside it
+    from blobio import BlobError, ContainerClient, b64  # type: ignore[no-redef]
+    from outputnames import (INSTANCE_INFO, LOG_FILES, NameRuleError, glob_match,  # type: ignore[no-redef]
+                             instance_info_blob, instance_output_blob, match_outputs)
 
 # Where the rank number is, when the command line does not say (--rank-vars, from the flavour).
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
-
-
-def _pattern_regex(pattern: str) -> "re.Pattern[str]":
-    out, i = "", 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-        elif pattern[i] == "*":
-            out, i = out + "[^/]*", i + 1
-        elif pattern[i] == "?":
-            out, i = out + "[^/]", i + 1
-        else:
-            out, i = out + re.escape(pattern[i]), i + 1
-    return re.compile(out + r"\Z")
-
-
-def glob_match(rel_path: str, pattern: str) -> bool:
-    """Glob semantics for output patterns: '*' and '?' stay within a directory, '**' spans
-    directories. The one rule used by persist.py on Batch nodes and by the local/SSH collectors."""
-    return _pattern_regex(pattern).match(rel_path) is not None
-
-
-def match_outputs(root: str, pattern: str) -> list[str]:
-    """Files under `root` matching `pattern`, as sorted relative paths (symlinks not followed)."""
-    rx = _pattern_regex(pattern)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in filenames:
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if rx.match(rel) and os.path.isfile(os.path.join(dirpath, name)) \
-                    and not os.path.islink(os.path.join(dirpath, name)):
-                found.append(rel)
-    return sorted(found)
+FILES_IN_FLIGHT = 4
+__all__ = ["glob_match", "match_outputs", "INSTANCE_INFO"]
 
 
 def instance_index(position: int, hosts: list[str], master: str) -> int:
@@ -69,22 +41,18 @@ def instance_index(position: int, hosts: list[str], master: str) -> int:
     return position + 1 if position < m else position
 
 
-def _put(container_url: str, blob: str, path: str) -> None:
-    base, _, sas = container_url.partition("?")
-    url = f"{base.rstrip('/')}/{urllib.parse.quote(blob)}?{sas}"
-    with open(path, "rb") as f:
-        data = f.read()
-    req = urllib.request.Request(url, data=data, method="PUT", headers={
-        "x-ms-blob-type": "BlockBlob", "x-ms-version": "2021-08-06",
-        "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()})
-    for attempt in range(4):
-        try:
-            with urllib.request.urlopen(req, timeout=120):
-                return
-        except OSError as e:  # includes HTTPError; retry throttling and transient faults
-            code = getattr(e, "code", None)
-            if attempt == 3 or (code is not None and code < 500 and code != 429):
-                raise RuntimeError(f"upload of {blob} failed: {getattr(e, 'reason', e)}") from None
+def planned_uploads(task: str, index: int, task_dir: str, wd: str, outputs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(blob, local path) for what instance `index` persists: its logs, then its outputs (the primary's
+    go through Batch output files, so it persists nothing but its instance.json)."""
+    if index == 0:
+        return []
+    uploads = [(instance_output_blob(task, "TaskLog", index, name), os.path.join(task_dir, name))
+               for name in LOG_FILES if os.path.isfile(os.path.join(task_dir, name))
+               and not os.path.islink(os.path.join(task_dir, name))]
+    for kind, pattern in outputs:
+        for rel in match_outputs(wd, [pattern]):
+            uploads.append((instance_output_blob(task, kind, index, rel), os.path.join(wd, rel)))
+    return uploads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,30 +71,41 @@ def main(argv: list[str] | None = None) -> int:
     index = instance_index(pos, hosts, master)
     wd = os.path.realpath(os.getcwd())
     task_dir = os.path.dirname(wd)
-    prefix = f"{args.task}/$TaskLog/{index}"
-    info = {"index": index, "host": hosts[pos] if pos < len(hosts) else None,
-            "hostname": socket.gethostname(), "node_id": _node_id(wd), "files": {}}
-    uploads: list[tuple[str, str]] = []
-    if index != 0:  # the primary's files are Batch output files
-        for name in ("stdout.txt", "stderr.txt"):
-            if os.path.isfile(os.path.join(task_dir, name)):
-                uploads.append((f"{prefix}/{name}", os.path.join(task_dir, name)))
-        for spec in args.output:
-            kind, _, pattern = spec.partition("=")
-            for rel in match_outputs(wd, pattern):
-                uploads.append((f"{args.task}/${kind}/{index}/{rel}", os.path.join(wd, rel)))
+    outputs = [(k, p) for k, _, p in (o.partition("=") for o in args.output)]
+    info: dict = {"index": index, "host": hosts[pos] if pos < len(hosts) else None,
+                  "hostname": socket.gethostname(), "node_id": _node_id(wd), "files": {}, "failed": {}}
+    client = ContainerClient(url)
     failures = 0
-    for blob, path in uploads:
+    try:
+        uploads = planned_uploads(args.task, index, task_dir, wd, outputs)
+    except NameRuleError as e:
+        print(f"mpibatch persist: {e}", file=sys.stderr)
+        uploads, failures = [], 1
+
+    def one(item: tuple[str, str]) -> tuple[str, str, object]:
+        blob, path = item
         try:
-            _put(url, blob, path)
-            info["files"][blob] = os.path.getsize(path)
-        except (RuntimeError, OSError) as e:
-            failures += 1
-            print(f"mpibatch persist: {e}", file=sys.stderr)
+            size, md5 = client.upload_file(path, blob)
+            return blob, path, {"size": size, "md5": b64(md5)}
+        except (BlobError, OSError) as e:  # the message names the file; the other files still go
+            return blob, path, e
+
+    with ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
+        for blob, path, got in pool.map(one, uploads):
+            if isinstance(got, Exception):
+                failures += 1
+                info["failed"][blob] = str(got)
+                print(f"mpibatch persist: {path}: {got}", file=sys.stderr)
+            else:
+                info["files"][blob] = got
     tmp = os.path.join(task_dir, "mpibatch-instance.json")
     with open(tmp, "w") as f:
         json.dump(info, f)
-    _put(url, f"{prefix}/instance.json", tmp)
+    try:
+        client.upload_file(tmp, instance_info_blob(args.task, index), content_type="application/json")
+    except (BlobError, OSError) as e:
+        print(f"mpibatch persist: {INSTANCE_INFO}: {e}", file=sys.stderr)
+        failures += 1
     return 1 if failures else 0
 
 

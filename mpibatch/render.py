@@ -197,7 +197,7 @@ def render(spec: Spec) -> Rendered:
     else:
         app, coord = _linux_lines(spec, flavor, env, fabric, setup)
         launchers = tuple(FileRef(launcher_source(n), f"{LAUNCHER_DIR}/{n}")
-                          for n in ("coordinate.sh", "persist.py"))
+                          for n in ("coordinate.sh", "persist.py", "outputnames.py", "blobio.py"))
     job = spec.job
     return Rendered(
         spec=spec, os=spec.os, flavor=flavor, fabric=fabric, command_line=app,

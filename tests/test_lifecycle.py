@@ -106,6 +106,9 @@ class FakeTransport:
     def fetch(self, node: Node, node_path: str, dest: Path) -> bool:
         return False
 
+    def keep_files(self) -> str:
+        return "nowhere (fake)"
+
     def close(self) -> None:
         self.closed = True
 

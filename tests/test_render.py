@@ -76,10 +76,11 @@ def test_multi_instance_settings():
     assert mis["numberOfInstances"] == 4
     assert mis["coordinationCommandLine"] == r.coordination_command_line
     assert [f["filePath"] for f in mis["commonResourceFiles"]] == [
-        f"{LAUNCHER_DIR}/coordinate.sh", f"{LAUNCHER_DIR}/persist.py", "case.tar.gz", "mesh/m.dat"]
+        f"{LAUNCHER_DIR}/coordinate.sh", f"{LAUNCHER_DIR}/persist.py", f"{LAUNCHER_DIR}/outputnames.py",
+        f"{LAUNCHER_DIR}/blobio.py", "case.tar.gz", "mesh/m.dat"]
     urls = [f["httpUrl"] for f in mis["commonResourceFiles"]]
-    assert urls[3] == "https://example.org/mesh/m.dat"
-    assert all(u.startswith("<upload at submit") for u in urls[:3])  # local: uploaded only at submit
+    assert urls[5] == "https://example.org/mesh/m.dat"
+    assert all(u.startswith("<upload at submit") for u in urls[:5])  # local: uploaded only at submit
     assert task["resourceFiles"] == [{"httpUrl": "https://example.org/x.dat", "filePath": "input/x.dat"}]
     assert task["commandLine"] == r.command_line and task["commandLine"].startswith("/bin/bash -c ")
     assert task["requiredSlots"] == 1
@@ -120,7 +121,7 @@ def test_output_container_and_persist_url_are_filled_in_at_submit():
         {"https://acct.blob.core.windows.net/job-cfd-run-1?sig=w"}
     env = {e["name"]: e["value"] for e in task["environmentSettings"]}
     assert env[PERSIST_URL_VAR].endswith("sig=p")
-    assert task["multiInstanceSettings"]["commonResourceFiles"][2]["httpUrl"].endswith("/in/case.tar.gz")
+    assert task["multiInstanceSettings"]["commonResourceFiles"][4]["httpUrl"].endswith("/in/case.tar.gz")
 
 
 _ISO = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")

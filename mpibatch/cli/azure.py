@@ -55,7 +55,8 @@ def _resume_hint(job_id: str, task_id: str) -> str:
 
 def _collect_hint(job_id: str, task_id: str) -> str:
     return (f"stopped collecting; the task's outputs stay in Batch. Collect again with: "
-            f"mpibatch collect {job_id} {task_id}")
+            f"mpibatch collect {job_id} {task_id} (it resumes in the same directory: no partial file was left, "
+            "files already verified are kept)")
 
 
 def _ids(job_id: str, task_id: str | None = None) -> None:
@@ -139,7 +140,8 @@ def status(job_id: str, task_id: str, output: str, wait_: bool) -> None:
 @click.argument("job_id", metavar="JOB")
 @click.argument("task_id", metavar="TASK")
 @click.option("--to", "to", type=click.Path(file_okay=False), default="mpibatch-runs", show_default=True,
-              help="runs directory: outputs go to TO/<job>/<task>/<instance>/ (a new directory each time)")
+              help="runs directory: outputs go to TO/<job>/<task>/<instance>/ (a new directory each time; an "
+                   "interrupted collect is resumed in its own)")
 @output_option
 @report_errors
 def collect(job_id: str, task_id: str, to: str, output: str) -> None:

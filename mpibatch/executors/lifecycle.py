@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import secrets
 import shlex
 import shutil
@@ -27,9 +26,10 @@ from ..durations import human
 from ..errors import InfraError
 from ..nodeenv import NodeLayout, batch_env
 from ..plan import TaskPlan, plan_from_rendered
-from ..results import Failure, InstanceResult, TaskResult, tail
+from ..results import Failure, InstanceResult, TaskResult
 from ..spec import FileRef, Spec
 from . import Executor, Progress, TaskHandle, rendered
+from .collection import CollectError, check_runs_dir, new_output_dir, read_tail
 from .resource_files import DownloadTimeout, FilesError, check_local_sources, download
 
 if TYPE_CHECKING:
@@ -72,35 +72,15 @@ class Transport(Protocol):
         """End every process the run started on every node (by process group / namespace)."""
     def read_tail(self, node: Node, path: str, limit: int) -> str: ...
     def collect(self, node: Node, node_dir: str, patterns: Sequence[str], dest: Path) -> list[str]:
-        """Copy files under node_dir matching patterns into dest; return relative paths."""
-    def fetch(self, node: Node, node_path: str, dest: Path) -> bool: ...
+        """Copy the regular files under node_dir matching patterns into dest (each at
+        ``collection.collected_path(rel)``, written atomically, symlinks never followed); return those
+        paths. A file that fails does not stop the others: CollectError lists what failed."""
+    def fetch(self, node: Node, node_path: str, dest: Path) -> bool:
+        """Copy one regular file atomically; False if it does not exist, OSError if it is not a
+        regular file or the copy fails."""
+    def keep_files(self) -> str:
+        """Keep the nodes' files after the run (collection failed); returns where they are."""
     def close(self) -> None: ...
-
-
-def new_output_dir(runs_dir: Path, job_id: str, task_id: str) -> Path:
-    """runs_dir/job/task, or task.2, task.3...: a second run never overwrites the first."""
-    parent = Path(runs_dir) / job_id
-    parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        d = parent / (task_id if n == 1 else f"{task_id}.{n}")
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue
-        point_latest(d)
-        return d
-    raise InfraError(f"too many runs of {job_id}/{task_id} in {runs_dir}: clean some up")
-
-
-def point_latest(run_dir: Path) -> None:
-    """runs_dir/job/task.latest -> the newest run of that task (task, task.2, ...): a stable name for
-    scripts and READMEs (a task id never holds a dot, so no run is ever called that). Replaced
-    atomically: a reader sees the old run or the new one."""
-    link = run_dir.parent / f"{run_dir.name.split('.')[0]}.latest"
-    tmp = run_dir.parent / f".{link.name}.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
-    os.replace(tmp, link)
 
 
 T = TypeVar("T")
@@ -357,33 +337,55 @@ class Lifecycle:
 
     def _collect(self, nodes: list[Node], layouts: list[NodeLayout], result: TaskResult,
                  task_started: bool = True) -> None:
-        """Every instance's logs and outputs; when job preparation failed (the task never started),
-        each node's job preparation logs instead, under <instance>/jobpreparation/."""
+        """Every instance's logs and outputs into runs_dir/job/task/<i>/; when job preparation failed
+        (the task never started), each node's job preparation logs instead, under <instance>/jobpreparation/.
+        Any file that did not arrive fails the task (phase "collecting") and keeps the nodes' files, whose
+        path the reason names (docs/file-conventions.md#collection)."""
         if not nodes:
             return
         patterns = [o.pattern for o in self.plan.outputs] if task_started else []
         out = Path()
 
-        def one(n: Node) -> None:
+        def one(n: Node) -> list[str]:
             r, lay = result.instances[n.index], layouts[n.index]
             d = out / str(n.index)
             d.mkdir()
             r.output_dir = str(d)
             src, logs = (lay.task_dir, d) if task_started else (lay.node_task_dir("jobpreparation"), d / "jobpreparation")
             logs.mkdir(exist_ok=True)
+            failed: list[str] = []
             for name in ("stdout.txt", "stderr.txt"):
-                if self.t.fetch(n, f"{src}/{name}", logs / name):
-                    text = (logs / name).read_text(errors="replace")
-                    setattr(r, name[:6], tail(text))
-                    setattr(r, f"{name[:6]}_path", str(logs / name))
+                try:
+                    if self.t.fetch(n, f"{src}/{name}", logs / name):
+                        setattr(r, name[:6], read_tail(logs / name))  # the end only, whatever the size
+                        setattr(r, f"{name[:6]}_path", str(logs / name))
+                except OSError as e:
+                    failed.append(f"instance {n.index} {name}: {e}")
             if patterns:
-                r.files = self.t.collect(n, lay.working_dir, patterns, d)
+                try:
+                    r.files = self.t.collect(n, lay.working_dir, patterns, d)
+                except CollectError as e:
+                    r.files = e.files
+                    failed += [f"instance {n.index} {p}" for p in e.problems]
+                except OSError as e:
+                    failed.append(f"instance {n.index} outputs: {e}")
+            return failed
 
+        problems: list[str] = []
         try:  # Ctrl-C from the first progress line on is an interrupted collection
             self._say("collecting", f"outputs of {len(nodes)} instances")
-            out = new_output_dir(self.runs_dir, self.plan.job_id, self.plan.task_id)
+            try:
+                out = new_output_dir(self.runs_dir, self.plan.job_id, self.plan.task_id)
+            except InfraError as e:
+                result.failure = result.failure or Failure("collecting", f"{e}; the nodes' files are kept: "
+                                                                         f"{self.t.keep_files()}")
+                return
             result.output_dir = str(out)
-            errors = run_all(one, nodes, workers=8)
+            found: list[list[str]] = [[] for _ in nodes]
+
+            def collect_one(n: Node) -> None:
+                found[n.index] = one(n)
+            errors = run_all(collect_one, nodes, workers=8)
         except KeyboardInterrupt:
             # The copies still running are abandoned, not awaited; what they leave is incomplete.
             result.missing.append("collection was interrupted: outputs of some instances are incomplete")
@@ -393,9 +395,19 @@ class Lifecycle:
             return
         for e in errors:
             if isinstance(e, OSError):
-                result.missing.append(f"collecting failed: {e}")
+                problems.append(f"collecting failed: {e}")
             elif e is not None:
                 raise e
+        problems += [p for per_node in found for p in per_node]
+        if problems:
+            result.missing += problems
+            kept = self.t.keep_files()
+            reason = (f"{len(problems)} file(s) could not be collected into {out} ({problems[0]}); the nodes' "
+                      f"files are kept: {kept}")
+            self._say("collecting", reason)
+            if result.failure is None:
+                result.failure = Failure("collecting", reason)
+
 
 def split_command_line(command_line: str) -> list[str]:
     """How a Linux Batch node splits a task command line (no shell: just words)."""
@@ -419,6 +431,7 @@ class RehearsalExecutor(Executor):
     def run_plan(self, plan: TaskPlan) -> TaskResult:
         """Run a plan (a rendered spec, or a task as the Batch REST API describes it)."""
         check_local_sources(plan)  # before the transport exists: a bad source leaves nothing behind
+        check_runs_dir(self.runs_dir)  # an unusable runs dir is bad input: found before any node exists
         transport, base_env = self.transport_for(plan)
         return Lifecycle(plan, transport, base_env=base_env, runs_dir=self.runs_dir, progress=self.progress,
                          account=self.name, release_timeout_s=self.release_timeout_s).run()

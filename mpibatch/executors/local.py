@@ -21,9 +21,9 @@ from typing import Callable, Mapping, Sequence
 
 from ..errors import InfraError
 from ..launchers import script_path
-from ..launchers.persist import match_outputs
+from ..launchers.outputnames import match_outputs
 from . import Progress
-from . import hpcnode
+from . import collection, hpcnode
 from .lifecycle import Node, RehearsalExecutor, split_command_line
 from .userns import check_namespaces, die_with_parent
 from ..mpi import FLAVORS
@@ -272,26 +272,35 @@ class LocalTransport:
         shutil.copymode(local, dest)
 
     def read_tail(self, node: Node, path: str, limit: int) -> str:
-        try:
-            data = self.host_path(node, path).read_bytes()
-        except OSError:
-            return ""
-        return data[-limit:].decode(errors="replace")
+        return collection.read_tail(self.host_path(node, path), limit)
 
     def fetch(self, node: Node, node_path: str, dest: Path) -> bool:
         src = self.host_path(node, node_path)
-        if not src.is_file():
+        if not os.path.lexists(src):
             return False
-        shutil.copyfile(src, dest)
+        collection.copy_regular(src, dest)
         return True
 
     def collect(self, node: Node, node_dir: str, patterns: Sequence[str], dest: Path) -> list[str]:
         root = self.host_path(node, node_dir)
-        found = sorted({rel for p in patterns for rel in match_outputs(str(root), p)})
-        for rel in found:
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(root / rel, dest / rel)
-        return found
+        files: list[str] = []
+        problems: list[str] = []
+        if os.path.islink(root):
+            raise collection.CollectError([], [f"{node_dir} was replaced by a symlink; not followed, nothing collected"])
+        for rel in match_outputs(str(root), list(patterns)):  # regular files only; a linked root yields none
+            target = collection.collected_path(rel)
+            try:
+                collection.copy_regular(root / rel, dest / target)
+                files.append(target)
+            except OSError as e:
+                problems.append(f"{rel}: {e.strerror or e}")
+        if problems:
+            raise collection.CollectError(files, problems)
+        return files
+
+    def keep_files(self) -> str:
+        self.keep_nodes = True
+        return str(self.workdir / "nodes")
 
     # ------------------------------------------------------------------ processes
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import socket
 import stat
 import threading
@@ -30,8 +31,9 @@ import paramiko
 
 from ..errors import InfraError, SpecError
 from ..hostlist import HostSpec, parse_host_spec, validate_host
-from ..launchers.persist import glob_match
+from ..launchers.outputnames import glob_match
 from . import Progress
+from . import collection
 from .lifecycle import Node, RehearsalExecutor, split_command_line
 from ..mpi import FLAVORS
 from ..plan import TaskPlan
@@ -367,6 +369,8 @@ class SshTransport:
         h = self.hosts[node.index]
         try:
             with h.sftp_lock:  # type: ignore[union-attr]
+                if not stat.S_ISREG(self._sftp(h).lstat(path).st_mode or 0):
+                    return ""  # a symlink (to /dev/zero...) or a device: never read
                 with self._sftp(h).open(path, "rb") as f:
                     size = f.stat().st_size or 0
                     f.seek(max(0, size - limit))
@@ -379,17 +383,29 @@ class SshTransport:
         h = self.hosts[node.index]
         try:
             with h.sftp_lock:  # type: ignore[union-attr]
-                self._sftp(h).get(node_path, str(dest))
+                self._get_regular(h, node_path, dest)
         except FileNotFoundError:
-            Path(dest).unlink(missing_ok=True)
             return False
+        return True
+
+    def _get_regular(self, h: "_Host", node_path: str, dest: Path) -> None:
+        """sftp get of a regular file (lstat first: a symlink is never followed), atomically. Caller holds
+        the host's sftp lock."""
+        sftp = self._sftp(h)
+        try:
+            if not stat.S_ISREG(sftp.lstat(node_path).st_mode or 0):
+                raise OSError(f"{h.label}: {node_path} is not a regular file (a symlink?); not collected")
+            with sftp.open(node_path, "rb") as src:
+                src.prefetch()
+                collection.write_atomically(dest, lambda out: shutil.copyfileobj(src, out, collection.COPY_CHUNK))
         except (paramiko.SSHException, EOFError, socket.timeout) as e:
             raise OSError(f"{h.label}: fetching {node_path} failed: {e}") from None
-        return True
 
     def list_files(self, node: Node, node_dir: str) -> list[str]:
         """Regular files under node_dir (symlinks not followed, not listed), relative paths."""
-        cmd = f"cd {shlex.quote(node_dir)} 2>/dev/null || exit 0; find -P . -type f -print0"
+        # A working directory replaced by a symlink is not entered (find -P never follows links below it).
+        cmd = (f"[ -L {shlex.quote(node_dir)} ] && exit 0; cd {shlex.quote(node_dir)} 2>/dev/null || exit 0; "
+               "find -P . -type f -print0")
         rc, out, err = self._exec(node, cmd, timeout=60)
         if rc != 0:
             raise OSError(f"{self.hosts[node.index].label}: listing {node_dir} failed: {err.strip()[-300:]}")
@@ -399,15 +415,22 @@ class SshTransport:
         files = self.list_files(node, node_dir)
         found = [rel for rel in files if any(glob_match(rel, p) for p in patterns)]
         h = self.hosts[node.index]
+        done: list[str] = []
+        problems: list[str] = []
         with h.sftp_lock:  # type: ignore[union-attr]
-            sftp = self._sftp(h)
             for rel in found:
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                target = collection.collected_path(rel)
                 try:
-                    sftp.get(f"{node_dir}/{rel}", str(dest / rel))
-                except (paramiko.SSHException, EOFError, socket.timeout) as e:
-                    raise OSError(f"{h.label}: fetching {node_dir}/{rel} failed: {e}") from None
-        return found
+                    self._get_regular(h, f"{node_dir}/{rel}", dest / target)
+                    done.append(target)
+                except OSError as e:  # the others are still tried
+                    problems.append(f"{rel}: {e.strerror or e}")
+        if problems:
+            raise collection.CollectError(done, problems)
+        return done
+
+    def keep_files(self) -> str:
+        return f"{self.node_root} on each host (they are never removed)"
 
     # ------------------------------------------------------------------ processes
     def command(self, command_line: str, env: dict[str, str], cwd: str, stdout: str, stderr: str) -> str:

@@ -10,26 +10,28 @@ from __future__ import annotations
 
 import json
 import os
-import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ... import conventions
+from ...conventions import INSTANCE_INFO, LOG_FILES
 from ...errors import InfraError, SpecError
 from ...render import PERSIST_URL_VAR
-from ...results import InstanceResult, TaskResult, tail
-from ..lifecycle import new_output_dir
+from ...results import InstanceResult, TaskResult
+from ..collection import collected_path, finish_output_dir, new_output_dir, part_name, read_tail
 from .client import Batch, state_of
 from .storage import Storage, write_chunks
-from .watch import INSTANCE_INFO, instance_count, map_subtasks, task_result
+from .watch import instance_count, map_subtasks, task_result
 
 Say = Callable[[str, str], None]
-LOG_FILES = ("stdout.txt", "stderr.txt")
+FILES_IN_FLIGHT = 4  # blobs downloaded at once (each in ranges; memory bounded by the reader's slots)
 
 
 def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir: Path, say: Say) -> TaskResult:
     """Bring back every instance's stdout/stderr and persisted outputs into
-    ``<runs_dir>/<job>/<task>/<instance>/`` (a new directory: never overwrites)."""
+    ``<runs_dir>/<job>/<task>/<instance>/``: a new directory (never overwrites a finished collection),
+    or the one an interrupted collect left, resumed (files already there and verified are kept)."""
     task = batch.task(job_id, task_id)
     state = state_of(task.state)
     if state != "completed":
@@ -46,19 +48,19 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
 
     blobs = storage.list_blobs(container, f"{task_id}/")
     infos: dict[int, dict[str, Any]] = {}
-    info_re = re.compile(rf"^{re.escape(task_id)}/\$TaskLog/(\d+)/{re.escape(INSTANCE_INFO)}$")
+    parsed = {b.name: conventions.parse_task_blob(task_id, b.name) for b in blobs}
     for b in blobs:
-        m = info_re.match(b.name)
-        if m:
+        p = parsed[b.name]
+        if p and p.kind == "TaskLog" and p.instance is not None and p.path == INSTANCE_INFO:
             raw = storage.read_blob(container, b.name)
             try:
-                infos[int(m.group(1))] = json.loads(raw or b"{}")
+                infos[p.instance] = json.loads(raw or b"{}")
             except ValueError:
                 pass
     missing: list[str] = []
     index_of = map_subtasks(subtasks, infos, n, missing, task_id)
     result = task_result(batch, job_id, task, subtasks, index_of)
-    out = new_output_dir(runs_dir, job_id, task_id)
+    out = new_output_dir(runs_dir, job_id, task_id, resume=True)
     result.output_dir = str(out)
     say("collecting", f"{n} instance(s) of {job_id}/{task_id} into {out}")
     by_index = {r.index: r for r in result.instances}
@@ -69,12 +71,11 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
 
     # blobs by instance: {i: [(kind, rel, blob)]}
     per: dict[int, list[tuple[str, str, Any]]] = {}
-    blob_re = re.compile(rf"^{re.escape(task_id)}/\$([A-Za-z0-9]+)/(\d+)/(.+)$")
     names = {b.name for b in blobs}
     for b in blobs:
-        m = blob_re.match(b.name)
-        if m:
-            per.setdefault(int(m.group(2)), []).append((m.group(1), m.group(3), b))
+        p = parsed[b.name]
+        if p and p.instance is not None:
+            per.setdefault(p.instance, []).append((p.kind, p.path, b))
 
     for r in result.instances:
         i = r.index
@@ -102,32 +103,39 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
             if problem:
                 missing.append(f"instance {i} {name}: {problem}")
                 continue
-            text = (d / name).read_text(errors="replace")
-            setattr(r, name[:6], tail(text))
+            setattr(r, name[:6], read_tail(d / name))  # the end only, whatever the log's size
             setattr(r, f"{name[:6]}_path", str(d / name))
         # Outputs (every kind but the logs handled above) and anything else the node persisted.
         files: list[str] = []
+        downloads: list[tuple[str, Any]] = []
         for kind, rel, b in sorted(per.get(i, []), key=lambda x: x[1]):
             if kind == "TaskLog" and rel in (*LOG_FILES, INSTANCE_INFO):
                 continue
-            if any(p in ("", "..", ".") for p in rel.split("/")):
+            if not conventions.is_safe_relative(rel):
                 missing.append(f"{b.name}: unsafe name, not downloaded")
                 continue
-            target = rel if kind != "TaskLog" else f"$TaskLog/{rel}"
+            # An output named like a log never replaces it (docs/file-conventions.md#collection).
+            target = f"$TaskLog/{rel}" if kind == "TaskLog" else collected_path(rel, kind)
             if target in files:
                 target = f"${kind}/{rel}"
-            problem = storage.download_blob(container, b, d / target)
+            files.append(target)
+            downloads.append((target, b))
+        with ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
+            problems = list(pool.map(lambda tb: storage.download_blob(container, tb[1], d / tb[0]), downloads))
+        for (target, b), problem in zip(downloads, problems):
             if problem:
                 missing.append(f"{b.name}: {problem}")
-            else:
-                files.append(target)
+                files.remove(target)
         for blob_name in (info.get("files") or {}):
             if blob_name not in names:
                 missing.append(f"{blob_name}: uploaded by the node's persist step but not in container {container}")
-        if i == 0:
-            _primary_named_outputs(storage, task, result, container, blobs, d, files, missing)
         r.files = files
+    if result.instances:  # after every instance: a single-file output may come from a subtask only
+        p0 = result.instances[0]
+        _primary_named_outputs(storage, task, result, container, blobs, Path(p0.output_dir or out / "0"), p0.files,
+                               missing)
     result.missing = missing
+    finish_output_dir(out)
     if missing:
         say("collecting", f"{len(missing)} item(s) could not be collected: see 'missing' in the result")
     return result
@@ -155,18 +163,21 @@ def _primary_named_outputs(storage: Storage, task: Any, result: TaskResult, cont
         pattern = (of.file_pattern or "").replace("\\", "/")
         dest = of.destination.container if of.destination else None
         cond = state_of(of.upload_options.upload_condition) if of.upload_options else "tasksuccess"
-        if not pattern or dest is None or any(c in pattern for c in "*?["):
+        if not pattern or dest is None or not conventions.is_single_file(pattern):
             continue
         if (cond == "tasksuccess" and not ok) or (cond == "taskfailure" and ok):
             continue
-        rel = re.sub(r"^(\.\./|\./)+", "", pattern)
+        rel = conventions.normalize_relative_path(pattern)
         blob = dest.path or Path(rel).name
         b = by_name.get(blob)
+        if b is None and any(rel in r.files for r in result.instances[1:]):
+            continue  # only a subtask wrote it: not missing on the primary (docs/file-conventions.md#missing)
         if b is None:
             missing.append(f"{rel}: Batch output file not uploaded to {container}/{blob} (no such file on the "
                            "primary, or the upload failed)")
             continue
-        if rel in files or rel in LOG_FILES or re.match(rf"^{re.escape(task.id)}/\$[A-Za-z0-9]+/0/", blob):
+        named = conventions.parse_task_blob(task.id, blob)
+        if rel in files or rel in LOG_FILES or (named is not None and named.instance == 0):
             continue  # already collected from the instance folder
         problem = storage.download_blob(container, b, d / rel)
         if problem:
@@ -186,7 +197,7 @@ def fetch_batch_file(batch: Batch, fetch: Callable[..., Any], dest: Path) -> str
         holder["encoding"] = pipeline_response.http_response.headers.get("Content-Encoding")
         return deserialized
 
-    tmp = dest.with_name(dest.name + ".part")
+    tmp = part_name(dest)
     try:
         stream = batch.call(f"downloading {dest.name}", fetch, cls=cls)
         size, _ = write_chunks(stream, tmp)

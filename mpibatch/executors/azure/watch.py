@@ -11,12 +11,13 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
 
+from ... import conventions
 from ...errors import InfraError
 from ...results import Failure, InstanceResult, TaskResult
 from .client import Batch, state_of
 
 Say = Callable[[str, str], None]
-INSTANCE_INFO = "instance.json"
+INSTANCE_INFO = conventions.INSTANCE_INFO
 ACTIVE_WARNING_S = 600  # a task active this long most likely waits for nodes that never come
 
 

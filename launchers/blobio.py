@@ -1,0 +1,354 @@
+"""Blob transfers of any size with bounded memory, over the Blob REST API (docs/file-conventions.md#transfers).
+
+Standard library only: the nodes' persist step uses it with nothing but a SAS container URL; the client's
+File Conventions API (``mpibatch.fileconventions``) uses the same code, so there is one uploader.
+
+* Uploads: a file up to one block goes in one Put Blob; anything larger as Put Block + Put Block List,
+  ``workers`` blocks in flight, each with its Content-MD5, each retried on 5xx / 429 / timeouts. The
+  whole file's MD5 is computed while reading and stored as the blob's Content-MD5. Memory: about
+  ``2 * workers * block_size`` (64 MiB by default), whatever the file size and however many files are in
+  flight. A file that shrinks, grows or vanishes while it is read is an error naming the file; nothing is
+  committed for it.
+* Downloads: ranges of ``range_size``, ``workers`` in flight, written in order (MD5 computed as written) to
+  ``.<name>.part`` and renamed only when size and MD5 match what storage says. A destination that is
+  already there with that size and MD5 is kept (a rerun skips verified files).
+* Append blobs (tracked logs): create, then Append Block with the expected append position, so a retried
+  append never doubles bytes.
+
+REST reference: https://learn.microsoft.com/rest/api/storageservices/blob-service-rest-api
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.client
+import os
+import random
+import threading
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO, Callable, Iterator, NamedTuple
+
+API_VERSION = "2021-08-06"
+BLOCK_SIZE = 8 * 1024 * 1024
+RANGE_SIZE = 4 * 1024 * 1024  # per ranged GET: a response is held twice while read (http.client joins chunks)
+WORKERS = 4
+MAX_BLOCKS = 50_000  # blocks per block blob (service limit)
+MAX_APPEND_BLOCK = 4 * 1024 * 1024  # bytes per Append Block (service limit)
+RETRIES = 5
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class BlobError(Exception):
+    """A request failed for good. `status` is the HTTP status (None: no answer); the message never
+    holds the SAS (only the blob name)."""
+
+    def __init__(self, message: str, status: int | None = None, code: str = ""):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class BlobInfo(NamedTuple):
+    name: str
+    size: int
+    md5: bytes | None  # Content-MD5 as stored (None when the blob has none)
+    blob_type: str = "BlockBlob"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def file_md5(path: str, chunk: int = BLOCK_SIZE) -> bytes:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while data := f.read(chunk):
+            h.update(data)
+    return h.digest()
+
+
+class ContainerClient:
+    """One container, addressed by its URL with a SAS query (task code on a node), or without one and a
+    `bearer` callable that returns an OAuth token for https://storage.azure.com (client code)."""
+
+    def __init__(self, container_url: str, *, bearer: Callable[[], str] | None = None, timeout: float = 120,
+                 retries: int = RETRIES, block_size: int = BLOCK_SIZE, workers: int = WORKERS,
+                 range_size: int = RANGE_SIZE):
+        u = urllib.parse.urlsplit(container_url)
+        if u.scheme not in ("http", "https") or not u.netloc or u.path.strip("/") == "":
+            raise ValueError("container URL must look like https://ACCOUNT.blob.core.windows.net/CONTAINER?SAS")
+        self.scheme, self.netloc = u.scheme, u.netloc
+        self.path = "/" + u.path.strip("/")
+        self.name = self.path.rsplit("/", 1)[-1]
+        self.sas = u.query
+        self.bearer = bearer
+        self.timeout, self.retries = timeout, retries
+        self.block_size, self.workers = block_size, max(1, workers)
+        self.range_size = range_size
+        # Blocks held in memory at once, across every transfer on this client: memory stays about
+        # (2 * workers + 1) * block_size however many files are in flight.
+        self._slots = threading.BoundedSemaphore(2 * self.workers)
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ one request, retried
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+            conn = cls(self.netloc, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def _drop_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def url(self, blob: str = "", query: dict[str, str] | None = None) -> str:
+        path = self.path + ("/" + urllib.parse.quote(blob, safe="/~") if blob else "")
+        q = "&".join(x for x in (urllib.parse.urlencode(query or {}), self.sas) if x)
+        return path + ("?" + q if q else "")
+
+    def request(self, method: str, blob: str = "", *, query: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None, body: bytes = b"",
+                ok: tuple[int, ...] = (200, 201)) -> tuple[int, dict[str, str], bytes]:
+        """Send one request; retry 5xx / 429 / timeouts / dropped connections with backoff."""
+        target = self.url(blob, query)
+        what = f"{method} {blob or self.name}"
+        for attempt in range(self.retries + 1):
+            hdrs = {"x-ms-version": API_VERSION, "Content-Length": str(len(body)), **(headers or {})}
+            if self.bearer is not None:
+                hdrs["Authorization"] = f"Bearer {self.bearer()}"
+            try:
+                conn = self._conn()
+                conn.request(method, target, body=body, headers=hdrs)
+                resp = conn.getresponse()
+                data = resp.read()
+                rheaders = {k.lower(): v for k, v in resp.getheaders()}
+                status = resp.status
+            except (OSError, http.client.HTTPException) as e:  # timeouts, resets, refused
+                self._drop_conn()
+                if attempt == self.retries:
+                    raise BlobError(f"{what}: no answer from {self.netloc}: {e.__class__.__name__}: {e}") from None
+                self._sleep(attempt, None)
+                continue
+            if status in ok:
+                return status, rheaders, data
+            code = rheaders.get("x-ms-error-code", "")
+            if status in _RETRY_STATUS and attempt < self.retries:
+                self._sleep(attempt, rheaders.get("retry-after"))
+                continue
+            raise BlobError(f"{what}: HTTP {status} {code}{_hint(status, code)}".rstrip(), status, code)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _sleep(attempt: int, retry_after: str | None) -> None:
+        delay = min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random() / 2)
+        if retry_after and retry_after.isdigit():
+            delay = min(30.0, max(delay, float(retry_after)))
+        time.sleep(delay)
+
+    # ------------------------------------------------------------------ uploads
+    def upload_file(self, path: str, blob: str, *, content_type: str = "application/octet-stream") -> tuple[int, bytes]:
+        """Upload `path` to `blob` (replacing it); returns (size, MD5). Raises BlobError / OSError."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= self.block_size:
+                with self._slots:
+                    data = _read_exactly(f, size, path)
+                    _check_unchanged(f, path, size)
+                    md5 = hashlib.md5(data).digest()
+                    self.request("PUT", blob, body=data, headers={
+                        "x-ms-blob-type": "BlockBlob", "Content-MD5": b64(md5), "x-ms-blob-content-md5": b64(md5),
+                        "x-ms-blob-content-type": content_type})
+                return size, md5
+            block_size = max(self.block_size, -(-size // MAX_BLOCKS))
+            ids, md5 = self._put_blocks(f, path, blob, size, block_size)
+            _check_unchanged(f, path, size)
+        xml = "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>" + \
+              "".join(f"<Latest>{i}</Latest>" for i in ids) + "</BlockList>"
+        self.request("PUT", blob, query={"comp": "blocklist"}, body=xml.encode(), headers={
+            "x-ms-blob-content-md5": b64(md5), "x-ms-blob-content-type": content_type,
+            "Content-Type": "application/xml"})
+        return size, md5
+
+    def _put_blocks(self, f: BinaryIO, path: str, blob: str, size: int, block_size: int) -> tuple[list[str], bytes]:
+        h = hashlib.md5()
+        ids: list[str] = []
+        slots = self._slots  # blocks read but not yet sent
+        futures: list[Future[None]] = []
+        failed = threading.Event()
+
+        def put(block_id: str, data: bytes) -> None:
+            try:
+                self.request("PUT", blob, query={"comp": "block", "blockid": block_id}, body=data,
+                             headers={"Content-MD5": b64(hashlib.md5(data).digest())})
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                slots.release()
+
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="put-block") as pool:
+            try:
+                left = size
+                while left > 0:
+                    data = _read_exactly(f, min(block_size, left), path)
+                    left -= len(data)
+                    h.update(data)
+                    block_id = b64(f"{len(ids):08d}".encode())
+                    ids.append(block_id)
+                    slots.acquire()
+                    if failed.is_set():  # stop reading: the upload cannot be committed
+                        slots.release()
+                        break
+                    futures.append(pool.submit(put, block_id, data))
+                    del data
+            finally:
+                for fu in futures:
+                    fu.exception()  # wait for every block in flight
+        for fu in futures:
+            if fu.exception() is not None:
+                raise fu.exception()  # type: ignore[misc]
+        return ids, h.digest()
+
+    # ------------------------------------------------------------------ append blobs
+    def create_append_blob(self, blob: str, *, content_type: str = "text/plain") -> None:
+        self.request("PUT", blob, headers={"x-ms-blob-type": "AppendBlob", "x-ms-blob-content-type": content_type})
+
+    def append(self, blob: str, data: bytes, offset: int) -> None:
+        """Append `data` at `offset` (the blob's current length): a retry after a lost answer that did
+        land is refused by the service (412) instead of appending twice - treated as done."""
+        for start in range(0, len(data), MAX_APPEND_BLOCK):
+            piece = data[start:start + MAX_APPEND_BLOCK]
+            try:
+                self.request("PUT", blob, query={"comp": "appendblock"}, body=piece, headers={
+                    "x-ms-blob-condition-appendpos": str(offset + start),
+                    "Content-MD5": b64(hashlib.md5(piece).digest())})
+            except BlobError as e:
+                if e.status != 412 or self.properties(blob).size < offset + start + len(piece):
+                    raise
+
+    # ------------------------------------------------------------------ reading
+    def properties(self, blob: str) -> BlobInfo:
+        _, h, _ = self.request("HEAD", blob, ok=(200,))
+        md5 = h.get("content-md5")
+        return BlobInfo(blob, int(h.get("content-length", "0")), base64.b64decode(md5) if md5 else None,
+                        h.get("x-ms-blob-type", "BlockBlob"))
+
+    def list_blobs(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Every blob whose name starts with `prefix`, in name order (pages followed to the end)."""
+        marker = ""
+        for _ in range(1_000_000):  # bounded: 5,000 names a page
+            q = {"restype": "container", "comp": "list", "prefix": prefix, "maxresults": "5000"}
+            if marker:
+                q["marker"] = marker
+            _, _, body = self.request("GET", query=q, ok=(200,))
+            root = ET.fromstring(body)
+            for b in root.iter("Blob"):
+                props = b.find("Properties")
+                field = {e.tag: e.text or "" for e in props} if props is not None else {}
+                md5 = field.get("Content-MD5")
+                yield BlobInfo(b.findtext("Name") or "", int(field.get("Content-Length") or 0),
+                               base64.b64decode(md5) if md5 else None, field.get("BlobType") or "BlockBlob")
+            marker = root.findtext("NextMarker") or ""
+            if not marker:
+                return
+
+    def read_range(self, blob: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        _, _, data = self.request("GET", blob, headers={"x-ms-range": f"bytes={start}-{start + length - 1}"},
+                                  ok=(200, 206))
+        return data
+
+    def download_to(self, info: BlobInfo, dest: str, *, on_bytes: Callable[[int], None] | None = None) -> str:
+        """Download a listed blob to `dest`, verified; returns "downloaded" or "kept" (already there and
+        verified). Raises BlobError (size or MD5 mismatch included) and OSError; no partial `dest` ever."""
+        if os.path.isfile(dest) and not os.path.islink(dest) and os.path.getsize(dest) == info.size \
+                and (info.md5 is None or file_md5(dest) == info.md5):
+            if on_bytes:
+                on_bytes(info.size)
+            return "kept"
+        os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+        part = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.part")
+        h = hashlib.md5()
+        written = 0
+        try:
+            with open(part, "wb") as out, ThreadPoolExecutor(max_workers=self.workers) as pool:
+                window: list[Future[bytes]] = []
+                starts = iter(range(0, info.size, self.range_size))
+                try:
+                    for start in starts:
+                        # Never wait for a slot while holding ranges that could be written: two downloads
+                        # that each hold slots must not wait on each other.
+                        while not self._slots.acquire(blocking=False):
+                            if not window:
+                                self._slots.acquire()
+                                break
+                            written += self._write_next(out, h, window, on_bytes)
+                        window.append(pool.submit(self.read_range, info.name, start,
+                                                  min(self.range_size, info.size - start)))
+                        if len(window) >= self.workers * 2:
+                            written += self._write_next(out, h, window, on_bytes)
+                    while window:
+                        written += self._write_next(out, h, window, on_bytes)
+                finally:
+                    for fu in window:  # after an error: wait for the ranges in flight, free their slots
+                        fu.exception()
+                        self._slots.release()
+            if written != info.size:
+                raise BlobError(f"{info.name}: size mismatch: got {written} bytes, storage says {info.size}")
+            if info.md5 is not None and h.digest() != info.md5:
+                raise BlobError(f"{info.name}: MD5 mismatch: got {b64(h.digest())}, storage says {b64(info.md5)}")
+            os.replace(part, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            raise
+        return "downloaded"
+
+    def _write_next(self, out: BinaryIO, h: "hashlib._Hash", window: "list[Future[bytes]]",
+                    on_bytes: Callable[[int], None] | None) -> int:
+        """Write the oldest range in flight (ranges are written in order, so MD5 is computed on the way)."""
+        fu = window.pop(0)
+        try:
+            data = fu.result()
+        finally:
+            self._slots.release()
+        out.write(data)
+        h.update(data)
+        if on_bytes:
+            on_bytes(len(data))
+        return len(data)
+
+
+
+
+def _read_exactly(f: BinaryIO, n: int, path: str) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise BlobError(f"{path}: the file shrank while it was uploaded (expected {n} more bytes, got {len(data)})")
+    return data
+
+
+def _check_unchanged(f: BinaryIO, path: str, size: int) -> None:
+    now = os.fstat(f.fileno()).st_size
+    if now != size:
+        raise BlobError(f"{path}: the file changed size while it was uploaded ({size} -> {now} bytes); not committed")
+    if not os.path.exists(path):
+        raise BlobError(f"{path}: the file was deleted while it was uploaded; not committed")
+
+
+def _hint(status: int, code: str) -> str:
+    if status == 403 and code == "AuthenticationFailed":
+        return " (the SAS is invalid or expired)"
+    if status == 403:
+        return " (the SAS does not grant this: it needs write / create permission)"
+    if status == 404 and code == "ContainerNotFound":
+        return " (the job's container does not exist: create it with prepare_output_storage)"
+    return ""

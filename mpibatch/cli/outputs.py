@@ -1,0 +1,117 @@
+"""`mpibatch outputs list | get`: File Conventions outputs of any job, saved by mpibatch or by code that used
+the .NET library (docs/file-conventions.md). Storage credentials come from the environment, as for `submit`:
+AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY (+ AZURE_STORAGE_BLOB_ENDPOINT)
+or with DefaultAzureCredential."""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping
+
+import click
+
+from ..conventions import is_safe_relative
+from ..errors import InfraError, SpecError
+from ..fileconventions import JobOutputStorage, StoredOutput, TaskOutputStorage
+from .common import EXIT_INFRA, EXIT_OK, echo_json, output_option, report_errors
+
+FILES_IN_FLIGHT = 4
+
+
+def storage_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """How to reach storage, from the environment (never from arguments: keys stay out of `ps`)."""
+    env = os.environ if env is None else env
+    conn = env.get("AZURE_STORAGE_CONNECTION_STRING", "").strip()
+    if conn:
+        return {"connection_string": conn}
+    account = env.get("AZURE_STORAGE_ACCOUNT", "").strip()
+    if not account:
+        raise SpecError("AZURE_STORAGE_CONNECTION_STRING", "no storage account configured",
+                        "export AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT (+ AZURE_STORAGE_KEY)")
+    endpoint = env.get("AZURE_STORAGE_BLOB_ENDPOINT", "").strip() or f"https://{account}.blob.core.windows.net"
+    key = env.get("AZURE_STORAGE_KEY", "").strip()
+    if key:
+        return {"connection_string": f"AccountName={account};AccountKey={key};BlobEndpoint={endpoint}"}
+    from azure.identity import DefaultAzureCredential
+
+    return {"credential": DefaultAzureCredential(), "account_url": endpoint}
+
+
+def _storage(job_id: str, task_id: str | None) -> JobOutputStorage | TaskOutputStorage:
+    how = storage_options()
+    return TaskOutputStorage(job_id, task_id, **how) if task_id else JobOutputStorage(job_id, **how)
+
+
+@click.group()
+def outputs() -> None:
+    """List and download File Conventions outputs of a job or task."""
+
+
+@outputs.command("list")
+@click.argument("job_id", metavar="JOB")
+@click.argument("task_id", metavar="[TASK]", required=False)
+@click.option("--kind", default=None, help="only this kind (TaskOutput, TaskLog, ..., or a custom kind)")
+@output_option
+@report_errors
+def list_outputs(job_id: str, task_id: str | None, kind: str | None, output: str) -> None:
+    """The outputs of TASK (or of JOB itself): kind, size, MD5 and path. For multi-instance tasks run by
+    mpibatch, a path starts with the instance number (0 the primary)."""
+    found = _storage(job_id, task_id).list_outputs(kind)
+    if output == "json":
+        echo_json([{"kind": o.kind, "path": o.path, "size": o.size, "md5": o.md5.hex() if o.md5 else None,
+                    "blob": o.blob_name} for o in found])
+        return
+    if not found:
+        click.echo(f"no outputs{f' of kind {kind}' if kind else ''} for {job_id}{'/' + task_id if task_id else ''}")
+        return
+    width = max(len(o.kind) for o in found)
+    for o in found:
+        path = o.path if o.path.isprintable() else repr(o.path)  # a newline in a name stays on one line
+        click.echo(f"{o.kind:<{width}}  {o.size:>14,}  {o.md5.hex() if o.md5 else '-':<32}  {path}")
+
+
+@outputs.command("get")
+@click.argument("job_id", metavar="JOB")
+@click.argument("task_id", metavar="TASK")
+@click.option("--kind", default=None, help="only this kind")
+@click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="directory (default mpibatch-outputs/JOB/TASK); files land at DIR/$<Kind>/<path>, as in storage")
+@output_option
+@report_errors
+def get_outputs(job_id: str, task_id: str, kind: str | None, to: Path | None, output: str) -> None:
+    """Download TASK's outputs, verified (size, MD5), written under a temporary name and renamed when
+    complete. A rerun keeps files already there and verified, and fetches the rest."""
+    dest = to or Path("mpibatch-outputs") / job_id / task_id
+    found = _storage(job_id, task_id).list_outputs(kind)
+    results: dict[str, str] = {}
+
+    def one(o: StoredOutput) -> tuple[str, str]:
+        if not is_safe_relative(o.path):
+            return o.blob_name, "unsafe name, not downloaded"
+        try:
+            return o.blob_name, o.download_to(dest / f"${o.kind}" / o.path)
+        except (InfraError, OSError) as e:
+            return o.blob_name, f"failed: {e}"
+
+    try:
+        with ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
+            for blob, outcome in pool.map(one, found):
+                results[blob] = outcome
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: no partial file was left; rerun the same command to resume into {dest}", err=True)
+        sys.exit(130)
+    failed = {b: r for b, r in results.items() if r not in ("downloaded", "kept")}
+    if output == "json":
+        echo_json({"dir": str(dest), "files": results, "failed": sorted(failed)})
+    else:
+        got = sum(1 for r in results.values() if r == "downloaded")
+        kept = sum(1 for r in results.values() if r == "kept")
+        click.echo(f"{got} downloaded, {kept} already there and verified, {len(failed)} failed -> {dest}")
+        for b, r in failed.items():
+            click.echo(f"  {b}: {r}", err=True)
+    sys.exit(EXIT_INFRA if failed else EXIT_OK)
+
+
+COMMANDS = [outputs]

@@ -1,0 +1,163 @@
+"""Collection rules shared by every executor (docs/file-conventions.md#collection).
+
+* The runs directory is checked before anything starts; each run gets a new ``<runs>/<job>/<task>``.
+* Inside an instance's folder, the logs are ``stdout.txt`` / ``stderr.txt``; an output with one of those
+  names goes to ``$<Kind>/<name>`` instead, so it never overwrites the log (:func:`collected_path`).
+* A file is written as ``.<name>.part`` and renamed when complete: no partial file has a final name.
+* Only regular files are collected: a symlink (to ``/dev/zero``, or out of the working directory) is refused.
+* Log tails read the last bytes only, whatever the file's size.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from ..conventions import INSTANCE_INFO, LOG_FILES
+from ..errors import InfraError, SpecError
+from ..results import TAIL_CHARS
+
+COPY_CHUNK = 1024 * 1024
+
+
+class CollectError(OSError):
+    """Some files of one instance could not be collected; the others were. `problems` name each file."""
+
+    def __init__(self, files: list[str], problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.files, self.problems = files, problems
+
+
+def check_runs_dir(runs_dir: Path, field: str = "--runs-dir") -> Path:
+    """Create `runs_dir` if missing and prove a file can be written there - before any node starts."""
+    fix = "give a directory you can write to, e.g. --runs-dir ./mpibatch-runs"
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SpecError(field, f"{runs_dir} exists and is not a directory", fix) from None
+    except OSError as e:
+        raise SpecError(field, f"cannot create {runs_dir}: {e.strerror or e}", fix) from None
+    if not runs_dir.is_dir():
+        raise SpecError(field, f"{runs_dir} is not a directory", fix)
+    probe = runs_dir / f".mpibatch-probe-{uuid.uuid4().hex}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise SpecError(field, f"cannot write in {runs_dir}: {e.strerror or e}", fix) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return runs_dir
+
+
+IN_PROGRESS = ".mpibatch-collecting"  # in an output directory whose collection has not finished
+
+
+def new_output_dir(runs_dir: Path, job_id: str, task_id: str, *, resume: bool = False) -> Path:
+    """runs_dir/job/task, or task.2, task.3...: a second run never overwrites the first. With `resume`
+    (``collect``), a directory whose collection was interrupted is returned again, so a rerun resumes
+    there (verified files are kept); call :func:`finish_output_dir` when the collection is complete."""
+    parent = Path(runs_dir) / job_id
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InfraError(f"cannot create {parent}: {e.strerror or e}") from None
+    for n in range(1, 10_000):
+        d = parent / (task_id if n == 1 else f"{task_id}.{n}")
+        if resume and (d / IN_PROGRESS).exists():
+            return d
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        if resume:
+            (d / IN_PROGRESS).touch()
+        point_latest(d)
+        return d
+    raise InfraError(f"too many runs of {job_id}/{task_id} in {runs_dir}: clean some up")
+
+
+def point_latest(run_dir: Path) -> None:
+    """runs_dir/job/task.latest -> the newest run of that task (task, task.2, ...): a stable name for
+    scripts and READMEs (a task id never holds a dot, so no run is ever called that). Replaced
+    atomically: a reader sees the old run or the new one."""
+    link = run_dir.parent / f"{run_dir.name.split('.')[0]}.latest"
+    tmp = run_dir.parent / f".{link.name}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, link)
+
+
+def finish_output_dir(d: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (d / IN_PROGRESS).unlink()
+
+
+def collected_path(rel: str, kind: str = "TaskOutput") -> str:
+    """Where an output lands in its instance's folder: its own path, unless that is a log's or the
+    instance record's name (``stdout.txt``...), then ``$<Kind>/<path>``."""
+    return f"${kind}/{rel}" if rel in (*LOG_FILES, INSTANCE_INFO) else rel
+
+
+def part_name(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.part")
+
+
+def write_atomically(dest: Path, fill: Callable[[BinaryIO], None]) -> None:
+    """Write `dest` through ``.<name>.part``, renamed only after `fill` returned; no .part remains."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = part_name(dest)
+    try:
+        with open(part, "wb") as out:
+            fill(out)
+        os.replace(part, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """Open a regular file for reading without following a symlink in its last component; a symlink,
+    FIFO or device raises OSError (so /dev/zero or a link out of the working directory is never read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file; not collected")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def copy_regular(src: Path | str, dest: Path) -> None:
+    """Copy a regular file (never through a symlink) to `dest`, atomically."""
+    try:
+        f = open_regular(src)
+    except OSError as e:
+        if e.errno == 40:  # ELOOP: the last component is a symlink
+            raise OSError(f"{src} is a symlink; not collected") from None
+        raise
+    with f:
+        write_atomically(dest, lambda out: shutil.copyfileobj(f, out, COPY_CHUNK))
+
+
+def read_tail(path: Path | str, limit: int = TAIL_CHARS) -> str:
+    """The last `limit` bytes of a collected log as text (bounded memory whatever the file's size)."""
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - limit))
+            data = f.read(limit)
+    except OSError:
+        return ""
+    text = data.decode(errors="replace")
+    return text if size <= limit else "...[truncated]...\n" + text

@@ -170,7 +170,8 @@ def job_output_prefix(kind: str, *, kind_field: str = "output.kind") -> str:
 def instance_output_prefix(task_id: str, kind: str, instance: int, *, task_field: str = "task.id",
                            kind_field: str = "output.kind") -> str:
     """``{taskId}/${Kind}/{i}``: the prefix of one instance's outputs (mpibatch's extension)."""
-    return f"{task_output_prefix(task_id, kind, task_field=task_field, kind_field=kind_field)}/{_check_instance(instance)}"
+    prefix = task_output_prefix(task_id, kind, task_field=task_field, kind_field=kind_field)
+    return f"{prefix}/{_check_instance(instance)}"
 
 
 def task_output_blob(task_id: str, kind: str, relative_path: str, *, task_field: str = "task.id",

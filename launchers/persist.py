@@ -20,17 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 try:  # as the package mpibatch.launchers (client side, tests)
     from .blobio import BlobError, ContainerClient, b64
-    from .outputnames import (INSTANCE_INFO, LOG_FILES, NameRuleError, glob_match, instance_info_blob,
-                              instance_output_blob, match_outputs)
+    from .outputnames import (INSTANCE_INFO, LOG_FILES, NameRuleError, instance_info_blob, instance_output_blob,
+                              match_outputs)
 except ImportError:  # as a script on the node: the modules are shipped beside it
     from blobio import BlobError, ContainerClient, b64  # type: ignore[no-redef]
-    from outputnames import (INSTANCE_INFO, LOG_FILES, NameRuleError, glob_match,  # type: ignore[no-redef]
+    from outputnames import (INSTANCE_INFO, LOG_FILES, NameRuleError,  # type: ignore[no-redef]
                              instance_info_blob, instance_output_blob, match_outputs)
 
 # Where the rank number is, when the command line does not say (--rank-vars, from the flavour).
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
 FILES_IN_FLIGHT = 4
-__all__ = ["glob_match", "match_outputs", "INSTANCE_INFO"]
 
 
 def instance_index(position: int, hosts: list[str], master: str) -> int:
@@ -41,7 +40,8 @@ def instance_index(position: int, hosts: list[str], master: str) -> int:
     return position + 1 if position < m else position
 
 
-def planned_uploads(task: str, index: int, task_dir: str, wd: str, outputs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def planned_uploads(task: str, index: int, task_dir: str, wd: str,
+                    outputs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """(blob, local path) for what instance `index` persists: its logs, then its outputs (the primary's
     go through Batch output files, so it persists nothing but its instance.json)."""
     if index == 0:

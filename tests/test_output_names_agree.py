@@ -1,6 +1,6 @@
-"""The node-side persist step and the client agree on every output name: persist.py runs as it does on a
-Batch node (a copy with only its shipped neighbours, `python3 -E -s -S`: no site-packages, standard library only) against
-Azurite, and what it stored is exactly what the client's File Conventions API lists and expects."""
+"""The node-side persist step and the client agree on every output name: persist.py runs as on a Batch
+node (a copy with only its shipped neighbours, `python3 -E -s -S`: no site-packages, standard library only)
+against Azurite, and what it stored is exactly what the client's File Conventions API lists and expects."""
 from __future__ import annotations
 
 import json

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import glob
 import hashlib
-import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -18,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from ..launchers import outputnames
 from ..redaction import redact_url
 
 TIMEOUT_S = 60
@@ -170,11 +170,15 @@ def upload_outputs(output_files: list[dict[str, Any]], task_dir: Path, succeeded
         url, path = dest.get("containerUrl"), dest.get("path")
         if not url:
             continue
-        wildcard = any(c in pattern for c in "*?[")
+        wildcard = not outputnames.is_single_file(pattern)
         root = wd if not pattern.startswith("/") else Path("/")
         matches = sorted(p for p in glob.glob(pattern, root_dir=root, recursive=True) if (root / p).is_file())
         for rel in matches:
-            clean = re.sub(r"^(\.\./|\./)+", "", rel)
+            try:
+                clean = outputnames.normalize_relative_path(rel)  # the one naming rule (../ dropped)
+            except outputnames.NameRuleError as e:
+                errors.append(f"{rel}: {e.problem}")
+                continue
             name = (f"{path.rstrip('/')}/{clean}" if path else clean) if wildcard else (path or Path(clean).name)
             try:
                 _put_blob(url, name, root / rel)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def run(spec: Spec, **options: Any) -> "TaskResult":
+def run(spec: Spec, **options: Any) -> TaskResult:
     """Run `spec` on this machine with Batch semantics (the local executor) and return its result."""
     from .executors import get_executor
 

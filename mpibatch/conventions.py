@@ -15,13 +15,28 @@ Layout in the job's container::
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .errors import SpecError
 from .launchers import outputnames as _names
-from .launchers.outputnames import (CONTAINER_PREFIX, INSTANCE_INFO, JOB_KINDS, KINDS, LOG_FILES, MAX_BLOB_NAME,
-                                    TASK_KINDS, ParsedBlob, glob_match, is_safe_relative, is_single_file,
-                                    match_outputs, parse_job_blob, parse_task_blob, pattern_regex)
+from .launchers.outputnames import (
+    CONTAINER_PREFIX,
+    INSTANCE_INFO,
+    JOB_KINDS,
+    KINDS,
+    LOG_FILES,
+    MAX_BLOB_NAME,
+    TASK_KINDS,
+    ParsedBlob,
+    glob_match,
+    is_safe_relative,
+    is_single_file,
+    match_outputs,
+    parse_job_blob,
+    parse_task_blob,
+    pattern_regex,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,7 +75,6 @@ __all__ = [
 ]
 
 # The storage API (public File Conventions library); imported last: it builds on the names above.
-from .fileconventions import (JobOutputStorage, StoredOutput, TaskOutputStorage, TrackedFile,  # noqa: E402
-                              prepare_output_storage)
+from .fileconventions import JobOutputStorage, StoredOutput, TaskOutputStorage, TrackedFile, prepare_output_storage  # noqa: E402
 
 __all__ += ["JobOutputStorage", "StoredOutput", "TaskOutputStorage", "TrackedFile", "prepare_output_storage"]

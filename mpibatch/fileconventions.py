@@ -18,10 +18,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from .errors import InfraError, SpecError
 from .launchers import outputnames as names
@@ -173,7 +174,7 @@ class _OutputStorage:
         return self._stored(BlobInfo(blob, size, md5))
 
     def save_tracked(self, kind: str, path: str | os.PathLike[str], *, destination: str | None = None,
-                     interval: float = 15) -> "TrackedFile":
+                     interval: float = 15) -> TrackedFile:
         """A context manager that keeps an append blob up to date with what is appended to `path`."""
         local, blob = self._blob(kind, path, destination)
         return TrackedFile(self.client, local, blob, interval)
@@ -269,7 +270,7 @@ class TrackedFile:
         self._lock = threading.Lock()
         self.error: Exception | None = None
 
-    def __enter__(self) -> "TrackedFile":
+    def __enter__(self) -> TrackedFile:
         try:
             info = self.client.properties(self.blob)
             if info.blob_type != "AppendBlob" or info.size > _size(self.path):

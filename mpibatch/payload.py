@@ -1,8 +1,8 @@
 """Rendered task -> azure-batch 15.1 models (and the REST JSON they serialise to)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Callable, Mapping
 
 from azure.batch import models as bm
 
@@ -76,12 +76,12 @@ def batch_job(r: Rendered, *, url_for: Callable[[FileRef], str] | None = None) -
     url_for = url_for or source_label
     job = r.spec.job
     prep = rel = None
-    if job.preparation:
+    if job.preparation and r.preparation_command_line:
         prep = bm.BatchJobPreparationTask(
             command_line=r.preparation_command_line, wait_for_success=True,
             resource_files=resource_files(job.preparation.files, url_for) or None,
             user_identity=_admin_pool_user() if r.os == "linux" else None)
-    if job.release:
+    if job.release and r.release_command_line:
         rel = bm.BatchJobReleaseTask(command_line=r.release_command_line,
                                      user_identity=_admin_pool_user() if r.os == "linux" else None)
     return bm.BatchJobCreateOptions(id=job.id, pool_info=bm.BatchPoolInfo(pool_id=job.pool or "<pool id>"),

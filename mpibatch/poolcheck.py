@@ -18,8 +18,9 @@ Why these rules (docs/batch-semantics.md#pool-rules, docs/mpi-launch-rules.md):
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from . import rdma
 from .errors import SpecError
@@ -302,7 +303,7 @@ def check(spec: Spec, pool: PoolFacts) -> list[Problem]:
 
         uses_rdma = cls != rdma.NONE and rendered != "tcp"
         if uses_rdma and pool.os != "windows":
-            if pool.is_hpc_image is False:
+            if pool.image is not None and pool.is_hpc_image is False:
                 add(pool.field("image", "virtualMachineConfiguration.imageReference"),
                     f"{size} is an InfiniBand size but the image {_image_name(pool.image)} has no InfiniBand "
                     "drivers: MPI would fail to start with the fabric settings, or run over TCP",

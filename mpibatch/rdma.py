@@ -1,6 +1,7 @@
 """Azure VM size -> RDMA class (``sriov`` | ``networkdirect`` | ``none``), family and latency anchors.
 
-Pure functions: no network, disk or clock. The class picks the MPI fabric environment (docs/mpi-launch-rules.md#rdma-sizes):
+Pure functions: no network, disk or clock. The class picks the MPI fabric environment
+(docs/mpi-launch-rules.md#rdma-sizes):
 SR-IOV sizes take ``I_MPI_FABRICS=shm:ofi`` / UCX; the older NetworkDirect sizes take ``shm:dapl`` with the
 ``ofa-v2-ib0`` provider; everything else runs MPI over TCP.
 
@@ -44,8 +45,9 @@ NETWORKDIRECT = "networkdirect"
 NONE = "none"
 
 # Patterns are applied with fullmatch(): re's '$' also matches before a trailing newline.
-# docs/mpi-launch-rules.md#rdma-sizes. Batch Shipyard's patterns missed constrained-core HBv3 (HB120-16rs_v3), HX and NDv4;
-# this one takes them: an 'r' among the feature letters of an H/HB/HC/HX/NC/ND size, or A8/A9.
+# docs/mpi-launch-rules.md#rdma-sizes. Batch Shipyard's patterns missed constrained-core HBv3
+# (HB120-16rs_v3), HX and NDv4; this one takes them: an 'r' among the feature letters of an
+# H/HB/HC/HX/NC/ND size, or A8/A9.
 _RDMA = re.compile(r"^standard_(a8|a9|(h[bcx]?|nc|nd)\d+(-\d+)?[a-z]*r[a-z]*(_[a-z0-9]+)*)$")
 
 # Lower-case, prefixed names of the RDMA sizes that only speak NetworkDirect (see the module docstring).
@@ -67,7 +69,8 @@ _SIZE = re.compile(r"^(standard|basic)_[a-z][a-z0-9_-]*$", re.IGNORECASE)
 _PARTS = re.compile(r"^(?:standard|basic)_([a-z]+)(\d+)(?:-(\d+))?([a-z]*)((?:_[a-z0-9]+)*)$")
 _VERSION = re.compile(r"^v(\d+)$")
 
-# Small-message one-way latency between two nodes (osu_latency / IMB PingPong), Azure HPC docs (docs/mpi-launch-rules.md#latency-anchors).
+# Small-message one-way latency between two nodes (osu_latency / IMB PingPong), Azure HPC docs
+# (docs/mpi-launch-rules.md#latency-anchors).
 ANCHOR_LATENCY_US: dict[str, float] = {
     "HC": 1.05,
     "HB": 1.27,
@@ -105,7 +108,8 @@ def validate_vm_size(vm_size: str, field: str = "pool.vm_size") -> str:
     if not _SIZE.fullmatch(canonical):
         raise SpecError(
             field,
-            f"{shown(vm_size)} is not an Azure VM size name (letters, digits, '_' and '-' after 'Standard_', starting with a letter)",
+            f"{shown(vm_size)} is not an Azure VM size name "
+            "(letters, digits, '_' and '-' after 'Standard_', starting with a letter)",
             _FIX,
         )
     return canonical

@@ -5,9 +5,9 @@ Rendered once; the local and SSH executors run these same strings, the Azure exe
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from . import rdma
 from .launchers import script_path

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Iterable, Union
+from collections.abc import Iterable
 
 
 class Raw(str):
     """A shell word written by mpibatch, inserted unquoted (it quotes itself)."""
 
 
-Word = Union[str, Raw]
+Word = str | Raw
 
 
 def sh_join(argv: Iterable[Word]) -> str:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 import re
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import SpecError
 from ..executors import Executor

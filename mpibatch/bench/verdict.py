@@ -3,7 +3,8 @@
 Pure functions: no network, disk or clock. :func:`verdict` judges one two-rank run; :func:`pair_matrix` and
 :func:`slowest_node` judge a pool from all-pairs runs; ``format_*`` render human tables.
 
-Thresholds (one-way latency of a small message, :func:`classify_fabric`), anchored on docs/mpi-launch-rules.md#latency-anchors
+Thresholds (one-way latency of a small message, :func:`classify_fabric`), anchored on
+docs/mpi-launch-rules.md#latency-anchors
 (Azure HPC docs, osu_latency / IMB PingPong between two nodes): HC 1.05 us, HB 1.27 us, HBv2 1.6-2.0 us,
 HBv3 ~1.2 us, A8/A9/H16r ~2.2 us; "under ~3 us means RDMA is in use; over ~10 us means the job fell back to TCP".
 
@@ -15,7 +16,8 @@ HBv3 ~1.2 us, A8/A9/H16r ~2.2 us; "under ~3 us means RDMA is in use; over ~10 us
   :func:`verdict` also looks at the hosts the ranks ran on: on one host it is shared memory, not RDMA.
 * ``> 10 us`` - **TCP** (Azure's Ethernet, even with accelerated networking, is well above RDMA).
 * in between - **unclear**. On this machine, TCP between network namespaces over a veth pair measured
-  8-16 us (docs/rehearsal-machine.md#latency-here: Intel MPI 8 us, MPICH 9-14 us, Open MPI 16 us) and 5-7 us in the captured
+  8-16 us (docs/rehearsal-machine.md#latency-here: Intel MPI 8 us, MPICH 9-14 us, Open MPI 16 us) and 5-7 us
+  in the captured
   fixtures (IMB/Intel MPI 5.2 us, osu_latency/MPICH 6.3 us, mpi4py/MPICH 6.8 us); TCP over loopback 4.8 us.
   So a kernel TCP path with no wire can sit in this gap: we say "unclear" rather than guess.
 """
@@ -53,7 +55,8 @@ FABRIC_TCP = "TCP"
 FABRIC_UNCLEAR = "unclear"
 
 SHM_MAX_US = 0.8  # below the fastest Azure RDMA anchor (HC, 1.05 us): no NIC gets here
-RDMA_MAX_US = 3.0  # above every RDMA anchor (1.05-2.2 us); docs/mpi-launch-rules.md: "under about 3 us means RDMA is in use"
+# docs/mpi-launch-rules.md#latency-anchors: "under about 3 us means RDMA is in use"
+RDMA_MAX_US = 3.0  # above every RDMA anchor (1.05-2.2 us)
 TCP_MIN_US = 10.0  # docs/mpi-launch-rules.md: "over about 10 us ... fell back to TCP"
 SMALL_MESSAGE_MAX_BYTES = 8  # "small message" latency: the best of the sizes 0..8 bytes
 SLOW_FACTOR = 1.5  # a node/run this many times the reference is flagged

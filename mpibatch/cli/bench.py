@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from .common import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
 from ..errors import SpecError
+from .common import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
 from .options import executor_from_options, executor_option, ssh_hosts, ssh_options
 
 _DEFAULT_FLAVOR = {"local": "mpich", "ssh": "mpich", "azure": "intelmpi"}
@@ -182,15 +182,15 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
                       vm_size=vm_size)
 
     plots: list[str] = []
-    if plot_path and res.samples:
+    if plot_path and res.samples and res.first:
         from ..bench.plot import plot_latency, plot_matrix
 
         title = f"ping-pong {' - '.join(res.first.rank_hosts[:2])}: {res.program}, {the_spec.task.mpi.flavor}"
         plots.append(plot_latency(res.samples, plot_path, anchor_us=res.verdict.anchor_us if res.verdict else None,
                                   title=title))
         if pairs == "all":
-            p = Path(plot_path)
-            plots.append(plot_matrix(res.matrix, res.node_names, p.with_name(p.stem + "-matrix" + p.suffix),
+            png = Path(plot_path)
+            plots.append(plot_matrix(res.matrix, res.node_names, png.with_name(png.stem + "-matrix" + png.suffix),
                                      highlight=res.slowest[0] if res.slowest else None))
 
     if output == "json":
@@ -199,8 +199,8 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
         echo_json(data)
     else:
         click.echo(format_report(res, flavor=the_spec.task.mpi.flavor, executor=executor))
-        for p in plots:
-            click.echo(f"plot: {p}")
+        for written in plots:
+            click.echo(f"plot: {written}")
     sys.exit(EXIT_OK if res.ok else EXIT_TASK_FAILED)
 
 

@@ -1,13 +1,14 @@
 """Options that several commands share: which executor, and how the SSH executor reaches its hosts."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from ..errors import SpecError
-from ..inputfiles import read_text_file
 from ..executors import Executor, Progress, get_executor, names
+from ..inputfiles import read_text_file
 
 # What an option holds when the user did not give it: such options are not passed to the executor.
 _UNSET = (None, (), False)

@@ -8,20 +8,22 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import click
 
 from .. import conventions, hostlist, poolcheck
-from .common import EXIT_BAD_INPUT, echo_json, output_option, report_errors
 from ..durations import human, iso8601
 from ..errors import SpecError
 from ..mpi import get_flavor
 from ..mpi import names as flavor_names
 from ..redaction import redact, redact_url
-from ..render import LAUNCHER_DIR, PERSIST_URL_VAR, Rendered, render as render_spec
+from ..render import LAUNCHER_DIR, PERSIST_URL_VAR, Rendered
+from ..render import render as render_spec
 from ..spec import FileRef, Spec, load_spec
+from .common import EXIT_BAD_INPUT, echo_json, output_option, report_errors
 
 _INDENT = "  "
 

@@ -11,8 +11,15 @@ import click
 from ..executors import TaskHandle
 from ..report import format_result
 from ..spec import load_spec
-from .common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, progress_printer,
-                     report_errors)
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TASK_FAILED,
+    echo_json,
+    output_option,
+    progress_printer,
+    report_errors,
+)
 from .options import executor_from_options, executor_option, ssh_options
 
 

@@ -8,7 +8,8 @@ import hashlib
 import hmac
 import re
 import urllib.parse
-from typing import Mapping
+from collections.abc import Mapping
+from email.message import Message
 
 from .errors import BatchError
 
@@ -16,7 +17,8 @@ HEADERS_TO_SIGN = ("content-encoding", "content-language", "content-length", "co
                    "date", "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range")
 
 
-def string_to_sign(method: str, raw_path: str, query: str, headers: Mapping[str, str], account: str) -> str:
+def string_to_sign(method: str, raw_path: str, query: str, headers: Mapping[str, str] | Message,
+                   account: str) -> str:
     h = {k.lower(): v for k, v in headers.items() if v}
     if method not in ("GET", "HEAD") and "content-length" not in h:
         h["content-length"] = "0"
@@ -34,7 +36,8 @@ def sign(key: str, text: str) -> str:
     return base64.b64encode(hmac.new(base64.b64decode(key), text.encode(), hashlib.sha256).digest()).decode()
 
 
-def check(method: str, raw_path: str, query: str, headers: Mapping[str, str], account: str, key: str) -> None:
+def check(method: str, raw_path: str, query: str, headers: Mapping[str, str] | Message, account: str,
+          key: str) -> None:
     """Raise the service's error for a missing, malformed or wrong signature."""
     auth = headers.get("Authorization") or ""
     if not auth:

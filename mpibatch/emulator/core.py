@@ -9,8 +9,9 @@ import secrets
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 from ..errors import SpecError
 from . import pools
@@ -48,7 +49,7 @@ class Emulator:
     and `key`; `stop()` ends every node process (and the Azurite it started)."""
 
     def __init__(self, *, port: int = 8900, state_dir: str | Path | None = None, storage: str | None = "auto",
-                 pools_: list[tuple[str, int, int]] = (), account: str | None = None, key: str | None = None,
+                 pools_: Sequence[tuple[str, int, int]] = (), account: str | None = None, key: str | None = None,
                  image: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None) -> None:
         self.port = port
         self.state_dir = Path(state_dir).resolve() if state_dir else None
@@ -64,7 +65,7 @@ class Emulator:
         self.connection_string: str | None = None
         self.azurite: Azurite | None = None
         self.restarted_failed: list[str] = []
-        self._server = None
+        self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._tmp: Path | None = None
         self.account = account or ""
@@ -118,7 +119,7 @@ class Emulator:
             except ValueError as e:
                 raise SpecError("--storage", str(e), "pass `auto`, `none` or a full connection string") from None
 
-    def start(self) -> "Emulator":
+    def start(self) -> Emulator:
         self.check()
         if self.state_dir:
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -127,19 +128,19 @@ class Emulator:
             self._tmp = Path(tempfile.mkdtemp(prefix="mpibatch-emulate-"))
         self._identity()
         try:
-            self._server = make_server(self, self.port)
+            server = self._server = make_server(self, self.port)
         except OSError as e:
             raise SpecError("--port", f"cannot listen on 127.0.0.1:{self.port}: {e.strerror}",
                             "choose another port (0 picks a free one)") from None
-        self.port = self._server.server_address[1]
+        self.port = server.server_address[1]
         try:
             self._start_storage()
         except BaseException:
-            self._server.server_close()
+            server.server_close()
             raise
         self.store.start_saving()
         self.scheduler.start()
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="emulator-http", daemon=True)
         self._thread.start()
         for task in self.restarted_failed:
@@ -176,7 +177,7 @@ class Emulator:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

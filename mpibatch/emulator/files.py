@@ -41,7 +41,7 @@ class AutoStorage:
     blob_endpoint: str
 
     @classmethod
-    def parse(cls, conn: str) -> "AutoStorage":
+    def parse(cls, conn: str) -> AutoStorage:
         parts = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
         account, key = parts.get("AccountName", ""), parts.get("AccountKey", "")
         endpoint = parts.get("BlobEndpoint") or (f"{parts.get('DefaultEndpointsProtocol', 'https')}://{account}"
@@ -189,7 +189,7 @@ def upload_outputs(output_files: list[dict[str, Any]], task_dir: Path, succeeded
 
 def file_listing(root: Path, base: str, recursive: bool) -> list[dict[str, Any]]:
     """A node or task directory as the files-list operation describes it."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not root.is_dir():
         return out
     entries = sorted(root.rglob("*") if recursive else root.iterdir())

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def add(emu: "Emulator", body: Any) -> dict[str, Any]:
+def add(emu: Emulator, body: Any) -> dict[str, Any]:
     body = schema.validate(body, schema.JOB, "job", required=("id", "poolInfo.poolId"))
     on_all = schema.enum(body.get("onAllTasksComplete") or "noaction", "onAllTasksComplete",
                          ("noaction", "terminatejob"))
@@ -47,7 +47,7 @@ def add(emu: "Emulator", body: Any) -> dict[str, Any]:
     return job
 
 
-def get(emu: "Emulator", job_id: str) -> dict[str, Any]:
+def get(emu: Emulator, job_id: str) -> dict[str, Any]:
     job = emu.store.jobs.get(key(job_id))
     if job is None:
         raise not_found("Job")
@@ -58,7 +58,7 @@ def view(job: dict[str, Any]) -> dict[str, Any]:
     return public(job)
 
 
-def terminate(emu: "Emulator", job_id: str, body: Any, *, reason: str = "UserTerminate") -> None:
+def terminate(emu: Emulator, job_id: str, body: Any, *, reason: str = "UserTerminate") -> None:
     if body:
         schema.validate(body, schema.TERMINATE_JOB, "job")
     job = get(emu, job_id)
@@ -72,7 +72,7 @@ def terminate(emu: "Emulator", job_id: str, body: Any, *, reason: str = "UserTer
     threading.Thread(target=_finish, args=(emu, job, "completed"), name=f"end-{job_id}", daemon=True).start()
 
 
-def delete(emu: "Emulator", job_id: str) -> None:
+def delete(emu: Emulator, job_id: str) -> None:
     job = get(emu, job_id)
     with emu.store.lock:
         if job["state"] == "deleting":
@@ -83,7 +83,7 @@ def delete(emu: "Emulator", job_id: str) -> None:
     threading.Thread(target=_finish, args=(emu, job, None), name=f"delete-{job_id}", daemon=True).start()
 
 
-def _finish(emu: "Emulator", job: dict[str, Any], final: str | None) -> None:
+def _finish(emu: Emulator, job: dict[str, Any], final: str | None) -> None:
     """End the job's running tasks, run the release task where needed, then complete (or remove) it."""
     with emu.store.lock:
         running = [t for t in emu.store.job_tasks(job["id"]) if t["state"] in ("running", "preparing")]
@@ -103,7 +103,7 @@ def _finish(emu: "Emulator", job: dict[str, Any], final: str | None) -> None:
     emu.event(f"job {job['id']}: {'deleted' if final is None else final}")
 
 
-def check_all_complete(emu: "Emulator", job: dict[str, Any]) -> None:
+def check_all_complete(emu: Emulator, job: dict[str, Any]) -> None:
     """onAllTasksComplete=terminateJob: once every task of the job has completed."""
     with emu.store.lock:
         if job.get("onAllTasksComplete") != "terminatejob" or job["state"] != "active":
@@ -118,18 +118,18 @@ def check_all_complete(emu: "Emulator", job: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------- preparation / release
-def _node_entry(emu: "Emulator", job: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+def _node_entry(emu: Emulator, job: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return job["_nodes"].setdefault(node["id"], {"poolId": node["_pool"], "nodeId": node["id"],
                                                  "nodeUrl": node["url"]})
 
 
-def _task_info(emu: "Emulator", node: dict[str, Any], job: dict[str, Any], name: str) -> dict[str, Any]:
+def _task_info(emu: Emulator, node: dict[str, Any], job: dict[str, Any], name: str) -> dict[str, Any]:
     rel = f"workitems/{job['id']}/job-1/{name}"
     return {"startTime": now_iso(), "state": "running", "taskRootDirectory": rel,
             "taskRootDirectoryUrl": f"{node['url']}/files/{rel}", "retryCount": 0}
 
 
-def _run_node_task(emu: "Emulator", job: dict[str, Any], node: dict[str, Any], name: str,
+def _run_node_task(emu: Emulator, job: dict[str, Any], node: dict[str, Any], name: str,
                    spec: dict[str, Any]) -> dict[str, Any]:
     task_dir = Path(node["_root"]) / "workitems" / job["id"] / "job-1" / name
     info = _task_info(emu, node, job, name)
@@ -156,7 +156,7 @@ def _run_node_task(emu: "Emulator", job: dict[str, Any], node: dict[str, Any], n
     return info
 
 
-def prepare(emu: "Emulator", job: dict[str, Any], node: dict[str, Any]) -> dict[str, Any] | None:
+def prepare(emu: Emulator, job: dict[str, Any], node: dict[str, Any]) -> dict[str, Any] | None:
     """Run the job preparation task on `node` unless it ran there already; the failureInfo if it failed
     and waitForSuccess holds the job's tasks back."""
     spec = job.get("jobPreparationTask")
@@ -186,12 +186,12 @@ def _prep_failure(spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any] 
             "message": f"The job preparation task failed on the node: {why}"}
 
 
-def ran_on(emu: "Emulator", job: dict[str, Any], node: dict[str, Any]) -> None:
+def ran_on(emu: Emulator, job: dict[str, Any], node: dict[str, Any]) -> None:
     with emu.store.lock:
         _node_entry(emu, job, node).setdefault("_ran", True)
 
 
-def release_all(emu: "Emulator", job: dict[str, Any]) -> None:
+def release_all(emu: Emulator, job: dict[str, Any]) -> None:
     spec = job.get("jobReleaseTask")
     with emu.store.lock:
         targets = [(nid, e) for nid, e in job["_nodes"].items() if e.get("_ran") or
@@ -209,7 +209,7 @@ def release_all(emu: "Emulator", job: dict[str, Any]) -> None:
     emu.store.mark()
 
 
-def prep_release_status(emu: "Emulator", job_id: str) -> list[dict[str, Any]]:
+def prep_release_status(emu: Emulator, job_id: str) -> list[dict[str, Any]]:
     job = get(emu, job_id)
     with emu.store.lock:
         return [public(e) for e in job["_nodes"].values()]

@@ -46,12 +46,12 @@ class _Executor(LocalExecutor):
         return t, env
 
 
-def _refs(emu: "Emulator", items: list[dict[str, Any]] | None) -> tuple[FileRef, ...]:
+def _refs(emu: Emulator, items: list[dict[str, Any]] | None) -> tuple[FileRef, ...]:
     return tuple(FileRef(source=url, path=rel) for url, rel in files.resolve(items or [], emu.storage))
 
 
 class MultiInstanceRun:
-    def __init__(self, emu: "Emulator", task: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
+    def __init__(self, emu: Emulator, task: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
         self.emu, self.t, self.nodes = emu, task, nodes
         self.executor: _Executor | None = None
         self.ended = False
@@ -78,7 +78,7 @@ class MultiInstanceRun:
                 common_files=_refs(emu, mis.get("commonResourceFiles")), files=_refs(emu, t.get("resourceFiles")),
                 environment={**env_settings(job.get("commonEnvironmentSettings")),
                              **env_settings(t.get("environmentSettings"))},
-                max_wall_clock=emu.seconds(t["constraints"].get("maxWallClockTime")),
+                max_wall_clock=_whole_seconds(emu.seconds(t["constraints"].get("maxWallClockTime"))),
                 max_retries=max(0, t["constraints"].get("maxTaskRetryCount") or 0), pool_id=t["_pool"])
         except files.FileError as e:
             return None, {"category": "UserError", "code": e.code, "message": e.message}, None
@@ -156,3 +156,8 @@ class MultiInstanceRun:
             failure = {"category": "UserError", "code": "TaskEnded" if fail.phase == "timeout" else
                        "CommandLaunchFailed" if fail.phase == "coordination" else "Unknown", "message": fail.reason}
         return result.exit_code, failure, primary_dir
+
+
+def _whole_seconds(seconds: float | None) -> int | None:
+    """The rehearsal lifecycle counts its wall clock in whole seconds (rounded up: never cut a task short)."""
+    return None if seconds is None else int(-(-seconds // 1))

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import BatchError
 
 MAX_RESULTS = 1000  # the service's default and largest page
 TOKEN = re.compile(r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<word>[A-Za-z_][\w/]*)|(?P<p>[(),]))")
 Pred = Callable[[dict[str, Any]], bool]
+
+
+def _both(a: Pred, b: Pred) -> Pred:
+    return lambda item: a(item) and b(item)
+
+
+def _either(a: Pred, b: Pred) -> Pred:
+    return lambda item: a(item) or b(item)
 
 
 def bad_query(name: str, value: str, reason: str) -> BatchError:
@@ -110,16 +119,14 @@ class _Parser:
         left = self.atom()
         while self.peek() == ("word", "and"):
             self.i += 1
-            right, prev = self.atom(), left
-            left = lambda item, a=prev, b=right: a(item) and b(item)  # noqa: E731
+            left = _both(left, self.atom())
         return left
 
     def expr(self) -> Pred:
         left = self.conj()
         while self.peek() == ("word", "or"):
             self.i += 1
-            right, prev = self.conj(), left
-            left = lambda item, a=prev, b=right: a(item) or b(item)  # noqa: E731
+            left = _either(left, self.conj())
         return left
 
 

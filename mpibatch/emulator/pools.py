@@ -24,7 +24,7 @@ START_TASK_RETRY_CAP = 3  # maxTaskRetryCount -1 (forever) is bounded here
 FOREVER = "P10675199DT2H48M5.4775807S"
 
 
-def add(emu: "Emulator", body: Any) -> dict[str, Any]:
+def add(emu: Emulator, body: Any) -> dict[str, Any]:
     body = schema.validate(body, schema.POOL, "pool", required=("id", "vmSize"))
     nodes = body.get("targetDedicatedNodes") or 0
     slots = body.get("taskSlotsPerNode") or 1
@@ -52,7 +52,7 @@ def add(emu: "Emulator", body: Any) -> dict[str, Any]:
     return pool
 
 
-def get(emu: "Emulator", pool_id: str) -> dict[str, Any]:
+def get(emu: Emulator, pool_id: str) -> dict[str, Any]:
     pool = emu.store.pools.get(key(pool_id))
     if pool is None or pool.get("state") == "deleted":
         raise not_found("Pool")
@@ -63,7 +63,7 @@ def view(pool: dict[str, Any]) -> dict[str, Any]:
     return public(pool)
 
 
-def resize(emu: "Emulator", pool_id: str, body: Any) -> None:
+def resize(emu: Emulator, pool_id: str, body: Any) -> None:
     body = schema.validate(body, schema.RESIZE, "pool")
     pool = get(emu, pool_id)
     target = body.get("targetDedicatedNodes")
@@ -78,7 +78,7 @@ def resize(emu: "Emulator", pool_id: str, body: Any) -> None:
     resize_to(emu, pool, target)
 
 
-def resize_to(emu: "Emulator", pool: dict[str, Any], target: int) -> None:
+def resize_to(emu: Emulator, pool: dict[str, Any], target: int) -> None:
     """Add nodes (each runs the start task as it joins) or remove idle ones, then steady."""
     with emu.store.lock:
         pool["allocationState"], pool["allocationStateTransitionTime"] = "resizing", now_iso()
@@ -99,7 +99,7 @@ def resize_to(emu: "Emulator", pool: dict[str, Any], target: int) -> None:
         threading.Thread(target=join, args=(emu, pool, n), name=f"node-{n['id']}", daemon=True).start()
 
 
-def _new_node(emu: "Emulator", pool: dict[str, Any]) -> dict[str, Any]:
+def _new_node(emu: Emulator, pool: dict[str, Any]) -> dict[str, Any]:
     i = pool["_next_node"]
     pool["_next_node"] = i + 1
     node_id = f"tvmps_{secrets.token_hex(16)}_d"
@@ -118,7 +118,7 @@ def _new_node(emu: "Emulator", pool: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def join(emu: "Emulator", pool: dict[str, Any], node: dict[str, Any]) -> None:
+def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
     st = pool.get("startTask")
     if not st:
         with emu.store.lock:
@@ -169,7 +169,7 @@ def join(emu: "Emulator", pool: dict[str, Any], node: dict[str, Any]) -> None:
               + (f" (start task: {failure['message']})" if failure else ""))
 
 
-def delete(emu: "Emulator", pool_id: str) -> None:
+def delete(emu: Emulator, pool_id: str) -> None:
     pool = get(emu, pool_id)
     with emu.store.lock:
         if pool["state"] == "deleting":
@@ -195,7 +195,7 @@ def delete(emu: "Emulator", pool_id: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- nodes
-def node(emu: "Emulator", pool_id: str, node_id: str) -> dict[str, Any]:
+def node(emu: Emulator, pool_id: str, node_id: str) -> dict[str, Any]:
     get(emu, pool_id)
     n = emu.store.nodes.get(key(pool_id, node_id))
     if n is None:
@@ -203,12 +203,12 @@ def node(emu: "Emulator", pool_id: str, node_id: str) -> dict[str, Any]:
     return n
 
 
-def node_roots(emu: "Emulator", n: dict[str, Any]) -> list[Path]:
+def node_roots(emu: Emulator, n: dict[str, Any]) -> list[Path]:
     """Where a node's files are: its own tree, then the rehearsal nodes it was for multi-instance tasks."""
     return [Path(n["_root"]), *(Path(p) for p in reversed(n.get("_extra_roots", [])))]
 
 
-def node_file(emu: "Emulator", pool_id: str, node_id: str, file_path: str) -> Path:
+def node_file(emu: Emulator, pool_id: str, node_id: str, file_path: str) -> Path:
     n = node(emu, pool_id, node_id)
     for root in node_roots(emu, n):
         try:

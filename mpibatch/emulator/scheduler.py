@@ -28,7 +28,7 @@ RECENT_TASKS = 5
 
 
 class Scheduler:
-    def __init__(self, emu: "Emulator") -> None:
+    def __init__(self, emu: Emulator) -> None:
         self.emu = emu
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -94,9 +94,9 @@ class Scheduler:
         store = self.emu.store
         started = []
         free: dict[str, list[dict[str, Any]]] = {}
-        for pool in store.pools.values():
-            if pool["state"] == "active":
-                free[pool["id"].lower()] = [n for n in store.pool_nodes(pool["id"])
+        for p in store.pools.values():
+            if p["state"] == "active":
+                free[p["id"].lower()] = [n for n in store.pool_nodes(p["id"])
                                             if n["state"] in ("idle", "running") and n["schedulingState"] == "enabled"]
         order = sorted((t for t in store.tasks.values() if t["state"] == "active"),
                        key=lambda t: (-store.jobs[key(t["_job"])].get("priority", 0), t["_seq"]))

@@ -8,9 +8,10 @@ import logging
 import re
 import secrets
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import auth, files, jobs, odata, pools, schema, tasks
 from .errors import BatchError, new_etag, not_emulated, rfc1123
@@ -26,6 +27,12 @@ Answer = tuple[int, Any, dict[str, str]]
 ID = r"([^/]+)"
 
 
+def _doing(effect: Callable[[], object], answer: Answer) -> Answer:
+    """Run an operation that answers with no body, then give its answer."""
+    effect()
+    return answer
+
+
 def _created(url: str) -> Answer:
     return 201, None, {"DataServiceId": url, "Location": url}
 
@@ -34,16 +41,16 @@ def _accepted(url: str) -> Answer:
     return 202, None, {"DataServiceId": url}
 
 
-def _list(emu: "Emulator", q: dict[str, list[str]], items: list[dict[str, Any]], path: str) -> Answer:
+def _list(emu: Emulator, q: dict[str, list[str]], items: list[dict[str, Any]], path: str) -> Answer:
     return 200, odata.page(items, q, f"{emu.endpoint}{path}"), {}
 
 
-def _files(emu: "Emulator", q: dict[str, list[str]], root: Path, base: str, path: str) -> Answer:
+def _files(emu: Emulator, q: dict[str, list[str]], root: Path, base: str, path: str) -> Answer:
     recursive = (q.get("recursive") or ["false"])[0].lower() == "true"
     return _list(emu, q, files.file_listing(root, base, recursive), path)
 
 
-def _node_files(emu: "Emulator", q: dict[str, list[str]], p: str, n: str, path: str) -> Answer:
+def _node_files(emu: Emulator, q: dict[str, list[str]], p: str, n: str, path: str) -> Answer:
     node = pools.node(emu, p, n)
     items: dict[str, dict[str, Any]] = {}
     for root in pools.node_roots(emu, node):
@@ -57,7 +64,7 @@ def _body(raw: bytes) -> Any:
     return schema.parse_json(raw)
 
 
-def routes(emu: "Emulator") -> list[tuple[str, re.Pattern[str], Callable[..., Answer]]]:
+def routes(emu: Emulator) -> list[tuple[str, re.Pattern[str], Callable[..., Answer]]]:
     """(verb, path pattern, handler(query, body, *path ids)) for every emulated operation."""
     e = emu
     table: list[tuple[str, str, Callable[..., Answer]]] = [
@@ -65,11 +72,12 @@ def routes(emu: "Emulator") -> list[tuple[str, re.Pattern[str], Callable[..., An
         ("GET", "/pools", lambda q, b: _list(e, q, [pools.view(x) for x in list(e.store.pools.values())], "/pools")),
         ("GET", f"/pools/{ID}", lambda q, b, p: (200, odata.select_one(pools.view(pools.get(e, p)), q), {})),
         ("HEAD", f"/pools/{ID}", lambda q, b, p: (200, pools.get(e, p) and None, {})),
-        ("DELETE", f"/pools/{ID}", lambda q, b, p: (pools.delete(e, p), _accepted(f"{e.endpoint}/pools/{p}"))[1]),
-        ("POST", f"/pools/{ID}/resize", lambda q, b, p: (pools.resize(e, p, _body(b)),
-                                                         _accepted(f"{e.endpoint}/pools/{p}"))[1]),
+        ("DELETE", f"/pools/{ID}", lambda q, b, p: _doing(lambda: pools.delete(e, p),
+                                                          _accepted(f"{e.endpoint}/pools/{p}"))),
+        ("POST", f"/pools/{ID}/resize", lambda q, b, p: _doing(lambda: pools.resize(e, p, _body(b)),
+                                                                 _accepted(f"{e.endpoint}/pools/{p}"))),
         ("GET", f"/pools/{ID}/nodes", lambda q, b, p: _list(e, q, [pools.view(n) for n in (
-            pools.get(e, p) and e.store.pool_nodes(p))], f"/pools/{p}/nodes")),
+            e.store.pool_nodes(pools.get(e, p)["id"]))], f"/pools/{p}/nodes")),
         ("GET", f"/pools/{ID}/nodes/{ID}", lambda q, b, p, n: (200, odata.select_one(
             pools.view(pools.node(e, p, n)), q), {})),
         ("GET", f"/pools/{ID}/nodes/{ID}/files", lambda q, b, p, n: _node_files(e, q, p, n,
@@ -79,9 +87,10 @@ def routes(emu: "Emulator") -> list[tuple[str, re.Pattern[str], Callable[..., An
         ("POST", "/jobs", lambda q, b: _created(jobs.add(e, _body(b))["url"])),
         ("GET", "/jobs", lambda q, b: _list(e, q, [jobs.view(x) for x in list(e.store.jobs.values())], "/jobs")),
         ("GET", f"/jobs/{ID}", lambda q, b, j: (200, odata.select_one(jobs.view(jobs.get(e, j)), q), {})),
-        ("DELETE", f"/jobs/{ID}", lambda q, b, j: (jobs.delete(e, j), _accepted(f"{e.endpoint}/jobs/{j}"))[1]),
-        ("POST", f"/jobs/{ID}/terminate", lambda q, b, j: (jobs.terminate(e, j, _body(b) if b else None),
-                                                           _accepted(f"{e.endpoint}/jobs/{j}"))[1]),
+        ("DELETE", f"/jobs/{ID}", lambda q, b, j: _doing(lambda: jobs.delete(e, j),
+                                                        _accepted(f"{e.endpoint}/jobs/{j}"))),
+        ("POST", f"/jobs/{ID}/terminate", lambda q, b, j: _doing(lambda: jobs.terminate(e, j, _body(b) if b else None),
+                                                                   _accepted(f"{e.endpoint}/jobs/{j}"))),
         ("GET", f"/jobs/{ID}/jobpreparationandreleasetaskstatus", lambda q, b, j: _list(
             e, q, jobs.prep_release_status(e, j), f"/jobs/{j}/jobpreparationandreleasetaskstatus")),
         ("GET", f"/jobs/{ID}/taskcounts", lambda q, b, j: (200, tasks.counts(e, j), {})),
@@ -90,9 +99,10 @@ def routes(emu: "Emulator") -> list[tuple[str, re.Pattern[str], Callable[..., An
         ("POST", f"/jobs/{ID}/addtaskcollection", lambda q, b, j: (200, tasks.add_collection(e, j, b), {})),
         ("GET", f"/jobs/{ID}/tasks/{ID}", lambda q, b, j, t: (200, odata.select_one(
             tasks.view(tasks.get(e, j, t)), q), {})),
-        ("DELETE", f"/jobs/{ID}/tasks/{ID}", lambda q, b, j, t: (tasks.delete(e, j, t), 200, None, {})[1:]),
-        ("POST", f"/jobs/{ID}/tasks/{ID}/terminate", lambda q, b, j, t: (
-            tasks.terminate(e, j, t), 204, None, {"DataServiceId": f"{e.endpoint}/jobs/{j}/tasks/{t}"})[1:]),
+        ("DELETE", f"/jobs/{ID}/tasks/{ID}", lambda q, b, j, t: _doing(lambda: tasks.delete(e, j, t),
+                                                                       (200, None, {}))),
+        ("POST", f"/jobs/{ID}/tasks/{ID}/terminate", lambda q, b, j, t: _doing(
+            lambda: tasks.terminate(e, j, t), (204, None, {"DataServiceId": f"{e.endpoint}/jobs/{j}/tasks/{t}"}))),
         ("GET", f"/jobs/{ID}/tasks/{ID}/subtasksinfo", lambda q, b, j, t: (200, {"value": tasks.subtasks(e, j, t)},
                                                                            {})),
         ("GET", f"/jobs/{ID}/tasks/{ID}/files", lambda q, b, j, t: _files(
@@ -104,7 +114,7 @@ def routes(emu: "Emulator") -> list[tuple[str, re.Pattern[str], Callable[..., An
 
 
 class Handler(BaseHTTPRequestHandler):
-    emu: "Emulator"
+    emu: Emulator
     table: list[tuple[str, re.Pattern[str], Callable[..., Answer]]]
     protocol_version = "HTTP/1.1"
     server_version = "mpibatch-emulate/1.0 (an Azure Batch emulator, not the Azure Batch service)"
@@ -210,7 +220,7 @@ class Handler(BaseHTTPRequestHandler):
         return 200, data, {**extra, "_length": size}
 
 
-def make_server(emu: "Emulator", port: int) -> ThreadingHTTPServer:
+def make_server(emu: Emulator, port: int) -> ThreadingHTTPServer:
     handler = type("EmulatorHandler", (Handler,), {"emu": emu, "table": routes(emu)})
     for verb in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
         setattr(handler, f"do_{verb}", Handler._serve)

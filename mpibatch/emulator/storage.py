@@ -61,7 +61,7 @@ class Azurite:
         return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
                 f"BlobEndpoint=http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT};")
 
-    def start(self) -> "Azurite":
+    def start(self) -> Azurite:
         binary = find_azurite()
         if binary is None:
             raise SpecError("--storage", "auto needs Azurite, and no azurite-blob was found", HOW_TO_GET)

@@ -20,7 +20,7 @@ FOREVER = "P10675199DT2H48M5.4775807S"
 _seq = itertools.count()
 
 
-def check(emu: "Emulator", job: dict[str, Any], body: Any) -> dict[str, Any]:
+def check(emu: Emulator, job: dict[str, Any], body: Any) -> dict[str, Any]:
     """Every rule a task body must pass before anything is stored."""
     body = schema.validate(body, schema.TASK, "task", required=("id", "commandLine"))
     mis = body.get("multiInstanceSettings")
@@ -48,7 +48,7 @@ def check(emu: "Emulator", job: dict[str, Any], body: Any) -> dict[str, Any]:
     return body
 
 
-def _active_job(emu: "Emulator", job_id: str) -> dict[str, Any]:
+def _active_job(emu: Emulator, job_id: str) -> dict[str, Any]:
     job = jobs.get(emu, job_id)
     if job["state"] in ("completed", "terminating"):
         raise BatchError(409, "JobCompleted", "The specified job is already in a completed state.")
@@ -57,7 +57,7 @@ def _active_job(emu: "Emulator", job_id: str) -> dict[str, Any]:
     return job
 
 
-def _store(emu: "Emulator", job: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+def _store(emu: Emulator, job: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     k = key(job["id"], body["id"])
     if k in emu.store.tasks:
         raise exists("Task")
@@ -74,7 +74,7 @@ def _store(emu: "Emulator", job: dict[str, Any], body: dict[str, Any]) -> dict[s
     return task
 
 
-def add(emu: "Emulator", job_id: str, body: Any) -> dict[str, Any]:
+def add(emu: Emulator, job_id: str, body: Any) -> dict[str, Any]:
     with emu.store.lock:
         job = _active_job(emu, job_id)
         task = _store(emu, job, check(emu, job, body))
@@ -82,7 +82,7 @@ def add(emu: "Emulator", job_id: str, body: Any) -> dict[str, Any]:
     return task
 
 
-def add_collection(emu: "Emulator", job_id: str, raw: bytes) -> dict[str, Any]:
+def add_collection(emu: Emulator, job_id: str, raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_COLLECTION_BYTES:
         raise BatchError(413, "RequestBodyTooLarge", "The request body is too large and exceeds the maximum "
                          "permissible limit.", {"MaxLimit": str(MAX_COLLECTION_BYTES)})
@@ -116,7 +116,7 @@ def add_collection(emu: "Emulator", job_id: str, raw: bytes) -> dict[str, Any]:
     return {"value": results}
 
 
-def get(emu: "Emulator", job_id: str, task_id: str) -> dict[str, Any]:
+def get(emu: Emulator, job_id: str, task_id: str) -> dict[str, Any]:
     jobs.get(emu, job_id)
     t = emu.store.tasks.get(key(job_id, task_id))
     if t is None:
@@ -130,13 +130,13 @@ def view(t: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def listing(emu: "Emulator", job_id: str) -> list[dict[str, Any]]:
+def listing(emu: Emulator, job_id: str) -> list[dict[str, Any]]:
     jobs.get(emu, job_id)
     with emu.store.lock:
         return [view(t) for t in emu.store.job_tasks(job_id)]
 
 
-def counts(emu: "Emulator", job_id: str) -> dict[str, Any]:
+def counts(emu: Emulator, job_id: str) -> dict[str, Any]:
     jobs.get(emu, job_id)
     with emu.store.lock:
         ts = list(emu.store.job_tasks(job_id))
@@ -147,7 +147,7 @@ def counts(emu: "Emulator", job_id: str) -> dict[str, Any]:
     return {"taskCounts": tc, "taskSlotCounts": {**tc}}
 
 
-def terminate(emu: "Emulator", job_id: str, task_id: str) -> None:
+def terminate(emu: Emulator, job_id: str, task_id: str) -> None:
     t = get(emu, job_id, task_id)
     with emu.store.lock:
         if t["state"] == "completed":
@@ -161,7 +161,7 @@ def terminate(emu: "Emulator", job_id: str, task_id: str) -> None:
     emu.scheduler.end_task(t)
 
 
-def delete(emu: "Emulator", job_id: str, task_id: str) -> None:
+def delete(emu: Emulator, job_id: str, task_id: str) -> None:
     t = get(emu, job_id, task_id)
     if t["state"] in ("running", "preparing"):
         emu.scheduler.end_task(t)
@@ -171,13 +171,13 @@ def delete(emu: "Emulator", job_id: str, task_id: str) -> None:
     emu.store.mark()
 
 
-def subtasks(emu: "Emulator", job_id: str, task_id: str) -> list[dict[str, Any]]:
+def subtasks(emu: Emulator, job_id: str, task_id: str) -> list[dict[str, Any]]:
     t = get(emu, job_id, task_id)
     with emu.store.lock:
         return [dict(s) for s in t.get("_subtasks", [])]
 
 
-def task_dir(emu: "Emulator", job_id: str, task_id: str) -> Path:
+def task_dir(emu: Emulator, job_id: str, task_id: str) -> Path:
     t = get(emu, job_id, task_id)
     if not t.get("_task_dir"):
         raise BatchError(409, "TaskFilesUnavailable" if t["state"] == "active" else "FileNotFound",
@@ -186,7 +186,7 @@ def task_dir(emu: "Emulator", job_id: str, task_id: str) -> Path:
     return Path(t["_task_dir"])
 
 
-def task_file(emu: "Emulator", job_id: str, task_id: str, file_path: str) -> Path:
+def task_file(emu: Emulator, job_id: str, task_id: str, file_path: str) -> Path:
     root = task_dir(emu, job_id, task_id)
     try:
         p = files.safe_join(root, file_path)

@@ -20,9 +20,10 @@ from __future__ import annotations
 import abc
 import importlib
 import inspect
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import SpecError
 
@@ -40,13 +41,13 @@ _BUILTIN: dict[str, str] = {
     "ssh": "mpibatch.executors.ssh:SshExecutor",
     "azure": "mpibatch.executors.azure:AzureExecutor",
 }
-_registry: dict[str, Union[str, Callable[..., "Executor"]]] = dict(_BUILTIN)
+_registry: dict[str, str | Callable[..., Executor]] = dict(_BUILTIN)
 
 
 class TaskHandle:
     """A submitted task. Every executor returns this type; what it can do is the executor's."""
 
-    def __init__(self, executor: "Executor", job_id: str, task_id: str, result: "TaskResult | None" = None) -> None:
+    def __init__(self, executor: Executor, job_id: str, task_id: str, result: TaskResult | None = None) -> None:
         """`result`: the collected result of a task that has already ended (rehearsal executors)."""
         self.executor, self.job_id, self.task_id = executor, job_id, task_id
         self._last: TaskResult | None = result  # the latest state seen
@@ -65,7 +66,7 @@ class TaskHandle:
         """active | running | completed | failed."""
         return self.status().state
 
-    def status(self) -> "TaskResult":
+    def status(self) -> TaskResult:
         """State, exit code and instances, without downloading outputs."""
         if self._collected is not None:
             return self._collected
@@ -73,7 +74,7 @@ class TaskHandle:
             self._last = self.executor.status(self.job_id, self.task_id)
         return self._last
 
-    def wait(self, timeout: float | None = None) -> "TaskResult":
+    def wait(self, timeout: float | None = None) -> TaskResult:
         """Block until the task has ended (outputs not yet brought back)."""
         if self._collected is not None:
             return self._collected
@@ -81,13 +82,13 @@ class TaskHandle:
             self._last = self.executor.wait(self.job_id, self.task_id, timeout=timeout)
         return self._last
 
-    def collect(self, to: str | Path | None = None) -> "TaskResult":
+    def collect(self, to: str | Path | None = None) -> TaskResult:
         """Bring back the outputs and logs of every instance, once; the result says where they are."""
         if self._collected is None:
             self._collected = self._last = self.executor.collect(self.job_id, self.task_id, to=to)
         return self._collected
 
-    def result(self, timeout: float | None = None) -> "TaskResult":
+    def result(self, timeout: float | None = None) -> TaskResult:
         """Wait for the task, collect its outputs, and return the result."""
         self.wait(timeout=timeout)
         return self.collect()
@@ -122,20 +123,20 @@ class Executor(abc.ABC):
     name: ClassVar[str] = ""
 
     @abc.abstractmethod
-    def submit(self, task: "Rendered | Spec") -> TaskHandle:
+    def submit(self, task: Rendered | Spec) -> TaskHandle:
         """Start the task; rehearsal executors return once it has ended and been collected."""
 
     def attach(self, job_id: str, task_id: str) -> TaskHandle:
         """A handle on a task submitted earlier (by this process or another one)."""
         return TaskHandle(self, job_id, task_id)
 
-    def status(self, job_id: str, task_id: str) -> "TaskResult":
+    def status(self, job_id: str, task_id: str) -> TaskResult:
         raise self._unsupported("status")
 
-    def wait(self, job_id: str, task_id: str, *, timeout: float | None = None) -> "TaskResult":
+    def wait(self, job_id: str, task_id: str, *, timeout: float | None = None) -> TaskResult:
         raise self._unsupported("wait")
 
-    def collect(self, job_id: str, task_id: str, *, to: str | Path | None = None) -> "TaskResult":
+    def collect(self, job_id: str, task_id: str, *, to: str | Path | None = None) -> TaskResult:
         raise self._unsupported("collect")
 
     def _unsupported(self, what: str) -> SpecError:
@@ -143,7 +144,7 @@ class Executor(abc.ABC):
                          "use the handle that submit returned")
 
 
-def rendered(task: "Rendered | Spec") -> "Rendered":
+def rendered(task: Rendered | Spec) -> Rendered:
     """A spec rendered, or a rendering as it is."""
     from ..render import Rendered, render
 
@@ -175,7 +176,7 @@ def executor_class(name: str) -> Callable[..., Executor]:
     if isinstance(factory, str):
         module, _, attr = factory.partition(":")
         factory = getattr(importlib.import_module(module), attr)
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def get_executor(name: str, **options: Any) -> Executor:

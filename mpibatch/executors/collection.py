@@ -14,8 +14,9 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from ..conventions import INSTANCE_INFO, LOG_FILES
 from ..errors import InfraError, SpecError

@@ -16,19 +16,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from ..errors import InfraError
 from ..launchers import script_path
 from ..launchers.outputnames import match_outputs
-from . import Progress
-from . import collection, hpcnode
-from .lifecycle import Node, RehearsalExecutor, split_command_line
-from .userns import check_namespaces, die_with_parent
 from ..mpi import FLAVORS
 from ..plan import TaskPlan
 from ..results import TaskResult
+from . import Progress, collection, hpcnode
+from .lifecycle import Node, RehearsalExecutor, split_command_line
+from .userns import check_namespaces, die_with_parent
 
 log = logging.getLogger(__name__)
 LOOPBACK_PREFIX = "127.0.1."
@@ -197,7 +196,8 @@ class LocalTransport:
     def _start_holder(self, node: Node) -> None:
         p = subprocess.Popen(
             [*self._enter(self.run_init_pid, "-p", "-m"), "unshare", "--mount", "--uts", "--propagation",
-             "private", "--", "/bin/bash", script_path("local_node_init.sh"), str(self.workdir / "nodes" / str(node.index)),
+             "private", "--", "/bin/bash", script_path("local_node_init.sh"),
+             str(self.workdir / "nodes" / str(node.index)),
              str(self.mount_point), str(self.hosts_file), node.node_id],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         line = p.stdout.readline() if p.stdout else b""
@@ -286,7 +286,8 @@ class LocalTransport:
         files: list[str] = []
         problems: list[str] = []
         if os.path.islink(root):
-            raise collection.CollectError([], [f"{node_dir} was replaced by a symlink; not followed, nothing collected"])
+            raise collection.CollectError(
+                [], [f"{node_dir} was replaced by a symlink; not followed, nothing collected"])
         for rel in match_outputs(str(root), list(patterns)):  # regular files only; a linked root yields none
             target = collection.collected_path(rel)
             try:

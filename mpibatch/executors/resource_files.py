@@ -71,49 +71,13 @@ def download(ref: FileRef, cache: Path, deadline: float | None = None, idle_s: f
     if errors:
         e = errors[0]
         if isinstance(e, urllib.error.HTTPError):
-            raise FilesError(f"resource file {ref.path}: HTTP {e.code} {redact(e.reason)} from {redact_url(ref.source)}")
+            raise FilesError(
+                f"resource file {ref.path}: HTTP {e.code} {redact(e.reason)} from {redact_url(ref.source)}")
         if isinstance(e, (urllib.error.URLError, OSError, ValueError, http.client.HTTPException)):  # e.g. InvalidURL
             reason = redact(getattr(e, "reason", e))  # the exception may quote the URL, SAS included
             raise FilesError(f"resource file {ref.path}: cannot download {redact_url(ref.source)}: {reason}")
         raise e
     return dest
-    part = dest.with_name(dest.name + ".part")  # never the final name until complete
-    stop, done = threading.Event(), threading.Event()
-    errors: list[BaseException] = []
-
-    def transfer() -> None:
-        try:
-            with urllib.request.urlopen(ref.source, timeout=idle_s) as resp, open(part, "wb") as f:
-                while not stop.is_set() and (chunk := resp.read1(DOWNLOAD_CHUNK)):
-                    f.write(chunk)
-            if not stop.is_set():
-                part.replace(dest)
-        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
-            errors.append(e)
-        finally:
-            part.unlink(missing_ok=True)
-            done.set()
-
-    threading.Thread(target=transfer, name=f"mpibatch-download-{Path(ref.path).name}", daemon=True).start()
-    try:
-        while not done.wait(POLL_S if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))):
-            if deadline is not None and time.monotonic() >= deadline:
-                raise DownloadTimeout(f"resource file {ref.path} from {redact_url(ref.source)} was still "
-                                      "downloading")
-    finally:
-        stop.set()
-    if errors:
-        e = errors[0]
-        if isinstance(e, urllib.error.HTTPError):
-            raise FilesError(f"resource file {ref.path}: HTTP {e.code} {e.reason} from {redact_url(ref.source)}")
-        if isinstance(e, ValueError):  # e.g. http.client.InvalidURL: its text holds the whole URL
-            raise FilesError(f"resource file {ref.path}: {redact_url(ref.source)} is not a valid URL")
-        if isinstance(e, (urllib.error.URLError, OSError)):
-            reason = getattr(e, "reason", e)
-            raise FilesError(f"resource file {ref.path}: cannot download {redact_url(ref.source)}: {reason}")
-        raise e
-    return dest
-
 
 class FilesError(Exception):
     """A resource file could not be had: the task fails in its files phase."""

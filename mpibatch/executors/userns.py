@@ -13,8 +13,8 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import SpecError
 
@@ -71,7 +71,8 @@ def check_namespaces() -> None:
         if why:
             raise SpecError("--executor local", f"this machine does not allow new user namespaces ({why[0]}): "
                             "the local executor emulates nodes in them", f"as root: {why[1]}; {WAYS_OUT}")
-        raise SpecError("--executor local", f"cannot create the namespaces of emulated nodes: {err or 'unshare failed'}",
+        raise SpecError("--executor local",
+                        f"cannot create the namespaces of emulated nodes: {err or 'unshare failed'}",
                         f"allow unprivileged user namespaces (user_namespaces(7)); {WAYS_OUT}")
     _ok = True
 

@@ -1,8 +1,8 @@
 """What every MPI flavour module provides. Pure: no I/O."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from ..shell import Raw, Word
 

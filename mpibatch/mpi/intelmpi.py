@@ -1,7 +1,7 @@
 """Intel MPI (Linux): mpirun -hosts $AZ_BATCH_HOST_LIST -n N*P -ppn P."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..shell import Word
 from .base import Flavor, hydra_argv

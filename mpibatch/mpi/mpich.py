@@ -1,7 +1,7 @@
 """MPICH (hydra): mpiexec -hosts $AZ_BATCH_HOST_LIST -n N*P -ppn P."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..shell import Word
 from .base import Flavor, hydra_argv

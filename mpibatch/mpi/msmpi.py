@@ -1,7 +1,7 @@
 """MS-MPI (Windows): smpd on every node, mpiexec reads CCP_NODES."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..shell import Raw, Word
 from .base import Flavor

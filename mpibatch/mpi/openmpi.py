@@ -1,7 +1,7 @@
 """Open MPI: mpirun --host h1:P,h2:P -np N*P --map-by ppr:P:node, env forwarded with -x."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..shell import Raw, Word
 from .base import Flavor

@@ -16,8 +16,9 @@ The modules, one seam each: ``client`` (credentials, SDK calls, error mapping), 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ... import poolcheck
 from ...redaction import redact

@@ -13,8 +13,9 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 from ...errors import InfraError, SpecError

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ... import conventions
 from ...conventions import INSTANCE_INFO, LOG_FILES
@@ -121,7 +122,8 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
             files.append(target)
             downloads.append((target, b))
         with ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
-            problems = list(pool.map(lambda tb: storage.download_blob(container, tb[1], d / tb[0]), downloads))
+            problems = list(pool.map(lambda tb, into=d: storage.download_blob(container, tb[1], into / tb[0]),
+                                     downloads))
         for (target, b), problem in zip(downloads, problems):
             if problem:
                 missing.append(f"{b.name}: {problem}")

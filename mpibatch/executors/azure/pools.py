@@ -6,8 +6,9 @@ anything is created (docs/batch-semantics.md#pool-rules).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ... import poolcheck, rdma
 from ...errors import SpecError, SpecErrors

@@ -25,14 +25,15 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, urlparse
 
 from ... import conventions
-from ...launchers.blobio import BlobError, BlobInfo, ContainerClient
 from ...errors import InfraError, SpecError
+from ...launchers.blobio import BlobError, BlobInfo, ContainerClient
 from ...redaction import redact
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class Storage:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **client_kwargs: Any) -> "Storage":
+    def from_env(cls, env: Mapping[str, str] | None = None, **client_kwargs: Any) -> Storage:
         from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
         env = os.environ if env is None else env

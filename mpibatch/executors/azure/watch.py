@@ -8,8 +8,9 @@ application ran is a coordination failure (docs/batch-semantics.md#lifecycle).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ... import conventions
 from ...errors import InfraError

@@ -6,18 +6,19 @@ Pure functions: no network, disk or clock. Formats (docs/batch-semantics.md#envi
 * ``AZ_BATCH_NODE_LIST`` - ``ip;ip;...``
 * ``CCP_NODES`` - ``count ip cores ip cores ...`` (what MS-MPI's mpiexec reads by default)
 
-Every host that leaves this module has gone through :func:`validate_host`, because these strings end up in
-shell lines (``mpirun -hosts ...``); a host name is the easiest place for ``;rm -rf /`` to sneak in.
+Also the SSH executor's hosts files (``[user@]host[:port]`` per line). Every host that leaves this module
+has gone through :func:`validate_host` (mpibatch.hostnames, re-exported here), because these strings end up
+in shell lines.
 """
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from mpibatch.errors import SpecError, shown
+from mpibatch.hostnames import check_hosts, host_key, is_ipv6, validate_host
 
 __all__ = [
     "HostSpec",
@@ -41,126 +42,9 @@ HostfileStyle = Literal["slots", "colon", "msmpi"]
 HOSTFILE_STYLES: tuple[str, ...] = ("slots", "colon", "msmpi")
 
 # Patterns are applied with fullmatch(): re's '$' also matches before a trailing newline.
-# RFC 1123 label: letters, digits and '-', 1-63 chars, no '-' at either end.
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-# IPv6 zone ids (fe80::1%eth0) are interface names; keep them to characters that are inert in a shell.
-_ZONE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _USER = re.compile(r"^[a-z_][a-z0-9_.-]*$", re.IGNORECASE)
 _MAX_USER = 32  # useradd's limit on Linux; longer names are certainly a typo
-_HOST_FIX = "give a bare IPv4/IPv6 address such as 10.0.0.4, or a host name made of letters, digits, '-' and '.'"
-
-
-# ---------------------------------------------------------------------------------------------- single hosts
-
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address if `host` is a literal IPv4/IPv6 address in strict form, else None."""
-    try:
-        return ipaddress.IPv4Address(host)  # rejects leading zeros, short forms like "10.1"
-    except ValueError:
-        pass
-    try:
-        addr = ipaddress.IPv6Address(host)
-    except ValueError:
-        return None
-    # ipaddress accepts any text after '%' as a zone id - including "$(id)". Not here.
-    if addr.scope_id is not None and not _ZONE.fullmatch(addr.scope_id):
-        return None
-    return addr
-
-
-def is_ipv6(host: str) -> bool:
-    """True if `host` is a literal IPv6 address (these need brackets wherever ':' separates a port)."""
-    return isinstance(_ip(host), ipaddress.IPv6Address)
-
-
-def _bad_char(host: str) -> str | None:
-    for ch in host:
-        if not (ch.isascii() and (ch.isalnum() or ch in ".-:%_")):
-            return ch
-    return None
-
-
-def validate_host(host: str, field: str = "hosts") -> str:
-    """Return `host` unchanged if it is an IPv4 address, an IPv6 address or an RFC 1123 host name.
-
-    Anything else raises :class:`SpecError`: empty strings, spaces, shell metacharacters, a leading '-'
-    (it would be read as an option), labels over 63 characters, names over 253 characters, and all-numeric
-    names that are not valid IPv4 addresses (``10.0.0.04``, ``12345``: resolvers read those as addresses).
-    """
-    if not isinstance(host, str):
-        raise SpecError(field, f"expected a host name or address, got {type(host).__name__} {shown(host)}", _HOST_FIX)
-    if host == "":
-        raise SpecError(field, "the host is empty", _HOST_FIX)
-    if _ip(host) is not None:
-        return host
-    bad = _bad_char(host)
-    if bad is not None:
-        raise SpecError(
-            field,
-            f"{shown(host)} is not an IP address or host name: it contains {shown(bad)}, which is not allowed "
-            "(host names end up in shell command lines)",
-            _HOST_FIX,
-        )
-    if ":" in host or "%" in host:
-        raise SpecError(field, f"{shown(host)} is not a valid IPv6 address", "write it as e.g. fd00::4 (no brackets, no port)")
-    if host.startswith("-"):
-        raise SpecError(field, f"{shown(host)} starts with '-', so a command would read it as an option", _HOST_FIX)
-    if len(host) > 253:
-        raise SpecError(field, f"host name is {len(host)} characters long; the limit is 253", "use a shorter name or the IP address")
-    labels = host.split(".")
-    for label in labels:
-        if label == "":
-            raise SpecError(
-                field,
-                f"{shown(host)} has an empty label (a leading, trailing or doubled '.')",
-                "remove the extra '.'",
-            )
-        if not _LABEL.fullmatch(label):
-            if len(label) > 63:
-                raise SpecError(field, f"label {shown(label[:20])}... of {shown(host)} is {len(label)} characters; the limit is 63", _HOST_FIX)
-            raise SpecError(
-                field,
-                f"label {shown(label)} of {shown(host)} is not a valid host name label "
-                "(letters, digits and '-' only, not starting or ending with '-')",
-                _HOST_FIX,
-            )
-    if labels[-1].isdigit():
-        # "10.0.0.04" or "12345": not a valid address, and resolvers would not treat it as a name either.
-        raise SpecError(
-            field,
-            f"{shown(host)} looks like an IPv4 address but is not a valid one",
-            "write four numbers 0-255 without leading zeros, e.g. 10.0.0.4",
-        )
-    return host
-
-
-def _host_key(host: str) -> str:
-    """Identity for duplicate detection: addresses in canonical form, names case-insensitively."""
-    addr = _ip(host)
-    return str(addr) if addr is not None else host.lower()
-
-
-def _check_hosts(hosts: Sequence[str], field: str) -> list[str]:
-    """Validate a list of hosts: not empty, every entry valid, no duplicates. Returns a new list."""
-    if isinstance(hosts, str) or not isinstance(hosts, Sequence):
-        raise SpecError(field, f"expected a list of hosts, got {type(hosts).__name__}", "pass a list such as ['10.0.0.4', '10.0.0.5']")
-    if len(hosts) == 0:
-        raise SpecError(field, "the host list is empty", "give at least one host")
-    seen: dict[str, int] = {}
-    out: list[str] = []
-    for i, host in enumerate(hosts):
-        validate_host(host, f"{field}[{i}]")
-        key = _host_key(host)
-        if key in seen:
-            raise SpecError(
-                f"{field}[{i}]",
-                f"host {shown(host)} is listed twice (also at position {seen[key]})",
-                "list each node once; set processes per node instead of repeating a host",
-            )
-        seen[key] = i
-        out.append(host)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- separated lists
@@ -178,7 +62,7 @@ def _parse_separated(s: str, sep: str, field: str, example: str) -> list[str]:
                 f"entry {i + 1} of {shown(s)} is empty (a leading, trailing or doubled {shown(sep)})",
                 f"separate hosts with a single {shown(sep)}, e.g. {example}",
             )
-    return _check_hosts(entries, field)
+    return check_hosts(entries, field)
 
 
 def parse_host_list(s: str, field: str = "AZ_BATCH_HOST_LIST") -> list[str]:
@@ -188,7 +72,7 @@ def parse_host_list(s: str, field: str = "AZ_BATCH_HOST_LIST") -> list[str]:
 
 def format_host_list(hosts: Sequence[str], field: str = "AZ_BATCH_HOST_LIST") -> str:
     """Format hosts as ``AZ_BATCH_HOST_LIST`` does: ``10.0.0.4,10.0.0.5``."""
-    return ",".join(_check_hosts(hosts, field))
+    return ",".join(check_hosts(hosts, field))
 
 
 def parse_node_list(s: str, field: str = "AZ_BATCH_NODE_LIST") -> list[str]:
@@ -198,7 +82,7 @@ def parse_node_list(s: str, field: str = "AZ_BATCH_NODE_LIST") -> list[str]:
 
 def format_node_list(hosts: Sequence[str], field: str = "AZ_BATCH_NODE_LIST") -> str:
     """Format hosts as ``AZ_BATCH_NODE_LIST`` does: ``10.0.0.4;10.0.0.5``."""
-    return ";".join(_check_hosts(hosts, field))
+    return ";".join(check_hosts(hosts, field))
 
 
 # ---------------------------------------------------------------------------------------------- CCP_NODES
@@ -214,9 +98,11 @@ def _per_host_counts(value: int | Sequence[int], n: int, field: str, what: str) 
     """Expand an int (same for every host) or a list (one per host) into n positive ints."""
     values = [value] * n if isinstance(value, int) else list(value) if isinstance(value, Sequence) else None
     if values is None:
-        raise SpecError(field, f"{what} must be a whole number or a list of them, got {type(value).__name__}", f"e.g. {what}=4")
+        raise SpecError(field, f"{what} must be a whole number or a list of them, got {type(value).__name__}",
+                        f"e.g. {what}=4")
     if len(values) != n:
-        raise SpecError(field, f"{len(values)} {what} values given for {n} hosts", f"give one {what} value per host, or a single number")
+        raise SpecError(field, f"{len(values)} {what} values given for {n} hosts",
+                        f"give one {what} value per host, or a single number")
     for v in values:
         # bool is an int subclass; True as "1 core" is a bug in the caller, not a count.
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -244,14 +130,14 @@ def parse_ccp_nodes(s: str, field: str = "CCP_NODES") -> list[tuple[str, int]]:
     pairs = len(rest) // 2
     if pairs != count:
         raise SpecError(field, f"{shown(s)} says {count} node(s) but lists {pairs}", fix)
-    hosts = _check_hosts(rest[0::2], field)
+    hosts = check_hosts(rest[0::2], field)
     cores = [_positive_int(c, f"{field}[{i}]", f"cores for {shown(hosts[i])}", fix) for i, c in enumerate(rest[1::2])]
     return list(zip(hosts, cores))
 
 
 def format_ccp_nodes(hosts: Sequence[str], cores: int | Sequence[int] = 1, field: str = "CCP_NODES") -> str:
     """Format ``CCP_NODES``: ``count host cores host cores ...``. `cores` is one number or one per host."""
-    checked = _check_hosts(hosts, field)
+    checked = check_hosts(hosts, field)
     counts = _per_host_counts(cores, len(checked), field, "cores")
     parts = [str(len(checked))]
     for host, c in zip(checked, counts):
@@ -272,8 +158,9 @@ def hostfile(hosts: Sequence[str], ppn: int | Sequence[int], style: HostfileStyl
     ``colon`` style: ``fd00::4:4`` cannot be read back unambiguously.
     """
     if style not in HOSTFILE_STYLES:
-        raise SpecError("hostfile.style", f"unknown hostfile style {shown(style)}", f"use one of {', '.join(HOSTFILE_STYLES)}")
-    checked = _check_hosts(hosts, field)
+        raise SpecError("hostfile.style", f"unknown hostfile style {shown(style)}",
+                        f"use one of {', '.join(HOSTFILE_STYLES)}")
+    checked = check_hosts(hosts, field)
     counts = _per_host_counts(ppn, len(checked), field, "ppn")
     lines = []
     for i, (host, p) in enumerate(zip(checked, counts)):
@@ -302,7 +189,8 @@ def parse_hostfile(text: str, style: HostfileStyle, field: str = "hostfile") -> 
     Only the one-host-one-count line shapes that :func:`hostfile` writes are accepted.
     """
     if style not in HOSTFILE_STYLES:
-        raise SpecError("hostfile.style", f"unknown hostfile style {shown(style)}", f"use one of {', '.join(HOSTFILE_STYLES)}")
+        raise SpecError("hostfile.style", f"unknown hostfile style {shown(style)}",
+                        f"use one of {', '.join(HOSTFILE_STYLES)}")
     shape = {"slots": "'host slots=N'", "colon": "'host:N'", "msmpi": "'host N'"}[style]
     if not isinstance(text, str):
         raise SpecError(field, f"expected text, got {type(text).__name__}", f"write one {shape} per line")
@@ -324,7 +212,7 @@ def parse_hostfile(text: str, style: HostfileStyle, field: str = "hostfile") -> 
             raise SpecError(where, f"{shown(raw)} is not a {shape} line", f"write one {shape} per line")
         host, count = (m.group(1), m.group(2)) if isinstance(m, re.Match) else m
         validate_host(host, where)
-        key = _host_key(host)
+        key = host_key(host)
         if key in seen:
             raise SpecError(where, f"{shown(host)} is listed again (first on line {seen[key]})", "list each node once")
         seen[key] = lineno
@@ -352,7 +240,8 @@ class HostSpec:
 
 def _parse_port(text: str, field: str, entry: str) -> int:
     if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= 65535:
-        raise SpecError(field, f"port {shown(text)} in {shown(entry)} is not a number from 1 to 65535", "write e.g. node-1:2222")
+        raise SpecError(field, f"port {shown(text)} in {shown(entry)} is not a number from 1 to 65535",
+                        "write e.g. node-1:2222")
     return int(text)
 
 
@@ -374,15 +263,18 @@ def parse_host_spec(s: str, field: str = "hosts") -> HostSpec:
         if "@" in rest:
             raise SpecError(field, f"{shown(s)} has more than one '@'", fix)
         if user == "":
-            raise SpecError(field, f"{shown(s)} has an empty user name before '@'", "drop the '@' or put a user name before it")
+            raise SpecError(field, f"{shown(s)} has an empty user name before '@'",
+                            "drop the '@' or put a user name before it")
         if not _USER.fullmatch(user):
             raise SpecError(
                 field,
-                f"user name {shown(user)} in {shown(s)} is not valid (letters, digits, '_', '.', '-', not starting with a digit, '.' or '-')",
+                f"user name {shown(user)} in {shown(s)} is not valid (letters, digits, '_', '.', '-', "
+                "not starting with a digit, '.' or '-')",
                 "use the account name as it is on the node, e.g. azureuser",
             )
         if len(user) > _MAX_USER:
-            raise SpecError(field, f"user name {shown(user)} is longer than {_MAX_USER} characters", "use the account name as it is on the node")
+            raise SpecError(field, f"user name {shown(user)} is longer than {_MAX_USER} characters",
+                            "use the account name as it is on the node")
     port: int | None = None
     if rest.startswith("["):
         host, close, after = rest[1:].partition("]")
@@ -417,9 +309,10 @@ def parse_hosts_file(text: str, field: str = "hosts_file") -> list[HostSpec]:
             continue
         where = f"{field}, line {lineno}"
         spec = parse_host_spec(line, where)
-        key = (_host_key(spec.host), spec.port)
+        key = (host_key(spec.host), spec.port)
         if key in seen:
-            raise SpecError(where, f"{shown(spec.host)} is listed again (first on line {seen[key]})", "list each node once")
+            raise SpecError(where, f"{shown(spec.host)} is listed again (first on line {seen[key]})",
+                            "list each node once")
         seen[key] = lineno
         specs.append(spec)
     if not specs:

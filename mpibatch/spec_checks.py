@@ -15,7 +15,9 @@ MAX_ENVIRONMENT_BYTES = 256 * 1024  # all of task.environment; leaves room for B
 
 
 def cross_checks(spec: Spec) -> None:
-    """Rules that involve more than one section."""
+    """Rules that involve more than one section. Three of them (instances vs the pool's nodes, the
+    flavour's OS vs the image's, job.pool vs pool.id) refuse a spec whose own `pool:` contradicts its
+    task; poolcheck.check judges any pool's facts (REST or spec) with its own fields and severities."""
     c = Collector()
     t, p = spec.task, spec.pool
     if p and p.nodes is not None and t.instances > p.nodes + p.low_priority_nodes:

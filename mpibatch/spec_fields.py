@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .errors import SpecError, SpecErrors, shown
 from .spec_model import IMAGE_ALIASES, Command, FileRef, Image, NodeTask, Output, Setup

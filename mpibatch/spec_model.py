@@ -4,9 +4,9 @@ Import them from `mpibatch.spec` (which re-exports every name here); this module
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 
 @dataclass(frozen=True)

@@ -201,16 +201,16 @@ def parse_hostfile(text: str, style: HostfileStyle, field: str = "hostfile") -> 
         if not line:
             continue
         where = f"{field}, line {lineno}"
-        if style == "slots":
-            m = _SLOTS_LINE.fullmatch(line)
-        elif style == "msmpi":
-            m = _MSMPI_LINE.fullmatch(line)
+        pair: tuple[str, str] | None
+        if style in ("slots", "msmpi"):
+            found = (_SLOTS_LINE if style == "slots" else _MSMPI_LINE).fullmatch(line)
+            pair = (found.group(1), found.group(2)) if found else None
         else:
             host, sep, count = line.rpartition(":")
-            m = None if not sep or ":" in host else (host, count)
-        if m is None:
+            pair = None if not sep or ":" in host else (host, count)
+        if pair is None:
             raise SpecError(where, f"{shown(raw)} is not a {shape} line", f"write one {shape} per line")
-        host, count = (m.group(1), m.group(2)) if isinstance(m, re.Match) else m
+        host, count = pair
         validate_host(host, where)
         key = host_key(host)
         if key in seen:

@@ -10,6 +10,7 @@ and spec_yaml (the bounded YAML loader). Every public name of those is importabl
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def _mpi(value: Any) -> Mpi:
         c.errors.append(SpecError("task.mpi.options", "expected a list of launcher arguments",
                                   "write e.g. [-genv, I_MPI_DEBUG, '5']"))
         opts = []
-    options = tuple(c.run(lambda i=i, o=o: as_str(o, f"task.mpi.options[{i}]"), "") for i, o in enumerate(opts))
+    options = tuple(c.run(partial(as_str, o, f"task.mpi.options[{i}]"), "") for i, o in enumerate(opts))
     c.raise_if_any()
     return Mpi(flavor=flavor, processes_per_node=ppn, options=options, fabric=fabric, setup=setup)
 
@@ -132,6 +133,7 @@ def _task(value: Any, base_dir: Path) -> Task:
     retention = c.run(lambda: parse_duration(m["retention"], "task.retention")) \
         if m.get("retention") is not None else None
     c.raise_if_any()
+    assert tid is not None and cmd is not None  # for mypy: a missing one was an error above
     return Task(id=tid, command=cmd, mpi=mpi, instances=instances, coordination=coord, shared_dir=shared,
                 common_files=common, files=files, environment=env, outputs=outputs, max_wall_clock=wall,
                 max_retries=retries, retention=retention)
@@ -151,6 +153,7 @@ def _job(value: Any, base_dir: Path) -> Job:
         c.errors.append(SpecError("job.release.files", "a job release task takes no files",
                                   "download them in job.preparation instead"))
     c.raise_if_any()
+    assert jid is not None  # for mypy: a missing one was an error above
     return Job(id=jid, pool=pool, preparation=prep, release=rel)
 
 
@@ -170,6 +173,7 @@ def parse_spec(data: Any, base_dir: Path | str = ".") -> Spec:
     pool = c.run(lambda: _pool(m.get("pool")))
     task = c.run(lambda: _task(m["task"], base)) if "task" in m else None
     c.raise_if_any()
+    assert job is not None and task is not None  # for mypy: a missing one was an error above
     spec = Spec(job=job, task=task, pool=pool, base_dir=base)
     if spec.job.pool is None and pool and pool.id:
         spec = replace(spec, job=replace(spec.job, pool=pool.id))

@@ -23,14 +23,16 @@ import base64
 import contextlib
 import hashlib
 import http.client
+import io
 import os
 import random
 import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Callable, Iterator, NamedTuple
+from typing import BinaryIO, NamedTuple
 
 API_VERSION = "2021-08-06"
 BLOCK_SIZE = 8 * 1024 * 1024
@@ -91,6 +93,10 @@ class ContainerClient:
         # Blocks held in memory at once, across every transfer on this client: memory stays about
         # (2 * workers + 1) * block_size however many files are in flight.
         self._slots = threading.BoundedSemaphore(2 * self.workers)
+        # Upload blocks are read into reused buffers: fresh 8 MiB allocations per block let the allocator's
+        # per-thread arenas keep freed blocks, and the process grows well past the bound under load.
+        self._free: list[bytearray] = []
+        self._free_lock = threading.Lock()
         self._local = threading.local()
 
     # ------------------------------------------------------------------ one request, retried
@@ -114,7 +120,7 @@ class ContainerClient:
         return path + ("?" + q if q else "")
 
     def request(self, method: str, blob: str = "", *, query: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None, body: bytes = b"",
+                headers: dict[str, str] | None = None, body: bytes | memoryview = b"",
                 ok: tuple[int, ...] = (200, 201)) -> tuple[int, dict[str, str], bytes]:
         """Send one request; retry 5xx / 429 / timeouts / dropped connections with backoff."""
         target = self.url(blob, query)
@@ -159,12 +165,16 @@ class ContainerClient:
             size = os.fstat(f.fileno()).st_size
             if size <= self.block_size:
                 with self._slots:
-                    data = _read_exactly(f, size, path)
-                    _check_unchanged(f, path, size)
-                    md5 = hashlib.md5(data).digest()
-                    self.request("PUT", blob, body=data, headers={
-                        "x-ms-blob-type": "BlockBlob", "Content-MD5": b64(md5), "x-ms-blob-content-md5": b64(md5),
-                        "x-ms-blob-content-type": content_type})
+                    buf = self._buffer(self.block_size)
+                    try:
+                        data = _read_exactly(f, buf, size, path)
+                        _check_unchanged(f, path, size)
+                        md5 = hashlib.md5(data).digest()
+                        self.request("PUT", blob, body=data, headers={
+                            "x-ms-blob-type": "BlockBlob", "Content-MD5": b64(md5),
+                            "x-ms-blob-content-md5": b64(md5), "x-ms-blob-content-type": content_type})
+                    finally:
+                        self._give(buf)
                 return size, md5
             block_size = max(self.block_size, -(-size // MAX_BLOCKS))
             ids, md5 = self._put_blocks(f, path, blob, size, block_size)
@@ -176,14 +186,15 @@ class ContainerClient:
             "Content-Type": "application/xml"})
         return size, md5
 
-    def _put_blocks(self, f: BinaryIO, path: str, blob: str, size: int, block_size: int) -> tuple[list[str], bytes]:
+    def _put_blocks(self, f: io.BufferedIOBase, path: str, blob: str, size: int,
+                    block_size: int) -> tuple[list[str], bytes]:
         h = hashlib.md5()
         ids: list[str] = []
         slots = self._slots  # blocks read but not yet sent
         futures: list[Future[None]] = []
         failed = threading.Event()
 
-        def put(block_id: str, data: bytes) -> None:
+        def put(block_id: str, buf: bytearray, data: memoryview) -> None:
             try:
                 self.request("PUT", blob, query={"comp": "block", "blockid": block_id}, body=data,
                              headers={"Content-MD5": b64(hashlib.md5(data).digest())})
@@ -191,23 +202,29 @@ class ContainerClient:
                 failed.set()
                 raise
             finally:
+                self._give(buf)
                 slots.release()
 
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="put-block") as pool:
             try:
                 left = size
                 while left > 0:
-                    data = _read_exactly(f, min(block_size, left), path)
+                    slots.acquire()  # before reading: at most 2 * workers blocks in memory
+                    if failed.is_set():  # stop reading: the upload cannot be committed
+                        slots.release()
+                        break
+                    buf = self._buffer(block_size)
+                    try:
+                        data = _read_exactly(f, buf, min(block_size, left), path)
+                    except BaseException:
+                        self._give(buf)
+                        slots.release()
+                        raise
                     left -= len(data)
                     h.update(data)
                     block_id = b64(f"{len(ids):08d}".encode())
                     ids.append(block_id)
-                    slots.acquire()
-                    if failed.is_set():  # stop reading: the upload cannot be committed
-                        slots.release()
-                        break
-                    futures.append(pool.submit(put, block_id, data))
-                    del data
+                    futures.append(pool.submit(put, block_id, buf, data))
             finally:
                 for fu in futures:
                     fu.exception()  # wait for every block in flight
@@ -215,6 +232,18 @@ class ContainerClient:
             if fu.exception() is not None:
                 raise fu.exception()  # type: ignore[misc]
         return ids, h.digest()
+
+    def _buffer(self, size: int) -> bytearray:
+        with self._free_lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) == size:
+                    return self._free.pop(i)
+        return bytearray(size)
+
+    def _give(self, buf: bytearray) -> None:
+        with self._free_lock:
+            if len(self._free) < 2 * self.workers:
+                self._free.append(buf)
 
     # ------------------------------------------------------------------ append blobs
     def create_append_blob(self, blob: str, *, content_type: str = "text/plain") -> None:
@@ -312,7 +341,7 @@ class ContainerClient:
             raise
         return "downloaded"
 
-    def _write_next(self, out: BinaryIO, h: "hashlib._Hash", window: "list[Future[bytes]]",
+    def _write_next(self, out: BinaryIO, h: hashlib._Hash, window: list[Future[bytes]],
                     on_bytes: Callable[[int], None] | None) -> int:
         """Write the oldest range in flight (ranges are written in order, so MD5 is computed on the way)."""
         fu = window.pop(0)
@@ -329,14 +358,19 @@ class ContainerClient:
 
 
 
-def _read_exactly(f: BinaryIO, n: int, path: str) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise BlobError(f"{path}: the file shrank while it was uploaded (expected {n} more bytes, got {len(data)})")
-    return data
+def _read_exactly(f: io.BufferedIOBase, buf: bytearray, n: int, path: str) -> memoryview:
+    """The next `n` bytes of `f`, read into `buf`."""
+    view = memoryview(buf)[:n]
+    got = 0
+    while got < n:
+        k = f.readinto(view[got:])
+        if not k:
+            raise BlobError(f"{path}: the file shrank while it was uploaded (expected {n - got} more bytes, got 0)")
+        got += k
+    return view
 
 
-def _check_unchanged(f: BinaryIO, path: str, size: int) -> None:
+def _check_unchanged(f: io.BufferedIOBase, path: str, size: int) -> None:
     now = os.fstat(f.fileno()).st_size
     if now != size:
         raise BlobError(f"{path}: the file changed size while it was uploaded ({size} -> {now} bytes); not committed")

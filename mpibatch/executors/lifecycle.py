@@ -431,10 +431,14 @@ class RehearsalExecutor(Executor):
     def run_plan(self, plan: TaskPlan) -> TaskResult:
         """Run a plan (a rendered spec, or a task as the Batch REST API describes it)."""
         check_local_sources(plan)  # before the transport exists: a bad source leaves nothing behind
+        self.preflight(plan)
         check_runs_dir(self.runs_dir)  # an unusable runs dir is bad input: found before any node exists
         transport, base_env = self.transport_for(plan)
         return Lifecycle(plan, transport, base_env=base_env, runs_dir=self.runs_dir, progress=self.progress,
                          account=self.name, release_timeout_s=self.release_timeout_s).run()
+
+    def preflight(self, plan: TaskPlan) -> None:
+        """The executor's own checks of bad input, before anything (even the runs directory) is made."""
 
     def transport_for(self, plan: TaskPlan) -> tuple[Transport, dict[str, str]]:
         """A fresh Transport for one run, and the environment every node process starts from."""

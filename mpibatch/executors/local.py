@@ -377,8 +377,12 @@ class LocalExecutor(RehearsalExecutor):
         if self.node_ib is not None:
             hpcnode.write_sysfs(root / hpcnode.FAKE_SYSFS, self.node_ib[node.index])
 
+    def preflight(self, plan: TaskPlan) -> None:
+        check_namespaces()  # exit 2 naming the setting that blocks it
+        if self.node_ib is not None:
+            hpcnode.check_node_count(self.node_ib, plan.instances)
+
     def transport_for(self, plan: TaskPlan) -> tuple[LocalTransport, dict[str, str]]:
-        check_namespaces()  # before anything starts: exit 2 naming the setting that blocks it
         t = self.transport = LocalTransport(
             keep_nodes=self.keep_nodes, node_setup=self._setup_node,
             workdir_setup=(lambda d: hpcnode.write_modulefiles(d / LocalTransport.MODULEFILES, self.modules))
@@ -394,8 +398,6 @@ class LocalExecutor(RehearsalExecutor):
         return t, env
 
     def run_plan(self, plan: TaskPlan) -> TaskResult:
-        if self.node_ib is not None:  # bad input, before anything starts
-            hpcnode.check_node_count(self.node_ib, plan.instances)
         result = super().run_plan(plan)
         t = self.transport
         if self.keep_nodes and t is not None:

@@ -260,11 +260,11 @@ def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout]
             result.failure = Failure("collecting", "interrupted by the user while collecting; "
                                      f"{result.output_dir or 'the outputs'} is incomplete")
         return
-    for e in errors:
-        if isinstance(e, OSError):
-            problems.append(f"collecting failed: {e}")
-        elif e is not None:
-            raise e
+    for err in errors:
+        if isinstance(err, OSError):
+            problems.append(f"collecting failed: {err}")
+        elif err is not None:
+            raise err
     problems += [p for per_node in found for p in per_node]
     if problems:
         result.missing += problems

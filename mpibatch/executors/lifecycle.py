@@ -16,10 +16,11 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from ..durations import human
 from ..nodeenv import NodeLayout, batch_env
@@ -322,7 +323,7 @@ class RehearsalExecutor(Executor):
         self.runs_dir = Path(runs_dir)
         self.progress = progress
 
-    def submit(self, task: "Rendered | Spec") -> TaskHandle:
+    def submit(self, task: Rendered | Spec) -> TaskHandle:
         result = self.run_plan(plan_from_rendered(rendered(task)))
         return TaskHandle(self, result.job_id, result.task_id, result)
 

@@ -6,8 +6,8 @@ known_hosts, unless the loudly named opt-out is given.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ...hostlist import HostSpec
 from ...mpi import FLAVORS

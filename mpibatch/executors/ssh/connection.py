@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import shlex
-import socket
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import paramiko
 
@@ -71,7 +70,9 @@ class Host:
         if self.sftp is None:
             assert self.client is not None
             self.sftp = self.client.open_sftp()
-            self.sftp.get_channel().settimeout(SFTP_TIMEOUT_S)  # a host that stops answering fails, not hangs
+            chan = self.sftp.get_channel()
+            if chan is not None:
+                chan.settimeout(SFTP_TIMEOUT_S)  # a host that stops answering fails, not hangs
         return self.sftp
 
     def close(self) -> None:
@@ -138,7 +139,7 @@ def connect(h: Host, *, known_hosts: str, key: str | None, insecure: bool, timeo
             raise InfraError(f"{h.label} accepted a TCP connection but did not answer as an SSH server "
                              f"within {t:g}s ({e}); check the address and the port") from None
         raise InfraError(f"{h.label}: SSH connection failed: {e}") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         client.close()
         raise InfraError(f"{h.label} is unreachable: no SSH answer within {t:g}s (host down, wrong "
                          "address, or a firewall)") from None
@@ -194,7 +195,7 @@ def run_command(h: Host, command: str, *, timeout: float, open_timeout: float) -
         chan.exec_command(command)
         out, err = chan.makefile("rb").read(), chan.makefile_stderr("rb").read()
         return chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
-    except socket.timeout:
+    except TimeoutError:
         raise InfraError(f"{h.label}: command did not finish within {timeout:g}s") from None
     finally:
         chan.close()

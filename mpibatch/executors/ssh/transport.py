@@ -16,13 +16,12 @@ import re
 import secrets
 import shlex
 import shutil
-import socket
 import stat
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import paramiko
 
@@ -45,7 +44,7 @@ _NODE_ROOT = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 class _SshProc:
     """A process started over a channel; its pid (= process group) is the first line it prints."""
 
-    def __init__(self, transport: "SshTransport", node: Node, chan: paramiko.Channel) -> None:
+    def __init__(self, transport: SshTransport, node: Node, chan: paramiko.Channel) -> None:
         self.t, self.node, self.chan = transport, node, chan
         self._buf = b""
         self.pgid: int | None = None
@@ -239,7 +238,7 @@ class SshTransport:
             with sftp.open(node_path, "rb") as src:
                 src.prefetch()
                 collection.write_atomically(dest, lambda out: shutil.copyfileobj(src, out, collection.COPY_CHUNK))
-        except (paramiko.SSHException, EOFError, socket.timeout) as e:
+        except (TimeoutError, paramiko.SSHException, EOFError) as e:
             raise OSError(f"{h.label}: fetching {node_path} failed: {e}") from None
 
     def list_files(self, node: Node, node_dir: str) -> list[str]:

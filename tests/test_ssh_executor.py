@@ -195,3 +195,29 @@ def test_sigint_to_the_cli_cleans_every_host(ssh_cluster3: SshCluster, tmp_path:
     assert p.returncode == 1, (out, err)
     assert "interrupted" in out + err, (out, err)
     _assert_idle(c)
+
+
+def test_more_instances_than_hosts_is_bad_input_before_anything_starts(ssh_cluster3: SshCluster,
+                                                                      tmp_path: Path) -> None:
+    """Two hosts for three instances: exit 2 with the one message, no progress line, no runs dir, and
+    nothing on the hosts (no connection was needed to know)."""
+    c = ssh_cluster3
+    spec = {"job": {"id": "few"}, "task": {"id": "t", "instances": 3, "mpi": {"flavor": "mpich"},
+                                           "command": "hostname", "max_wall_clock": "60s"}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    runs = tmp_path / "runs"
+    node_root = "/tmp/mpibatch-few-hosts"
+    cli = [sys.executable, "-m", "mpibatch.cli", "run", str(tmp_path / "spec.yaml"), "--executor", "ssh",
+           "--hosts", ",".join(c.hosts[:2]), "--user", "root", "--key", str(c.client_key_path),
+           "--known-hosts", str(c.known_hosts_path), "--runs-dir", str(runs), "--node-root", node_root]
+    p = subprocess.run(cli, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=tmp_path, timeout=60)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    out = p.stdout + p.stderr
+    assert "the task needs 3 instances (one per host) but 2 host(s) were given" in out, out
+    assert "give at least 3 hosts or lower task.instances" in out, out
+    assert "starting" not in out, out
+    assert not runs.exists()
+    for i in range(2):
+        r = c.exec(i, ["sh", "-c", f"test -e {node_root} && echo present || echo absent"])
+        assert r.stdout.strip() == "absent", r.stdout
+    _assert_idle(c)

@@ -6,6 +6,8 @@
 * A file is written as ``.<name>.part`` and renamed when complete: no partial file has a final name.
 * Only regular files are collected: a symlink (to ``/dev/zero``, or out of the working directory) is refused.
 * Log tails read the last bytes only, whatever the file's size.
+
+:func:`collect_instances` is the rehearsal lifecycle's collection phase, over its Transport.
 """
 from __future__ import annotations
 
@@ -13,14 +15,19 @@ import contextlib
 import os
 import shutil
 import stat
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ..conventions import INSTANCE_INFO, LOG_FILES
 from ..errors import InfraError, SpecError
-from ..results import TAIL_CHARS
+from ..results import TAIL_CHARS, Failure, TaskResult
+
+if TYPE_CHECKING:
+    from ..nodeenv import NodeLayout
+    from .lifecycle import Node, Transport
 
 COPY_CHUNK = 1024 * 1024
 
@@ -162,3 +169,108 @@ def read_tail(path: Path | str, limit: int = TAIL_CHARS) -> str:
         return ""
     text = data.decode(errors="replace")
     return text if size <= limit else "...[truncated]...\n" + text
+
+
+T = TypeVar("T")
+
+
+def run_all(fn: Callable[[T], None], items: Sequence[T], workers: int = 8) -> list[BaseException | None]:
+    """fn(item) for every item, `workers` at a time, in daemon threads; the exception of each (or None).
+    Ctrl-C returns at once (KeyboardInterrupt) instead of waiting for every call, as a thread pool's
+    shutdown would: the calls still running end with the process, or on their own."""
+    results: list[BaseException | None] = [None] * len(items)
+    slots = threading.Semaphore(max(1, workers))
+    threads = []
+
+    def one(i: int) -> None:
+        try:
+            fn(items[i])
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            results[i] = e
+        finally:
+            slots.release()
+
+    for i in range(len(items)):
+        while not slots.acquire(timeout=0.2):
+            pass
+        th = threading.Thread(target=one, args=(i,), daemon=True, name=f"mpibatch-collect-{i}")
+        th.start()
+        threads.append(th)
+    for th in threads:
+        while th.is_alive():
+            th.join(0.2)
+    return results
+
+
+def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout], result: TaskResult, *,
+                      runs_dir: Path, job_id: str, task_id: str, patterns: Sequence[str],
+                      say: Callable[[str, str], None], task_started: bool = True) -> None:
+    """Every instance's logs and outputs into runs_dir/job/task/<i>/; when job preparation failed
+    (the task never started), each node's job preparation logs instead, under <instance>/jobpreparation/.
+    Any file that did not arrive fails the task (phase "collecting") and keeps the nodes' files, whose
+    path the reason names (docs/file-conventions.md#collection)."""
+    if not nodes:
+        return
+    out = Path()
+
+    def one(n: Node) -> list[str]:
+        r, lay = result.instances[n.index], layouts[n.index]
+        d = out / str(n.index)
+        d.mkdir()
+        r.output_dir = str(d)
+        src, logs = (lay.task_dir, d) if task_started else (lay.node_task_dir("jobpreparation"), d / "jobpreparation")
+        logs.mkdir(exist_ok=True)
+        failed: list[str] = []
+        for name in ("stdout.txt", "stderr.txt"):
+            try:
+                if t.fetch(n, f"{src}/{name}", logs / name):
+                    setattr(r, name[:6], read_tail(logs / name))  # the end only, whatever the size
+                    setattr(r, f"{name[:6]}_path", str(logs / name))
+            except OSError as e:
+                failed.append(f"instance {n.index} {name}: {e}")
+        if patterns:
+            try:
+                r.files = t.collect(n, lay.working_dir, patterns, d)
+            except CollectError as e:
+                r.files = e.files
+                failed += [f"instance {n.index} {p}" for p in e.problems]
+            except OSError as e:
+                failed.append(f"instance {n.index} outputs: {e}")
+        return failed
+
+    problems: list[str] = []
+    try:  # Ctrl-C from the first progress line on is an interrupted collection
+        say("collecting", f"outputs of {len(nodes)} instances")
+        try:
+            out = new_output_dir(runs_dir, job_id, task_id)
+        except InfraError as e:
+            result.failure = result.failure or Failure("collecting", f"{e}; the nodes' files are kept: "
+                                                                     f"{t.keep_files()}")
+            return
+        result.output_dir = str(out)
+        found: list[list[str]] = [[] for _ in nodes]
+
+        def collect_one(n: Node) -> None:
+            found[n.index] = one(n)
+        errors = run_all(collect_one, nodes, workers=8)
+    except KeyboardInterrupt:
+        # The copies still running are abandoned, not awaited; what they leave is incomplete.
+        result.missing.append("collection was interrupted: outputs of some instances are incomplete")
+        if result.failure is None:
+            result.failure = Failure("collecting", "interrupted by the user while collecting; "
+                                     f"{result.output_dir or 'the outputs'} is incomplete")
+        return
+    for err in errors:
+        if isinstance(err, OSError):
+            problems.append(f"collecting failed: {err}")
+        elif err is not None:
+            raise err
+    problems += [p for per_node in found for p in per_node]
+    if problems:
+        result.missing += problems
+        kept = t.keep_files()
+        reason = (f"{len(problems)} file(s) could not be collected into {out} ({problems[0]}); the nodes' "
+                  f"files are kept: {kept}")
+        say("collecting", reason)
+        if result.failure is None:
+            result.failure = Failure("collecting", reason)

@@ -15,21 +15,20 @@ import secrets
 import shlex
 import shutil
 import tempfile
-import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Protocol
 
 from ..durations import human
-from ..errors import InfraError
 from ..nodeenv import NodeLayout, batch_env
 from ..plan import TaskPlan, plan_from_rendered
 from ..results import Failure, InstanceResult, TaskResult
 from ..spec import FileRef, Spec
 from . import Executor, Progress, TaskHandle, rendered
-from .collection import CollectError, check_runs_dir, new_output_dir, read_tail
+from .collection import check_runs_dir, collect_instances
 from .resource_files import DownloadTimeout, FilesError, check_local_sources, download
 
 if TYPE_CHECKING:
@@ -81,37 +80,6 @@ class Transport(Protocol):
     def keep_files(self) -> str:
         """Keep the nodes' files after the run (collection failed); returns where they are."""
     def close(self) -> None: ...
-
-
-T = TypeVar("T")
-
-
-def run_all(fn: Callable[[T], None], items: Sequence[T], workers: int = 8) -> list[BaseException | None]:
-    """fn(item) for every item, `workers` at a time, in daemon threads; the exception of each (or None).
-    Ctrl-C returns at once (KeyboardInterrupt) instead of waiting for every call, as a thread pool's
-    shutdown would: the calls still running end with the process, or on their own."""
-    results: list[BaseException | None] = [None] * len(items)
-    slots = threading.Semaphore(max(1, workers))
-    threads = []
-
-    def one(i: int) -> None:
-        try:
-            fn(items[i])
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            results[i] = e
-        finally:
-            slots.release()
-
-    for i in range(len(items)):
-        while not slots.acquire(timeout=0.2):
-            pass
-        th = threading.Thread(target=one, args=(i,), daemon=True, name=f"mpibatch-collect-{i}")
-        th.start()
-        threads.append(th)
-    for th in threads:
-        while th.is_alive():
-            th.join(0.2)
-    return results
 
 
 class _Failed(Exception):
@@ -206,7 +174,10 @@ class Lifecycle:
             except KeyboardInterrupt:
                 result.failure = Failure("interrupted", "interrupted by the user; every process was ended")
             self.t.end_processes()
-            self._collect(nodes, layouts, result, task_started=bool(ran))
+            task_started = bool(ran)
+            collect_instances(self.t, nodes, layouts, result, runs_dir=self.runs_dir, job_id=plan.job_id,
+                              task_id=plan.task_id, say=self._say, task_started=task_started,
+                              patterns=[o.pattern for o in plan.outputs] if task_started else [])
             self._release(ran, hosts, layouts)
         finally:
             try:
@@ -301,13 +272,15 @@ class Lifecycle:
             r.coordination_exit_code = r.application_exit_code = None
         result.exit_code = None
         # A retry starts from fresh task directories.
-        self._say("files", f"{len(plan.common_files)} common files to {len(nodes)} nodes, {len(plan.files)} to the primary")
+        self._say("files", f"{len(plan.common_files)} common files to {len(nodes)} nodes, "
+                           f"{len(plan.files)} to the primary")
         with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
             list(pool.map(lambda nl: self.t.make_dirs(nl[0], nl[1].dirs()[2:], clean=[nl[1].task_dir]),
                           zip(nodes, layouts)))
             copies = [(n, self._local(ref, cache), f"{lay.task_shared_dir}/{ref.path}")
                       for n, lay in zip(nodes, layouts) for ref in plan.common_files]
-            copies += [(nodes[0], self._local(ref, cache), f"{layouts[0].working_dir}/{ref.path}") for ref in plan.files]
+            copies += [(nodes[0], self._local(ref, cache), f"{layouts[0].working_dir}/{ref.path}")
+                       for ref in plan.files]
             list(pool.map(lambda c: self.t.put(*c), copies))
 
         self._say("coordination", f"0/{len(nodes)}")
@@ -335,80 +308,6 @@ class Lifecycle:
             raise _Failed(Failure("running", f"the application exited with code {rc} on the primary"
                                   + (NOT_FOUND_HINT if rc == 127 else ""), 0))
 
-    def _collect(self, nodes: list[Node], layouts: list[NodeLayout], result: TaskResult,
-                 task_started: bool = True) -> None:
-        """Every instance's logs and outputs into runs_dir/job/task/<i>/; when job preparation failed
-        (the task never started), each node's job preparation logs instead, under <instance>/jobpreparation/.
-        Any file that did not arrive fails the task (phase "collecting") and keeps the nodes' files, whose
-        path the reason names (docs/file-conventions.md#collection)."""
-        if not nodes:
-            return
-        patterns = [o.pattern for o in self.plan.outputs] if task_started else []
-        out = Path()
-
-        def one(n: Node) -> list[str]:
-            r, lay = result.instances[n.index], layouts[n.index]
-            d = out / str(n.index)
-            d.mkdir()
-            r.output_dir = str(d)
-            src, logs = (lay.task_dir, d) if task_started else (lay.node_task_dir("jobpreparation"), d / "jobpreparation")
-            logs.mkdir(exist_ok=True)
-            failed: list[str] = []
-            for name in ("stdout.txt", "stderr.txt"):
-                try:
-                    if self.t.fetch(n, f"{src}/{name}", logs / name):
-                        setattr(r, name[:6], read_tail(logs / name))  # the end only, whatever the size
-                        setattr(r, f"{name[:6]}_path", str(logs / name))
-                except OSError as e:
-                    failed.append(f"instance {n.index} {name}: {e}")
-            if patterns:
-                try:
-                    r.files = self.t.collect(n, lay.working_dir, patterns, d)
-                except CollectError as e:
-                    r.files = e.files
-                    failed += [f"instance {n.index} {p}" for p in e.problems]
-                except OSError as e:
-                    failed.append(f"instance {n.index} outputs: {e}")
-            return failed
-
-        problems: list[str] = []
-        try:  # Ctrl-C from the first progress line on is an interrupted collection
-            self._say("collecting", f"outputs of {len(nodes)} instances")
-            try:
-                out = new_output_dir(self.runs_dir, self.plan.job_id, self.plan.task_id)
-            except InfraError as e:
-                result.failure = result.failure or Failure("collecting", f"{e}; the nodes' files are kept: "
-                                                                         f"{self.t.keep_files()}")
-                return
-            result.output_dir = str(out)
-            found: list[list[str]] = [[] for _ in nodes]
-
-            def collect_one(n: Node) -> None:
-                found[n.index] = one(n)
-            errors = run_all(collect_one, nodes, workers=8)
-        except KeyboardInterrupt:
-            # The copies still running are abandoned, not awaited; what they leave is incomplete.
-            result.missing.append("collection was interrupted: outputs of some instances are incomplete")
-            if result.failure is None:
-                result.failure = Failure("collecting", "interrupted by the user while collecting; "
-                                         f"{result.output_dir or 'the outputs'} is incomplete")
-            return
-        for e in errors:
-            if isinstance(e, OSError):
-                problems.append(f"collecting failed: {e}")
-            elif e is not None:
-                raise e
-        problems += [p for per_node in found for p in per_node]
-        if problems:
-            result.missing += problems
-            kept = self.t.keep_files()
-            reason = (f"{len(problems)} file(s) could not be collected into {out} ({problems[0]}); the nodes' "
-                      f"files are kept: {kept}")
-            self._say("collecting", reason)
-            if result.failure is None:
-                result.failure = Failure("collecting", reason)
-
-
 def split_command_line(command_line: str) -> list[str]:
     """How a Linux Batch node splits a task command line (no shell: just words)."""
     return shlex.split(command_line)
@@ -424,7 +323,7 @@ class RehearsalExecutor(Executor):
         self.runs_dir = Path(runs_dir)
         self.progress = progress
 
-    def submit(self, task: "Rendered | Spec") -> TaskHandle:
+    def submit(self, task: Rendered | Spec) -> TaskHandle:
         result = self.run_plan(plan_from_rendered(rendered(task)))
         return TaskHandle(self, result.job_id, result.task_id, result)
 

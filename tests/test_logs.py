@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mpibatch.errors import SpecError
+from mpibatch.executors.collection import new_output_dir, read_collected_log
 from tests.infra.batch_emulator import BatchEmulator
 from tests.infra.fixtures import Azurite
 from tests.test_azure_executor import (  # noqa: F401 - fixtures
@@ -62,7 +64,8 @@ def test_a_missing_instance_is_bad_input(standin: BatchEmulator, azurite: Azurit
 
 def test_follow_prints_lines_of_a_running_task_before_it_completes(
         standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
-    spec, job_id, task_id = hello_spec(tmp_path, instances=2, command="sh -c 'echo first-line; sleep 8; echo last-line'",
+    command = "sh -c 'echo first-line; sleep 8; echo last-line'"
+    spec, job_id, task_id = hello_spec(tmp_path, instances=2, command=command,
                                        mpi={"flavor": "mpich", "processes_per_node": 1})
     env, secrets = cli_env(standin, azurite), secrets_of(standin, azurite)
     assert run_cli(["submit", str(spec), "--no-wait"], env, *secrets).returncode == 0
@@ -115,3 +118,18 @@ def test_logs_of_a_rehearsal_run_on_the_local_executor(tmp_path: Path) -> None:
     p = subprocess.run([str(MPIBATCH), "logs", job_id, task_id, "--runs-dir", str(runs), "--instance", "7"],
                        env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "no instance 7" in p.stderr, p.stderr
+
+
+def test_read_collected_log_reads_the_newest_run_in_ranges(tmp_path: Path) -> None:
+    first = new_output_dir(tmp_path, "job-1", "task-1")
+    (first / "0").mkdir()
+    (first / "0" / "stdout.txt").write_bytes(b"old run\n")
+    second = new_output_dir(tmp_path, "job-1", "task-1")  # task-1.2, now task-1.latest
+    (second / "0").mkdir()
+    (second / "0" / "stdout.txt").write_bytes(b"0123456789")
+    assert read_collected_log(tmp_path, "job-1", "task-1", 0, "stdout", 0, limit=4) == (b"0123", 4, False)
+    assert read_collected_log(tmp_path, "job-1", "task-1", 0, "stdout", 8, limit=4) == (b"89", 10, True)
+    with pytest.raises(SpecError, match="no instance 1"):
+        read_collected_log(tmp_path, "job-1", "task-1", 1, "stdout")
+    with pytest.raises(SpecError, match="no collected run"):
+        read_collected_log(tmp_path, "job-1", "task-2", 0, "stdout")

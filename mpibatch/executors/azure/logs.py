@@ -11,7 +11,6 @@ A read is *done* when the task was completed before the read began and the read 
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ... import conventions
@@ -19,8 +18,6 @@ from ...errors import InfraError, SpecError
 from .client import Batch, state_of
 from .storage import Storage
 from .watch import instance_count, map_subtasks
-
-log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024  # bytes per read: memory stays bounded whatever the log's size
 STREAMS = ("stdout", "stderr")
@@ -49,19 +46,8 @@ def _from_storage(storage: Storage | None, job_id: str, task_id: str, instance: 
     """The tracked or persisted copy from `offset`; None when storage holds none (or is not configured)."""
     if storage is None:
         return None
-    from azure.core.exceptions import ResourceNotFoundError
-
-    container = conventions.job_container_name(job_id)
     blob = conventions.instance_output_blob(task_id, "TaskLog", instance, name)
-    client = storage.service.get_blob_client(container, blob)
-    try:
-        size = storage._call(f"reading {blob}", lambda: client.get_blob_properties().size)
-        if offset >= size:
-            return b""
-        return storage._call(f"reading {blob}",
-                             lambda: client.download_blob(offset=offset, length=min(limit, size - offset)).readall())
-    except ResourceNotFoundError:
-        return None
+    return storage.read_range(conventions.job_container_name(job_id), blob, offset, limit)
 
 
 def _from_batch(batch: Batch, storage: Storage | None, task: Any, job_id: str, task_id: str, instance: int, n: int,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import click
 
@@ -20,7 +21,7 @@ MAX_READS = 1_000_000  # a bound on the loop besides --timeout (each read is at 
 def _azure_reader(job_id: str, task_id: str, instance: int, stream: str) -> Reader:
     from ..executors import get_executor
 
-    ex = get_executor("azure")
+    ex: Any = get_executor("azure")  # read_log is the Azure executor's own
     return lambda offset: ex.read_log(job_id, task_id, instance, stream, offset)
 
 

@@ -7,6 +7,7 @@ by the Batch emulator's nodes; the local executor's emulated nodes for the rehea
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -133,3 +134,32 @@ def test_read_collected_log_reads_the_newest_run_in_ranges(tmp_path: Path) -> No
         read_collected_log(tmp_path, "job-1", "task-1", 1, "stdout")
     with pytest.raises(SpecError, match="no collected run"):
         read_collected_log(tmp_path, "job-1", "task-2", 0, "stdout")
+
+
+def test_ctrl_c_while_following_exits_130_and_leaves_the_task_running(
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
+    command = "sh -c 'echo first-line; sleep 6'"
+    spec, job_id, task_id = hello_spec(tmp_path, instances=2, command=command,
+                                       mpi={"flavor": "mpich", "processes_per_node": 1})
+    env, secrets = cli_env(standin, azurite), secrets_of(standin, azurite)
+    assert run_cli(["submit", str(spec), "--no-wait"], env, *secrets).returncode == 0
+    follower = subprocess.Popen([str(MPIBATCH), "logs", job_id, task_id, "--follow", "--interval", "0.3"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        line = follower.stdout.readline()  # blocks until the task printed (bounded by the task's wall clock)
+        assert "first-line" in line
+        t = standin.task(job_id, task_id)
+        assert t is not None and t.state != "completed"
+        follower.send_signal(signal.SIGINT)
+        rc = follower.wait(timeout=30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    err = follower.stderr.read() if follower.stderr else ""
+    assert rc == 130, err
+    assert "rerun `mpibatch logs`" in err and "Traceback" not in err
+    assert standin.wait_idle(60)
+    t = standin.task(job_id, task_id)
+    assert t is not None and t.state == "completed" and t.execution.get("exitCode") == 0

@@ -249,7 +249,7 @@ def is_safe_relative(path: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- output patterns
-def pattern_regex(pattern: str) -> "re.Pattern[str]":
+def pattern_regex(pattern: str) -> re.Pattern[str]:
     """An output pattern as a regex: '*' and '?' stay within a directory, '**' spans directories.
     DOTALL: a file name may contain a newline, and it is still matched."""
     out, i = "", 0
@@ -277,7 +277,7 @@ def is_single_file(pattern: str) -> bool:
     return not any(c in pattern for c in "*?[")
 
 
-def match_outputs(root: str, patterns: "list[str] | tuple[str, ...]") -> list[str]:
+def match_outputs(root: str, patterns: list[str] | tuple[str, ...]) -> list[str]:
     """Regular files under `root` matching any pattern, as sorted relative paths.
 
     Symlinks are neither followed nor collected, and a `root` that is itself a symlink yields nothing:

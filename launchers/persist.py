@@ -20,12 +20,24 @@ from concurrent.futures import ThreadPoolExecutor
 
 try:  # as the package mpibatch.launchers (client side, tests)
     from .blobio import BlobError, ContainerClient, b64
-    from .outputnames import (INSTANCE_INFO, LOG_FILES, NameRuleError, instance_info_blob, instance_output_blob,
-                              match_outputs)
+    from .outputnames import (
+        INSTANCE_INFO,
+        LOG_FILES,
+        NameRuleError,
+        instance_info_blob,
+        instance_output_blob,
+        match_outputs,
+    )
 except ImportError:  # as a script on the node: the modules are shipped beside it
     from blobio import BlobError, ContainerClient, b64  # type: ignore[no-redef]
-    from outputnames import (INSTANCE_INFO, LOG_FILES, NameRuleError,  # type: ignore[no-redef]
-                             instance_info_blob, instance_output_blob, match_outputs)
+    from outputnames import (  # type: ignore[no-redef]
+        INSTANCE_INFO,
+        LOG_FILES,
+        NameRuleError,
+        instance_info_blob,
+        instance_output_blob,
+        match_outputs,
+    )
 
 # Where the rank number is, when the command line does not say (--rank-vars, from the flavour).
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")

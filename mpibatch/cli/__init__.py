@@ -5,7 +5,7 @@ import logging
 
 import click
 
-from . import azure, bench, emulate, outputs, preview, run
+from . import azure, bench, emulate, logs, outputs, preview, run
 
 
 @click.group()
@@ -21,7 +21,7 @@ def main(verbose: int) -> None:
         logging.getLogger(name).setLevel(level if verbose >= 2 else logging.CRITICAL)
 
 
-for _module in (preview, run, azure, outputs, bench, emulate):
+for _module in (preview, run, azure, logs, outputs, bench, emulate):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..executors.local import LocalExecutor, LocalTransport
+from ..nodeenv import NodeLayout
 from ..plan import TaskPlan
 from ..spec import FileRef
 from . import files
@@ -40,6 +41,7 @@ class _Executor(LocalExecutor):
             nodes = opened(n)
             for node, node_id in zip(nodes, self.node_ids):
                 node.node_id = node_id
+            t.opened_nodes = nodes  # type: ignore[attr-defined]
             return nodes
 
         t.open = open_with_pool_ids  # type: ignore[method-assign]
@@ -88,6 +90,9 @@ class MultiInstanceRun:
             if phase == "coordination" and not t.get("_subtasks"):
                 with emu.store.lock:
                     t["_subtasks"] = self._subtasks("running")
+                    live = self._live_primary_dir()
+                    if live is not None and not t.get("_task_dir"):  # the task files endpoint serves it live
+                        t["_task_dir"] = str(live)
             if phase == "starting":
                 with emu.store.lock:
                     set_state(t, "running")
@@ -104,6 +109,15 @@ class MultiInstanceRun:
         finally:
             self._keep(run_dir)
         return self._report(result)
+
+    def _live_primary_dir(self) -> Path | None:
+        """The primary's task directory while it runs (as Batch serves a running task's files); replaced
+        by the kept copy when the run ends."""
+        tr = self.executor.transport if self.executor else None
+        nodes = getattr(tr, "opened_nodes", None)
+        if tr is None or not nodes:
+            return None
+        return tr.host_path(nodes[0], NodeLayout(nodes[0].root, self.t["_job"], self.t["id"]).task_dir)
 
     def _keep(self, run_dir: Path) -> None:
         """Move the kept node trees under the emulator's work directory (its state dir, when given), so

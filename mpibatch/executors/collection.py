@@ -274,3 +274,26 @@ def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout]
         say("collecting", reason)
         if result.failure is None:
             result.failure = Failure("collecting", reason)
+
+
+def read_collected_log(runs_dir: Path, job_id: str, task_id: str, instance: int, stream: str, offset: int = 0,
+                       limit: int = COPY_CHUNK) -> tuple[bytes, int, bool]:
+    """A rehearsal run's collected log, ``<runs_dir>/<job>/<task>.latest/<i>/<stream>.txt`` (the newest run),
+    from `offset`: (data, next offset, done). The run has ended, so `done` once the end is reached."""
+    run = Path(runs_dir) / job_id / f"{task_id}.latest"
+    if not run.is_dir():
+        raise SpecError("TASK", f"no collected run of {job_id}/{task_id} in {runs_dir}",
+                        "give the --runs-dir the task ran with, and the job and task ids of its spec")
+    instances = sorted(int(p.name) for p in run.iterdir() if p.is_dir() and p.name.isdigit())
+    if instance not in instances:
+        have = f"0 to {instances[-1]}" if instances else "none"
+        raise SpecError("--instance", f"run {run.resolve()} has no instance {instance} (instances: {have})",
+                        "give --instance 0 (the primary) or a subtask's index")
+    path = run / str(instance) / f"{stream}.txt"
+    try:
+        with open_regular(path) as f:
+            f.seek(offset)
+            data = f.read(limit)
+    except FileNotFoundError:
+        raise InfraError(f"{path} was not collected (see 'missing' in the run's result)") from None
+    return data, offset + len(data), len(data) < limit

@@ -27,7 +27,7 @@ from ...results import TaskResult
 from ...spec import Spec
 from .. import Executor, Progress, TaskHandle, rendered
 from . import collect as collecting
-from . import pools, watch
+from . import logs, pools, watch
 from . import submit as submission
 from .client import Batch, BatchAccount
 from .storage import Storage
@@ -94,6 +94,19 @@ class AzureExecutor(Executor):
         """Bring back every instance's logs and outputs into ``<to or runs_dir>/<job>/<task>/<instance>/``."""
         return collecting.collect(self.batch, self.storage, job_id, task_id, Path(to) if to else self.runs_dir,
                                   self._say)
+
+    def read_log(self, job_id: str, task_id: str, instance: int = 0, stream: str = "stdout",
+                 offset: int = 0) -> tuple[bytes, int, bool]:
+        """Instance `instance`'s stdout or stderr from byte `offset`, at most a few MiB a call:
+        (data, next offset, done). The tracked/persisted copy in storage if there is one, else the Batch
+        file API in byte ranges. `done`: the task had completed and the end of the log was reached."""
+        import os
+
+        env = self._env if self._env is not None else os.environ
+        configured = self._storage is not None or any(
+            env.get(k, "").strip() for k in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT"))
+        storage = self.storage if configured else None  # no storage: the Batch file API alone
+        return logs.read_log(self.batch, storage, job_id, task_id, instance, stream, offset)
 
     # ------------------------------------------------------------------ Batch beyond one task
     def submit_many(self, items: Iterable[Spec | Rendered], *, threads: int | None = None) -> SubmitManyResult:

@@ -327,6 +327,20 @@ class Storage:
         except ResourceNotFoundError:
             return None
 
+    def read_range(self, container: str, blob: str, offset: int, limit: int) -> bytes | None:
+        """Up to `limit` bytes of `blob` from `offset` (empty at or past its end); None when there is no blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = self.service.get_blob_client(container, blob)
+        try:
+            size = self._call(f"reading {blob}", lambda: client.get_blob_properties().size)
+            if offset >= size:
+                return b""
+            return self._call(f"reading {blob}",
+                              lambda: client.download_blob(offset=offset, length=min(limit, size - offset)).readall())
+        except ResourceNotFoundError:
+            return None
+
     def _reader(self, container: str) -> ContainerClient:
         """A read + list SAS client for `container` (the ranged, verified downloader of launchers/blobio)."""
         now = datetime.now(timezone.utc)

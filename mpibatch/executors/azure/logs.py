@@ -1,0 +1,112 @@
+"""One instance's stdout/stderr on Azure, read in byte ranges (``mpibatch logs``).
+
+Where a log is read from, in order:
+1. the tracked / persisted copy in the job's container, ``{taskId}/$TaskLog/{i}/{stream}.txt`` (names only
+   through ``mpibatch.conventions``), which outlives the node;
+2. the Batch file API: the primary's task file, or the subtask's file on its node under the
+   ``node_info.task_root_directory`` the service reports (never built here). Reads use ``ocp-range``
+   from the caller's offset, so following a running task downloads only what is new.
+
+A read is *done* when the task was completed before the read began and the read reached the end of the log.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ... import conventions
+from ...errors import InfraError, SpecError
+from .client import Batch, state_of
+from .storage import Storage
+from .watch import instance_count, map_subtasks
+
+CHUNK = 4 * 1024 * 1024  # bytes per read: memory stays bounded whatever the log's size
+STREAMS = ("stdout", "stderr")
+
+
+def read_log(batch: Batch, storage: Storage | None, job_id: str, task_id: str, instance: int, stream: str,
+             offset: int, limit: int = CHUNK) -> tuple[bytes, int, bool]:
+    """Up to `limit` bytes of instance `instance`'s `stream` from byte `offset`: (data, next offset, done)."""
+    if stream not in STREAMS:
+        raise SpecError("--stream", f"{stream!r} is not a log stream", "use stdout or stderr")
+    task = batch.task(job_id, task_id)
+    done = state_of(task.state) == "completed"
+    n = instance_count(task)
+    if not 0 <= instance < n:
+        raise SpecError("--instance", f"task {job_id}/{task_id} has {n} instance(s); there is no instance {instance}",
+                        f"give --instance 0 (the primary) to {n - 1}")
+    name = f"{stream}.txt"
+    data = _from_storage(storage, job_id, task_id, instance, name, offset, limit)
+    if data is None:
+        data = _from_batch(batch, storage, task, job_id, task_id, instance, n, name, offset, limit)
+    return data, offset + len(data), done and len(data) < limit
+
+
+def _from_storage(storage: Storage | None, job_id: str, task_id: str, instance: int, name: str, offset: int,
+                  limit: int) -> bytes | None:
+    """The tracked or persisted copy from `offset`; None when storage holds none (or is not configured)."""
+    if storage is None:
+        return None
+    blob = conventions.instance_output_blob(task_id, "TaskLog", instance, name)
+    return storage.read_range(conventions.job_container_name(job_id), blob, offset, limit)
+
+
+def _from_batch(batch: Batch, storage: Storage | None, task: Any, job_id: str, task_id: str, instance: int, n: int,
+                name: str, offset: int, limit: int) -> bytes:
+    """From the Batch file API; empty while the file does not exist yet (task not started)."""
+    rng = f"bytes={offset}-{offset + limit - 1}"
+    if instance == 0:
+        fetch = lambda: batch.client.download_task_file(job_id, task_id, name, ocp_range=rng)  # noqa: E731
+    else:
+        st = _subtask(batch, storage, job_id, task_id, instance, n)
+        info = st.node_info if st is not None else None
+        root = getattr(info, "task_root_directory", None)
+        node = getattr(info, "node_id", None)
+        pool = getattr(info, "pool_id", None) or _pool_of(batch, task, job_id)
+        if not (root and node and pool):
+            return b""  # not scheduled yet: nothing written
+        path = f"{root.replace(chr(92), '/').strip('/')}/{name}"
+        fetch = lambda: batch.client.download_node_file(pool, node, path, ocp_range=rng)  # noqa: E731
+    return _ranged(batch, fetch, name)
+
+
+def _ranged(batch: Batch, fetch: Any, name: str) -> bytes:
+    from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+
+    try:
+        return b"".join(batch.call(f"reading {name}", fetch))
+    except (ResourceNotFoundError, ResourceExistsError):
+        return b""  # not written (yet), or the node's files are not available yet
+    except HttpResponseError as e:
+        if e.status_code == 416:  # a range past the end: nothing new
+            return b""
+        raise InfraError(f"reading {name} failed: {batch.message(e)}") from None
+
+
+def _pool_of(batch: Batch, task: Any, job_id: str) -> str | None:
+    pool = getattr(task.node_info, "pool_id", None) if task.node_info else None
+    if pool:
+        return pool
+    job = batch.get_job(job_id)
+    return getattr(job.pool_info, "pool_id", None) if job and job.pool_info else None
+
+
+def _subtask(batch: Batch, storage: Storage | None, job_id: str, task_id: str, instance: int, n: int) -> Any | None:
+    """The subtask that runs instance `instance`, mapped as ``collect`` maps it (instance.json node ids)."""
+    subtasks = batch.subtasks(job_id, task_id)
+    infos: dict[int, dict[str, Any]] = {}
+    if storage is not None:
+        import json
+
+        container = conventions.job_container_name(job_id)
+        for i in range(1, n):
+            raw = storage.read_blob(container, conventions.instance_info_blob(task_id, i))
+            try:
+                infos[i] = json.loads(raw) if raw else {}
+            except ValueError:
+                pass
+        infos = {i: v for i, v in infos.items() if v}
+    index_of = map_subtasks(subtasks, infos, n, [], task_id)
+    return next((st for st in subtasks if index_of.get(st.id) == instance), None)
+
+
+__all__ = ["CHUNK", "STREAMS", "read_log"]

@@ -58,9 +58,8 @@ class SshExecutor(RehearsalExecutor):
         return SshTransport(self.hosts, user=self.user, key=self.key, known_hosts=self.known_hosts, port=self.port,
                             node_root=self.node_root, insecure_accept_unknown_host_keys=self.insecure)
 
-    def run_plan(self, plan: TaskPlan) -> TaskResult:
-        check_host_count(plan.instances, len(self.hosts))  # bad input: before the runs dir or any connection
-        return super().run_plan(plan)
+    def preflight(self, plan: TaskPlan) -> None:
+        check_host_count(plan.instances, len(self.hosts))  # before the runs dir or any connection
 
     def transport_for(self, plan: TaskPlan) -> tuple[SshTransport, dict[str, str]]:
         t = self.transport = self._new_transport()

@@ -12,7 +12,6 @@ from pathlib import Path
 from ...hostlist import HostSpec
 from ...mpi import FLAVORS
 from ...plan import TaskPlan
-from ...results import TaskResult
 from .. import Progress
 from ..lifecycle import RehearsalExecutor
 from .connection import INSECURE_FLAG, RUN_VAR, SYSTEM_PATH, WIRE_LOG, check_host_count

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._results import write_section  # noqa: E402
-from tests.infra.fixtures import _stop_process, azurite_missing, start_azurite  # noqa: E402
+from tests.infra.fixtures import azurite_missing, start_azurite  # noqa: E402
 
 SDK_UPLOAD = """
 import sys, os
@@ -133,7 +133,7 @@ def main() -> None:
         sdk_down = [([sys.executable, "-c", SDK_DOWNLOAD, url, str(work / "got-sdk"), "sdk/"], base, REPO)]
         rows.append(("azure-storage-blob download_blob(max_concurrency=8)", "download", *run_all(sdk_down)))
     finally:
-        _stop_process(proc)
+        proc.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     total_mib = args.nodes * (args.big_mib + args.small)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._results import write_section  # noqa: E402
 from tests.infra.batch_emulator import BatchEmulator  # noqa: E402
-from tests.infra.fixtures import _stop_process, azurite_missing, start_azurite  # noqa: E402
+from tests.infra.fixtures import azurite_missing, start_azurite  # noqa: E402
 
 
 
@@ -180,7 +180,7 @@ def run(n_tasks: int, reps: int, write: bool) -> str:
                          "(1.00 = same speed).")
     finally:
         standin.stop()
-        _stop_process(azurite_proc)
+        azurite_proc.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     header = ("| payload | submission path | median s | tasks/s | speed vs create_tasks | requests | refused "

@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
+from mpibatch.emulator.storage import AZURITE_ACCOUNT, AZURITE_KEY, find_azurite
+from mpibatch.emulator.storage import Azurite as AzuriteProcess
 from tests.infra.cluster import SshCluster, requirements_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-AZURITE_BIN = Path(os.environ.get("MPIBATCH_AZURITE_BIN", REPO_ROOT / ".cache/azurite/node_modules/.bin/azurite-blob"))
-AZURITE_ACCOUNT = "devstoreaccount1"
-# Azurite's well-known development key (public, documented; not a secret).
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def in_ci() -> bool:
@@ -112,59 +107,19 @@ class Azurite:
 
 def azurite_missing() -> list[str]:
     missing = []
-    if not os.access(AZURITE_BIN, os.X_OK):
-        missing.append(f"{AZURITE_BIN} not found (run scripts/install-test-deps.sh)")
+    if find_azurite() is None:
+        missing.append("azurite-blob not found (run scripts/install-test-deps.sh)")
     if shutil.which("node") is None:
         missing.append("`node` not found")
     return missing
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-def start_azurite(
-    location: Path, *, attempts: int = 3, ready_timeout: float = 30.0
-) -> tuple[Azurite, subprocess.Popen]:
-    """Start azurite-blob on a free port; returns when the port accepts connections (bounded)."""
-    last_error = ""
-    for _ in range(attempts):
-        port = _free_port()
-        log_path = location.parent / f"azurite-{port}.log"
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                [str(AZURITE_BIN), "--silent", "--location", str(location), "--blobHost", "127.0.0.1",
-                 "--blobPort", str(port), "--skipApiVersionCheck", "--disableTelemetry"],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline and proc.poll() is None and not _port_open(port):
-            time.sleep(0.05)
-        if proc.poll() is None and _port_open(port):
-            return Azurite(port=port, location=location, pid=proc.pid), proc
-        _stop_process(proc)
-        last_error = f"port {port}: exit {proc.returncode}: " + log_path.read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"azurite did not start: {last_error}")
+def start_azurite(location: Path) -> tuple[Azurite, AzuriteProcess]:
+    """Azurite on a free loopback port, started by the same code as `mpibatch emulate --storage auto`;
+    stop it with `.stop()` on the second value."""
+    process = AzuriteProcess(location).start()
+    assert process.proc is not None
+    return Azurite(port=process.port, location=location, pid=process.proc.pid), process
 
 
 @pytest.fixture(scope="session")
@@ -175,10 +130,10 @@ def azurite() -> Iterator[Azurite]:
     location = tmp / "data"
     location.mkdir()
     try:
-        service, proc = start_azurite(location)
+        service, process = start_azurite(location)
         try:
             yield service
         finally:
-            _stop_process(proc)
+            process.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

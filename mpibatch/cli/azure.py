@@ -22,10 +22,11 @@ from ..report import format_result
 from ..results import TaskResult
 from ..spec import load_spec, validate_id
 from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
+from .transfer_progress import say, transfer_progress
 
 
 def _progress(phase: str, detail: str) -> None:
-    click.echo(f"mpibatch: {phase} {redact(detail)}", err=True)
+    say(f"mpibatch: {phase} {redact(detail)}")  # above a transfer bar, if one is drawn
 
 
 def _executor(runs_dir: str | None = None, quiet: bool = False) -> Any:
@@ -65,10 +66,13 @@ def _ids(job_id: str, task_id: str | None = None) -> None:
         validate_id(task_id, "TASK")
 
 
-def _collect(handle: TaskHandle, to: str | None = None) -> TaskResult:
-    """Collect, or exit 130 with how to resume on Ctrl-C."""
+def _collect(handle: TaskHandle, output: str, to: str | None = None) -> TaskResult:
+    """Collect (a progress bar on a terminal), or exit 130 with how to resume on Ctrl-C."""
     try:
-        return handle.collect(to)
+        with transfer_progress("collect", output) as bar:
+            ex: Any = handle.executor  # the Azure executor: its `transfers` seam
+            ex.transfers = bar
+            return handle.collect(to)
     except KeyboardInterrupt:
         click.echo(_collect_hint(handle.job_id, handle.task_id), err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -91,7 +95,9 @@ def submit(spec_path: Path, wait: bool, output: str, runs_dir: str, terminate_on
     job (if missing) and the task, wait with progress, collect every instance's outputs."""
     spec = load_spec(spec_path)
     ex = _executor(runs_dir)
-    handle = ex.submit(spec)
+    with transfer_progress("inputs", output) as bar:
+        ex.transfers = bar
+        handle = ex.submit(spec)
     job_id, task_id = handle.job_id, handle.task_id
     if not wait:
         _print_result(handle.status(), output)
@@ -112,7 +118,7 @@ def submit(spec_path: Path, wait: bool, output: str, runs_dir: str, terminate_on
         else:
             click.echo(_resume_hint(job_id, task_id), err=True)
         sys.exit(EXIT_INTERRUPTED)
-    result = _collect(handle)
+    result = _collect(handle, output)
     _print_result(result, output)
     sys.exit(_exit_for(result))
 
@@ -147,7 +153,7 @@ def status(job_id: str, task_id: str, output: str, wait_: bool) -> None:
 def collect(job_id: str, task_id: str, to: str, output: str) -> None:
     """Bring back stdout/stderr and outputs of every instance of TASK, verified (sizes, MD5)."""
     _ids(job_id, task_id)
-    result = _collect(_executor(to).attach(job_id, task_id), to)
+    result = _collect(_executor(to).attach(job_id, task_id), output, to)
     _print_result(result, output)
     sys.exit(_exit_for(result))
 

@@ -16,7 +16,9 @@ import click
 from ..conventions import is_safe_relative
 from ..errors import InfraError, SpecError
 from ..fileconventions import JobOutputStorage, StoredOutput, TaskOutputStorage
+from ..transfers import Transfers
 from .common import EXIT_INFRA, EXIT_OK, echo_json, output_option, report_errors
+from .transfer_progress import transfer_progress
 
 FILES_IN_FLIGHT = 4
 
@@ -88,17 +90,22 @@ def get_outputs(job_id: str, task_id: str, kind: str | None, to: Path | None, ou
     found = _storage(job_id, task_id).list_outputs(kind)
     results: dict[str, str] = {}
 
-    def one(o: StoredOutput) -> tuple[str, str]:
-        if not is_safe_relative(o.path):
-            return o.blob_name, "unsafe name, not downloaded"
+    def one(o: StoredOutput, bar: Transfers | None) -> tuple[str, str]:
         try:
-            return o.blob_name, o.download_to(dest / f"${o.kind}" / o.path)
+            if not is_safe_relative(o.path):
+                return o.blob_name, "unsafe name, not downloaded"
+            return o.blob_name, o.download_to(dest / f"${o.kind}" / o.path, on_bytes=bar.moved if bar else None)
         except (InfraError, OSError) as e:
             return o.blob_name, f"failed: {e}"
+        finally:
+            if bar is not None:
+                bar.file_done()
 
     try:
-        with ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
-            for blob, outcome in pool.map(one, found):
+        with transfer_progress("outputs", output) as bar, ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
+            if bar is not None:
+                bar.planned(len(found), sum(o.size for o in found))
+            for blob, outcome in pool.map(lambda o: one(o, bar), found):
                 results[blob] = outcome
     except KeyboardInterrupt:
         click.echo(f"interrupted: no partial file was left; rerun the same command to resume into {dest}", err=True)

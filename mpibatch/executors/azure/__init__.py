@@ -25,6 +25,7 @@ from ...redaction import redact
 from ...render import Rendered
 from ...results import TaskResult
 from ...spec import Spec
+from ...transfers import Transfers
 from .. import Executor, Progress, TaskHandle, rendered
 from . import collect as collecting
 from . import logs, pools, watch
@@ -45,7 +46,8 @@ class AzureExecutor(Executor):
     def __init__(self, client: Any = None, storage: Storage | None = None, *, account: BatchAccount | None = None,
                  env: Mapping[str, str] | None = None, runs_dir: str | Path = "mpibatch-runs",
                  progress: Progress | None = None, poll_interval: float = 1.0, max_poll_interval: float = 5.0,
-                 client_kwargs: Mapping[str, Any] | None = None, submit_threads: int = 4) -> None:
+                 client_kwargs: Mapping[str, Any] | None = None, submit_threads: int = 4,
+                 transfers: Transfers | None = None) -> None:
         self.batch = Batch(client, account=account, env=env, client_kwargs=client_kwargs)
         self._env = dict(env) if env is not None else None
         self._storage = storage
@@ -54,6 +56,7 @@ class AzureExecutor(Executor):
         self.poll_interval = max(0.05, poll_interval)
         self.max_poll_interval = max(self.poll_interval, max_poll_interval)
         self.submit_threads = max(1, submit_threads)
+        self.transfers = transfers  # told about input uploads and collection downloads (mpibatch.transfers)
 
     @property
     def client(self) -> Any:
@@ -77,7 +80,8 @@ class AzureExecutor(Executor):
     # ------------------------------------------------------------------ the Executor interface
     def submit(self, task: Rendered | Spec) -> TaskHandle:
         """Check, upload, create the job (if missing) and the task; return without waiting."""
-        prepared = submission.prepare(self.batch, self.storage, [rendered(task)], self._say)
+        prepared = submission.prepare(self.batch, self.storage, [rendered(task)], self._say,
+                                       transfers=self.transfers)
         submission.create_task(self.batch, prepared, self._say)
         return TaskHandle(self, prepared.job_id, prepared.rendered[0].spec.task.id)
 
@@ -93,7 +97,7 @@ class AzureExecutor(Executor):
     def collect(self, job_id: str, task_id: str, *, to: str | Path | None = None) -> TaskResult:
         """Bring back every instance's logs and outputs into ``<to or runs_dir>/<job>/<task>/<instance>/``."""
         return collecting.collect(self.batch, self.storage, job_id, task_id, Path(to) if to else self.runs_dir,
-                                  self._say)
+                                  self._say, transfers=self.transfers)
 
     def read_log(self, job_id: str, task_id: str, instance: int = 0, stream: str = "stdout",
                  offset: int = 0) -> tuple[bytes, int, bool]:
@@ -123,7 +127,7 @@ class AzureExecutor(Executor):
         tasks = [rendered(x) for x in items]
         if not tasks:
             raise SpecError("tasks", "nothing to submit", "give at least one spec")
-        return submission.prepare(self.batch, self.storage, tasks, self._say)
+        return submission.prepare(self.batch, self.storage, tasks, self._say, transfers=self.transfers)
 
     def add_tasks(self, job_id: str, tasks: list[Any], *, threads: int | None = None) -> SubmitManyResult:
         """Add prepared task payloads (BatchTaskCreateOptions) to a job through ``addtaskcollection``."""

@@ -20,6 +20,7 @@ from ...conventions import INSTANCE_INFO, LOG_FILES
 from ...errors import InfraError, SpecError
 from ...render import PERSIST_URL_VAR
 from ...results import InstanceResult, TaskResult
+from ...transfers import Transfers
 from ..collection import collected_path, finish_output_dir, new_output_dir, part_name, read_tail
 from .client import Batch, state_of
 from .storage import Storage, write_chunks
@@ -29,10 +30,12 @@ Say = Callable[[str, str], None]
 FILES_IN_FLIGHT = 4  # blobs downloaded at once (each in ranges; memory bounded by the reader's slots)
 
 
-def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir: Path, say: Say) -> TaskResult:
+def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir: Path, say: Say, *,
+            transfers: Transfers | None = None) -> TaskResult:
     """Bring back every instance's stdout/stderr and persisted outputs into
     ``<runs_dir>/<job>/<task>/<instance>/``: a new directory (never overwrites a finished collection),
-    or the one an interrupted collect left, resumed (files already there and verified are kept)."""
+    or the one an interrupted collect left, resumed (files already there and verified are kept).
+    `transfers` is told about the output blobs (the logs are small and come first, unreported)."""
     task = batch.task(job_id, task_id)
     state = state_of(task.state)
     if state != "completed":
@@ -78,6 +81,19 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
         if p and p.instance is not None:
             per.setdefault(p.instance, []).append((p.kind, p.path, b))
 
+    if transfers is not None:
+        planned = [b for i in by_index for kind, rel, b in per.get(i, [])
+                   if not (kind == "TaskLog" and rel in (*LOG_FILES, INSTANCE_INFO))]
+        transfers.planned(len(planned), sum(b.size or 0 for b in planned))
+
+    def fetch(into: Path, target: str, b: Any) -> str | None:
+        try:
+            return storage.download_blob(container, b, into / target,
+                                         on_bytes=transfers.moved if transfers else None)
+        finally:
+            if transfers is not None:
+                transfers.file_done()
+
     for r in result.instances:
         i = r.index
         d = out / str(i)
@@ -114,6 +130,8 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
                 continue
             if not conventions.is_safe_relative(rel):
                 missing.append(f"{b.name}: unsafe name, not downloaded")
+                if transfers is not None:
+                    transfers.file_done()
                 continue
             # An output named like a log never replaces it (docs/file-conventions.md#collection).
             target = f"$TaskLog/{rel}" if kind == "TaskLog" else collected_path(rel, kind)
@@ -122,8 +140,7 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
             files.append(target)
             downloads.append((target, b))
         with ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
-            problems = list(pool.map(lambda tb, into=d: storage.download_blob(container, tb[1], into / tb[0]),
-                                     downloads))
+            problems = list(pool.map(lambda tb, into=d: fetch(into, *tb), downloads))
         for (target, b), problem in zip(downloads, problems):
             if problem:
                 missing.append(f"{b.name}: {problem}")

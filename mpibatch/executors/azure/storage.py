@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from ... import conventions
 from ...errors import InfraError, SpecError
 from ...launchers.blobio import BlobError, BlobInfo, ContainerClient
 from ...redaction import redact
+from ...transfers import Transfers
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,10 @@ class Storage:
         md5 = md5 if md5 is not None else self._local_md5(path)
         return f"{INPUT_PREFIX}/{md5.hex()}/{path.name}"
 
-    def upload_file(self, container: str, blob: str, path: str | Path) -> bool:
-        """Upload `path` to `container/blob` unless a blob with the same MD5 is there. True if uploaded."""
+    def upload_file(self, container: str, blob: str, path: str | Path, *,
+                    on_bytes: Callable[[int], None] | None = None) -> bool:
+        """Upload `path` to `container/blob` unless a blob with the same MD5 is there. True if uploaded.
+        `on_bytes(n)`: n more bytes sent (the whole size at once when the blob was already there)."""
         from azure.core.exceptions import ResourceNotFoundError
         from azure.storage.blob import ContentSettings
 
@@ -225,6 +228,8 @@ class Storage:
         md5 = self._local_md5(p)
         with self._lock:
             if self._checked_blobs.get((container, blob)) == md5:
+                if on_bytes:
+                    on_bytes(p.stat().st_size)
                 return False
         client = self.service.get_blob_client(container, blob)
         try:
@@ -234,28 +239,48 @@ class Storage:
                 with self._lock:
                     self._checked_blobs[(container, blob)] = md5
                 log.debug("skip upload of %s: same MD5 already in %s", p.name, container)
+                if on_bytes:
+                    on_bytes(props.size)
                 return False
         except ResourceNotFoundError:
             pass
         settings = ContentSettings(content_type="application/octet-stream", content_md5=bytearray(md5))
+        sent = [0]
+
+        def hook(current: int, total: int | None) -> None:  # the SDK reports a running total
+            if on_bytes and current > sent[0]:
+                on_bytes(current - sent[0])
+                sent[0] = current
+
         with open(p, "rb") as f:
             self._call(f"uploading {p.name}", client.upload_blob, f, overwrite=True, content_settings=settings,
-                       validate_content=False)
+                       validate_content=False, progress_hook=hook)
         with self._lock:
             self._checked_blobs[(container, blob)] = md5
         return True
 
-    def upload_inputs(self, container: str, paths: Iterable[str | Path]) -> dict[str, str]:
-        """Upload local files once (content-addressed); returns {local path: blob name}."""
-        out: dict[str, str] = {}
+    def upload_inputs(self, container: str, paths: Iterable[str | Path], *,
+                      transfers: Transfers | None = None) -> dict[str, str]:
+        """Upload local files once (content-addressed); returns {local path: blob name}. Every path is
+        checked before the first byte goes; `transfers` is told the plan and each file's bytes."""
+        todo: list[Path] = []
         for path in paths:
             p = Path(path)
-            if str(p) in out:
+            if p in todo:
                 continue
             if not p.is_file():
                 raise SpecError(str(p), "input file does not exist", "fix the source path in the spec")
+            todo.append(p)
+        if transfers is not None:
+            transfers.planned(len(todo), sum(p.stat().st_size for p in todo))
+        out: dict[str, str] = {}
+        for p in todo:
             blob = self.input_blob_name(p)
-            self.upload_file(container, blob, p)
+            try:
+                self.upload_file(container, blob, p, on_bytes=transfers.moved if transfers else None)
+            finally:
+                if transfers is not None:
+                    transfers.file_done()
             out[str(p)] = blob
         return out
 
@@ -354,13 +379,15 @@ class Storage:
             self._readers[container] = (client, expiry)
         return client
 
-    def download_blob(self, container: str, blob: Any, dest: Path) -> str | None:
+    def download_blob(self, container: str, blob: Any, dest: Path, *,
+                      on_bytes: Callable[[int], None] | None = None) -> str | None:
         """Download one listed blob (a BlobProperties) to `dest`: ranges in parallel, size and MD5 verified,
-        through ``.<name>.part``; a `dest` already there and verified is kept. None when good, else why not."""
+        through ``.<name>.part``; a `dest` already there and verified is kept. None when good, else why not.
+        `on_bytes(n)`: n more bytes received (or kept)."""
         md5 = blob.content_settings.content_md5 if blob.content_settings else None
         info = BlobInfo(blob.name, blob.size or 0, bytes(md5) if md5 else None)
         try:
-            self._reader(container).download_to(info, str(dest))
+            self._reader(container).download_to(info, str(dest), on_bytes=on_bytes)
         except BlobError as e:
             return "vanished while downloading" if e.status == 404 else redact(str(e), self._key)
         except OSError as e:

@@ -18,6 +18,7 @@ from ...errors import InfraError, SpecError
 from ...payload import batch_job, batch_task
 from ...render import Rendered
 from ...spec import FileRef
+from ...transfers import Transfers
 from .client import Batch, state_of, throttled
 from .pools import check_pool, follow_pool_size, get_pool
 from .storage import Storage, sas_expiry
@@ -73,7 +74,8 @@ def check_existing_job(job_id: str, pool_id: str | None, job: Any) -> None:
                         f"set job.pool: {pool} or use a new job.id")
 
 
-def prepare(batch: Batch, storage: Storage, rendered: Sequence[Rendered], say: Say) -> PreparedTasks:
+def prepare(batch: Batch, storage: Storage, rendered: Sequence[Rendered], say: Say, *,
+            transfers: Transfers | None = None) -> PreparedTasks:
     """Checks (pool, storage, job, tasks) then uploads; creates the job if missing."""
     spec0 = rendered[0].spec
     job_id, pool_id = spec0.job.id, spec0.job.pool
@@ -110,7 +112,7 @@ def prepare(batch: Batch, storage: Storage, rendered: Sequence[Rendered], say: S
     for ref in [*job_refs, *(f for r in rendered for f in (*r.common_files, *r.files))]:
         if not ref.is_url and ref.source not in local:
             local.append(ref.source)
-    blobs = storage.upload_inputs(container, local)
+    blobs = storage.upload_inputs(container, local, transfers=transfers)
     say("inputs", f"{len(blobs)} file(s) in container {container}")
     url_cache: dict[str, str] = {}
 

@@ -18,8 +18,9 @@ import pytest
 
 from mpibatch.cli.transfer_progress import TerminalTransfers, transfer_progress, wanted
 from mpibatch.fileconventions import TaskOutputStorage, prepare_output_storage
+from tests.infra.batch_emulator import BatchEmulator
 from tests.infra.fixtures import Azurite, azurite  # noqa: F401
-from tests.test_azure_executor import MPIBATCH, assert_no_secrets
+from tests.test_azure_executor import MPIBATCH, assert_no_secrets, cli_env, hello_spec, secrets_of, standin  # noqa: F401
 
 BIG = 24 * 1024 * 1024 + 123  # several ranges, an odd tail
 FILES_DONE = re.compile(r"(\d+)/(\d+) files")
@@ -58,9 +59,9 @@ def test_no_bar_without_a_terminal_or_with_json() -> None:
         assert bar is None
 
 
-def _storage_with_outputs(azurite: Azurite, tmp_path: Path, job_id: str) -> tuple[str, dict[str, int]]:
-    prepare_output_storage(job_id, connection_string=azurite.connection_string)
-    task = TaskOutputStorage(job_id, "t1", connection_string=azurite.connection_string)
+def _storage_with_outputs(service: Azurite, tmp_path: Path, job_id: str) -> tuple[str, dict[str, int]]:
+    prepare_output_storage(job_id, connection_string=service.connection_string)
+    task = TaskOutputStorage(job_id, "t1", connection_string=service.connection_string)
     sizes = {"big.bin": BIG, "a.txt": 10, "sub/b.txt": 3000}
     for name, size in sizes.items():
         local = tmp_path / "src" / name
@@ -104,9 +105,9 @@ def _run_with_tty_stderr(args: list[str], env: dict[str, str]) -> tuple[int, str
     return p.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
 
 
-def _env(azurite: Azurite) -> dict[str, str]:
+def _env(service: Azurite) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MPIBATCH_"))}
-    env["AZURE_STORAGE_CONNECTION_STRING"] = azurite.connection_string
+    env["AZURE_STORAGE_CONNECTION_STRING"] = service.connection_string
     return env
 
 
@@ -143,3 +144,24 @@ def test_no_bar_when_stderr_is_not_a_terminal_or_with_json(azurite: Azurite, tmp
     assert rc == 0, err
     assert json.loads(out)["failed"] == []  # stdout is exactly one JSON document
     assert err == "", err  # a terminal, but JSON asked for: nothing of the bar
+
+
+@pytest.mark.azure
+def test_submit_shows_input_uploads_and_collection_on_a_terminal(standin: BatchEmulator, azurite: Azurite,  # noqa: F811
+                                                                 tmp_path: Path) -> None:
+    spec, job_id, task_id = hello_spec(tmp_path, common_files=[{"source": "hello.py", "path": "hello.py"},
+                                                               {"source": "data.bin", "path": "data.bin"}])
+    (spec.parent / "data.bin").write_bytes(os.urandom(3_000_000))
+    rc, out, err = _run_with_tty_stderr(["submit", str(spec), "--runs-dir", str(tmp_path / "runs")],
+                                        cli_env(standin, azurite))
+    assert_no_secrets(out + err, *secrets_of(standin, azurite))
+    assert rc == 0, err
+    inputs = [line for line in re.split(r"[\r\n]", err) if line.startswith("inputs:")]
+    assert inputs and "100%" in inputs[-1] and "3.0" in inputs[-1], err  # data.bin's 3 MB, hello.py, launchers
+    files = FILES_DONE.search(inputs[-1])
+    assert files and files.group(1) == files.group(2) and int(files.group(2)) >= 2, err
+    collected = [line for line in re.split(r"[\r\n]", err) if line.startswith("collect:")]
+    assert collected and "100%" in collected[-1], err
+    files = FILES_DONE.search(collected[-1])
+    assert files and files.group(1) == files.group(2) and int(files.group(2)) >= 6, err  # rank-*.txt of 6 ranks
+    assert "mpibatch: task" in err  # status lines still reach the terminal, above the bar

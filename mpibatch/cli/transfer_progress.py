@@ -18,8 +18,8 @@ _active: list[TerminalTransfers] = []  # the bar being drawn, so that status lin
 
 
 class TerminalTransfers:
-    """A `mpibatch.transfers.Transfers` drawn as one tqdm bar, created when the first files are planned
-    (nothing to move, no bar); safe to call from several threads."""
+    """A `mpibatch.transfers.Transfers` drawn as one tqdm bar, from the first files planned until the
+    last of them is done (nothing to move, no bar); safe to call from several threads."""
 
     def __init__(self, what: str, stream: IO[str]) -> None:
         self._what, self._stream = what, stream
@@ -35,13 +35,15 @@ class TerminalTransfers:
         if files <= 0:
             return
         with self._lock:
-            if self._bar is None:
-                self._bar = tqdm(total=0, desc=self._what, unit="B", unit_scale=True, bar_format=BAR,
-                                 file=self._stream, dynamic_ncols=True, mininterval=0.2)
             self._files += files
-            self._bar.total = (self._bar.total or 0) + nbytes
-            self._show_files(self._bar)
-            self._bar.refresh()
+            if self._bar is None:
+                self._bar = tqdm(total=nbytes, desc=self._what, unit="B", unit_scale=True, bar_format=BAR,
+                                 file=self._stream, dynamic_ncols=True, mininterval=0.2, delay=0,
+                                 postfix=f"{self._done}/{self._files} files")
+            else:
+                self._bar.total += nbytes
+                self._show_files(self._bar)
+                self._bar.refresh()
 
     def moved(self, nbytes: int) -> None:
         with self._lock:
@@ -51,14 +53,21 @@ class TerminalTransfers:
     def file_done(self) -> None:
         with self._lock:
             self._done += 1
-            if self._bar is not None:
-                self._show_files(self._bar)
-                self._bar.refresh()
+            if self._bar is None:
+                return
+            self._show_files(self._bar)
+            self._bar.refresh()
+            if self._done >= self._files:  # all there: the final line stays, status lines go below it
+                self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._files, self._done = None, 0, 0
 
     def close(self) -> None:
         with self._lock:
-            if self._bar is not None:
-                self._bar.close()
+            self._close()
 
 
 def wanted(output: str, stream: IO[str] | None = None) -> bool:

@@ -56,9 +56,10 @@ class TerminalTransfers:
             if self._bar is None:
                 return
             self._show_files(self._bar)
-            self._bar.refresh()
             if self._done >= self._files:  # all there: the final line stays, status lines go below it
                 self._close()
+            else:
+                self._bar.update(0)  # redrawn at most every `mininterval`, however many small files
 
     def _close(self) -> None:
         if self._bar is not None:

@@ -13,7 +13,7 @@ import shlex
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
@@ -54,10 +54,10 @@ class Host:
     client: paramiko.SSHClient | None = None
     transport: paramiko.Transport | None = None
     sftp: paramiko.SFTPClient | None = None
-    sftp_lock: threading.Lock | None = None
+    sftp_lock: threading.Lock = field(default_factory=threading.Lock)  # one SFTP channel per host
     probe_since: float | None = None  # a keepalive request has been waiting since then
     lost_reason: str | None = None
-    made_dirs: set[str] | None = None
+    made_dirs: set[str] = field(default_factory=set)
 
     @property
     def label(self) -> str:
@@ -150,7 +150,7 @@ def connect(h: Host, *, known_hosts: str, key: str | None, insecure: bool, timeo
     assert tr is not None
     tr.set_keepalive(int(KEEPALIVE_S) or 1)
     h.client, h.transport = client, tr
-    with h.sftp_lock:  # type: ignore[union-attr]
+    with h.sftp_lock:
         h.sftp_client()  # opened here, in parallel with the other hosts
 
 

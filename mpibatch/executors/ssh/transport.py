@@ -104,8 +104,7 @@ class SshTransport:
         if key is not None and not Path(key).expanduser().is_file():
             raise SpecError("key", f"{key} does not exist or is not a file", "give the path of a private key file")
         default_user = user or getpass.getuser()
-        self.hosts = [Host(spec=s, user=s.user or default_user, port=s.port or port, sftp_lock=threading.Lock(),
-                            made_dirs=set()) for s in specs]
+        self.hosts = [Host(spec=s, user=s.user or default_user, port=s.port or port) for s in specs]
         self.key = str(Path(key).expanduser()) if key else None
         self.known_hosts = str(Path(known_hosts or "~/.ssh/known_hosts").expanduser())
         self.insecure = insecure_accept_unknown_host_keys
@@ -176,12 +175,12 @@ class SshTransport:
         if parts:
             self._check(node, " && ".join(parts), "creating directories")
         h = self.hosts[node.index]
-        with h.sftp_lock:  # type: ignore[union-attr]
-            h.made_dirs = {d for d in h.made_dirs or set() if not any(d == c or d.startswith(c + "/") for c in clean)}
+        with h.sftp_lock:
+            h.made_dirs = {d for d in h.made_dirs if not any(d == c or d.startswith(c + "/") for c in clean)}
             h.made_dirs.update(dirs)
 
     def _mkdirs_sftp(self, h: Host, sftp: paramiko.SFTPClient, d: str) -> None:
-        made = h.made_dirs if h.made_dirs is not None else set()
+        made = h.made_dirs
         todo = []
         while d not in made and d not in ("", "/"):
             todo.append(d)
@@ -199,7 +198,7 @@ class SshTransport:
 
     def put(self, node: Node, local: Path, node_path: str) -> None:
         h = self.hosts[node.index]
-        with h.sftp_lock:  # type: ignore[union-attr]
+        with h.sftp_lock:
             sftp = h.sftp_client()
             self._mkdirs_sftp(h, sftp, os.path.dirname(node_path))
             sftp.put(str(local), node_path)
@@ -208,7 +207,7 @@ class SshTransport:
     def read_tail(self, node: Node, path: str, limit: int) -> str:
         h = self.hosts[node.index]
         try:
-            with h.sftp_lock:  # type: ignore[union-attr]
+            with h.sftp_lock:
                 if not stat.S_ISREG(h.sftp_client().lstat(path).st_mode or 0):
                     return ""  # a symlink (to /dev/zero...) or a device: never read
                 with h.sftp_client().open(path, "rb") as f:
@@ -222,7 +221,7 @@ class SshTransport:
     def fetch(self, node: Node, node_path: str, dest: Path) -> bool:
         h = self.hosts[node.index]
         try:
-            with h.sftp_lock:  # type: ignore[union-attr]
+            with h.sftp_lock:
                 self._get_regular(h, node_path, dest)
         except FileNotFoundError:
             return False
@@ -257,7 +256,7 @@ class SshTransport:
         h = self.hosts[node.index]
         done: list[str] = []
         problems: list[str] = []
-        with h.sftp_lock:  # type: ignore[union-attr]
+        with h.sftp_lock:
             for rel in found:
                 target = collection.collected_path(rel)
                 try:

@@ -63,15 +63,22 @@ def test_a_missing_instance_is_bad_input(standin: BatchEmulator, azurite: Azurit
     assert p.returncode == 2 and "does not exist" in p.stderr
 
 
-def test_follow_prints_lines_of_a_running_task_before_it_completes(
-        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
-    command = "sh -c 'echo first-line; sleep 8; echo last-line'"
+def _submit_and_follow(standin: BatchEmulator, azurite: Azurite, tmp_path: Path,
+                       command: str) -> tuple[subprocess.Popen[str], str, str, dict[str, str]]:
+    """Submit a 2-instance task without waiting, then start `mpibatch logs --follow` on it."""
     spec, job_id, task_id = hello_spec(tmp_path, instances=2, command=command,
                                        mpi={"flavor": "mpich", "processes_per_node": 1})
     env, secrets = cli_env(standin, azurite), secrets_of(standin, azurite)
     assert run_cli(["submit", str(spec), "--no-wait"], env, *secrets).returncode == 0
     follower = subprocess.Popen([str(MPIBATCH), "logs", job_id, task_id, "--follow", "--interval", "0.3"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return follower, job_id, task_id, env
+
+
+def test_follow_prints_lines_of_a_running_task_before_it_completes(
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
+    command = "sh -c 'echo first-line; sleep 8; echo last-line'"
+    follower, job_id, task_id, env = _submit_and_follow(standin, azurite, tmp_path, command)
     seen: list[tuple[str, str | None]] = []  # (line, the task's state when the test read it)
 
     def read() -> None:
@@ -90,7 +97,7 @@ def test_follow_prints_lines_of_a_running_task_before_it_completes(
             follower.wait()
     reader.join(10)
     err = follower.stderr.read() if follower.stderr else ""
-    assert_no_secrets("".join(line for line, _ in seen) + err, *secrets)
+    assert_no_secrets("".join(line for line, _ in seen) + err, *secrets_of(standin, azurite))
     assert rc == 0, err
     first = [state for line, state in seen if "first-line" in line]
     assert first and first[0] != "completed", seen  # printed while the task was still running
@@ -139,12 +146,7 @@ def test_read_collected_log_reads_the_newest_run_in_ranges(tmp_path: Path) -> No
 def test_ctrl_c_while_following_exits_130_and_leaves_the_task_running(
         standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     command = "sh -c 'echo first-line; sleep 6'"
-    spec, job_id, task_id = hello_spec(tmp_path, instances=2, command=command,
-                                       mpi={"flavor": "mpich", "processes_per_node": 1})
-    env, secrets = cli_env(standin, azurite), secrets_of(standin, azurite)
-    assert run_cli(["submit", str(spec), "--no-wait"], env, *secrets).returncode == 0
-    follower = subprocess.Popen([str(MPIBATCH), "logs", job_id, task_id, "--follow", "--interval", "0.3"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follower, job_id, task_id, env = _submit_and_follow(standin, azurite, tmp_path, command)
     try:
         assert follower.stdout is not None
         line = follower.stdout.readline()  # blocks until the task printed (bounded by the task's wall clock)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -134,6 +135,8 @@ class LocalTransport:
         self.run_init_pid = 0
         self.procs: list[_LocalProc] = []
         self.pid_namespaces: set[str] = set()  # for tests: no process may remain in these
+        # The emulator ends a terminated task's processes from another thread than the run's.
+        self._ending = threading.Lock()
 
     # ------------------------------------------------------------------ nodes
     def open(self, n: int) -> list[Node]:
@@ -333,18 +336,18 @@ class LocalTransport:
                 pass
 
     def end_processes(self) -> None:
-        """Kill PID 1 of the run's namespace: the kernel then ends every process in it."""
-        for name in os.listdir(self.nodes_dir) if self.nodes_dir.is_dir() else ():
-            (self.nodes_dir / name).unlink(missing_ok=True)  # no stale PIDs for the agent
-        if self.run_init is not None:
-            self._stop(self.run_init)
-            self.run_init = None
-        for h in self.holders.values():
-            self._stop(h)
-        self.holders.clear()
-        for p in self.procs:
-            p.kill()
-        self.procs.clear()
+        """Kill PID 1 of the run's namespace: the kernel then ends every process in it.
+        A second caller waits until the first is done, so both return with nothing running."""
+        with self._ending:
+            for name in os.listdir(self.nodes_dir) if self.nodes_dir.is_dir() else ():
+                (self.nodes_dir / name).unlink(missing_ok=True)  # no stale PIDs for the agent
+            run_init, self.run_init = self.run_init, None
+            holders, self.holders = list(self.holders.values()), {}
+            procs, self.procs = self.procs, []
+            for p in ([run_init] if run_init is not None else []) + holders:
+                self._stop(p)
+            for proc in procs:
+                proc.kill()
 
     def close(self) -> None:
         self.end_processes()

@@ -10,6 +10,7 @@ Layout in the job's container (``job_container_name``)::
     {taskId}/${Kind}/{path}          task output          (the .NET library's names)
     ${Kind}/{path}                   job output
     {taskId}/${Kind}/{i}/{path}      mpibatch: output of instance i of a multi-instance task
+    {taskId}/$TaskLog/{i}/live/...   mpibatch: the instance's logs, kept live while the task runs
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ CONTAINER_PREFIX = "job-"
 MAX_BLOB_NAME = 1024  # Azure Storage limit on a blob name
 LOG_FILES: tuple[str, ...] = ("stdout.txt", "stderr.txt")
 INSTANCE_INFO = "instance.json"  # per instance, under $TaskLog: which node ran it, what it uploaded
+LIVE_DIR = "live"  # $TaskLog/{i}/live/std*.txt: the logs as the tracker keeps them while the task runs
+LIVE_LOGS: tuple[str, ...] = tuple(f"{LIVE_DIR}/{n}" for n in LOG_FILES)
 
 # Patterns are applied with fullmatch(): re's '$' also matches before a trailing newline.
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -204,6 +207,13 @@ def instance_output_blob(task_id: str, kind: str, instance: int, relative_path: 
 def instance_info_blob(task_id: str, instance: int) -> str:
     """``{taskId}/$TaskLog/{i}/instance.json``: what the persist step of instance `i` recorded."""
     return instance_output_blob(task_id, "TaskLog", instance, INSTANCE_INFO)
+
+
+def live_log_blob(task_id: str, instance: int, log_name: str) -> str:
+    """``{taskId}/$TaskLog/{i}/live/stdout.txt``: the append blob the node's tracker keeps up to date while
+    the task runs. Its own name, because Batch replaces ``$TaskLog/0/stdout.txt`` with its upload of the
+    primary's log when the task ends, and that upload must not meet an append blob."""
+    return instance_output_blob(task_id, "TaskLog", instance, f"{LIVE_DIR}/{log_name}")
 
 
 class ParsedBlob(NamedTuple):

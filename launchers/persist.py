@@ -6,16 +6,20 @@ Subtasks have no Batch output files and their node files vanish with retention o
 node uploads its own outputs and logs to the job container through a write-only SAS, under File
 Conventions names with the instance in the path: {task}/${Kind}/{instance}/{path}. The primary's
 outputs go through Batch output files (uploaded on completion), so the primary only records
-instance.json. Standard library only: this runs on the node, with outputnames.py (the names, the same
-module the client uses) and blobio.py (block uploads) shipped beside it.
+instance.json. It first stops the node's tracker (track.py), which kept the logs live and saved
+outputs while the program ran, and skips the files the tracker saved that did not change since.
+Standard library only: this runs on the node, with outputnames.py (the names, the same module the
+client uses), blobio.py (block uploads) and track.py shipped beside it.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 try:  # as the package mpibatch.launchers (client side, tests)
@@ -28,6 +32,7 @@ try:  # as the package mpibatch.launchers (client side, tests)
         instance_output_blob,
         match_outputs,
     )
+    from .track import PID_FILE, STATE_FILE
 except ImportError:  # as a script on the node: the modules are shipped beside it
     from blobio import BlobError, ContainerClient, b64  # type: ignore[no-redef]
     from outputnames import (  # type: ignore[no-redef]
@@ -38,6 +43,7 @@ except ImportError:  # as a script on the node: the modules are shipped beside i
         instance_output_blob,
         match_outputs,
     )
+    from track import PID_FILE, STATE_FILE  # type: ignore[no-redef]
 
 # Where the rank number is, when the command line does not say (--rank-vars, from the flavour).
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
@@ -67,25 +73,56 @@ def planned_uploads(task: str, index: int, task_dir: str, wd: str,
     return uploads
 
 
+def whoami(rank_vars_arg: str) -> tuple[int, dict, str, str]:
+    """This process's instance number, its identity for instance.json, task dir and working dir."""
+    rank_vars = [v for v in rank_vars_arg.split(",") if v] or list(RANK_VARS)
+    hosts = [h for h in os.environ.get("AZ_BATCH_HOST_LIST", "").split(",") if h]
+    master = os.environ.get("AZ_BATCH_MASTER_NODE", "").rsplit(":", 1)[0]
+    pos = next((int(os.environ[v]) for v in rank_vars if os.environ.get(v, "").isdigit()), 0)
+    wd = os.path.realpath(os.getcwd())
+    index = instance_index(pos, hosts, master)
+    identity = {"index": index, "host": hosts[pos] if pos < len(hosts) else None,
+                "hostname": socket.gethostname(), "node_id": _node_id(wd)}
+    return index, identity, os.path.dirname(wd), wd
+
+
+def stop_tracker(task_dir: str, timeout: float = 60) -> dict:
+    """End this node's tracker (it sends its last log bytes) and return what it had saved."""
+    try:
+        with open(os.path.join(task_dir, PID_FILE)) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"track.py" not in f.read():
+                raise ProcessLookupError  # the PID is another process's now
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            with open(f"/proc/{pid}/stat") as f:  # a zombie has exited: its parent reaps it
+                if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                    break
+            time.sleep(0.05)
+    except (OSError, ValueError):
+        pass  # no tracker on this node (none started, or it already ended)
+    try:
+        with open(os.path.join(task_dir, STATE_FILE)) as f:
+            return json.load(f).get("sent") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", required=True)
     ap.add_argument("--output", action="append", default=[], help="Kind=pattern")
     ap.add_argument("--rank-vars", default=",".join(RANK_VARS), help="NAME,NAME: where the rank number is")
     args = ap.parse_args(argv)
-    rank_vars = [v for v in args.rank_vars.split(",") if v] or list(RANK_VARS)
     url = os.environ.get("MPIBATCH_PERSIST_URL", "")
     if not url:
         return 0
-    hosts = [h for h in os.environ.get("AZ_BATCH_HOST_LIST", "").split(",") if h]
-    master = os.environ.get("AZ_BATCH_MASTER_NODE", "").rsplit(":", 1)[0]
-    pos = next((int(os.environ[v]) for v in rank_vars if os.environ.get(v, "").isdigit()), 0)
-    index = instance_index(pos, hosts, master)
-    wd = os.path.realpath(os.getcwd())
-    task_dir = os.path.dirname(wd)
+    index, identity, task_dir, wd = whoami(args.rank_vars)
+    saved = stop_tracker(task_dir)
     outputs = [(k, p) for k, _, p in (o.partition("=") for o in args.output)]
-    info: dict = {"index": index, "host": hosts[pos] if pos < len(hosts) else None,
-                  "hostname": socket.gethostname(), "node_id": _node_id(wd), "files": {}, "failed": {}}
+    info: dict = {**identity, "final": True, "files": {}, "failed": {}}
     client = ContainerClient(url)
     failures = 0
     try:
@@ -97,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     def one(item: tuple[str, str]) -> tuple[str, str, object]:
         blob, path = item
         try:
+            before = saved.get(blob)
+            st = os.stat(path)
+            if before and (before["size"], before["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
+                return blob, path, {"size": before["size"], "md5": before["md5"]}  # the tracker sent it
             size, md5 = client.upload_file(path, blob)
             return blob, path, {"size": size, "md5": b64(md5)}
         except (BlobError, OSError) as e:  # the message names the file; the other files still go

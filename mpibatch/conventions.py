@@ -25,6 +25,7 @@ from .launchers.outputnames import (
     INSTANCE_INFO,
     JOB_KINDS,
     KINDS,
+    LIVE_LOGS,
     LOG_FILES,
     MAX_BLOB_NAME,
     TASK_KINDS,
@@ -64,11 +65,12 @@ task_output_blob = _spec_errors(_names.task_output_blob)
 job_output_blob = _spec_errors(_names.job_output_blob)
 instance_output_blob = _spec_errors(_names.instance_output_blob)
 instance_info_blob = _spec_errors(_names.instance_info_blob)
+live_log_blob = _spec_errors(_names.live_log_blob)
 
 __all__ = [
-    "CONTAINER_PREFIX", "INSTANCE_INFO", "JOB_KINDS", "KINDS", "LOG_FILES", "MAX_BLOB_NAME", "TASK_KINDS",
+    "CONTAINER_PREFIX", "INSTANCE_INFO", "JOB_KINDS", "KINDS", "LIVE_LOGS", "LOG_FILES", "MAX_BLOB_NAME", "TASK_KINDS",
     "ParsedBlob", "glob_match", "instance_info_blob", "instance_output_blob", "instance_output_prefix",
-    "is_safe_relative", "is_single_file", "job_container_name", "job_output_blob", "job_output_prefix",
+    "is_safe_relative", "is_single_file", "job_container_name", "live_log_blob", "job_output_blob", "job_output_prefix",
     "match_outputs", "normalize_relative_path", "parse_job_blob", "parse_task_blob", "pattern_regex",
     "task_output_blob", "task_output_prefix", "validate_batch_id", "validate_job_id", "validate_kind",
     "validate_task_id",

@@ -27,6 +27,7 @@ from typing import Any
 from .errors import InfraError, SpecError
 from .launchers import outputnames as names
 from .launchers.blobio import BlobError, BlobInfo, ContainerClient
+from .launchers.track import AppendFollower
 
 log = logging.getLogger(__name__)
 
@@ -260,26 +261,24 @@ class JobOutputStorage(_OutputStorage):
 class TrackedFile:
     """Keeps the append blob `blob` up to date with the bytes appended to the local file `path`: every
     `interval` seconds, and once more on exit. Only appends reach storage (as in .NET): bytes rewritten
-    in place, or a file that shrinks, are not sent again."""
+    in place, or a file that shrinks, are not sent again. The appending itself is the node tracker's
+    (launchers/track.py), so a task's tracked file and mpibatch's live logs follow one rule."""
 
     def __init__(self, client: ContainerClient, path: str, blob: str, interval: float) -> None:
-        self.client, self.path, self.blob, self.interval = client, path, blob, interval
-        self.sent = 0
+        self.path, self.blob, self.interval = path, blob, interval
+        self.follower = AppendFollower(client, path, blob, resume=True)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.error: Exception | None = None
+
+    @property
+    def sent(self) -> int:
+        return self.follower.sent
 
     def __enter__(self) -> TrackedFile:
         try:
-            info = self.client.properties(self.blob)
-            if info.blob_type != "AppendBlob" or info.size > _size(self.path):
-                raise BlobError("replace", 404)
-            self.sent = info.size  # resume: what is stored is the start of this file
-        except BlobError as e:
-            if e.status != 404:
-                raise InfraError(f"tracking {self.path} as {self.blob}: {e}") from None
-            self.client.create_append_blob(self.blob)
+            self.follower.flush() if os.path.exists(self.path) else self.follower.start()
+        except (BlobError, OSError) as e:
+            raise InfraError(f"tracking {self.path} as {self.blob}: {e}") from None
         self._thread = threading.Thread(target=self._run, name=f"track-{os.path.basename(self.path)}", daemon=True)
         self._thread.start()
         return self
@@ -293,19 +292,7 @@ class TrackedFile:
 
     def flush(self) -> int:
         """Send what was appended since the last flush; returns the bytes sent."""
-        with self._lock:
-            sent = 0
-            try:
-                f = open(self.path, "rb")
-            except FileNotFoundError:
-                return 0
-            with f:
-                f.seek(self.sent)
-                while data := f.read(4 * 1024 * 1024):
-                    self.client.append(self.blob, data, self.sent)
-                    self.sent += len(data)
-                    sent += len(data)
-            return sent
+        return self.follower.flush()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -318,10 +305,3 @@ class TrackedFile:
             if exc_type is None:
                 raise InfraError(f"final flush of {self.path} to {self.blob}: {e}") from None
             log.warning("final flush of %s: %s", self.path, e)
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0

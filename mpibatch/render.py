@@ -16,6 +16,8 @@ from .shell import Raw, Word, bash_c, cmd_join, sh_join
 from .spec import Command, FileRef, Output, Setup, Spec
 
 LAUNCHER_DIR = "mpibatch"  # node-side launchers land in $AZ_BATCH_TASK_SHARED_DIR/mpibatch/
+# What every Linux node gets under $AZ_BATCH_TASK_SHARED_DIR/mpibatch (launchers/).
+NODE_FILES = ("coordinate.sh", "persist.py", "track.py", "outputnames.py", "blobio.py")
 PERSIST_URL_VAR = "MPIBATCH_PERSIST_URL"  # container SAS for subtask outputs, set at submit time
 # Written by the coordination step into each node's working directory (docs/hpc-nodes.md): the
 # node's own environment (activated runtime, its InfiniBand device), and the per-rank wrapper that
@@ -147,19 +149,29 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
                            instances=t.instances)
     argv = _launcher(launch.argv, flavor, setup)
     wrapper = Raw(rank_wrapper(spec))
-    app = node_env_line() + "\n" + sh_join([*argv, wrapper, *_program_argv(t.command, "linux")])
-    # Subtasks have no Batch output files: when submitted to Azure, one process per node persists
-    # that node's outputs and logs through a write-only SAS before the primary exits.
-    persist_env = dict.fromkeys((PERSIST_URL_VAR, "AZ_BATCH_HOST_LIST", "AZ_BATCH_MASTER_NODE"), "")
-    persist_launch = flavor.launch(None, 1, (), persist_env, "none", rdir, instances=t.instances)
-    persist_args: list[Word] = ["python3", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/persist.py"'),
-                                "--task", t.id, "--rank-vars", ",".join(flavor.rank_vars)]
+    app = sh_join([*argv, wrapper, *_program_argv(t.command, "linux")])
+    # Subtasks have no Batch output files: when submitted to Azure, one process per node tracks that
+    # node's logs and outputs while the program runs (track.py), and one persists them before the
+    # primary exits (persist.py, which ends the tracker first).
+    node_env = dict.fromkeys((PERSIST_URL_VAR, "AZ_BATCH_HOST_LIST", "AZ_BATCH_MASTER_NODE"), "")
+    one_per_node = _launcher(flavor.launch(None, 1, (), node_env, "none", rdir, instances=t.instances).argv,
+                             flavor, setup)
+    declared: list[Word] = ["--task", t.id, "--rank-vars", ",".join(flavor.rank_vars)]
     for o in t.outputs:
-        persist_args += ["--output", f"{o.kind}={o.pattern}"]
-    persist = sh_join([*_launcher(persist_launch.argv, flavor, setup), *persist_args])
-    script = (f"{app}; rc=$?\n"
-              f'if [ -n "${{{PERSIST_URL_VAR}:-}}" ]; then {persist}'
-              " || echo 'mpibatch: persisting subtask outputs failed' >&2; fi\n"
+        declared += ["--output", f"{o.kind}={o.pattern}"]
+
+    def node_step(name: str) -> str:
+        return sh_join([*one_per_node, "python3", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/{name}"'),
+                        *declared])
+
+    persisting = f'[ -n "${{{PERSIST_URL_VAR}:-}}" ]'
+    script = (f"{node_env_line()}\n"
+              f"if {persisting}; then {node_step('track.py')} < /dev/null > /dev/null & track=$!; fi\n"
+              f"{app}; rc=$?\n"
+              f"if {persisting}; then {node_step('persist.py')}"
+              " || echo 'mpibatch: persisting subtask outputs failed' >&2\n"
+              '  kill "$track" 2> /dev/null; wait "$track"\n'
+              "fi\n"
               "exit $rc")
     names = dict.fromkeys(f.path.split("/")[0] for f in t.common_files)  # top-level entries, in order
     links = [a for name in names for a in ("--link", name)]
@@ -197,7 +209,7 @@ def render(spec: Spec) -> Rendered:
     else:
         app, coord = _linux_lines(spec, flavor, env, fabric, setup)
         launchers = tuple(FileRef(launcher_source(n), f"{LAUNCHER_DIR}/{n}")
-                          for n in ("coordinate.sh", "persist.py", "outputnames.py", "blobio.py"))
+                          for n in NODE_FILES)
     job = spec.job
     return Rendered(
         spec=spec, os=spec.os, flavor=flavor, fabric=fabric, command_line=app,

@@ -16,11 +16,11 @@ from hypothesis import given, strategies as st
 
 from mpibatch import conventions
 from mpibatch.conventions import TaskOutputStorage, job_container_name, prepare_output_storage
+from mpibatch.executors.azure.storage import PERSIST_PERMISSIONS
 from mpibatch.launchers import script_path
+from mpibatch.render import NODE_FILES
 from tests.infra.fixtures import Azurite, azurite  # noqa: F401
 from tests.test_fileconventions import sas_url
-
-SHIPPED = ("persist.py", "outputnames.py", "blobio.py")  # what render() ships to every node
 
 
 def test_the_shipped_node_scripts_are_what_render_ships() -> None:
@@ -28,7 +28,7 @@ def test_the_shipped_node_scripts_are_what_render_ships() -> None:
     from tests.test_render import FULL, make_spec
 
     paths = [f.path for f in render(make_spec(**FULL)).common_files]
-    for name in SHIPPED:
+    for name in NODE_FILES:  # what render() ships to every node, nothing else
         assert any(p.endswith("/" + name) for p in paths), name
 
 
@@ -39,7 +39,7 @@ def test_persist_on_a_node_and_the_client_agree_on_every_name(azurite: Azurite, 
     node = tmp_path / "node"
     launchers = node / "shared" / "launchers"
     launchers.mkdir(parents=True)
-    for name in SHIPPED:
+    for name in NODE_FILES:  # what render() ships to every node, nothing else
         shutil.copy(script_path(name), launchers / name)
     task_dir = node / "task"
     wd = task_dir / "wd"
@@ -51,7 +51,7 @@ def test_persist_on_a_node_and_the_client_agree_on_every_name(azurite: Azurite, 
     (wd / "results" / "outside").symlink_to("/etc/hostname")  # never followed
     (task_dir / "stdout.txt").write_bytes(b"out\n")
     (task_dir / "stderr.txt").write_bytes(b"")
-    env = {"PATH": os.environ["PATH"], "MPIBATCH_PERSIST_URL": sas_url(azurite, job_container_name(job), "cw"),
+    env = {"PATH": os.environ["PATH"], "MPIBATCH_PERSIST_URL": sas_url(azurite, job_container_name(job), PERSIST_PERMISSIONS),
            "AZ_BATCH_HOST_LIST": "10.0.0.4,10.0.0.5,10.0.0.6", "AZ_BATCH_MASTER_NODE": "10.0.0.4:6000",
            "PMI_RANK": "2"}
     outputs = [("TaskOutput", "results/**"), ("TaskLog", "*.log")]

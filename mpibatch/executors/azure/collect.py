@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import conventions
-from ...conventions import INSTANCE_INFO, LOG_FILES
+from ...conventions import INSTANCE_INFO, LIVE_LOGS, LOG_FILES
 from ...errors import InfraError, SpecError
 from ...render import PERSIST_URL_VAR
 from ...results import InstanceResult, TaskResult
@@ -83,7 +83,7 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
 
     if transfers is not None:
         planned = [b for i in by_index for kind, rel, b in per.get(i, [])
-                   if not (kind == "TaskLog" and rel in (*LOG_FILES, INSTANCE_INFO))]
+                   if not (kind == "TaskLog" and rel in (*LOG_FILES, *LIVE_LOGS, INSTANCE_INFO))]
         transfers.planned(len(planned), sum(b.size or 0 for b in planned))
 
     def fetch(into: Path, target: str, b: Any) -> str | None:
@@ -106,6 +106,8 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
         if persisted and i not in infos and (n > 1 or i == 0):
             missing.append(f"{task_id}/$TaskLog/{i}/{INSTANCE_INFO}: not in container {container} (the "
                            "node's persist step did not run or failed)")
+        if persisted and i > 0:
+            missing += unsaved_outputs(task_id, i, infos.get(i), _declared(task), _why(result))
         logs_from_blob = {rel: b for kind, rel, b in per.get(i, []) if kind == "TaskLog"}
         for name in LOG_FILES:
             if i == 0:
@@ -117,6 +119,10 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
             if problem and name in logs_from_blob:  # node gone or file cleaned up: the persisted copy
                 blob_problem = storage.download_blob(container, logs_from_blob[name], d / name)
                 problem = None if blob_problem is None else f"{problem}; persisted copy: {blob_problem}"
+            elif problem and f"live/{name}" in logs_from_blob:  # never persisted: what the tracker kept
+                blob_problem = storage.download_blob(container, logs_from_blob[f"live/{name}"], d / name)
+                problem = (f"{problem}; the live copy ({d / name}) may lack the end" if blob_problem is None
+                           else f"{problem}; live copy: {blob_problem}")
             if problem:
                 missing.append(f"instance {i} {name}: {problem}")
                 continue
@@ -126,7 +132,7 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
         files: list[str] = []
         downloads: list[tuple[str, Any]] = []
         for kind, rel, b in sorted(per.get(i, []), key=lambda x: x[1]):
-            if kind == "TaskLog" and rel in (*LOG_FILES, INSTANCE_INFO):
+            if kind == "TaskLog" and rel in (*LOG_FILES, *LIVE_LOGS, INSTANCE_INFO):
                 continue
             if not conventions.is_safe_relative(rel):
                 missing.append(f"{b.name}: unsafe name, not downloaded")
@@ -158,6 +164,48 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
     if missing:
         say("collecting", f"{len(missing)} item(s) could not be collected: see 'missing' in the result")
     return result
+
+
+def unsaved_outputs(task_id: str, i: int, info: dict[str, Any] | None, declared: list[tuple[str, str]],
+                    why: str) -> list[str]:
+    """Every declared output of subtask instance `i` that may not have reached storage, and why: the
+    node's persist step did not finish (no instance.json, or only the tracker's, which is not final)."""
+    if info is not None and info.get("final", True):
+        return []  # the persist step ran: what it could not send is checked by the caller
+    info = info or {}
+    saved = [p for p in (conventions.parse_task_blob(task_id, b) for b in info.get("files") or {})
+             if p is not None and p.instance == i]
+    out = []
+    for kind, pattern in [(str(k), str(p)) for k, p in info.get("declared") or declared]:
+        got = [p for p in saved if p.kind == kind and conventions.glob_match(p.path, pattern)]
+        if got:
+            out.append(f"instance {i} {kind} {pattern!r}: the node's persist step did not finish ({why}); "
+                       f"{len(got)} file(s) were saved while the task ran (last at {info.get('saved_at')}), "
+                       "later changes are lost")
+        else:
+            out.append(f"instance {i} {kind} {pattern!r}: not saved - the node's persist step did not finish ({why}) "
+                       "and no matching file was complete while the task ran")
+    return out
+
+
+def _declared(task: Any) -> list[tuple[str, str]]:
+    """(kind, pattern) of the task's declared outputs, read back from its Batch output files."""
+    out = []
+    for of in task.output_files or []:
+        dest = of.destination.container if of.destination else None
+        pattern = (of.file_pattern or "").replace("\\", "/")
+        named = conventions.parse_task_blob(task.id, f"{dest.path}/x") if dest and dest.path else None
+        if named and not (named.kind == "TaskLog" and pattern == "../std*.txt"):
+            out.append((named.kind, pattern))
+    return out
+
+
+def _why(result: TaskResult) -> str:
+    if result.timed_out:
+        return "the task hit its max wall clock time"
+    if result.failure is not None:
+        return result.failure.reason
+    return f"the program exited with code {result.exit_code}" if result.exit_code else "the task ended before it"
 
 
 def _fetch_subtask_file(batch: Batch, st: Any, pool_id: str | None, name: str, dest: Path) -> str | None:

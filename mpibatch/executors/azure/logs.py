@@ -1,9 +1,11 @@
 """One instance's stdout/stderr on Azure, read in byte ranges (``mpibatch logs``).
 
 Where a log is read from, in order:
-1. the tracked / persisted copy in the job's container, ``{taskId}/$TaskLog/{i}/{stream}.txt`` (names only
-   through ``mpibatch.conventions``), which outlives the node;
-2. the Batch file API: the primary's task file, or the subtask's file on its node under the
+1. the final copy in the job's container, ``{taskId}/$TaskLog/{i}/{stream}.txt`` (names only through
+   ``mpibatch.conventions``), which outlives the node;
+2. the live copy the node's tracker keeps while the task runs, ``{taskId}/$TaskLog/{i}/live/{stream}.txt``
+   (it lags the node by at most the tracking interval);
+3. the Batch file API: the primary's task file, or the subtask's file on its node under the
    ``node_info.task_root_directory`` the service reports (never built here). Reads use ``ocp-range``
    from the caller's offset, so following a running task downloads only what is new.
 
@@ -43,11 +45,16 @@ def read_log(batch: Batch, storage: Storage | None, job_id: str, task_id: str, i
 
 def _from_storage(storage: Storage | None, job_id: str, task_id: str, instance: int, name: str, offset: int,
                   limit: int) -> bytes | None:
-    """The tracked or persisted copy from `offset`; None when storage holds none (or is not configured)."""
+    """The final, else the live copy from `offset`; None when storage holds neither (or is not configured)."""
     if storage is None:
         return None
-    blob = conventions.instance_output_blob(task_id, "TaskLog", instance, name)
-    return storage.read_range(conventions.job_container_name(job_id), blob, offset, limit)
+    container = conventions.job_container_name(job_id)
+    for blob in (conventions.instance_output_blob(task_id, "TaskLog", instance, name),
+                 conventions.live_log_blob(task_id, instance, name)):
+        data = storage.read_range(container, blob, offset, limit)
+        if data is not None:
+            return data
+    return None
 
 
 def _from_batch(batch: Batch, storage: Storage | None, task: Any, job_id: str, task_id: str, instance: int, n: int,

@@ -44,7 +44,7 @@ DEFAULT_WALL_CLOCK = timedelta(days=1)  # when the task sets no max_wall_clock
 SAS_MARGIN = timedelta(days=1)  # queueing + node allocation + output upload after the wall clock
 MAX_USER_DELEGATION = timedelta(days=7)  # the service's limit on a user delegation key
 OUTPUT_PERMISSIONS = "acwl"  # add, create, write, list: what Batch output files need
-PERSIST_PERMISSIONS = "cw"  # create, write: the nodes can neither read nor list
+PERSIST_PERMISSIONS = "acw"  # add (append blocks), create, write: the nodes can neither read nor list
 _CHUNK = 4 * 1024 * 1024
 
 def file_md5(path: str | Path) -> bytes:
@@ -330,7 +330,7 @@ class Storage:
         return self.container_sas_url(container, OUTPUT_PERMISSIONS, expiry)
 
     def persist_container_url(self, container: str, expiry: datetime) -> str:
-        """Write-only container SAS (create, write) for the nodes' persist step."""
+        """Write-only container SAS (add, create, write) for the nodes' tracker and persist step."""
         return self.container_sas_url(container, PERSIST_PERMISSIONS, expiry)
 
     # ------------------------------------------------------------------ listing and downloads

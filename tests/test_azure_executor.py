@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from mpibatch.render import NODE_FILES
 from tests.infra.batch_emulator import BatchEmulator
 from tests.infra.fixtures import Azurite, mpi_env, require
 
@@ -495,5 +496,6 @@ def test_submit_many_chunks_by_count_and_size(store_only: BatchEmulator, azurite
     assert sum(r.tasks for r in colls) == 250
     assert all(r.tasks <= 100 and r.body_bytes < 1_000_000 and r.status == 200 for r in colls)
     assert max(r.tasks for r in colls) < 100  # the size limit, not the count, cut these chunks
-    # the inputs were uploaded once for all 250 tasks: the program and the four node-side scripts
-    assert len([b for b in container_blobs(azurite, job_id) if b.startswith("mpibatch/inputs/")]) == 5
+    # the inputs were uploaded once for all 250 tasks: the program and the node-side scripts
+    assert len([b for b in container_blobs(azurite, job_id) if b.startswith("mpibatch/inputs/")]) == \
+        1 + len(NODE_FILES)

@@ -20,7 +20,7 @@ from azure.batch import models as bm
 
 from mpibatch import conventions
 from mpibatch.payload import batch_job, batch_task, payload_json
-from mpibatch.render import LAUNCHER_DIR, PERSIST_URL_VAR, launcher_source, render
+from mpibatch.render import LAUNCHER_DIR, NODE_FILES, PERSIST_URL_VAR, launcher_source, render
 from mpibatch.spec import parse_spec
 
 HOSTS = "10.0.0.4,10.0.0.5,10.0.0.6"
@@ -76,10 +76,10 @@ def test_multi_instance_settings():
     assert mis["numberOfInstances"] == 4
     assert mis["coordinationCommandLine"] == r.coordination_command_line
     assert [f["filePath"] for f in mis["commonResourceFiles"]] == [
-        f"{LAUNCHER_DIR}/coordinate.sh", f"{LAUNCHER_DIR}/persist.py", f"{LAUNCHER_DIR}/outputnames.py",
-        f"{LAUNCHER_DIR}/blobio.py", "case.tar.gz", "mesh/m.dat"]
+        *(f"{LAUNCHER_DIR}/{n}" for n in NODE_FILES), "case.tar.gz", "mesh/m.dat"]
+    assert set(NODE_FILES) >= {"coordinate.sh", "persist.py", "track.py", "outputnames.py", "blobio.py"}
     urls = [f["httpUrl"] for f in mis["commonResourceFiles"]]
-    assert urls[5] == "https://example.org/mesh/m.dat"
+    assert urls[-1] == "https://example.org/mesh/m.dat"
     assert all(u.startswith("<upload at submit") for u in urls[:5])  # local: uploaded only at submit
     assert task["resourceFiles"] == [{"httpUrl": "https://example.org/x.dat", "filePath": "input/x.dat"}]
     assert task["commandLine"] == r.command_line and task["commandLine"].startswith("/bin/bash -c ")
@@ -121,7 +121,7 @@ def test_output_container_and_persist_url_are_filled_in_at_submit():
         {"https://acct.blob.core.windows.net/job-cfd-run-1?sig=w"}
     env = {e["name"]: e["value"] for e in task["environmentSettings"]}
     assert env[PERSIST_URL_VAR].endswith("sig=p")
-    assert task["multiInstanceSettings"]["commonResourceFiles"][4]["httpUrl"].endswith("/in/case.tar.gz")
+    assert task["multiInstanceSettings"]["commonResourceFiles"][len(NODE_FILES)]["httpUrl"].endswith("/in/case.tar.gz")
 
 
 _ISO = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
@@ -338,8 +338,12 @@ def test_exit_code_is_the_applications_even_after_the_persist_step(node):
     spec = make_spec(flavor="openmpi", outputs=["results/**"])
     proc, calls = run_app(node, spec, persist=True, STANDIN_RC="7")
     assert proc.returncode == 7
-    assert len(calls) == 2  # the application, then one persist process per node
-    persist = calls[1]["argv"]
+    # the tracker (in the background), the application, then one persist process per node
+    steps = {next((n for n in ("track.py", "persist.py") if any(a.endswith(n) for a in c["argv"])), "app"): c["argv"]
+             for c in calls}
+    assert len(calls) == 3 and set(steps) == {"track.py", "app", "persist.py"}
+    assert value_after(steps["track.py"], "-np") == "3" and steps["track.py"][-6:] == steps["persist.py"][-6:]
+    persist = steps["persist.py"]
     assert value_after(persist, "-np") == "3" and value_after(persist, "--host").endswith(":1")
     assert persist[-8:] == ["python3", f"{node.task_shared}/mpibatch/persist.py", "--task", "motorbike",
                             "--rank-vars", "OMPI_COMM_WORLD_RANK,PMIX_RANK", "--output", "TaskOutput=results/**"]

@@ -89,3 +89,101 @@ def test_a_timeout_keeps_the_subtask_outputs_saved_while_it_ran(standin: BatchEm
     assert "max wall clock" in missing
     info = json.loads(_blob(azurite, job_id, f"{task_id}/$TaskLog/1/instance.json") or b"{}")
     assert info["final"] is False and info["declared"] == [["TaskOutput", "result.dat"], ["TaskOutput", "never-*.dat"]]
+
+
+def _node_url(azurite: Azurite, job_id: str) -> str:
+    """A new job container, and the write-only SAS URL a node gets for it."""
+    from mpibatch.executors.azure.storage import PERSIST_PERMISSIONS
+    from tests.test_fileconventions import sas_url
+
+    container = job_container_name(job_id)
+    BlobServiceClient.from_connection_string(azurite.connection_string).create_container(container)
+    return sas_url(azurite, container, PERSIST_PERMISSIONS)
+
+
+def _node_client(azurite: Azurite, job_id: str):
+    from mpibatch.launchers.blobio import ContainerClient
+
+    return ContainerClient(_node_url(azurite, job_id))
+
+
+def test_the_tracker_saves_an_output_only_once_it_stopped_changing(azurite: Azurite, tmp_path: Path) -> None:
+    from mpibatch.launchers.track import OutputSaver
+
+    job_id = f"track-{time.monotonic_ns()}"
+    wd = tmp_path / "task" / "wd"
+    wd.mkdir(parents=True)
+    saver = OutputSaver(_node_client(azurite, job_id), "t", 1, str(wd), [("TaskOutput", "*.dat")], {"index": 1})
+    blob = instance_output_blob("t", "TaskOutput", 1, "a.dat")
+    (wd / "a.dat").write_bytes(b"v1")
+    assert saver.look() == 0 and _blob(azurite, job_id, blob) is None  # first seen: maybe still being written
+    assert saver.look() == 1 and _blob(azurite, job_id, blob) == b"v1"  # unchanged for a whole interval
+    assert saver.look() == 0  # unchanged since it was saved: not sent again
+    (wd / "a.dat").write_bytes(b"version 2")
+    assert saver.look() == 0 and _blob(azurite, job_id, blob) == b"v1"
+    assert saver.look() == 1 and _blob(azurite, job_id, blob) == b"version 2"
+    info = json.loads(_blob(azurite, job_id, "t/$TaskLog/1/instance.json") or b"{}")
+    assert info["final"] is False and list(info["files"]) == [blob] and info["files"][blob]["size"] == 9
+
+
+def test_a_live_log_gets_only_what_was_appended(azurite: Azurite, tmp_path: Path) -> None:
+    from mpibatch.launchers.track import AppendFollower
+
+    job_id = f"track-{time.monotonic_ns()}"
+    log = tmp_path / "stdout.txt"
+    follower = AppendFollower(_node_client(azurite, job_id), str(log), "t/$TaskLog/1/live/stdout.txt")
+    assert follower.flush() == 0 and _blob(azurite, job_id, follower.blob) is None  # no file: no blob yet
+    log.write_bytes(b"one\n")
+    assert follower.flush() == 4
+    with open(log, "ab") as f:
+        f.write(b"two\n")
+    assert follower.flush() == 4 and follower.flush() == 0
+    assert _blob(azurite, job_id, follower.blob) == b"one\ntwo\n"
+    log.write_bytes(b"ONE\ntwo\nthree\n")  # rewritten in place, then grown: only the new bytes are sent
+    assert follower.flush() == 6 and _blob(azurite, job_id, follower.blob) == b"one\ntwo\nthree\n"
+
+
+def test_the_persist_step_stops_the_tracker_and_skips_what_it_saved(azurite: Azurite, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from mpibatch.launchers import persist, track
+
+    from mpibatch.launchers.blobio import ContainerClient
+
+    job_id = f"track-{time.monotonic_ns()}"
+    url = _node_url(azurite, job_id)
+    client = ContainerClient(url)
+    task_dir = tmp_path / "task"
+    wd = task_dir / "wd"
+    wd.mkdir(parents=True)
+    (task_dir / "stdout.txt").write_bytes(b"out\n")
+    (wd / "early.dat").write_bytes(b"done early")
+    stop = threading.Event()
+    tracker = threading.Thread(target=track.run, args=(client, "t", 1, str(task_dir), str(wd),
+                                                      [("TaskOutput", "*.dat")], {"index": 1}),
+                               kwargs={"interval": 0.05, "stop": stop})
+    tracker.start()
+    early = instance_output_blob("t", "TaskOutput", 1, "early.dat")
+    props = BlobServiceClient.from_connection_string(azurite.connection_string).get_blob_client(
+        job_container_name(job_id), early)
+    deadline = time.monotonic() + 20
+    while _blob(azurite, job_id, early) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    tracker.join(20)
+    assert not tracker.is_alive() and (task_dir / track.STATE_FILE).exists()
+    saved_etag = props.get_blob_properties().etag
+    (wd / "late.dat").write_bytes(b"written last")
+
+    monkeypatch.chdir(wd)
+    monkeypatch.setenv("MPIBATCH_PERSIST_URL", url)
+    monkeypatch.setenv("AZ_BATCH_HOST_LIST", "10.0.0.4,10.0.0.5")
+    monkeypatch.setenv("AZ_BATCH_MASTER_NODE", "10.0.0.4:6000")
+    monkeypatch.setenv("PMI_RANK", "1")
+    assert persist.main(["--task", "t", "--output", "TaskOutput=*.dat"]) == 0
+    assert props.get_blob_properties().etag == saved_etag  # not sent again
+    assert _blob(azurite, job_id, instance_output_blob("t", "TaskOutput", 1, "late.dat")) == b"written last"
+    assert _blob(azurite, job_id, live_log_blob("t", 1, "stdout.txt")) == b"out\n"
+    info = json.loads(_blob(azurite, job_id, "t/$TaskLog/1/instance.json") or b"{}")
+    assert info["final"] is True and set(info["files"]) >= {early, instance_output_blob("t", "TaskOutput", 1, "late.dat")}

@@ -148,7 +148,6 @@ def test_the_persist_step_stops_the_tracker_and_skips_what_it_saved(azurite: Azu
     import threading
 
     from mpibatch.launchers import persist, track
-
     from mpibatch.launchers.blobio import ContainerClient
 
     job_id = f"track-{time.monotonic_ns()}"
@@ -186,4 +185,5 @@ def test_the_persist_step_stops_the_tracker_and_skips_what_it_saved(azurite: Azu
     assert _blob(azurite, job_id, instance_output_blob("t", "TaskOutput", 1, "late.dat")) == b"written last"
     assert _blob(azurite, job_id, live_log_blob("t", 1, "stdout.txt")) == b"out\n"
     info = json.loads(_blob(azurite, job_id, "t/$TaskLog/1/instance.json") or b"{}")
-    assert info["final"] is True and set(info["files"]) >= {early, instance_output_blob("t", "TaskOutput", 1, "late.dat")}
+    late = instance_output_blob("t", "TaskOutput", 1, "late.dat")
+    assert info["final"] is True and set(info["files"]) >= {early, late}

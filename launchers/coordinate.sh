@@ -52,6 +52,8 @@ quote() { local q="'\\''"; printf "'%s'" "${1//\'/$q}"; }
 mkdir -p "$(dirname "$rank_dir")"
 ln -sfn "$wd" "$rank_dir"
 printf 'AZ_BATCH_NODE_ID=%s\n' "$node" > "$wd/.mpibatch-node"
+# A retry starts afresh: no word of the last attempt's tracker and persist step (track.py).
+rm -f "$(dirname "$wd")/.mpibatch-persisting" "$(dirname "$wd")/.mpibatch-track.pid" "$(dirname "$wd")/.mpibatch-track.json"
 
 # 2. This node's environment for its ranks. Every rank starts through .mpibatch-rank, which sources
 #    it: with Open MPI (-x forwards the primary's values) and hydra alike, a rank sees its own node's.

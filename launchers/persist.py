@@ -32,7 +32,7 @@ try:  # as the package mpibatch.launchers (client side, tests)
         instance_output_blob,
         match_outputs,
     )
-    from .track import PID_FILE, STATE_FILE
+    from .track import PERSIST_MARK, PID_FILE, STATE_FILE
 except ImportError:  # as a script on the node: the modules are shipped beside it
     from blobio import BlobError, ContainerClient, b64  # type: ignore[no-redef]
     from outputnames import (  # type: ignore[no-redef]
@@ -43,7 +43,7 @@ except ImportError:  # as a script on the node: the modules are shipped beside i
         instance_output_blob,
         match_outputs,
     )
-    from track import PID_FILE, STATE_FILE  # type: ignore[no-redef]
+    from track import PERSIST_MARK, PID_FILE, STATE_FILE  # type: ignore[no-redef]
 
 # Where the rank number is, when the command line does not say (--rank-vars, from the flavour).
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
@@ -88,6 +88,8 @@ def whoami(rank_vars_arg: str) -> tuple[int, dict, str, str]:
 
 def stop_tracker(task_dir: str, timeout: float = 60) -> dict:
     """End this node's tracker (it sends its last log bytes) and return what it had saved."""
+    with open(os.path.join(task_dir, PERSIST_MARK), "w"):
+        pass  # a tracker that starts from now on ends by itself
     try:
         with open(os.path.join(task_dir, PID_FILE)) as f:
             pid = int(f.read().strip())

@@ -37,6 +37,7 @@ except ImportError:  # as a script on the node: the modules are shipped beside i
     )
 
 PID_FILE = ".mpibatch-track.pid"  # in the instance's task directory: how persist.py finds the tracker
+PERSIST_MARK = ".mpibatch-persisting"  # written by persist.py before it looks for the tracker
 STATE_FILE = ".mpibatch-track.json"  # what the tracker saved, so the persist step skips unchanged files
 LOG_INTERVAL = 15.0  # seconds between log refreshes (the .NET library's default for tracked files is 1 min)
 INTERVAL_VAR = "MPIBATCH_TRACK_INTERVAL"  # a task environment setting that changes it
@@ -229,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(f"{pid_file}.tmp", "w") as f:
         f.write(str(os.getpid()))
     os.replace(f"{pid_file}.tmp", pid_file)
+    # Started after the persist step looked for us (a program that ended at once): one flush, then end.
+    # Each side writes its file before reading the other's, so at least one of them sees the other.
+    if os.path.exists(os.path.join(task_dir, PERSIST_MARK)):
+        stop.set()
     try:
         outputs = [(k, p) for k, _, p in (o.partition("=") for o in args.output)]
         return run(ContainerClient(url), args.task, index, task_dir, wd, outputs, identity,

@@ -168,9 +168,10 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
     script = (f"{node_env_line()}\n"
               f"if {persisting}; then {node_step('track.py')} < /dev/null > /dev/null & track=$!; fi\n"
               f"{app}; rc=$?\n"
-              f"if {persisting}; then {node_step('persist.py')}"
-              " || echo 'mpibatch: persisting subtask outputs failed' >&2\n"
-              '  kill "$track" 2> /dev/null; wait "$track"\n'
+              f"if {persisting}; then\n"
+              f"  {node_step('persist.py')}"
+              " || { echo 'mpibatch: persisting subtask outputs failed' >&2; kill \"$track\" 2> /dev/null; }\n"
+              '  wait "$track"  # each tracker ends once its node\'s persist step began\n'
               "fi\n"
               "exit $rc")
     names = dict.fromkeys(f.path.split("/")[0] for f in t.common_files)  # top-level entries, in order

@@ -9,9 +9,10 @@ File Conventions API (``mpibatch.fileconventions``) uses the same code, so there
   ``2 * workers * block_size`` (64 MiB by default), whatever the file size and however many files are in
   flight. A file that shrinks, grows or vanishes while it is read is an error naming the file; nothing is
   committed for it.
-* Downloads: ranges of ``range_size``, ``workers`` in flight, written in order (MD5 computed as written) to
-  ``.<name>.part`` and renamed only when size and MD5 match what storage says. A destination that is
-  already there with that size and MD5 is kept (a rerun skips verified files).
+* Downloads (``launchers/blobdownload.py``): ranges of ``range_size`` from every file in flight, ``workers``
+  at once, into ``.<name>.part``, MD5 computed in order as they arrive, renamed only when size and MD5 match
+  what storage says. A destination that is already there with that size and MD5 is kept (a rerun skips
+  verified files).
 * Append blobs (tracked logs): create, then Append Block with the expected append position, so a retried
   append never doubles bytes.
 
@@ -20,7 +21,6 @@ REST reference: https://learn.microsoft.com/rest/api/storageservices/blob-servic
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import http.client
 import io
@@ -30,13 +30,13 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 API_VERSION = "2021-08-06"
 BLOCK_SIZE = 8 * 1024 * 1024
-RANGE_SIZE = 4 * 1024 * 1024  # per ranged GET: a response is held twice while read (http.client joins chunks)
+RANGE_SIZE = 8 * 1024 * 1024  # per ranged GET, read into a reused buffer (launchers/blobdownload.py)
 WORKERS = 4
 MAX_BLOCKS = 50_000  # blocks per block blob (service limit)
 MAX_APPEND_BLOCK = 4 * 1024 * 1024  # bytes per Append Block (service limit)
@@ -121,8 +121,9 @@ class ContainerClient:
 
     def request(self, method: str, blob: str = "", *, query: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None, body: bytes | memoryview = b"",
-                ok: tuple[int, ...] = (200, 201)) -> tuple[int, dict[str, str], bytes]:
-        """Send one request; retry 5xx / 429 / timeouts / dropped connections with backoff."""
+                ok: tuple[int, ...] = (200, 201), into: memoryview | None = None) -> tuple[int, dict[str, str], bytes]:
+        """Send one request; retry 5xx / 429 / timeouts / dropped connections with backoff. With `into`, a
+        successful answer's body is read straight into it and must fill it exactly (the returned body is empty)."""
         target = self.url(blob, query)
         what = f"{method} {blob or self.name}"
         for attempt in range(self.retries + 1):
@@ -133,9 +134,9 @@ class ContainerClient:
                 conn = self._conn()
                 conn.request(method, target, body=body, headers=hdrs)
                 resp = conn.getresponse()
-                data = resp.read()
-                rheaders = {k.lower(): v for k, v in resp.getheaders()}
                 status = resp.status
+                data = _read_into(resp, into, what) if into is not None and status in ok else resp.read()
+                rheaders = {k.lower(): v for k, v in resp.getheaders()}
             except (OSError, http.client.HTTPException) as e:  # timeouts, resets, refused
                 self._drop_conn()
                 if attempt == self.retries:
@@ -295,67 +296,29 @@ class ContainerClient:
                                   ok=(200, 206))
         return data
 
+    def read_range_into(self, blob: str, start: int, view: memoryview) -> None:
+        """Fill `view` with the bytes of `blob` from `start` (no allocation per range: see blobdownload)."""
+        self.request("GET", blob, headers={"x-ms-range": f"bytes={start}-{start + len(view) - 1}"},
+                     ok=(200, 206), into=view)
+
     def download_to(self, info: BlobInfo, dest: str, *, on_bytes: Callable[[int], None] | None = None) -> str:
         """Download a listed blob to `dest`, verified; returns "downloaded" or "kept" (already there and
         verified). Raises BlobError (size or MD5 mismatch included) and OSError; no partial `dest` ever."""
-        if os.path.isfile(dest) and not os.path.islink(dest) and os.path.getsize(dest) == info.size \
-                and (info.md5 is None or file_md5(dest) == info.md5):
-            if on_bytes:
-                on_bytes(info.size)
-            return "kept"
-        os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-        part = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.part")
-        h = hashlib.md5()
-        written = 0
+        outcome = self.download_many([(info, dest)], on_bytes=on_bytes)[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def download_many(self, items: Iterable[tuple[BlobInfo, str]], *, on_bytes: Callable[[int], None] | None = None,
+                      on_done: Callable[[BlobInfo, str | BaseException], None] | None = None
+                      ) -> list[str | BaseException]:
+        """Download every (blob, destination) at once, each verified (launchers/blobdownload.py): one outcome
+        per item, "downloaded", "kept" or the exception that stopped it; one failure does not stop the rest."""
         try:
-            with open(part, "wb") as out, ThreadPoolExecutor(max_workers=self.workers) as pool:
-                window: list[Future[bytes]] = []
-                starts = iter(range(0, info.size, self.range_size))
-                try:
-                    for start in starts:
-                        # Never wait for a slot while holding ranges that could be written: two downloads
-                        # that each hold slots must not wait on each other.
-                        while not self._slots.acquire(blocking=False):
-                            if not window:
-                                self._slots.acquire()
-                                break
-                            written += self._write_next(out, h, window, on_bytes)
-                        window.append(pool.submit(self.read_range, info.name, start,
-                                                  min(self.range_size, info.size - start)))
-                        if len(window) >= self.workers * 2:
-                            written += self._write_next(out, h, window, on_bytes)
-                    while window:
-                        written += self._write_next(out, h, window, on_bytes)
-                finally:
-                    for fu in window:  # after an error: wait for the ranges in flight, free their slots
-                        fu.exception()
-                        self._slots.release()
-            if written != info.size:
-                raise BlobError(f"{info.name}: size mismatch: got {written} bytes, storage says {info.size}")
-            if info.md5 is not None and h.digest() != info.md5:
-                raise BlobError(f"{info.name}: MD5 mismatch: got {b64(h.digest())}, storage says {b64(info.md5)}")
-            os.replace(part, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(part)
-            raise
-        return "downloaded"
-
-    def _write_next(self, out: BinaryIO, h: hashlib._Hash, window: list[Future[bytes]],
-                    on_bytes: Callable[[int], None] | None) -> int:
-        """Write the oldest range in flight (ranges are written in order, so MD5 is computed on the way)."""
-        fu = window.pop(0)
-        try:
-            data = fu.result()
-        finally:
-            self._slots.release()
-        out.write(data)
-        h.update(data)
-        if on_bytes:
-            on_bytes(len(data))
-        return len(data)
-
-
+            from .blobdownload import download_many
+        except ImportError:  # run as a script beside blobdownload.py
+            from blobdownload import download_many  # type: ignore[no-redef]
+        return download_many(self, items, on_bytes=on_bytes, on_done=on_done)
 
 
 def _read_exactly(f: io.BufferedIOBase, buf: bytearray, n: int, path: str) -> memoryview:
@@ -368,6 +331,20 @@ def _read_exactly(f: io.BufferedIOBase, buf: bytearray, n: int, path: str) -> me
             raise BlobError(f"{path}: the file shrank while it was uploaded (expected {n - got} more bytes, got 0)")
         got += k
     return view
+
+
+def _read_into(resp: http.client.HTTPResponse, view: memoryview, what: str) -> bytes:
+    """Read a response body of exactly len(view) bytes into `view`."""
+    if resp.length is not None and resp.length != len(view):
+        resp.read()
+        raise BlobError(f"{what}: the answer holds {resp.length} bytes, not the {len(view)} asked for")
+    got = 0
+    while got < len(view):
+        k = resp.readinto(view[got:])
+        if not k:
+            raise http.client.IncompleteRead(b"", len(view) - got)  # retried as a dropped connection
+        got += k
+    return b""
 
 
 def _check_unchanged(f: io.BufferedIOBase, path: str, size: int) -> None:

@@ -31,7 +31,8 @@ from .launchers.track import AppendFollower
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobOutputStorage", "StoredOutput", "TaskOutputStorage", "TrackedFile", "prepare_output_storage"]
+__all__ = ["JobOutputStorage", "StoredOutput", "TaskOutputStorage", "TrackedFile", "download_outputs",
+           "prepare_output_storage"]
 
 CLIENT_SAS_LIFETIME = timedelta(hours=12)  # a SAS this library signs for itself from an account key
 _STORAGE_SCOPE = "https://storage.azure.com/.default"
@@ -144,6 +145,38 @@ class StoredOutput:
                                             on_bytes=on_bytes)
         except BlobError as e:
             raise InfraError(f"downloading {self.blob_name}: {e}") from None
+
+
+def download_outputs(outputs: list[StoredOutput], dests: list[str | os.PathLike[str]], *,
+                     on_bytes: Callable[[int], None] | None = None,
+                     on_done: Callable[[StoredOutput, str | InfraError], None] | None = None) -> list[str | InfraError]:
+    """Download many outputs at once (ranges from every file in flight, one pool of connections per
+    storage), each verified and renamed into place as ``StoredOutput.download_to`` does. One outcome per
+    output, in order: "downloaded", "kept", or the InfraError that stopped it (the others still go)."""
+    if len(outputs) != len(dests):
+        raise ValueError("one destination per output")
+    outcomes: list[str | InfraError] = ["" for _ in outputs]
+    by_client: dict[int, list[int]] = {}
+    for i, o in enumerate(outputs):
+        by_client.setdefault(id(o._client), []).append(i)
+    for indexes in by_client.values():
+        by_name = {outputs[i].blob_name: outputs[i] for i in indexes}
+        report = None if on_done is None else (
+            lambda info, r, by_name=by_name: on_done(by_name[info.name], _outcome(info.name, r)))
+        got = outputs[indexes[0]]._client.download_many(
+            [(BlobInfo(outputs[i].blob_name, outputs[i].size, outputs[i].md5), os.fspath(dests[i])) for i in indexes],
+            on_bytes=on_bytes, on_done=report)
+        for i, r in zip(indexes, got):
+            outcomes[i] = _outcome(outputs[i].blob_name, r)
+    return outcomes
+
+
+def _outcome(blob: str, r: str | BaseException) -> str | InfraError:
+    if isinstance(r, str):
+        return r
+    if isinstance(r, BlobError | OSError):
+        return InfraError(f"downloading {blob}: {r}")
+    raise r
 
 
 class _OutputStorage:

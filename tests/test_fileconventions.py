@@ -3,6 +3,7 @@ memory, blocks, tracked append blobs, and the faults a node meets (no write perm
 throttling, files that change while uploading)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -18,6 +19,7 @@ from azure.storage.blob import BlobServiceClient, generate_container_sas
 from mpibatch.conventions import (JobOutputStorage, TaskOutputStorage, job_container_name,
                                   prepare_output_storage)
 from mpibatch.errors import InfraError, SpecError
+from mpibatch.fileconventions import download_outputs
 from mpibatch.launchers.blobio import BlobError, ContainerClient
 from tests.infra.fixtures import Azurite, azurite  # noqa: F401
 from tests.storage_proxy import StorageProxy
@@ -204,3 +206,32 @@ def test_an_interrupted_download_leaves_no_part_and_a_rerun_finishes(azurite: Az
     assert list(dest.parent.iterdir()) == []
     assert out.download_to(dest) == "downloaded" and dest.read_bytes() == src.read_bytes()
     assert out.download_to(dest) == "kept"
+
+
+def test_many_downloads_share_ranges_and_one_bad_file_stops_only_itself(azurite: Azurite, tmp_path: Path) -> None:
+    """download_outputs: files of several ranges, an empty one and a small one come back byte for byte through
+    one pool; an output whose MD5 does not match what storage holds fails alone, leaving no `.part`."""
+    job = "manyjob"
+    prepare_output_storage(job, connection_string=azurite.connection_string)
+    storage = TaskOutputStorage(job, "t", connection_string=azurite.connection_string, workers=3,
+                                range_size=1 << 20)
+    sizes = {"a.bin": (7 << 19) + 5, "b.bin": 3 << 20, "empty.bin": 0, "small.bin": 100, "c/d.bin": (5 << 20) - 1}
+    for name, size in sizes.items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(os.urandom(size))
+        storage.save("TaskOutput", str(tmp_path / "src" / name), destination=name)
+    found = sorted(storage.list_outputs("TaskOutput"), key=lambda o: o.path)
+    bad = dataclasses.replace(next(o for o in found if o.path == "b.bin"), md5=hashlib.md5(b"other").digest())
+    outputs = [bad if o.path == "b.bin" else o for o in found]
+    moved, finished = [0], []
+    outcomes = download_outputs(outputs, [tmp_path / "back" / o.path for o in outputs],
+                                on_bytes=lambda n: moved.__setitem__(0, moved[0] + n),
+                                on_done=lambda o, r: finished.append(o.path))
+    by_path = dict(zip((o.path for o in outputs), outcomes))
+    assert isinstance(by_path.pop("b.bin"), InfraError)
+    assert by_path == {name: "downloaded" for name in sizes if name != "b.bin"}
+    for name in by_path:
+        assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "src" / name).read_bytes()
+    assert sorted(finished) == sorted(sizes)
+    assert moved[0] >= sum(sizes.values()) - sizes["b.bin"]
+    assert sorted(p.name for p in (tmp_path / "back").rglob("*")) == ["a.bin", "c", "d.bin", "empty.bin", "small.bin"]

@@ -7,20 +7,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..conventions import is_safe_relative
-from ..errors import InfraError, SpecError
-from ..fileconventions import JobOutputStorage, StoredOutput, TaskOutputStorage
-from ..transfers import Transfers
+from ..errors import SpecError
+from ..fileconventions import JobOutputStorage, TaskOutputStorage, download_outputs
 from .common import EXIT_INFRA, EXIT_OK, echo_json, output_option, report_errors
 from .transfer_progress import transfer_progress
-
-FILES_IN_FLIGHT = 4
 
 
 def storage_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -89,27 +85,24 @@ def get_outputs(job_id: str, task_id: str, kind: str | None, to: Path | None, ou
     dest = to or Path("mpibatch-outputs") / job_id / task_id
     found = _storage(job_id, task_id).list_outputs(kind)
     results: dict[str, str] = {}
-
-    def one(o: StoredOutput, bar: Transfers | None) -> tuple[str, str]:
-        try:
-            if not is_safe_relative(o.path):
-                return o.blob_name, "unsafe name, not downloaded"
-            return o.blob_name, o.download_to(dest / f"${o.kind}" / o.path, on_bytes=bar.moved if bar else None)
-        except (InfraError, OSError) as e:
-            return o.blob_name, f"failed: {e}"
-        finally:
-            if bar is not None:
-                bar.file_done()
-
+    todo = []
+    for o in found:
+        if is_safe_relative(o.path):
+            todo.append(o)
+        else:
+            results[o.blob_name] = "unsafe name, not downloaded"
     try:
-        with transfer_progress("outputs", output) as bar, ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
+        with transfer_progress("outputs", output) as bar:
             if bar is not None:
-                bar.planned(len(found), sum(o.size for o in found))
-            for blob, outcome in pool.map(lambda o: one(o, bar), found):
-                results[blob] = outcome
+                bar.planned(len(todo), sum(o.size for o in todo))
+            outcomes = download_outputs(todo, [dest / f"${o.kind}" / o.path for o in todo],
+                                        on_bytes=bar.moved if bar else None,
+                                        on_done=(lambda _o, _r: bar.file_done()) if bar else None)
     except KeyboardInterrupt:
         click.echo(f"interrupted: no partial file was left; rerun the same command to resume into {dest}", err=True)
         sys.exit(130)
+    for o, outcome in zip(todo, outcomes):
+        results[o.blob_name] = outcome if isinstance(outcome, str) else f"failed: {outcome}"
     failed = {b: r for b, r in results.items() if r not in ("downloaded", "kept")}
     if output == "json":
         echo_json({"dir": str(dest), "files": results, "failed": sorted(failed)})

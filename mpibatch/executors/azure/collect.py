@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from .storage import Storage, write_chunks
 from .watch import instance_count, map_subtasks, task_result
 
 Say = Callable[[str, str], None]
-FILES_IN_FLIGHT = 4  # blobs downloaded at once (each in ranges; memory bounded by the reader's slots)
 
 
 def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir: Path, say: Say, *,
@@ -86,14 +84,8 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
                    if not (kind == "TaskLog" and rel in (*LOG_FILES, *LIVE_LOGS, INSTANCE_INFO))]
         transfers.planned(len(planned), sum(b.size or 0 for b in planned))
 
-    def fetch(into: Path, target: str, b: Any) -> str | None:
-        try:
-            return storage.download_blob(container, b, into / target,
-                                         on_bytes=transfers.moved if transfers else None)
-        finally:
-            if transfers is not None:
-                transfers.file_done()
-
+    # Outputs of every instance, downloaded together at the end: (instance's files, target, blob, dir).
+    downloads: list[tuple[list[str], str, Any, Path]] = []
     for r in result.instances:
         i = r.index
         d = out / str(i)
@@ -130,7 +122,6 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
             setattr(r, f"{name[:6]}_path", str(d / name))
         # Outputs (every kind but the logs handled above) and anything else the node persisted.
         files: list[str] = []
-        downloads: list[tuple[str, Any]] = []
         for kind, rel, b in sorted(per.get(i, []), key=lambda x: x[1]):
             if kind == "TaskLog" and rel in (*LOG_FILES, *LIVE_LOGS, INSTANCE_INFO):
                 continue
@@ -144,17 +135,18 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
             if target in files:
                 target = f"${kind}/{rel}"
             files.append(target)
-            downloads.append((target, b))
-        with ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
-            problems = list(pool.map(lambda tb, into=d: fetch(into, *tb), downloads))
-        for (target, b), problem in zip(downloads, problems):
-            if problem:
-                missing.append(f"{b.name}: {problem}")
-                files.remove(target)
+            downloads.append((files, target, b, d))
         for blob_name in (info.get("files") or {}):
             if blob_name not in names:
                 missing.append(f"{blob_name}: uploaded by the node's persist step but not in container {container}")
         r.files = files
+    problems = storage.download_blobs(container, [(b, into / target) for _, target, b, into in downloads],
+                                      on_bytes=transfers.moved if transfers else None,
+                                      on_done=transfers.file_done if transfers else None)
+    for (files, target, b, _), problem in zip(downloads, problems):
+        if problem:
+            missing.append(f"{b.name}: {problem}")
+            files.remove(target)
     if result.instances:  # after every instance: a single-file output may come from a subtask only
         p0 = result.instances[0]
         _primary_named_outputs(storage, task, result, container, blobs, Path(p0.output_dir or out / "0"), p0.files,

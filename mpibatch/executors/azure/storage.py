@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -384,12 +384,27 @@ class Storage:
         """Download one listed blob (a BlobProperties) to `dest`: ranges in parallel, size and MD5 verified,
         through ``.<name>.part``; a `dest` already there and verified is kept. None when good, else why not.
         `on_bytes(n)`: n more bytes received (or kept)."""
-        md5 = blob.content_settings.content_md5 if blob.content_settings else None
-        info = BlobInfo(blob.name, blob.size or 0, bytes(md5) if md5 else None)
-        try:
-            self._reader(container).download_to(info, str(dest), on_bytes=on_bytes)
-        except BlobError as e:
-            return "vanished while downloading" if e.status == 404 else redact(str(e), self._key)
-        except OSError as e:
-            return f"cannot write {dest}: {e.strerror or e}"
+        return self.download_blobs(container, [(blob, dest)], on_bytes=on_bytes)[0]
+
+    def download_blobs(self, container: str, items: Sequence[tuple[Any, Path]], *,
+                       on_bytes: Callable[[int], None] | None = None,
+                       on_done: Callable[[], None] | None = None) -> list[str | None]:
+        """`download_blob` for many (blob, dest) at once, with ranges from every file in flight
+        (launchers/blobdownload.py); one problem (None when good) per item, in order. `on_done()`: one more
+        file finished, good or not."""
+        infos = []
+        for blob, dest in items:
+            md5 = blob.content_settings.content_md5 if blob.content_settings else None
+            infos.append((BlobInfo(blob.name, blob.size or 0, bytes(md5) if md5 else None), str(dest)))
+        outcomes = self._reader(container).download_many(
+            infos, on_bytes=on_bytes, on_done=None if on_done is None else lambda _info, _r: on_done())
+        return [self._problem(r, dest) for r, (_, dest) in zip(outcomes, items)]
+
+    def _problem(self, outcome: str | BaseException, dest: Path) -> str | None:
+        if isinstance(outcome, BlobError):
+            return "vanished while downloading" if outcome.status == 404 else redact(str(outcome), self._key)
+        if isinstance(outcome, OSError):
+            return f"cannot write {dest}: {outcome.strerror or outcome}"
+        if isinstance(outcome, BaseException):
+            raise outcome
         return None

@@ -7,9 +7,10 @@ Per node: one big file and many 1 MiB files. mpibatch's side runs the node-side 
 ``download_blob(max_concurrency=8).readinto``. Storage is a real Azurite on this machine (loopback). Wall time
 of each phase and the peak RSS of the largest process are reported side by side.
 
-Peak RSS is each process's own VmHWM, read by a small wrapper when the process exits: ru_maxrss from wait4
-is not enough, because exec keeps the high-water mark of the address space it replaces, and Python's
-subprocess forks with vfork, so every child's ru_maxrss is at least this benchmark's own peak.
+Peak RSS is each process's own VmHWM, read by a small wrapper when the process exits. ru_maxrss from wait4
+is not enough: exec keeps the high-water mark of the address space it replaces (after fork, a copy of the
+parent's; after the vfork Python's subprocess uses, the parent's own), so a child's ru_maxrss is at least the
+benchmark's own peak (measured: a parent holding 400 MiB gives `python -c pass` an ru_maxrss of 413 MiB).
 To fit the full size on one disk, every node's files are hard links to one set of source files, and each
 side's blobs and downloaded copy are deleted once measured (after the downloaded copy is checked: every file
 there, each of the right size).
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._results import write_section  # noqa: E402
-from tests.infra.fixtures import azurite_missing, start_azurite  # noqa: E402
+from tests.infra.fixtures import Azurite, azurite_missing, start_azurite  # noqa: E402
 
 SDK_UPLOAD = """
 import sys, os
@@ -92,9 +93,9 @@ def run_all(cmds: list[tuple[list[str], dict[str, str], Path]], hwm: Path) -> tu
     t0 = time.monotonic()
     procs = [subprocess.Popen([sys.executable, "-c", MEASURED, str(f), *argv], env=env, cwd=cwd,
                               stdout=subprocess.DEVNULL) for (argv, env, cwd), f in zip(cmds, files)]
-    for p in procs:
+    for p, (argv, _, _) in zip(procs, cmds):
         if p.wait() != 0:
-            raise SystemExit(f"{p.args[4:7]} exited with {p.returncode}")
+            raise SystemExit(f"{argv[:3]} exited with {p.returncode}")
     wall = time.monotonic() - t0
     return wall, max(int(f.read_text()) for f in files) / 1024
 
@@ -138,6 +139,17 @@ def make_nodes(work: Path, nodes: int, big_mib: int, small: int) -> list[Path]:
     return wds
 
 
+def container_url(az: Azurite, name: str) -> str:
+    """Create container `name` in `az`; its URL with a SAS (read, add, create, write, list)."""
+    from azure.storage.blob import BlobServiceClient, generate_container_sas
+
+    BlobServiceClient.from_connection_string(az.connection_string).create_container(name)
+    now = datetime.now(timezone.utc)
+    sas = generate_container_sas(az.account, name, account_key=az.key, permission="racwl",
+                                 start=now - timedelta(minutes=5), expiry=now + timedelta(hours=6))
+    return f"{az.blob_endpoint}/{name}?{sas}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=3)
@@ -147,64 +159,63 @@ def main() -> None:
     args = ap.parse_args()
     if azurite_missing():
         raise SystemExit("; ".join(azurite_missing()))
-    from azure.storage.blob import BlobServiceClient, generate_container_sas
-
     work = Path(tempfile.mkdtemp(prefix="mpibatch-bench-outputs-"))
-    (work / "azurite").mkdir()
-    az, proc = start_azurite(work / "azurite")
     try:
-        service = BlobServiceClient.from_connection_string(az.connection_string)
-        now = datetime.now(timezone.utc)
-
-        def container_url(name: str) -> str:
-            service.create_container(name)
-            sas = generate_container_sas(az.account, name, account_key=az.key, permission="racwdl",
-                                         start=now - timedelta(minutes=5), expiry=now + timedelta(hours=6))
-            return f"{az.blob_endpoint}/{name}?{sas}"
-
         wds = make_nodes(work, args.nodes, args.big_mib, args.small)
         hosts = ",".join(f"10.0.0.{i + 4}" for i in range(args.nodes + 1))
         base = {k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}
         hwm = work / "hwm"
+        prefix_of = {wd: f"{n}/" for n, wd in enumerate(wds, start=1)}
         rows = []
 
-        url = container_url("job-bench")
-        persist = [(measured("", str(REPO / "launchers" / "persist.py"), "--task", "t",
-                             "--output", "TaskOutput=**"),
-                    {**base, "MPIBATCH_PERSIST_URL": url, "AZ_BATCH_HOST_LIST": hosts,
-                     "AZ_BATCH_MASTER_NODE": "10.0.0.4:6000", "PMI_RANK": str(n)}, wd)
-                   for n, wd in enumerate(wds, start=1)]
-        rows.append(("mpibatch persist.py", "upload", *run_all(persist, hwm)))
-        got = work / "got-mpibatch"
-        env = {**base, "AZURE_STORAGE_CONNECTION_STRING": az.connection_string}
-        rows.append(("mpibatch outputs get", "download",
-                     *run_all([(measured("-m", "mpibatch.cli", "outputs", "get", "bench", "t", "--to",
-                                         str(got)), env, REPO)], hwm)))
-        check_copy(got / "$TaskOutput", wds, {wd: f"{n}/" for n, wd in enumerate(wds, start=1)})
-        shutil.rmtree(got)
-        service.delete_container("job-bench")  # frees Azurite's copy before the SDK's side uploads
+        def persist(url: str) -> list[tuple[list[str], dict[str, str], Path]]:
+            return [(measured("", str(REPO / "launchers" / "persist.py"), "--task", "t", "--output", "TaskOutput=**"),
+                     {**base, "MPIBATCH_PERSIST_URL": url, "AZ_BATCH_HOST_LIST": hosts,
+                      "AZ_BATCH_MASTER_NODE": "10.0.0.4:6000", "PMI_RANK": str(n)}, wd)
+                    for n, wd in enumerate(wds, start=1)]
 
-        url = container_url("sdk-bench")
-        sdk_up = [(measured("-c", SDK_UPLOAD, url, str(wd), f"sdk/{n}/"), base, REPO)
-                  for n, wd in enumerate(wds, start=1)]
-        rows.append(("azure-storage-blob upload_blob(max_concurrency=8)", "upload", *run_all(sdk_up, hwm)))
-        got = work / "got-sdk"
-        sdk_down = [(measured("-c", SDK_DOWNLOAD, url, str(got), "sdk/"), base, REPO)]
-        rows.append(("azure-storage-blob download_blob(max_concurrency=8)", "download", *run_all(sdk_down, hwm)))
-        check_copy(got, wds, {wd: f"{n}/" for n, wd in enumerate(wds, start=1)})
-        shutil.rmtree(got)
-        service.delete_container("sdk-bench")
+        def outputs_get(az: Azurite, url: str, got: Path) -> tuple[list[str], dict[str, str], Path]:
+            return (measured("-m", "mpibatch.cli", "outputs", "get", "bench", "t", "--to", str(got)),
+                    {**base, "AZURE_STORAGE_CONNECTION_STRING": az.connection_string}, REPO)
+
+        def sdk_up(url: str) -> list[tuple[list[str], dict[str, str], Path]]:
+            return [(measured("-c", SDK_UPLOAD, url, str(wd), prefix_of[wd]), base, REPO) for wd in wds]
+
+        def sdk_down(az: Azurite, url: str, got: Path) -> tuple[list[str], dict[str, str], Path]:
+            return measured("-c", SDK_DOWNLOAD, url, str(got), ""), base, REPO
+
+        for side, up, down, copy in (("mpibatch", persist, outputs_get, "$TaskOutput"),
+                                     ("sdk", sdk_up, sdk_down, "")):
+            # A fresh Azurite per side: the same empty store for both, and its disk freed once measured.
+            (work / "azurite").mkdir()
+            az, proc = start_azurite(work / "azurite")
+            try:
+                url = container_url(az, "job-bench")
+                got = work / f"got-{side}"
+                os.sync()  # the previous phase's writes are on disk before this one is timed
+                rows.append((side, "upload", *run_all(up(url), hwm)))
+                os.sync()
+                rows.append((side, "download", *run_all([down(az, url, got)], hwm)))
+                check_copy(got / copy, wds, prefix_of)
+                shutil.rmtree(got)
+            finally:
+                proc.stop()
+                shutil.rmtree(work / "azurite")
     finally:
-        proc.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     total_mib = args.nodes * (args.big_mib + args.small)
     lines = [f"{args.nodes} nodes, each one {args.big_mib} MiB file and {args.small} files of 1 MiB "
              f"({total_mib:,} MiB in all), Azurite on loopback, {os.cpu_count()} cores; uploads from every node at "
-             "once, downloads by one client. Peak RSS: the largest process's own VmHWM, read as it exits. "
+             "once, downloads by one client; a fresh Azurite for each side. Peak RSS: the largest process's own VmHWM, "
+             "read as it exits. "
              "Downloaded copies checked (every file, its size) outside the timed part.", "",
              "| side | phase | wall s | MiB/s | peak RSS MiB |", "|---|---|---|---|---|"]
-    for side, phase, wall, peak in rows:
+    names = {("mpibatch", "upload"): "mpibatch persist.py", ("mpibatch", "download"): "mpibatch outputs get",
+             ("sdk", "upload"): "azure-storage-blob upload_blob(max_concurrency=8)",
+             ("sdk", "download"): "azure-storage-blob download_blob(max_concurrency=8)"}
+    for side, phase, wall, peak in sorted(rows, key=lambda r: (r[1] == "download", r[0] == "sdk")):
+        side = names[side, phase]
         lines.append(f"| {side} | {phase} | {wall:.1f} | {total_mib / wall:.0f} | {peak:.0f} |")
     lines += ["", f"`python benchmarks/outputs_transfer.py --nodes {args.nodes} --big-mib {args.big_mib} "
               f"--small {args.small}`"]

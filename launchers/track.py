@@ -110,7 +110,10 @@ class OutputSaver:
         sent = 0
         for kind, pattern in self.outputs:
             for rel in match_outputs(self.wd, [pattern]):
-                blob = instance_output_blob(self.task, kind, self.index, rel)
+                try:
+                    blob = instance_output_blob(self.task, kind, self.index, rel)
+                except ValueError:  # a name no blob can have: the persist step reports it
+                    continue
                 path = os.path.join(self.wd, rel)
                 try:
                     st = os.stat(path)

@@ -116,3 +116,16 @@ def test_bench_latency_with_the_azure_executor(tmp_path: Path) -> None:
         assert len(set(data["pairs"][0]["rank_hosts"])) == 2  # one rank on each of two nodes
     finally:
         emu.stop()
+
+
+def test_storage_that_fails_to_start_ends_the_emulator_with_the_reason(tmp_path: Path) -> None:
+    # An Azurite that dies at once: the emulator must say so and exit, not wait for a server it never ran.
+    broken = tmp_path / "azurite-blob"
+    broken.write_text("#!/bin/sh\necho 'azurite: broken on purpose' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MPIBATCH_"))}
+    p = subprocess.run([str(MPIBATCH), "emulate", "--port", "0", "--state-dir", str(tmp_path / "state")],
+                       env={**env, "MPIBATCH_AZURITE_BIN": str(broken)}, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 3, p.stderr
+    assert "Azurite did not start: azurite: broken on purpose" in p.stderr and "Traceback" not in p.stderr
+    assert "export AZURE_BATCH_ENDPOINT" not in p.stdout  # nothing to paste: it never listened

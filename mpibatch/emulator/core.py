@@ -20,7 +20,7 @@ from .nodes import Processes
 from .scheduler import Scheduler
 from .server import make_server
 from .state import Store
-from .storage import Azurite
+from .storage import HOW_TO_GET, Azurite, find_azurite
 
 log = logging.getLogger(__name__)
 DEFAULT_VM_SIZE = "standard_d2s_v3"
@@ -113,6 +113,8 @@ class Emulator:
         if self.account_arg is not None and not re.fullmatch(r"[a-z0-9]{3,24}", self.account_arg):
             raise SpecError("--account", f"{self.account_arg!r} is not a Batch account name",
                             "use 3 to 24 lower-case letters and digits")
+        if self.storage_arg == "auto" and find_azurite() is None:
+            raise SpecError("--storage", "auto needs Azurite, and no azurite-blob was found", HOW_TO_GET)
         if self.storage_arg not in (None, "", "none", "auto"):
             try:
                 AutoStorage.parse(self.storage_arg)
@@ -137,6 +139,7 @@ class Emulator:
             self._start_storage()
         except BaseException:
             server.server_close()
+            self._server = None  # never served: stop() must not wait for its loop
             raise
         self.store.start_saving()
         self.scheduler.start()
@@ -168,7 +171,9 @@ class Emulator:
     def stop(self) -> None:
         self.scheduler.stop()
         if self._server is not None:
-            self._server.shutdown()
+            if self._thread is not None:  # shutdown() waits for serve_forever, so only once it runs
+                self._server.shutdown()
+                self._thread = None
             self._server.server_close()
             self._server = None
         self.store.stop_saving()

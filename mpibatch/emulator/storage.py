@@ -80,7 +80,10 @@ class Azurite:
             if self.proc.poll() is None and _open(self.port):
                 return self
             self.stop()
-        raise InfraError(f"Azurite did not start (its log: {log_path})")
+        with open(log_path, "rb") as f:  # its last words: the log may live in a directory removed on exit
+            f.seek(max(0, log_path.stat().st_size - 400))
+            last = " ".join(f.read().decode(errors="replace").split())
+        raise InfraError(f"Azurite did not start: {last or 'it printed nothing'} (its log: {log_path})")
 
     def stop(self) -> None:
         p, self.proc = self.proc, None

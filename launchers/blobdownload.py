@@ -57,7 +57,8 @@ def download_many(client: ContainerClient, items: Iterable[tuple[BlobInfo, str]]
     free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
     for _ in range(2 * workers):
         free.put(bytearray(size))
-    outcomes: list[Outcome] = []
+    items_list = list(items)
+    outcomes: list[Outcome] = ["" for _ in items_list]
     open_files: dict[int, _File] = {}
     lock = threading.Lock()
 
@@ -115,8 +116,6 @@ def download_many(client: ContainerClient, items: Iterable[tuple[BlobInfo, str]]
         if last:
             finish(i, f)
 
-    items_list = list(items)
-    outcomes = ["" for _ in items_list]
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="get-range")
     try:
         for i, (info, dest) in enumerate(items_list):

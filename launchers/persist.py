@@ -28,22 +28,20 @@ try:  # as the package mpibatch.launchers (client side, tests)
         INSTANCE_INFO,
         LOG_FILES,
         NameRuleError,
-        instance_info_blob,
         instance_output_blob,
         match_outputs,
     )
-    from .track import PERSIST_MARK, PID_FILE, STATE_FILE
+    from .track import PERSIST_MARK, PID_FILE, STATE_FILE, upload_instance_info
 except ImportError:  # as a script on the node: the modules are shipped beside it
     from blobio import BlobError, ContainerClient, b64  # type: ignore[no-redef]
     from outputnames import (  # type: ignore[no-redef]
         INSTANCE_INFO,
         LOG_FILES,
         NameRuleError,
-        instance_info_blob,
         instance_output_blob,
         match_outputs,
     )
-    from track import PERSIST_MARK, PID_FILE, STATE_FILE  # type: ignore[no-redef]
+    from track import PERSIST_MARK, PID_FILE, STATE_FILE, upload_instance_info  # type: ignore[no-redef]
 
 # Where the rank number is, when the command line does not say (--rank-vars, from the flavour).
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
@@ -153,11 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"mpibatch persist: {path}: {got}", file=sys.stderr)
             else:
                 info["files"][blob] = got
-    tmp = os.path.join(task_dir, "mpibatch-instance.json")
-    with open(tmp, "w") as f:
-        json.dump(info, f)
     try:
-        client.upload_file(tmp, instance_info_blob(args.task, index), content_type="application/json")
+        upload_instance_info(client, args.task, index, info, task_dir)
     except (BlobError, OSError) as e:
         print(f"mpibatch persist: {INSTANCE_INFO}: {e}", file=sys.stderr)
         failures += 1

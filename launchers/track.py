@@ -100,7 +100,7 @@ class OutputSaver:
                  outputs: list[tuple[str, str]], identity: dict) -> None:
         self.client, self.task, self.index, self.wd, self.outputs = client, task, index, wd, outputs
         self.seen: dict[str, tuple[int, int]] = {}  # blob -> (size, mtime_ns) at the previous look
-        self.sent: dict[str, dict] = {}  # blob -> {"size", "md5", "mtime_ns", "path"}
+        self.sent: dict[str, dict] = {}  # blob -> {"size", "md5", "mtime_ns"}
         self.failed: dict[str, str] = {}
         self.identity = identity
         self.saved_at = ""
@@ -130,7 +130,7 @@ class OutputSaver:
                     self.failed[blob] = str(e)
                     continue
                 self.failed.pop(blob, None)
-                self.sent[blob] = {"size": size, "md5": b64(md5), "mtime_ns": st.st_mtime_ns, "path": rel}
+                self.sent[blob] = {"size": size, "md5": b64(md5), "mtime_ns": st.st_mtime_ns}
                 sent += 1
         if sent:
             self.saved_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -143,9 +143,7 @@ class OutputSaver:
                 "declared": [[k, p] for k, p in self.outputs],
                 "files": {b: {"size": v["size"], "md5": v["md5"]} for b, v in self.sent.items()},
                 "failed": dict(self.failed)}
-        tmp = os.path.join(os.path.dirname(self.wd), ".mpibatch-track-instance.json")
-        _write_json(tmp, info)
-        self.client.upload_file(tmp, instance_info_blob(self.task, self.index), content_type="application/json")
+        upload_instance_info(self.client, self.task, self.index, info, os.path.dirname(self.wd))
 
 
 def run(client: ContainerClient, task: str, index: int, task_dir: str, wd: str, outputs: list[tuple[str, str]],
@@ -201,6 +199,16 @@ def _size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def upload_instance_info(client: ContainerClient, task: str, index: int, info: dict, task_dir: str) -> None:
+    """Store `info` as instance `index`'s instance.json (the tracker's, then the persist step's)."""
+    tmp = os.path.join(task_dir, f".mpibatch-instance.{os.getpid()}.json")
+    _write_json(tmp, info)
+    try:
+        client.upload_file(tmp, instance_info_blob(task, index), content_type="application/json")
+    finally:
+        os.unlink(tmp)
 
 
 def _write_json(path: str, data: dict) -> None:

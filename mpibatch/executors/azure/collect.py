@@ -86,6 +86,7 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
 
     # Outputs of every instance, downloaded together at the end: (instance's files, target, blob, dir).
     downloads: list[tuple[list[str], str, Any, Path]] = []
+    declared, why = _declared(task), _why(result)  # for subtasks whose persist step did not finish
     for r in result.instances:
         i = r.index
         d = out / str(i)
@@ -99,7 +100,7 @@ def collect(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir:
             missing.append(f"{task_id}/$TaskLog/{i}/{INSTANCE_INFO}: not in container {container} (the "
                            "node's persist step did not run or failed)")
         if persisted and i > 0:
-            missing += unsaved_outputs(task_id, i, infos.get(i), _declared(task), _why(result))
+            missing += unsaved_outputs(task_id, i, infos.get(i), declared, why)
         logs_from_blob = {rel: b for kind, rel, b in per.get(i, []) if kind == "TaskLog"}
         for name in LOG_FILES:
             if i == 0:

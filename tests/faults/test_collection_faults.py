@@ -89,16 +89,9 @@ def test_item2_the_cli_exits_2_and_starts_nothing(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def tiny_runs_dir(tmp_path: Path) -> Iterator[Path]:
+def tiny_runs_dir(tiny_fs: Path) -> Path:
     """A 1 MiB tmpfs: the runs dir's disk is full after 1 MiB."""
-    require([] if os.geteuid() == 0 else ["root (to mount a tmpfs)"], "a tiny file system")
-    d = tmp_path / "tiny"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], check=True)
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", str(d)], check=True)
+    return tiny_fs
 
 
 def test_item3_a_collection_failure_fails_the_run_and_keeps_the_nodes_files(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +138,16 @@ def azurite() -> Iterator[Azurite]:
             process.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a 1 MiB tmpfs: a disk that is full after 1 MiB (root mounts it; CI runs as root)."""
+    require([] if os.geteuid() == 0 else ["root (to mount a tmpfs)"], "a tiny file system")
+    d = tmp_path / "tiny"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=True)

@@ -111,6 +111,40 @@ def _imb_mbytes_factor(rows: list[tuple[int, float, float]]) -> float:
     return _MIB_OVER_MB if abs(median - _MIB_OVER_MB) < abs(median - 1.0) else 1.0
 
 
+def _imb_header(lines: list[str], start: int) -> tuple[int, list[str]]:
+    """(line index, column names) of the ``#bytes ...`` header after the section title at ``start``."""
+    for i in range(start + 1, len(lines)):
+        stripped = lines[i].strip()
+        if stripped.startswith("#bytes"):
+            return i, stripped.split()
+        if _IMB_ANY_SECTION.match(stripped):
+            break
+    raise ValueError("IMB PingPong section has no '#bytes ...' column header (output cut short?)")
+
+
+def _imb_rows(lines: list[str], time_col: int, bw_col: int | None) -> list[tuple[int, float, float | None]]:
+    """(size, t[usec], Mbytes/sec) of the table rows in ``lines`` (those after the header), up to its end."""
+    rows: list[tuple[int, float, float | None]] = []
+    for line in lines:
+        stripped = line.strip()
+        fields = stripped.split()
+        # Blank lines and notes ("# ... waiting in MPI_Barrier") may come before the first row; after it,
+        # anything that is not a number row ends the table, and so does the next section's title at any time.
+        if stripped.startswith("#") and (rows or _IMB_ANY_SECTION.match(stripped)):
+            break
+        if not fields or stripped.startswith("#") or not fields[0].isdigit() or len(fields) <= time_col:
+            if rows:
+                break
+            continue
+        try:
+            t_us = _finite(float(fields[time_col]), "time", line)
+            mbs = float(fields[bw_col]) if bw_col is not None and len(fields) > bw_col else None
+        except ValueError as exc:
+            raise ValueError(f"unreadable IMB PingPong row {stripped!r}: {exc}") from None
+        rows.append((int(fields[0]), t_us, mbs))
+    return rows
+
+
 def parse_imb_pingpong(text: str) -> list[Sample]:
     """Samples of the first ``# Benchmarking PingPong`` section of IMB-MPI1 output.
 
@@ -121,46 +155,12 @@ def parse_imb_pingpong(text: str) -> list[Sample]:
     start = next((i for i, line in enumerate(lines) if _IMB_SECTION.match(line.strip())), None)
     if start is None:
         raise ValueError(f"not IMB PingPong output: no '# Benchmarking PingPong' section in {_excerpt(text)}")
-    header_at = None
-    columns: list[str] = []
-    for i in range(start + 1, len(lines)):
-        stripped = lines[i].strip()
-        if stripped.startswith("#bytes"):
-            header_at, columns = i, stripped.split()
-            break
-        if _IMB_ANY_SECTION.match(stripped):
-            break
-    if header_at is None:
-        raise ValueError("IMB PingPong section has no '#bytes ...' column header (output cut short?)")
+    header_at, columns = _imb_header(lines, start)
     time_col = next((columns.index(c) for c in _IMB_TIME_COLUMNS if c in columns), None)
     bw_col = next((i for i, c in enumerate(columns) if c.lower() == "mbytes/sec"), None)
     if time_col is None:
         raise ValueError(f"IMB PingPong header has no t[usec] / t_avg[usec] column: {' '.join(columns)!r}")
-
-    rows: list[tuple[int, float, float | None]] = []
-    for line in lines[header_at + 1 :]:
-        stripped = line.strip()
-        if not stripped:
-            if rows:
-                break
-            continue
-        if stripped.startswith("#"):
-            if rows or _IMB_ANY_SECTION.match(stripped):
-                break
-            continue
-        fields = stripped.split()
-        if not fields[0].isdigit() or len(fields) <= time_col:
-            # IMB prints notes between rows in some modes (e.g. "# ... waiting in MPI_Barrier"); anything else
-            # that is not a number row ends the table.
-            if rows:
-                break
-            continue
-        try:
-            t_us = _finite(float(fields[time_col]), "time", line)
-            mbs = float(fields[bw_col]) if bw_col is not None and len(fields) > bw_col else None
-        except ValueError as exc:
-            raise ValueError(f"unreadable IMB PingPong row {stripped!r}: {exc}") from None
-        rows.append((int(fields[0]), t_us, mbs))
+    rows = _imb_rows(lines[header_at + 1 :], time_col, bw_col)
     if not rows:
         raise ValueError("IMB PingPong section has a header but no result rows (did the run abort?)")
 

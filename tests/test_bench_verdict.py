@@ -6,14 +6,13 @@ from pathlib import Path
 import pytest
 
 from mpibatch.bench.parse import PROGRAM_MPI4PY, PROGRAM_OSU_LATENCY, Sample, detect_and_parse
+from mpibatch.bench.report import format_matrix, format_table
 from mpibatch.bench.verdict import (
     FABRIC_RDMA,
     FABRIC_SHM,
     FABRIC_TCP,
     FABRIC_UNCLEAR,
     classify_fabric,
-    format_matrix,
-    format_table,
     pair_matrix,
     slowest_node,
     verdict,

@@ -17,25 +17,29 @@ from mpibatch.bench.parse import (
     parse_osu_bw,
     parse_osu_latency,
 )
+from mpibatch.bench.report import format_matrix, format_table
 from mpibatch.bench.verdict import (
+    FABRIC_ONE_MACHINE,
     FABRIC_RDMA,
     FABRIC_SHM,
     FABRIC_TCP,
     FABRIC_UNCLEAR,
+    ONE_MACHINE_VERDICT,
     Verdict,
     classify_fabric,
-    format_matrix,
-    format_table,
     pair_matrix,
+    same_machine,
     slowest_node,
     verdict,
 )
 
 __all__ = [
+    "FABRIC_ONE_MACHINE",
     "FABRIC_RDMA",
     "FABRIC_SHM",
     "FABRIC_TCP",
     "FABRIC_UNCLEAR",
+    "ONE_MACHINE_VERDICT",
     "PROGRAM_IMB",
     "PROGRAM_MPI4PY",
     "PROGRAM_OSU_BW",
@@ -53,6 +57,7 @@ __all__ = [
     "parse_mpi4py_pingpong",
     "parse_osu_bw",
     "parse_osu_latency",
+    "same_machine",
     "slowest_node",
     "verdict",
 ]

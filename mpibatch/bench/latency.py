@@ -7,21 +7,21 @@ What runs on the primary (one bash script, rendered here and shown by ``--show-s
 2. reads the hosts from ``$AZ_BATCH_HOST_LIST`` and, for each pair measured (``first``: instances 0 and 1;
    ``all``: every pair i<j), runs one two-rank launch with explicit hosts, the launcher argv coming from the
    MPI flavour module (``Flavor.launch(hosts=[a, b], ppn=1, ...)``) exactly as for any task. Each rank first
-   prints its rank and host name, then ``exec``s the benchmark: the measured process *is* the benchmark
-   program, started by the same launcher line a user would type (nothing sits between the ranks);
+   prints its rank, host name and kernel boot id (which says whether two "nodes" are one machine), then
+   ``exec``s the benchmark: the measured process *is* the benchmark program, started by the same launcher
+   line a user would type (nothing sits between the ranks);
 3. brackets each pair's output with ``MPIBATCH-BENCH pair=i,j ... begin`` / ``end rc=...`` marker lines so the
-   primary's stdout can be split and parsed.
+   primary's stdout can be split and parsed (:mod:`mpibatch.bench.output`).
 
 The task keeps every Batch rule (coordination on all instances first, 1 slot per node): only the
 application command line differs from ``render(spec)``'s, which would run the command under one N-rank launch.
 """
 from __future__ import annotations
 
-import math
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,8 @@ from ..render import Rendered, rank_dir, render
 from ..results import TaskResult
 from ..shell import Raw, bash_c, sh_join
 from ..spec import Spec, parse_spec
-from .parse import (
-    PROGRAM_IMB,
-    PROGRAM_MPI4PY,
-    PROGRAM_OSU_LATENCY,
-    Sample,
-    parse_imb_pingpong,
-    parse_mpi4py_pingpong,
-    parse_osu_latency,
-)
-from .verdict import Verdict, pair_matrix, slowest_node, verdict
+from .output import MARKER, LatencyResult, PairResult, parse_task_output
+from .parse import PROGRAM_IMB, PROGRAM_MPI4PY, PROGRAM_OSU_LATENCY
 
 __all__ = [
     "MARKER",
@@ -57,12 +49,10 @@ __all__ = [
     "run_rendered",
 ]
 
-MARKER = "MPIBATCH-BENCH"
 DEFAULT_SIZES = (0, 4 << 20)
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"  # one per booted kernel, the same in every namespace
 # --program choices -> the name the node script prints and the parser to use
 PROGRAMS = {"osu": PROGRAM_OSU_LATENCY, "imb": PROGRAM_IMB, "mpi4py": PROGRAM_MPI4PY}
-_PARSERS = {PROGRAM_OSU_LATENCY: parse_osu_latency, PROGRAM_IMB: parse_imb_pingpong,
-            PROGRAM_MPI4PY: parse_mpi4py_pingpong}
 _HOST_A, _HOST_B = "MPIBATCHHOSTA", "MPIBATCHHOSTB"  # placeholders replaced by shell variables
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
@@ -184,8 +174,11 @@ def benchmark_script(r: Rendered, *, pairs: str = "first", program: str = "auto"
     rank = "?"
     for name in reversed(names):
         rank = f"${{{name}:-{rank}}}"
+    # The boot id names the kernel, which no namespace changes: emulated nodes share it (one machine), two
+    # machines never do. "-" where there is none to read.
     rank_sh = (f'echo "{MARKER} rank={rank} '
-               'host=$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)"; exec "$@"')
+               'host=$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname) '
+               f'boot=$(cat {BOOT_ID_PATH} 2>/dev/null || echo -)"; exec "$@"')
     lines = [
         r.node_env_line,
         "set -u",
@@ -228,164 +221,7 @@ def run_rendered(executor: Executor, r: Rendered) -> TaskResult:
     return executor.submit(r).result()
 
 
-# --------------------------------------------------------------------------------------------- results
-@dataclass
-class PairResult:
-    i: int
-    j: int
-    addresses: tuple[str, str]  # from AZ_BATCH_HOST_LIST
-    rank_hosts: list[str]  # host names the ranks reported, in rank order
-    exit_code: int | None
-    samples: list[Sample] = field(default_factory=list)
-    verdict: Verdict | None = None
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"pair": [self.i, self.j], "addresses": list(self.addresses), "rank_hosts": self.rank_hosts,
-                "exit_code": self.exit_code, "error": self.error,
-                "small_latency_us": self.verdict.small_latency_us if self.verdict else None,
-                "samples": [_sample_dict(s) for s in self.samples],
-                "verdict": self.verdict.as_dict() if self.verdict else None}
-
-
-def _sample_dict(s: Sample) -> dict[str, Any]:
-    return {"size": s.size, "latency_us": s.latency_us, "bandwidth_mbs": s.bandwidth_mbs, "program": s.program}
-
-
-@dataclass
-class LatencyResult:
-    program: str | None
-    program_path: str | None
-    pairs_mode: str
-    pairs: list[PairResult]
-    node_names: list[str]  # index -> host name reported by its rank (address if never reported)
-    matrix: list[list[float | None]]
-    slowest: tuple[int, float] | None
-    vm_size: str | None
-    task: TaskResult | None = None
-    command_line: str = ""
-
-    @property
-    def first(self) -> PairResult | None:
-        return self.pairs[0] if self.pairs else None
-
-    @property
-    def samples(self) -> list[Sample]:
-        return self.first.samples if self.first else []
-
-    @property
-    def verdict(self) -> Verdict | None:
-        return self.first.verdict if self.first else None
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.pairs) and all(p.verdict is not None and p.error is None for p in self.pairs) \
-            and (self.task is None or self.task.succeeded)
-
-    @property
-    def slowest_name(self) -> str | None:
-        return self.node_names[self.slowest[0]] if self.slowest else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok, "program": self.program, "program_path": self.program_path, "pairs_mode": self.pairs_mode,
-            "vm_size": self.vm_size, "nodes": self.node_names,
-            "samples": [_sample_dict(s) for s in self.samples],
-            "verdict": self.verdict.as_dict() if self.verdict else None,
-            "pairs": [p.as_dict() for p in self.pairs],
-            "matrix": self.matrix if self.pairs_mode == "all" else None,
-            "slowest_node": ({"index": self.slowest[0], "name": self.slowest_name, "median_latency_us": self.slowest[1]}
-                             if self.slowest else None),
-            "task": self.task.to_json() if self.task else None,
-        }
-
-
-_PAIR_BEGIN = re.compile(rf"^{MARKER} pair=(\d+),(\d+) hosts=(\S*?),(\S*) begin$")
-_PAIR_END = re.compile(rf"^{MARKER} pair=(\d+),(\d+) end rc=(\d+)$")
-_PROGRAM = re.compile(rf"^{MARKER} program=(.+?) path=(.*)$")
-_RANK = re.compile(rf"{MARKER} rank=(\S+) host=(\S+)")
-
-
-def parse_task_output(text: str, *, sizes: tuple[int, int] | None = None, vm_size: str | None = None,
-                      fabric_expected: str | None = None, instances: int | None = None) -> LatencyResult:
-    """Split the primary's stdout at the pair markers, parse each pair's benchmark output, judge it."""
-    program = program_path = None
-    pairs: list[PairResult] = []
-    current: PairResult | None = None
-    body: list[str] = []
-
-    def close(rc: int | None) -> None:
-        nonlocal current
-        if current is None:
-            return
-        current.exit_code = rc
-        ranks: dict[int, str] = {}
-        kept = []
-        for line in body:
-            m = _RANK.search(line)
-            if m:
-                if m.group(1).isdigit():
-                    ranks[int(m.group(1))] = m.group(2)
-                continue
-            kept.append(line)
-        current.rank_hosts = [ranks[k] for k in sorted(ranks)]
-        parser = _PARSERS.get(program or "")
-        if parser is None:
-            current.error = "the node script named no benchmark program"
-        else:
-            try:
-                samples = parser("\n".join(kept))
-                if sizes is not None:
-                    samples = [s for s in samples if sizes[0] <= s.size <= sizes[1]] or samples
-                current.samples = samples
-                current.verdict = verdict(samples, hosts=current.rank_hosts, vm_size=vm_size,
-                                          fabric_expected=fabric_expected)
-            except ValueError as e:
-                current.error = f"could not read {program} output: {e}"
-        if rc not in (0, None) and current.error is None and current.verdict is None:
-            current.error = f"the launch exited with {rc}"
-        elif rc not in (0, None):
-            current.error = f"the launch exited with {rc}" + (f"; {current.error}" if current.error else "")
-        pairs.append(current)
-        current = None
-
-    for line in text.splitlines():
-        stripped = line.strip()
-        m = _PROGRAM.match(stripped)
-        if m and current is None:
-            program, program_path = m.group(1), m.group(2)
-            continue
-        m = _PAIR_BEGIN.match(stripped)
-        if m:
-            close(None)
-            current = PairResult(i=int(m.group(1)), j=int(m.group(2)), addresses=(m.group(3), m.group(4)),
-                                 rank_hosts=[], exit_code=None)
-            body = []
-            continue
-        m = _PAIR_END.match(stripped)
-        if m and current is not None:
-            close(int(m.group(3)))
-            continue
-        if current is not None:
-            body.append(line)
-    if current is not None:
-        current.error = "the output of this pair was cut short (no end marker)"
-        close(None)
-
-    n = max([instances or 0] + [p.j + 1 for p in pairs] + [2])
-    names: list[str | None] = [None] * n
-    for p in pairs:
-        for idx, k in enumerate((p.i, p.j)):
-            if names[k] is None:
-                names[k] = p.rank_hosts[idx] if len(p.rank_hosts) > idx else (p.addresses[idx] or None)
-    node_names = [name or f"node {k}" for k, name in enumerate(names)]
-    values = {(p.i, p.j): p.verdict.small_latency_us for p in pairs if p.verdict is not None}
-    matrix = pair_matrix(values, n)
-    slow = slowest_node(matrix)
-    return LatencyResult(program=program, program_path=program_path, pairs_mode="all" if len(pairs) > 1 else "first",
-                         pairs=pairs, node_names=node_names, matrix=matrix, slowest=slow, vm_size=vm_size)
-
-
+# --------------------------------------------------------------------------------------------- run
 def _read_primary_stdout(result: TaskResult) -> str:
     if not result.instances:
         return ""
@@ -412,8 +248,3 @@ def run_latency(executor: Executor, spec: Spec, *, pairs: str = "first", program
     out.command_line = r.command_line
     return out
 
-
-def fmt_ratio(v: Verdict) -> str:
-    if v.anchor_us is None or v.ratio is None or not math.isfinite(v.ratio):
-        return "no anchor (give --vm-size for the published latency of that size)"
-    return f"anchor {v.anchor_us:g} us, measured/anchor = {v.ratio:.2f}x"

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from mpibatch.bench.parse import Sample
-from mpibatch.bench.verdict import RDMA_MAX_US, TCP_MIN_US
+from mpibatch.bench.verdict import ONE_MACHINE_VERDICT, RDMA_MAX_US, TCP_MIN_US
 from mpibatch.errors import MpibatchError
 
 __all__ = ["PlotDependencyError", "plot_latency", "plot_matrix"]
@@ -25,7 +25,13 @@ class PlotDependencyError(MpibatchError, ImportError):
 
 
 def _matplotlib():
+    """matplotlib's Figure and Agg canvas, with every module the plots use imported up front, so a missing or
+    broken install is one clear error before the benchmark runs, never a failure after it."""
     try:
+        import matplotlib.patches  # noqa: F401  (plot_matrix)
+        import matplotlib.ticker  # noqa: F401  (plot_latency)
+        import numpy  # noqa: F401  (plot_matrix; a matplotlib dependency)
+        from matplotlib import colormaps  # noqa: F401  (plot_matrix)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
@@ -57,6 +63,22 @@ def _size_label(size: float, _pos=None) -> str:
     return str(size)
 
 
+def _wrap(text: str, width: int = 60) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def _fabric_bands(ax, lo: float, hi: float, x_text: float) -> None:
+    """Shade the RDMA (< 3 us) and TCP (> 10 us) bands of classify_fabric, labelled at ``x_text``."""
+    ax.axhspan(lo, RDMA_MAX_US, color="tab:green", alpha=0.07, lw=0)
+    ax.axhspan(TCP_MIN_US, hi, color="tab:red", alpha=0.07, lw=0)
+    ax.axhline(RDMA_MAX_US, color="tab:green", lw=0.8, ls=":")
+    ax.axhline(TCP_MIN_US, color="tab:red", lw=0.8, ls=":")
+    ax.text(x_text, RDMA_MAX_US * 0.93, f"RDMA < {RDMA_MAX_US:g} us", va="top", fontsize=8, color="tab:green")
+    ax.text(x_text, TCP_MIN_US * 1.07, f"TCP > {TCP_MIN_US:g} us", va="bottom", fontsize=8, color="tab:red")
+
+
 def plot_latency(
     samples: Iterable[Sample],
     path: str | os.PathLike,
@@ -64,13 +86,16 @@ def plot_latency(
     anchor_us: float | None = None,
     title: str = "MPI ping-pong: one-way latency and bandwidth",
     series: dict[str, Iterable[Sample]] | None = None,
+    note: str | None = None,
 ) -> str:
     """Write a two-panel log-log PNG (latency on top, bandwidth below, against message size); return the path.
 
     ``samples`` are drawn as one line per program. ``series`` adds more named lines (e.g. ``{"node-3":
     ...}`` to compare runs). ``anchor_us`` draws the published latency for the VM size as a horizontal line;
     the RDMA (< 3 us) and TCP (> 10 us) bands of :func:`mpibatch.bench.verdict.classify_fabric` are shaded.
-    Zero-byte messages cannot sit on a log axis and are left out.
+    Zero-byte messages cannot sit on a log axis and are left out. ``note`` (e.g. that the two ranks were one
+    machine) is written across the latency panel instead of the bands: the bands judge a network, and numbers
+    measured on one machine are no network's.
     """
     Figure, Canvas = _matplotlib()
     from matplotlib.ticker import FuncFormatter
@@ -99,13 +124,11 @@ def plot_latency(
     ax_lat.set_yscale("log")
     lo, hi = ax_lat.get_ylim()
     lo, hi = min(lo, 0.1), max(hi, 20.0)
-    ax_lat.axhspan(lo, RDMA_MAX_US, color="tab:green", alpha=0.07, lw=0)
-    ax_lat.axhspan(TCP_MIN_US, hi, color="tab:red", alpha=0.07, lw=0)
-    ax_lat.axhline(RDMA_MAX_US, color="tab:green", lw=0.8, ls=":")
-    ax_lat.axhline(TCP_MIN_US, color="tab:red", lw=0.8, ls=":")
-    x_text = min(s.size for pts in lines.values() for s in pts)
-    ax_lat.text(x_text, RDMA_MAX_US * 0.93, f"RDMA < {RDMA_MAX_US:g} us", va="top", fontsize=8, color="tab:green")
-    ax_lat.text(x_text, TCP_MIN_US * 1.07, f"TCP > {TCP_MIN_US:g} us", va="bottom", fontsize=8, color="tab:red")
+    if note:
+        ax_lat.text(0.98, 0.04, _wrap(note), transform=ax_lat.transAxes, ha="right", va="bottom", fontsize=8,
+                    bbox={"boxstyle": "round", "facecolor": "lightyellow", "edgecolor": "tab:orange"})
+    else:
+        _fabric_bands(ax_lat, lo, hi, min(s.size for pts in lines.values() for s in pts))
     if anchor_us is not None:
         ax_lat.axhline(anchor_us, color="black", lw=1.2, ls="--", label=f"published anchor {anchor_us:g} us")
     ax_lat.set_ylim(lo, hi)
@@ -137,11 +160,14 @@ def plot_matrix(
     *,
     title: str = "pair latency [us] (small messages)",
     highlight: int | None = None,
+    one_machine: Collection[tuple[int, int]] = (),
 ) -> str:
     """Write a heat-map PNG of a pair-latency matrix (from :func:`pair_matrix`); return the path.
 
     Cells show their value; the diagonal and unmeasured pairs are grey. ``highlight`` (e.g. the index from
-    :func:`slowest_node`) boxes that node's row and column label in red.
+    :func:`slowest_node`) boxes that node's row and column label in red. Pairs in ``one_machine`` (``(i, j)``,
+    either order: their nodes are one machine) are hatched, their value marked ``*``, and a line under the
+    figure says what those numbers are.
     """
     n = len(matrix)
     if n == 0 or len(names) != n or any(len(row) != n for row in matrix):
@@ -155,6 +181,7 @@ def plot_matrix(
     fig = Figure(figsize=(side + 1.2, side))
     ax = fig.subplots()
     from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
 
     cmap = colormaps["viridis"].with_extremes(bad="#d9d9d9")  # grey: diagonal and unmeasured pairs
     image = ax.imshow(masked, cmap=cmap, interpolation="nearest")
@@ -166,16 +193,23 @@ def plot_matrix(
     ax.set_yticklabels(names)
     finite = data[np.isfinite(data)]
     mid = float(finite.min() + finite.max()) / 2 if finite.size else 0.0
+    marked = {(min(i, j), max(i, j)) for i, j in one_machine}
     if n <= 24:
         for i in range(n):
             for j in range(n):
                 if np.isfinite(data[i, j]):
-                    ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    mark = "*" if (min(i, j), max(i, j)) in marked else ""
+                    ax.text(j, i, f"{data[i, j]:.2f}{mark}", ha="center", va="center", fontsize=8,
                             color="white" if data[i, j] < mid else "black")
+    for i, j in marked:
+        for y, x in ((i, j), (j, i)):
+            ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="//", edgecolor="tab:orange", lw=0))
+    if marked:
+        fig.text(0.5, 0.01, _wrap("* " + ONE_MACHINE_VERDICT, 90), ha="center", va="bottom", fontsize=8)
     if highlight is not None and 0 <= highlight < n:
         for label in (ax.get_xticklabels()[highlight], ax.get_yticklabels()[highlight]):
             label.set_color("tab:red")
             label.set_fontweight("bold")
     ax.set_title(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1) if marked else None)
     return _save(fig, Canvas, path)

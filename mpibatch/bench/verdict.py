@@ -1,7 +1,13 @@
 """Turn ping-pong samples into an answer: did the job get InfiniBand (RDMA), or fall back to TCP?
 
 Pure functions: no network, disk or clock. :func:`verdict` judges one two-rank run; :func:`pair_matrix` and
-:func:`slowest_node` judge a pool from all-pairs runs; ``format_*`` render human tables.
+:func:`slowest_node` judge a pool from all-pairs runs (human text: :mod:`mpibatch.bench.report`).
+
+Where the ranks ran comes first. Host names alone cannot say it: emulated nodes (the local executor, network
+namespaces, ``mpibatch emulate``) have host names of their own but are one kernel on one machine, where the MPI
+library takes a same-host path (shared memory or loopback) whatever the names say. So each rank also reports
+its kernel's boot id (``/proc/sys/kernel/random/boot_id``, one per booted kernel and the same in every
+namespace): two ranks with one boot id are one machine, and no fabric is judged for them.
 
 Thresholds (one-way latency of a small message, :func:`classify_fabric`), anchored on
 docs/mpi-launch-rules.md#latency-anchors
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 from mpibatch.bench.parse import PROGRAM_MPI4PY, Sample
 
 __all__ = [
+    "FABRIC_ONE_MACHINE",
     "FABRIC_RDMA",
     "FABRIC_SHM",
     "FABRIC_TCP",
@@ -41,10 +48,10 @@ __all__ = [
     "SMALL_MESSAGE_MAX_BYTES",
     "TCP_MIN_US",
     "Verdict",
+    "ONE_MACHINE_VERDICT",
     "classify_fabric",
-    "format_matrix",
-    "format_table",
     "pair_matrix",
+    "same_machine",
     "slowest_node",
     "verdict",
 ]
@@ -53,6 +60,9 @@ FABRIC_SHM = "shared memory"
 FABRIC_RDMA = "RDMA"
 FABRIC_TCP = "TCP"
 FABRIC_UNCLEAR = "unclear"
+FABRIC_ONE_MACHINE = "one machine"  # both ranks on one kernel: no fabric was measured
+ONE_MACHINE_VERDICT = ("one machine (emulated nodes): the numbers are shared memory / loopback, not a network "
+                       "fabric; run on a pool to judge the fabric")
 
 SHM_MAX_US = 0.8  # below the fastest Azure RDMA anchor (HC, 1.05 us): no NIC gets here
 # docs/mpi-launch-rules.md#latency-anchors: "under about 3 us means RDMA is in use"
@@ -88,9 +98,12 @@ def classify_fabric(latency_us_small: float) -> str:
 class Verdict:
     """What one ping-pong run says about the fabric between rank 0 and rank 1.
 
-    ``small_latency_us`` is the lowest one-way latency among sizes <= 8 bytes (the smallest size measured if
-    none is that small). ``anchor_us`` is the published latency for the VM size's family, ``ratio`` is
-    ``small_latency_us / anchor_us``. ``warnings`` are sentences for the user, most important first.
+    ``different_hosts`` says whether the two ranks ran on different machines: by their kernels' boot ids when
+    both are known (``same_machine`` True / False), else by their host names (``same_machine`` None).
+    ``names_differ`` compares the host names alone. ``small_latency_us`` is the lowest one-way latency among
+    sizes <= 8 bytes (the smallest size measured if none is that small). ``anchor_us`` is the published latency
+    for the VM size's family, ``ratio`` is ``small_latency_us / anchor_us`` (None on one machine: no fabric to
+    compare). ``warnings`` are sentences for the user, most important first.
     """
 
     different_hosts: bool
@@ -101,10 +114,14 @@ class Verdict:
     warnings: list[str] = field(default_factory=list)
     expected: str | None = None  # "RDMA" / "TCP" when known from vm_size or fabric_expected
     program: str | None = None
+    same_machine: bool | None = None  # by boot id; None when a rank's boot id is unknown
+    names_differ: bool = False
 
     def as_dict(self) -> dict:
         return {
             "different_hosts": self.different_hosts,
+            "names_differ": self.names_differ,
+            "same_machine": self.same_machine,
             "fabric": self.fabric,
             "expected": self.expected,
             "small_latency_us": self.small_latency_us,
@@ -154,20 +171,118 @@ def _host_key(name: str) -> str:
     return name.strip().lower()
 
 
+def _boot_key(boot_id: str | None) -> str | None:
+    key = (boot_id or "").strip().lower()
+    return None if key in ("", "-") else key
+
+
+def same_machine(boot_ids: Sequence[str | None] | None) -> bool | None:
+    """Whether ranks 0 and 1 ran on one machine, by their kernels' boot ids; None when either is unknown
+    (``None``, empty or ``-``: a node without ``/proc/sys/kernel/random/boot_id``)."""
+    if not boot_ids or len(boot_ids) < 2:
+        return None
+    first, second = _boot_key(boot_ids[0]), _boot_key(boot_ids[1])
+    if first is None or second is None:
+        return None
+    return first == second
+
+
+@dataclass
+class _Placement:
+    """Where the two ranks ran, and what that does to the fabric read from the latency band."""
+
+    names_differ: bool
+    same_machine: bool | None
+    fabric: str
+    warnings: list[str]
+
+    @property
+    def different_hosts(self) -> bool:
+        return self.names_differ if self.same_machine is None else not self.same_machine
+
+
+def _placement(hosts: Sequence[str], boot_ids: Sequence[str | None] | None, fabric: str) -> _Placement:
+    """Judge where ranks 0 and 1 ran: one boot id is one machine whatever the host names; without boot ids,
+    the host names decide (as they did before boot ids were reported)."""
+    if len(hosts) < 2:
+        return _Placement(False, None, fabric, [
+            "the ranks' host names are unknown (need one per rank, got "
+            f"{len(hosts)}): cannot tell whether this measured the network or shared memory"])
+    first, second = hosts[0], hosts[1]
+    names_differ = _host_key(first) != _host_key(second)
+    machine = same_machine(boot_ids)
+    if machine is True:
+        where = (f"{first} and {second} are one machine (one kernel boot id): emulated nodes"
+                 if names_differ else f"the two ranks ran on the same host ({first})")
+        return _Placement(names_differ, True, FABRIC_ONE_MACHINE, [
+            f"{where}; this measured shared memory / loopback, not the network"])
+    warnings: list[str] = []
+    if boot_ids is not None and machine is None:
+        unknown = [h for h, b in zip((first, second), list(boot_ids) + [None, None]) if _boot_key(b) is None]
+        warnings.append(f"the kernel boot id of {', '.join(unknown)} is not available: whether the ranks share "
+                        "a machine is judged by host names only")
+    if machine is False and not names_differ:
+        warnings.append(f"both machines are named {first} (their kernel boot ids differ): this measured the network")
+    elif machine is None and not names_differ:
+        warnings.append(f"the two ranks ran on the same host ({first}): this measures shared memory, not the network")
+        if fabric in (FABRIC_SHM, FABRIC_RDMA):
+            fabric = FABRIC_SHM  # within one host the fast path is shared memory, whatever the band says
+    return _Placement(names_differ, machine, fabric, warnings)
+
+
+def _expectation(vm_size: str | None, fabric_expected: str | None) -> tuple[str | None, float | None]:
+    """(expected fabric, published anchor in us) from the VM size, the expectation overridden if given."""
+    anchor_us: float | None = None
+    expected: str | None = None
+    if vm_size is not None:
+        from mpibatch import rdma  # lazily: rdma is only needed when a VM size is given
+
+        expected = FABRIC_TCP if rdma.classify(vm_size) == rdma.NONE else FABRIC_RDMA
+        anchor_us = rdma.anchor_latency_us(vm_size)
+    if fabric_expected is not None:
+        expected = _normalize_expected(fabric_expected)
+    return expected, anchor_us
+
+
+def _expectation_warnings(expected: str | None, fabric: str, small_us: float, ratio: float | None,
+                          anchor_us: float | None, vm_size: str | None, program: str | None) -> list[str]:
+    """What differs from the expected fabric between two machines."""
+    size_text = f"VM size {vm_size}" if vm_size else "this pool"
+    if expected == FABRIC_TCP and fabric == FABRIC_RDMA:
+        return [f"{small_us:.2f} us looks like RDMA, but {size_text} has no InfiniBand: is the VM size right?"]
+    if expected != FABRIC_RDMA:
+        return []
+    if fabric == FABRIC_TCP:
+        return [f"{size_text} should use RDMA, but {small_us:.2f} us looks like TCP: {_FIX_INTEL} or {_FIX_OPENMPI}"]
+    if fabric == FABRIC_UNCLEAR:
+        return [f"{size_text} should use RDMA, but {small_us:.2f} us is between RDMA (< {RDMA_MAX_US:g} us) and "
+                f"TCP (> {TCP_MIN_US:g} us); it may be TCP: {_FIX_INTEL} or {_FIX_OPENMPI}"]
+    if fabric == FABRIC_RDMA and ratio is not None and ratio > SLOW_FACTOR:
+        hint = (" (mpi4py adds roughly 0.5 us of Python per message; the anchors are C benchmarks)"
+                if program == PROGRAM_MPI4PY else "")
+        return [f"{small_us:.2f} us is {ratio:.1f}x the {anchor_us:g} us published for {size_text}{hint}: "
+                "check process placement (ranks pinned next to the InfiniBand adapter's NUMA node) and that "
+                "the nodes are not busy"]
+    return []
+
+
 def verdict(
     samples: Iterable[Sample],
     *,
     hosts: Sequence[str],
+    boot_ids: Sequence[str | None] | None = None,
     vm_size: str | None = None,
     fabric_expected: str | None = None,
 ) -> Verdict:
     """Judge a two-rank ping-pong run.
 
-    ``hosts`` are the host (processor) names the ranks reported, in rank order; the ping-pong runs between
-    ranks 0 and 1, so those two are compared (case-insensitively). ``vm_size`` gives the expected fabric
-    (via :func:`mpibatch.rdma.classify`) and the latency anchor (:func:`mpibatch.rdma.anchor_latency_us`);
-    ``fabric_expected`` (``"RDMA"``, ``"TCP"``, or ``"sriov"`` / ``"networkdirect"`` / ``"none"``) overrides
-    the expectation drawn from ``vm_size``.
+    ``hosts`` are the host (processor) names the ranks reported, in rank order, and ``boot_ids`` their kernels'
+    boot ids (None, or ``None`` / ``-`` for a rank whose node has none); the ping-pong runs between ranks 0 and
+    1, so those two are compared. One boot id means one machine whatever the names: the fabric is then
+    :data:`FABRIC_ONE_MACHINE`, never RDMA or TCP. Without boot ids the host names decide (case-insensitively).
+    ``vm_size`` gives the expected fabric (via :func:`mpibatch.rdma.classify`) and the latency anchor
+    (:func:`mpibatch.rdma.anchor_latency_us`); ``fabric_expected`` (``"RDMA"``, ``"TCP"``, or ``"sriov"`` /
+    ``"networkdirect"`` / ``"none"``) overrides the expectation drawn from ``vm_size``.
     """
     samples = list(samples)
     if not samples:
@@ -182,72 +297,18 @@ def verdict(
             f"no message of {SMALL_MESSAGE_MAX_BYTES} bytes or less was measured: judging by the smallest "
             f"size, {small_size} bytes, which overstates the latency"
         )
-    fabric = classify_fabric(small_us)
-
-    # Hosts: is this the network at all?
-    host_list = [h for h in hosts]
-    if len(host_list) < 2:
-        different_hosts = False
-        warnings.append(
-            "the ranks' host names are unknown (need one per rank, got "
-            f"{len(host_list)}): cannot tell whether this measured the network or shared memory"
-        )
-    else:
-        first, second = host_list[0], host_list[1]
-        different_hosts = _host_key(first) != _host_key(second)
-        if not different_hosts:
-            warnings.append(
-                f"the two ranks ran on the same host ({first}): this measures shared memory, not the network"
-            )
-            if fabric in (FABRIC_SHM, FABRIC_RDMA):
-                # Within one host the fast path is shared memory, whatever the latency band says.
-                fabric = FABRIC_SHM
+    where = _placement(list(hosts), boot_ids, classify_fabric(small_us))
+    warnings += where.warnings
+    fabric, different_hosts = where.fabric, where.different_hosts
     if different_hosts and fabric == FABRIC_SHM:
         warnings.append(
             f"{small_us:.2f} us between different hosts is faster than any network "
-            f"(Azure RDMA anchors are 1.05-2.2 us): are the host names ({host_list[0]}, {host_list[1]}) right?"
+            f"(Azure RDMA anchors are 1.05-2.2 us): are the host names ({hosts[0]}, {hosts[1]}) right?"
         )
-
-    # What was expected, and the anchor.
-    anchor_us: float | None = None
-    expected: str | None = None
-    if vm_size is not None:
-        from mpibatch import rdma  # lazily: rdma is only needed when a VM size is given
-
-        rdma_class = rdma.classify(vm_size)
-        expected = FABRIC_TCP if rdma_class == rdma.NONE else FABRIC_RDMA
-        anchor_us = rdma.anchor_latency_us(vm_size)
-    if fabric_expected is not None:
-        expected = _normalize_expected(fabric_expected)
-    ratio = small_us / anchor_us if anchor_us else None
-
-    size_text = f"VM size {vm_size}" if vm_size else "this pool"
-    if expected == FABRIC_RDMA and different_hosts:
-        if fabric == FABRIC_TCP:
-            warnings.append(
-                f"{size_text} should use RDMA, but {small_us:.2f} us looks like TCP: "
-                f"{_FIX_INTEL} or {_FIX_OPENMPI}"
-            )
-        elif fabric == FABRIC_UNCLEAR:
-            warnings.append(
-                f"{size_text} should use RDMA, but {small_us:.2f} us is between RDMA (< {RDMA_MAX_US:g} us) and "
-                f"TCP (> {TCP_MIN_US:g} us); it may be TCP: {_FIX_INTEL} or {_FIX_OPENMPI}"
-            )
-        elif fabric == FABRIC_RDMA and ratio is not None and ratio > SLOW_FACTOR:
-            hint = (
-                " (mpi4py adds roughly 0.5 us of Python per message; the anchors are C benchmarks)"
-                if program == PROGRAM_MPI4PY
-                else ""
-            )
-            warnings.append(
-                f"{small_us:.2f} us is {ratio:.1f}x the {anchor_us:g} us published for {size_text}{hint}: "
-                "check process placement (ranks pinned next to the InfiniBand adapter's NUMA node) and that "
-                "the nodes are not busy"
-            )
-    elif expected == FABRIC_TCP and different_hosts and fabric == FABRIC_RDMA:
-        warnings.append(
-            f"{small_us:.2f} us looks like RDMA, but {size_text} has no InfiniBand: is the VM size right?"
-        )
+    expected, anchor_us = _expectation(vm_size, fabric_expected)
+    ratio = small_us / anchor_us if anchor_us and where.same_machine is not True else None
+    if different_hosts:
+        warnings += _expectation_warnings(expected, fabric, small_us, ratio, anchor_us, vm_size, program)
     return Verdict(
         different_hosts=different_hosts,
         fabric=fabric,
@@ -257,6 +318,8 @@ def verdict(
         warnings=warnings,
         expected=expected,
         program=program,
+        same_machine=where.same_machine,
+        names_differ=where.names_differ,
     )
 
 
@@ -329,61 +392,3 @@ def slowest_node(
     if score > factor * reference and score - reference >= min_excess_us:
         return worst, score
     return None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Human output
-# ---------------------------------------------------------------------------------------------------------
-def _human_size(size: int) -> str:
-    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return f"{size // scale} {unit}"
-    return f"{size} B"
-
-
-def _fmt_us(value: float) -> str:
-    return f"{value:.2f}" if value < 1000 else f"{value:.1f}"
-
-
-def _align(rows: list[list[str]], right: Sequence[bool]) -> str:
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    out = []
-    for row in rows:
-        cells = [cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(row, widths, right)]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out)
-
-
-def format_table(samples: Iterable[Sample]) -> str:
-    """Aligned table: bytes, human size, one-way latency (us), bandwidth (MB/s, '-' if none), program."""
-    samples = list(samples)
-    if not samples:
-        return "(no samples)"
-    rows = [["bytes", "size", "latency [us]", "bandwidth [MB/s]", "program"]]
-    for s in samples:
-        rows.append(
-            [
-                str(s.size),
-                _human_size(s.size),
-                _fmt_us(s.latency_us),
-                "-" if s.bandwidth_mbs is None else f"{s.bandwidth_mbs:.2f}",
-                s.program,
-            ]
-        )
-    return _align(rows, right=[True, True, True, True, False])
-
-
-def format_matrix(matrix: Sequence[Sequence[float | None]], names: Sequence[str]) -> str:
-    """Aligned pair-latency matrix (us): one row and one column per node, '-' on the diagonal, '?' where a
-    pair was not measured."""
-    n = len(matrix)
-    if len(names) != n or any(len(row) != n for row in matrix):
-        raise ValueError(f"need a square matrix with one name per row: {n} rows, {len(names)} names")
-    rows = [["latency [us]", *names]]
-    for i, name in enumerate(names):
-        cells = []
-        for j in range(n):
-            value = matrix[i][j]
-            cells.append("-" if i == j else "?" if value is None else _fmt_us(float(value)))
-        rows.append([name, *cells])
-    return _align(rows, right=[False] + [True] * n)

@@ -32,54 +32,6 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
-def format_report(res: Any, *, flavor: str, executor: str) -> str:
-    from ..bench.latency import fmt_ratio
-    from ..bench.verdict import format_matrix, format_table
-
-    lines = [f"benchmark: {res.program or '(none found)'}"
-             + (f" ({res.program_path})" if res.program_path else "")
-             + f" - {flavor}, executor {executor}, {len(res.node_names)} nodes, pairs: {res.pairs_mode}"]
-    for p in res.pairs:
-        names = " <-> ".join(p.rank_hosts[:2]) if len(p.rank_hosts) >= 2 else "?"
-        lines.append("")
-        lines.append(f"pair {p.i}-{p.j}: {names} ({', '.join(p.addresses)})")
-        if p.error:
-            lines.append(f"  error: {p.error}")
-        if p.samples and (res.pairs_mode == "first" or p is res.first):
-            lines.append(format_table(p.samples))
-        elif p.verdict:
-            lines.append(f"  small-message latency {p.verdict.small_latency_us:.2f} us ({p.verdict.fabric})")
-    v = res.verdict
-    if v is not None:
-        first = res.first
-        lines.append("")
-        lines.append("verdict:")
-        hosts = ", ".join(first.rank_hosts[:2]) if first else "?"
-        lines.append(f"  different hosts: {'yes' if v.different_hosts else 'NO'} ({hosts})")
-        lines.append(f"  fabric: {v.fabric} (small-message latency {v.small_latency_us:.2f} us)"
-                     + (f", expected {v.expected}" if v.expected else ""))
-        lines.append(f"  {fmt_ratio(v)}" + (f" [{res.vm_size}]" if res.vm_size else ""))
-        warnings = list(dict.fromkeys(w for p in res.pairs if p.verdict for w in p.verdict.warnings))
-        for w in warnings:
-            lines.append(f"  warning: {w}")
-    if res.pairs_mode == "all" and res.pairs:
-        lines.append("")
-        lines.append(format_matrix(res.matrix, res.node_names))
-        if res.slowest:
-            lines.append(f"slowest node: {res.slowest_name} (median {res.slowest[1]:.2f} us over its pairs)")
-        else:
-            lines.append("slowest node: none stands out (no node's pairs are 1.5x the others)")
-    if res.task is not None and not res.task.succeeded:
-        f = res.task.failure
-        lines.append("")
-        lines.append(f"task {res.task.job_id}/{res.task.task_id}: {res.task.state}, exit code {res.task.exit_code}"
-                     + (f" - {f.phase}: {f.reason}" if f else ""))
-        if res.task.instances and res.task.instances[0].stderr.strip():
-            lines.append("primary stderr (tail):")
-            lines += ["  " + x for x in res.task.instances[0].stderr.strip().splitlines()[-15:]]
-    return "\n".join(lines)
-
-
 @click.group()
 def bench() -> None:
     """Benchmarks run as multi-instance tasks."""
@@ -120,7 +72,8 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
     and launcher options are used.
     """
     from .. import rdma
-    from ..bench.latency import build_spec, parse_sizes, render_benchmark, run_latency
+    from ..bench.latency import parse_sizes, render_benchmark, run_latency
+    from ..bench.report import format_report
     from ..spec import load_spec
 
     size_range = parse_sizes(sizes)
@@ -133,39 +86,15 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
         _matplotlib()  # fail (exit 2) before running anything if matplotlib is missing
 
     base = load_spec(spec) if spec else None
-    # How many instances.
-    if executor == "ssh":
-        hosts = ssh_hosts(ssh_kw)
-        n_hosts = len(hosts)
-        if n_hosts < 2:
-            raise SpecError("--hosts", f"a ping-pong between nodes needs 2 hosts, got {n_hosts}", "give two or more")
-        instances = n_hosts if pairs == "all" else 2
-        if nodes is not None and nodes != instances:
-            raise SpecError("--nodes", f"the SSH executor uses its hosts ({instances})", "drop --nodes")
-    else:
-        default_all = base.task.instances if base and base.task.instances >= 3 else 3
-        instances = nodes or (default_all if pairs == "all" else 2)
-
+    hosts, instances = _instances(executor, pairs, nodes, base, ssh_kw)
     if base is not None:
-        if flavor and flavor != base.task.mpi.flavor:
-            raise SpecError("--flavor", f"{flavor} differs from the spec's task.mpi.flavor {base.task.mpi.flavor}",
-                            "drop --flavor or edit the spec")
-        from dataclasses import replace
-
-        task = replace(base.task, environment={**base.task.environment, **extra_env})
-        if fabric:
-            task = replace(task, mpi=replace(task.mpi, fabric=fabric))
-        base = replace(base, task=task)
-        if pool_id and base.job.pool and pool_id != base.job.pool:
-            raise SpecError("--pool", f"{pool_id} differs from the spec's pool {base.job.pool}", "drop --pool")
-        if pool_id:
-            base = replace(base, job=replace(base.job, pool=pool_id))
-        the_spec = build_spec(flavor=base.task.mpi.flavor, instances=instances, base=base)
+        the_spec = _spec_from_base(base, flavor, fabric, pool_id, extra_env, instances)
         vm_size = vm_size or (base.pool.vm_size if base.pool else None)
     else:
-        flavor = flavor or _DEFAULT_FLAVOR.get(executor, "mpich")
-        the_spec = build_spec(flavor=flavor, instances=instances, pool_id=pool_id, vm_size=vm_size,
-                              fabric=fabric or "auto", environment=extra_env)
+        from ..bench.latency import build_spec
+
+        the_spec = build_spec(flavor=flavor or _DEFAULT_FLAVOR.get(executor, "mpich"), instances=instances,
+                              pool_id=pool_id, vm_size=vm_size, fabric=fabric or "auto", environment=extra_env)
     if executor == "azure" and not the_spec.job.pool:
         raise SpecError("--pool", "the azure executor needs a pool", "give --pool or job.pool in the spec")
 
@@ -180,19 +109,7 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
                                hosts=hosts[:instances] if executor == "ssh" else None)
     res = run_latency(ex, the_spec, pairs=pairs, program=program, sizes=size_range, iterations=iterations,
                       vm_size=vm_size)
-
-    plots: list[str] = []
-    if plot_path and res.samples and res.first:
-        from ..bench.plot import plot_latency, plot_matrix
-
-        title = f"ping-pong {' - '.join(res.first.rank_hosts[:2])}: {res.program}, {the_spec.task.mpi.flavor}"
-        plots.append(plot_latency(res.samples, plot_path, anchor_us=res.verdict.anchor_us if res.verdict else None,
-                                  title=title))
-        if pairs == "all":
-            png = Path(plot_path)
-            plots.append(plot_matrix(res.matrix, res.node_names, png.with_name(png.stem + "-matrix" + png.suffix),
-                                     highlight=res.slowest[0] if res.slowest else None))
-
+    plots = _draw_plots(res, plot_path, the_spec.task.mpi.flavor) if plot_path else []
     if output == "json":
         data = res.to_json()
         data["plots"] = plots
@@ -202,6 +119,65 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
         for written in plots:
             click.echo(f"plot: {written}")
     sys.exit(EXIT_OK if res.ok else EXIT_TASK_FAILED)
+
+
+def _instances(executor: str, pairs: str, nodes: int | None, base: Any,
+               ssh_kw: dict[str, Any]) -> tuple[list[str], int]:
+    """(the SSH hosts, or [] for other executors; how many instances the benchmark task has)."""
+    if executor != "ssh":
+        default_all = base.task.instances if base and base.task.instances >= 3 else 3
+        return [], nodes or (default_all if pairs == "all" else 2)
+    hosts = ssh_hosts(ssh_kw)
+    if len(hosts) < 2:
+        raise SpecError("--hosts", f"a ping-pong between nodes needs 2 hosts, got {len(hosts)}", "give two or more")
+    instances = len(hosts) if pairs == "all" else 2
+    if nodes is not None and nodes != instances:
+        raise SpecError("--nodes", f"the SSH executor uses its hosts ({instances})", "drop --nodes")
+    return hosts, instances
+
+
+def _spec_from_base(base: Any, flavor: str | None, fabric: str | None, pool_id: str | None,
+                    extra_env: dict[str, str], instances: int) -> Any:
+    """The benchmark's spec from the user's: its flavour, pool and fabric unless a flag says otherwise (a flag
+    that contradicts the spec is bad input), the --env variables added."""
+    from dataclasses import replace
+
+    from ..bench.latency import build_spec
+
+    if flavor and flavor != base.task.mpi.flavor:
+        raise SpecError("--flavor", f"{flavor} differs from the spec's task.mpi.flavor {base.task.mpi.flavor}",
+                        "drop --flavor or edit the spec")
+    if pool_id and base.job.pool and pool_id != base.job.pool:
+        raise SpecError("--pool", f"{pool_id} differs from the spec's pool {base.job.pool}", "drop --pool")
+    task = replace(base.task, environment={**base.task.environment, **extra_env})
+    if fabric:
+        task = replace(task, mpi=replace(task.mpi, fabric=fabric))
+    base = replace(base, task=task)
+    if pool_id:
+        base = replace(base, job=replace(base.job, pool=pool_id))
+    return build_spec(flavor=base.task.mpi.flavor, instances=instances, base=base)
+
+
+def _draw_plots(res: Any, plot_path: str, flavor: str) -> list[str]:
+    """The latency plot of the first pair (and the matrix for --pairs all); what was written."""
+    if not (res.samples and res.first):
+        return []
+    from ..bench.plot import plot_latency, plot_matrix
+    from ..bench.verdict import ONE_MACHINE_VERDICT
+
+    one_machine = res.first.one_machine
+    where = " (one machine)" if one_machine else ""
+    title = f"ping-pong {' - '.join(res.first.rank_hosts[:2])}{where}: {res.program}, {flavor}"
+    # one machine: no fabric, so neither the fabric bands nor the VM size's anchor mean anything here
+    anchor = res.verdict.anchor_us if res.verdict and not one_machine else None
+    plots = [plot_latency(res.samples, plot_path, anchor_us=anchor, title=title,
+                          note=ONE_MACHINE_VERDICT if one_machine else None)]
+    if res.pairs_mode == "all":
+        png = Path(plot_path)
+        plots.append(plot_matrix(res.matrix, res.node_names, png.with_name(png.stem + "-matrix" + png.suffix),
+                                 highlight=res.slowest[0] if res.slowest else None,
+                                 one_machine=res.one_machine_pairs))
+    return plots
 
 
 COMMANDS = [bench]

@@ -1,7 +1,9 @@
 """`mpibatch bench latency` for real: local executor (emulated nodes) and the SSH test cluster.
 
 Every test runs a real MPI ping-pong across two (or three) hosts and checks what came back: the program
-picked on the node, plausible sizes and latencies, the ranks' host names, and the verdict.
+picked on the node, plausible sizes and latencies, the ranks' host names, and the verdict. Both the emulated
+nodes and the SSH hosts (network namespaces) are one kernel on this machine: every rank must report this
+machine's boot id, and the verdict must say "one machine", never a fabric.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from mpibatch.bench.latency import (
     run_latency,
 )
 from mpibatch.bench.parse import PROGRAM_IMB, PROGRAM_MPI4PY
-from mpibatch.bench.verdict import FABRIC_SHM
+from mpibatch.bench.verdict import FABRIC_ONE_MACHINE, ONE_MACHINE_VERDICT
 from mpibatch.errors import SpecError
 from mpibatch.render import render
 from tests.infra.fixtures import VENVS, mpi_env
@@ -30,6 +32,7 @@ from tests.infra.fixtures import VENVS, mpi_env
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (0, 1024)
 ITER = 200
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()  # this machine's kernel
 
 
 def _check_plausible(res, program: str, hosts: list[str]) -> None:
@@ -44,9 +47,12 @@ def _check_plausible(res, program: str, hosts: list[str]) -> None:
     for s in res.samples:
         assert s.program == program
         assert 0.05 < s.latency_us < 20_000, s  # a real network path, not zeros or garbage
+    # names differ, but both ranks report this kernel's boot id: one machine, no fabric judged
+    assert first.rank_boot_ids == [BOOT_ID, BOOT_ID]
     v = res.verdict
-    assert v.different_hosts is True
-    assert v.fabric != FABRIC_SHM  # two hosts, through the kernel's TCP: never shared-memory fast
+    assert v.names_differ is True and v.same_machine is True and v.different_hosts is False
+    assert v.fabric == FABRIC_ONE_MACHINE and v.ratio is None
+    assert any("one machine" in w for w in v.warnings)
     assert v.small_latency_us == min(s.latency_us for s in res.samples if s.size <= 8)
 
 
@@ -93,9 +99,51 @@ def test_parse_task_output_splits_pairs_and_names_the_slow_node():
                 f"{MARKER} pair={i},{j} end rc=0"]
     res = parse_task_output("\n".join(out), instances=3)
     assert [p.rank_hosts for p in res.pairs] == [["a", "b"], ["a", "c"], ["b", "c"]]
+    assert all(p.rank_boot_ids == [None, None] and p.verdict.same_machine is None for p in res.pairs)
     assert res.node_names == names and res.slowest_name == "c"
     assert res.matrix[0][2] == 9.0 and res.matrix[2][1] == 9.5
     assert res.ok
+
+
+def _one_pair_output(latency_us: float, boots: tuple[str, str], hosts: tuple[str, str] = ("a", "b")) -> str:
+    return "\n".join([
+        f"{MARKER} program={PROGRAM_IMB} path=/opt/IMB-MPI1",
+        f"{MARKER} pair=0,1 hosts=10.0.0.1,10.0.0.2 begin",
+        f"{MARKER} rank=0 host={hosts[0]} boot={boots[0]}", f"{MARKER} rank=1 host={hosts[1]} boot={boots[1]}",
+        "# Benchmarking PingPong", "       #bytes #repetitions      t[usec]   Mbytes/sec",
+        f"            0         1000         {latency_us:.2f}         0.00", "",
+        f"{MARKER} pair=0,1 end rc=0"])
+
+
+@pytest.mark.parametrize("latency_us, vm_size, fabric", [(1.3, "Standard_HB120rs_v3", "RDMA"),
+                                                         (25.0, "Standard_D4s_v5", "TCP")])
+def test_two_boot_ids_are_two_machines_and_the_fabric_is_judged(latency_us, vm_size, fabric):
+    res = parse_task_output(_one_pair_output(latency_us, ("11111111-aaaa", "22222222-bbbb")), vm_size=vm_size)
+    assert res.first.rank_boot_ids == ["11111111-aaaa", "22222222-bbbb"]
+    v = res.verdict
+    assert v.same_machine is False and v.different_hosts and v.fabric == fabric and res.one_machine_pairs == []
+
+
+def test_one_boot_id_is_one_machine_whatever_the_names():
+    res = parse_task_output(_one_pair_output(1.3, ("11111111-aaaa", "11111111-AAAA")), vm_size="Standard_HB120rs_v3")
+    v = res.verdict
+    assert v.same_machine is True and not v.different_hosts and v.fabric == FABRIC_ONE_MACHINE
+    assert res.one_machine_pairs == [(0, 1)] and res.to_json()["one_machine_pairs"] == [[0, 1]]
+    # a node without a boot id ("-"): the check is unavailable, host names decide, and the report says so
+    res = parse_task_output(_one_pair_output(25.0, ("11111111-aaaa", "-")))
+    assert res.first.rank_boot_ids == ["11111111-aaaa", None]
+    assert res.verdict.same_machine is None and res.verdict.fabric == "TCP"
+    assert "boot id of b is not available" in res.verdict.warnings[0]
+
+
+def test_rank_line_carries_the_boot_id():
+    script = benchmark_script(render(build_spec(flavor="mpich", instances=2)))
+    assert "boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo -)" in script
+    # the rank line as the node runs it: this machine's boot id, "-" without /proc
+    rank_sh = shlex.split(script.split("/bin/bash -c ", 1)[1])[0]
+    out = subprocess.run(["bash", "-c", rank_sh, "rank", "true"], env={"PMI_RANK": "0", "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=10).stdout
+    assert out.strip().endswith(f"boot={BOOT_ID}") and f"{MARKER} rank=0 host=" in out
 
 
 # ----------------------------------------------------------------------------------------------- local executor
@@ -119,7 +167,9 @@ def test_local_imb_intelmpi(tmp_path):
                       iterations=ITER, vm_size="Standard_HB120rs_v3", fabric_expected="tcp")
     _check_plausible(res, PROGRAM_IMB, ["node-0", "node-1"])
     assert res.samples[0].size == 0
-    assert res.verdict.anchor_us is not None and res.verdict.ratio > 1
+    # the VM size's anchor is known, but one machine is no HB fabric: nothing compared, no RDMA advice
+    assert res.verdict.anchor_us is not None and res.verdict.ratio is None
+    assert not any("RDMA" in w or "TCP" in w for w in res.verdict.warnings)
 
 
 def test_local_rdma_size_without_infiniband_fails_clearly(tmp_path):
@@ -152,6 +202,28 @@ def test_cli_local_json_and_plot(tmp_path):
     assert len(data["pairs"]) == 3
     assert all(data["matrix"][i][j] > 0 for i in range(3) for j in range(3) if i != j)
     assert png.stat().st_size > 1000 and (tmp_path / "lat-matrix.png").stat().st_size > 1000
+    # three emulated nodes are one machine: every pair is marked, no fabric is named
+    assert data["one_machine_pairs"] == [[0, 1], [0, 2], [1, 2]]
+    assert {p["verdict"]["fabric"] for p in data["pairs"]} == {FABRIC_ONE_MACHINE}
+    assert all(p["rank_boot_ids"] == [BOOT_ID, BOOT_ID] for p in data["pairs"])
+
+
+def test_cli_local_human_verdict_and_matrix_say_one_machine(tmp_path):
+    p = subprocess.run([str(REPO / ".venv" / "bin" / "mpibatch"), "bench", "latency", "--sizes", "0:64",
+                        "--iterations", str(ITER), "--pairs", "all", "--nodes", "3",
+                        "--vm-size", "Standard_HB120rs_v3", "--fabric", "tcp", "--runs-dir", str(tmp_path)],
+                       env=mpi_env("mpich"), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr + p.stdout
+    verdict_text = p.stdout.split("verdict:", 1)[1].split("latency [us]", 1)[0]
+    assert (f"different hosts: NO (host names node-0, node-1; machines: one machine, kernel boot id {BOOT_ID[:8]})"
+            in verdict_text)
+    assert f"fabric: {ONE_MACHINE_VERDICT} (small-message latency" in verdict_text
+    assert "not compared with the published anchor" in verdict_text
+    assert "RDMA" not in verdict_text and "TCP" not in verdict_text
+    matrix = p.stdout.split("verdict:", 1)[1].split("latency [us]", 1)[1].splitlines()
+    assert all(line.count("*") == 2 for line in matrix[1:4]), matrix  # every pair of every row is marked
+    assert f"* {ONE_MACHINE_VERDICT}" in p.stdout
+    assert "slowest node: not judged (every pair was one machine" in p.stdout  # noise of one busy machine
 
 
 def test_cli_bad_input_exit_2(tmp_path):
@@ -188,7 +260,8 @@ def test_ssh_three_hosts_all_pairs_imb(ssh_cluster_factory, tmp_path):
     assert [(p.i, p.j) for p in res.pairs] == [(0, 1), (0, 2), (1, 2)]
     for p in res.pairs:
         assert p.rank_hosts == [cluster.names[p.i], cluster.names[p.j]]
-        assert p.verdict.different_hosts
+        assert p.one_machine and p.rank_boot_ids == [BOOT_ID, BOOT_ID]
+    assert res.one_machine_pairs == [(0, 1), (0, 2), (1, 2)]
     assert res.node_names == list(cluster.names)
     assert all(res.matrix[i][j] is not None and res.matrix[i][j] > 0 for i in range(3) for j in range(3) if i != j)
 
@@ -206,5 +279,7 @@ def test_cli_ssh_first_pair_of_three_hosts(ssh_cluster_factory, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr + p.stdout
     assert f"pair 0-1: {cluster.names[0]} <-> {cluster.names[1]}" in p.stdout
-    assert "different hosts: yes" in p.stdout and PROGRAM_MPI4PY in p.stdout
+    assert (f"different hosts: NO (host names {cluster.names[0]}, {cluster.names[1]}; machines: one machine, "
+            f"kernel boot id {BOOT_ID[:8]})") in p.stdout
+    assert f"fabric: {ONE_MACHINE_VERDICT}" in p.stdout and PROGRAM_MPI4PY in p.stdout
     assert "pair 0-2" not in p.stdout

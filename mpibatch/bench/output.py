@@ -228,7 +228,8 @@ def parse_task_output(text: str, *, sizes: tuple[int, int] | None = None, vm_siz
     pairs = [_judge_pair(section, judge) for section in sections]
     n = max([instances or 0] + [p.j + 1 for p in pairs] + [2])
     values = {(p.i, p.j): p.verdict.small_latency_us for p in pairs if p.verdict is not None}
-    matrix = pair_matrix(values, n)
+    # a slow node is a fault of the fabric: pairs on one machine measured none, so they do not count
+    network = {ij: v for ij, v in values.items() if not any(p.one_machine for p in pairs if (p.i, p.j) == ij)}
     return LatencyResult(program=program, program_path=program_path, pairs_mode="all" if len(pairs) > 1 else "first",
-                         pairs=pairs, node_names=_node_names(pairs, n), matrix=matrix, slowest=slowest_node(matrix),
-                         vm_size=vm_size)
+                         pairs=pairs, node_names=_node_names(pairs, n), matrix=pair_matrix(values, n),
+                         slowest=slowest_node(pair_matrix(network, n)), vm_size=vm_size)

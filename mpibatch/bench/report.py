@@ -144,6 +144,8 @@ def _matrix_lines(res: Any) -> list[str]:
         lines.append(f"{ONE_MACHINE_MARK} {ONE_MACHINE_VERDICT}")
     if res.slowest:
         lines.append(f"slowest node: {res.slowest_name} (median {res.slowest[1]:.2f} us over its pairs)")
+    elif len(res.one_machine_pairs) == len(res.pairs):
+        lines.append("slowest node: not judged (every pair was one machine: no fabric to find a slow node in)")
     else:
         lines.append("slowest node: none stands out (no node's pairs are 1.5x the others)")
     return lines

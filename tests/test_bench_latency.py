@@ -24,6 +24,7 @@ from mpibatch.bench.latency import (
     run_latency,
 )
 from mpibatch.bench.parse import PROGRAM_IMB, PROGRAM_MPI4PY
+from mpibatch.bench.report import format_report
 from mpibatch.bench.verdict import FABRIC_ONE_MACHINE, ONE_MACHINE_VERDICT
 from mpibatch.errors import SpecError
 from mpibatch.render import render
@@ -185,6 +186,9 @@ def test_local_rdma_size_without_infiniband_fails_clearly(tmp_path):
     assert not res.ok and not res.task.succeeded
     assert res.task.failure and res.task.failure.phase == "coordination"
     assert "no active InfiniBand port" in res.task.failure.reason and "node-0" in res.task.failure.reason
+    # the command never ran, so there is no exit code: the report says what failed, not "exit code None"
+    report = format_report(res, flavor="intelmpi", executor="local")
+    assert "exit code None" not in report and "coordination: " in report and "no active InfiniBand port" in report
 
 
 def test_cli_local_json_and_plot(tmp_path):
@@ -224,6 +228,19 @@ def test_cli_local_human_verdict_and_matrix_say_one_machine(tmp_path):
     assert all(line.count("*") == 2 for line in matrix[1:4]), matrix  # every pair of every row is marked
     assert f"* {ONE_MACHINE_VERDICT}" in p.stdout
     assert "slowest node: not judged (every pair was one machine" in p.stdout  # noise of one busy machine
+
+
+def test_cli_plot_without_matplotlib_is_bad_input_before_anything_runs(tmp_path):
+    """As a newcomer's venv without the plot extra: matplotlib cannot be imported (here: made unimportable
+    in the real CLI process). One line naming the extra, exit 2, no task run, never "exit code None"."""
+    code = ("import sys; sys.modules['matplotlib'] = None; from mpibatch.cli import main; "
+            "sys.argv[0] = 'mpibatch'; main()")
+    p = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", code, "bench", "latency", "--sizes", "0:64",
+                        "--plot", str(tmp_path / "lat.png"), "--runs-dir", str(tmp_path / "runs")],
+                       env=mpi_env("mpich"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr + p.stdout
+    assert "pip install 'mpibatch[plot]'" in p.stderr and "exit code None" not in p.stderr + p.stdout
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "lat.png").exists()
 
 
 def test_cli_bad_input_exit_2(tmp_path):

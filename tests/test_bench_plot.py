@@ -99,3 +99,39 @@ def test_missing_matplotlib_gives_install_hint(tmp_path, monkeypatch):
     with pytest.raises(PlotDependencyError):
         plot_matrix([[None, 1.0], [1.0, None]], ["a", "b"], tmp_path / "y.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def _pixels(path: Path):
+    from matplotlib.image import imread
+
+    return imread(str(path))
+
+
+def test_one_machine_plots_say_so_instead_of_fabric_bands(tmp_path):
+    """A pair on one machine: the latency plot carries the note in place of the RDMA / TCP bands, and the
+    matrix hatches and stars its pairs; both images differ from the same data drawn as a network."""
+    _need_matplotlib()
+    from mpibatch.bench.plot import plot_latency, plot_matrix
+    from mpibatch.bench.verdict import ONE_MACHINE_VERDICT
+
+    samples = detect_and_parse((DATA / "mpi4py_pingpong_tcp_netns.txt").read_text())
+    plain, noted = tmp_path / "plain.png", tmp_path / "noted.png"
+    plot_latency(samples, plain)
+    plot_latency(samples, noted, note=ONE_MACHINE_VERDICT)
+    _check_png(noted)
+    a, b = _pixels(plain), _pixels(noted)
+    assert a.shape == b.shape and (a != b).any()
+    # the bands are green (RDMA) and red (TCP) tinted fills: thousands of such pixels without the note, none with it
+    def tinted(img, c):  # pixels where channel c stands out of the other two
+        others = [k for k in range(3) if k != c]
+        return ((img[..., c] - img[..., others[0]] > 0.03) & (img[..., c] - img[..., others[1]] > 0.03)).sum()
+
+    assert tinted(a, 1) > 10_000 and tinted(a, 0) > 10_000
+    assert tinted(b, 1) < 500 and tinted(b, 0) < 5_000  # the note's orange frame is all the red left
+
+    matrix = pair_matrix({(0, 1): 1.3, (0, 2): 1.4, (1, 2): 1.2}, 3)
+    unmarked, marked = tmp_path / "m0.png", tmp_path / "m1.png"
+    plot_matrix(matrix, ["node-0", "node-1", "node-2"], unmarked)
+    plot_matrix(matrix, ["node-0", "node-1", "node-2"], marked, one_machine=[(0, 1), (2, 0), (1, 2)])
+    _check_png(marked)
+    assert (_pixels(unmarked) != _pixels(marked)).any()

@@ -8,12 +8,14 @@ import pytest
 from mpibatch.bench.parse import PROGRAM_MPI4PY, PROGRAM_OSU_LATENCY, Sample, detect_and_parse
 from mpibatch.bench.report import format_matrix, format_table
 from mpibatch.bench.verdict import (
+    FABRIC_ONE_MACHINE,
     FABRIC_RDMA,
     FABRIC_SHM,
     FABRIC_TCP,
     FABRIC_UNCLEAR,
     classify_fabric,
     pair_matrix,
+    same_machine,
     slowest_node,
     verdict,
 )
@@ -187,6 +189,54 @@ def test_verdict_on_captured_shared_memory():
     assert len(v.warnings) == 1  # no "should use RDMA": it never left the host
 
 
+# ---------------------------------------------------------------------------------------------- machines
+BOOT_A, BOOT_B = "3f2a6c1e-0c4b-4c1e-9d53-1b1f0a2b3c4d", "9b0c77aa-5e21-4f0a-8a7e-2d9c8b7a6f5e"
+
+
+@pytest.mark.parametrize(
+    "vm_size, latency, fabric, warn",
+    [
+        ("Standard_HB120rs_v3", 1.3, FABRIC_RDMA, None),
+        ("Standard_HB120rs_v3", 20.0, FABRIC_TCP, "should use RDMA"),
+        ("Standard_D4s_v5", 25.0, FABRIC_TCP, None),
+        ("Standard_D4s_v5", 1.3, FABRIC_RDMA, "has no InfiniBand"),
+    ],
+)
+def test_two_boot_ids_judge_the_fabric_as_before(vm_size, latency, fabric, warn):
+    with_ids = verdict(run(latency), hosts=["node-0", "node-1"], boot_ids=[BOOT_A, BOOT_B], vm_size=vm_size)
+    by_names = verdict(run(latency), hosts=["node-0", "node-1"], vm_size=vm_size)
+    assert with_ids.same_machine is False and by_names.same_machine is None
+    assert with_ids.different_hosts and with_ids.fabric == by_names.fabric == fabric
+    assert with_ids.warnings == by_names.warnings and with_ids.ratio == by_names.ratio
+    assert (warn is None) == (not with_ids.warnings) and (warn is None or warn in with_ids.warnings[0])
+
+
+@pytest.mark.parametrize("latency", [0.2, 1.3, 5.0, 20.0])
+@pytest.mark.parametrize("hosts", [["node-0", "node-1"], ["h", "h"]])
+def test_one_boot_id_is_one_machine_never_a_fabric(latency, hosts):
+    v = verdict(run(latency), hosts=hosts, boot_ids=[BOOT_A, BOOT_A.upper()], vm_size="Standard_HB120rs_v3",
+                fabric_expected="RDMA")
+    assert v.same_machine is True and v.different_hosts is False
+    assert v.fabric == FABRIC_ONE_MACHINE and v.ratio is None and v.anchor_us == 1.2
+    assert v.names_differ == (hosts[0] != hosts[1])
+    assert len(v.warnings) == 1 and "RDMA" not in v.warnings[0] and "TCP" not in v.warnings[0]
+    assert ("emulated nodes" in v.warnings[0]) == v.names_differ
+    assert v.as_dict()["same_machine"] is True
+
+
+def test_two_machines_with_one_name_are_two_machines():
+    v = verdict(run(20.0), hosts=["h", "h"], boot_ids=[BOOT_A, BOOT_B])
+    assert v.different_hosts and v.fabric == FABRIC_TCP and "boot ids differ" in v.warnings[0]
+
+
+@pytest.mark.parametrize("boot_ids", [[BOOT_A, None], [BOOT_A, "-"], ["", BOOT_A], [BOOT_A]])
+def test_unknown_boot_id_falls_back_to_names_and_says_so(boot_ids):
+    v = verdict(run(1.3), hosts=["node-0", "node-1"], boot_ids=boot_ids)
+    assert v.same_machine is None and same_machine(boot_ids) is None
+    assert v.different_hosts and v.fabric == FABRIC_RDMA
+    assert "is not available: whether the ranks share a machine is judged by host names only" in v.warnings[0]
+
+
 def test_verdict_needs_samples():
     with pytest.raises(ValueError):
         verdict([], hosts=["a", "b"])
@@ -280,3 +330,30 @@ def test_format_matrix_aligned():
     assert "?" in unmeasured
     with pytest.raises(ValueError):
         format_matrix(m, ["just-one"])
+
+
+def test_format_matrix_marks_one_machine_pairs():
+    m = pair_matrix({(0, 1): 1.25, (0, 2): 9.5, (1, 2): 10.75}, 3)
+    lines = format_matrix(m, ["a", "b", "c"], one_machine=[(1, 0)]).splitlines()
+    assert lines[1].split() == ["a", "-", "1.25*", "9.50"] and lines[2].split() == ["b", "1.25*", "-", "10.75"]
+    assert lines[3].split() == ["c", "9.50", "10.75", "-"]
+    # decimal points stay in one column, marked or not
+    assert lines[1].index("1.25*") == lines[3].index("10.75") + 1
+    assert lines[1].index("9.50") + 1 == lines[2].index("10.75") + 2
+
+
+def test_hosts_line_names_the_hosts_and_whether_the_machines_differ():
+    from mpibatch.bench.output import PairResult
+    from mpibatch.bench.report import hosts_line
+
+    def line(boots):
+        pair = PairResult(0, 1, ("10.0.0.1", "10.0.0.2"), ["node-0", "node-1"], 0, rank_boot_ids=boots)
+        pair.verdict = verdict(run(1.3), hosts=pair.rank_hosts, boot_ids=boots)
+        return hosts_line(pair)
+
+    assert line([BOOT_A, BOOT_A]) == ("different hosts: NO (host names node-0, node-1; machines: one machine, "
+                                      "kernel boot id 3f2a6c1e)")
+    assert line([BOOT_A, BOOT_B]) == ("different hosts: yes (host names node-0, node-1; machines: two machines, "
+                                      "kernel boot ids 3f2a6c1e, 9b0c77aa)")
+    assert line([BOOT_A, None]) == ("different hosts: yes (host names node-0, node-1; machines: not known: "
+                                    "no kernel boot id from node-1)")

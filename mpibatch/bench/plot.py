@@ -126,6 +126,7 @@ def plot_latency(
     lo, hi = min(lo, 0.1), max(hi, 20.0)
     if note:
         ax_lat.text(0.98, 0.04, _wrap(note), transform=ax_lat.transAxes, ha="right", va="bottom", fontsize=8,
+                    multialignment="left",
                     bbox={"boxstyle": "round", "facecolor": "lightyellow", "edgecolor": "tab:orange"})
     else:
         _fabric_bands(ax_lat, lo, hi, min(s.size for pts in lines.values() for s in pts))

@@ -114,6 +114,9 @@ def test_bench_latency_with_the_azure_executor(tmp_path: Path) -> None:
         assert data["ok"] and data["pairs"][0]["exit_code"] == 0, data
         assert data["samples"] and all(s["latency_us"] > 0 for s in data["samples"])
         assert len(set(data["pairs"][0]["rank_hosts"])) == 2  # one rank on each of two nodes
+        # ...which are one machine (the emulator's nodes share this kernel): no fabric is named
+        assert data["pairs"][0]["one_machine"] and data["verdict"]["fabric"] == "one machine", data["verdict"]
+        assert data["verdict"]["different_hosts"] is False and data["verdict"]["names_differ"] is True
     finally:
         emu.stop()
 

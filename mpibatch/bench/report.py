@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
 
+from .output import LatencyResult, PairResult
 from .parse import Sample
 from .verdict import FABRIC_ONE_MACHINE, ONE_MACHINE_VERDICT, Verdict
 
@@ -88,10 +88,12 @@ def _short(boot_id: str | None) -> str:
     return (boot_id or "?")[:8]
 
 
-def hosts_line(pair: Any) -> str:
+def hosts_line(pair: PairResult) -> str:
     """``different hosts: ...`` for a pair: the answer, the two host names, and whether the machines (kernel
     boot ids) differ."""
     v = pair.verdict
+    if v is None:
+        return "different hosts: ? (the pair was not judged)"
     names = ", ".join(pair.rank_hosts[:2]) or "?"
     boots = (list(pair.rank_boot_ids) + [None, None])[:2]
     if v.same_machine is True:
@@ -111,7 +113,7 @@ def _fabric_line(v: Verdict) -> str:
             + (f", expected {v.expected}" if v.expected else ""))
 
 
-def _pair_lines(res: Any) -> list[str]:
+def _pair_lines(res: LatencyResult) -> list[str]:
     lines: list[str] = []
     for p in res.pairs:
         names = " <-> ".join(p.rank_hosts[:2]) if len(p.rank_hosts) >= 2 else "?"
@@ -121,22 +123,21 @@ def _pair_lines(res: Any) -> list[str]:
         if p.samples and (res.pairs_mode == "first" or p is res.first):
             lines.append(format_table(p.samples))
         elif p.verdict:
-            fabric = "one machine" if p.one_machine else p.verdict.fabric
-            lines.append(f"  small-message latency {p.verdict.small_latency_us:.2f} us ({fabric})")
+            lines.append(f"  small-message latency {p.verdict.small_latency_us:.2f} us ({p.verdict.fabric})")
     return lines
 
 
-def _verdict_lines(res: Any) -> list[str]:
-    v = res.verdict
-    if v is None:
+def _verdict_lines(res: LatencyResult) -> list[str]:
+    v, first = res.verdict, res.first
+    if v is None or first is None:
         return []
-    lines = ["", "verdict:", f"  {hosts_line(res.first)}", f"  {_fabric_line(v)}",
+    lines = ["", "verdict:", f"  {hosts_line(first)}", f"  {_fabric_line(v)}",
              f"  {fmt_ratio(v)}" + (f" [{res.vm_size}]" if res.vm_size else "")]
     warnings = dict.fromkeys(w for p in res.pairs if p.verdict for w in p.verdict.warnings)
     return lines + [f"  warning: {w}" for w in warnings]
 
 
-def _matrix_lines(res: Any) -> list[str]:
+def _matrix_lines(res: LatencyResult) -> list[str]:
     if res.pairs_mode != "all" or not res.pairs:
         return []
     lines = ["", format_matrix(res.matrix, res.node_names, res.one_machine_pairs)]
@@ -151,7 +152,7 @@ def _matrix_lines(res: Any) -> list[str]:
     return lines
 
 
-def _task_lines(res: Any) -> list[str]:
+def _task_lines(res: LatencyResult) -> list[str]:
     task = res.task
     if task is None or task.succeeded:
         return []
@@ -165,7 +166,7 @@ def _task_lines(res: Any) -> list[str]:
     return lines
 
 
-def format_report(res: Any, *, flavor: str, executor: str) -> str:
+def format_report(res: LatencyResult, *, flavor: str, executor: str) -> str:
     """The whole human report of a :class:`mpibatch.bench.output.LatencyResult`."""
     head = (f"benchmark: {res.program or '(none found)'}"
             + (f" ({res.program_path})" if res.program_path else "")

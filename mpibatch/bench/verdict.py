@@ -19,7 +19,7 @@ HBv3 ~1.2 us, A8/A9/H16r ~2.2 us; "under ~3 us means RDMA is in use; over ~10 us
   Open MPI / Intel MPI, docs/rehearsal-machine.md#latency-here) and 0.70 us (mpi4py on Intel MPI: Python adds ~0.5 us).
 * ``< 3 us`` - **RDMA**: every published anchor (1.05-2.2 us) is below it, with headroom for a slower run.
   Shared memory can land here too (the MPICH wheel's shared memory measured 1.0-1.3 us here), which is why
-  :func:`verdict` also looks at the hosts the ranks ran on: on one host it is shared memory, not RDMA.
+  :func:`verdict` first looks at where the ranks ran: on one machine it names no fabric at all.
 * ``> 10 us`` - **TCP** (Azure's Ethernet, even with accelerated networking, is well above RDMA).
 * in between - **unclear**. On this machine, TCP between network namespaces over a veth pair measured
   8-16 us (docs/rehearsal-machine.md#latency-here: Intel MPI 8 us, MPICH 9-14 us, Open MPI 16 us) and 5-7 us
@@ -80,7 +80,7 @@ def classify_fabric(latency_us_small: float) -> str:
     """``"shared memory"``, ``"RDMA"``, ``"TCP"`` or ``"unclear"`` for a small-message one-way latency in us.
 
     Thresholds and their sources: module docstring. Latency alone cannot tell a slow shared-memory path from
-    RDMA; :func:`verdict` uses the ranks' host names for that.
+    RDMA; :func:`verdict` uses the ranks' boot ids (else host names) for that.
     """
     value = float(latency_us_small)
     if not math.isfinite(value) or value < 0:

@@ -194,7 +194,7 @@ def test_local_rdma_size_without_infiniband_fails_clearly(tmp_path):
 def test_cli_local_json_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     env = mpi_env("mpich")
-    png = tmp_path / "lat.png"
+    png = tmp_path / "plots" / "lat.png"  # a directory not made yet, as mpibatch-runs/ on a first run
     p = subprocess.run([str(REPO / ".venv" / "bin" / "mpibatch"), "bench", "latency", "--sizes", "0:1K",
                         "--iterations", str(ITER), "--pairs", "all", "--nodes", "3", "--output", "json",
                         "--plot", str(png), "--runs-dir", str(tmp_path / "runs")],
@@ -205,7 +205,7 @@ def test_cli_local_json_and_plot(tmp_path):
     assert data["nodes"] == ["node-0", "node-1", "node-2"]
     assert len(data["pairs"]) == 3
     assert all(data["matrix"][i][j] > 0 for i in range(3) for j in range(3) if i != j)
-    assert png.stat().st_size > 1000 and (tmp_path / "lat-matrix.png").stat().st_size > 1000
+    assert png.stat().st_size > 1000 and (png.parent / "lat-matrix.png").stat().st_size > 1000
     # three emulated nodes are one machine: every pair is marked, no fabric is named
     assert data["one_machine_pairs"] == [[0, 1], [0, 2], [1, 2]]
     assert {p["verdict"]["fabric"] for p in data["pairs"]} == {FABRIC_ONE_MACHINE}
@@ -241,6 +241,16 @@ def test_cli_plot_without_matplotlib_is_bad_input_before_anything_runs(tmp_path)
     assert p.returncode == 2, p.stderr + p.stdout
     assert "pip install 'mpibatch[plot]'" in p.stderr and "exit code None" not in p.stderr + p.stdout
     assert not (tmp_path / "runs").exists() and not (tmp_path / "lat.png").exists()
+
+
+def test_cli_plot_in_a_directory_that_cannot_be_made_is_bad_input(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    p = subprocess.run([str(REPO / ".venv" / "bin" / "mpibatch"), "bench", "latency", "--sizes", "0:64",
+                        "--plot", str(tmp_path / "a-file" / "lat.png"), "--runs-dir", str(tmp_path / "runs")],
+                       env=mpi_env("mpich"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr + p.stdout
+    assert f"--plot: cannot make the directory {tmp_path / 'a-file'}" in p.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_cli_bad_input_exit_2(tmp_path):

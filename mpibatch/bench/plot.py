@@ -5,6 +5,7 @@ display needed), so calling these from a library or a headless node is safe.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Collection, Iterable, Sequence
@@ -12,6 +13,7 @@ from collections.abc import Collection, Iterable, Sequence
 from mpibatch.bench.parse import Sample
 from mpibatch.bench.verdict import ONE_MACHINE_VERDICT, RDMA_MAX_US, TCP_MIN_US
 from mpibatch.errors import MpibatchError
+from mpibatch.launchers import fileio
 
 __all__ = ["PlotDependencyError", "plot_latency", "plot_matrix"]
 
@@ -40,9 +42,12 @@ def _matplotlib():
 
 
 def _save(fig, canvas_cls, path: str | os.PathLike) -> str:
+    """Render the PNG in memory, then write it whole through the durable writer (never half a file)."""
     canvas_cls(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     path = os.fspath(path)
-    fig.savefig(path, format="png", dpi=110)
+    fileio.write_bytes(path, buf.getvalue())
     return path
 
 

@@ -5,15 +5,20 @@ printed nothing readable, 2 bad input (nothing was run), 3 infrastructure.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import SpecError
 from .common import EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
 from .options import executor_from_options, executor_option, ssh_hosts, ssh_options
+
+if TYPE_CHECKING:  # imported when used: the CLI starts without the benchmark's modules
+    from ..bench.output import LatencyResult
+    from ..spec import Spec
 
 _DEFAULT_FLAVOR = {"local": "mpich", "ssh": "mpich", "azure": "intelmpi"}
 
@@ -81,9 +86,7 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
     if vm_size:
         vm_size = rdma.validate_vm_size(vm_size, "--vm-size")
     if plot_path and not show_script:
-        from ..bench.plot import _matplotlib
-
-        _matplotlib()  # fail (exit 2) before running anything if matplotlib is missing
+        _check_plot_target(plot_path)
 
     base = load_spec(spec) if spec else None
     hosts, instances = _instances(executor, pairs, nodes, base, ssh_kw)
@@ -121,7 +124,24 @@ def latency(spec: str | None, executor: str, flavor: str | None, pool_id: str | 
     sys.exit(EXIT_OK if res.ok else EXIT_TASK_FAILED)
 
 
-def _instances(executor: str, pairs: str, nodes: int | None, base: Any,
+def _check_plot_target(plot_path: str) -> None:
+    """Before anything runs: matplotlib is importable (else exit 2 naming the extra) and the PNG's directory
+    exists or can be made (``--plot mpibatch-runs/x.png`` on a first run)."""
+    from ..bench.plot import _matplotlib
+
+    _matplotlib()
+    parent = Path(plot_path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpecError("--plot", f"cannot make the directory {parent} ({e.strerror or e})",
+                        "give a PNG path in a directory you can write") from None
+    if not os.access(parent, os.W_OK):
+        raise SpecError("--plot", f"the directory {parent} is not writable",
+                        "give a PNG path in a directory you can write")
+
+
+def _instances(executor: str, pairs: str, nodes: int | None, base: Spec | None,
                ssh_kw: dict[str, Any]) -> tuple[list[str], int]:
     """(the SSH hosts, or [] for other executors; how many instances the benchmark task has)."""
     if executor != "ssh":
@@ -136,8 +156,8 @@ def _instances(executor: str, pairs: str, nodes: int | None, base: Any,
     return hosts, instances
 
 
-def _spec_from_base(base: Any, flavor: str | None, fabric: str | None, pool_id: str | None,
-                    extra_env: dict[str, str], instances: int) -> Any:
+def _spec_from_base(base: Spec, flavor: str | None, fabric: str | None, pool_id: str | None,
+                    extra_env: dict[str, str], instances: int) -> Spec:
     """The benchmark's spec from the user's: its flavour, pool and fabric unless a flag says otherwise (a flag
     that contradicts the spec is bad input), the --env variables added."""
     from dataclasses import replace
@@ -158,7 +178,7 @@ def _spec_from_base(base: Any, flavor: str | None, fabric: str | None, pool_id: 
     return build_spec(flavor=base.task.mpi.flavor, instances=instances, base=base)
 
 
-def _draw_plots(res: Any, plot_path: str, flavor: str) -> list[str]:
+def _draw_plots(res: LatencyResult, plot_path: str, flavor: str) -> list[str]:
     """The latency plot of the first pair (and the matrix for --pairs all); what was written."""
     if not (res.samples and res.first):
         return []

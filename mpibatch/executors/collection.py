@@ -244,8 +244,9 @@ def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout]
         try:
             out = new_output_dir(runs_dir, job_id, task_id)
         except InfraError as e:
+            result.nodes_dir = t.keep_files()
             result.failure = result.failure or Failure("collecting", f"{e}; the nodes' files are kept: "
-                                                                     f"{t.keep_files()}")
+                                                                     f"{result.nodes_dir}")
             return
         result.output_dir = str(out)
         found: list[list[str]] = [[] for _ in nodes]
@@ -268,7 +269,7 @@ def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout]
     problems += [p for per_node in found for p in per_node]
     if problems:
         result.missing += problems
-        kept = t.keep_files()
+        kept = result.nodes_dir = t.keep_files()
         reason = (f"{len(problems)} file(s) could not be collected into {out} ({problems[0]}); the nodes' "
                   f"files are kept: {kept}")
         say("collecting", reason)

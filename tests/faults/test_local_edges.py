@@ -11,7 +11,6 @@ import pytest
 
 from tests.faults.helpers import start_cli
 from tests.faults.test_local_faults import cli_env, write_spec
-from tests.infra.fixtures import tiny_fs  # noqa: F401
 
 pytestmark = pytest.mark.mpi
 

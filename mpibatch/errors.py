@@ -21,12 +21,23 @@ class SpecError(MpibatchError, ValueError):
 
     def __init__(self, field: str, problem: str, fix: str | None = None):
         self.field = field
-        self.problem = problem
+        self.problem = cut(problem)
         self.fix = fix
-        text = f"{field}: {problem}" if field else problem
+        text = f"{field}: {self.problem}" if field else self.problem
         if fix:
             text += f" ({fix})"
         super().__init__(text)
+
+
+MAX_PROBLEM_CHARS = 1000
+
+
+def cut(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
+    """`text`, its middle cut out when longer than `limit`: a message never echoes a whole input. Pure."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}...[{len(text) - 2 * keep} characters cut]...{text[-keep:]}"
 
 
 class SpecErrors(SpecError):

@@ -67,3 +67,22 @@ def test_outputs_get_to_a_path_under_a_file_is_bad_input(tmp_path: Path, azurite
                         str(tmp_path / "got")], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "got" / "$TaskOutput" / "out.txt").read_text() == "an output\n"
+
+
+# A shell without job control starts `cmd &` with SIGINT ignored (what `bash scripts/test.sh &` does).
+IN_BACKGROUND = ["bash", "-c", '"$@" & wait $!', "bash"]
+
+
+def test_item24_sigint_tests_pass_when_the_suite_runs_in_the_background(tmp_path: Path) -> None:
+    """Issue 19 item 24: "The test suite started in the background (`bash scripts/test.sh &`, `nohup`) fails
+    its Ctrl-C tests: the command under test inherits an ignored SIGINT"."""
+    probe = subprocess.run([*IN_BACKGROUND, sys.executable, "-c",
+                            "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "True", probe  # the premise: a background child starts with SIGINT ignored
+    test = "tests/test_local_executor.py::test_cli_sigint_mid_run_ends_everything"
+    p = subprocess.run([*IN_BACKGROUND, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "--basetemp", str(tmp_path / "inner"), test],
+                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "1 passed" in p.stdout

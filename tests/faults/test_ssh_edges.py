@@ -1,0 +1,86 @@
+"""Issue 19's SSH first-contact faults (items 20, 21, 22) on real sshd hosts in network namespaces
+(tests/infra/cluster.py), each as a test that failed before the fix."""
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mpibatch.launchers import script_path
+
+from mpibatch.executors.ssh import SshExecutor
+from mpibatch.spec import parse_spec
+from tests.infra.cluster import SshCluster
+from tests.infra.fixtures import VENVS
+
+pytestmark = pytest.mark.cluster
+Make = Callable[..., SshCluster]
+
+HELLO = """\
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+names = comm.gather(MPI.Get_processor_name(), root=0)
+if comm.rank == 0:
+    print("NAMES", ",".join(sorted(set(names))), "SIZE", comm.size)
+"""
+
+
+def hello(tmp: Path, instances: int = 3) -> Any:
+    (tmp / "hello.py").write_text(HELLO)
+    return parse_spec({"job": {"id": "edges"}, "task": {
+        "id": "t", "instances": instances, "mpi": {"flavor": "mpich", "processes_per_node": 1},
+        "command": ["python3", "hello.py"], "common_files": ["hello.py"], "max_wall_clock": "90s"}}, tmp)
+
+
+def executor(c: SshCluster, tmp: Path, hosts: list[str], **kw: Any) -> SshExecutor:
+    return SshExecutor(hosts, user="root", key=str(c.client_key_path), known_hosts=str(c.known_hosts_path),
+                       runs_dir=str(tmp / "runs"), remote_path_prepend=[str(VENVS / "mpich" / "bin")], **kw)
+
+
+@pytest.mark.parametrize("how", ["host:port", "--port"])
+def test_item20_peers_are_checked_on_the_port_the_executor_used(ssh_cluster_factory: Make, tmp_path: Path,
+                                                                 how: str) -> None:
+    """Issue 19 item 20: "The coordination step checks peers on port 22 whatever `--port`, `host:port` or
+    `~/.ssh/config` say". No sshd listens on 22 here; each host's port is in the hosts' ssh config (for MPI)."""
+    ports = [2222, 2223, 2224] if how == "host:port" else [2201] * 3
+    c = ssh_cluster_factory(3, ports=ports)
+    if how == "host:port":
+        ex = executor(c, tmp_path, [f"{h}:{p}" for h, p in zip(c.hosts, ports)])
+    else:
+        ex = executor(c, tmp_path, c.hosts, port=2201)
+    r = ex.submit(hello(tmp_path)).result()
+    assert r.succeeded, (r.failure, [i.stderr for i in r.instances])
+    assert [i.coordination_exit_code for i in r.instances] == [0, 0, 0]
+    assert f"NAMES {','.join(c.names)} SIZE 3" in r.primary.stdout
+
+
+def subtask_peer_check(tmp: Path, hosts: str, ports: str) -> subprocess.CompletedProcess[str]:
+    """coordinate.sh on a subtask node: only its step 3 (the peer check) has work to do."""
+    (tmp / "wd").mkdir(exist_ok=True)
+    (tmp / "shared").mkdir(exist_ok=True)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp), "AZ_BATCH_TASK_WORKING_DIR": str(tmp / "wd"),
+           "AZ_BATCH_TASK_SHARED_DIR": str(tmp / "shared"), "AZ_BATCH_HOST_LIST": hosts,
+           "AZ_BATCH_MASTER_NODE": "127.0.0.1:6000", "AZ_BATCH_NODE_ID": "tvm-1",
+           "AZ_BATCH_IS_CURRENT_NODE_MASTER": "false", "MPIBATCH_PEER_PORTS": ports}
+    return subprocess.run(["bash", script_path("coordinate.sh"), "--rank-dir", str(tmp / "r" / "t")], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_item20_each_peer_is_checked_on_its_own_port_even_at_one_address(tmp_path: Path) -> None:
+    """Issue 19 item 20: "per-host ports may differ - then check each peer on its own port" (two entries of
+    one address: the check's result files were named by address, so one hid the other)."""
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        closed.bind(("127.0.0.1", 0))
+        open_port, closed_port = listening.getsockname()[1], closed.getsockname()[1]
+        closed.close()  # nothing listens there now
+        both = subtask_peer_check(tmp_path, "127.0.0.1,127.0.0.1", f"{open_port},{open_port}")
+        assert both.returncode == 0, both.stderr
+        one = subtask_peer_check(tmp_path, "127.0.0.1,127.0.0.1", f"{open_port},{closed_port}")
+    assert one.returncode == 1, one.stderr
+    assert f"cannot reach 127.0.0.1 from this node (tvm-1) on port {closed_port}" in one.stderr
+    assert f"on port {open_port}" not in one.stderr and "on port 22" not in one.stderr

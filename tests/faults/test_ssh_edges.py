@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,27 @@ def test_item20_each_peer_is_checked_on_its_own_port_even_at_one_address(tmp_pat
     assert one.returncode == 1, one.stderr
     assert f"cannot reach 127.0.0.1 from this node (tvm-1) on port {closed_port}" in one.stderr
     assert f"on port {open_port}" not in one.stderr and "on port 22" not in one.stderr
+
+
+def test_item21_a_host_without_sftp_is_named_with_the_cause_and_the_fix(ssh_cluster_factory: Make,
+                                                                        tmp_path: Path) -> None:
+    """Issue 19 item 21: "A host without the SFTP subsystem gives `error: Channel closed.; Channel closed.;
+    ...` (exit 3): name the host, the cause (no SFTP) and the fix"."""
+    c = ssh_cluster_factory(3, no_sftp=[1])
+    hello(tmp_path)
+    (tmp_path / "spec.yaml").write_text(
+        "job: {id: edges}\ntask: {id: t, instances: 3, mpi: mpich, command: [python3, hello.py], "
+        "common_files: [hello.py]}\n")
+    p = subprocess.run([sys.executable, "-m", "mpibatch.cli", "run", str(tmp_path / "spec.yaml"), "--executor",
+                        "ssh", "--hosts", ",".join(c.hosts), "--user", "root", "--key", str(c.client_key_path),
+                        "--known-hosts", str(c.known_hosts_path), "--runs-dir", str(tmp_path / "runs")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    lines = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, p.stderr
+    msg = lines[0]
+    assert msg.startswith(f"error: root@{c.hosts[1]}: its SSH server refused an SFTP session"), msg
+    assert "no SFTP subsystem" in msg and "`Subsystem sftp internal-sftp`" in msg and "reload sshd" in msg, msg
+    assert c.hosts[0] not in msg and c.hosts[2] not in msg, msg  # only the host that lacks it
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.txt"))
+    assert not c.wait_idle(timeout=10)

@@ -2,6 +2,7 @@
 (tests/infra/cluster.py), each as a test that failed before the fix."""
 from __future__ import annotations
 
+import secrets
 import socket
 import subprocess
 import sys
@@ -34,6 +35,14 @@ def hello(tmp: Path, instances: int = 3) -> Any:
     return parse_spec({"job": {"id": "edges"}, "task": {
         "id": "t", "instances": instances, "mpi": {"flavor": "mpich", "processes_per_node": 1},
         "command": ["python3", "hello.py"], "common_files": ["hello.py"], "max_wall_clock": "90s"}}, tmp)
+
+
+def write_cli_spec(tmp: Path) -> Path:
+    hello(tmp)
+    spec = tmp / "spec.yaml"
+    spec.write_text("job: {id: edges}\ntask: {id: t, instances: 3, mpi: mpich, command: [python3, hello.py], "
+                    "common_files: [hello.py]}\n")
+    return spec
 
 
 def executor(c: SshCluster, tmp: Path, hosts: list[str], **kw: Any) -> SshExecutor:
@@ -92,11 +101,7 @@ def test_item21_a_host_without_sftp_is_named_with_the_cause_and_the_fix(ssh_clus
     """Issue 19 item 21: "A host without the SFTP subsystem gives `error: Channel closed.; Channel closed.;
     ...` (exit 3): name the host, the cause (no SFTP) and the fix"."""
     c = ssh_cluster_factory(3, no_sftp=[1])
-    hello(tmp_path)
-    (tmp_path / "spec.yaml").write_text(
-        "job: {id: edges}\ntask: {id: t, instances: 3, mpi: mpich, command: [python3, hello.py], "
-        "common_files: [hello.py]}\n")
-    p = subprocess.run([sys.executable, "-m", "mpibatch.cli", "run", str(tmp_path / "spec.yaml"), "--executor",
+    p = subprocess.run([sys.executable, "-m", "mpibatch.cli", "run", str(write_cli_spec(tmp_path)), "--executor",
                         "ssh", "--hosts", ",".join(c.hosts), "--user", "root", "--key", str(c.client_key_path),
                         "--known-hosts", str(c.known_hosts_path), "--runs-dir", str(tmp_path / "runs")],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -109,3 +114,34 @@ def test_item21_a_host_without_sftp_is_named_with_the_cause_and_the_fix(ssh_clus
     assert c.hosts[0] not in msg and c.hosts[2] not in msg, msg  # only the host that lacks it
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.txt"))
     assert not c.wait_idle(timeout=10)
+
+
+@pytest.mark.parametrize("how", ["one machine, three ports", "a shared /tmp"])
+def test_item22_host_entries_that_share_a_node_root_are_refused_before_anything_starts(
+        ssh_cluster_factory: Make, tmp_path: Path, how: str) -> None:
+    """Issue 19 item 22: "Host entries that share one filesystem (three `127.0.0.1:PORT` aliases) share one node
+    root: runs fail on `Directory not empty` ... and every instance collects every rank's files"."""
+    root = f"/tmp/mpibatch-edges-{secrets.token_hex(4)}"
+    if how == "one machine, three ports":
+        c = ssh_cluster_factory(1, extra_ports=[2201, 2202])
+        hosts = [f"{c.hosts[0]}:{p}" for p in (22, 2201, 2202)]
+        shared = "hosts[0] root@{0}, hosts[1] root@{0}:2201 and hosts[2] root@{0}:2202".format(c.hosts[0])
+    else:  # three machines whose /tmp is one directory (an NFS-mounted node root, say)
+        c = ssh_cluster_factory(3, private_dirs=())
+        hosts = list(c.hosts)
+        shared = "hosts[0] root@{}, hosts[1] root@{} and hosts[2] root@{}".format(*c.hosts)
+    try:
+        p = subprocess.run([sys.executable, "-m", "mpibatch.cli", "run", str(write_cli_spec(tmp_path)),
+                            "--executor", "ssh", "--hosts", ",".join(hosts), "--user", "root", "--key",
+                            str(c.client_key_path), "--known-hosts", str(c.known_hosts_path), "--node-root", root,
+                            "--runs-dir", str(tmp_path / "runs")], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 2, (p.stdout, p.stderr)
+        assert f"{shared} share one node root {root}" in p.stderr, p.stderr
+        assert "--executor local" in p.stderr and "Traceback" not in p.stderr
+        assert "coordination" not in p.stderr and not list((tmp_path / "runs").iterdir())  # nothing ran
+        left = list(Path(c.node_path(0, root)).iterdir())
+        assert not left, f"markers or files left in the node root: {left}"
+        assert not c.wait_idle(timeout=10)
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(c.node_path(0, root))], check=True)

@@ -217,8 +217,9 @@ class SshCluster:
     (the root namespace's address on the bridge), ``user`` (``root``), ``port`` (node 0's sshd port).
 
     Options for first-contact faults: ``ports`` (node i's sshd listens on ``ports[i]`` instead of 22; the nodes'
-    own ssh config then names each node's port, so MPI launchers still reach them) and ``no_sftp`` (the indices
-    of nodes whose sshd has no ``Subsystem sftp`` line).
+    own ssh config then names each node's port, so MPI launchers still reach them), ``extra_ports`` (every sshd
+    also listens on these: one machine under several ``host:port`` entries) and ``no_sftp`` (the indices of
+    nodes whose sshd has no ``Subsystem sftp`` line).
     """
 
     k: int
@@ -226,6 +227,7 @@ class SshCluster:
     private_dirs: Sequence[str] = ("/tmp", "/var/tmp")
     start_timeout: float = 15.0
     ports: Sequence[int] = ()
+    extra_ports: Sequence[int] = ()
     no_sftp: Sequence[int] = ()
     hosts: list[str] = field(default_factory=list, init=False)
     names: list[str] = field(default_factory=list, init=False)
@@ -418,8 +420,8 @@ class SshCluster:
         lines = []
         for n in self._nodes:
             keytype, key = (n.dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
-            names = f"{n.name},{n.ip}" if n.port == 22 else f"{n.name},{n.ip},[{n.ip}]:{n.port},[{n.name}]:{n.port}"
-            lines.append(f"{names} {keytype} {key}\n")
+            names = [n.name, n.ip] + [f"[{a}]:{p}" for p in {n.port, *self.extra_ports} - {22} for a in (n.ip, n.name)]
+            lines.append(f"{','.join(names)} {keytype} {key}\n")
         known = "".join(lines)
         self.known_hosts_path.write_text(known)
         (ssh_dir / "known_hosts").write_text(known)
@@ -445,7 +447,7 @@ class SshCluster:
         for n in self._nodes:
             (n.dir / "hosts").write_text("\n".join(hosts) + "\n")
             (n.dir / "sshd_config").write_text(
-                f"ListenAddress {n.ip}:{n.port}\n"
+                "".join(f"ListenAddress {n.ip}:{p}\n" for p in (n.port, *self.extra_ports)) +
                 f"HostKey {n.dir / 'ssh_host_ed25519_key'}\n"
                 f"PidFile {n.dir / 'sshd.pid'}\n"
                 f"AuthorizedKeysFile {state / 'authorized_keys'}\n"

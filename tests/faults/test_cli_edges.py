@@ -39,6 +39,14 @@ def test_a_duplicate_yaml_key_is_refused_naming_both_lines(tmp_path: Path, text:
     refused(invoke("render", write(tmp_path, text), "-o", "json"), f"the key {key} is given twice", *lines)
 
 
+def test_a_5000_character_file_name_is_neither_echoed_whole_nor_a_traceback(tmp_path: Path) -> None:
+    """Issue 19 item 23, a variant: a long value in a field's name (a file name of 5,000 characters)."""
+    spec = write(tmp_path, BASE + f"  common_files: ['{'K' * 5000}']\n")
+    refused(invoke("run", spec, "--runs-dir", str(tmp_path / "runs")), "task.common_files[0].source", "cut]")
+    res = invoke("render", spec)  # the human table: the file is not on this machine (ENAMETOOLONG)
+    assert res.exit_code == 0 and "[NOT FOUND on this machine]" in res.stdout, res.output[-500:]
+
+
 def test_a_long_problem_text_is_cut_in_the_middle() -> None:
     from mpibatch.errors import SpecError
 

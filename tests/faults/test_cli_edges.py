@@ -88,7 +88,7 @@ def test_item24_sigint_tests_pass_when_the_suite_runs_in_the_background(tmp_path
                             "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"],
                            capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "True", probe  # the premise: a background child starts with SIGINT ignored
-    test = "tests/test_local_executor.py::test_cli_sigint_mid_run_ends_everything"
+    test = "tests/faults/test_lifecycle_faults.py::test_ctrl_c_during_release_keeps_the_completed_task_s_outcome"
     p = subprocess.run([*IN_BACKGROUND, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         "--basetemp", str(tmp_path / "inner"), test],
                        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300)

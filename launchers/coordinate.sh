@@ -184,29 +184,33 @@ mv "$work/rank" "$wd/.mpibatch-rank"
 
 # 3. Every host must reach every other one. The primary logs in to every host the way the MPI
 #    launcher will (ssh on Batch and SSH hosts): N logins, not N x N. Every other node checks that
-#    the ssh port of each peer answers, so a one-way firewall is still named by its pair.
+#    the ssh port of each peer answers, so a one-way firewall is still named by its pair. A peer's
+#    port: MPIBATCH_PEER_PORTS (one per AZ_BATCH_HOST_LIST entry, in its order: the SSH executor
+#    passes the ports it used), else MPIBATCH_PEER_PORT for every peer (none: no port check), else 22.
 if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   read -r -a rsh <<< "${MPIBATCH_RSH:-ssh -o BatchMode=yes -o ConnectTimeout=10}"
-  port="${MPIBATCH_PEER_PORT:-22}"
   IFS=, read -r -a hosts <<< "$AZ_BATCH_HOST_LIST"
+  IFS=, read -r -a peer_ports <<< "${MPIBATCH_PEER_PORTS:-}"
+  peer_port() { local p=${peer_ports[$1]:-${MPIBATCH_PEER_PORT:-22}}; [[ $p =~ ^[0-9]+$ ]] || p=none; echo "$p"; }
   tmp="$work/peers"; mkdir "$tmp"
-  for h in "${hosts[@]}"; do
+  for i in "${!hosts[@]}"; do  # files by index: entries may share an address (one machine, several ports)
+    h=${hosts[$i]} port=$(peer_port "$i")
     if [ "$is_master" = true ]; then
-      (rc=0; timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$h.out" 2>&1 || rc=$?; echo "$rc" > "$tmp/$h.rc") &
+      (rc=0; timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$i.out" 2>&1 || rc=$?; echo "$rc" > "$tmp/$i.rc") &
     elif [ "$port" != none ]; then
       # shellcheck disable=SC2016  # $0/$1 expand in the inner bash, on purpose
-      (rc=0; timeout 10 bash -c 'exec 3<> "/dev/tcp/$0/$1"' "$h" "$port" > "$tmp/$h.out" 2>&1 || rc=$?
-       echo "$rc" > "$tmp/$h.rc") &
+      (rc=0; timeout 10 bash -c 'exec 3<> "/dev/tcp/$0/$1"' "$h" "$port" > "$tmp/$i.out" 2>&1 || rc=$?
+       echo "$rc" > "$tmp/$i.rc") &
     fi
   done
   wait
-  how="with '${rsh[0]}'"; [ "$is_master" = true ] || how="on port $port"
   failed=0
-  for h in "${hosts[@]}"; do
-    [ -f "$tmp/$h.rc" ] || continue
-    rc=$(cat "$tmp/$h.rc")
+  for i in "${!hosts[@]}"; do
+    [ -f "$tmp/$i.rc" ] || continue
+    rc=$(cat "$tmp/$i.rc")
+    how="with '${rsh[0]}'"; [ "$is_master" = true ] || how="on port $(peer_port "$i")"
     if [ "$rc" != 0 ]; then
-      log "cannot reach $h from this node ($node) $how: exit $rc: $(tail -n 3 "$tmp/$h.out" | tr '\n' ' ')"
+      log "cannot reach ${hosts[$i]} from this node ($node) $how: exit $rc: $(tail -n 3 "$tmp/$i.out" | tr '\n' ' ')"
       failed=1
     fi
   done

@@ -10,6 +10,18 @@ class MpibatchError(Exception):
     exit_code = 3
 
 
+MAX_PROBLEM_CHARS = 1000
+MAX_FIELD_CHARS = 300
+
+
+def cut(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
+    """`text`, its middle cut out when longer than `limit`: a message never echoes a whole input. Pure."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}...[{len(text) - 2 * keep} characters cut]...{text[-keep:]}"
+
+
 class SpecError(MpibatchError, ValueError):
     """Bad user input (spec field, host list, path, VM size...). Nothing was submitted or run.
 
@@ -20,10 +32,10 @@ class SpecError(MpibatchError, ValueError):
     exit_code = 2
 
     def __init__(self, field: str, problem: str, fix: str | None = None):
-        self.field = field
-        self.problem = problem
+        self.field = cut(field, MAX_FIELD_CHARS)  # a field may name a path or a key the user wrote
+        self.problem = cut(problem)
         self.fix = fix
-        text = f"{field}: {problem}" if field else problem
+        text = f"{self.field}: {self.problem}" if field else self.problem
         if fix:
             text += f" ({fix})"
         super().__init__(text)

@@ -34,4 +34,6 @@ def format_result(r: TaskResult, stdout_lines: int = 20) -> str:
         lines += ["", "primary stdout (tail):"] + [f"  {x}" for x in out]
     if r.output_dir:
         lines += ["", f"outputs and logs of every instance: {r.output_dir}/<instance>/"]
+    if r.nodes_dir:
+        lines += [f"the nodes' files are kept (until you remove them): {r.nodes_dir}"]
     return "\n".join(lines)

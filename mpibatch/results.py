@@ -48,6 +48,9 @@ class TaskResult:
     output_dir: str | None = None
     instances: list[InstanceResult] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # outputs expected but not collected
+    # Rehearsals: the nodes' files on this machine, kept (--keep-nodes, or a failed collection) until the user
+    # removes them.
+    nodes_dir: str | None = None
 
     @property
     def succeeded(self) -> bool:

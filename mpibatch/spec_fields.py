@@ -60,7 +60,7 @@ def as_int(value: Any, where: str, lo: int, hi: int | None = None) -> int:
         raise SpecError(where, f"{shown(value)} is not a whole number", f"write a number >= {lo}")
     if value < lo or (hi is not None and value > hi):
         rng = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise SpecError(where, f"{value} is out of range", f"use a number {rng}")
+        raise SpecError(where, f"{shown(value)} is out of range", f"use a number {rng}")
     return value
 
 

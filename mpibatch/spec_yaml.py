@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SpecError
+from .errors import SpecError, shown
 from .inputfiles import read_text_file
 
 # What a spec may cost (docs/limits.md): a spec is a page of YAML, not a data file.
@@ -39,6 +39,25 @@ class _SpecLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        # YAML lets a later key silently replace an earlier one; in a spec that hides a mistake.
+        first: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node, deep=False)
+            try:
+                earlier: Any = first.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader refuses it itself
+                continue
+            if earlier is not key_node.start_mark:
+                again: Any = key_node.start_mark
+                raise _Refused(None, f"the key {shown(key)} is given twice in one mapping: at line "
+                               f"{earlier.line + 1}, column {earlier.column + 1} and at line {again.line + 1}, "
+                               f"column {again.column + 1}",
+                               "keep one of them: YAML would silently use the later one")
+        return super().construct_mapping(node, deep=deep)
+
 
 class _Refused(Exception):
     def __init__(self, mark: Any, problem: str, fix: str) -> None:
@@ -50,7 +69,8 @@ def parse_yaml(text: str, name: str) -> Any:
     try:
         return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except _Refused as e:
-        raise SpecError(name, f"{e.problem} (line {e.mark.line + 1}, column {e.mark.column + 1})", e.fix) from None
+        where = f" (line {e.mark.line + 1}, column {e.mark.column + 1})" if e.mark is not None else ""
+        raise SpecError(name, e.problem + where, e.fix) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -26,4 +26,4 @@ exec runuser -u "$user" -- env -i "${envs[@]}" bash -c '
   cd "$HOME/mpibatch"
   [ "$(id -u)" -ne 0 ]
   bash scripts/install-test-deps.sh --venvs-only
-  exec .venv/bin/python -m pytest -p no:cacheprovider tests/test_local_executor.py tests/test_local_rootless.py tests/faults/test_local_faults.py "$@"' bash "$@"
+  exec .venv/bin/python -m pytest -p no:cacheprovider tests/test_local_executor.py tests/test_local_rootless.py tests/faults/test_local_faults.py tests/faults/test_local_edges.py "$@"' bash "$@"

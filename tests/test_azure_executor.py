@@ -31,6 +31,7 @@ import yaml
 from mpibatch.render import NODE_FILES
 from tests.infra.batch_emulator import BatchEmulator
 from tests.infra.fixtures import Azurite, mpi_env, require
+from tests.infra.signals import default_sigint
 
 pytestmark = pytest.mark.azure
 
@@ -345,7 +346,7 @@ def _start_and_interrupt(args: list[str], env: dict[str, str], task_id: str,
     """Run the CLI, send SIGINT once the task runs (or once a stderr line holds `trigger`), return
     (exit code, stdout, stderr). Bounded."""
     proc = subprocess.Popen([str(MPIBATCH), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
     lines: queue.Queue[str] = queue.Queue()
     stdout: list[str] = []
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True)  # type: ignore[union-attr]

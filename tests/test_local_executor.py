@@ -16,6 +16,7 @@ import pytest
 from mpibatch.executors.local import LocalExecutor
 from mpibatch.spec import parse_spec
 from tests.infra.fixtures import VENVS, mpi_env
+from tests.infra.signals import default_sigint
 
 pytestmark = pytest.mark.mpi
 REPO = Path(__file__).resolve().parent.parent
@@ -237,7 +238,7 @@ def test_cli_sigint_mid_run_ends_everything(tmp_path: Path) -> None:
     env = mpi_env("mpich")
     p = subprocess.Popen([sys.executable, "-m", "mpibatch.cli", "run", str(spec_file), "--runs-dir",
                           str(tmp_path / "runs")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=default_sigint)
     time.sleep(3.0)  # well into 'running' (MPICH starts in well under a second)
     assert p.poll() is None
     p.send_signal(signal.SIGINT)

@@ -18,6 +18,7 @@ from mpibatch.errors import SpecError
 from mpibatch.executors.collection import new_output_dir, read_collected_log
 from tests.infra.batch_emulator import BatchEmulator
 from tests.infra.fixtures import Azurite
+from tests.infra.signals import default_sigint
 from tests.test_azure_executor import (  # noqa: F401 - fixtures
     MPIBATCH,
     assert_no_secrets,
@@ -71,7 +72,8 @@ def _submit_and_follow(standin: BatchEmulator, azurite: Azurite, tmp_path: Path,
     env, secrets = cli_env(standin, azurite), secrets_of(standin, azurite)
     assert run_cli(["submit", str(spec), "--no-wait"], env, *secrets).returncode == 0
     follower = subprocess.Popen([str(MPIBATCH), "logs", job_id, task_id, "--follow", "--interval", "0.3"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=default_sigint)
     return follower, job_id, task_id, env
 
 

@@ -18,6 +18,7 @@ from mpibatch.executors.ssh import SshExecutor
 from mpibatch.spec import parse_spec
 from tests.infra.cluster import SshCluster
 from tests.infra.fixtures import REPO_ROOT, ssh_cluster3, ssh_cluster_factory  # noqa: F401
+from tests.infra.signals import default_sigint
 
 pytestmark = pytest.mark.cluster
 
@@ -177,7 +178,7 @@ def test_sigint_to_the_cli_cleans_every_host(ssh_cluster3: SshCluster, tmp_path:
            "--hosts", ",".join(c.hosts), "--user", "root", "--key", str(c.client_key_path),
            "--known-hosts", str(c.known_hosts_path), "--runs-dir", str(tmp_path / "runs")]
     p = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                         text=True, cwd=tmp_path)
+                         text=True, cwd=tmp_path, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 30
         # Wait until the application runs on the hosts (sleep processes on all three).

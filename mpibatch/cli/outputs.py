@@ -14,6 +14,7 @@ import click
 
 from ..conventions import is_safe_relative
 from ..errors import SpecError
+from ..executors.collection import check_runs_dir
 from ..fileconventions import JobOutputStorage, TaskOutputStorage, download_outputs
 from .common import EXIT_INFRA, EXIT_OK, echo_json, output_option, report_errors
 from .transfer_progress import transfer_progress
@@ -83,7 +84,9 @@ def get_outputs(job_id: str, task_id: str, kind: str | None, to: Path | None, ou
     """Download TASK's outputs, verified (size, MD5), written under a temporary name and renamed when
     complete. A rerun keeps files already there and verified, and fetches the rest."""
     dest = to or Path("mpibatch-outputs") / job_id / task_id
-    found = _storage(job_id, task_id).list_outputs(kind)
+    storage = _storage(job_id, task_id)
+    check_runs_dir(dest, "--to", "./mpibatch-outputs")  # bad input (exit 2) before anything is fetched
+    found = storage.list_outputs(kind)
     results: dict[str, str] = {}
     todo = []
     for o in found:

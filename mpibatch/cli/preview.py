@@ -85,7 +85,11 @@ def _source(ref: FileRef, container: str) -> str:
         return f"mpibatch's node-side {Path(ref.source).name}, uploaded at submit to {container}, read-only SAS"
     if ref.is_url:
         return f"downloaded from {redact_url(ref.source)}"
-    missing = "" if Path(ref.source).exists() else "  [NOT FOUND on this machine]"
+    try:
+        found = Path(ref.source).exists()
+    except OSError:  # a name too long for this machine (ENAMETOOLONG), a permission error: not usable here
+        found = False
+    missing = "" if found else "  [NOT FOUND on this machine]"
     return f"local {ref.source}: uploaded at submit to {container}, read-only SAS URL{missing}"
 
 

@@ -35,7 +35,9 @@ def _sigterm_as_interrupt() -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @executor_option()
 @click.option("--runs-dir", default="mpibatch-runs", show_default=True, help="where outputs are collected")
-@click.option("--keep-nodes", is_flag=True, help="local: keep the emulated nodes' directories for inspection")
+@click.option("--keep-nodes", is_flag=True,
+              help="local: keep the emulated nodes' directories for inspection (their path is printed; they stay "
+                   "until you remove them)")
 @click.option("--node-ib", default=None, metavar="DEV,DEV,...",
               help="local: each emulated node's InfiniBand, like an HPC node's sysfs: a device name "
                    "(mlx5_ib0), NAME:down or none, one per node, e.g. mlx5_ib0,mlx5_0,none")

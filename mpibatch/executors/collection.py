@@ -40,14 +40,26 @@ class CollectError(OSError):
         self.files, self.problems = files, problems
 
 
-def check_runs_dir(runs_dir: Path, field: str = "--runs-dir") -> Path:
-    """Create `runs_dir` if missing and prove a file can be written there - before any node starts."""
-    fix = "give a directory you can write to, e.g. --runs-dir ./mpibatch-runs"
+def _not_a_directory(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` (or `path` itself) when it is not a directory."""
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            return None if p.is_dir() else p
+    return None
+
+
+def check_runs_dir(runs_dir: Path, field: str = "--runs-dir", example: str = "./mpibatch-runs") -> Path:
+    """Create `runs_dir` if missing and prove a file can be written there - before any node starts
+    (or any download: `outputs get --to`)."""
+    fix = f"give a directory you can write to, e.g. {field} {example}"
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise SpecError(field, f"{runs_dir} exists and is not a directory", fix) from None
     except OSError as e:
+        if (blocker := _not_a_directory(runs_dir)) is not None:
+            raise SpecError(field, f"{runs_dir} cannot be a directory: {blocker} is a file, not a directory",
+                            fix) from None
         raise SpecError(field, f"cannot create {runs_dir}: {e.strerror or e}", fix) from None
     if not runs_dir.is_dir():
         raise SpecError(field, f"{runs_dir} is not a directory", fix)
@@ -244,8 +256,9 @@ def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout]
         try:
             out = new_output_dir(runs_dir, job_id, task_id)
         except InfraError as e:
+            result.nodes_dir = t.keep_files()
             result.failure = result.failure or Failure("collecting", f"{e}; the nodes' files are kept: "
-                                                                     f"{t.keep_files()}")
+                                                                     f"{result.nodes_dir}")
             return
         result.output_dir = str(out)
         found: list[list[str]] = [[] for _ in nodes]
@@ -268,7 +281,7 @@ def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout]
     problems += [p for per_node in found for p in per_node]
     if problems:
         result.missing += problems
-        kept = t.keep_files()
+        kept = result.nodes_dir = t.keep_files()
         reason = (f"{len(problems)} file(s) could not be collected into {out} ({problems[0]}); the nodes' "
                   f"files are kept: {kept}")
         say("collecting", reason)

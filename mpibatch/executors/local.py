@@ -67,6 +67,9 @@ def default_base_env(environ: dict[str, str] | None = None, python: str = sys.ex
 
 
 CONTROLLER_FILE = "controller"  # "PID START-TIME" of the process that made a node directory
+# In a node directory the user was told is kept (--keep-nodes, a failed collection): the start-up sweep of
+# dead runs leaves it; the user removes it.
+KEPT_FILE = "KEPT"
 
 
 def _process_identity(pid: int) -> str | None:
@@ -87,6 +90,8 @@ def sweep_stale_workdirs(tmp: Path) -> None:
                 continue
             owner = (d / CONTROLLER_FILE).read_text().split()
         except (OSError, ValueError):
+            continue
+        if (d / KEPT_FILE).exists():
             continue
         if owner and owner[0].isdigit() and _process_identity(int(owner[0])) != " ".join(owner):
             log.info("removing %s, left by a dead run", d)
@@ -115,8 +120,12 @@ class LocalTransport:
 
     def __init__(self, keep_nodes: bool = False, workdir: str | None = None,
                  node_setup: Callable[[Node, Path], None] | None = None,
-                 workdir_setup: Callable[[Path], None] | None = None) -> None:
+                 workdir_setup: Callable[[Path], None] | None = None,
+                 helper_env: Mapping[str, str] | None = None) -> None:
         self.keep_nodes = keep_nodes
+        # The run's PID 1 and the node inits live in the run's PID namespace, where every node process can
+        # read their /proc/PID/environ: they start from the nodes' clean image, never the operator's environment.
+        self.helper_env = dict(helper_env) if helper_env is not None else default_base_env()
         self.node_setup = node_setup  # fills node i's root directory (as this machine sees it) before it starts
         self.workdir_setup = workdir_setup  # fills the run's directory once it exists
         # Named now, made by open(): bad input found before that leaves nothing behind.
@@ -180,8 +189,8 @@ class LocalTransport:
             ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child=SIGKILL", "--mount",
              "--propagation", "private", "--mount-proc", "--",
              "/bin/bash", script_path("local_run_init.sh")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=die_with_parent())
+            env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, preexec_fn=die_with_parent())
         if self.run_init.stdout is None or self.run_init.stdout.readline().strip() != b"ready":
             err = self._stop(self.run_init)
             self.run_init = None
@@ -202,7 +211,8 @@ class LocalTransport:
              "private", "--", "/bin/bash", script_path("local_node_init.sh"),
              str(self.workdir / "nodes" / str(node.index)),
              str(self.mount_point), str(self.hosts_file), node.node_id],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True)
         line = p.stdout.readline() if p.stdout else b""
         if line.strip() != b"ready":
             err = self._stop(p)
@@ -304,7 +314,18 @@ class LocalTransport:
 
     def keep_files(self) -> str:
         self.keep_nodes = True
+        self._mark_kept()
+        return self.kept_dir
+
+    @property
+    def kept_dir(self) -> str:
+        """Where the nodes' files are once kept (what the user is told to look at, then remove)."""
         return str(self.workdir / "nodes")
+
+    def _mark_kept(self) -> None:
+        if self.made and self.workdir.is_dir():
+            (self.workdir / KEPT_FILE).write_text(
+                "mpibatch keeps these emulated nodes' files until you remove this directory\n")
 
     # ------------------------------------------------------------------ processes
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
@@ -351,7 +372,9 @@ class LocalTransport:
 
     def close(self) -> None:
         self.end_processes()
-        if not self.keep_nodes and self.made:
+        if self.keep_nodes:
+            self._mark_kept()
+        elif self.made:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -387,7 +410,7 @@ class LocalExecutor(RehearsalExecutor):
 
     def transport_for(self, plan: TaskPlan) -> tuple[LocalTransport, dict[str, str]]:
         t = self.transport = LocalTransport(
-            keep_nodes=self.keep_nodes, node_setup=self._setup_node,
+            keep_nodes=self.keep_nodes, node_setup=self._setup_node, helper_env=self.base_env,
             workdir_setup=(lambda d: hpcnode.write_modulefiles(d / LocalTransport.MODULEFILES, self.modules))
             if self.modules else None)
         agent = script_path("local_rsh.sh")
@@ -403,7 +426,8 @@ class LocalExecutor(RehearsalExecutor):
     def run_plan(self, plan: TaskPlan) -> TaskResult:
         result = super().run_plan(plan)
         t = self.transport
-        if self.keep_nodes and t is not None:
+        if self.keep_nodes and t is not None and t.made:
+            result.nodes_dir = t.kept_dir
             for r, node in zip(result.instances, t.nodes):
                 r.task_dir = str(t.host_path(node, f"{node.root}/workitems/{plan.job_id}/job-1/{plan.task_id}"))
         return result

@@ -21,6 +21,7 @@ import pytest
 from mpibatch.executors.local import LocalExecutor
 from mpibatch.spec import parse_spec
 from tests.infra.fixtures import mpi_env
+from tests.infra.signals import default_sigint
 from tests.test_local_executor import no_process_left
 
 pytestmark = pytest.mark.mpi
@@ -43,7 +44,7 @@ def cli(tmp_path: Path, text: str) -> subprocess.Popen[str]:
     env = dict(mpi_env("mpich"), TMPDIR=str(tmp_path / "tmp"))
     return subprocess.Popen([sys.executable, "-m", "mpibatch.cli", "run", str(tmp_path / "spec.yaml"),
                              "--runs-dir", str(tmp_path / "runs")], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
 
 
 def read_until(p: subprocess.Popen[str], marker: str) -> str:

@@ -199,6 +199,7 @@ class _Node:
     ip: str
     host_veth: str
     dir: Path
+    port: int = 22
     proc: subprocess.Popen | None = None
     down: bool = False
 
@@ -213,13 +214,21 @@ class SshCluster:
 
     Use as a context manager or call start()/stop(). Attributes after start(): ``hosts`` (IPs, node 0
     first), ``names`` (``node-0``...), ``client_key_path``, ``known_hosts_path``, ``subnet``, ``gateway``
-    (the root namespace's address on the bridge), ``user`` (``root``), ``port`` (22).
+    (the root namespace's address on the bridge), ``user`` (``root``), ``port`` (node 0's sshd port).
+
+    Options for first-contact faults: ``ports`` (node i's sshd listens on ``ports[i]`` instead of 22; the nodes'
+    own ssh config then names each node's port, so MPI launchers still reach them), ``extra_ports`` (every sshd
+    also listens on these: one machine under several ``host:port`` entries) and ``no_sftp`` (the indices of
+    nodes whose sshd has no ``Subsystem sftp`` line).
     """
 
     k: int
     name_prefix: str = "node-"
     private_dirs: Sequence[str] = ("/tmp", "/var/tmp")
     start_timeout: float = 15.0
+    ports: Sequence[int] = ()
+    extra_ports: Sequence[int] = ()
+    no_sftp: Sequence[int] = ()
     hosts: list[str] = field(default_factory=list, init=False)
     names: list[str] = field(default_factory=list, init=False)
     user: str = field(default="root", init=False)
@@ -228,6 +237,10 @@ class SshCluster:
     def __post_init__(self) -> None:
         if not 1 <= self.k <= MAX_HOSTS:
             raise ValueError(f"k must be between 1 and {MAX_HOSTS}, got {self.k}")
+        if self.ports and (len(self.ports) != self.k or not all(1 <= p <= 65535 for p in self.ports)):
+            raise ValueError(f"ports must hold one TCP port per host, got {self.ports!r}")
+        if not all(0 <= i < self.k for i in self.no_sftp):
+            raise ValueError(f"no_sftp must hold host indices below {self.k}, got {self.no_sftp!r}")
         if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", self.name_prefix):
             raise ValueError(f"bad name_prefix {self.name_prefix!r}")
         for d in self.private_dirs:
@@ -288,7 +301,7 @@ class SshCluster:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
             client.connect(
-                self._node(i).ip, port=self.port, username=self.user, key_filename=str(self.client_key_path),
+                self._node(i).ip, port=self._node(i).port, username=self.user, key_filename=str(self.client_key_path),
                 allow_agent=False, look_for_keys=False, timeout=timeout, banner_timeout=timeout,
                 auth_timeout=timeout,
             )
@@ -377,10 +390,12 @@ class SshCluster:
                     ip=str(base + 1 + i),
                     host_veth=f"mpb{self.run_id}h{i}",
                     dir=d,
+                    port=self.ports[i] if self.ports else 22,
                 )
             )
         self.hosts = [n.ip for n in self._nodes]
         self.names = [n.name for n in self._nodes]
+        self.port = self._nodes[0].port
 
     def _make_keys_and_configs(self) -> None:
         state = self.state_dir
@@ -405,12 +420,15 @@ class SshCluster:
         lines = []
         for n in self._nodes:
             keytype, key = (n.dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
-            lines.append(f"{n.name},{n.ip} {keytype} {key}\n")
+            names = [n.name, n.ip] + [f"[{a}]:{p}" for p in {n.port, *self.extra_ports} - {22} for a in (n.ip, n.name)]
+            lines.append(f"{','.join(names)} {keytype} {key}\n")
         known = "".join(lines)
         self.known_hosts_path.write_text(known)
         (ssh_dir / "known_hosts").write_text(known)
+        # A node whose sshd is not on 22: the nodes' ssh (MPI launchers) finds its port here, as in ~/.ssh/config.
+        ports = "".join(f"Host {n.name} {n.ip}\n    Port {n.port}\n" for n in self._nodes if n.port != 22)
         (ssh_dir / "config").write_text(
-            "Host *\n"
+            ports + "Host *\n"
             "    User root\n"
             "    IdentityFile /root/.ssh/id_ed25519\n"
             "    IdentitiesOnly yes\n"
@@ -429,7 +447,7 @@ class SshCluster:
         for n in self._nodes:
             (n.dir / "hosts").write_text("\n".join(hosts) + "\n")
             (n.dir / "sshd_config").write_text(
-                f"ListenAddress {n.ip}:22\n"
+                "".join(f"ListenAddress {n.ip}:{p}\n" for p in (n.port, *self.extra_ports)) +
                 f"HostKey {n.dir / 'ssh_host_ed25519_key'}\n"
                 f"PidFile {n.dir / 'sshd.pid'}\n"
                 f"AuthorizedKeysFile {state / 'authorized_keys'}\n"
@@ -446,7 +464,7 @@ class SshCluster:
                 "MaxStartups 100\n"
                 "MaxSessions 100\n"
                 "LoginGraceTime 30\n"
-                "Subsystem sftp internal-sftp\n"
+                + ("" if n.index in self.no_sftp else "Subsystem sftp internal-sftp\n") +
                 "LogLevel INFO\n"
             )
 
@@ -504,7 +522,7 @@ class SshCluster:
                 if n.proc.poll() is not None:
                     raise ClusterError(f"{n.name}: sshd exited ({n.proc.returncode}): {self._node_log(n)}")
                 try:
-                    with socket.create_connection((n.ip, 22), timeout=0.5) as s:
+                    with socket.create_connection((n.ip, n.port), timeout=0.5) as s:
                         s.settimeout(2)
                         banner = s.recv(64)
                     if not banner.startswith(b"SSH-"):

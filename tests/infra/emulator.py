@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.infra.signals import default_sigint
+
 MPIBATCH = Path(sys.executable).parent / "mpibatch"
 READY_TIMEOUT_S = 60
 EXPORT = re.compile(r"^export ([A-Z_]+)=(.*)$")
@@ -56,6 +58,7 @@ class EmulatorProcess:
 
     def start(self) -> "EmulatorProcess":
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=default_sigint,
                                      env=self.env, stdin=subprocess.DEVNULL)
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()

@@ -17,6 +17,9 @@ from ..lifecycle import RehearsalExecutor
 from .connection import INSECURE_FLAG, RUN_VAR, SYSTEM_PATH, WIRE_LOG, check_host_count
 from .transport import DEFAULT_NODE_ROOT, SshTransport
 
+# coordinate.sh checks each peer's ssh port: the ports this executor reached the hosts on, in host-list order.
+PEER_PORTS_VAR = "MPIBATCH_PEER_PORTS"
+
 __all__ = ["DEFAULT_NODE_ROOT", "INSECURE_FLAG", "RUN_VAR", "SYSTEM_PATH", "WIRE_LOG", "SshExecutor",
            "SshTransport", "rehearsal_env"]
 
@@ -69,4 +72,5 @@ class SshExecutor(RehearsalExecutor):
         if "PATH" not in env or self.remote_path_prepend:
             path = env.get("PATH", SYSTEM_PATH)
             env["PATH"] = ":".join([*self.remote_path_prepend, path])
+        env[PEER_PORTS_VAR] = ",".join(str(h.port) for h in t.hosts[:plan.instances])
         return t, env

@@ -151,7 +151,15 @@ def connect(h: Host, *, known_hosts: str, key: str | None, insecure: bool, timeo
     tr.set_keepalive(int(KEEPALIVE_S) or 1)
     h.client, h.transport = client, tr
     with h.sftp_lock:
-        h.sftp_client()  # opened here, in parallel with the other hosts
+        try:
+            h.sftp_client()  # opened here, in parallel with the other hosts
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            h.close()
+            # paramiko says only "Channel closed.": sshd refuses the subsystem request when none is configured.
+            raise InfraError(f"{h.label}: its SSH server refused an SFTP session ({str(e).strip() or type(e).__name__}"
+                             "), most likely because it has no SFTP subsystem; mpibatch copies files over SFTP. "
+                             "Enable it in the host's sshd_config with `Subsystem sftp internal-sftp` (or the path "
+                             "of sftp-server) and reload sshd") from None
 
 
 def monitor(h: Host, closed: threading.Event) -> None:

@@ -30,7 +30,7 @@ from ...hostlist import HostSpec, parse_host_spec, validate_host
 from ...launchers.outputnames import glob_match
 from .. import collection
 from ..lifecycle import Node, split_command_line
-from . import connection
+from . import connection, roots
 from .connection import CONNECT_TIMEOUT_S, LOST_AFTER_S, Host
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,24 @@ class SshTransport:
             if specs:
                 raise specs[0]
             raise InfraError("; ".join(str(e) for _, e in bad))
+        try:
+            self._check_own_roots()
+        except BaseException:
+            self.close()
+            raise
         self.nodes = [Node(index=i, host=h.spec.host, node_id=f"node-{i}", root=self.node_root)
                       for i, h in enumerate(self.hosts)]
         for h in self.hosts:
             threading.Thread(target=connection.monitor, args=(h, self._closed),
                              name=f"mpibatch-keepalive-{h.spec.host}", daemon=True).start()
         return self.nodes
+
+    def _check_own_roots(self) -> None:
+        groups = roots.shared_roots(self.hosts, self.node_root, self.run_id,
+                                    lambda h, sftp: self._mkdirs_sftp(h, sftp, self.node_root))
+        if groups:
+            raise SpecError("--hosts", "; ".join(roots.describe(self.hosts, g, self.node_root) for g in groups),
+                            roots.FIX)
 
     def lost(self, node: Node) -> str | None:
         h = self.hosts[node.index]

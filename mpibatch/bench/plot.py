@@ -5,6 +5,7 @@ display needed), so calling these from a library or a headless node is safe.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from mpibatch.bench.parse import Sample
 from mpibatch.bench.verdict import RDMA_MAX_US, TCP_MIN_US
 from mpibatch.errors import MpibatchError
+from mpibatch.launchers import fileio
 
 __all__ = ["PlotDependencyError", "plot_latency", "plot_matrix"]
 
@@ -36,7 +38,9 @@ def _matplotlib():
 def _save(fig, canvas_cls, path: str | os.PathLike) -> str:
     canvas_cls(fig)
     path = os.fspath(path)
-    fig.savefig(path, format="png", dpi=110)
+    png = io.BytesIO()  # a plot is small: drawn in memory, then written durably (never half a PNG)
+    fig.savefig(png, format="png", dpi=110)
+    fileio.write_bytes(path, png.getvalue())
     return path
 
 

@@ -2,6 +2,7 @@
 downloaded once per run within the task's max_wall_clock."""
 from __future__ import annotations
 
+import hashlib
 import http.client
 import threading
 import time
@@ -40,7 +41,7 @@ def download(ref: FileRef, cache: Path, deadline: float | None = None, idle_s: f
     timeout alone would let a server that trickles a byte every few seconds hold the run forever.
     The transfer runs in a daemon thread the caller stops waiting for at the deadline (or Ctrl-C);
     the thread then stops after its current read. Errors name the file and the URL without its SAS."""
-    dest = cache / f"{abs(hash(ref.source))}-{Path(ref.path).name}"
+    dest = cache / hashlib.sha256(ref.source.encode()).hexdigest()[:32]  # short, whatever the file's name
     if dest.exists():
         return dest
     cache.mkdir(mode=0o700, exist_ok=True)  # made by the first download only

@@ -21,6 +21,7 @@ from mpibatch.launchers import fileio
 from mpibatch.executors import leftovers
 from mpibatch.executors.collection import collection_targets
 from mpibatch.executors.local import LocalExecutor
+from mpibatch.executors.resource_files import fetch_to
 from mpibatch.spec import parse_spec
 from tests.faults.test_collection_faults import Runner, runner, spec  # noqa: F401
 from tests.faults.test_lifecycle_faults import WAIT_S, cli, read_until, trickling_server  # noqa: F401
@@ -89,6 +90,52 @@ def test_item1_collect_onto_a_full_disk_fails_and_names_the_file(standin: BatchE
         assert "big.bin" in c.stdout + c.stderr and "no space left" in c.stdout + c.stderr, (c.stdout, c.stderr)
         assert not [q for q in tiny_fs.rglob("big.bin")], "a truncated big.bin under its final name"
         assert temporaries(tiny_fs) == []
+
+
+@pytest.fixture
+def big_server() -> Iterator[str]:
+    """HTTP on 127.0.0.1 serving 3 MiB (more than the tiny disk holds) with its Content-Length."""
+    body = os.urandom(3 << 20)
+
+    class Big(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Big)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/input.dat"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_item1_a_resource_file_download_onto_a_full_disk(tiny_fs: Path, big_server: str) -> None:
+    """Issue 18 item 2's writers onto a full disk: a downloaded resource file (the local and SSH executors'
+    cache, the emulator's working directories) leaves nothing and names the file."""
+    dest = tiny_fs / "input.dat"
+    with pytest.raises(fileio.WriteError, match="input.dat.*no space left"):
+        fetch_to(big_server, dest, timeout=30)
+    assert list(tiny_fs.iterdir()) == []
+
+
+def test_item1_a_batch_file_fetch_onto_a_full_disk_or_cut_short(tiny_fs: Path) -> None:
+    """... and a Batch task or node file fetched by `collect` (storage.write_chunks): a full disk, or fewer
+    bytes than Batch's Content-Length, leaves nothing under the name and names the file."""
+    from mpibatch.executors.azure.storage import write_chunks
+
+    with pytest.raises(fileio.WriteError, match="stdout.txt.*no space left"):
+        write_chunks((b"x" * (1 << 20) for _ in range(3)), tiny_fs / "stdout.txt")
+    with pytest.raises(fileio.WriteError, match="stderr.txt.*size mismatch"):
+        write_chunks([b"0123456789"], tiny_fs / "stderr.txt", size=1000)
+    assert list(tiny_fs.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------ item 4

@@ -247,7 +247,11 @@ def test_item6_ctrl_c_while_collecting_leaves_no_temporary_file(tmp_path: Path) 
                       f"command: 'truncate -s {size} big.dat', coordination: 'truncate -s {size} big.dat', "
                       "outputs: [big.dat]}\n")
     read_until(p, "collecting:")
-    time.sleep(0.5)  # the copies are under way
+    runs = tmp_path / "runs"
+    deadline = time.monotonic() + WAIT_S
+    while not temporaries(runs):  # a copy is under way: Ctrl-C comes in the middle of it
+        assert time.monotonic() < deadline and p.poll() is None, "no copy seen in progress"
+        time.sleep(0.01)
     p.send_signal(signal.SIGINT)
     try:
         out, err = p.communicate(timeout=WAIT_S)
@@ -255,7 +259,6 @@ def test_item6_ctrl_c_while_collecting_leaves_no_temporary_file(tmp_path: Path) 
         p.kill()
         pytest.fail("the run did not end after Ctrl-C")
     assert p.returncode == 1 and "interrupted" in out, (out, err)
-    runs = tmp_path / "runs"
     assert temporaries(runs) == [], temporaries(runs)
     assert all(c.stat().st_size == size for c in runs.rglob("big.dat")), "a partial copy under its final name"
     assert os.listdir(tmp_path / "tmp") == [], "temporary directories left behind"

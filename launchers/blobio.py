@@ -9,10 +9,9 @@ File Conventions API (``mpibatch.fileconventions``) uses the same code, so there
   ``2 * workers * block_size`` (64 MiB by default), whatever the file size and however many files are in
   flight. A file that shrinks, grows or vanishes while it is read is an error naming the file; nothing is
   committed for it.
-* Downloads (``launchers/blobdownload.py``): ranges of ``range_size`` from every file in flight, ``workers``
-  at once, into ``.<name>.part``, MD5 computed in order as they arrive, renamed only when size and MD5 match
-  what storage says. A destination that is already there with that size and MD5 is kept (a rerun skips
-  verified files).
+* Downloads are ``launchers/blobdownload.py`` (which builds on this module; this one never imports it):
+  ranges of ``range_size`` from every file in flight, written through the durable writer, MD5 computed in
+  order as they arrive, named only when size and MD5 match what storage says.
 * Append blobs (tracked logs): create, then Append Block with the expected append position, so a retried
   append never doubles bytes.
 
@@ -30,7 +29,7 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -62,14 +61,6 @@ class BlobInfo(NamedTuple):
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def file_md5(path: str, chunk: int = BLOCK_SIZE) -> bytes:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while data := f.read(chunk):
-            h.update(data)
-    return h.digest()
 
 
 class ContainerClient:
@@ -300,25 +291,6 @@ class ContainerClient:
         """Fill `view` with the bytes of `blob` from `start` (no allocation per range: see blobdownload)."""
         self.request("GET", blob, headers={"x-ms-range": f"bytes={start}-{start + len(view) - 1}"},
                      ok=(200, 206), into=view)
-
-    def download_to(self, info: BlobInfo, dest: str, *, on_bytes: Callable[[int], None] | None = None) -> str:
-        """Download a listed blob to `dest`, verified; returns "downloaded" or "kept" (already there and
-        verified). Raises BlobError (size or MD5 mismatch included) and OSError; no partial `dest` ever."""
-        outcome = self.download_many([(info, dest)], on_bytes=on_bytes)[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    def download_many(self, items: Iterable[tuple[BlobInfo, str]], *, on_bytes: Callable[[int], None] | None = None,
-                      on_done: Callable[[BlobInfo, str | BaseException], None] | None = None
-                      ) -> list[str | BaseException]:
-        """Download every (blob, destination) at once, each verified (launchers/blobdownload.py): one outcome
-        per item, "downloaded", "kept" or the exception that stopped it; one failure does not stop the rest."""
-        try:
-            from .blobdownload import download_many
-        except ImportError:  # run as a script beside blobdownload.py
-            from blobdownload import download_many  # type: ignore[no-redef]
-        return download_many(self, items, on_bytes=on_bytes, on_done=on_done)
 
 
 def _read_exactly(f: io.BufferedIOBase, buf: bytearray, n: int, path: str) -> memoryview:

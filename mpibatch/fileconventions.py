@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import InfraError, SpecError
+from .launchers import blobdownload
 from .launchers import outputnames as names
 from .launchers.blobio import BlobError, BlobInfo, ContainerClient
 from .launchers.track import AppendFollower
@@ -141,8 +142,8 @@ class StoredOutput:
                     on_bytes: Callable[[int], None] | None = None) -> str:
         """Download, verify size and MD5, then rename into place; "kept" if it was already there, verified."""
         try:
-            return self._client.download_to(BlobInfo(self.blob_name, self.size, self.md5), os.fspath(local_path),
-                                            on_bytes=on_bytes)
+            return blobdownload.download_to(self._client, BlobInfo(self.blob_name, self.size, self.md5),
+                                            os.fspath(local_path), on_bytes=on_bytes)
         except BlobError as e:
             raise InfraError(f"downloading {self.blob_name}: {e}") from None
 
@@ -163,9 +164,9 @@ def download_outputs(outputs: list[StoredOutput], dests: list[str | os.PathLike[
         by_name = {outputs[i].blob_name: outputs[i] for i in indexes}
         report = None if on_done is None else (
             lambda info, r, by_name=by_name: on_done(by_name[info.name], _outcome(info.name, r)))
-        got = outputs[indexes[0]]._client.download_many(
-            [(BlobInfo(outputs[i].blob_name, outputs[i].size, outputs[i].md5), os.fspath(dests[i])) for i in indexes],
-            on_bytes=on_bytes, on_done=report)
+        infos = [(BlobInfo(outputs[i].blob_name, outputs[i].size, outputs[i].md5), os.fspath(dests[i]))
+                 for i in indexes]
+        got = blobdownload.download_many(outputs[indexes[0]]._client, infos, on_bytes=on_bytes, on_done=report)
         for i, r in zip(indexes, got):
             outcomes[i] = _outcome(outputs[i].blob_name, r)
     return outcomes

@@ -107,3 +107,37 @@ def test_a_tail_of_a_4_gib_file_stays_small(tmp_path: Path) -> None:
             "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
     out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, check=True)
     assert int(out.stdout) < 100 * 1024, f"peak RSS {out.stdout.strip()} kB"
+
+
+def test_downloads_build_on_blobio_and_never_the_other_way() -> None:
+    """One direction between the node modules: blobdownload imports blobio and fileio at module level;
+    blobio never imports blobdownload, and neither imports the other inside a function."""
+    import ast
+
+    from mpibatch import launchers
+
+    root = Path(launchers.__file__).parent
+
+    def imports(name: str) -> tuple[set[str], set[str]]:
+        """(every module `name` imports, those imported inside a function)."""
+        tree = ast.parse((root / name).read_text())
+        every: set[str] = set()
+        inside: set[str] = set()
+
+        def names(node: ast.AST) -> set[str]:
+            if isinstance(node, ast.ImportFrom):
+                return {node.module or a.name for a in node.names}
+            return {a.name for a in node.names} if isinstance(node, ast.Import) else set()
+
+        for node in ast.walk(tree):
+            every |= names(node)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for sub in ast.walk(node):
+                    inside |= names(sub)
+        return every, inside
+
+    blobio_all, blobio_inside = imports("blobio.py")
+    down_all, down_inside = imports("blobdownload.py")
+    assert not {m for m in blobio_all if "blobdownload" in m}
+    assert {"blobio", "fileio"} <= {m.rsplit(".", 1)[-1] for m in down_all}
+    assert not {m for m in blobio_inside | down_inside if "blob" in m or "fileio" in m}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import glob
 import hashlib
-import shutil
+import http.client
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from ..executors.resource_files import fetch_to
 from ..launchers import outputnames
 from ..redaction import redact_url
 
@@ -124,18 +125,13 @@ def download(files: list[tuple[str, str]], wd: Path) -> None:
     for url, rel in files:
         dest = safe_join(wd, rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
-        try:
-            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp, open(part, "wb") as f:
-                shutil.copyfileobj(resp, f)
-            part.replace(dest)
+        try:  # durably, and a body cut short of its Content-Length is a failed download, never a short file
+            fetch_to(url, dest, timeout=TIMEOUT_S)
         except urllib.error.HTTPError as e:
-            part.unlink(missing_ok=True)
             raise FileError("BlobAccessDenied" if e.code == 403 else "BlobNotFound" if e.code == 404 else
                             "ResourceFileDownloadFailed",
                             f"resource file {rel}: HTTP {e.code} {e.reason} from {redact_url(url)}") from None
-        except (urllib.error.URLError, OSError) as e:
-            part.unlink(missing_ok=True)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             raise FileError("ResourceFileDownloadFailed", f"resource file {rel}: cannot download "
                             f"{redact_url(url)}: {getattr(e, 'reason', e)}") from None
 

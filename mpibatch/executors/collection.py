@@ -3,7 +3,9 @@
 * The runs directory is checked before anything starts; each run gets a new ``<runs>/<job>/<task>``.
 * Inside an instance's folder, the logs are ``stdout.txt`` / ``stderr.txt``; an output with one of those
   names goes to ``$<Kind>/<name>`` instead, so it never overwrites the log (:func:`collected_path`).
-* A file is written as ``.<name>.part`` and renamed when complete: no partial file has a final name.
+* A file is written through the durable writer (``launchers/fileio.py``): no partial file has a final name,
+  and an interrupted collection leaves no temporary file.
+* Two outputs that would have the same collected name are refused (:func:`collection_targets`).
 * Only regular files are collected: a symlink (to ``/dev/zero``, or out of the working directory) is refused.
 * Log tails read the last bytes only, whatever the file's size.
 
@@ -13,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ..conventions import INSTANCE_INFO, LOG_FILES
 from ..errors import InfraError, SpecError
+from ..launchers import fileio
 from ..results import TAIL_CHARS, Failure, TaskResult
 
 if TYPE_CHECKING:
@@ -126,22 +129,61 @@ def collected_path(rel: str, kind: str = "TaskOutput") -> str:
     return f"${kind}/{rel}" if rel in (*LOG_FILES, INSTANCE_INFO) else rel
 
 
-def part_name(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.part")
+def collection_targets(rels: Sequence[str], kind: str = "TaskOutput") -> tuple[list[tuple[str, str]], list[str]]:
+    """(path, collected name) of each output, and a problem for each output that cannot have its collected
+    name because another output is already called that (``stdout.txt`` goes to ``$TaskOutput/stdout.txt``,
+    a name a task can also give a file of its own). The clash is refused, never resolved silently: the file
+    that has that path itself is collected, the renamed one is named in the problem (and stays on the node)."""
+    own = set(rels)
+    targets: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for rel in rels:
+        target = collected_path(rel, kind)
+        if target != rel and target in own:
+            problems.append(f"{rel}: not collected: its collected name {target} is the path of another output; "
+                            "rename one of them")
+        else:
+            targets.append((rel, target))
+    return targets, problems
 
 
-def write_atomically(dest: Path, fill: Callable[[BinaryIO], None]) -> None:
-    """Write `dest` through ``.<name>.part``, renamed only after `fill` returned; no .part remains."""
+class Cancelled(Exception):
+    """The collection was interrupted (Ctrl-C): the copies of its worker threads stop at their next piece."""
+
+
+_worker = threading.local()  # the cancel event of the collection a worker thread works for (run_all)
+
+
+def check_cancelled() -> None:
+    event = getattr(_worker, "cancel", None)
+    if event is not None and event.is_set():
+        raise Cancelled("collection interrupted")
+
+
+def copy_stream(read: Callable[[int], bytes], dest: Path, size: int | None = None) -> int:
+    """Copy what `read(n)` returns into `dest` through the durable writer (temporary name, short writes and a
+    full disk checked, `size` verified when known, fsync, rename); returns the bytes copied. A cancelled
+    collection stops between pieces and leaves no temporary file."""
+    check_cancelled()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = part_name(dest)
-    try:
-        with open(part, "wb") as out:
-            fill(out)
-        os.replace(part, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            part.unlink()
-        raise
+
+    def piece(n: int) -> bytes:
+        check_cancelled()
+        return read(n)
+
+    with fileio.DurableFile(dest, size=size) as out:
+        copied = out.copy_from(piece, COPY_CHUNK)
+        out.commit()
+    return copied
+
+
+def remove_temporaries(root: Path) -> None:
+    """Remove the durable writer's temporary files under `root` (what interrupted copies left)."""
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            if fileio.is_temp_name(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
 
 
 def open_regular(path: Path | str) -> BinaryIO:
@@ -159,7 +201,8 @@ def open_regular(path: Path | str) -> BinaryIO:
 
 
 def copy_regular(src: Path | str, dest: Path) -> None:
-    """Copy a regular file (never through a symlink) to `dest`, atomically."""
+    """Copy a regular file (never through a symlink) to `dest`, durably. The file must not change size while
+    it is copied (the task has ended)."""
     try:
         f = open_regular(src)
     except OSError as e:
@@ -167,7 +210,7 @@ def copy_regular(src: Path | str, dest: Path) -> None:
             raise OSError(f"{src} is a symlink; not collected") from None
         raise
     with f:
-        write_atomically(dest, lambda out: shutil.copyfileobj(f, out, COPY_CHUNK))
+        copy_stream(f.read, dest, os.fstat(f.fileno()).st_size)
 
 
 def read_tail(path: Path | str, limit: int = TAIL_CHARS) -> str:
@@ -186,15 +229,21 @@ def read_tail(path: Path | str, limit: int = TAIL_CHARS) -> str:
 T = TypeVar("T")
 
 
+CANCEL_WAIT_S = 10.0  # after Ctrl-C, how long the copies get to stop at their next piece
+
+
 def run_all(fn: Callable[[T], None], items: Sequence[T], workers: int = 8) -> list[BaseException | None]:
     """fn(item) for every item, `workers` at a time, in daemon threads; the exception of each (or None).
-    Ctrl-C returns at once (KeyboardInterrupt) instead of waiting for every call, as a thread pool's
-    shutdown would: the calls still running end with the process, or on their own."""
+    Ctrl-C cancels the calls (a copy stops at its next piece and removes its temporary file, see
+    :func:`copy_stream`), waits at most CANCEL_WAIT_S for them, and raises KeyboardInterrupt: never a wait
+    for every copy to end, as a thread pool's shutdown would."""
     results: list[BaseException | None] = [None] * len(items)
     slots = threading.Semaphore(max(1, workers))
-    threads = []
+    cancel = threading.Event()
+    threads: list[threading.Thread] = []
 
     def one(i: int) -> None:
+        _worker.cancel = cancel
         try:
             fn(items[i])
         except BaseException as e:  # noqa: BLE001 - handed to the caller
@@ -202,16 +251,27 @@ def run_all(fn: Callable[[T], None], items: Sequence[T], workers: int = 8) -> li
         finally:
             slots.release()
 
-    for i in range(len(items)):
-        while not slots.acquire(timeout=0.2):
-            pass
-        th = threading.Thread(target=one, args=(i,), daemon=True, name=f"mpibatch-collect-{i}")
-        th.start()
-        threads.append(th)
-    for th in threads:
-        while th.is_alive():
-            th.join(0.2)
+    try:
+        for i in range(len(items)):
+            while not slots.acquire(timeout=0.2):
+                pass
+            th = threading.Thread(target=one, args=(i,), daemon=True, name=f"mpibatch-collect-{i}")
+            th.start()
+            threads.append(th)
+        for th in threads:
+            while th.is_alive():
+                th.join(0.2)
+    except KeyboardInterrupt:
+        cancel.set()
+        _join_all(threads, CANCEL_WAIT_S)
+        raise
     return results
+
+
+def _join_all(threads: Sequence[threading.Thread], limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
 
 
 def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout], result: TaskResult, *,
@@ -220,37 +280,9 @@ def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout]
     """Every instance's logs and outputs into runs_dir/job/task/<i>/; when job preparation failed
     (the task never started), each node's job preparation logs instead, under <instance>/jobpreparation/.
     Any file that did not arrive fails the task (phase "collecting") and keeps the nodes' files, whose
-    path the reason names (docs/file-conventions.md#collection)."""
+    path the reason names (docs/file-conventions.md#collection). Ctrl-C leaves no temporary file."""
     if not nodes:
         return
-    out = Path()
-
-    def one(n: Node) -> list[str]:
-        r, lay = result.instances[n.index], layouts[n.index]
-        d = out / str(n.index)
-        d.mkdir()
-        r.output_dir = str(d)
-        src, logs = (lay.task_dir, d) if task_started else (lay.node_task_dir("jobpreparation"), d / "jobpreparation")
-        logs.mkdir(exist_ok=True)
-        failed: list[str] = []
-        for name in ("stdout.txt", "stderr.txt"):
-            try:
-                if t.fetch(n, f"{src}/{name}", logs / name):
-                    setattr(r, name[:6], read_tail(logs / name))  # the end only, whatever the size
-                    setattr(r, f"{name[:6]}_path", str(logs / name))
-            except OSError as e:
-                failed.append(f"instance {n.index} {name}: {e}")
-        if patterns:
-            try:
-                r.files = t.collect(n, lay.working_dir, patterns, d)
-            except CollectError as e:
-                r.files = e.files
-                failed += [f"instance {n.index} {p}" for p in e.problems]
-            except OSError as e:
-                failed.append(f"instance {n.index} outputs: {e}")
-        return failed
-
-    problems: list[str] = []
     try:  # Ctrl-C from the first progress line on is an interrupted collection
         say("collecting", f"outputs of {len(nodes)} instances")
         try:
@@ -264,29 +296,74 @@ def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout]
         found: list[list[str]] = [[] for _ in nodes]
 
         def collect_one(n: Node) -> None:
-            found[n.index] = one(n)
-        errors = run_all(collect_one, nodes, workers=8)
+            found[n.index] = _collect_instance(t, n, layouts[n.index], result, out, patterns, task_started)
+        try:
+            errors = run_all(collect_one, nodes, workers=8)
+        finally:
+            remove_temporaries(out)  # what copies still running after an interruption left
     except KeyboardInterrupt:
-        # The copies still running are abandoned, not awaited; what they leave is incomplete.
-        result.missing.append("collection was interrupted: outputs of some instances are incomplete")
-        if result.failure is None:
-            result.failure = Failure("collecting", "interrupted by the user while collecting; "
-                                     f"{result.output_dir or 'the outputs'} is incomplete")
+        _interrupted(result)
         return
+    _report(t, result, out, say, _problems(errors, found))
+
+
+def _collect_instance(t: Transport, n: Node, lay: NodeLayout, result: TaskResult, out: Path,
+                      patterns: Sequence[str], task_started: bool) -> list[str]:
+    """One instance's logs and outputs into out/<i>/; the problems (each names its file)."""
+    r = result.instances[n.index]
+    d = out / str(n.index)
+    d.mkdir()
+    r.output_dir = str(d)
+    src, logs = (lay.task_dir, d) if task_started else (lay.node_task_dir("jobpreparation"), d / "jobpreparation")
+    logs.mkdir(exist_ok=True)
+    failed: list[str] = []
+    for name in LOG_FILES:
+        try:
+            if t.fetch(n, f"{src}/{name}", logs / name):
+                setattr(r, name[:6], read_tail(logs / name))  # the end only, whatever the size
+                setattr(r, f"{name[:6]}_path", str(logs / name))
+        except OSError as e:
+            failed.append(f"instance {n.index} {name}: {e}")
+    if patterns:
+        try:
+            r.files = t.collect(n, lay.working_dir, patterns, d)
+        except CollectError as e:
+            r.files = e.files
+            failed += [f"instance {n.index} {p}" for p in e.problems]
+        except OSError as e:
+            failed.append(f"instance {n.index} outputs: {e}")
+    return failed
+
+
+def _interrupted(result: TaskResult) -> None:
+    # The copies still running were cancelled, their temporary files removed; what was copied is incomplete.
+    result.missing.append("collection was interrupted: outputs of some instances are incomplete")
+    if result.failure is None:
+        result.failure = Failure("collecting", "interrupted by the user while collecting; "
+                                 f"{result.output_dir or 'the outputs'} is incomplete")
+
+
+def _problems(errors: Sequence[BaseException | None], found: Sequence[list[str]]) -> list[str]:
+    problems: list[str] = []
     for err in errors:
         if isinstance(err, OSError):
             problems.append(f"collecting failed: {err}")
         elif err is not None:
             raise err
-    problems += [p for per_node in found for p in per_node]
-    if problems:
-        result.missing += problems
-        kept = result.nodes_dir = t.keep_files()
-        reason = (f"{len(problems)} file(s) could not be collected into {out} ({problems[0]}); the nodes' "
-                  f"files are kept: {kept}")
-        say("collecting", reason)
-        if result.failure is None:
-            result.failure = Failure("collecting", reason)
+    return problems + [p for per_node in found for p in per_node]
+
+
+def _report(t: Transport, result: TaskResult, out: Path, say: Callable[[str, str], None],
+            problems: list[str]) -> None:
+    if not problems:
+        return
+    result.missing += problems
+    kept = result.nodes_dir = t.keep_files()
+    reason = (f"{len(problems)} file(s) could not be collected into {out} ({problems[0]}); the nodes' "
+              f"files are kept: {kept}")
+    say("collecting", reason)
+    if result.failure is None:
+        result.failure = Failure("collecting", reason)
 
 
 def read_collected_log(runs_dir: Path, job_id: str, task_id: str, instance: int, stream: str, offset: int = 0,

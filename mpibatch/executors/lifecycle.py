@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import secrets
 import shlex
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +25,7 @@ from ..nodeenv import NodeLayout, batch_env
 from ..plan import TaskPlan, plan_from_rendered
 from ..results import Failure, InstanceResult, TaskResult
 from ..spec import FileRef, Spec
-from . import Executor, Progress, TaskHandle, rendered
+from . import Executor, Progress, TaskHandle, leftovers, rendered
 from .collection import check_runs_dir, collect_instances
 from .resource_files import DownloadTimeout, FilesError, check_local_sources, download
 
@@ -147,7 +145,8 @@ class Lifecycle:
         result = TaskResult(job_id=plan.job_id, task_id=plan.task_id, executor=self.t.name, state="running",
                             exit_code=None)
         # Made by the first download only: a run without URLs (or a killed one) leaves nothing in /tmp.
-        cache = Path(tempfile.gettempdir()) / f"mpibatch-downloads-{secrets.token_hex(6)}"
+        cache = leftovers.downloads_dir()
+        leftovers.sweep_dead_downloads()  # a dead run's downloads (kill -9) go; a live run's stay
         nodes: list[Node] = []
         ran: list[Node] = []
         try:

@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import InfraError
-from ..launchers import script_path
+from ..launchers import fileio, script_path
 from ..launchers.outputnames import match_outputs
 from ..mpi import FLAVORS
 from ..plan import TaskPlan
 from ..results import TaskResult
 from . import Progress, collection, hpcnode
+from .leftovers import process_identity as _process_identity
 from .lifecycle import Node, RehearsalExecutor, split_command_line
 from .userns import check_namespaces, die_with_parent
 
@@ -70,15 +71,6 @@ CONTROLLER_FILE = "controller"  # "PID START-TIME" of the process that made a no
 # In a node directory the user was told is kept (--keep-nodes, a failed collection): the start-up sweep of
 # dead runs leaves it; the user removes it.
 KEPT_FILE = "KEPT"
-
-
-def _process_identity(pid: int) -> str | None:
-    """'PID START-TIME': names one process for ever (a PID alone is reused)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
 
 
 def sweep_stale_workdirs(tmp: Path) -> None:
@@ -281,8 +273,7 @@ class LocalTransport:
     def put(self, node: Node, local: Path, node_path: str) -> None:
         dest = self.host_path(node, node_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local, dest)
-        shutil.copymode(local, dest)
+        fileio.copy_file(local, dest, mode=os.stat(local).st_mode & 0o7777)
 
     def read_tail(self, node: Node, path: str, limit: int) -> str:
         return collection.read_tail(self.host_path(node, path), limit)
@@ -297,12 +288,12 @@ class LocalTransport:
     def collect(self, node: Node, node_dir: str, patterns: Sequence[str], dest: Path) -> list[str]:
         root = self.host_path(node, node_dir)
         files: list[str] = []
-        problems: list[str] = []
         if os.path.islink(root):
             raise collection.CollectError(
                 [], [f"{node_dir} was replaced by a symlink; not followed, nothing collected"])
-        for rel in match_outputs(str(root), list(patterns)):  # regular files only; a linked root yields none
-            target = collection.collected_path(rel)
+        # Regular files only; a linked root yields none. Two outputs with one collected name: a problem.
+        targets, problems = collection.collection_targets(match_outputs(str(root), list(patterns)))
+        for rel, target in targets:
             try:
                 collection.copy_regular(root / rel, dest / target)
                 files.append(target)

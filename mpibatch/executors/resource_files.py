@@ -2,6 +2,7 @@
 downloaded once per run within the task's max_wall_clock."""
 from __future__ import annotations
 
+import hashlib
 import http.client
 import threading
 import time
@@ -10,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from ..inputfiles import check_readable_file
+from ..launchers import fileio
 from ..plan import TaskPlan
 from ..redaction import redact, redact_url
 from ..spec import FileRef
@@ -39,25 +41,19 @@ def download(ref: FileRef, cache: Path, deadline: float | None = None, idle_s: f
     timeout alone would let a server that trickles a byte every few seconds hold the run forever.
     The transfer runs in a daemon thread the caller stops waiting for at the deadline (or Ctrl-C);
     the thread then stops after its current read. Errors name the file and the URL without its SAS."""
-    dest = cache / f"{abs(hash(ref.source))}-{Path(ref.path).name}"
+    dest = cache / hashlib.sha256(ref.source.encode()).hexdigest()[:32]  # short, whatever the file's name
     if dest.exists():
         return dest
     cache.mkdir(mode=0o700, exist_ok=True)  # made by the first download only
-    part = dest.with_name(dest.name + ".part")  # never the final name until complete
     stop, done = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
     def transfer() -> None:
         try:
-            with urllib.request.urlopen(ref.source, timeout=idle_s) as resp, open(part, "wb") as f:
-                while not stop.is_set() and (chunk := resp.read1(DOWNLOAD_CHUNK)):
-                    f.write(chunk)
-            if not stop.is_set():
-                part.replace(dest)
+            fetch_to(ref.source, dest, timeout=idle_s, stop=stop)
         except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
             errors.append(e)
         finally:
-            part.unlink(missing_ok=True)
             done.set()
 
     threading.Thread(target=transfer, name=f"mpibatch-download-{Path(ref.path).name}", daemon=True).start()
@@ -78,6 +74,37 @@ def download(ref: FileRef, cache: Path, deadline: float | None = None, idle_s: f
             raise FilesError(f"resource file {ref.path}: cannot download {redact_url(ref.source)}: {reason}")
         raise e
     return dest
+
+class IncompleteDownload(OSError):
+    """The server sent less (or more) than its Content-Length: a failed download, never a shorter file."""
+
+
+class _Stopped(Exception):
+    """The caller stopped waiting for a download (its deadline, Ctrl-C)."""
+
+
+def fetch_to(url: str | urllib.request.Request, dest: Path, *, timeout: float,
+             stop: threading.Event | None = None) -> int:
+    """Download `url` into `dest` through the durable writer (temporary name, full disk checked, fsync,
+    rename); returns the size. A body cut short of its Content-Length raises IncompleteDownload and `dest`
+    is never written: a program never starts on part of its input. A set `stop` abandons the transfer."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        length = resp.headers.get("Content-Length", "")
+        size = int(length) if length.strip().isdigit() else None
+
+        def piece(n: int) -> bytes:
+            if stop is not None and stop.is_set():
+                raise _Stopped
+            return resp.read1(n)
+
+        with fileio.DurableFile(dest, size=size) as out:
+            out.copy_from(piece, DOWNLOAD_CHUNK)
+            if size is not None and out.written != size:
+                raise IncompleteDownload(f"got {out.written} of its {size} bytes (Content-Length): the transfer "
+                                         "was cut short")
+            out.commit()
+    return out.written
+
 
 class FilesError(Exception):
     """A resource file could not be had: the task fails in its files phase."""

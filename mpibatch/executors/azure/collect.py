@@ -9,7 +9,6 @@ Why subtasks persist their own files: docs/batch-semantics.md#outputs.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,11 @@ from typing import Any
 from ... import conventions
 from ...conventions import INSTANCE_INFO, LIVE_LOGS, LOG_FILES
 from ...errors import InfraError, SpecError
+from ...launchers.fileio import WriteError
 from ...render import PERSIST_URL_VAR
 from ...results import InstanceResult, TaskResult
 from ...transfers import Transfers
-from ..collection import collected_path, finish_output_dir, new_output_dir, part_name, read_tail
+from ..collection import collected_path, finish_output_dir, new_output_dir, read_tail
 from .client import Batch, state_of
 from .storage import Storage, write_chunks
 from .watch import instance_count, map_subtasks, task_result
@@ -257,30 +257,20 @@ def fetch_batch_file(batch: Batch, fetch: Callable[..., Any], dest: Path) -> str
         holder["encoding"] = pipeline_response.http_response.headers.get("Content-Encoding")
         return deserialized
 
-    tmp = part_name(dest)
     try:
         stream = batch.call(f"downloading {dest.name}", fetch, cls=cls)
-        size, _ = write_chunks(stream, tmp)
+        length = None if holder.get("encoding") else (holder.get("headers") or {}).get("Content-Length")
+        write_chunks(stream, dest, size=None if length is None else int(length))  # durable; size verified
     except ResourceNotFoundError:
-        tmp.unlink(missing_ok=True)
         return "not found on the node (retention over, node reimaged or removed?)"
     except ResourceExistsError as e:  # 409: the files are not available (yet)
-        tmp.unlink(missing_ok=True)
         return f"not available: {batch.message(e)}"
     except InfraError as e:
-        tmp.unlink(missing_ok=True)
         return str(e)
+    except WriteError as e:  # names the file: a full disk, a short or mismatched download
+        return batch.redact(str(e))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         return f"download failed: {batch.redact(str(e))}"
-    except BaseException:  # interrupted: no partial file under any name
-        tmp.unlink(missing_ok=True)
-        raise
-    expected = (holder.get("headers") or {}).get("Content-Length")
-    if expected is not None and not holder.get("encoding") and size != expected:
-        tmp.unlink(missing_ok=True)
-        return f"size mismatch: got {size} bytes, Batch says {expected}"
-    os.replace(tmp, dest)
     return None
 
 

@@ -33,6 +33,7 @@ from urllib.parse import quote, urlparse
 
 from ... import conventions
 from ...errors import InfraError, SpecError
+from ...launchers import blobdownload, fileio
 from ...launchers.blobio import BlobError, BlobInfo, ContainerClient
 from ...redaction import redact
 from ...transfers import Transfers
@@ -45,26 +46,18 @@ SAS_MARGIN = timedelta(days=1)  # queueing + node allocation + output upload aft
 MAX_USER_DELEGATION = timedelta(days=7)  # the service's limit on a user delegation key
 OUTPUT_PERMISSIONS = "acwl"  # add, create, write, list: what Batch output files need
 PERSIST_PERMISSIONS = "acw"  # add (append blocks), create, write: the nodes can neither read nor list
-_CHUNK = 4 * 1024 * 1024
 
-def file_md5(path: str | Path) -> bytes:
+def write_chunks(chunks: Iterable[bytes], dest: Path, *, size: int | None = None) -> tuple[int, bytes]:
+    """Stream `chunks` into `dest` through the durable writer (temporary name, short writes and a full disk
+    checked, `size` verified when known, fsync, rename); returns the size and MD5 digest of what was written.
+    Raises fileio.WriteError naming `dest`; on any error or interruption `dest` is untouched."""
     h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.digest()
-
-
-def write_chunks(chunks: Iterable[bytes], path: Path) -> tuple[int, bytes]:
-    """Stream `chunks` into `path`; returns the size and MD5 digest of what was written."""
-    h = hashlib.md5()
-    size = 0
-    with open(path, "wb") as f:
+    with fileio.DurableFile(dest, size=size) as out:
         for chunk in chunks:
-            f.write(chunk)
+            out.write(chunk)
             h.update(chunk)
-            size += len(chunk)
-    return size, h.digest()
+        out.commit()
+    return out.written, h.digest()
 
 
 def sas_expiry(max_wall_clock: int | None, *, now: datetime | None = None,
@@ -206,7 +199,7 @@ class Storage:
         with self._lock:
             if k in self._md5_cache:
                 return self._md5_cache[k]
-        digest = file_md5(path)
+        digest = fileio.file_md5(str(path))
         with self._lock:
             self._md5_cache[k] = digest
         return digest
@@ -382,7 +375,7 @@ class Storage:
     def download_blob(self, container: str, blob: Any, dest: Path, *,
                       on_bytes: Callable[[int], None] | None = None) -> str | None:
         """Download one listed blob (a BlobProperties) to `dest`: ranges in parallel, size and MD5 verified,
-        through ``.<name>.part``; a `dest` already there and verified is kept. None when good, else why not.
+        through the durable writer; a `dest` already there and verified is kept. None when good, else why not.
         `on_bytes(n)`: n more bytes received (or kept)."""
         return self.download_blobs(container, [(blob, dest)], on_bytes=on_bytes)[0]
 
@@ -396,13 +389,15 @@ class Storage:
         for blob, dest in items:
             md5 = blob.content_settings.content_md5 if blob.content_settings else None
             infos.append((BlobInfo(blob.name, blob.size or 0, bytes(md5) if md5 else None), str(dest)))
-        outcomes = self._reader(container).download_many(
-            infos, on_bytes=on_bytes, on_done=None if on_done is None else lambda _info, _r: on_done())
+        outcomes = blobdownload.download_many(self._reader(container), infos, on_bytes=on_bytes,
+                                              on_done=None if on_done is None else lambda _info, _r: on_done())
         return [self._problem(r, dest) for r, (_, dest) in zip(outcomes, items)]
 
     def _problem(self, outcome: str | BaseException, dest: Path) -> str | None:
         if isinstance(outcome, BlobError):
             return "vanished while downloading" if outcome.status == 404 else redact(str(outcome), self._key)
+        if isinstance(outcome, fileio.WriteError):  # names the file already
+            return str(outcome)
         if isinstance(outcome, OSError):
             return f"cannot write {dest}: {outcome.strerror or outcome}"
         if isinstance(outcome, BaseException):

@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import stat
 import threading
 import time
@@ -240,15 +239,16 @@ class SshTransport:
         return True
 
     def _get_regular(self, h: Host, node_path: str, dest: Path) -> None:
-        """sftp get of a regular file (lstat first: a symlink is never followed), atomically. Caller holds
-        the host's sftp lock."""
+        """sftp get of a regular file (lstat first: a symlink is never followed), through the durable writer.
+        Caller holds the host's sftp lock."""
         sftp = h.sftp_client()
         try:
-            if not stat.S_ISREG(sftp.lstat(node_path).st_mode or 0):
+            st = sftp.lstat(node_path)
+            if not stat.S_ISREG(st.st_mode or 0):
                 raise OSError(f"{h.label}: {node_path} is not a regular file (a symlink?); not collected")
             with sftp.open(node_path, "rb") as src:
-                src.prefetch()
-                collection.write_atomically(dest, lambda out: shutil.copyfileobj(src, out, collection.COPY_CHUNK))
+                src.prefetch(st.st_size)
+                collection.copy_stream(src.read, dest, st.st_size)  # durable, size verified
         except (TimeoutError, paramiko.SSHException, EOFError) as e:
             raise OSError(f"{h.label}: fetching {node_path} failed: {e}") from None
 
@@ -267,10 +267,9 @@ class SshTransport:
         found = [rel for rel in files if any(glob_match(rel, p) for p in patterns)]
         h = self.hosts[node.index]
         done: list[str] = []
-        problems: list[str] = []
+        targets, problems = collection.collection_targets(found)  # two outputs, one collected name: a problem
         with h.sftp_lock:
-            for rel in found:
-                target = collection.collected_path(rel)
+            for rel, target in targets:
                 try:
                     self._get_regular(h, f"{node_dir}/{rel}", dest / target)
                     done.append(target)

@@ -1,0 +1,57 @@
+"""What a rehearsal run leaves in $TMPDIR while it runs, and how the next run tells a dead run's from a live one.
+
+A run killed with SIGKILL (or the OOM killer, or a `kill -9` of the emulator that runs it) cleans nothing up:
+its node directories (``mpibatch-nodes-*``, swept by the local executor) and its resource-file downloads
+(``mpibatch-downloads-*``, swept here). A process is named by "PID START-TIME" (a PID alone is reused): a
+directory whose owner no longer exists under that name belongs to a dead run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DOWNLOADS_PREFIX = "mpibatch-downloads-"
+# The owner is in the name itself (no owner file to write after mkdir, so no window where a kill leaves a
+# directory nobody can attribute): mpibatch-downloads-<pid>.<start time>.<random>.
+_DOWNLOADS_NAME = re.compile(re.escape(DOWNLOADS_PREFIX) + r"(\d+)\.(\d+)\.[0-9a-f]+")
+
+
+def process_identity(pid: int) -> str | None:
+    """'PID START-TIME': names one process for ever (a PID alone is reused); None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def downloads_dir(tmp: str | Path | None = None) -> Path:
+    """A new name for this run's resource-file downloads (made by the first download only)."""
+    me = process_identity(os.getpid()) or f"{os.getpid()} 0"
+    pid, start = me.split()
+    return Path(tmp or tempfile.gettempdir()) / f"{DOWNLOADS_PREFIX}{pid}.{start}.{secrets.token_hex(6)}"
+
+
+def sweep_dead_downloads(tmp: str | Path | None = None) -> list[Path]:
+    """Remove the download directories of runs that died without cleaning up; returns what was removed.
+    Only this user's, and only when the owner process is gone (a run still going keeps its own)."""
+    removed = []
+    for d in Path(tmp or tempfile.gettempdir()).glob(f"{DOWNLOADS_PREFIX}*"):
+        m = _DOWNLOADS_NAME.fullmatch(d.name)
+        try:
+            if m is None or d.is_symlink() or d.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if process_identity(int(m[1])) != f"{m[1]} {m[2]}":
+            log.info("removing %s, left by a dead run", d)
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed

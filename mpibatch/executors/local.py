@@ -117,7 +117,8 @@ class LocalTransport:
         self.keep_nodes = keep_nodes
         # The run's PID 1 and the node inits live in the run's PID namespace, where every node process can
         # read their /proc/PID/environ: they start from the nodes' clean image, never the operator's environment.
-        self.helper_env = dict(helper_env) if helper_env is not None else default_base_env()
+        # Only the image's variables: the helpers need PATH and locale, not what the run adds to the image.
+        self.helper_env = default_base_env(dict(helper_env) if helper_env is not None else None)
         self.node_setup = node_setup  # fills node i's root directory (as this machine sees it) before it starts
         self.workdir_setup = workdir_setup  # fills the run's directory once it exists
         # Named now, made by open(): bad input found before that leaves nothing behind.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
+from mpibatch.launchers.protocol import Identity
 
 from mpibatch.conventions import instance_output_blob, job_container_name, live_log_blob
 from tests.infra.batch_emulator import BatchEmulator
@@ -22,6 +23,7 @@ from tests.test_azure_executor import cli_env, hello_spec, run_cli, secrets_of, 
 pytestmark = pytest.mark.azure
 
 FAST = {"MPIBATCH_TRACK_INTERVAL": "0.5"}
+SUBTASK = Identity(index=1, host="10.0.0.5", hostname="node-b", node_id="tvm-2", task_dir="", wd="")
 ONE_RANK_PER_NODE = {"flavor": "mpich", "processes_per_node": 1}
 
 
@@ -113,7 +115,7 @@ def test_the_tracker_saves_an_output_only_once_it_stopped_changing(azurite: Azur
     job_id = f"track-{time.monotonic_ns()}"
     wd = tmp_path / "task" / "wd"
     wd.mkdir(parents=True)
-    saver = OutputSaver(_node_client(azurite, job_id), "t", 1, str(wd), [("TaskOutput", "*.dat")], {"index": 1})
+    saver = OutputSaver(_node_client(azurite, job_id), "t", 1, str(wd), [("TaskOutput", "*.dat")], SUBTASK)
     blob = instance_output_blob("t", "TaskOutput", 1, "a.dat")
     (wd / "a.dat").write_bytes(b"v1")
     assert saver.look() == 0 and _blob(azurite, job_id, blob) is None  # first seen: maybe still being written
@@ -160,7 +162,7 @@ def test_the_persist_step_stops_the_tracker_and_skips_what_it_saved(azurite: Azu
     (wd / "early.dat").write_bytes(b"done early")
     stop = threading.Event()
     tracker = threading.Thread(target=track.run, args=(client, "t", 1, str(task_dir), str(wd),
-                                                      [("TaskOutput", "*.dat")], {"index": 1}),
+                                                      [("TaskOutput", "*.dat")], SUBTASK),
                                kwargs={"interval": 0.05, "stop": stop})
     tracker.start()
     early = instance_output_blob("t", "TaskOutput", 1, "early.dat")

@@ -88,7 +88,7 @@ def test_persist_on_a_node_and_the_client_agree_on_every_name(azurite: Azurite, 
 
 
 ids = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True)
-kinds = st.sampled_from(conventions.KINDS) | st.from_regex(r"[A-Za-z0-9]{1,12}", fullmatch=True)
+kinds = st.sampled_from(conventions.KINDS) | st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,11}", fullmatch=True)  # the kind rule
 segment = st.text(st.characters(blacklist_characters="/\\\x00", blacklist_categories=("Cs",)), min_size=1,
                   max_size=12).filter(lambda s: s not in (".", ".."))
 paths = st.lists(segment, min_size=1, max_size=4).map("/".join)

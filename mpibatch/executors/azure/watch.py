@@ -14,6 +14,7 @@ from typing import Any
 
 from ... import conventions
 from ...errors import InfraError
+from ...launchers.protocol import TASK_LOG
 from ...results import Failure, InstanceResult, TaskResult
 from .client import Batch, state_of
 
@@ -35,12 +36,12 @@ def instance_count(task: Any) -> int:
     return mis.number_of_instances if mis and mis.number_of_instances else 1
 
 
-def map_subtasks(subtasks: Sequence[Any], infos: Mapping[int, Mapping[str, Any]], n: int,
+def map_subtasks(subtasks: Sequence[Any], node_ids: Mapping[int, str | None], n: int,
                  notes: list[str], task_id: str) -> dict[int, int]:
-    """Subtask id -> instance index, through the node ids in the instance.json files the nodes
-    persisted. Subtasks without one take the remaining indices in subtask-id order (noted when
-    some instance.json exist, since then one was expected)."""
-    node_to_index = {str(info.get("node_id")): i for i, info in infos.items() if info.get("node_id") and i > 0}
+    """Subtask id -> instance index, through the node ids (instance -> node id) in the instance.json
+    records the nodes persisted. Subtasks without one take the remaining indices in subtask-id order
+    (noted when some records exist, since then one was expected)."""
+    node_to_index = {node: i for i, node in node_ids.items() if node and i > 0}
     index_of: dict[int, int] = {}
     for st in subtasks:
         node = _node(st)
@@ -50,8 +51,9 @@ def map_subtasks(subtasks: Sequence[Any], infos: Mapping[int, Mapping[str, Any]]
     for st in sorted(subtasks, key=lambda s: s.id):
         if st.id not in index_of and free:
             index_of[st.id] = free.pop(0)
-            if infos:
-                notes.append(f"subtask {st.id}: no {task_id}/$TaskLog/*/{INSTANCE_INFO} names its node; "
+            if node_ids:
+                notes.append(f"subtask {st.id}: no {conventions.task_output_prefix(task_id, TASK_LOG)}/*/"
+                             f"{INSTANCE_INFO} names its node; "
                              f"taken as instance {index_of[st.id]}")
     return index_of
 

@@ -301,23 +301,25 @@ def is_single_file(pattern: str) -> bool:
     return not any(c in pattern for c in "*?[")
 
 
+def select_outputs(rel_paths: list[str] | tuple[str, ...], patterns: list[str] | tuple[str, ...]) -> list[str]:
+    """The paths (relative to the working directory) that match any pattern, sorted. mpibatch's own
+    files (``.mpibatch-*``: the node's id, environment and rank wrapper, the durable writer's
+    temporaries) are never outputs, whatever the pattern: the one rule of every executor."""
+    rxs = [pattern_regex(p) for p in patterns]
+    return sorted(rel for rel in rel_paths
+                  if not is_node_file(rel.rsplit("/", 1)[-1]) and any(rx.fullmatch(rel) for rx in rxs))
+
+
 def match_outputs(root: str, patterns: list[str] | tuple[str, ...]) -> list[str]:
-    """Regular files under `root` matching any pattern, as sorted relative paths.
+    """Regular files under `root` matching any pattern (:func:`select_outputs`), as sorted relative paths.
 
     Symlinks are neither followed nor collected, and a `root` that is itself a symlink yields nothing:
-    collection never reads outside the working directory. mpibatch's own files (``.mpibatch-*``: the
-    node's id, environment and rank wrapper, the durable writer's temporaries) are never outputs."""
+    collection never reads outside the working directory."""
     if os.path.islink(root) or not os.path.isdir(root):
         return []
-    rxs = [pattern_regex(p) for p in patterns]
-    found = []
+    names = []
     for dirpath, _dirnames, filenames in os.walk(root):  # os.walk does not descend into dir symlinks
         rel_dir = os.path.relpath(dirpath, root)
-        for name in filenames:
-            if is_node_file(name):
-                continue
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            full = os.path.join(dirpath, name)
-            if any(rx.fullmatch(rel) for rx in rxs) and not os.path.islink(full) and os.path.isfile(full):
-                found.append(rel)
-    return sorted(found)
+        names += [name if rel_dir == "." else f"{rel_dir}/{name}" for name in filenames]
+    return [rel for rel in select_outputs(names, patterns)
+            if not os.path.islink(os.path.join(root, rel)) and os.path.isfile(os.path.join(root, rel))]

@@ -72,12 +72,12 @@ def is_mpibatch_log(kind: str, path: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- node files
 NODE_FILE_PREFIX = ".mpibatch-"  # every file mpibatch writes beside the user's starts with this: never an output
-NODE_ID_FILE = NODE_FILE_PREFIX + "node"  # in the working dir: AZ_BATCH_NODE_ID=<id>, written by coordinate.sh
-NODE_ENV_FILE = NODE_FILE_PREFIX + "node.env"  # in the working dir: this node's environment for its ranks
-RANK_WRAPPER = NODE_FILE_PREFIX + "rank"  # in the working dir: every rank starts through it
-PERSIST_MARK = NODE_FILE_PREFIX + "persisting"  # in the task dir: written by persist.py before it looks for the tracker
-TRACKER_PID_FILE = NODE_FILE_PREFIX + "track.pid"  # in the task dir: how persist.py finds the tracker
-TRACKER_STATE_FILE = NODE_FILE_PREFIX + "track.json"  # in the task dir: what the tracker saved
+NODE_ID_FILE = ".mpibatch-node"  # in the working dir: AZ_BATCH_NODE_ID=<id>, written by coordinate.sh
+NODE_ENV_FILE = ".mpibatch-node.env"  # in the working dir: this node's environment for its ranks
+RANK_WRAPPER = ".mpibatch-rank"  # in the working dir: every rank starts through it
+PERSIST_MARK = ".mpibatch-persisting"  # in the task dir: written by persist.py before it looks for the tracker
+TRACKER_PID_FILE = ".mpibatch-track.pid"  # in the task dir: how persist.py finds the tracker
+TRACKER_STATE_FILE = ".mpibatch-track.json"  # in the task dir: what the tracker saved
 HANDSHAKE_FILES: tuple[str, ...] = (PERSIST_MARK, TRACKER_PID_FILE, TRACKER_STATE_FILE)
 
 

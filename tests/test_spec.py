@@ -109,6 +109,12 @@ RULES = [
     # outputs
     ("output kind", "task.outputs", [{"pattern": "r/**", "kind": "Task Output"}], "task.outputs[0].kind",
      ["not a File Conventions kind"], ["TaskOutput"]),
+    ("output kind a typo of a standard one", "task.outputs", [{"pattern": "r/**", "kind": "TaskOuput"}],
+     "task.outputs[0].kind", ["did you mean TaskOutput?"], ["write TaskOutput", "custom kind on purpose", "Checkpoints"]),
+    ("output kind a case slip", "task.outputs", [{"pattern": "r/**", "kind": "tasklog"}],
+     "task.outputs[0].kind", ["did you mean TaskLog?"], ["write TaskLog"]),
+    ("output kind starting with a digit", "task.outputs", [{"pattern": "r/**", "kind": "1Results"}],
+     "task.outputs[0].kind", ["not a File Conventions kind"], ["a letter, then letters and digits"]),
     ("output pattern absolute", "task.outputs", ["/var/log/*"], "task.outputs[0].pattern", ["absolute"],
      ["relative path"]),
     ("retries negative", "task.max_retries", -1, "task.max_retries", ["out of range"], ["between 0 and 100"]),
@@ -389,6 +395,11 @@ def test_short_forms():
     assert s.task.files[0].path == "x.dat"  # the URL's file name, query dropped
     assert s.task.outputs[0].kind == "TaskOutput"
     assert s.job.release.command.shell == "echo bye"
+
+
+def test_a_custom_kind_far_from_every_standard_one_is_kept() -> None:
+    s = parse_spec(make("task.outputs", [{"pattern": "ck/*.h5", "kind": "Checkpoints"}]))
+    assert s.task.outputs[0].kind == "Checkpoints"
 
 
 def test_environment_values_become_strings():

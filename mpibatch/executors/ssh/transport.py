@@ -27,7 +27,7 @@ import paramiko
 
 from ...errors import InfraError, SpecError
 from ...hostlist import HostSpec, parse_host_spec, validate_host
-from ...launchers.outputnames import glob_match
+from ...launchers.outputnames import select_outputs
 from .. import collection
 from ..lifecycle import Node, split_command_line
 from . import connection
@@ -252,7 +252,7 @@ class SshTransport:
 
     def collect(self, node: Node, node_dir: str, patterns: Sequence[str], dest: Path) -> list[str]:
         files = self.list_files(node, node_dir)
-        found = [rel for rel in files if any(glob_match(rel, p) for p in patterns)]
+        found = select_outputs(files, list(patterns))
         h = self.hosts[node.index]
         done: list[str] = []
         problems: list[str] = []

@@ -20,8 +20,8 @@ from .client import Batch, state_of
 
 Say = Callable[[str, str], None]
 INSTANCE_INFO = conventions.INSTANCE_INFO
-ACTIVE_WARNING_S = 600
-PRIMARY_COORDINATION_FAILED = "CommandLaunchFailed"  # the failure code of a coordination command that failed  # a task active this long most likely waits for nodes that never come
+ACTIVE_WARNING_S = 600  # a task active this long most likely waits for nodes that never come
+PRIMARY_COORDINATION_FAILED = "CommandLaunchFailed"  # the failure code of a coordination command that failed
 
 
 def _dt(value: Any) -> datetime | None:
@@ -100,8 +100,9 @@ def _failure(task: Any, subtasks: Sequence[Any], index_of: Mapping[int, int], ba
     if code == PRIMARY_COORDINATION_FAILED and exit_code is None:
         # The coordination command failed on the primary (e.g. no launcher on its PATH): the application
         # never ran there either. mpibatch's own step and a user's `coordination:` alike.
-        return Failure("coordination", f"the coordination command failed on instance 0 (the primary"
-                       + (f", node {_node(task)}" if _node(task) else "") + f"); Batch: {said}", 0)
+        node = f", node {_node(task)}" if _node(task) else ""
+        return Failure("coordination", f"the coordination command failed on instance 0 (the primary{node}); "
+                       f"Batch: {said}", 0)
     if said:
         return Failure("running", said)
     if state_of(task.state) == "completed" and exit_code not in (0, None):

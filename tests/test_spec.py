@@ -429,3 +429,14 @@ def test_windows_argv_word_needing_quotes_is_refused():
     with pytest.raises(SpecError) as e:
         parse_spec(data)
     assert e.value.field == "task.command[0]" and "shell-line string" in e.value.fix
+
+
+@pytest.mark.parametrize("text, seconds", [("PT2H", 7200), ("P1DT1S", 86401), ("PT1M30S", 90), ("PT1.5S", 1.5),
+                                           ("P", None), ("PT", None), ("2h", None)])
+def test_one_iso8601_reader_for_the_spec_and_the_emulator(text: str, seconds: float | None) -> None:
+    from mpibatch.durations import iso_seconds
+    from mpibatch.emulator.core import seconds as emulator_seconds
+
+    assert iso_seconds(text) == seconds and emulator_seconds(text) == seconds
+    if seconds is not None and seconds >= 1:
+        assert parse_duration(text, "f") == int(seconds)

@@ -14,12 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import InfraError, SpecError
+from ...errors import SpecError
 from ...payload import batch_job, batch_task
 from ...render import Rendered
 from ...spec import FileRef
 from ...transfers import Transfers
-from .client import Batch, state_of, throttled
+from .client import Batch, state_of
+from .errors import http_failed
 from .pools import check_pool, follow_pool_size, get_pool
 from .storage import Storage, sas_expiry
 
@@ -335,12 +336,9 @@ def post_collection(batch: Batch, job_id: str, body: bytes, n: int) -> list[dict
             return None
         raise SpecError("task", f"a task's payload is over Batch's request limit: {text}",
                         "shorten the command line / environment, or use fewer resource files")
-    if resp.status_code in (401, 403):
-        raise batch.auth_error(Exception(text))
     if resp.status_code == 404:
         raise no_job
-    raise InfraError(f"Batch account {batch.account.name}: adding {n} tasks to job {job_id} failed: "
-                     f"HTTP {resp.status_code} {code}: {text}{throttled(resp.status_code)}")
+    raise http_failed(batch.who, f"adding {n} tasks to job {job_id}", resp.status_code, code, text)
 
 
 __all__ = ["PreparedTasks", "SubmitManyResult", "add_tasks", "create_task", "encode_task", "iter_chunks",

@@ -322,8 +322,9 @@ def test_blob_layout_property(task_id: str, kind: str, segments: list[str], ups:
 
 def test_double_star_never_selects_mpibatch_files(tmp_path) -> None:
     """Issue 19 item 8: the node's own files and the durable writer's temporaries are not outputs."""
-    from mpibatch.conventions import match_outputs
     from mpibatch.launchers.outputnames import select_outputs
+
+    from mpibatch.conventions import match_outputs
 
     for rel in (".mpibatch-node", ".mpibatch-node.env", ".mpibatch-rank", "sub/.mpibatch-0a1b2c3d.part",
                 "result.txt", "sub/data.h5", "sub/.hidden"):

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from mpibatch.launchers import protocol, script_path
 
 from mpibatch.cli import main as cli
 from mpibatch.executors.hpcnode import NodeIb, parse_node_ib, write_sysfs
 from mpibatch.executors.local import LocalExecutor
-from mpibatch.launchers import protocol, script_path
 from mpibatch.render import render
 from mpibatch.spec import parse_spec
 from tests.infra.fixtures import VENVS, mpi_env, require

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+from mpibatch.launchers import script_path
+from mpibatch.launchers.protocol import InstanceRecord
 
 from mpibatch import conventions
 from mpibatch.conventions import TaskOutputStorage, job_container_name, prepare_output_storage
 from mpibatch.executors.azure.storage import PERSIST_PERMISSIONS
-from mpibatch.launchers import script_path
-from mpibatch.launchers.protocol import InstanceRecord
 from mpibatch.render import NODE_FILES
 from tests.infra.fixtures import Azurite, azurite  # noqa: F401
 from tests.test_fileconventions import sas_url
@@ -92,7 +93,8 @@ def test_persist_on_a_node_and_the_client_agree_on_every_name(azurite: Azurite, 
 
 
 ids = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True)
-kinds = st.sampled_from(conventions.KINDS) | st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,11}", fullmatch=True)  # the kind rule
+# the kind rule (protocol.KIND_RULE): a letter, then letters and digits
+kinds = st.sampled_from(conventions.KINDS) | st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,11}", fullmatch=True)
 segment = st.text(st.characters(blacklist_characters="/\\\x00", blacklist_categories=("Cs",)), min_size=1,
                   max_size=12).filter(lambda s: s not in (".", ".."))
 paths = st.lists(segment, min_size=1, max_size=4).map("/".join)

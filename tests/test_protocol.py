@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
-
 from mpibatch.launchers import protocol
 from mpibatch.launchers.protocol import InstanceRecord, RecordError
+
 from mpibatch.render import render
 from tests.test_render import FULL, make_spec
 
@@ -56,7 +56,8 @@ def test_every_shared_name_is_a_literal_in_exactly_one_module() -> None:
     literals = {p: _string_literals(p) for p in SOURCES}
     for name, pattern in SHARED_NAMES.items():
         rx = re.compile(pattern)
-        holders = sorted(str(p.relative_to(ROOT)) for p, values in literals.items() if any(rx.search(v) for v in values))
+        holders = sorted(str(p.relative_to(ROOT)) for p, values in literals.items()
+                         if any(rx.search(v) for v in values))
         assert holders == ["launchers/protocol.py"], f"{name!r} is written in {holders}"
 
 

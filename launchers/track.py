@@ -158,6 +158,15 @@ def run(client: ContainerClient, task: str, index: int, task_dir: str, wd: str, 
     saver = OutputSaver(client, task, index, wd, outputs, identity) if index > 0 and outputs else None
     parent = os.getppid()
     complained: set[str] = set()
+    if saver is not None and not stop.is_set():
+        # A first record says what this node was told to keep, so a task that ends before any output
+        # was saved (and before the persist step) still names each declared output in collect's result.
+        # Not when the persist step already began: its final record must not be replaced.
+        try:
+            saver.record()
+        except (BlobError, OSError) as e:
+            complained.add(str(e))
+            print(f"mpibatch track: {e}", file=sys.stderr)
     deadline = time.monotonic() + MAX_LIFETIME
     tick = 0
     while not stop.wait(interval) and os.getppid() == parent and time.monotonic() < deadline:

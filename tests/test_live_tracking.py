@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
-from mpibatch.launchers.protocol import Identity
+from mpibatch.launchers.protocol import Identity, InstanceRecord
 
 from mpibatch.conventions import instance_output_blob, job_container_name, live_log_blob
 from tests.infra.batch_emulator import BatchEmulator
@@ -91,6 +91,24 @@ def test_a_timeout_keeps_the_subtask_outputs_saved_while_it_ran(standin: BatchEm
     assert "max wall clock" in missing
     info = json.loads(_blob(azurite, job_id, f"{task_id}/$TaskLog/1/instance.json") or b"{}")
     assert info["final"] is False and info["declared"] == [["TaskOutput", "result.dat"], ["TaskOutput", "never-*.dat"]]
+
+
+def test_a_task_ended_before_any_output_was_saved_still_names_each_declared_output(
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
+    """The tracker's first record (before any look at the outputs) carries the declared outputs, which
+    collect reads from the record: a timeout before the first look still names each of them."""
+    spec, job_id, task_id = hello_spec(
+        tmp_path, instances=2, mpi=ONE_RANK_PER_NODE, environment={"MPIBATCH_TRACK_INTERVAL": "3600"},
+        max_wall_clock="8s", command=["python3", "hangs.py"], common_files=[{"source": "hangs.py", "path": "hangs.py"}],
+        outputs=[{"pattern": "result.dat", "kind": "TaskOutput"}])
+    (spec.parent / "hangs.py").write_text(TIMES_OUT)
+    env, secrets = cli_env(standin, azurite), secrets_of(standin, azurite)
+    p = run_cli(["submit", str(spec), "--output", "json", "--runs-dir", str(tmp_path / "runs")], env, *secrets)
+    result = json.loads(p.stdout)
+    assert p.returncode != 0 and result["timed_out"], p.stderr
+    assert "instance 1 TaskOutput 'result.dat': not saved" in "\n".join(result["missing"])
+    record = InstanceRecord.from_json(_blob(azurite, job_id, f"{task_id}/$TaskLog/1/instance.json") or b"")
+    assert not record.final and record.declared == [("TaskOutput", "result.dat")] and not record.files
 
 
 def _node_url(azurite: Azurite, job_id: str) -> str:

@@ -12,14 +12,19 @@
 #   --node-var NAME=ucx|iface
 #                       NAME, for this node's ranks, is its active InfiniBand ports (UCX names) or its
 #                       IPoIB interface; unset when the node has none
-# Writes this node's environment (.mpibatch-node.env) and the per-rank wrapper (.mpibatch-rank) into
-# the working directory. Environment: the Batch variables (docs/batch-semantics.md#environment); for
+#   --node-id-file F --node-env-file F --rank-wrapper F --clear F...
+#                       the names of mpibatch's own node files (launchers/protocol.py, passed by render):
+#                       the node id, this node's environment and the per-rank wrapper it writes into the
+#                       working directory, and the last attempt's tracker/persist files it removes from
+#                       the task directory
+# Writes this node's environment and the per-rank wrapper into the working directory. Environment: the Batch variables (docs/batch-semantics.md#environment); for
 # rehearsals MPIBATCH_RSH (remote shell, default ssh), MPIBATCH_PEER_CHECK=0 (skip the reachability
 # check), MPIBATCH_SYSFS (default /sys).
 set -euo pipefail
 
 rank_dir="" shared_mode="none" links=() modules=() source_script="" source_args=()
 launcher="" expect="" runtimes=() fabric="none" node_vars=()
+node_id_file="" node_env_file="" rank_wrapper="" clear=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rank-dir) rank_dir=$2; shift 2 ;;
@@ -33,9 +38,15 @@ while [ $# -gt 0 ]; do
     --runtime) runtimes+=("$2"); shift 2 ;;
     --fabric) fabric=$2; shift 2 ;;
     --node-var) node_vars+=("$2"); shift 2 ;;
+    --node-id-file) node_id_file=$2; shift 2 ;;
+    --node-env-file) node_env_file=$2; shift 2 ;;
+    --rank-wrapper) rank_wrapper=$2; shift 2 ;;
+    --clear) clear+=("$2"); shift 2 ;;
     *) echo "mpibatch coordinate: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+: "${node_id_file:?--node-id-file is required}" "${node_env_file:?--node-env-file is required}" \
+  "${rank_wrapper:?--rank-wrapper is required}"
 : "${AZ_BATCH_TASK_WORKING_DIR:?not a Batch task}" "${AZ_BATCH_TASK_SHARED_DIR:?}" "${AZ_BATCH_HOST_LIST:?}"
 node="${AZ_BATCH_NODE_ID:-?}"
 master_ip="${AZ_BATCH_MASTER_NODE%:*}"
@@ -51,11 +62,11 @@ quote() { local q="'\\''"; printf "'%s'" "${1//\'/$q}"; }
 #    names differ from the primary's; AZ_BATCH_NODE_SHARED_DIR does not).
 mkdir -p "$(dirname "$rank_dir")"
 ln -sfn "$wd" "$rank_dir"
-printf 'AZ_BATCH_NODE_ID=%s\n' "$node" > "$wd/.mpibatch-node"
+printf 'AZ_BATCH_NODE_ID=%s\n' "$node" > "$wd/$node_id_file"
 # A retry starts afresh: no word of the last attempt's tracker and persist step (track.py).
-rm -f "$(dirname "$wd")/.mpibatch-persisting" "$(dirname "$wd")/.mpibatch-track.pid" "$(dirname "$wd")/.mpibatch-track.json"
+for name in "${clear[@]}"; do rm -f "$(dirname "$wd")/$name"; done
 
-# 2. This node's environment for its ranks. Every rank starts through .mpibatch-rank, which sources
+# 2. This node's environment for its ranks. Every rank starts through the rank wrapper, which sources
 #    it: with Open MPI (-x forwards the primary's values) and hydra alike, a rank sees its own node's.
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -172,15 +183,15 @@ if [ "$fabric" != tcp ]; then
     fi
   done
 fi
-mv "$env_out" "$wd/.mpibatch-node.env"
+mv "$env_out" "$wd/$node_env_file"
 {
   echo '#!/bin/bash'
   echo '# mpibatch: every rank on this node starts here: this node environment, then the program.'
-  printf '. %s || exit 127\n' "$(quote "$wd/.mpibatch-node.env")"
+  printf '. %s || exit 127\n' "$(quote "$wd/$node_env_file")"
   echo 'exec "$@"'
 } > "$work/rank"
 chmod 755 "$work/rank"
-mv "$work/rank" "$wd/.mpibatch-rank"
+mv "$work/rank" "$wd/$rank_wrapper"
 
 # 3. Every host must reach every other one. The primary logs in to every host the way the MPI
 #    launcher will (ssh on Batch and SSH hosts): N logins, not N x N. Every other node checks that

@@ -19,23 +19,37 @@ import os
 import re
 from typing import NamedTuple
 
-TASK_KINDS: tuple[str, ...] = ("TaskOutput", "TaskPreview", "TaskLog", "TaskIntermediate")
-JOB_KINDS: tuple[str, ...] = ("JobOutput", "JobPreview")
-KINDS: tuple[str, ...] = TASK_KINDS + JOB_KINDS
+try:  # as the package mpibatch.launchers (client side, tests)
+    from .protocol import (
+        INSTANCE_INFO,
+        KIND_RULE,
+        KIND_RULE_TEXT,
+        KINDS,
+        LIVE_DIR,
+        TASK_LOG,
+        is_kind,
+        is_node_file,
+    )
+except ImportError:  # as a script on the node: the modules are shipped beside it
+    from protocol import (  # type: ignore[no-redef]
+        INSTANCE_INFO,
+        KIND_RULE,
+        KIND_RULE_TEXT,
+        KINDS,
+        LIVE_DIR,
+        TASK_LOG,
+        is_kind,
+        is_node_file,
+    )
 
 CONTAINER_PREFIX = "job-"
 MAX_BLOB_NAME = 1024  # Azure Storage limit on a blob name
-LOG_FILES: tuple[str, ...] = ("stdout.txt", "stderr.txt")
-INSTANCE_INFO = "instance.json"  # per instance, under $TaskLog: which node ran it, what it uploaded
-LIVE_DIR = "live"  # $TaskLog/{i}/live/std*.txt: the logs as the tracker keeps them while the task runs
-LIVE_LOGS: tuple[str, ...] = tuple(f"{LIVE_DIR}/{n}" for n in LOG_FILES)
 
 # Patterns are applied with fullmatch(): re's '$' also matches before a trailing newline.
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Jobs created by a job schedule are named "{scheduleId}:job-{n}" by the Batch service; ':' is why the
 # .NET library folds ':' too.
 _SCHEDULED_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}:job-[0-9]+")
-_KIND = re.compile(r"[A-Za-z0-9]+")
 _PERMITTED_CONTAINER_NAME = re.compile(r"[a-z0-9][-a-z0-9]*")
 _FOLD = re.compile(r"[:_-]+")
 _MAX_USABLE_JOB_ID = 63 - len(CONTAINER_PREFIX)  # 59: a container name is at most 63 characters
@@ -81,9 +95,9 @@ def validate_task_id(task_id: str, field: str = "task.id") -> str:
 
 
 def validate_kind(kind: str, field: str = "output.kind") -> str:
-    """A standard kind (:data:`KINDS`) or a custom one: letters and digits, case-sensitive, no '$'."""
-    if not isinstance(kind, str) or not _KIND.fullmatch(kind):
-        fix = f"use one of {', '.join(KINDS)}, or a custom kind made of letters and digits"
+    """A standard kind (:data:`KINDS`) or a custom one (the one rule: ``protocol.KIND_RULE``), no '$'."""
+    if not is_kind(kind):
+        fix = f"use one of {', '.join(KINDS)}, or a custom kind: {KIND_RULE_TEXT}"
         if isinstance(kind, str) and kind.startswith("$"):
             fix = f"drop the leading '$' ({kind[1:]!r}); it is added to the blob name for you"
         problem = "the output kind is empty" if kind == "" else f"{_shown(kind)} is not a valid output kind"
@@ -206,14 +220,14 @@ def instance_output_blob(task_id: str, kind: str, instance: int, relative_path: 
 
 def instance_info_blob(task_id: str, instance: int) -> str:
     """``{taskId}/$TaskLog/{i}/instance.json``: what the persist step of instance `i` recorded."""
-    return instance_output_blob(task_id, "TaskLog", instance, INSTANCE_INFO)
+    return instance_output_blob(task_id, TASK_LOG, instance, INSTANCE_INFO)
 
 
 def live_log_blob(task_id: str, instance: int, log_name: str) -> str:
     """``{taskId}/$TaskLog/{i}/live/stdout.txt``: the append blob the node's tracker keeps up to date while
     the task runs. Its own name, because Batch replaces ``$TaskLog/0/stdout.txt`` with its upload of the
     primary's log when the task ends, and that upload must not meet an append blob."""
-    return instance_output_blob(task_id, "TaskLog", instance, f"{LIVE_DIR}/{log_name}")
+    return instance_output_blob(task_id, TASK_LOG, instance, f"{LIVE_DIR}/{log_name}")
 
 
 class ParsedBlob(NamedTuple):
@@ -233,7 +247,7 @@ def parse_task_blob(task_id: str, blob_name: str, *, instances: bool = True) -> 
     if not blob_name.startswith(head):
         return None
     kind, sep, rest = blob_name[len(head):].partition("/")
-    if not sep or not _KIND.fullmatch(kind) or not rest:
+    if not sep or not KIND_RULE.fullmatch(kind) or not rest:
         return None
     if instances:
         first, sep, path = rest.partition("/")
@@ -247,7 +261,7 @@ def parse_job_blob(blob_name: str) -> ParsedBlob | None:
     if not blob_name.startswith("$"):
         return None
     kind, sep, path = blob_name[1:].partition("/")
-    if not sep or not path or not _KIND.fullmatch(kind):
+    if not sep or not path or not KIND_RULE.fullmatch(kind):
         return None
     return ParsedBlob(kind, None, path)
 
@@ -287,20 +301,25 @@ def is_single_file(pattern: str) -> bool:
     return not any(c in pattern for c in "*?[")
 
 
+def select_outputs(rel_paths: list[str] | tuple[str, ...], patterns: list[str] | tuple[str, ...]) -> list[str]:
+    """The paths (relative to the working directory) that match any pattern, sorted. mpibatch's own
+    files (``.mpibatch-*``: the node's id, environment and rank wrapper, the durable writer's
+    temporaries) are never outputs, whatever the pattern: the one rule of every executor."""
+    rxs = [pattern_regex(p) for p in patterns]
+    return sorted(rel for rel in rel_paths
+                  if not is_node_file(rel.rsplit("/", 1)[-1]) and any(rx.fullmatch(rel) for rx in rxs))
+
+
 def match_outputs(root: str, patterns: list[str] | tuple[str, ...]) -> list[str]:
-    """Regular files under `root` matching any pattern, as sorted relative paths.
+    """Regular files under `root` matching any pattern (:func:`select_outputs`), as sorted relative paths.
 
     Symlinks are neither followed nor collected, and a `root` that is itself a symlink yields nothing:
     collection never reads outside the working directory."""
     if os.path.islink(root) or not os.path.isdir(root):
         return []
-    rxs = [pattern_regex(p) for p in patterns]
-    found = []
+    names = []
     for dirpath, _dirnames, filenames in os.walk(root):  # os.walk does not descend into dir symlinks
         rel_dir = os.path.relpath(dirpath, root)
-        for name in filenames:
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            full = os.path.join(dirpath, name)
-            if any(rx.fullmatch(rel) for rx in rxs) and not os.path.islink(full) and os.path.isfile(full):
-                found.append(rel)
-    return sorted(found)
+        names += [name if rel_dir == "." else f"{rel_dir}/{name}" for name in filenames]
+    return [rel for rel in select_outputs(names, patterns)
+            if not os.path.islink(os.path.join(root, rel)) and os.path.isfile(os.path.join(root, rel))]

@@ -17,43 +17,32 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 try:  # as the package mpibatch.launchers (client side, tests)
+    from . import protocol
     from .blobio import BlobError, ContainerClient, b64
     from .outputnames import (
         INSTANCE_INFO,
-        LOG_FILES,
-        NameRuleError,
+                NameRuleError,
         instance_output_blob,
         match_outputs,
     )
-    from .track import PERSIST_MARK, PID_FILE, STATE_FILE, upload_instance_info
+    from .track import upload_instance_info
 except ImportError:  # as a script on the node: the modules are shipped beside it
+    import protocol  # type: ignore[no-redef]
     from blobio import BlobError, ContainerClient, b64  # type: ignore[no-redef]
     from outputnames import (  # type: ignore[no-redef]
         INSTANCE_INFO,
-        LOG_FILES,
-        NameRuleError,
+                NameRuleError,
         instance_output_blob,
         match_outputs,
     )
-    from track import PERSIST_MARK, PID_FILE, STATE_FILE, upload_instance_info  # type: ignore[no-redef]
+    from track import upload_instance_info  # type: ignore[no-redef]
 
-# Where the rank number is, when the command line does not say (--rank-vars, from the flavour).
-RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
 FILES_IN_FLIGHT = 4
-
-
-def instance_index(position: int, hosts: list[str], master: str) -> int:
-    """Instance numbers: the primary (on the master node) is 0, subtasks follow in host-list order."""
-    m = hosts.index(master) if master in hosts else 0
-    if position == m:
-        return 0
-    return position + 1 if position < m else position
 
 
 def planned_uploads(task: str, index: int, task_dir: str, wd: str,
@@ -62,8 +51,8 @@ def planned_uploads(task: str, index: int, task_dir: str, wd: str,
     go through Batch output files, so it persists nothing but its instance.json)."""
     if index == 0:
         return []
-    uploads = [(instance_output_blob(task, "TaskLog", index, name), os.path.join(task_dir, name))
-               for name in LOG_FILES if os.path.isfile(os.path.join(task_dir, name))
+    uploads = [(instance_output_blob(task, protocol.TASK_LOG, index, name), os.path.join(task_dir, name))
+               for name in protocol.LOG_FILES if os.path.isfile(os.path.join(task_dir, name))
                and not os.path.islink(os.path.join(task_dir, name))]
     for kind, pattern in outputs:
         for rel in match_outputs(wd, [pattern]):
@@ -71,25 +60,12 @@ def planned_uploads(task: str, index: int, task_dir: str, wd: str,
     return uploads
 
 
-def whoami(rank_vars_arg: str) -> tuple[int, dict, str, str]:
-    """This process's instance number, its identity for instance.json, task dir and working dir."""
-    rank_vars = [v for v in rank_vars_arg.split(",") if v] or list(RANK_VARS)
-    hosts = [h for h in os.environ.get("AZ_BATCH_HOST_LIST", "").split(",") if h]
-    master = os.environ.get("AZ_BATCH_MASTER_NODE", "").rsplit(":", 1)[0]
-    pos = next((int(os.environ[v]) for v in rank_vars if os.environ.get(v, "").isdigit()), 0)
-    wd = os.path.realpath(os.getcwd())
-    index = instance_index(pos, hosts, master)
-    identity = {"index": index, "host": hosts[pos] if pos < len(hosts) else None,
-                "hostname": socket.gethostname(), "node_id": _node_id(wd)}
-    return index, identity, os.path.dirname(wd), wd
-
-
 def stop_tracker(task_dir: str, timeout: float = 60) -> dict:
     """End this node's tracker (it sends its last log bytes) and return what it had saved."""
-    with open(os.path.join(task_dir, PERSIST_MARK), "w"):
+    with open(os.path.join(task_dir, protocol.PERSIST_MARK), "w"):
         pass  # a tracker that starts from now on ends by itself
     try:
-        with open(os.path.join(task_dir, PID_FILE)) as f:
+        with open(os.path.join(task_dir, protocol.TRACKER_PID_FILE)) as f:
             pid = int(f.read().strip())
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             if b"track.py" not in f.read():
@@ -104,7 +80,7 @@ def stop_tracker(task_dir: str, timeout: float = 60) -> dict:
     except (OSError, ValueError):
         pass  # no tracker on this node (none started, or it already ended)
     try:
-        with open(os.path.join(task_dir, STATE_FILE)) as f:
+        with open(os.path.join(task_dir, protocol.TRACKER_STATE_FILE)) as f:
             return json.load(f).get("sent") or {}
     except (OSError, ValueError):
         return {}
@@ -114,15 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", required=True)
     ap.add_argument("--output", action="append", default=[], help="Kind=pattern")
-    ap.add_argument("--rank-vars", default=",".join(RANK_VARS), help="NAME,NAME: where the rank number is")
+    ap.add_argument("--rank-vars", default=",".join(protocol.RANK_VARS), help="NAME,NAME: where the rank number is")
     args = ap.parse_args(argv)
     url = os.environ.get("MPIBATCH_PERSIST_URL", "")
     if not url:
         return 0
-    index, identity, task_dir, wd = whoami(args.rank_vars)
+    who = protocol.whoami(args.rank_vars)
+    index, task_dir, wd = who.index, who.task_dir, who.wd
     saved = stop_tracker(task_dir)
-    outputs = [(k, p) for k, _, p in (o.partition("=") for o in args.output)]
-    info: dict = {**identity, "final": True, "files": {}, "failed": {}}
+    outputs = protocol.decode_outputs(args.output)
+    record = protocol.InstanceRecord.new(who, final=True, declared=outputs)
     client = ContainerClient(url)
     failures = 0
     try:
@@ -147,24 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         for blob, path, got in pool.map(one, uploads):
             if isinstance(got, Exception):
                 failures += 1
-                info["failed"][blob] = str(got)
+                record.failed[blob] = str(got)
                 print(f"mpibatch persist: {path}: {got}", file=sys.stderr)
             else:
-                info["files"][blob] = got
+                record.files[blob] = got  # type: ignore[assignment]
     try:
-        upload_instance_info(client, args.task, index, info, task_dir)
+        upload_instance_info(client, args.task, index, record, task_dir)
     except (BlobError, OSError) as e:
         print(f"mpibatch persist: {INSTANCE_INFO}: {e}", file=sys.stderr)
         failures += 1
     return 1 if failures else 0
-
-
-def _node_id(wd: str) -> str | None:
-    try:
-        with open(os.path.join(wd, ".mpibatch-node")) as f:
-            return f.read().strip().partition("=")[2] or None
-    except OSError:
-        return os.environ.get("AZ_BATCH_NODE_ID")
 
 
 if __name__ == "__main__":

@@ -24,21 +24,23 @@ import time
 from datetime import datetime, timezone
 
 try:  # as the package mpibatch.launchers (client side, tests)
+    from . import protocol
     from .blobio import BlobError, ContainerClient, b64
-    from .outputnames import LOG_FILES, instance_info_blob, instance_output_blob, live_log_blob, match_outputs
+    from .outputnames import instance_info_blob, instance_output_blob, live_log_blob, match_outputs
 except ImportError:  # as a script on the node: the modules are shipped beside it
+    import protocol  # type: ignore[no-redef]
     from blobio import BlobError, ContainerClient, b64  # type: ignore[no-redef]
     from outputnames import (  # type: ignore[no-redef]
-        LOG_FILES,
-        instance_info_blob,
+                instance_info_blob,
         instance_output_blob,
         live_log_blob,
         match_outputs,
     )
 
-PID_FILE = ".mpibatch-track.pid"  # in the instance's task directory: how persist.py finds the tracker
-PERSIST_MARK = ".mpibatch-persisting"  # written by persist.py before it looks for the tracker
-STATE_FILE = ".mpibatch-track.json"  # what the tracker saved, so the persist step skips unchanged files
+InstanceRecord = protocol.InstanceRecord
+PID_FILE = protocol.TRACKER_PID_FILE  # in the instance's task directory: how persist.py finds the tracker
+PERSIST_MARK = protocol.PERSIST_MARK  # written by persist.py before it looks for the tracker
+STATE_FILE = protocol.TRACKER_STATE_FILE  # what the tracker saved, so the persist step skips unchanged files
 LOG_INTERVAL = 15.0  # seconds between log refreshes (the .NET library's default for tracked files is 1 min)
 INTERVAL_VAR = "MPIBATCH_TRACK_INTERVAL"  # a task environment setting that changes it
 OUTPUT_TICKS = 4  # outputs are looked at every 4th refresh (60 s by default)
@@ -97,7 +99,7 @@ class OutputSaver:
     and differs from what was sent last."""
 
     def __init__(self, client: ContainerClient, task: str, index: int, wd: str,
-                 outputs: list[tuple[str, str]], identity: dict) -> None:
+                 outputs: list[tuple[str, str]], identity: protocol.Identity) -> None:
         self.client, self.task, self.index, self.wd, self.outputs = client, task, index, wd, outputs
         self.seen: dict[str, tuple[int, int]] = {}  # blob -> (size, mtime_ns) at the previous look
         self.sent: dict[str, dict] = {}  # blob -> {"size", "md5", "mtime_ns"}
@@ -139,22 +141,32 @@ class OutputSaver:
 
     def record(self) -> None:
         """instance.json, not final: what a task that never reaches its persist step still has."""
-        info = {**self.identity, "final": False, "saved_at": self.saved_at,
-                "declared": [[k, p] for k, p in self.outputs],
-                "files": {b: {"size": v["size"], "md5": v["md5"]} for b, v in self.sent.items()},
-                "failed": dict(self.failed)}
-        upload_instance_info(self.client, self.task, self.index, info, os.path.dirname(self.wd))
+        record = InstanceRecord.new(self.identity, final=False, declared=self.outputs)
+        record.saved_at = self.saved_at
+        record.files = {b: {"size": v["size"], "md5": v["md5"]} for b, v in self.sent.items()}
+        record.failed = dict(self.failed)
+        upload_instance_info(self.client, self.task, self.index, record, os.path.dirname(self.wd))
 
 
 def run(client: ContainerClient, task: str, index: int, task_dir: str, wd: str, outputs: list[tuple[str, str]],
-        identity: dict, *, interval: float = LOG_INTERVAL, stop: threading.Event | None = None) -> int:
+        identity: protocol.Identity, *, interval: float = LOG_INTERVAL, stop: threading.Event | None = None) -> int:
     """Track until `stop` is set (SIGTERM from the persist step) or the launcher that started us is
     gone; a last refresh then. Returns 0, or 1 when the last refresh could not be sent."""
     stop = stop or threading.Event()
-    logs = [AppendFollower(client, os.path.join(task_dir, n), live_log_blob(task, index, n)) for n in LOG_FILES]
+    logs = [AppendFollower(client, os.path.join(task_dir, n), live_log_blob(task, index, n))
+            for n in protocol.LOG_FILES]
     saver = OutputSaver(client, task, index, wd, outputs, identity) if index > 0 and outputs else None
     parent = os.getppid()
     complained: set[str] = set()
+    if saver is not None and not stop.is_set():
+        # A first record says what this node was told to keep, so a task that ends before any output
+        # was saved (and before the persist step) still names each declared output in collect's result.
+        # Not when the persist step already began: its final record must not be replaced.
+        try:
+            saver.record()
+        except (BlobError, OSError) as e:
+            complained.add(str(e))
+            print(f"mpibatch track: {e}", file=sys.stderr)
     deadline = time.monotonic() + MAX_LIFETIME
     tick = 0
     while not stop.wait(interval) and os.getppid() == parent and time.monotonic() < deadline:
@@ -201,14 +213,17 @@ def _size(path: str) -> int:
         return 0
 
 
-def upload_instance_info(client: ContainerClient, task: str, index: int, info: dict, task_dir: str) -> None:
-    """Store `info` as instance `index`'s instance.json (the tracker's, then the persist step's)."""
-    tmp = os.path.join(task_dir, f".mpibatch-instance.{os.getpid()}.json")
-    _write_json(tmp, info)
+def upload_instance_info(client: ContainerClient, task: str, index: int, record: InstanceRecord,
+                         task_dir: str) -> None:
+    """Store `record` as instance `index`'s instance.json (the tracker's, then the persist step's)."""
+    tmp = os.path.join(task_dir, f"{protocol.NODE_FILE_PREFIX}instance.{os.getpid()}.json")
     try:
+        with open(tmp, "w") as f:
+            f.write(record.to_json())
         client.upload_file(tmp, instance_info_blob(task, index), content_type="application/json")
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -219,21 +234,18 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        from .persist import RANK_VARS, whoami
-    except ImportError:
-        from persist import RANK_VARS, whoami  # type: ignore[no-redef]
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", required=True)
     ap.add_argument("--output", action="append", default=[], help="Kind=pattern")
-    ap.add_argument("--rank-vars", default=",".join(RANK_VARS))
+    ap.add_argument("--rank-vars", default=",".join(protocol.RANK_VARS))
     ap.add_argument("--interval", type=float, default=None, help=f"seconds (default: ${INTERVAL_VAR} or 15)")
     args = ap.parse_args(argv)
     interval = args.interval or _interval(os.environ.get(INTERVAL_VAR, ""))
     url = os.environ.get("MPIBATCH_PERSIST_URL", "")
     if not url:
         return 0
-    index, identity, task_dir, wd = whoami(args.rank_vars)
+    identity = protocol.whoami(args.rank_vars)
+    task_dir = identity.task_dir
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -246,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(os.path.join(task_dir, PERSIST_MARK)):
         stop.set()
     try:
-        outputs = [(k, p) for k, _, p in (o.partition("=") for o in args.output)]
-        return run(ContainerClient(url), args.task, index, task_dir, wd, outputs, identity,
+        outputs = protocol.decode_outputs(args.output)
+        return run(ContainerClient(url), args.task, identity.index, task_dir, identity.wd, outputs, identity,
                    interval=interval, stop=stop)
     finally:
         try:

@@ -22,13 +22,7 @@ from .errors import SpecError
 from .launchers import outputnames as _names
 from .launchers.outputnames import (
     CONTAINER_PREFIX,
-    INSTANCE_INFO,
-    JOB_KINDS,
-    KINDS,
-    LIVE_LOGS,
-    LOG_FILES,
     MAX_BLOB_NAME,
-    TASK_KINDS,
     ParsedBlob,
     glob_match,
     is_safe_relative,
@@ -38,6 +32,7 @@ from .launchers.outputnames import (
     parse_task_blob,
     pattern_regex,
 )
+from .launchers.protocol import INSTANCE_INFO, JOB_KINDS, KINDS, LIVE_LOGS, LOG_FILES, TASK_KINDS
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,6 +14,17 @@ _SHORT = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _ISO = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 
 
+def iso_seconds(text: str) -> float | None:
+    """An ISO 8601 duration as Batch writes it (``P1DT2H3M4.5S``, upper case) in seconds; None when
+    `text` is not one (``P`` or ``PT`` alone name no part). The one ISO 8601 reader: the spec's durations
+    and the emulator's REST bodies."""
+    m = _ISO.match(text)
+    if not m or not any(m.groups()):
+        return None
+    d, h, mi = (int(g or 0) for g in m.groups()[:3])
+    return d * 86400 + h * 3600 + mi * 60 + float(m.group(4) or 0)
+
+
 def parse_duration(value: object, field: str) -> int:
     """Seconds in `value`. Integers are seconds. Raises SpecError naming `field`."""
     fix = "write e.g. 90s, 30m, 2h, 7d, 1h30m or ISO 8601 such as PT2H"
@@ -26,13 +37,12 @@ def parse_duration(value: object, field: str) -> int:
         if len(text) > _MAX_TEXT:
             raise SpecError(field, f"{shown(value)} is not a duration", fix)
         m = _SHORT.match(text.lower())
-        iso = _ISO.match(text.upper())
+        iso = iso_seconds(text.upper())
         if text and m and any(m.groups()):
             d, h, mi, s = (int(g or 0) for g in m.groups())
             seconds = d * 86400 + h * 3600 + mi * 60 + s
-        elif text and iso and any(iso.groups()):
-            d, h, mi = (int(g or 0) for g in iso.groups()[:3])
-            seconds = d * 86400 + h * 3600 + mi * 60 + int(float(iso.group(4) or 0))
+        elif iso is not None:
+            seconds = int(iso)
         else:
             raise SpecError(field, f"{shown(value)} is not a duration", fix)
     else:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlparse
 
 from .errors import InfraError, SpecError
 from .launchers import blobdownload
@@ -120,8 +121,13 @@ def prepare_output_storage(job_id: str, **how: Any) -> str:
     except ResourceExistsError:
         pass
     except AzureError as e:
-        raise InfraError(f"cannot create container {client.name}: {e.__class__.__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        from .executors.azure.errors import Service, to_infra_error
+        from .redaction import redact
+
+        secret = how.get("connection_string")
+        where = Service(f"storage account {service.account_name}", urlparse(service.url).netloc,
+                        "check the connection string, key or credential", lambda text: redact(text, secret))
+        raise to_infra_error(e, where, f"creating container {client.name}") from None
     return client.name
 
 

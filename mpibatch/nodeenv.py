@@ -1,52 +1,11 @@
-"""A Batch node's directory layout and task environment (docs/batch-semantics.md#environment). Pure."""
+"""A Batch node's task environment (docs/batch-semantics.md#environment), over the node layout of
+launchers/protocol.py. Pure."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .hostlist import format_ccp_nodes, format_host_list, format_node_list
+from .launchers.protocol import NodeLayout  # the layout is the node protocol's (launchers/protocol.py)
 
 MASTER_PORT = 6000  # the port Batch puts in AZ_BATCH_MASTER_NODE (the service's own)
-
-
-@dataclass(frozen=True)
-class NodeLayout:
-    """Paths as the node sees them, for one task on a node rooted at `root`."""
-
-    root: str
-    job_id: str
-    task_id: str
-
-    @property
-    def shared(self) -> str:
-        return f"{self.root}/shared"
-
-    @property
-    def startup(self) -> str:
-        return f"{self.root}/startup"
-
-    @property
-    def job_dir(self) -> str:
-        return f"{self.root}/workitems/{self.job_id}/job-1"
-
-    @property
-    def task_dir(self) -> str:
-        return f"{self.job_dir}/{self.task_id}"
-
-    @property
-    def working_dir(self) -> str:
-        return f"{self.task_dir}/wd"
-
-    @property
-    def task_shared_dir(self) -> str:
-        # The same path on every instance; a local directory, not a network share.
-        return f"{self.task_dir}/shared"
-
-    def node_task_dir(self, name: str) -> str:
-        """Directory of a job preparation / release task."""
-        return f"{self.job_dir}/{name}"
-
-    def dirs(self) -> list[str]:
-        return [self.shared, self.startup, self.working_dir, self.task_shared_dir]
 
 
 def batch_env(layout: NodeLayout, *, hosts: list[str], index: int, node_id: str, pool_id: str,
@@ -75,3 +34,6 @@ def batch_env(layout: NodeLayout, *, hosts: list[str], index: int, node_id: str,
         "AZ_BATCH_MASTER_NODE": f"{hosts[0]}:{MASTER_PORT}",
         "AZ_BATCH_IS_CURRENT_NODE_MASTER": "true" if index == 0 else "false",
     }
+
+
+__all__ = ["MASTER_PORT", "NodeLayout", "batch_env"]

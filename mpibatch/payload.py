@@ -7,6 +7,7 @@ from datetime import timedelta
 from azure.batch import models as bm
 
 from . import conventions
+from .launchers.protocol import TASK_LOG
 from .render import PERSIST_URL_VAR, Rendered, source_label
 from .spec import FileRef, Image
 
@@ -32,7 +33,7 @@ def output_files(r: Rendered, container_url: str) -> list[bm.OutputFile]:
     upload = bm.OutputFileUploadConfiguration(upload_condition=bm.OutputFileUploadCondition.TASK_COMPLETION)
     out = [bm.OutputFile(file_pattern="../std*.txt", upload_options=upload, destination=bm.OutputFileDestination(
         container=bm.OutputFileBlobContainerDestination(
-            container_url=container_url, path=conventions.instance_output_prefix(task_id, "TaskLog", 0))))]
+            container_url=container_url, path=conventions.instance_output_prefix(task_id, TASK_LOG, 0))))]
     for o in r.outputs:
         # With a wildcard, `path` is a virtual directory and matches keep their relative paths.
         prefix = conventions.instance_output_prefix(task_id, o.kind, 0)

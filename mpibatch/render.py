@@ -10,20 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import rdma
-from .launchers import script_path
+from .launchers import protocol, script_path
 from .mpi import FLAVORS, Flavor, get_flavor
 from .shell import Raw, Word, bash_c, cmd_join, sh_join
 from .spec import Command, FileRef, Output, Setup, Spec
 
 LAUNCHER_DIR = "mpibatch"  # node-side launchers land in $AZ_BATCH_TASK_SHARED_DIR/mpibatch/
 # What every Linux node gets under $AZ_BATCH_TASK_SHARED_DIR/mpibatch (launchers/).
-NODE_FILES = ("coordinate.sh", "persist.py", "track.py", "outputnames.py", "blobio.py")
+NODE_FILES = ("coordinate.sh", "persist.py", "track.py", "outputnames.py", "protocol.py", "blobio.py")
 PERSIST_URL_VAR = "MPIBATCH_PERSIST_URL"  # container SAS for subtask outputs, set at submit time
 # Written by the coordination step into each node's working directory (docs/hpc-nodes.md): the
 # node's own environment (activated runtime, its InfiniBand device), and the per-rank wrapper that
 # sources it before it becomes the program.
-NODE_ENV_FILE = ".mpibatch-node.env"
-RANK_WRAPPER = ".mpibatch-rank"
+NODE_ENV_FILE = protocol.NODE_ENV_FILE
+RANK_WRAPPER = protocol.RANK_WRAPPER
 
 
 def launcher_source(name: str) -> str:
@@ -158,7 +158,7 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
                              flavor, setup)
     declared: list[Word] = ["--task", t.id, "--rank-vars", ",".join(flavor.rank_vars)]
     for o in t.outputs:
-        declared += ["--output", f"{o.kind}={o.pattern}"]
+        declared += ["--output", protocol.encode_output(o.kind, o.pattern)]
 
     def node_step(name: str) -> str:
         return sh_join([*one_per_node, "python3", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/{name}"'),
@@ -177,7 +177,7 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
     names = dict.fromkeys(f.path.split("/")[0] for f in t.common_files)  # top-level entries, in order
     links = [a for name in names for a in ("--link", name)]
     coord_argv: list[Word] = ["bash", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/coordinate.sh"'),
-                              "--rank-dir", rdir, "--shared-dir", t.shared_dir, *links,
+                              "--rank-dir", rdir, "--shared-dir", t.shared_dir, *links, *protocol.coordinate_args(),
                               *_node_step_args(spec, flavor, fabric, setup)]
     coord = sh_join(coord_argv)
     if t.coordination:

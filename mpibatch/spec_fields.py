@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import SpecError, SpecErrors, shown
+from .launchers.protocol import KIND_RULE_TEXT, KINDS, TASK_OUTPUT, is_kind, near_standard_kind
 from .spec_model import IMAGE_ALIASES, Command, FileRef, Image, NodeTask, Output, Setup
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -188,8 +189,6 @@ def parse_environment(value: Any, where: str) -> dict[str, str]:
 
 
 def parse_outputs(value: Any, where: str) -> tuple[Output, ...]:
-    from .conventions import KINDS  # local import: conventions is a leaf module
-
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -204,12 +203,23 @@ def parse_outputs(value: Any, where: str) -> tuple[Output, ...]:
         if "pattern" not in m:
             raise SpecError(f"{w}.pattern", "is missing", "write a glob such as results/**")
         pattern = check_node_path(m["pattern"], f"{w}.pattern")
-        kind = as_str(m.get("kind", "TaskOutput"), f"{w}.kind")
-        if kind not in KINDS and not re.match(r"^[A-Za-z][A-Za-z0-9]{0,62}$", kind):
-            raise SpecError(f"{w}.kind", f"{shown(kind)} is not a File Conventions kind",
-                            f"use one of {', '.join(KINDS)} or a custom name of letters and digits")
+        kind = check_kind(as_str(m.get("kind", TASK_OUTPUT), f"{w}.kind"), f"{w}.kind")
         out.append(Output(pattern=pattern, kind=kind))
     return tuple(out)
+
+
+def check_kind(kind: str, where: str) -> str:
+    """A standard kind, or a custom one that follows the kind rule and is no near miss of a standard
+    one (docs/file-conventions.md#kinds)."""
+    if not is_kind(kind):
+        raise SpecError(where, f"{shown(kind)} is not a File Conventions kind",
+                        f"use one of {', '.join(KINDS)} or a custom kind: {KIND_RULE_TEXT}")
+    near = near_standard_kind(kind)
+    if near is not None:
+        raise SpecError(where, f"{shown(kind)} is not a standard kind: did you mean {near}?",
+                        f"write {near}; a custom kind on purpose must differ from every standard kind by more "
+                        "than a letter or two, e.g. Checkpoints")
+    return kind
 
 
 def parse_node_task(value: Any, where: str, base_dir: Path) -> NodeTask | None:

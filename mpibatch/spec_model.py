@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .launchers.protocol import TASK_OUTPUT
+
 
 @dataclass(frozen=True)
 class Image:
@@ -64,7 +66,7 @@ class FileRef:
 @dataclass(frozen=True)
 class Output:
     pattern: str
-    kind: str = "TaskOutput"
+    kind: str = TASK_OUTPUT
 
 
 @dataclass(frozen=True)

@@ -290,7 +290,7 @@ def test_storage_unreachable_creates_no_job_or_task(store_only: BatchEmulator, t
     env = cli_env(store_only, None, AZURE_STORAGE_CONNECTION_STRING=conn)
     p = run_cli(["submit", str(spec)], env, store_only.key, AZURITE_KEY, timeout=120)
     assert p.returncode == 3, p.stderr
-    assert f"storage account unreachable at 127.0.0.1:{port}" in p.stderr
+    assert f"storage account devstoreaccount1 unreachable at 127.0.0.1:{port}" in p.stderr
     nothing_created(store_only, None, job_id)
 
 

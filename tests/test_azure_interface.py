@@ -136,6 +136,23 @@ def test_coordination_failure_on_a_subtask_says_coordination_and_numbers_the_ins
     assert "instance 1 (subtask " in t.stdout
 
 
+def test_mpibatchs_own_coordination_step_failing_on_the_primary_is_phase_coordination(
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
+    """Issue 19 item 9b: no mpiexec on the nodes' PATH makes coordinate.sh fail on the primary (the subtasks
+    do not need the launcher): `run -o json` and `status` say coordination, not running."""
+    spec, job_id, task_id = hello_spec(tmp_path, instances=2, environment={"PATH": "/usr/bin:/bin"},
+                                       mpi={"flavor": "mpich", "processes_per_node": 1})
+    env = cli_env(standin, azurite)
+    p = run_cli(["run", str(spec), "--executor", "azure", "--output", "json", "--runs-dir", str(tmp_path / "runs")],
+                env, *secrets_of(standin, azurite))
+    assert p.returncode == 1, p.stderr
+    failure = json.loads(p.stdout)["failure"]
+    assert failure["phase"] == "coordination" and failure["instance"] == 0, failure
+    assert "instance 0" in failure["reason"], failure
+    t = run_cli(["status", job_id, task_id], env, *secrets_of(standin, azurite))
+    assert "FAILED in coordination (instance 0)" in t.stdout, t.stdout
+
+
 def test_ctrl_c_while_collecting_exits_130_and_says_how_to_resume(
         standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     spec, job_id, task_id = hello_spec(tmp_path, instances=2, mpi={"flavor": "mpich", "processes_per_node": 1})

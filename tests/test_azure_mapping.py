@@ -36,8 +36,8 @@ def test_a_subtask_failing_before_the_application_is_a_coordination_failure() ->
     task = _task({"failureInfo": {"category": "usererror", "code": "CommandLaunchFailed",
                                   "message": "coordination failed"}, "result": "failure"})
     subs = [_sub(1, "node-2", 0), _sub(2, "node-1", 7)]
-    infos = {1: {"node_id": "node-1"}, 2: {"node_id": "node-2"}}  # what the nodes persisted
-    index_of = map_subtasks(subs, infos, 3, [], "t")
+    node_ids = {1: "node-1", 2: "node-2"}  # what the nodes persisted (instance.json)
+    index_of = map_subtasks(subs, node_ids, 3, [], "t")
     assert index_of == {2: 1, 1: 2}
     r = task_result(BATCH, "j", task, subs, index_of)
     assert r.failure is not None and r.failure.phase == "coordination" and r.failure.instance == 1

@@ -318,3 +318,18 @@ def test_blob_layout_property(task_id: str, kind: str, segments: list[str], ups:
     assert task_output_blob(task_id, kind, given_path) == f"{task_id}/${kind}/{rel}"
     assert job_output_blob(kind, given_path) == f"${kind}/{rel}"
     assert instance_output_blob(task_id, kind, ups, given_path) == f"{task_id}/${kind}/{ups}/{rel}"
+
+
+def test_double_star_never_selects_mpibatch_files(tmp_path) -> None:
+    """Issue 19 item 8: the node's own files and the durable writer's temporaries are not outputs."""
+    from mpibatch.launchers.outputnames import select_outputs
+
+    from mpibatch.conventions import match_outputs
+
+    for rel in (".mpibatch-node", ".mpibatch-node.env", ".mpibatch-rank", "sub/.mpibatch-0a1b2c3d.part",
+                "result.txt", "sub/data.h5", "sub/.hidden"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    assert match_outputs(str(tmp_path), ["**"]) == ["result.txt", "sub/.hidden", "sub/data.h5"]
+    assert match_outputs(str(tmp_path), [".mpibatch-node"]) == []  # even when named
+    assert select_outputs(["a/.mpibatch-rank", "a/b"], ["a/*"]) == ["a/b"]  # the SSH executor's listing

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from mpibatch.launchers import protocol, script_path
 
 from mpibatch.cli import main as cli
 from mpibatch.executors.hpcnode import NodeIb, parse_node_ib, write_sysfs
 from mpibatch.executors.local import LocalExecutor
-from mpibatch.launchers import script_path
 from mpibatch.render import render
 from mpibatch.spec import parse_spec
 from tests.infra.fixtures import VENVS, mpi_env, require
@@ -180,7 +180,8 @@ def _coordinate(tmp_path: Path, args: list[str], path: str, **env: str) -> subpr
             "AZ_BATCH_TASK_SHARED_DIR": str(shared), "AZ_BATCH_HOST_LIST": "10.0.0.4",
             "AZ_BATCH_MASTER_NODE": "10.0.0.4:6000", "AZ_BATCH_NODE_ID": "tvm-1",
             "AZ_BATCH_IS_CURRENT_NODE_MASTER": "true", "MPIBATCH_PEER_CHECK": "0", **env}
-    return subprocess.run(["bash", script_path("coordinate.sh"), "--rank-dir", str(tmp_path / "r" / "t"), *args],
+    return subprocess.run(["bash", script_path("coordinate.sh"), "--rank-dir", str(tmp_path / "r" / "t"),
+                           *protocol.coordinate_args(), *args],
                           env=base, capture_output=True, text=True, timeout=60)
 
 

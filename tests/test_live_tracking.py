@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
+from mpibatch.launchers.protocol import Identity, InstanceRecord
 
 from mpibatch.conventions import instance_output_blob, job_container_name, live_log_blob
 from tests.infra.batch_emulator import BatchEmulator
@@ -22,6 +23,7 @@ from tests.test_azure_executor import cli_env, hello_spec, run_cli, secrets_of, 
 pytestmark = pytest.mark.azure
 
 FAST = {"MPIBATCH_TRACK_INTERVAL": "0.5"}
+SUBTASK = Identity(index=1, host="10.0.0.5", hostname="node-b", node_id="tvm-2", task_dir="", wd="")
 ONE_RANK_PER_NODE = {"flavor": "mpich", "processes_per_node": 1}
 
 
@@ -91,6 +93,24 @@ def test_a_timeout_keeps_the_subtask_outputs_saved_while_it_ran(standin: BatchEm
     assert info["final"] is False and info["declared"] == [["TaskOutput", "result.dat"], ["TaskOutput", "never-*.dat"]]
 
 
+def test_a_task_ended_before_any_output_was_saved_still_names_each_declared_output(
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
+    """The tracker's first record (before any look at the outputs) carries the declared outputs, which
+    collect reads from the record: a timeout before the first look still names each of them."""
+    spec, job_id, task_id = hello_spec(
+        tmp_path, instances=2, mpi=ONE_RANK_PER_NODE, environment={"MPIBATCH_TRACK_INTERVAL": "3600"},
+        max_wall_clock="8s", command=["python3", "hangs.py"], common_files=[{"source": "hangs.py", "path": "hangs.py"}],
+        outputs=[{"pattern": "result.dat", "kind": "TaskOutput"}])
+    (spec.parent / "hangs.py").write_text(TIMES_OUT)
+    env, secrets = cli_env(standin, azurite), secrets_of(standin, azurite)
+    p = run_cli(["submit", str(spec), "--output", "json", "--runs-dir", str(tmp_path / "runs")], env, *secrets)
+    result = json.loads(p.stdout)
+    assert p.returncode != 0 and result["timed_out"], p.stderr
+    assert "instance 1 TaskOutput 'result.dat': not saved" in "\n".join(result["missing"])
+    record = InstanceRecord.from_json(_blob(azurite, job_id, f"{task_id}/$TaskLog/1/instance.json") or b"")
+    assert not record.final and record.declared == [("TaskOutput", "result.dat")] and not record.files
+
+
 def _node_url(azurite: Azurite, job_id: str) -> str:
     """A new job container, and the write-only SAS URL a node gets for it."""
     from mpibatch.executors.azure.storage import PERSIST_PERMISSIONS
@@ -113,7 +133,7 @@ def test_the_tracker_saves_an_output_only_once_it_stopped_changing(azurite: Azur
     job_id = f"track-{time.monotonic_ns()}"
     wd = tmp_path / "task" / "wd"
     wd.mkdir(parents=True)
-    saver = OutputSaver(_node_client(azurite, job_id), "t", 1, str(wd), [("TaskOutput", "*.dat")], {"index": 1})
+    saver = OutputSaver(_node_client(azurite, job_id), "t", 1, str(wd), [("TaskOutput", "*.dat")], SUBTASK)
     blob = instance_output_blob("t", "TaskOutput", 1, "a.dat")
     (wd / "a.dat").write_bytes(b"v1")
     assert saver.look() == 0 and _blob(azurite, job_id, blob) is None  # first seen: maybe still being written
@@ -160,7 +180,7 @@ def test_the_persist_step_stops_the_tracker_and_skips_what_it_saved(azurite: Azu
     (wd / "early.dat").write_bytes(b"done early")
     stop = threading.Event()
     tracker = threading.Thread(target=track.run, args=(client, "t", 1, str(task_dir), str(wd),
-                                                      [("TaskOutput", "*.dat")], {"index": 1}),
+                                                      [("TaskOutput", "*.dat")], SUBTASK),
                                kwargs={"interval": 0.05, "stop": stop})
     tracker.start()
     early = instance_output_blob("t", "TaskOutput", 1, "early.dat")

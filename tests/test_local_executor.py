@@ -130,6 +130,19 @@ def test_batch_environment_and_layout(tmp_path: Path) -> None:
         assert (out / str(i) / "stdout.txt").exists()
 
 
+def test_double_star_collects_no_mpibatch_file(tmp_path: Path) -> None:
+    """Issue 19 item 8: `**` brings back the user's files, not the node's .mpibatch-* files (its id,
+    environment and rank wrapper) nor a durable writer's temporary."""
+    spec = make_spec(tmp_path, instances=2, ppn=1, coordination="echo mine > mine.txt; : > .mpibatch-0a1b2c3d.part",
+                     outputs=[{"pattern": "**"}])
+    r = run(tmp_path, spec)
+    assert r.succeeded, r.failure
+    for inst in r.instances:
+        assert "mine.txt" in inst.files, inst.files
+        assert not [f for f in inst.files if f.rsplit("/", 1)[-1].startswith(".mpibatch-")], inst.files
+        assert not list(Path(inst.output_dir).rglob(".mpibatch-*"))
+
+
 def test_second_run_does_not_overwrite_first(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, instances=2, ppn=1)
     a = run(tmp_path, spec)

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+from mpibatch.launchers import script_path
+from mpibatch.launchers.protocol import InstanceRecord
 
 from mpibatch import conventions
 from mpibatch.conventions import TaskOutputStorage, job_container_name, prepare_output_storage
 from mpibatch.executors.azure.storage import PERSIST_PERMISSIONS
-from mpibatch.launchers import script_path
 from mpibatch.render import NODE_FILES
 from tests.infra.fixtures import Azurite, azurite  # noqa: F401
 from tests.test_fileconventions import sas_url
@@ -79,8 +81,11 @@ def test_persist_on_a_node_and_the_client_agree_on_every_name(azurite: Azurite, 
     info_blob = TaskOutputStorage(job, task, connection_string=azurite.connection_string, instance=2) \
         .get_output("TaskLog", conventions.INSTANCE_INFO)
     info_blob.download_to(tmp_path / "instance.json")
+    record = InstanceRecord.from_json((tmp_path / "instance.json").read_bytes())  # the client's reader
+    assert record.index == 2 and record.final and not record.failed and record.host == "10.0.0.6"
+    assert record.declared == outputs  # what collect reads instead of re-deriving it
+    assert set(record.files) == expected - {conventions.instance_info_blob(task, 2)}
     info = json.loads((tmp_path / "instance.json").read_text())
-    assert info["index"] == 2 and not info["failed"]
     import base64
     for name, rec in info["files"].items():  # size and whole-file MD5 recorded, as storage has them
         assert rec["size"] == stored[name].size
@@ -88,7 +93,8 @@ def test_persist_on_a_node_and_the_client_agree_on_every_name(azurite: Azurite, 
 
 
 ids = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True)
-kinds = st.sampled_from(conventions.KINDS) | st.from_regex(r"[A-Za-z0-9]{1,12}", fullmatch=True)
+# the kind rule (protocol.KIND_RULE): a letter, then letters and digits
+kinds = st.sampled_from(conventions.KINDS) | st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,11}", fullmatch=True)
 segment = st.text(st.characters(blacklist_characters="/\\\x00", blacklist_categories=("Cs",)), min_size=1,
                   max_size=12).filter(lambda s: s not in (".", ".."))
 paths = st.lists(segment, min_size=1, max_size=4).map("/".join)

@@ -109,6 +109,13 @@ RULES = [
     # outputs
     ("output kind", "task.outputs", [{"pattern": "r/**", "kind": "Task Output"}], "task.outputs[0].kind",
      ["not a File Conventions kind"], ["TaskOutput"]),
+    ("output kind a typo of a standard one", "task.outputs", [{"pattern": "r/**", "kind": "TaskOuput"}],
+     "task.outputs[0].kind", ["did you mean TaskOutput?"],
+     ["write TaskOutput", "custom kind on purpose", "Checkpoints"]),
+    ("output kind a case slip", "task.outputs", [{"pattern": "r/**", "kind": "tasklog"}],
+     "task.outputs[0].kind", ["did you mean TaskLog?"], ["write TaskLog"]),
+    ("output kind starting with a digit", "task.outputs", [{"pattern": "r/**", "kind": "1Results"}],
+     "task.outputs[0].kind", ["not a File Conventions kind"], ["a letter, then letters and digits"]),
     ("output pattern absolute", "task.outputs", ["/var/log/*"], "task.outputs[0].pattern", ["absolute"],
      ["relative path"]),
     ("retries negative", "task.max_retries", -1, "task.max_retries", ["out of range"], ["between 0 and 100"]),
@@ -391,6 +398,11 @@ def test_short_forms():
     assert s.job.release.command.shell == "echo bye"
 
 
+def test_a_custom_kind_far_from_every_standard_one_is_kept() -> None:
+    s = parse_spec(make("task.outputs", [{"pattern": "ck/*.h5", "kind": "Checkpoints"}]))
+    assert s.task.outputs[0].kind == "Checkpoints"
+
+
 def test_environment_values_become_strings():
     s = parse_spec(make("task.environment", {"OMP_NUM_THREADS": 1, "RATIO": 0.5, "NAME": "x y"}))
     assert s.task.environment == {"OMP_NUM_THREADS": "1", "RATIO": "0.5", "NAME": "x y"}
@@ -418,3 +430,14 @@ def test_windows_argv_word_needing_quotes_is_refused():
     with pytest.raises(SpecError) as e:
         parse_spec(data)
     assert e.value.field == "task.command[0]" and "shell-line string" in e.value.fix
+
+
+@pytest.mark.parametrize("text, seconds", [("PT2H", 7200), ("P1DT1S", 86401), ("PT1M30S", 90), ("PT1.5S", 1.5),
+                                           ("P", None), ("PT", None), ("2h", None)])
+def test_one_iso8601_reader_for_the_spec_and_the_emulator(text: str, seconds: float | None) -> None:
+    from mpibatch.durations import iso_seconds
+    from mpibatch.emulator.core import seconds as emulator_seconds
+
+    assert iso_seconds(text) == seconds and emulator_seconds(text) == seconds
+    if seconds is not None and seconds >= 1:
+        assert parse_duration(text, "f") == int(seconds)

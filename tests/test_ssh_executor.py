@@ -72,6 +72,19 @@ def test_mpi4py_ranks_span_the_three_hosts(ssh_cluster3: SshCluster, tmp_path: P
     _assert_idle(c)
 
 
+def test_double_star_collects_no_mpibatch_file_over_ssh(ssh_cluster3: SshCluster, tmp_path: Path) -> None:
+    """Issue 19 item 8 on SSH hosts: the node's .mpibatch-* files and a writer's temporary are not outputs."""
+    c = ssh_cluster3
+    spec = _spec(tmp_path, "stars", instances=2, coordination="echo mine > mine.txt; : > .mpibatch-0a1b2c3d.part",
+                 outputs=[{"pattern": "**"}])
+    r = _executor(c, tmp_path).submit(spec).result()
+    assert r.succeeded, r.failure
+    for inst in r.instances:
+        assert "mine.txt" in inst.files, inst.files
+        assert not [f for f in inst.files if f.rsplit("/", 1)[-1].startswith(".mpibatch-")], inst.files
+    _assert_idle(c)
+
+
 def test_imb_pingpong_between_two_hosts(ssh_cluster3: SshCluster, tmp_path: Path) -> None:
     c = ssh_cluster3
     venv = VENVS / "intelmpi"

@@ -16,6 +16,7 @@ from ..conventions import is_safe_relative
 from ..errors import SpecError
 from ..executors.collection import check_runs_dir
 from ..fileconventions import JobOutputStorage, TaskOutputStorage, download_outputs
+from ..launchers.protocol import TASK_KINDS
 from .common import EXIT_INFRA, EXIT_OK, echo_json, output_option, report_errors
 from .transfer_progress import transfer_progress
 
@@ -52,7 +53,7 @@ def outputs() -> None:
 @outputs.command("list")
 @click.argument("job_id", metavar="JOB")
 @click.argument("task_id", metavar="[TASK]", required=False)
-@click.option("--kind", default=None, help="only this kind (TaskOutput, TaskLog, ..., or a custom kind)")
+@click.option("--kind", default=None, help=f"only this kind ({', '.join(TASK_KINDS[:2])}, ..., or a custom kind)")
 @output_option
 @report_errors
 def list_outputs(job_id: str, task_id: str | None, kind: str | None, output: str) -> None:

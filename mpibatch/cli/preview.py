@@ -17,6 +17,7 @@ import click
 from .. import conventions, hostlist, poolcheck
 from ..durations import human, iso8601
 from ..errors import SpecError
+from ..launchers.protocol import TASK_LOG
 from ..mpi import get_flavor
 from ..mpi import names as flavor_names
 from ..redaction import redact, redact_url
@@ -122,7 +123,7 @@ def _output_rows(r: Rendered) -> list[tuple[str, str, str]]:
     t = r.spec.task
     subtasks = t.instances > 1
     rows = []
-    for pattern, kind, what in [("../std*.txt", "TaskLog", "stdout.txt, stderr.txt"),
+    for pattern, kind, what in [("../std*.txt", TASK_LOG, "stdout.txt, stderr.txt"),
                                 *((o.pattern, o.kind, "") for o in r.outputs)]:
         primary = conventions.instance_output_prefix(t.id, kind, 0) + "/"
         text = f"primary -> {primary}{' (' + what + ')' if what else ''}"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from ..durations import iso_seconds
 from ..errors import SpecError
 from . import pools
 from .files import AutoStorage
@@ -37,11 +38,7 @@ def seconds(iso: str | None) -> float | None:
     """ISO 8601 duration -> seconds; None for none or the service's "forever"."""
     if not iso or iso.startswith("P10675199D"):
         return None
-    m = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:([\d.]+)S)?)?", iso)
-    if not m:
-        return None
-    d, h, mi, s = m.groups()
-    return int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+    return iso_seconds(iso)
 
 
 class Emulator:

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..launchers.protocol import task_dir_rel
 from . import files, schema
 from .errors import BatchError, exists, not_found, now_iso
 from .nodes import env_settings, node_env
@@ -124,14 +125,14 @@ def _node_entry(emu: Emulator, job: dict[str, Any], node: dict[str, Any]) -> dic
 
 
 def _task_info(emu: Emulator, node: dict[str, Any], job: dict[str, Any], name: str) -> dict[str, Any]:
-    rel = f"workitems/{job['id']}/job-1/{name}"
+    rel = task_dir_rel(job["id"], name)
     return {"startTime": now_iso(), "state": "running", "taskRootDirectory": rel,
             "taskRootDirectoryUrl": f"{node['url']}/files/{rel}", "retryCount": 0}
 
 
 def _run_node_task(emu: Emulator, job: dict[str, Any], node: dict[str, Any], name: str,
                    spec: dict[str, Any]) -> dict[str, Any]:
-    task_dir = Path(node["_root"]) / "workitems" / job["id"] / "job-1" / name
+    task_dir = Path(node["_root"]) / task_dir_rel(job["id"], name)
     info = _task_info(emu, node, job, name)
     failure, outcome = None, None
     try:

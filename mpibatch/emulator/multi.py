@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..executors.local import LocalExecutor, LocalTransport
-from ..nodeenv import NodeLayout
+from ..launchers.protocol import TASK_DIR_DEPTH, NodeLayout
 from ..plan import TaskPlan
 from ..spec import FileRef
 from . import files
@@ -137,7 +137,7 @@ class MultiInstanceRun:
                 continue
             pool_node = self.nodes[r.index]
             task_dir = Path(r.task_dir.replace(self.moved_from, self.moved_to, 1) if self.moved_from else r.task_dir)
-            root = task_dir.parents[3]  # <node root>/workitems/<job>/job-1/<task>
+            root = task_dir.parents[TASK_DIR_DEPTH - 1]  # the node root (protocol.task_dir_rel)
             rel = task_dir.relative_to(root).as_posix()
             with emu.store.lock:
                 roots = pool_node.setdefault("_extra_roots", [])

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..executors.lifecycle import split_command_line
+from ..launchers.protocol import NodeLayout
 
 log = logging.getLogger(__name__)
 KILL_WAIT_S = 5
@@ -38,8 +39,9 @@ def node_env(image: dict[str, str], *, account: str, account_url: str, pool_id: 
            "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"), "AZ_BATCH_TASK_USER": os.environ.get("USER", "root")}
     if job_id:
         env["AZ_BATCH_JOB_ID"] = job_id
-        env["AZ_BATCH_JOB_PREP_DIR"] = f"{root}/workitems/{job_id}/job-1/jobpreparation"
-        env["AZ_BATCH_JOB_PREP_WORKING_DIR"] = f"{root}/workitems/{job_id}/job-1/jobpreparation/wd"
+        prep = NodeLayout(root, job_id, "jobpreparation")
+        env["AZ_BATCH_JOB_PREP_DIR"] = prep.task_dir
+        env["AZ_BATCH_JOB_PREP_WORKING_DIR"] = prep.working_dir
     return {**image, **env}
 
 

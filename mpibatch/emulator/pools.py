@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..launchers.protocol import NODE_DIRS
 from . import files, schema
 from .errors import BatchError, exists, not_found, now_iso
 from .nodes import env_settings, node_env
@@ -104,7 +105,7 @@ def _new_node(emu: Emulator, pool: dict[str, Any]) -> dict[str, Any]:
     pool["_next_node"] = i + 1
     node_id = f"tvmps_{secrets.token_hex(16)}_d"
     root = emu.work_dir / "nodes" / pool["id"] / node_id
-    for d in ("startup", "shared", "workitems"):
+    for d in NODE_DIRS:
         (root / d).mkdir(parents=True, exist_ok=True)
     t = now_iso()
     node = {"id": node_id, "url": f"{emu.endpoint}/pools/{pool['id']}/nodes/{node_id}", "state": "creating",

@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..launchers.protocol import task_dir_rel
 from . import files, jobs, multi
 from .errors import now_iso
 from .nodes import env_settings, node_env
@@ -176,7 +177,7 @@ class Scheduler:
         if failure:
             return self._complete(t, nodes, None, failure)
         job = emu.store.jobs[key(t["_job"])]
-        task_dir = Path(node["_root"]) / "workitems" / t["_job"] / "job-1" / t["id"]
+        task_dir = Path(node["_root"]) / task_dir_rel(t["_job"], t["id"])
         rel = task_dir.relative_to(node["_root"]).as_posix()
         with emu.store.lock:
             t["_task_dir"] = str(task_dir)

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 from ..conventions import INSTANCE_INFO, LOG_FILES
 from ..errors import InfraError, SpecError
 from ..launchers import fileio
+from ..launchers.protocol import TASK_OUTPUT
 from ..results import TAIL_CHARS, Failure, TaskResult
 
 if TYPE_CHECKING:
-    from ..nodeenv import NodeLayout
+    from ..launchers.protocol import NodeLayout
     from .lifecycle import Node, Transport
 
 COPY_CHUNK = 1024 * 1024
@@ -123,7 +124,7 @@ def finish_output_dir(d: Path) -> None:
         (d / IN_PROGRESS).unlink()
 
 
-def collected_path(rel: str, kind: str = "TaskOutput") -> str:
+def collected_path(rel: str, kind: str = TASK_OUTPUT) -> str:
     """Where an output lands in its instance's folder: its own path, unless that is a log's or the
     instance record's name (``stdout.txt``...), then ``$<Kind>/<path>``."""
     return f"${kind}/{rel}" if rel in (*LOG_FILES, INSTANCE_INFO) else rel

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..durations import human
-from ..nodeenv import NodeLayout, batch_env
+from ..launchers.protocol import NodeLayout
+from ..nodeenv import batch_env
 from ..plan import TaskPlan, plan_from_rendered
 from ..results import Failure, InstanceResult, TaskResult
 from ..spec import FileRef, Spec

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import InfraError
 from ..launchers import fileio, script_path
 from ..launchers.outputnames import match_outputs
+from ..launchers.protocol import NodeLayout
 from ..mpi import FLAVORS
 from ..plan import TaskPlan
 from ..results import TaskResult
@@ -421,5 +422,5 @@ class LocalExecutor(RehearsalExecutor):
         if self.keep_nodes and t is not None and t.made:
             result.nodes_dir = t.kept_dir
             for r, node in zip(result.instances, t.nodes):
-                r.task_dir = str(t.host_path(node, f"{node.root}/workitems/{plan.job_id}/job-1/{plan.task_id}"))
+                r.task_dir = str(t.host_path(node, NodeLayout(node.root, plan.job_id, plan.task_id).task_dir))
         return result

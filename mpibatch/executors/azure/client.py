@@ -18,17 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from ...errors import InfraError, SpecError
+from ...errors import SpecError
 from ...redaction import redact
+from .errors import Service, first_line, is_auth_error, throttled, to_infra_error
 
 ENV_ENDPOINT = "AZURE_BATCH_ENDPOINT"
 ENV_ACCOUNT = "AZURE_BATCH_ACCOUNT"
 ENV_KEY = "AZURE_BATCH_ACCESS_KEY"
 RETRY = {"retry_total": 6, "retry_backoff_factor": 0.8, "retry_backoff_max": 30, "retry_connect": 3,
          "retry_read": 3, "retry_status": 6, "connection_timeout": 15, "read_timeout": 120}
-_AUTH_CODES = ("AuthenticationFailed", "InvalidAuthenticationInfo")
-
-
 @dataclass(frozen=True)
 class BatchAccount:
     endpoint: str
@@ -117,54 +115,31 @@ class Batch:
     def call(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One Batch call (the SDK retries throttling and transient faults). Not-found and
         already-exists go to the caller; everything else becomes an InfraError without secrets."""
-        from azure.core.exceptions import (
-            AzureError,
-            ClientAuthenticationError,
-            HttpResponseError,
-            ResourceExistsError,
-            ResourceNotFoundError,
-            ServiceRequestError,
-        )
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
         _ = self.client
-        acct = self.account
         try:
             return fn(*args, **kwargs)
         except (ResourceNotFoundError, ResourceExistsError):
             raise
-        except ClientAuthenticationError as e:
-            raise self.auth_error(e) from None
-        except HttpResponseError as e:
-            code = getattr(getattr(e, "error", None), "code", None) or ""
-            if code in _AUTH_CODES or (e.status_code in (401, 403) and not code):
-                raise self.auth_error(e) from None
-            if e.status_code == 404:  # e.g. 404 mapped by a policy without the not-found class
-                raise
-            msg = self.message(e)
-            raise InfraError(f"Batch account {acct.name}: {doing} failed: HTTP {e.status_code} "
-                             f"{code}{': ' if msg else ''}{msg}{throttled(e.status_code)}") from None
-        except ServiceRequestError as e:
-            raise InfraError(f"Batch account {acct.name} unreachable at {acct.host} while {doing}: "
-                             f"{self.message(e)}") from None
         except AzureError as e:
-            raise InfraError(f"Batch account {acct.name}: {doing} failed: {self.message(e)}") from None
+            if isinstance(e, HttpResponseError) and e.status_code == 404 and not is_auth_error(e):
+                raise  # e.g. 404 mapped by a policy without the not-found class
+            raise to_infra_error(e, self.who, doing) from None
 
-    def message(self, e: BaseException) -> str:
-        """The first line of what the service (or the SDK) said, without secrets."""
-        err = getattr(e, "error", None)
-        text = getattr(getattr(err, "message", None), "value", None) or getattr(err, "message", None)
-        if not isinstance(text, str) or not text:
-            text = str(getattr(e, "message", None) or e)
-        return self.redact(text.strip().splitlines()[0] if text.strip() else "")
-
-    def redact(self, text: str) -> str:
-        return redact(text, self.key)
-
-    def auth_error(self, e: BaseException) -> InfraError:
+    @property
+    def who(self) -> Service:
         acct = self.account
         hint = "check AZURE_BATCH_ACCESS_KEY" if acct.shared_key else \
             "check your Azure sign-in (DefaultAzureCredential) and its role on the account"
-        return InfraError(f"authentication failed for Batch account {acct.name} ({hint}): {self.message(e)}")
+        return Service(f"Batch account {acct.name}", acct.host, hint, self.redact)
+
+    def message(self, e: BaseException) -> str:
+        """The first line of what the service (or the SDK) said, without secrets."""
+        return first_line(e, self.redact)
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.key)
 
     def no_task(self, job_id: str, task_id: str) -> SpecError:
         return SpecError("task", f"task {job_id}/{task_id} does not exist in Batch account {self.account.name}",
@@ -204,8 +179,5 @@ class Batch:
             return []
 
 
-def throttled(status: int | None) -> str:
-    return " (throttled: retried with backoff, still refused)" if status in (429, 503) else ""
-
-
-__all__ = ["Batch", "BatchAccount", "ENV_ACCOUNT", "ENV_ENDPOINT", "ENV_KEY", "batch_client_from_env", "state_of"]
+__all__ = ["Batch", "BatchAccount", "ENV_ACCOUNT", "ENV_ENDPOINT", "ENV_KEY", "batch_client_from_env", "state_of",
+           "throttled"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from ... import conventions
 from ...errors import InfraError, SpecError
+from ...launchers.protocol import TASK_LOG, InstanceRecord, RecordError
 from .client import Batch, state_of
 from .storage import Storage
 from .watch import instance_count, map_subtasks
@@ -49,7 +50,7 @@ def _from_storage(storage: Storage | None, job_id: str, task_id: str, instance: 
     if storage is None:
         return None
     container = conventions.job_container_name(job_id)
-    for blob in (conventions.instance_output_blob(task_id, "TaskLog", instance, name),
+    for blob in (conventions.instance_output_blob(task_id, TASK_LOG, instance, name),
                  conventions.live_log_blob(task_id, instance, name)):
         data = storage.read_range(container, blob, offset, limit)
         if data is not None:
@@ -100,19 +101,17 @@ def _pool_of(batch: Batch, task: Any, job_id: str) -> str | None:
 def _subtask(batch: Batch, storage: Storage | None, job_id: str, task_id: str, instance: int, n: int) -> Any | None:
     """The subtask that runs instance `instance`, mapped as ``collect`` maps it (instance.json node ids)."""
     subtasks = batch.subtasks(job_id, task_id)
-    infos: dict[int, dict[str, Any]] = {}
+    node_ids: dict[int, str | None] = {}
     if storage is not None:
-        import json
-
         container = conventions.job_container_name(job_id)
         for i in range(1, n):
             raw = storage.read_blob(container, conventions.instance_info_blob(task_id, i))
             try:
-                infos[i] = json.loads(raw) if raw else {}
-            except ValueError:
-                pass
-        infos = {i: v for i, v in infos.items() if v}
-    index_of = map_subtasks(subtasks, infos, n, [], task_id)
+                node_ids[i] = InstanceRecord.from_json(raw).node_id if raw else None
+            except RecordError:
+                pass  # unreadable: the subtask is mapped by id order, as collect maps it
+        node_ids = {i: v for i, v in node_ids.items() if v}
+    index_of = map_subtasks(subtasks, node_ids, n, [], task_id)
     return next((st for st in subtasks if index_of.get(st.id) == instance), None)
 
 

@@ -37,6 +37,7 @@ from ...launchers import blobdownload, fileio
 from ...launchers.blobio import BlobError, BlobInfo, ContainerClient
 from ...redaction import redact
 from ...transfers import Transfers
+from .errors import Service, to_infra_error
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +142,11 @@ class Storage:
         u = urlparse(self.endpoint)
         return u.netloc or self.endpoint
 
-    def _error(self, e: BaseException, doing: str) -> InfraError:
-        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
-
-        text = redact(getattr(e, "message", None) or str(e), self._key).strip().splitlines()
-        first = text[0] if text else e.__class__.__name__
-        if isinstance(e, ServiceRequestError):
-            return InfraError(f"storage account unreachable at {self.host} while {doing}: {first}")
-        status = getattr(e, "status_code", None)
-        if isinstance(e, ClientAuthenticationError) or status == 403:
-            return InfraError(f"authentication failed for storage account {self.account} at {self.host} "
-                              f"while {doing} (check AZURE_STORAGE_KEY / AZURE_STORAGE_CONNECTION_STRING "
-                              f"or the identity's role): {first}")
-        if isinstance(e, HttpResponseError):
-            code = getattr(e, "error_code", None) or status
-            return InfraError(f"storage request failed at {self.host} while {doing}: {code}: {first}")
-        return InfraError(f"storage error at {self.host} while {doing}: {e.__class__.__name__}: {first}")
+    @property
+    def who(self) -> Service:
+        return Service(f"storage account {self.account}", self.host,
+                       "check AZURE_STORAGE_KEY / AZURE_STORAGE_CONNECTION_STRING or the identity's role",
+                       lambda text: redact(text, self._key))
 
     def _call(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a storage call; errors become InfraError (without secrets), except "not found" and
@@ -167,10 +157,8 @@ class Storage:
             return fn(*args, **kwargs)
         except (ResourceNotFoundError, ResourceExistsError):
             raise
-        except AzureError as e:
-            raise self._error(e, doing) from None
-        except OSError as e:
-            raise InfraError(f"storage error at {self.host} while {doing}: {redact(str(e), self._key)}") from None
+        except (AzureError, OSError) as e:
+            raise to_infra_error(e, self.who, doing) from None
 
     # ------------------------------------------------------------------ account and container
     def check(self, job_id: str) -> bool:

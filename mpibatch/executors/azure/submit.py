@@ -14,12 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import InfraError, SpecError
+from ...errors import SpecError
 from ...payload import batch_job, batch_task
 from ...render import Rendered
 from ...spec import FileRef
 from ...transfers import Transfers
-from .client import Batch, state_of, throttled
+from .client import Batch, state_of
+from .errors import http_failed
 from .pools import check_pool, follow_pool_size, get_pool
 from .storage import Storage, sas_expiry
 
@@ -77,17 +78,7 @@ def check_existing_job(job_id: str, pool_id: str | None, job: Any) -> None:
 def prepare(batch: Batch, storage: Storage, rendered: Sequence[Rendered], say: Say, *,
             transfers: Transfers | None = None) -> PreparedTasks:
     """Checks (pool, storage, job, tasks) then uploads; creates the job if missing."""
-    spec0 = rendered[0].spec
-    job_id, pool_id = spec0.job.id, spec0.job.pool
-    if len({r.spec.job.id for r in rendered}) != 1 or len({(r.spec.job.pool or "").lower() for r in rendered}) != 1:
-        raise SpecError("job.id", "tasks submitted together must share one job and one pool",
-                        "submit each job separately")
-    if not pool_id:
-        raise SpecError("job.pool", "is missing", "name the pool the task runs on: job.pool: my-pool")
-    ids = [r.spec.task.id.lower() for r in rendered]
-    if len(set(ids)) != len(ids):
-        raise SpecError("task.id", "two tasks share an id (ids are unique case-insensitively)",
-                        "give each task its own id")
+    job_id, pool_id = check_together(rendered)
     pool_json = get_pool(batch, pool_id)
     rendered = [follow_pool_size(r, pool_json, say) for r in rendered]
     seen_shapes: set[tuple[Any, ...]] = set()
@@ -102,11 +93,38 @@ def prepare(batch: Batch, storage: Storage, rendered: Sequence[Rendered], say: S
     job = batch.get_job(job_id)
     if job is not None:
         check_existing_job(job_id, pool_id, job)
-        if len(rendered) == 1 and batch.get_task(job_id, spec0.task.id) is not None:
-            raise task_exists(job_id, spec0.task.id)
-
+        if len(rendered) == 1 and batch.get_task(job_id, rendered[0].spec.task.id) is not None:
+            raise task_exists(job_id, rendered[0].spec.task.id)
     container = storage.ensure_container(job_id)
     expiry = max(sas_expiry(r.spec.task.max_wall_clock) for r in rendered)
+    url_for = _upload_inputs(storage, container, rendered, expiry, say, transfers)
+    output_url = storage.output_container_url(container, expiry)
+    persist_url = storage.persist_container_url(container, expiry)
+    tasks = [batch_task(r, url_for=url_for, container_url=output_url, persist_url=persist_url) for r in rendered]
+    created = job is None and _create_job(batch, rendered[0], url_for, say)
+    return PreparedTasks(job_id=job_id, tasks=tasks, rendered=list(rendered), job_created=created)
+
+
+def check_together(rendered: Sequence[Rendered]) -> tuple[str, str]:
+    """(job id, pool id) of tasks submitted together: one job, one named pool, distinct task ids."""
+    spec0 = rendered[0].spec
+    job_id, pool_id = spec0.job.id, spec0.job.pool
+    if len({r.spec.job.id for r in rendered}) != 1 or len({(r.spec.job.pool or "").lower() for r in rendered}) != 1:
+        raise SpecError("job.id", "tasks submitted together must share one job and one pool",
+                        "submit each job separately")
+    if not pool_id:
+        raise SpecError("job.pool", "is missing", "name the pool the task runs on: job.pool: my-pool")
+    ids = [r.spec.task.id.lower() for r in rendered]
+    if len(set(ids)) != len(ids):
+        raise SpecError("task.id", "two tasks share an id (ids are unique case-insensitively)",
+                        "give each task its own id")
+    return job_id, pool_id
+
+
+def _upload_inputs(storage: Storage, container: str, rendered: Sequence[Rendered], expiry: Any, say: Say,
+                   transfers: Transfers | None) -> Callable[[FileRef], str]:
+    """Upload every local input once; returns the URL a node downloads each file reference from."""
+    spec0 = rendered[0].spec
     local: list[str] = []
     job_refs = spec0.job.preparation.files if spec0.job.preparation else ()
     for ref in [*job_refs, *(f for r in rendered for f in (*r.common_files, *r.files))]:
@@ -123,22 +141,23 @@ def prepare(batch: Batch, storage: Storage, rendered: Sequence[Rendered], say: S
             url_cache[ref.source] = storage.blob_read_url(container, blobs[ref.source], expiry)
         return url_cache[ref.source]
 
-    output_url = storage.output_container_url(container, expiry)
-    persist_url = storage.persist_container_url(container, expiry)
-    tasks = [batch_task(r, url_for=url_for, container_url=output_url, persist_url=persist_url) for r in rendered]
-    created = False
-    if job is None:
-        from azure.core.exceptions import ResourceExistsError
+    return url_for
 
-        try:
-            batch.call(f"creating job {job_id}", batch.client.create_job, batch_job(rendered[0], url_for=url_for))
-            created = True
-            say("job", f"{job_id} created on pool {pool_id}")
-        except ResourceExistsError:  # created meanwhile by someone else: use it if it fits
-            job = batch.get_job(job_id)
-            if job is not None:
-                check_existing_job(job_id, pool_id, job)
-    return PreparedTasks(job_id=job_id, tasks=tasks, rendered=list(rendered), job_created=created)
+
+def _create_job(batch: Batch, first: Rendered, url_for: Callable[[FileRef], str], say: Say) -> bool:
+    """Create the job; False when someone else created it meanwhile (used when it fits)."""
+    from azure.core.exceptions import ResourceExistsError
+
+    job_id, pool_id = first.spec.job.id, first.spec.job.pool
+    try:
+        batch.call(f"creating job {job_id}", batch.client.create_job, batch_job(first, url_for=url_for))
+    except ResourceExistsError:  # created meanwhile by someone else: use it if it fits
+        job = batch.get_job(job_id)
+        if job is not None:
+            check_existing_job(job_id, pool_id, job)
+        return False
+    say("job", f"{job_id} created on pool {pool_id}")
+    return True
 
 
 def create_task(batch: Batch, prepared: PreparedTasks, say: Say) -> None:
@@ -317,12 +336,9 @@ def post_collection(batch: Batch, job_id: str, body: bytes, n: int) -> list[dict
             return None
         raise SpecError("task", f"a task's payload is over Batch's request limit: {text}",
                         "shorten the command line / environment, or use fewer resource files")
-    if resp.status_code in (401, 403):
-        raise batch.auth_error(Exception(text))
     if resp.status_code == 404:
         raise no_job
-    raise InfraError(f"Batch account {batch.account.name}: adding {n} tasks to job {job_id} failed: "
-                     f"HTTP {resp.status_code} {code}: {text}{throttled(resp.status_code)}")
+    raise http_failed(batch.who, f"adding {n} tasks to job {job_id}", resp.status_code, code, text)
 
 
 __all__ = ["PreparedTasks", "SubmitManyResult", "add_tasks", "create_task", "encode_task", "iter_chunks",

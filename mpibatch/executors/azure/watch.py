@@ -14,12 +14,14 @@ from typing import Any
 
 from ... import conventions
 from ...errors import InfraError
+from ...launchers.protocol import TASK_LOG
 from ...results import Failure, InstanceResult, TaskResult
 from .client import Batch, state_of
 
 Say = Callable[[str, str], None]
 INSTANCE_INFO = conventions.INSTANCE_INFO
 ACTIVE_WARNING_S = 600  # a task active this long most likely waits for nodes that never come
+PRIMARY_COORDINATION_FAILED = "CommandLaunchFailed"  # the failure code of a coordination command that failed
 
 
 def _dt(value: Any) -> datetime | None:
@@ -35,12 +37,12 @@ def instance_count(task: Any) -> int:
     return mis.number_of_instances if mis and mis.number_of_instances else 1
 
 
-def map_subtasks(subtasks: Sequence[Any], infos: Mapping[int, Mapping[str, Any]], n: int,
+def map_subtasks(subtasks: Sequence[Any], node_ids: Mapping[int, str | None], n: int,
                  notes: list[str], task_id: str) -> dict[int, int]:
-    """Subtask id -> instance index, through the node ids in the instance.json files the nodes
-    persisted. Subtasks without one take the remaining indices in subtask-id order (noted when
-    some instance.json exist, since then one was expected)."""
-    node_to_index = {str(info.get("node_id")): i for i, info in infos.items() if info.get("node_id") and i > 0}
+    """Subtask id -> instance index, through the node ids (instance -> node id) in the instance.json
+    records the nodes persisted. Subtasks without one take the remaining indices in subtask-id order
+    (noted when some records exist, since then one was expected)."""
+    node_to_index = {node: i for i, node in node_ids.items() if node and i > 0}
     index_of: dict[int, int] = {}
     for st in subtasks:
         node = _node(st)
@@ -50,8 +52,9 @@ def map_subtasks(subtasks: Sequence[Any], infos: Mapping[int, Mapping[str, Any]]
     for st in sorted(subtasks, key=lambda s: s.id):
         if st.id not in index_of and free:
             index_of[st.id] = free.pop(0)
-            if infos:
-                notes.append(f"subtask {st.id}: no {task_id}/$TaskLog/*/{INSTANCE_INFO} names its node; "
+            if node_ids:
+                notes.append(f"subtask {st.id}: no {conventions.task_output_prefix(task_id, TASK_LOG)}/*/"
+                             f"{INSTANCE_INFO} names its node; "
                              f"taken as instance {index_of[st.id]}")
     return index_of
 
@@ -63,36 +66,48 @@ def _failed_subtask(subtasks: Sequence[Any], index_of: Mapping[int, int]) -> tup
     return min(failed, key=lambda x: x[0]) if failed else None
 
 
+def _batch_said(fi: Any, batch: Batch) -> str:
+    """Batch's failure info as one line (redacted: Batch may quote a resource file's URL)."""
+    if fi is None:
+        return ""
+    details = "; ".join(f"{d.name}={d.value}" for d in (fi.details or []) if getattr(d, "name", None))
+    return batch.redact(f"{state_of(fi.category)} {fi.code or ''}: {fi.message or ''}".strip()
+                        + (f" ({details})" if details else ""))
+
+
+def _coordination_failure(sub: tuple[int, Any], said: str, *, ran: bool) -> Failure:
+    i, st = sub
+    node = _node(st)
+    code = f"exited with code {st.exit_code}" if st.exit_code is not None else "failed"
+    where = f"instance {i} (subtask {st.id}" + (f", node {node}" if node and not ran else "") + ")"
+    return Failure("coordination", f"the coordination command {code} on {where}"
+                   + (f"; Batch: {said}" if said and not ran else ""), i)
+
+
 def _failure(task: Any, subtasks: Sequence[Any], index_of: Mapping[int, int], batch: Batch) -> Failure | None:
+    """The phase a failed task failed in, from Batch's failure info, exit code and subtasks."""
     info = task.execution_info
     exit_code = info.exit_code if info else None
     fi = info.failure_info if info else None
-    said = ""
-    if fi is not None:
-        code = fi.code or ""
-        details = "; ".join(f"{d.name}={d.value}" for d in (fi.details or []) if getattr(d, "name", None))
-        said = batch.redact(f"{state_of(fi.category)} {code}: {fi.message or ''}".strip()
-                            + (f" ({details})" if details else ""))  # Batch may quote a resource file's URL
-        if code.startswith("Blob") or "ResourceFile" in code:
-            return Failure("files", said)
-        if "Upload" in code:
-            return Failure("collecting", said)
+    code, said = (fi.code or "") if fi is not None else "", _batch_said(fi, batch)
+    if code.startswith("Blob") or "ResourceFile" in code:
+        return Failure("files", said)
+    if "Upload" in code:
+        return Failure("collecting", said)
     sub = _failed_subtask(subtasks, index_of)
     if sub is not None and exit_code is None:  # the application never ran: coordination failed on a node
-        i, st = sub
-        node = _node(st)
-        code = f"exited with code {st.exit_code}" if st.exit_code is not None else "failed"
-        return Failure("coordination", f"the coordination command {code} on instance {i} (subtask {st.id}"
-                       + (f", node {node}" if node else "") + ")" + (f"; Batch: {said}" if said else ""), i)
+        return _coordination_failure(sub, said, ran=False)
+    if code == PRIMARY_COORDINATION_FAILED and exit_code is None:
+        # The coordination command failed on the primary (e.g. no launcher on its PATH): the application
+        # never ran there either. mpibatch's own step and a user's `coordination:` alike.
+        node = f", node {_node(task)}" if _node(task) else ""
+        return Failure("coordination", f"the coordination command failed on instance 0 (the primary{node}); "
+                       f"Batch: {said}", 0)
     if said:
         return Failure("running", said)
     if state_of(task.state) == "completed" and exit_code not in (0, None):
         return Failure("running", f"the application exited with code {exit_code} on the primary", 0)
-    if sub is not None:
-        i, st = sub
-        return Failure("coordination", f"the coordination command exited with code {st.exit_code} on instance "
-                       f"{i} (subtask {st.id})", i)
-    return None
+    return _coordination_failure(sub, said, ran=True) if sub is not None else None
 
 
 def task_result(batch: Batch, job_id: str, task: Any, subtasks: Sequence[Any],

@@ -26,7 +26,7 @@ import paramiko
 
 from ...errors import InfraError, SpecError
 from ...hostlist import HostSpec, parse_host_spec, validate_host
-from ...launchers.outputnames import glob_match
+from ...launchers.outputnames import select_outputs
 from .. import collection
 from ..lifecycle import Node, split_command_line
 from . import connection, roots
@@ -264,7 +264,7 @@ class SshTransport:
 
     def collect(self, node: Node, node_dir: str, patterns: Sequence[str], dest: Path) -> list[str]:
         files = self.list_files(node, node_dir)
-        found = [rel for rel in files if any(glob_match(rel, p) for p in patterns)]
+        found = select_outputs(files, list(patterns))
         h = self.hosts[node.index]
         done: list[str] = []
         targets, problems = collection.collection_targets(found)  # two outputs, one collected name: a problem

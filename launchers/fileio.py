@@ -19,7 +19,14 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 
-TEMP_PREFIX = ".mpibatch-"  # temporaries start with this and end with TEMP_SUFFIX: cleanups know them by name
+try:  # as the package mpibatch.launchers (client side)
+    from .protocol import NODE_FILE_PREFIX
+except ImportError:  # as a script on the node: the modules are shipped beside it
+    from protocol import NODE_FILE_PREFIX  # type: ignore[no-redef]
+
+# Temporaries start with mpibatch's own prefix (never collected as outputs) and end with TEMP_SUFFIX:
+# cleanups know them by name.
+TEMP_PREFIX = NODE_FILE_PREFIX
 TEMP_SUFFIX = ".part"
 CHUNK = 1024 * 1024  # the bounded reader's piece size
 MD5_CHUNK = 8 * 1024 * 1024

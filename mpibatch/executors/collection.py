@@ -130,7 +130,7 @@ def collected_path(rel: str, kind: str = TASK_OUTPUT) -> str:
     return f"${kind}/{rel}" if rel in (*LOG_FILES, INSTANCE_INFO) else rel
 
 
-def collection_targets(rels: Sequence[str], kind: str = "TaskOutput") -> tuple[list[tuple[str, str]], list[str]]:
+def collection_targets(rels: Sequence[str], kind: str = TASK_OUTPUT) -> tuple[list[tuple[str, str]], list[str]]:
     """(path, collected name) of each output, and a problem for each output that cannot have its collected
     name because another output is already called that (``stdout.txt`` goes to ``$TaskOutput/stdout.txt``,
     a name a task can also give a file of its own). The clash is refused, never resolved silently: the file

@@ -8,7 +8,7 @@ import secrets
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import files, schema
 from .errors import BatchError, exists, not_found, now_iso
@@ -208,13 +208,15 @@ def node_roots(emu: Emulator, n: dict[str, Any]) -> list[Path]:
     return [Path(n["_root"]), *(Path(p) for p in reversed(n.get("_extra_roots", [])))]
 
 
-def node_file(emu: Emulator, pool_id: str, node_id: str, file_path: str) -> Path:
+def node_file(emu: Emulator, pool_id: str, node_id: str, file_path: str) -> BinaryIO:
+    """The node's file, open for reading; never through a symlink (see files.open_file)."""
     n = node(emu, pool_id, node_id)
     for root in node_roots(emu, n):
         try:
-            p = files.safe_join(root, file_path)
+            files.safe_join(root, file_path)
         except files.FileError:
             raise schema.invalid_value("filePath", "a path inside the node's root directory") from None
-        if p.is_file():
-            return p
+        f = files.open_file(root, file_path)
+        if f is not None:
+            return f
     raise not_found("File")

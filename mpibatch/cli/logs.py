@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..errors import InfraError
+from ..errors import InfraError, LogShrank
 from ..executors.collection import read_collected_log
 from .common import EXIT_INTERRUPTED, report_errors
 
@@ -26,11 +26,19 @@ def _azure_reader(job_id: str, task_id: str, instance: int, stream: str) -> Read
 
 
 def _print_all(read: Reader, *, follow: bool, interval: float, timeout: float) -> None:
-    """Read from offset 0 until the end (and, with `follow`, until the task is done), writing as it comes."""
+    """Read from offset 0 until the end (and, with `follow`, until the task is done), writing as it comes.
+    A log truncated or rewritten in place (now shorter than what was printed) is printed again from its
+    start, after a note on stderr: its new text is never skipped."""
     out = sys.stdout.buffer
     offset, deadline = 0, time.monotonic() + timeout
     for _ in range(MAX_READS):
-        data, offset, done = read(offset)
+        try:
+            data, offset, done = read(offset)
+        except LogShrank as e:
+            out.flush()
+            click.echo(f"\nmpibatch logs: {e}; printing it again from the start", err=True)
+            offset = 0
+            continue
         if data:
             out.write(data)
             out.flush()

@@ -215,7 +215,8 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(e.status, e.body(headers.get("request-id", "")), {**headers, **e.headers})
             return
         headers.update({"ocp-batch-file-isdirectory": "false", "ocp-batch-file-mode": oct(st.st_mode),
-                        "ocp-creation-time": rfc1123()})
+                        "ocp-creation-time": rfc1123(),
+                        "ocp-batch-file-url": self.emu.endpoint + self.path.partition("?")[0]})
         if content_range:
             headers["Content-Range"] = content_range
         self._start(200, "application/octet-stream", length, headers)  # the service answers 200 with a range

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ..conventions import INSTANCE_INFO, LOG_FILES
-from ..errors import InfraError, SpecError
+from ..errors import InfraError, LogShrank, SpecError
+from ..launchers import fileio
 from ..results import TAIL_CHARS, Failure, TaskResult
 
 if TYPE_CHECKING:
@@ -161,10 +162,9 @@ def copy_regular(src: Path | str, dest: Path) -> None:
 def read_tail(path: Path | str, limit: int = TAIL_CHARS) -> str:
     """The last `limit` bytes of a collected log as text (bounded memory whatever the file's size)."""
     try:
-        with open_regular(path) as f:
+        with fileio.open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - limit))
-            data = f.read(limit)
+            data = fileio.read_tail(f, limit)
     except OSError:
         return ""
     text = data.decode(errors="replace")
@@ -291,9 +291,11 @@ def read_collected_log(runs_dir: Path, job_id: str, task_id: str, instance: int,
                         "give --instance 0 (the primary) or a subtask's index")
     path = run / str(instance) / f"{stream}.txt"
     try:
-        with open_regular(path) as f:
-            f.seek(offset)
-            data = f.read(limit)
+        with fileio.open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            data = fileio.read_range(f, offset, limit, limit=limit)
     except FileNotFoundError:
         raise InfraError(f"{path} was not collected (see 'missing' in the run's result)") from None
+    if offset > size:
+        raise LogShrank(str(path), offset, size)
     return data, offset + len(data), len(data) < limit

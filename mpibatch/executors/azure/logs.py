@@ -10,13 +10,15 @@ Where a log is read from, in order:
    from the caller's offset, so following a running task downloads only what is new.
 
 A read is *done* when the task was completed before the read began and the read reached the end of the log.
+A log that is now shorter than the offset read from (truncated or rewritten in place on the node) raises
+``LogShrank``: the follower starts again from byte 0 and says so.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from ... import conventions
-from ...errors import InfraError, SpecError
+from ...errors import InfraError, LogShrank, SpecError
 from .client import Batch, state_of
 from .storage import Storage
 from .watch import instance_count, map_subtasks
@@ -59,21 +61,49 @@ def _from_storage(storage: Storage | None, job_id: str, task_id: str, instance: 
 
 def _from_batch(batch: Batch, storage: Storage | None, task: Any, job_id: str, task_id: str, instance: int, n: int,
                 name: str, offset: int, limit: int) -> bytes:
-    """From the Batch file API; empty while the file does not exist yet (task not started)."""
+    """From the Batch file API; empty while the file does not exist yet (task not started). An empty read
+    past the start asks for the file's size: a log now shorter than `offset` raises LogShrank."""
     rng = f"bytes={offset}-{offset + limit - 1}"
+    c = batch.client
     if instance == 0:
-        fetch = lambda: batch.client.download_task_file(job_id, task_id, name, ocp_range=rng)  # noqa: E731
+        fetch = lambda: c.download_task_file(job_id, task_id, name, ocp_range=rng)  # noqa: E731
+        props = lambda: c.get_task_file_properties(job_id, task_id, name)  # noqa: E731
     else:
-        st = _subtask(batch, storage, job_id, task_id, instance, n)
-        info = st.node_info if st is not None else None
-        root = getattr(info, "task_root_directory", None)
-        node = getattr(info, "node_id", None)
-        pool = getattr(info, "pool_id", None) or _pool_of(batch, task, job_id)
-        if not (root and node and pool):
+        where = _subtask_file(batch, storage, task, job_id, task_id, instance, n, name)
+        if where is None:
             return b""  # not scheduled yet: nothing written
-        path = f"{root.replace(chr(92), '/').strip('/')}/{name}"
-        fetch = lambda: batch.client.download_node_file(pool, node, path, ocp_range=rng)  # noqa: E731
-    return _ranged(batch, fetch, name)
+        pool, node, path = where
+        fetch = lambda: c.download_node_file(pool, node, path, ocp_range=rng)  # noqa: E731
+        props = lambda: c.get_node_file_properties(pool, node, path)  # noqa: E731
+    data = _ranged(batch, fetch, name)
+    if not data and offset > 0:
+        size = _size(batch, props, name)
+        if size is not None and size < offset:
+            raise LogShrank(name, offset, size)
+    return data
+
+
+def _subtask_file(batch: Batch, storage: Storage | None, task: Any, job_id: str, task_id: str, instance: int,
+                  n: int, name: str) -> tuple[str, str, str] | None:
+    """(pool, node, path) of a subtask's log, None while it is not scheduled."""
+    st = _subtask(batch, storage, job_id, task_id, instance, n)
+    info = st.node_info if st is not None else None
+    root = getattr(info, "task_root_directory", None)
+    node = getattr(info, "node_id", None)
+    pool = getattr(info, "pool_id", None) or _pool_of(batch, task, job_id)
+    if not (root and node and pool):
+        return None
+    return pool, node, f"{root.replace(chr(92), '/').strip('/')}/{name}"
+
+
+def _size(batch: Batch, props: Any, name: str) -> int | None:
+    """The file's size from its properties (None when it is gone or the answer has none)."""
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        return int(batch.call(f"reading {name}", props).content_length)
+    except (HttpResponseError, TypeError, ValueError):
+        return None
 
 
 def _ranged(batch: Batch, fetch: Any, name: str) -> bytes:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import files, schema
 from .errors import BatchError, exists, not_found, now_iso
+from .fetch import fetch
 from .nodes import env_settings, node_env
 from .state import key, public, set_state, touch
 
@@ -137,11 +138,7 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
     task_dir = Path(node["_root"]) / "startup"
     outcome = None
     for attempt in range(retries + 1):
-        failure = None
-        try:
-            files.download(files.resolve(st.get("resourceFiles") or [], emu.storage), task_dir / "wd")
-        except files.FileError as e:
-            failure = {"category": "UserError", "code": e.code, "message": e.message}
+        failure = fetch(emu.procs, f"node:{node['id']}", st.get("resourceFiles"), emu.storage, task_dir / "wd", None)
         if failure is None:
             env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=pool["id"], node=node,
                            job_id=None, task_id="starttask", task_dir=task_dir)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -82,7 +83,8 @@ def test_a_100_byte_range_of_a_4_gib_log_keeps_the_emulator_small(emu: EmulatorP
     end = b"".join(client.download_task_file("big", "t", "stdout.txt", ocp_range=f"bytes={4 * GIB}-{4 * GIB + 99}"))
     assert end == b"the-last-line\n"
     path = f"{t.node_info.task_root_directory}/stdout.txt"
-    middle = b"".join(client.download_node_file("p1", t.node_info.node_id, path, ocp_range="bytes=2000000000-2000000099"))
+    middle = b"".join(client.download_node_file("p1", t.node_info.node_id, path,
+                                                ocp_range="bytes=2000000000-2000000099"))
     assert middle == b"\0" * 100
     suffix = b"".join(client.download_task_file("big", "t", "stdout.txt", ocp_range="bytes=-5"))
     assert suffix == b"line\n"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .nodes import Processes
 
 MAX_ANSWER = 64 * 1024  # the child's answer is one short JSON line
+CHILD = "import sys; from mpibatch.emulator.fetch import child; sys.exit(child())"
 
 
 def fetch(procs: Processes, owner: str, resource_files: list[dict[str, Any]] | None,
@@ -38,7 +39,7 @@ def fetch(procs: Processes, owner: str, resource_files: list[dict[str, Any]] | N
     wd.mkdir(parents=True, exist_ok=True)
     request = {"resourceFiles": resource_files, "storage": asdict(storage) if storage else None, "wd": str(wd),
                "parent": os.getpid()}
-    rc, out, timed = procs.call(owner, [sys.executable, "-m", __name__], json.dumps(request).encode(), timeout_s)
+    rc, out, timed = procs.call(owner, [sys.executable, "-c", CHILD], json.dumps(request).encode(), timeout_s)
     if rc == 0:
         return None
     _sweep_temporaries(wd)  # a child ended by a signal may not have removed its partial download
@@ -67,13 +68,15 @@ def _sweep_temporaries(wd: Path) -> None:
                     os.unlink(os.path.join(dirpath, name))
 
 
-def _child() -> int:
+def child() -> int:
+    """The child's side: fetch what stdin names, answer a FileError on stdout (exit 1)."""
     # SIGTERM unwinds (so a partial file is removed by its writer); the parent's death ends the child.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        # PR_SET_PDEATHSIG: the thread that started this child waits for it, so the signal means the emulator died
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
     request = json.loads(sys.stdin.buffer.read())
     if os.getppid() != request["parent"]:  # the emulator died before the death signal was set
         return 1
@@ -85,6 +88,3 @@ def _child() -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(_child())

@@ -7,6 +7,7 @@ A 4 GiB log (sparse: the task extends its own stdout.txt) read through the emula
 file whole, as before, costs its size (3.8 GB for the range, 814 MB for the upload)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -69,7 +70,7 @@ def emu(tmp_path: Path) -> Iterator[EmulatorProcess]:
         e.stop()
 
 
-def test_a_100_byte_range_of_a_4_gib_log_keeps_the_emulator_small(emu: EmulatorProcess) -> None:
+def test_a_100_byte_range_of_a_4_gib_log_keeps_the_emulator_small(emu: EmulatorProcess, tmp_path: Path) -> None:
     from azure.batch import models as m
 
     client = batch_client(emu)
@@ -88,6 +89,14 @@ def test_a_100_byte_range_of_a_4_gib_log_keeps_the_emulator_small(emu: EmulatorP
     assert middle == b"\0" * 100
     suffix = b"".join(client.download_task_file("big", "t", "stdout.txt", ocp_range="bytes=-5"))
     assert suffix == b"line\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MPIBATCH_"))}
+    env.update({"AZURE_BATCH_ENDPOINT": emu.endpoint, "AZURE_BATCH_ACCOUNT": emu.account,
+                "AZURE_BATCH_ACCESS_KEY": emu.key})
+    p = subprocess.run([sys.executable, "-c", MEASURED_CLI, str(tmp_path / "hwm"), "logs", "big", "t", "--tail", "20"],
+                       env=env, capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"\0" * 6 + b"the-last-line\n"  # the tail through the Batch file API
+    assert int((tmp_path / "hwm").read_text()) < LIMIT_KIB
     peak = vm_hwm_kib(emu.proc.pid)  # type: ignore[union-attr]
     assert peak < LIMIT_KIB, f"the emulator's peak RSS is {peak} KiB for 100-byte ranges of a 4 GiB log"
 
@@ -129,6 +138,10 @@ def test_mpibatch_logs_of_a_4_gib_log_stays_small(tmp_path: Path) -> None:
     assert tail.stdout == b"\0" * 86 + b"the-last-line\n"  # every byte went through, to the last
     peak = int(hwm.read_text())
     assert peak < LIMIT_KIB, f"mpibatch logs' peak RSS is {peak} KiB for a 4 GiB log"
+    p = subprocess.run([sys.executable, "-c", MEASURED_CLI, str(hwm), "logs", "bigjob", "bigtask", "--runs-dir",
+                        str(runs), "--tail", "14"], capture_output=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == b"the-last-line\n", p.stderr
+    assert int(hwm.read_text()) < LIMIT_KIB
 
 
 def test_an_800_mib_output_file_upload_keeps_the_emulator_small(tmp_path: Path) -> None:

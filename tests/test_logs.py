@@ -45,9 +45,15 @@ def test_logs_of_the_primary_and_a_subtask_from_storage_and_from_the_batch_file_
         p = run_cli(["logs", job_id, task_id], how, *secrets)
         assert p.returncode == 0, p.stderr
         assert "sum of ranks = 15 (expected 15)" in p.stdout
+        whole = p.stdout
+        p = run_cli(["logs", job_id, task_id, "--tail", "30"], how, *secrets)
+        assert p.returncode == 0 and p.stdout == whole[-30:], p.stderr  # the last bytes only
         p = run_cli(["logs", job_id, task_id, "--instance", "2"], how, *secrets)
         assert p.returncode == 0, p.stderr
         assert "coordinated-on-" in p.stdout and "sum of ranks" not in p.stdout
+        whole = p.stdout
+        p = run_cli(["logs", job_id, task_id, "--instance", "2", "--tail", "5"], how, *secrets)
+        assert p.returncode == 0 and p.stdout == whole[-5:], p.stderr  # a subtask's file on its node
         p = run_cli(["logs", job_id, task_id, "--instance", "1", "--stream", "stderr"], how, *secrets)
         assert p.returncode == 0, p.stderr
 

@@ -279,7 +279,8 @@ def collect_instances(t: Transport, nodes: list[Node], layouts: list[NodeLayout]
 def read_collected_log(runs_dir: Path, job_id: str, task_id: str, instance: int, stream: str, offset: int = 0,
                        limit: int = COPY_CHUNK) -> tuple[bytes, int, bool]:
     """A rehearsal run's collected log, ``<runs_dir>/<job>/<task>.latest/<i>/<stream>.txt`` (the newest run),
-    from `offset`: (data, next offset, done). The run has ended, so `done` once the end is reached."""
+    from `offset` (negative: that many bytes before the end): (data, next offset, done). The run has ended,
+    so `done` once the end is reached."""
     run = Path(runs_dir) / job_id / f"{task_id}.latest"
     if not run.is_dir():
         raise SpecError("TASK", f"no collected run of {job_id}/{task_id} in {runs_dir}",
@@ -293,6 +294,7 @@ def read_collected_log(runs_dir: Path, job_id: str, task_id: str, instance: int,
     try:
         with fileio.open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
+            offset = max(0, size + offset) if offset < 0 else offset
             data = fileio.read_range(f, offset, limit, limit=limit)
     except FileNotFoundError:
         raise InfraError(f"{path} was not collected (see 'missing' in the run's result)") from None

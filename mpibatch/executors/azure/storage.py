@@ -352,6 +352,16 @@ class Storage:
         except ResourceNotFoundError:
             return None
 
+    def blob_size(self, container: str, blob: str) -> int | None:
+        """The blob's size; None when there is no blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = self.service.get_blob_client(container, blob)
+        try:
+            return int(self._call(f"reading {blob}", lambda: client.get_blob_properties().size))
+        except ResourceNotFoundError:
+            return None
+
     def read_range(self, container: str, blob: str, offset: int, limit: int) -> bytes | None:
         """Up to `limit` bytes of `blob` from `offset` (empty at its end); None when there is no blob; LogShrank
         when the blob is now shorter than `offset`."""

@@ -171,3 +171,34 @@ def test_an_800_mib_output_file_upload_keeps_the_emulator_small(tmp_path: Path) 
         assert peak < LIMIT_KIB, f"the emulator's peak RSS is {peak} KiB for an 800 MiB upload"
     finally:
         emu.stop()
+
+
+def test_ranges_are_parsed_as_the_service_does(emu: EmulatorProcess) -> None:
+    """`bytes=a-b`, `bytes=a-`, the suffix `bytes=-n`; a malformed or reversed range is 400 InvalidRange in
+    Batch's error body (it used to drop the connection)."""
+    from azure.batch import models as m
+    from azure.core.exceptions import HttpResponseError
+    from azure.core.rest import HttpRequest
+
+    client = batch_client(emu)
+    run_task(client, "r", m.BatchTaskCreateOptions(id="t", command_line="/usr/bin/printf 0123456789"))
+    url = f"{emu.endpoint}/jobs/r/tasks/t/files/stdout.txt?api-version=2025-06-01"
+
+    def get(rng: str, verb: str = "GET") -> Any:  # raw, through the SDK's pipeline (its Shared Key signing)
+        try:
+            resp = client.send_request(HttpRequest(verb, url, headers={"ocp-range": rng} if rng else {}),
+                                       stream=True)
+        except HttpResponseError as e:  # 15.1's exception policy raises on an error status
+            resp = e.response
+        resp.read()
+        return resp
+
+    for rng, body, content_range in (("bytes=2-5", b"2345", "bytes 2-5/10"), ("bytes=7-", b"789", "bytes 7-9/10"),
+                                     ("bytes=-3", b"789", "bytes 7-9/10"), ("bytes=8-100", b"89", "bytes 8-9/10")):
+        resp = get(rng)
+        assert (resp.status_code, resp.content, resp.headers["Content-Range"]) == (200, body, content_range), rng
+    for bad in ("bytes=5-2", "bytes=-", "lines=1-2", "bytes=" + "9" * 30 + "-"):
+        resp = get(bad)
+        assert (resp.status_code, resp.json()["code"]) == (400, "InvalidRange"), bad
+    head = get("", "HEAD")
+    assert head.status_code == 200 and head.headers["Content-Length"] == "10"

@@ -209,7 +209,7 @@ class Handler(BaseHTTPRequestHandler):
         """The file, or its `ocp-range`, streamed in pieces: memory stays flat whatever the file's size."""
         st = os.fstat(f.fileno())
         try:
-            start, length, content_range = file_range(self.headers.get("ocp-range") or self.headers.get("Range"),
+            start, length, content_range = parse_range(self.headers.get("ocp-range") or self.headers.get("Range"),
                                                       st.st_size, head=self.command == "HEAD")
         except BatchError as e:
             self._reply(e.status, e.body(headers.get("request-id", "")), {**headers, **e.headers})
@@ -229,7 +229,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def file_range(header: str | None, size: int, *, head: bool = False) -> tuple[int, int, str]:
+def parse_range(header: str | None, size: int, *, head: bool = False) -> tuple[int, int, str]:
     """(start, length, Content-Range) of an `ocp-range` header over a file of `size` bytes; no header (or
     HEAD): the whole file. ``bytes=a-b``, ``bytes=a-`` and the suffix ``bytes=-n`` are understood."""
     if not header or head:

@@ -107,6 +107,22 @@ def test_item11_max_wall_clock_covers_resource_file_downloads(emu: EmulatorProce
     assert not left, f"fetch processes left: {left}"
 
 
+def test_item11_a_job_preparation_task_s_wall_clock_covers_its_downloads(client: Any,
+                                                                          trickling_server: str) -> None:  # noqa: F811
+    started = time.monotonic()
+    assert call(client, "POST", "/jobs", {"id": "prep", "poolInfo": {"poolId": "p1"}, "jobPreparationTask": {
+        "commandLine": "/bin/true", "resourceFiles": [{"httpUrl": trickling_server, "filePath": "input.dat"}],
+        "constraints": {"maxWallClockTime": "PT3S"}}}).status_code == 201
+    assert call(client, "POST", "/jobs/prep/tasks", {"id": "t", "commandLine": "/bin/true"}).status_code == 201
+    t = wait_completed(client, "prep", timeout=60)
+    assert time.monotonic() - started < 30
+    assert t.execution_info.failure_info.code == "JobPreparationTaskFailed", t.execution_info
+    assert "maxWallClockTime" in t.execution_info.failure_info.message
+    (status,) = list(client.list_job_preparation_and_release_task_status("prep"))
+    prep = status.job_preparation_task_execution_info
+    assert prep.failure_info.code == "TaskEnded" and "downloading" in prep.failure_info.message, prep
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -8,7 +8,9 @@ Standard library only: the nodes' scripts use it beside the client, so there is 
   fsyncs, renames, and removes the temporary file on any error or interruption. A file under its final name
   is always whole.
 * :func:`read_range` / :func:`iter_range` / :func:`read_tail` read a range of a file, never the whole file:
-  memory stays flat whatever the file's size.
+  memory stays flat whatever the file's size. They open a path with :func:`open_regular` (a symlink, FIFO
+  or device is refused, never read) or take a file already open; ``open_regular(rel, beneath=root)``
+  refuses a symlink anywhere on the way (the emulator's files API serves nothing outside a task's tree).
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import errno
 import hashlib
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 try:  # as the package mpibatch.launchers (client side)
     from .protocol import NODE_FILE_PREFIX
@@ -185,32 +189,99 @@ def _fsync_dir(path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ bounded reading
-def iter_range(path: str | os.PathLike[str], start: int = 0, length: int | None = None, *,
-               chunk: int = CHUNK) -> Iterator[bytes]:
-    """The bytes of `path` from `start`, `length` of them (to the end when None), in pieces of at most
-    `chunk` bytes. A range past the end yields what there is."""
+class NotRegularFile(OSError):
+    """A FIFO, device, socket or directory where a regular file was expected (never read: it may not end)."""
+
+
+def _open_flags() -> int:
+    return os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK
+
+
+def open_regular(path: str | os.PathLike[str], *, beneath: str | os.PathLike[str] | None = None) -> BinaryIO:
+    """Open a regular file for reading, never through a symlink, never blocking on a FIFO or device.
+
+    Without `beneath`, the last component of `path` must not be a symlink (``O_NOFOLLOW``). With `beneath`
+    (a directory), `path` is relative to it and *no* component may be a symlink, ``..`` or absolute: each
+    directory is opened with ``O_NOFOLLOW`` relative to the one before (``openat``), so a link a task made
+    (``wd/leak -> /etc/shadow``, ``wd/d -> /etc``) is refused, not followed, and nothing can swap a component
+    between a check and the open. A symlink raises OSError ``ELOOP``, a missing file FileNotFoundError, a
+    FIFO / device / directory :class:`NotRegularFile`."""
+    if beneath is None:
+        fd = os.open(path, _open_flags())
+    else:
+        fd = _open_beneath(os.fspath(beneath), os.fspath(path))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_beneath(root: str, rel: str) -> int:
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise FileNotFoundError(errno.ENOENT, "not a plain relative path", rel)
+    dirfd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for part in parts[:-1]:
+            try:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                              dir_fd=dirfd)
+            except NotADirectoryError:  # a symlink to a directory gives ENOTDIR with O_NOFOLLOW | O_DIRECTORY
+                if stat.S_ISLNK(os.lstat(part, dir_fd=dirfd).st_mode):
+                    raise OSError(errno.ELOOP, "a symlink on the way", rel) from None
+                raise
+            os.close(dirfd)
+            dirfd = nxt
+        return os.open(parts[-1], _open_flags(), dir_fd=dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def file_range(f: BinaryIO, start: int = 0, length: int | None = None, *, chunk: int = CHUNK) -> Iterator[bytes]:
+    """The bytes of an open file from `start`, `length` of them (to the end when None), in pieces of at
+    most `chunk` bytes, read with ``pread`` (the file's position is left alone). A range past the end
+    yields what there is."""
     if start < 0 or (length is not None and length < 0):
         raise ValueError("a range starts at 0 or later and has a length of 0 or more")
-    with open(path, "rb") as f:
-        f.seek(start)
-        left = length
-        while left is None or left > 0:
-            data = f.read(chunk if left is None else min(chunk, left))
-            if not data:
-                return
-            if left is not None:
-                left -= len(data)
-            yield data
+    fd, pos, left = f.fileno(), start, length
+    while left is None or left > 0:
+        data = os.pread(fd, chunk if left is None else min(chunk, left), pos)
+        if not data:
+            return
+        pos += len(data)
+        if left is not None:
+            left -= len(data)
+        yield data
 
 
-def read_range(path: str | os.PathLike[str], start: int, length: int, *, limit: int = 64 * CHUNK) -> bytes:
-    """`length` bytes of `path` from `start` (fewer at the end of the file); at most `limit` at once."""
+def iter_range(src: str | os.PathLike[str] | BinaryIO, start: int = 0, length: int | None = None, *,
+               chunk: int = CHUNK) -> Iterator[bytes]:
+    """:func:`file_range` of a path (opened with :func:`open_regular`: a symlink or FIFO is an OSError)
+    or of a file already open."""
+    if isinstance(src, (str, os.PathLike)):
+        with open_regular(src) as f:
+            yield from file_range(f, start, length, chunk=chunk)
+    else:
+        yield from file_range(src, start, length, chunk=chunk)
+
+
+def read_range(src: str | os.PathLike[str] | BinaryIO, start: int, length: int, *,
+               limit: int = 64 * CHUNK) -> bytes:
+    """`length` bytes of `src` from `start` (fewer at the end of the file); at most `limit` at once."""
     if length > limit:
         raise ValueError(f"a range of {length} bytes is over the {limit}-byte limit of one read")
-    return b"".join(iter_range(path, start, length))
+    return b"".join(iter_range(src, start, length))
 
 
-def read_tail(path: str | os.PathLike[str], max_bytes: int) -> bytes:
-    """The last `max_bytes` bytes of `path` (all of it when smaller)."""
-    size = os.path.getsize(path)
-    return read_range(path, max(0, size - max_bytes), min(size, max_bytes), limit=max(max_bytes, 1))
+def read_tail(src: str | os.PathLike[str] | BinaryIO, max_bytes: int) -> bytes:
+    """The last `max_bytes` bytes of `src` (all of it when smaller)."""
+    if isinstance(src, (str, os.PathLike)):
+        with open_regular(src) as f:
+            return read_tail(f, max_bytes)
+    size = os.fstat(src.fileno()).st_size
+    return read_range(src, max(0, size - max_bytes), min(size, max_bytes), limit=max(max_bytes, 1))

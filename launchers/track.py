@@ -84,6 +84,9 @@ class AppendFollower:
             with f:
                 if not self.ready:
                     self.start()
+                if os.fstat(f.fileno()).st_size < self.sent:  # truncated or rewritten in place: start the copy
+                    self.client.create_append_blob(self.blob)  # again, so a follower sees it shrink (and reprints)
+                    self.sent = 0
                 f.seek(self.sent)
                 sent = 0
                 while data := f.read(MAX_APPEND_READ):

@@ -72,3 +72,12 @@ def shown(value: object) -> str:
     """A rejected value as messages show it: repr, cut short. Bounded in time and size whatever the
     value holds (a 1 MiB string, a deeply nested list), so a message never echoes a whole input."""
     return _SHOWN.repr(value)
+
+
+class LogShrank(MpibatchError):
+    """A log read from `offset` is now only `size` bytes: it was truncated (or rewritten) in place while it
+    was followed. Readers raise it; `mpibatch logs --follow` then prints the log again from its start."""
+
+    def __init__(self, name: str, offset: int, size: int):
+        self.name, self.offset, self.size = name, offset, size
+        super().__init__(f"{name} shrank from at least {offset} to {size} bytes (truncated or rewritten in place)")

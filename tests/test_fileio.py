@@ -141,3 +141,31 @@ def test_downloads_build_on_blobio_and_never_the_other_way() -> None:
     assert not {m for m in blobio_all if "blobdownload" in m}
     assert {"blobio", "fileio"} <= {m.rsplit(".", 1)[-1] for m in down_all}
     assert not {m for m in blobio_inside | down_inside if "blob" in m or "fileio" in m}
+def test_the_reader_never_follows_a_symlink_nor_blocks_on_a_fifo(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    root = tmp_path / "root"
+    (root / "wd" / "real").mkdir(parents=True)
+    (root / "wd" / "real" / "ok.txt").write_bytes(b"0123456789")
+    (root / "wd" / "leak").symlink_to(outside / "secret")
+    (root / "wd" / "dir").symlink_to(outside)
+    (root / "wd" / "inner").symlink_to("real")
+    os.mkfifo(root / "wd" / "fifo")
+    with fileio.open_regular("wd/real/ok.txt", beneath=root) as f:
+        assert fileio.read_range(f, 2, 3) == b"234" and fileio.read_tail(f, 2) == b"89"
+        assert b"".join(fileio.iter_range(f, 8)) == b"89" and f.tell() == 0  # pread: the position stays
+    for rel in ("wd/leak", "wd/dir/secret", "wd/inner/ok.txt"):
+        with pytest.raises(OSError) as e:
+            fileio.open_regular(rel, beneath=root)
+        assert e.value.errno == 40, rel  # ELOOP: refused, not followed
+    for rel in ("wd/fifo", "wd/real"):
+        with pytest.raises(fileio.NotRegularFile):
+            fileio.open_regular(rel, beneath=root)
+    for rel in ("../outside/secret", "/etc/hostname", "wd//real/ok.txt", "wd/./real/ok.txt", ""):
+        with pytest.raises(FileNotFoundError):
+            fileio.open_regular(rel, beneath=root)
+    with pytest.raises(OSError):
+        fileio.read_tail(root / "wd" / "leak", 10)  # a path's last component is not followed either
+    with pytest.raises(fileio.NotRegularFile):
+        fileio.read_range(root / "wd" / "fifo", 0, 10)  # refused at once: a FIFO would block the reader

@@ -163,6 +163,23 @@ def test_a_live_log_gets_only_what_was_appended(azurite: Azurite, tmp_path: Path
     assert follower.flush() == 6 and _blob(azurite, job_id, follower.blob) == b"one\ntwo\nthree\n"
 
 
+def test_a_live_log_truncated_in_place_starts_again(azurite: Azurite, tmp_path: Path) -> None:
+    """Issue 19 item 9: a log truncated (and rewritten) in place on the node. The live copy used to stop at the
+    old length for good; it starts again with the new text, so `mpibatch logs --follow` sees it shrink."""
+    from mpibatch.launchers.track import AppendFollower
+
+    job_id = f"track-{time.monotonic_ns()}"
+    log = tmp_path / "stdout.txt"
+    follower = AppendFollower(_node_client(azurite, job_id), str(log), "t/$TaskLog/1/live/stdout.txt")
+    log.write_bytes(b"a long first text\n")
+    assert follower.flush() == 18
+    log.write_bytes(b"new\n")
+    assert follower.flush() == 4 and _blob(azurite, job_id, follower.blob) == b"new\n"
+    with open(log, "ab") as f:
+        f.write(b"more\n")
+    assert follower.flush() == 5 and _blob(azurite, job_id, follower.blob) == b"new\nmore\n"
+
+
 def test_the_persist_step_stops_the_tracker_and_skips_what_it_saved(azurite: Azurite, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import threading

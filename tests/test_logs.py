@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mpibatch.errors import SpecError
+from mpibatch.errors import LogShrank, SpecError
 from mpibatch.executors.collection import new_output_dir, read_collected_log
 from tests.infra.batch_emulator import BatchEmulator
 from tests.infra.fixtures import Azurite
@@ -46,9 +46,15 @@ def test_logs_of_the_primary_and_a_subtask_from_storage_and_from_the_batch_file_
         p = run_cli(["logs", job_id, task_id], how, *secrets)
         assert p.returncode == 0, p.stderr
         assert "sum of ranks = 15 (expected 15)" in p.stdout
+        whole = p.stdout
+        p = run_cli(["logs", job_id, task_id, "--tail", "30"], how, *secrets)
+        assert p.returncode == 0 and p.stdout == whole[-30:], p.stderr  # the last bytes only
         p = run_cli(["logs", job_id, task_id, "--instance", "2"], how, *secrets)
         assert p.returncode == 0, p.stderr
         assert "coordinated-on-" in p.stdout and "sum of ranks" not in p.stdout
+        whole = p.stdout
+        p = run_cli(["logs", job_id, task_id, "--instance", "2", "--tail", "5"], how, *secrets)
+        assert p.returncode == 0 and p.stdout == whole[-5:], p.stderr  # a subtask's file on its node
         p = run_cli(["logs", job_id, task_id, "--instance", "1", "--stream", "stderr"], how, *secrets)
         assert p.returncode == 0, p.stderr
 
@@ -139,6 +145,8 @@ def test_read_collected_log_reads_the_newest_run_in_ranges(tmp_path: Path) -> No
     (second / "0" / "stdout.txt").write_bytes(b"0123456789")
     assert read_collected_log(tmp_path, "job-1", "task-1", 0, "stdout", 0, limit=4) == (b"0123", 4, False)
     assert read_collected_log(tmp_path, "job-1", "task-1", 0, "stdout", 8, limit=4) == (b"89", 10, True)
+    with pytest.raises(LogShrank):  # past the end of the log: it was replaced by a shorter one
+        read_collected_log(tmp_path, "job-1", "task-1", 0, "stdout", 11)
     with pytest.raises(SpecError, match="no instance 1"):
         read_collected_log(tmp_path, "job-1", "task-1", 1, "stdout")
     with pytest.raises(SpecError, match="no collected run"):
@@ -167,3 +175,24 @@ def test_ctrl_c_while_following_exits_130_and_leaves_the_task_running(
     assert standin.wait_idle(60)
     t = standin.task(job_id, task_id)
     assert t is not None and t.state == "completed" and t.execution.get("exitCode") == 0
+
+
+def test_a_storage_copy_now_shorter_than_the_offset_read_is_reported_as_shrunk(azurite: Azurite) -> None:
+    """Issue 19 item 9 on the storage path: the tracker starts a live copy again when the node's log shrank
+    (tests/test_live_tracking.py); a follower reading past the new end gets LogShrank, not silence."""
+    import time
+
+    from azure.storage.blob import BlobServiceClient
+
+    from mpibatch.executors.azure.storage import Storage
+
+    container, blob = f"shrink-{time.monotonic_ns()}", "t/$TaskLog/0/live/stdout.txt"
+    c = BlobServiceClient.from_connection_string(azurite.connection_string).create_container(container)
+    c.upload_blob(blob, b"x" * 100)
+    storage = Storage.from_env({"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
+    assert storage.read_range(container, blob, 90, 50) == b"x" * 10
+    assert storage.read_range(container, blob, 100, 50) == b""  # at the end: nothing new yet
+    c.upload_blob(blob, b"new\n", overwrite=True)
+    with pytest.raises(LogShrank) as e:
+        storage.read_range(container, blob, 100, 50)
+    assert (e.value.offset, e.value.size) == (100, 4) and "stdout.txt shrank" in str(e.value)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..errors import InfraError
+from ..errors import InfraError, LogShrank
 from ..executors.collection import read_collected_log
 from .common import EXIT_INTERRUPTED, report_errors
 
@@ -25,12 +25,21 @@ def _azure_reader(job_id: str, task_id: str, instance: int, stream: str) -> Read
     return lambda offset: ex.read_log(job_id, task_id, instance, stream, offset)
 
 
-def _print_all(read: Reader, *, follow: bool, interval: float, timeout: float) -> None:
-    """Read from offset 0 until the end (and, with `follow`, until the task is done), writing as it comes."""
+def _print_all(read: Reader, *, follow: bool, interval: float, timeout: float, start: int = 0) -> None:
+    """Read from `start` (negative: that many bytes before the end) until the end (and, with `follow`, until
+    the task is done), writing as it comes.
+    A log truncated or rewritten in place (now shorter than what was printed) is printed again from its
+    start, after a note on stderr: its new text is never skipped."""
     out = sys.stdout.buffer
-    offset, deadline = 0, time.monotonic() + timeout
+    offset, deadline = start, time.monotonic() + timeout
     for _ in range(MAX_READS):
-        data, offset, done = read(offset)
+        try:
+            data, offset, done = read(offset)
+        except LogShrank as e:
+            out.flush()
+            click.echo(f"\nmpibatch logs: {e}; printing it again from the start", err=True)
+            offset = 0
+            continue
         if data:
             out.write(data)
             out.flush()
@@ -59,13 +68,15 @@ def _print_all(read: Reader, *, follow: bool, interval: float, timeout: float) -
                    "collected logs in --runs-dir")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="rehearsal runs directory (default mpibatch-runs); implies a rehearsal run")
+@click.option("--tail", type=click.IntRange(min=1), default=None, metavar="BYTES",
+              help="print only the last BYTES bytes (then, with --follow, what is appended)")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="seconds between reads with --follow")
 @click.option("--timeout", type=click.FloatRange(min=0), default=86400.0, show_default=True,
               help="with --follow, give up after this many seconds (exit 3)")
 @report_errors
 def logs(job_id: str, task_id: str, instance: int, stream: str, follow: bool, executor: str,
-         runs_dir: Path | None, interval: float, timeout: float) -> None:
+         runs_dir: Path | None, tail: int | None, interval: float, timeout: float) -> None:
     """Print instance N's stdout (or stderr) of TASK. Azure: the tracked or persisted copy in storage if there
     is one, else the Batch file API in byte ranges. Rehearsal: the newest run, RUNS_DIR/JOB/TASK.latest/N/."""
     from ..conventions import validate_job_id, validate_task_id
@@ -78,7 +89,7 @@ def logs(job_id: str, task_id: str, instance: int, stream: str, follow: bool, ex
         where = runs_dir or Path("mpibatch-runs")
         read = lambda offset: read_collected_log(where, job_id, task_id, instance, stream, offset)  # noqa: E731
     try:
-        _print_all(read, follow=follow, interval=interval, timeout=timeout)
+        _print_all(read, follow=follow, interval=interval, timeout=timeout, start=-tail if tail else 0)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: the task keeps running; rerun `mpibatch logs` to read on", err=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -4,25 +4,28 @@
 SAS tokens never reach a log line or an error message (only the URL without its query)."""
 from __future__ import annotations
 
-import base64
 import glob
-import hashlib
 import http.client
+import os
+import stat
 import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..executors.resource_files import fetch_to
-from ..launchers import outputnames
+from ..launchers import blobio, fileio, outputnames
 from ..redaction import redact_url
 
 TIMEOUT_S = 60
 STORAGE_VERSION = "2021-08-06"
+UPLOAD_BLOCK = 4 * 1024 * 1024  # output files go up in blocks of this size, UPLOAD_WORKERS at once
+UPLOAD_WORKERS = 2
 
 
 class FileError(Exception):
@@ -136,27 +139,12 @@ def download(files: list[tuple[str, str]], wd: Path) -> None:
                             f"{redact_url(url)}: {getattr(e, 'reason', e)}") from None
 
 
-def _put_blob(container_url: str, blob: str, path: Path) -> None:
-    data = path.read_bytes()
-    req = urllib.request.Request(_blob_url(container_url, blob), data=data, method="PUT", headers={
-        "x-ms-blob-type": "BlockBlob", "x-ms-version": STORAGE_VERSION,
-        "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()})
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_S):
-            return
-    except urllib.error.HTTPError as e:
-        raise FileError("FileUploadFailed", f"upload of {blob} to {redact_url(container_url)} failed: "
-                        f"HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise FileError("FileUploadFailed", f"upload of {blob} to {redact_url(container_url)} failed: "
-                        f"{getattr(e, 'reason', e)}") from None
-
-
 def upload_outputs(output_files: list[dict[str, Any]], task_dir: Path, succeeded: bool) -> list[str]:
     """Upload the task's output files as the node agent does; returns the errors (empty: all uploaded).
     Patterns are relative to the working directory; `../std*.txt` reaches the task directory's logs."""
     wd = task_dir / "wd"
-    errors = []
+    errors: list[str] = []
+    clients: dict[str, blobio.ContainerClient] = {}  # one per container URL: its block buffers are reused
     for of in output_files or []:
         cond = ((of.get("uploadOptions") or {}).get("uploadCondition") or "taskSuccess").lower()
         if (cond == "tasksuccess" and not succeeded) or (cond == "taskfailure" and succeeded):
@@ -177,24 +165,61 @@ def upload_outputs(output_files: list[dict[str, Any]], task_dir: Path, succeeded
                 continue
             name = (f"{path.rstrip('/')}/{clean}" if path else clean) if wildcard else (path or Path(clean).name)
             try:
-                _put_blob(url, name, root / rel)
+                _upload(clients, url, name, root / rel)
             except FileError as e:
                 errors.append(e.message)
     return errors
 
 
+def _upload(clients: dict[str, blobio.ContainerClient], container_url: str, blob: str, path: Path) -> None:
+    """Upload one output file in blocks read piece by piece (the nodes' block uploader): memory stays about
+    UPLOAD_BLOCK * 2 * UPLOAD_WORKERS whatever the file's size."""
+    try:
+        client = clients.get(container_url)
+        if client is None:
+            client = clients[container_url] = blobio.ContainerClient(
+                container_url, timeout=TIMEOUT_S, block_size=UPLOAD_BLOCK, workers=UPLOAD_WORKERS)
+        client.upload_file(str(path), blob)
+    except (blobio.BlobError, OSError, ValueError) as e:  # BlobError's text holds the blob name, never the SAS
+        raise FileError("FileUploadFailed", f"upload of {blob} to {redact_url(container_url)} failed: "
+                        f"{redact_url(str(e))}") from None
+
+
+def open_file(root: Path, rel: str) -> BinaryIO | None:
+    """The regular file `rel` under `root`, opened without following a symlink anywhere on the way (a task's
+    ``wd/leak -> /etc/shadow`` or ``wd/etc -> /etc`` is never served); None when there is no such file."""
+    try:
+        return fileio.open_regular(rel.replace("\\", "/").strip("/"), beneath=root)
+    except OSError:
+        return None
+
+
 def file_listing(root: Path, base: str, recursive: bool) -> list[dict[str, Any]]:
-    """A node or task directory as the files-list operation describes it."""
+    """A node or task directory as the files-list operation describes it. Symlinks are neither listed
+    nor followed (their targets may be anywhere on this machine)."""
     out: list[dict[str, Any]] = []
-    if not root.is_dir():
+    if not root.is_dir() or root.is_symlink():
         return out
-    entries = sorted(root.rglob("*") if recursive else root.iterdir())
-    for p in entries:
-        rel = p.relative_to(root).as_posix()
-        st = p.stat()
+    for rel, st in sorted(_entries(root, recursive), key=lambda e: e[0].split("/")):
+        is_dir = stat.S_ISDIR(st.st_mode)
         props = {"lastModified": datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime(
-            "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", "contentLength": st.st_size if p.is_file() else 0,
+            "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", "contentLength": 0 if is_dir else st.st_size,
             "contentType": "application/octet-stream", "fileMode": oct(st.st_mode)}
-        out.append({"name": rel, "url": f"{base}/{urllib.parse.quote(rel)}", "isDirectory": p.is_dir(),
+        out.append({"name": rel, "url": f"{base}/{urllib.parse.quote(rel)}", "isDirectory": is_dir,
                     "properties": props})
     return out
+
+
+def _entries(root: Path, recursive: bool) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of every entry under `root` that is not a symlink; os.walk never follows links."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(p)
+            except OSError:  # gone since it was listed
+                continue
+            if not stat.S_ISLNK(st.st_mode):
+                yield os.path.relpath(p, root).replace(os.sep, "/"), st
+        if not recursive:
+            return

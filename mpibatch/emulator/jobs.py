@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import files, schema
+from . import schema
 from .errors import BatchError, exists, not_found, now_iso
+from .fetch import fetch, left
 from .nodes import env_settings, node_env
 from .state import key, public, set_state, touch
 
@@ -134,19 +136,17 @@ def _run_node_task(emu: Emulator, job: dict[str, Any], node: dict[str, Any], nam
                    spec: dict[str, Any]) -> dict[str, Any]:
     task_dir = Path(node["_root"]) / task_dir_rel(job["id"], name)
     info = _task_info(emu, node, job, name)
-    failure, outcome = None, None
-    try:
-        files.download(files.resolve(spec.get("resourceFiles") or [], emu.storage), task_dir / "wd")
-    except files.FileError as e:
-        failure = {"category": "UserError", "code": e.code, "message": e.message}
+    outcome = None
+    owner = f"job:{job['id']}:{node['id']}"
+    wall = emu.seconds((spec.get("constraints") or {}).get("maxWallClockTime") or spec.get("maxWallClockTime"))
+    started = time.monotonic()  # the wall clock covers the resource files' download
+    failure = fetch(emu.procs, owner, spec.get("resourceFiles"), emu.storage, task_dir / "wd", wall)
     if failure is None:
         env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=node["_pool"], node=node,
                        job_id=job["id"], task_id=spec.get("id") or name, task_dir=task_dir)
         env.update(env_settings(job.get("commonEnvironmentSettings")))
         env.update(env_settings(spec.get("environmentSettings")))
-        limit = (spec.get("constraints") or {}).get("maxWallClockTime") or spec.get("maxWallClockTime")
-        outcome = emu.procs.run(f"job:{job['id']}:{node['id']}", spec["commandLine"], env, task_dir,
-                                emu.seconds(limit))
+        outcome = emu.procs.run(owner, spec["commandLine"], env, task_dir, left(wall, started))
         failure = outcome.failure
     info.update({"state": "completed", "endTime": now_iso(),
                  "result": "success" if failure is None and outcome and outcome.exit_code == 0 else "failure"})

@@ -6,6 +6,7 @@ namespace, and a process per task keeps the per-task cost small. Multi-instance 
 rehearsal nodes instead (see scheduler.py)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -83,8 +84,7 @@ class Processes:
             rc = p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self._kill(p)
-            return Outcome(None, {"category": "UserError", "code": "TaskEnded",
-                                  "message": "The task exceeded its maxWallClockTime and was ended."})
+            return Outcome(None, timed_out())
         finally:
             with self._lock:
                 procs = self._by_owner.get(owner, [])
@@ -96,6 +96,38 @@ class Processes:
         if was_ended:
             return Outcome(rc, ended())
         return Outcome(rc, None)
+
+    def call(self, owner: str, argv: list[str], stdin: bytes,
+             timeout_s: float | None) -> tuple[int | None, bytes, bool]:
+        """Run a helper of the owner's (a resource-file fetch) to its end: (exit code, stdout, timed out).
+        Ended with its owner; past `timeout_s` it gets SIGTERM (to remove what it half wrote), then SIGKILL.
+        (None, b"", False) when the owner was ended before it started."""
+        with self._lock:
+            if owner in self._ended:
+                return None, b"", False
+            p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+            self._by_owner.setdefault(owner, []).append(p)
+        try:
+            out, _ = p.communicate(stdin, timeout=timeout_s)
+            return p.returncode, out, False
+        except subprocess.TimeoutExpired:
+            p.terminate()
+            try:
+                p.communicate(timeout=KILL_WAIT_S)
+            except subprocess.TimeoutExpired:
+                pass
+            self._kill(p)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.communicate(timeout=KILL_WAIT_S)
+            return None, b"", True
+        finally:
+            with self._lock:
+                procs = self._by_owner.get(owner, [])
+                if p in procs:
+                    procs.remove(p)
+                if not procs:
+                    self._by_owner.pop(owner, None)
 
     def end(self, owner: str) -> None:
         """End the owner's processes (and every process they started); later runs of it are refused."""
@@ -128,3 +160,9 @@ class Processes:
 
 def ended() -> dict[str, str]:
     return {"category": "UserError", "code": "TaskEnded", "message": "Task was ended by user request."}
+
+
+def timed_out(detail: str = "") -> dict[str, str]:
+    """Batch's outcome for a task past its maxWallClockTime (`detail`: what it was doing then)."""
+    return {"category": "UserError", "code": "TaskEnded", "message": "The task exceeded its maxWallClockTime and "
+            "was ended" + (f" ({detail})." if detail else ".")}

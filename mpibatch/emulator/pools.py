@@ -8,11 +8,12 @@ import secrets
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers.protocol import NODE_DIRS
 from . import files, schema
 from .errors import BatchError, exists, not_found, now_iso
+from .fetch import fetch
 from .nodes import env_settings, node_env
 from .state import key, public, set_state, touch
 
@@ -138,11 +139,7 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
     task_dir = Path(node["_root"]) / "startup"
     outcome = None
     for attempt in range(retries + 1):
-        failure = None
-        try:
-            files.download(files.resolve(st.get("resourceFiles") or [], emu.storage), task_dir / "wd")
-        except files.FileError as e:
-            failure = {"category": "UserError", "code": e.code, "message": e.message}
+        failure = fetch(emu.procs, f"node:{node['id']}", st.get("resourceFiles"), emu.storage, task_dir / "wd", None)
         if failure is None:
             env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=pool["id"], node=node,
                            job_id=None, task_id="starttask", task_dir=task_dir)
@@ -209,13 +206,15 @@ def node_roots(emu: Emulator, n: dict[str, Any]) -> list[Path]:
     return [Path(n["_root"]), *(Path(p) for p in reversed(n.get("_extra_roots", [])))]
 
 
-def node_file(emu: Emulator, pool_id: str, node_id: str, file_path: str) -> Path:
+def node_file(emu: Emulator, pool_id: str, node_id: str, file_path: str) -> BinaryIO:
+    """The node's file, open for reading; never through a symlink (see files.open_file)."""
     n = node(emu, pool_id, node_id)
     for root in node_roots(emu, n):
         try:
-            p = files.safe_join(root, file_path)
+            files.safe_join(root, file_path)
         except files.FileError:
             raise schema.invalid_value("filePath", "a path inside the node's root directory") from None
-        if p.is_file():
-            return p
+        f = files.open_file(root, file_path)
+        if f is not None:
+            return f
     raise not_found("File")

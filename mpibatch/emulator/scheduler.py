@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..launchers.protocol import task_dir_rel
 from . import files, jobs, multi
 from .errors import now_iso
+from .fetch import fetch, left
 from .nodes import env_settings, node_env
 from .state import key, set_state
 
@@ -197,14 +198,12 @@ class Scheduler:
         for attempt in range(retries + 1):
             with emu.store.lock:
                 t["executionInfo"]["retryCount"] = attempt
-            failure = None
-            try:
-                files.download(files.resolve(t.get("resourceFiles") or [], emu.storage), task_dir / "wd")
-            except files.FileError as e:
-                failure = {"category": "UserError", "code": e.code, "message": e.message}
+            owner, wall = f"task:{key(t['_job'], t['id'])}", emu.seconds(t["constraints"].get("maxWallClockTime"))
+            started = time.monotonic()  # the wall clock covers the resource files' download, as on a node
+            failure = fetch(emu.procs, owner, t.get("resourceFiles"), emu.storage, task_dir / "wd", wall)
+            if failure:
                 break
-            outcome = emu.procs.run(f"task:{key(t['_job'], t['id'])}", t["commandLine"], env, task_dir,
-                                    emu.seconds(t["constraints"].get("maxWallClockTime")))
+            outcome = emu.procs.run(owner, t["commandLine"], env, task_dir, left(wall, started))
             failure = outcome.failure
             if failure is None and outcome.exit_code == 0 or t.get("_ending") or \
                     (failure and failure["code"] == "TaskEnded"):

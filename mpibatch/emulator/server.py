@@ -3,16 +3,19 @@ every emulated REST operation, Batch's error body, ETag / Last-Modified, file do
 Every answer carries `x-ms-emulator: mpibatch-emulate` and a Server header saying it is an emulator."""
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import re
 import secrets
 import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from ..launchers import fileio
 from . import auth, files, jobs, odata, pools, schema, tasks
 from .errors import BatchError, new_etag, not_emulated, rfc1123
 
@@ -177,19 +180,22 @@ class Handler(BaseHTTPRequestHandler):
         raise not_emulated(f"the operation {self.command} {path}")
 
     def _reply(self, status: int, payload: Any, headers: dict[str, str]) -> None:
-        data, ctype = b"", None
-        if isinstance(payload, Path):
-            status, data, extra = self._file(payload)
-            headers.update(extra)
-            ctype = "application/octet-stream"
-        elif payload is not None:
-            data = json.dumps(payload).encode()
-            ctype = "application/json;odata=minimalmetadata"
+        if isinstance(payload, io.IOBase):  # a file of the files API (opened without following symlinks)
+            with payload:
+                self._send_file(payload, headers)  # type: ignore[arg-type]
+            return
+        data = json.dumps(payload).encode() if payload is not None else b""
+        self._start(status, "application/json;odata=minimalmetadata" if payload is not None else None, len(data),
+                    headers)
+        if self.command != "HEAD" and data:
+            self.wfile.write(data)
+
+    def _start(self, status: int, ctype: str | None, length: int, headers: dict[str, str]) -> None:
+        """The status line and headers (every answer's common ones)."""
         self.send_response(status)
         if ctype:
             self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data) if not isinstance(payload, Path) else
-                                                  headers.pop("_length", len(data))))
+        self.send_header("Content-Length", str(length))
         if status < 300:
             headers.setdefault("ETag", new_etag())
             headers.setdefault("Last-Modified", rfc1123())
@@ -198,26 +204,43 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
-        if self.command != "HEAD" and data:
-            self.wfile.write(data)
 
-    def _file(self, path: Path) -> tuple[int, bytes, dict[str, Any]]:
-        st = path.stat()
-        extra: dict[str, Any] = {"ocp-batch-file-isdirectory": "false", "ocp-batch-file-mode": oct(st.st_mode),
-                                 "ocp-creation-time": rfc1123()}
-        rng = self.headers.get("ocp-range") or self.headers.get("Range")
-        data = path.read_bytes() if self.command != "HEAD" else b""
-        size = st.st_size
-        if rng and self.command != "HEAD":
-            m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
-            if not m or (not m.group(1) and not m.group(2)):
-                raise BatchError(400, "InvalidRange", "The range specified is invalid.", {"Range": rng})
-            start = int(m.group(1)) if m.group(1) else max(0, size - int(m.group(2)))
-            end = int(m.group(2)) if m.group(1) and m.group(2) else size - 1
-            data = data[start:min(end, size - 1) + 1]
-            extra["Content-Range"] = f"bytes {start}-{min(end, size - 1)}/{size}"
-            return 200, data, {**extra, "_length": len(data)}  # the service answers 200 with the range
-        return 200, data, {**extra, "_length": size}
+    def _send_file(self, f: BinaryIO, headers: dict[str, str]) -> None:
+        """The file, or its `ocp-range`, streamed in pieces: memory stays flat whatever the file's size."""
+        st = os.fstat(f.fileno())
+        try:
+            start, length, content_range = parse_range(self.headers.get("ocp-range") or self.headers.get("Range"),
+                                                      st.st_size, head=self.command == "HEAD")
+        except BatchError as e:
+            self._reply(e.status, e.body(headers.get("request-id", "")), {**headers, **e.headers})
+            return
+        headers.update({"ocp-batch-file-isdirectory": "false", "ocp-batch-file-mode": oct(st.st_mode),
+                        "ocp-creation-time": rfc1123(),
+                        "ocp-batch-file-url": self.emu.endpoint + self.path.partition("?")[0]})
+        if content_range:
+            headers["Content-Range"] = content_range
+        self._start(200, "application/octet-stream", length, headers)  # the service answers 200 with a range
+        if self.command == "HEAD":
+            return
+        try:
+            for piece in fileio.file_range(f, start, length):
+                self.wfile.write(piece)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away: nothing more to send
+            self.close_connection = True
+
+
+def parse_range(header: str | None, size: int, *, head: bool = False) -> tuple[int, int, str]:
+    """(start, length, Content-Range) of an `ocp-range` header over a file of `size` bytes; no header (or
+    HEAD): the whole file. ``bytes=a-b``, ``bytes=a-`` and the suffix ``bytes=-n`` are understood."""
+    if not header or head:
+        return 0, size, ""
+    m = re.fullmatch(r"bytes=(\d{0,19})-(\d{0,19})", header.strip())
+    first, last = (m.group(1), m.group(2)) if m else ("", "")
+    if not (first or last) or (first and last and int(last) < int(first)):
+        raise BatchError(400, "InvalidRange", "The range specified is invalid.", {"Range": header[:64]})
+    start = int(first) if first else max(0, size - int(last))
+    end = min(int(last) if first and last else size - 1, size - 1)
+    return start, max(0, end - start + 1), f"bytes {start}-{end}/{size}"
 
 
 def make_server(emu: Emulator, port: int) -> ThreadingHTTPServer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import files, jobs, pools, schema
 from .errors import BatchError, exists, new_etag, not_found, now_iso
@@ -186,15 +186,17 @@ def task_dir(emu: Emulator, job_id: str, task_id: str) -> Path:
     return Path(t["_task_dir"])
 
 
-def task_file(emu: Emulator, job_id: str, task_id: str, file_path: str) -> Path:
+def task_file(emu: Emulator, job_id: str, task_id: str, file_path: str) -> BinaryIO:
+    """The task's file, open for reading; never through a symlink (a task's link to /etc/shadow is a 404)."""
     root = task_dir(emu, job_id, task_id)
     try:
-        p = files.safe_join(root, file_path)
+        files.safe_join(root, file_path)
     except files.FileError:
         raise schema.invalid_value("filePath", "a path inside the task directory") from None
-    if not p.is_file():
+    f = files.open_file(root, file_path)
+    if f is None:
         raise not_found("File")
-    return p
+    return f
 
 
 def collection_count(raw: bytes) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ..conventions import INSTANCE_INFO, LOG_FILES
-from ..errors import InfraError, SpecError
+from ..errors import InfraError, LogShrank, SpecError
 from ..launchers import fileio
 from ..launchers.protocol import TASK_OUTPUT
 from ..results import TAIL_CHARS, Failure, TaskResult
@@ -217,10 +217,9 @@ def copy_regular(src: Path | str, dest: Path) -> None:
 def read_tail(path: Path | str, limit: int = TAIL_CHARS) -> str:
     """The last `limit` bytes of a collected log as text (bounded memory whatever the file's size)."""
     try:
-        with open_regular(path) as f:
+        with fileio.open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - limit))
-            data = f.read(limit)
+            data = fileio.read_tail(f, limit)
     except OSError:
         return ""
     text = data.decode(errors="replace")
@@ -370,7 +369,8 @@ def _report(t: Transport, result: TaskResult, out: Path, say: Callable[[str, str
 def read_collected_log(runs_dir: Path, job_id: str, task_id: str, instance: int, stream: str, offset: int = 0,
                        limit: int = COPY_CHUNK) -> tuple[bytes, int, bool]:
     """A rehearsal run's collected log, ``<runs_dir>/<job>/<task>.latest/<i>/<stream>.txt`` (the newest run),
-    from `offset`: (data, next offset, done). The run has ended, so `done` once the end is reached."""
+    from `offset` (negative: that many bytes before the end): (data, next offset, done). The run has ended,
+    so `done` once the end is reached."""
     run = Path(runs_dir) / job_id / f"{task_id}.latest"
     if not run.is_dir():
         raise SpecError("TASK", f"no collected run of {job_id}/{task_id} in {runs_dir}",
@@ -382,9 +382,12 @@ def read_collected_log(runs_dir: Path, job_id: str, task_id: str, instance: int,
                         "give --instance 0 (the primary) or a subtask's index")
     path = run / str(instance) / f"{stream}.txt"
     try:
-        with open_regular(path) as f:
-            f.seek(offset)
-            data = f.read(limit)
+        with fileio.open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            offset = max(0, size + offset) if offset < 0 else offset
+            data = fileio.read_range(f, offset, limit, limit=limit)
     except FileNotFoundError:
         raise InfraError(f"{path} was not collected (see 'missing' in the run's result)") from None
+    if offset > size:
+        raise LogShrank(str(path), offset, size)
     return data, offset + len(data), len(data) < limit

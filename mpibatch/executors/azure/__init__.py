@@ -103,7 +103,8 @@ class AzureExecutor(Executor):
                  offset: int = 0) -> tuple[bytes, int, bool]:
         """Instance `instance`'s stdout or stderr from byte `offset`, at most a few MiB a call:
         (data, next offset, done). The tracked/persisted copy in storage if there is one, else the Batch
-        file API in byte ranges. `done`: the task had completed and the end of the log was reached."""
+        file API in byte ranges. `done`: the task had completed and the end of the log was reached. A
+        negative `offset` reads from -offset bytes before the end (a tail)."""
         import os
 
         env = self._env if self._env is not None else os.environ

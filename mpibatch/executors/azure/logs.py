@@ -10,13 +10,16 @@ Where a log is read from, in order:
    from the caller's offset, so following a running task downloads only what is new.
 
 A read is *done* when the task was completed before the read began and the read reached the end of the log.
+A log that is now shorter than the offset read from (truncated or rewritten in place on the node) raises
+``LogShrank``: the follower starts again from byte 0 and says so. A negative offset reads the last -offset
+bytes (``mpibatch logs --tail``).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from ... import conventions
-from ...errors import InfraError, SpecError
+from ...errors import InfraError, LogShrank, SpecError
 from ...launchers.protocol import TASK_LOG, InstanceRecord, RecordError
 from .client import Batch, state_of
 from .storage import Storage
@@ -38,10 +41,27 @@ def read_log(batch: Batch, storage: Storage | None, job_id: str, task_id: str, i
         raise SpecError("--instance", f"task {job_id}/{task_id} has {n} instance(s); there is no instance {instance}",
                         f"give --instance 0 (the primary) to {n - 1}")
     name = f"{stream}.txt"
+    if offset < 0:  # a tail: the last -offset bytes of the log as it is now
+        offset = max(0, _size(batch, storage, task, job_id, task_id, instance, n, name) + offset)
     data = _from_storage(storage, job_id, task_id, instance, name, offset, limit)
     if data is None:
         data = _from_batch(batch, storage, task, job_id, task_id, instance, n, name, offset, limit)
     return data, offset + len(data), done and len(data) < limit
+
+
+def _size(batch: Batch, storage: Storage | None, task: Any, job_id: str, task_id: str, instance: int, n: int,
+          name: str) -> int:
+    """The log's size where read_log would read it: the final or live copy in storage, else the Batch file
+    (0 while there is none)."""
+    if storage is not None:
+        container = conventions.job_container_name(job_id)
+        for blob in (conventions.instance_output_blob(task_id, "TaskLog", instance, name),
+                     conventions.live_log_blob(task_id, instance, name)):
+            size = storage.blob_size(container, blob)
+            if size is not None:
+                return size
+    where = _batch_file(batch, storage, task, job_id, task_id, instance, n, name, "")
+    return 0 if where is None else (_file_size(batch, where[1], name) or 0)
 
 
 def _from_storage(storage: Storage | None, job_id: str, task_id: str, instance: int, name: str, offset: int,
@@ -60,21 +80,58 @@ def _from_storage(storage: Storage | None, job_id: str, task_id: str, instance: 
 
 def _from_batch(batch: Batch, storage: Storage | None, task: Any, job_id: str, task_id: str, instance: int, n: int,
                 name: str, offset: int, limit: int) -> bytes:
-    """From the Batch file API; empty while the file does not exist yet (task not started)."""
-    rng = f"bytes={offset}-{offset + limit - 1}"
+    """From the Batch file API; empty while the file does not exist yet (task not started). An empty read
+    past the start asks for the file's size: a log now shorter than `offset` raises LogShrank."""
+    where = _batch_file(batch, storage, task, job_id, task_id, instance, n, name,
+                        f"bytes={offset}-{offset + limit - 1}")
+    if where is None:
+        return b""  # not scheduled yet: nothing written
+    fetch, props = where
+    data = _ranged(batch, fetch, name)
+    if not data and offset > 0:
+        size = _file_size(batch, props, name)
+        if size is not None and size < offset:
+            raise LogShrank(name, offset, size)
+    return data
+
+
+def _batch_file(batch: Batch, storage: Storage | None, task: Any, job_id: str, task_id: str, instance: int, n: int,
+                name: str, rng: str) -> tuple[Any, Any] | None:
+    """(read the range `rng`, read the properties) of the log in the Batch file API: the primary's task file,
+    a subtask's file on its node; None while the subtask is not scheduled."""
+    c = batch.client
     if instance == 0:
-        fetch = lambda: batch.client.download_task_file(job_id, task_id, name, ocp_range=rng)  # noqa: E731
-    else:
-        st = _subtask(batch, storage, job_id, task_id, instance, n)
-        info = st.node_info if st is not None else None
-        root = getattr(info, "task_root_directory", None)
-        node = getattr(info, "node_id", None)
-        pool = getattr(info, "pool_id", None) or _pool_of(batch, task, job_id)
-        if not (root and node and pool):
-            return b""  # not scheduled yet: nothing written
-        path = f"{root.replace(chr(92), '/').strip('/')}/{name}"
-        fetch = lambda: batch.client.download_node_file(pool, node, path, ocp_range=rng)  # noqa: E731
-    return _ranged(batch, fetch, name)
+        return (lambda: c.download_task_file(job_id, task_id, name, ocp_range=rng),
+                lambda: c.get_task_file_properties(job_id, task_id, name))
+    where = _subtask_file(batch, storage, task, job_id, task_id, instance, n, name)
+    if where is None:
+        return None
+    pool, node, path = where
+    return (lambda: c.download_node_file(pool, node, path, ocp_range=rng),
+            lambda: c.get_node_file_properties(pool, node, path))
+
+
+def _subtask_file(batch: Batch, storage: Storage | None, task: Any, job_id: str, task_id: str, instance: int,
+                  n: int, name: str) -> tuple[str, str, str] | None:
+    """(pool, node, path) of a subtask's log, None while it is not scheduled."""
+    st = _subtask(batch, storage, job_id, task_id, instance, n)
+    info = st.node_info if st is not None else None
+    root = getattr(info, "task_root_directory", None)
+    node = getattr(info, "node_id", None)
+    pool = getattr(info, "pool_id", None) or _pool_of(batch, task, job_id)
+    if not (root and node and pool):
+        return None
+    return pool, node, f"{root.replace(chr(92), '/').strip('/')}/{name}"
+
+
+def _file_size(batch: Batch, props: Any, name: str) -> int | None:
+    """The file's size from its properties (None when it is gone or the answer has none)."""
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        return int(batch.call(f"reading {name}", props).content_length)
+    except (HttpResponseError, TypeError, ValueError):
+        return None
 
 
 def _ranged(batch: Batch, fetch: Any, name: str) -> bytes:

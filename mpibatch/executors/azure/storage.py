@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 from ... import conventions
-from ...errors import InfraError, SpecError
+from ...errors import InfraError, LogShrank, SpecError
 from ...launchers import blobdownload, fileio
 from ...launchers.blobio import BlobError, BlobInfo, ContainerClient
 from ...redaction import redact
@@ -333,14 +333,27 @@ class Storage:
         except ResourceNotFoundError:
             return None
 
+    def blob_size(self, container: str, blob: str) -> int | None:
+        """The blob's size; None when there is no blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = self.service.get_blob_client(container, blob)
+        try:
+            return int(self._call(f"reading {blob}", lambda: client.get_blob_properties().size))
+        except ResourceNotFoundError:
+            return None
+
     def read_range(self, container: str, blob: str, offset: int, limit: int) -> bytes | None:
-        """Up to `limit` bytes of `blob` from `offset` (empty at or past its end); None when there is no blob."""
+        """Up to `limit` bytes of `blob` from `offset` (empty at its end); None when there is no blob; LogShrank
+        when the blob is now shorter than `offset`."""
         from azure.core.exceptions import ResourceNotFoundError
 
         client = self.service.get_blob_client(container, blob)
         try:
             size = self._call(f"reading {blob}", lambda: client.get_blob_properties().size)
-            if offset >= size:
+            if offset > size:  # the copy was replaced by a shorter one
+                raise LogShrank(blob.rsplit("/", 1)[-1], offset, size)
+            if offset == size:
                 return b""
             return self._call(f"reading {blob}",
                               lambda: client.download_blob(offset=offset, length=min(limit, size - offset)).readall())

@@ -55,7 +55,7 @@ def _size(batch: Batch, storage: Storage | None, task: Any, job_id: str, task_id
     (0 while there is none)."""
     if storage is not None:
         container = conventions.job_container_name(job_id)
-        for blob in (conventions.instance_output_blob(task_id, "TaskLog", instance, name),
+        for blob in (conventions.instance_output_blob(task_id, TASK_LOG, instance, name),
                      conventions.live_log_blob(task_id, instance, name)):
             size = storage.blob_size(container, blob)
             if size is not None:

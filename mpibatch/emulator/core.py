@@ -14,7 +14,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from ..errors import SpecError
-from . import pools
+from . import pools, tasks
 from .files import AutoStorage
 from .nodes import Processes
 from .scheduler import Scheduler
@@ -124,8 +124,13 @@ class Emulator:
     def start(self) -> Emulator:
         self.check()
         if self.state_dir:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SpecError("--state-dir", f"{self.state_dir}: cannot be used as a directory ({e.strerror})",
+                                "give a directory (it is created when missing)") from None
             self.restarted_failed = self.store.load()
+            tasks.resume_numbering(self.store.tasks.values())
         else:
             self._tmp = Path(tempfile.mkdtemp(prefix="mpibatch-emulate-"))
         self._identity()

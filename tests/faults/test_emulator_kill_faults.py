@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from mpibatch.emulator.nodes import Ledger
 from tests.infra import rawbatch
 from tests.infra.emulator import EmulatorProcess, processes_mentioning
 from tests.infra.fixtures import Azurite, azurite_missing, require
@@ -124,6 +123,8 @@ def test_item10_a_task_ended_by_a_signal_reports_128_plus_the_signal(tmp_path: P
 
 
 def test_item10_the_ledger_ends_leftovers_and_never_a_reused_pid(tmp_path: Path) -> None:
+    from mpibatch.emulator.nodes import Ledger
+
     ledger = Ledger(tmp_path / "processes.txt")
     p = subprocess.Popen(["/bin/bash", "-c", "sleep 300 & sleep 300"], start_new_session=True)
     try:

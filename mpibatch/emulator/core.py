@@ -10,11 +10,11 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from ..errors import SpecError
 from . import pools, tasks
+from .edge import BoundedServer
 from .files import AutoStorage
 from .nodes import Ledger, Processes
 from .scheduler import Scheduler
@@ -68,7 +68,7 @@ class Emulator:
         self.connection_string: str | None = None
         self.azurite: Azurite | None = None
         self.restarted_failed: list[str] = []
-        self._server: ThreadingHTTPServer | None = None
+        self._server: BoundedServer | None = None
         self._thread: threading.Thread | None = None
         self._tmp: Path | None = None
         self.account = account or ""
@@ -199,6 +199,7 @@ class Emulator:
     def stop(self) -> None:
         self.scheduler.stop()
         if self._server is not None:
+            self._server.closing.set()  # an accept loop waiting for a free request slot gives up
             if self._thread is not None:  # shutdown() waits for serve_forever, so only once it runs
                 self._server.shutdown()
                 self._thread = None

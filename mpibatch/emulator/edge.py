@@ -9,8 +9,10 @@ bytes and time) before the connection is closed, so the close never destroys the
 from __future__ import annotations
 
 import io
+import logging
 import re
 import socket
+import sys
 import threading
 import time
 from email.message import Message
@@ -19,6 +21,7 @@ from typing import Any
 
 from .errors import BatchError
 
+log = logging.getLogger(__name__)
 MAX_BODY = 4 * 1024 * 1024  # the largest body the emulator reads (the service refuses more with 413)
 MAX_THREADS = 64  # requests served at once; more connections wait in the listen backlog
 LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
@@ -114,6 +117,13 @@ class BoundedServer(ThreadingHTTPServer):
         with self._count_lock:
             self.active -= 1
         self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-answer is not an error of the emulator: no traceback for it."""
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("client %s went away: %s", client_address, sys.exc_info()[1])
+            return
+        log.exception("request from %s", client_address)
 
     def saturated(self) -> bool:
         return self.active >= self.max_threads

@@ -175,6 +175,7 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(status, payload, headers)
         if unread != 0:
             self._end_unread(unread)
+        self._expect_continue = False  # per request: the handler serves every request of its connection
 
     def _read_body(self, length: int) -> bytes:
         if not length:
@@ -182,6 +183,7 @@ class Handler(BaseHTTPRequestHandler):
         if getattr(self, "_expect_continue", False):
             self.send_response_only(100)
             self.end_headers()
+            self._expect_continue = False
         try:
             data = self.rfile.read(length)
         except OSError:

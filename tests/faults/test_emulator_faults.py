@@ -119,6 +119,25 @@ def test_item16_a_client_waiting_for_100_continue_gets_the_refusal_instead(emu: 
     assert first == b"HTTP/1.1 403", first  # no "100 Continue" for a request that is refused
 
 
+def test_item16_a_kept_alive_connection_serves_request_after_request(emu: EmulatorProcess) -> None:
+    body = json.dumps({"id": "ka", "poolInfo": {"poolId": "p"}}).encode()
+    with socket.create_connection(rawbatch.host_port(emu.endpoint), timeout=30) as s:
+        s.sendall(rawbatch.head("POST", "/jobs", emu.account, emu.key, body_len=len(body),
+                                extra={"Expect": "100-continue"}))
+        s.settimeout(10)
+        got = b""
+        while not got.endswith(b"\r\n\r\n") and len(got) < 100:
+            got += s.recv(1)
+        assert got == b"HTTP/1.1 100 Continue\r\n\r\n", got  # authenticated and bounded: go on
+        s.sendall(body)
+        assert rawbatch.read_answer(s).status == 201
+        for _ in range(2):  # the same connection, no Expect: a plain answer each time
+            s.sendall(rawbatch.head("GET", "/jobs/ka", emu.account, emu.key))
+            a = rawbatch.read_answer(s)
+            assert a.status == 200 and a.json()["id"] == "ka", a
+    assert req(emu, "DELETE", "/jobs/ka").status == 202
+
+
 def test_item16_an_endless_body_of_unknown_length_costs_bounded_memory(emu: EmulatorProcess) -> None:
     assert emu.proc is not None
     before = rss_kib(emu.proc.pid)

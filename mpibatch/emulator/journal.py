@@ -110,6 +110,19 @@ def write_snapshot(path: Path, data: bytes) -> None:
     fileio.write_bytes(path, data)
 
 
+def remove_stale_temporaries(state_dir: Path) -> None:
+    """A snapshot a crash cut short never got its name: its temporary file is removed at the next start."""
+    try:
+        names = [n for n in os.listdir(state_dir) if fileio.is_temp_name(n)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            (state_dir / name).unlink()
+        except OSError:
+            pass
+
+
 class Journal:
     """Appends to the journal: whole lines, fsynced; an append that fails is cut off again, so the
     file never holds half a line followed by more lines."""

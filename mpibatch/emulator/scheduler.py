@@ -156,6 +156,7 @@ class Scheduler:
     # ------------------------------------------------------------------ running
     def _guard(self, target: Any, t: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
         try:
+            self.emu.store.flush()  # on disk before any process starts: a restart knows it was started
             target(t, nodes)
         except Exception as e:  # noqa: BLE001 - an emulator bug becomes the task's failure, never a hang
             log.exception("task %s", t["id"])
@@ -187,6 +188,7 @@ class Scheduler:
             set_state(t, "running")
             t["executionInfo"]["startTime"] = now_iso()
         emu.store.mark(("tasks", t))
+        emu.store.flush()
         emu.event(f"task {t['_job']}/{t['id']}: running on node {node['id']}")
         env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=node["_pool"], node=node,
                        job_id=t["_job"], task_id=t["id"], task_dir=task_dir)

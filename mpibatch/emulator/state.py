@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import new_etag, now_iso
-from .journal import KINDS, Journal, entity_key, read_journal, read_snapshot, write_snapshot
+from .journal import KINDS, Journal, entity_key, read_journal, read_snapshot, remove_stale_temporaries, write_snapshot
 
 log = logging.getLogger(__name__)
 SAVE_EVERY_S = 0.5  # background changes reach the journal at least this often
@@ -102,6 +102,7 @@ class Store:
         """Read the saved state; returns the ids of tasks that were running (now failed)."""
         if self.path is None or self._journal is None:
             return []
+        remove_stale_temporaries(self.path.parent)
         snap = read_snapshot(self.path)
         self.meta, self._seq = snap["meta"], snap["seq"]
         self.pools, self.nodes, self.jobs, self.tasks = (snap[k] for k in KINDS)

@@ -272,6 +272,8 @@ def test_item3_a_last_journal_line_cut_by_a_crash_is_ignored(tmp_path: Path) -> 
         store._stop.set()
     with open(tmp_path / "journal.jsonl", "ab") as f:
         f.write(b'{"seq": 99, "kind": "jobs", "key": "k", "value": {"id": "k", "st')  # never acknowledged
+    (tmp_path / ".mpibatch-0123456789abcdef.part").write_bytes(b'{"seq": 1, "jo')  # a snapshot cut short
     again = Store(tmp_path)
     again.load()
     assert set(again.jobs) == {"j"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.jsonl", "state.json"]

@@ -1,6 +1,9 @@
 """The HTTP side: a threaded server on 127.0.0.1, the api-version and Shared Key checks, the routing of
 every emulated REST operation, Batch's error body, ETag / Last-Modified, file downloads with `ocp-range`.
-Every answer carries `x-ms-emulator: mpibatch-emulate` and a Server header saying it is an emulator."""
+Every answer carries `x-ms-emulator: mpibatch-emulate` and a Server header saying it is an emulator.
+
+Order of a request: its length is checked (edge.py), then api-version and Shared Key (auth.py), and only
+then is the body read; a change is in the fsynced journal (state.py) before it is answered."""
 from __future__ import annotations
 
 import json

@@ -23,7 +23,7 @@ from .errors import BatchError
 
 log = logging.getLogger(__name__)
 MAX_BODY = 4 * 1024 * 1024  # the largest body the emulator reads (the service refuses more with 413)
-MAX_THREADS = 64  # requests served at once; more connections wait in the listen backlog
+MAX_THREADS = 128  # connections served at once; more wait in the listen backlog
 LISTEN_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 IDLE_TIMEOUT_S = 30.0  # a connection silent this long is closed (a client's pool reconnects)
 DISCARD_MAX = 16 * 1024 * 1024  # bytes of a refused body read and thrown away so the answer gets through
@@ -80,8 +80,8 @@ def discard(rfile: io.BufferedIOBase, sock: socket.socket, limit: int, seconds: 
 class BoundedServer(ThreadingHTTPServer):
     """A ThreadingHTTPServer with a deep listen backlog (200 clients connecting at once are all
     accepted) and at most MAX_THREADS requests served at once: the accept loop waits for a free slot,
-    connections wait in the backlog meanwhile. When every slot is taken, an answered keep-alive
-    connection is closed so an idle client never holds a slot another one waits for."""
+    connections wait in the backlog meanwhile. Once half the slots are taken, an answered keep-alive
+    connection is closed, so idle clients do not hold slots others wait for."""
 
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
@@ -126,4 +126,4 @@ class BoundedServer(ThreadingHTTPServer):
         log.exception("request from %s", client_address)
 
     def saturated(self) -> bool:
-        return self.active >= self.max_threads
+        return self.active * 2 >= self.max_threads

@@ -179,6 +179,31 @@ def test_item17_200_clients_at_once_are_all_served(emu: EmulatorProcess) -> None
     assert not failed, f"{len(failed)} of {n} clients failed: {failed[:5]}"
 
 
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads")
+
+
+def test_item17_idle_connections_never_take_more_than_the_bounded_threads(emu: EmulatorProcess) -> None:
+    from mpibatch.emulator.edge import MAX_THREADS
+
+    assert emu.proc is not None
+    base = threads(emu.proc.pid)
+    idle = []
+    try:
+        for _ in range(MAX_THREADS + 72):  # connected, never a byte sent
+            idle.append(socket.create_connection(rawbatch.host_port(emu.endpoint), timeout=10))
+        time.sleep(1)
+        assert threads(emu.proc.pid) <= base + MAX_THREADS, threads(emu.proc.pid)
+    finally:
+        for s in idle:
+            s.close()
+    a = req(emu, "GET", "/pools")  # the slots come back as the idle connections close
+    assert a.status == 200, a
+
+
 # ---------------------------------------------------------------------------------------------- item 18
 def test_item18_deeply_nested_bodies_and_filters_are_400_not_500(emu: EmulatorProcess) -> None:
     for raw in (b"[" * 200_000, b'{"id": "j", "poolInfo": {"poolId": "p"}, "metadata": ' + b"[" * 50

@@ -15,7 +15,8 @@ def test_a_task_running_at_a_crash_is_failed_with_the_reason_on_restart(tmp_path
                                   "_subtasks": [{"id": 1, "state": "running"}]}
     store.tasks[key("j", "done")] = {"id": "done", "_job": "j", "state": "completed",
                                      "executionInfo": {"exitCode": 0, "result": "success"}}
-    store.nodes[key("p", "n")] = {"id": "n", "state": "running", "_running": [key("j", "t")],
+    store.nodes[key("p", "n")] = {"id": "n", "_pool": "p", "_root": str(tmp_path / "n"), "state": "running",
+                                  "_running": [key("j", "t")],
                                   "runningTasksCount": 1, "runningTaskSlotsCount": 1}
     store.save()
     assert json.loads((tmp_path / "state.json").read_text())["tasks"]  # written under its final name

@@ -44,15 +44,19 @@ def export_lines(env: dict[str, str]) -> list[str]:
               help="port on 127.0.0.1 (0: a free one)")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="keep pools, jobs, tasks and node files here across restarts (default: nothing kept)")
-@click.option("--storage", default="auto", show_default=True, metavar="auto|none|CONNECTION_STRING",
-              help="auto-storage: `auto` starts Azurite, or give a storage connection string")
+@click.option("--storage", default="auto", show_default=True, metavar="auto|none|env|CONNECTION_STRING",
+              help="auto-storage: `auto` starts Azurite; `env` takes the connection string from "
+                   "$AZURE_STORAGE_CONNECTION_STRING (never shown in `ps`, unlike one given here)")
+@click.option("--storage-port", type=click.IntRange(1, 65535), default=None,
+              help="port of the Azurite `--storage auto` starts (default: the one this --state-dir used last, "
+                   "else a free one)")
 @click.option("--pool", "pools_", multiple=True, metavar="ID:NODES[:SLOTS]",
               help="a pool to have from the start (inter-node communication on; repeatable)")
 @click.option("--account", default=None, help="Batch account name (default: generated once per state dir)")
 @click.option("--key", default=None, help="account key, base64 (default: generated once per state dir)")
 @report_errors
-def emulate(port: int, state_dir: str | None, storage: str, pools_: tuple[str, ...], account: str | None,
-            key: str | None) -> None:
+def emulate(port: int, state_dir: str | None, storage: str, storage_port: int | None, pools_: tuple[str, ...],
+            account: str | None, key: str | None) -> None:
     """Serve the Azure Batch REST API on 127.0.0.1 with emulated nodes, until Ctrl-C.
 
     Prints the `export` lines to paste into the shell of a Batch client, then one line per change."""
@@ -68,8 +72,11 @@ def emulate(port: int, state_dir: str | None, storage: str, pools_: tuple[str, .
 
     logging.getLogger("mpibatch.emulator").setLevel(logging.WARNING)
     emu = Emulator(port=port, state_dir=state_dir, storage=storage, pools_=pools, account=account, key=key,
-                   on_event=event)
+                   on_event=event, storage_port=storage_port)
     click.echo(BANNER, err=True)
+    if storage not in ("auto", "none", "env", ""):
+        event("warning: a connection string on the command line is visible to every user in `ps`; "
+              "export AZURE_STORAGE_CONNECTION_STRING and pass --storage env instead")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -10,14 +10,14 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from ..durations import iso_seconds
 from ..errors import SpecError
-from . import pools
+from . import pools, tasks
+from .edge import BoundedServer
 from .files import AutoStorage
-from .nodes import Processes
+from .nodes import Ledger, Processes
 from .scheduler import Scheduler
 from .server import make_server
 from .state import Store
@@ -25,6 +25,7 @@ from .storage import HOW_TO_GET, Azurite, find_azurite
 
 log = logging.getLogger(__name__)
 DEFAULT_VM_SIZE = "standard_d2s_v3"
+STORAGE_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 
 
 def node_image(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -47,22 +48,24 @@ class Emulator:
 
     def __init__(self, *, port: int = 8900, state_dir: str | Path | None = None, storage: str | None = "auto",
                  pools_: Sequence[tuple[str, int, int]] = (), account: str | None = None, key: str | None = None,
-                 image: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None) -> None:
+                 image: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None,
+                 storage_port: int | None = None) -> None:
         self.port = port
         self.state_dir = Path(state_dir).resolve() if state_dir else None
         self.storage_arg = storage
+        self.storage_port = storage_port
         self.initial_pools = list(pools_)
         self.account_arg, self.key_arg = account, key
         self.image = node_image(image)
         self.on_event = on_event or (lambda msg: log.info("%s", msg))
         self.store = Store(self.state_dir)
-        self.procs = Processes()
+        self.procs = Processes(Ledger(self.state_dir / "processes.txt" if self.state_dir else None))
         self.scheduler = Scheduler(self)
         self.storage: AutoStorage | None = None
         self.connection_string: str | None = None
         self.azurite: Azurite | None = None
         self.restarted_failed: list[str] = []
-        self._server: ThreadingHTTPServer | None = None
+        self._server: BoundedServer | None = None
         self._thread: threading.Thread | None = None
         self._tmp: Path | None = None
         self.account = account or ""
@@ -87,8 +90,8 @@ class Emulator:
     def env(self) -> dict[str, str]:
         out = {"AZURE_BATCH_ENDPOINT": self.endpoint, "AZURE_BATCH_ACCOUNT": self.account,
                "AZURE_BATCH_ACCESS_KEY": self.key}
-        if self.connection_string:
-            out["AZURE_STORAGE_CONNECTION_STRING"] = self.connection_string
+        if self.azurite is not None:  # Azurite's well-known development key; a user's own key is never printed
+            out[STORAGE_ENV] = self.connection_string or ""
         return out
 
     def _identity(self) -> None:
@@ -112,17 +115,39 @@ class Emulator:
                             "use 3 to 24 lower-case letters and digits")
         if self.storage_arg == "auto" and find_azurite() is None:
             raise SpecError("--storage", "auto needs Azurite, and no azurite-blob was found", HOW_TO_GET)
+        if self.storage_port is not None and self.storage_arg != "auto":
+            raise SpecError("--storage-port", "chooses the port of the Azurite that --storage auto starts",
+                            "drop --storage-port, or use --storage auto")
         if self.storage_arg not in (None, "", "none", "auto"):
             try:
-                AutoStorage.parse(self.storage_arg)
+                AutoStorage.parse(self.given_connection_string())
             except ValueError as e:
-                raise SpecError("--storage", str(e), "pass `auto`, `none` or a full connection string") from None
+                raise SpecError("--storage", str(e), "pass `auto`, `none`, `env` or a full connection string") from None
+
+    def given_connection_string(self) -> str:
+        """The connection string of `--storage CONNECTION_STRING`, or of `--storage env`: the environment's
+        AZURE_STORAGE_CONNECTION_STRING (so it never shows in `ps`)."""
+        if self.storage_arg != "env":
+            return self.storage_arg or ""
+        value = os.environ.get(STORAGE_ENV, "")
+        if not value:
+            raise SpecError("--storage", f"env: {STORAGE_ENV} is not set",
+                            f"export {STORAGE_ENV}='DefaultEndpointsProtocol=...' first")
+        return value
 
     def start(self) -> Emulator:
         self.check()
         if self.state_dir:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SpecError("--state-dir", f"{self.state_dir}: cannot be used as a directory ({e.strerror})",
+                                "give a directory (it is created when missing)") from None
             self.restarted_failed = self.store.load()
+            tasks.resume_numbering(self.store.tasks.values())
+            left = self.procs.ledger.end_leftovers()  # what a killed run left: ended before it is reported
+            if left:
+                self.event(f"ended {left} process group(s) a previous run of this state dir left behind")
         else:
             self._tmp = Path(tempfile.mkdtemp(prefix="mpibatch-emulate-"))
         self._identity()
@@ -155,11 +180,14 @@ class Emulator:
         if self.storage_arg in (None, "", "none"):
             return
         if self.storage_arg == "auto":
-            self.azurite = Azurite(self.work_dir / "azurite").start()
+            # the port: chosen, else the one this state dir's Azurite had (clients keep their connection string)
+            port = self.storage_port if self.storage_port is not None else self.store.meta.get("azurite_port", 0)
+            self.azurite = Azurite(self.work_dir / "azurite", port, self.procs.ledger.add).start()
             self.connection_string = self.azurite.connection_string
+            self.store.meta["azurite_port"] = self.azurite.port
             self.event(f"storage: Azurite on 127.0.0.1:{self.azurite.port} (auto-storage of {self.account})")
         else:
-            self.connection_string = self.storage_arg
+            self.connection_string = self.given_connection_string()
         try:
             self.storage = AutoStorage.parse(self.connection_string or "")
         except ValueError as e:
@@ -168,6 +196,7 @@ class Emulator:
     def stop(self) -> None:
         self.scheduler.stop()
         if self._server is not None:
+            self._server.closing.set()  # an accept loop waiting for a free request slot gives up
             if self._thread is not None:  # shutdown() waits for serve_forever, so only once it runs
                 self._server.shutdown()
                 self._thread = None

@@ -45,7 +45,7 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
                "executionInfo": {"startTime": t, "poolId": body["poolInfo"]["poolId"]}, "_nodes": {}}
         touch(job)
         emu.store.jobs[key(body["id"])] = job
-    emu.store.mark()
+    emu.store.mark(("jobs", job))
     emu.event(f"job {body['id']}: added on pool {body['poolInfo']['poolId']}")
     return job
 
@@ -70,7 +70,7 @@ def terminate(emu: Emulator, job_id: str, body: Any, *, reason: str = "UserTermi
             raise BatchError(409, "JobCompleted", "The specified job is already in a completed state.")
         set_state(job, "terminating")
         job["executionInfo"]["terminateReason"] = (body or {}).get("terminateReason") or reason
-    emu.store.mark()
+    emu.store.mark(("jobs", job))
     emu.event(f"job {job['id']}: terminating ({job['executionInfo']['terminateReason']})")
     threading.Thread(target=_finish, args=(emu, job, "completed"), name=f"end-{job_id}", daemon=True).start()
 
@@ -81,7 +81,7 @@ def delete(emu: Emulator, job_id: str) -> None:
         if job["state"] == "deleting":
             return
         set_state(job, "deleting")
-    emu.store.mark()
+    emu.store.mark(("jobs", job))
     emu.event(f"job {job['id']}: deleting")
     threading.Thread(target=_finish, args=(emu, job, None), name=f"delete-{job_id}", daemon=True).start()
 
@@ -98,11 +98,13 @@ def _finish(emu: Emulator, job: dict[str, Any], final: str | None) -> None:
         if final is None:
             for k in [k for k in emu.store.tasks if k.startswith(key(job["id"]) + "/")]:
                 del emu.store.tasks[k]
+                emu.store.gone("tasks", k)
             del emu.store.jobs[key(job["id"])]
+            emu.store.gone("jobs", key(job["id"]))
         else:
             set_state(job, final)
             job["executionInfo"]["endTime"] = now_iso()
-    emu.store.mark()
+            emu.store.mark(("jobs", job))
     emu.event(f"job {job['id']}: {'deleted' if final is None else final}")
 
 
@@ -175,7 +177,7 @@ def prepare(emu: Emulator, job: dict[str, Any], node: dict[str, Any]) -> dict[st
         info = _run_node_task(emu, job, node, "jobpreparation", spec)
         with emu.store.lock:
             _node_entry(emu, job, node)["jobPreparationTaskExecutionInfo"] = info
-        emu.store.mark()
+        emu.store.mark(("jobs", job))
         return _prep_failure(spec, info)
 
 
@@ -207,7 +209,7 @@ def release_all(emu: Emulator, job: dict[str, Any]) -> None:
         info = _run_node_task(emu, job, node, "jobrelease", spec)
         with emu.store.lock:
             entry["jobReleaseTaskExecutionInfo"] = info
-    emu.store.mark()
+    emu.store.mark(("jobs", job))
 
 
 def prep_release_status(emu: Emulator, job_id: str) -> list[dict[str, Any]]:

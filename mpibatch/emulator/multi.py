@@ -97,7 +97,8 @@ class MultiInstanceRun:
                 with emu.store.lock:
                     set_state(t, "running")
                     t["executionInfo"]["startTime"] = now_iso()
-                emu.store.mark()
+                emu.store.mark(("tasks", t))
+                emu.store.flush()
                 emu.event(f"task {t['_job']}/{t['id']}: running on {len(self.nodes)} nodes")
 
         self.executor = _Executor([n["id"] for n in self.nodes], base_env=emu.image, runs_dir=run_dir / "collected",

@@ -1,27 +1,117 @@
 """Processes on an emulated pool node: each node is a directory tree laid out as a Batch node's
 (`startup/`, `shared/`, `workitems/<job>/job-1/<task>/{wd,stdout.txt,stderr.txt}`) and its tasks are
-processes on this machine, each in its own process group so ending one ends everything it started.
-Ordinary tasks, start tasks and job preparation / release tasks run this way: they need no network
-namespace, and a process per task keeps the per-task cost small. Multi-instance tasks run on
-rehearsal nodes instead (see scheduler.py)."""
+processes on this machine. Ordinary tasks, start tasks and job preparation / release tasks run this way:
+they need no network namespace, and a process per task keeps the per-task cost small. Multi-instance
+tasks run on rehearsal nodes instead (see scheduler.py).
+
+Nothing a task starts outlives the emulator, `kill -9` included: each task is the first process of its
+own PID namespace (`unshare --pid --kill-child`, itself given PR_SET_PDEATHSIG as the rehearsal nodes'
+init is), and when that process dies the kernel ends every process in the namespace - also those that
+left the task's process group or session. Its PID 1 is a shell that runs the command line as its child
+(PID 1 ignores signals it has no handler for, a command must not), so a task ended by a signal reports
+128 + the signal, as on a Linux node. A ledger in the state directory (pid and start time of each task's
+first process) lets the next start end whatever a previous run left, before it reports those tasks'
+processes as ended."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..executors.lifecycle import split_command_line
+from ..executors.userns import die_with_parent
 from ..launchers.protocol import NodeLayout
 
 log = logging.getLogger(__name__)
 KILL_WAIT_S = 5
+# PID 1 of a task's namespace: runs the command as its child and exits with its status (128+n for signal n).
+INIT = ["/bin/sh", "-c", '"$@"; exit $?', "mpibatch-task"]
+_contain: list[str] | None = None  # the unshare prefix once probed ([] where this machine has no namespaces)
+
+
+def containment() -> list[str]:
+    """The argv prefix that puts a task in its own PID namespace, or [] (with a warning) where unshare
+    or namespaces are unavailable: then only the task's first process gets PR_SET_PDEATHSIG."""
+    global _contain
+    if _contain is None:
+        prefix = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL"]
+        if os.geteuid() != 0:
+            prefix += ["--user", "--map-current-user"]
+        try:
+            ok = subprocess.run([*prefix, "--", "/bin/true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if not ok:
+            log.warning("no PID namespaces here (unshare --pid failed): processes a task starts in the "
+                        "background may outlive a kill -9 of the emulator until its next start")
+        _contain = [*prefix, "--", *INIT] if ok else []
+    return _contain
+
+
+def program_missing(argv: list[str], env: dict[str, str], wd: Path) -> str | None:
+    """Why the command line's program cannot be started (as execvp would fail), or None."""
+    if not argv:
+        return "(empty): No such file or directory"
+    prog = argv[0]
+    path = (wd / prog) if "/" in prog else (shutil.which(prog, path=env.get("PATH", os.defpath)) or "")
+    if not path or not os.path.exists(path):
+        return f"{prog}: No such file or directory"
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        return f"{prog}: Permission denied"
+    return None
+
+
+def start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot): with the pid, it names one process for good."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+class Ledger:
+    """The first process (and process group) of everything the emulator started, in the state dir: a
+    start after a kill -9 ends whatever is left of them before it says their tasks' processes ended."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def add(self, pid: int) -> None:
+        if self.path is None:
+            return
+        with self._lock, open(self.path, "a") as f:  # the page cache outlives a kill -9 of this process
+            f.write(f"{pid} {start_time(pid)}\n")
+
+    def end_leftovers(self) -> int:
+        """SIGKILL every recorded process group whose first process still runs; returns how many."""
+        if self.path is None or not self.path.is_file():
+            return 0
+        ended = []
+        for line in self.path.read_text(errors="replace").splitlines()[-100_000:]:
+            parts = line.split()
+            if len(parts) == 2 and parts[0].isdigit() and start_time(int(parts[0])) == parts[1]:
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(int(parts[0]), signal.SIGKILL)
+                    except OSError:
+                        pass
+                ended.append(int(parts[0]))
+        deadline = time.monotonic() + KILL_WAIT_S
+        while any(start_time(p) for p in ended) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.path.write_text("")
+        return len(ended)
 
 
 def env_settings(items: list[dict[str, Any]] | None) -> dict[str, str]:
@@ -55,10 +145,11 @@ class Outcome:
 class Processes:
     """Every process the emulator started, so that ending a task (or the emulator) ends them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, ledger: Ledger | None = None) -> None:
         self._lock = threading.Lock()
         self._by_owner: dict[str, list[subprocess.Popen[bytes]]] = {}
         self._ended: set[str] = set()
+        self.ledger = ledger or Ledger(None)
 
     def run(self, owner: str, command_line: str, env: dict[str, str], task_dir: Path,
             timeout_s: float | None) -> Outcome:
@@ -69,16 +160,16 @@ class Processes:
             argv = split_command_line(command_line)
         except ValueError as e:
             return Outcome(None, {"category": "UserError", "code": "CommandLineInvalid", "message": str(e)})
+        missing = program_missing(argv, env, wd)
+        if missing:
+            return Outcome(None, {"category": "UserError", "code": "CommandProgramNotFound",
+                                  "message": f"cannot start {missing}"})
         with self._lock:
             if owner in self._ended:
                 return Outcome(None, ended())
-            try:
-                with open(task_dir / "stdout.txt", "ab") as out, open(task_dir / "stderr.txt", "ab") as err:
-                    p = subprocess.Popen(argv, cwd=wd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                         start_new_session=True)
-            except OSError as e:
-                return Outcome(None, {"category": "UserError", "code": "CommandProgramNotFound",
-                                      "message": f"cannot start {argv[0] if argv else '(empty)'}: {e.strerror}"})
+            p = self._start(argv, env, wd, task_dir)
+            if isinstance(p, Outcome):
+                return p
             self._by_owner.setdefault(owner, []).append(p)
         try:
             rc = p.wait(timeout=timeout_s)
@@ -105,8 +196,10 @@ class Processes:
         with self._lock:
             if owner in self._ended:
                 return None, b"", False
+            # Ended with the emulator too (this thread waits for it: PR_SET_PDEATHSIG follows the thread).
             p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=die_with_parent())
+            self.ledger.add(p.pid)
             self._by_owner.setdefault(owner, []).append(p)
         try:
             out, _ = p.communicate(stdin, timeout=timeout_s)
@@ -128,6 +221,20 @@ class Processes:
                     procs.remove(p)
                 if not procs:
                     self._by_owner.pop(owner, None)
+
+    def _start(self, argv: list[str], env: dict[str, str], wd: Path,
+               task_dir: Path) -> subprocess.Popen[bytes] | Outcome:
+        # The calling thread waits for the process to its end: PR_SET_PDEATHSIG follows that thread.
+        preexec: Callable[[], None] = die_with_parent()
+        try:
+            with open(task_dir / "stdout.txt", "ab") as out, open(task_dir / "stderr.txt", "ab") as err:
+                p = subprocess.Popen([*containment(), *argv], cwd=wd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=err, start_new_session=True, preexec_fn=preexec)
+        except OSError as e:
+            return Outcome(None, {"category": "UserError", "code": "CommandProgramNotFound",
+                                  "message": f"cannot start {argv[0]}: {e.strerror}"})
+        self.ledger.add(p.pid)
+        return p
 
     def end(self, owner: str) -> None:
         """End the owner's processes (and every process they started); later runs of it are refused."""

@@ -17,17 +17,22 @@ TOKEN = re.compile(r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<
 Pred = Callable[[dict[str, Any]], bool]
 
 
-def _both(a: Pred, b: Pred) -> Pred:
-    return lambda item: a(item) and b(item)
+MAX_NESTING = 32  # parentheses inside parentheses: the parser recurses once per level
+MAX_FILTER = 4096  # characters of one $filter
 
 
-def _either(a: Pred, b: Pred) -> Pred:
-    return lambda item: a(item) or b(item)
+def _all(preds: list[Pred]) -> Pred:
+    """One predicate for `a and b and ...`: flat, so a long chain never recurses when it is evaluated."""
+    return preds[0] if len(preds) == 1 else (lambda item: all(p(item) for p in preds))
+
+
+def _any(preds: list[Pred]) -> Pred:
+    return preds[0] if len(preds) == 1 else (lambda item: any(p(item) for p in preds))
 
 
 def bad_query(name: str, value: str, reason: str) -> BatchError:
     return BatchError(400, "InvalidQueryParameterValue", "Value for one of the query parameters specified in the "
-                      "request URI is invalid.", {"QueryParameterName": name, "QueryParameterValue": value,
+                      "request URI is invalid.", {"QueryParameterName": name, "QueryParameterValue": value[:200],
                                                    "Reason": reason})
 
 
@@ -62,7 +67,10 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {
 
 class _Parser:
     def __init__(self, text: str) -> None:
+        if len(text) > MAX_FILTER:
+            raise bad_query("$filter", text[:60], f"a filter has at most {MAX_FILTER} characters")
         self.text, self.toks, self.i = text, _tokens(text), 0
+        self.nesting = 0
 
     def fail(self, why: str) -> BatchError:
         return bad_query("$filter", self.text, f"mpibatch emulate reads comparisons (eq ne gt ge lt le), and, or, "
@@ -95,9 +103,13 @@ class _Parser:
     def atom(self) -> Pred:
         kind, text = self.take()
         if text == "(":
+            self.nesting += 1
+            if self.nesting > MAX_NESTING:
+                raise self.fail(f"parentheses nest more than {MAX_NESTING} deep")
             pred = self.expr()
             if self.take()[1] != ")":
                 raise self.fail("missing ')'")
+            self.nesting -= 1
             return pred
         if kind == "word" and text == "startswith":
             if self.take()[1] != "(":
@@ -116,18 +128,18 @@ class _Parser:
         return lambda item: fn(_value(item, text), value)
 
     def conj(self) -> Pred:
-        left = self.atom()
+        preds = [self.atom()]
         while self.peek() == ("word", "and"):
             self.i += 1
-            left = _both(left, self.atom())
-        return left
+            preds.append(self.atom())
+        return _all(preds)
 
     def expr(self) -> Pred:
-        left = self.conj()
+        preds = [self.conj()]
         while self.peek() == ("word", "or"):
             self.i += 1
-            left = _either(left, self.conj())
-        return left
+            preds.append(self.conj())
+        return _any(preds)
 
 
 def parse_filter(text: str) -> Pred:

@@ -91,10 +91,11 @@ def resize_to(emu: Emulator, pool: dict[str, Any], target: int) -> None:
         removable = [n for n in nodes if not n["_running"]][::-1][:max(0, len(nodes) - target)]
         for n in removable:
             del emu.store.nodes[key(pool["id"], n["id"])]
+            emu.store.gone("nodes", key(pool["id"], n["id"]))
         pool["currentDedicatedNodes"] = len(emu.store.pool_nodes(pool["id"]))
         pool["allocationState"], pool["allocationStateTransitionTime"] = "steady", now_iso()
         touch(pool)
-    emu.store.mark()
+    emu.store.mark(("pools", pool), *(("nodes", n) for n in joining))
     if joining or removable:
         emu.event(f"pool {pool['id']}: {pool['currentDedicatedNodes']} nodes")
     for n in joining:
@@ -125,7 +126,7 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
     if not st:
         with emu.store.lock:
             set_state(node, "idle")
-        emu.store.mark()
+        emu.store.mark(("nodes", node))
         emu.event(f"node {node['id']} of pool {pool['id']}: idle")
         return
     wait = st.get("waitForSuccess", True)
@@ -133,7 +134,7 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
         set_state(node, "starting" if wait else "idle")
         node["startTask"] = st
         node["startTaskInfo"] = {"state": "running", "startTime": now_iso(), "retryCount": 0}
-    emu.store.mark()
+    emu.store.mark(("nodes", node))
     retries = st.get("maxTaskRetryCount") or 0
     retries = START_TASK_RETRY_CAP if retries < 0 else min(retries, START_TASK_RETRY_CAP)
     task_dir = Path(node["_root"]) / "startup"
@@ -162,7 +163,7 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
                 if wait:
                     set_state(node, "idle" if failure is None else "starttaskfailed")
                 break
-    emu.store.mark()
+    emu.store.mark(("nodes", node))
     emu.event(f"node {node['id']} of pool {pool['id']}: {node['state']}"
               + (f" (start task: {failure['message']})" if failure else ""))
 
@@ -173,6 +174,7 @@ def delete(emu: Emulator, pool_id: str) -> None:
         if pool["state"] == "deleting":
             return
         set_state(pool, "deleting")
+        emu.store.mark(("pools", pool))
         running = [t for t in emu.store.tasks.values() if t.get("_pool", "").lower() == pool_id.lower()
                    and t["state"] in ("running", "preparing")]
     emu.event(f"pool {pool_id}: deleting")
@@ -184,9 +186,10 @@ def delete(emu: Emulator, pool_id: str) -> None:
             for n in emu.store.pool_nodes(pool_id):
                 emu.procs.end(f"node:{n['id']}")
                 del emu.store.nodes[key(pool_id, n["id"])]
+                emu.store.gone("nodes", key(pool_id, n["id"]))
             del emu.store.pools[key(pool_id)]
+            emu.store.gone("pools", key(pool_id))
         shutil.rmtree(emu.work_dir / "nodes" / pool["id"], ignore_errors=True)
-        emu.store.mark()
         emu.event(f"pool {pool_id}: deleted")
 
     threading.Thread(target=finish, name=f"delete-{pool_id}", daemon=True).start()

@@ -137,6 +137,7 @@ class Scheduler:
                     candidates.remove(c)
             set_state(t, "preparing")
             t["_nodes"] = [c["id"] for c in chosen]
+            store.mark(("tasks", t), *(("nodes", c) for c in chosen))
             started.append((k, t, chosen))
         return started
 
@@ -157,6 +158,7 @@ class Scheduler:
     # ------------------------------------------------------------------ running
     def _guard(self, target: Any, t: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
         try:
+            self.emu.store.flush()  # on disk before any process starts: a restart knows it was started
             target(t, nodes)
         except Exception as e:  # noqa: BLE001 - an emulator bug becomes the task's failure, never a hang
             log.exception("task %s", t["id"])
@@ -187,7 +189,8 @@ class Scheduler:
                              "taskRootDirectoryUrl": f"{node['url']}/files/{rel}"}
             set_state(t, "running")
             t["executionInfo"]["startTime"] = now_iso()
-        emu.store.mark()
+        emu.store.mark(("tasks", t))
+        emu.store.flush()
         emu.event(f"task {t['_job']}/{t['id']}: running on node {node['id']}")
         env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=node["_pool"], node=node,
                        job_id=t["_job"], task_id=t["id"], task_dir=task_dir)
@@ -265,7 +268,7 @@ class Scheduler:
                     set_state(n, "idle")
             self._workers.pop(k, None)
             job = emu.store.jobs.get(key(t["_job"]))
-        emu.store.mark()
+        emu.store.mark(("tasks", t), *(("nodes", n) for n in nodes if key(n["_pool"], n["id"]) in emu.store.nodes))
         emu.event(f"task {t['_job']}/{t['id']}: completed, " + (f"exit code {exit_code}" if exit_code is not None
                                                                else "no exit code")
                   + (f" ({failure['code']}: {failure['message']})" if failure else ""))

@@ -130,13 +130,35 @@ def check_id(value: Any, prop: str) -> str:
     return value
 
 
+MAX_DEPTH = 32  # Batch's bodies nest about 8 deep; deeper is refused before anything walks it
+
+
+def depth(value: Any) -> int:
+    """How deeply `value` nests objects and arrays (iterative: no recursion whatever the input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
+
+
 def parse_json(raw: bytes) -> Any:
     import json
 
+    too_deep = invalid_body(f"the body nests objects and arrays more than {MAX_DEPTH} deep")
     try:
-        return json.loads(raw or b"{}")
+        value = json.loads(raw or b"{}")
+    except RecursionError:  # the parser's own bound, far deeper than MAX_DEPTH
+        raise too_deep from None
     except ValueError as e:
-        raise invalid_body(f"not valid JSON: {e}") from None
+        raise invalid_body(f"not valid JSON: {str(e)[:120]}") from None
+    if depth(value) > MAX_DEPTH:
+        raise too_deep
+    return value
 
 
 def enum(value: Any, prop: str, allowed: tuple[str, ...]) -> str:

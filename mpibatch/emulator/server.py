@@ -1,6 +1,9 @@
 """The HTTP side: a threaded server on 127.0.0.1, the api-version and Shared Key checks, the routing of
 every emulated REST operation, Batch's error body, ETag / Last-Modified, file downloads with `ocp-range`.
-Every answer carries `x-ms-emulator: mpibatch-emulate` and a Server header saying it is an emulator."""
+Every answer carries `x-ms-emulator: mpibatch-emulate` and a Server header saying it is an emulator.
+
+Order of a request: its length is checked (edge.py), then api-version and Shared Key (auth.py), and only
+then is the body read; a change is in the fsynced journal (state.py) before it is answered."""
 from __future__ import annotations
 
 import io
@@ -9,15 +12,16 @@ import logging
 import os
 import re
 import secrets
+import socket
 import urllib.parse
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers import fileio
-from . import auth, files, jobs, odata, pools, schema, tasks
-from .errors import BatchError, new_etag, not_emulated, rfc1123
+from . import auth, edge, files, jobs, odata, pools, schema, tasks
+from .errors import BatchError, invalid_body, new_etag, not_emulated, rfc1123
 
 if TYPE_CHECKING:
     from .core import Emulator
@@ -25,7 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 API_VERSIONS = ("2025-06-01", "2024-07-01.20.0", "2024-02-01.19.0", "2023-11-01.18.0", "2023-05-01.17.0")
 EMULATOR_HEADER = ("x-ms-emulator", "mpibatch-emulate (not the Azure Batch service)")
-MAX_BODY = 4 * 1024 * 1024
+HTTP_ERROR_CODES = {400: "InvalidRequest", 408: "RequestTimeout", 414: "InvalidUri", 431: "InvalidHeaderValue",
+                    501: "UnsupportedHttpVerb", 505: "UnsupportedHttpVersion"}
 Answer = tuple[int, Any, dict[str, str]]
 ID = r"([^/]+)"
 
@@ -120,10 +125,24 @@ class Handler(BaseHTTPRequestHandler):
     emu: Emulator
     table: list[tuple[str, re.Pattern[str], Callable[..., Answer]]]
     protocol_version = "HTTP/1.1"
+    timeout = edge.IDLE_TIMEOUT_S  # a silent client cannot hold a thread for ever
     server_version = "mpibatch-emulate/1.0 (an Azure Batch emulator, not the Azure Batch service)"
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+    def handle_expect_100(self) -> bool:
+        self._expect_continue = True  # "100 Continue" only once the request is bounded and authenticated
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a request line, header or method it cannot take): Batch's error body,
+        then the connection is closed."""
+        rid = secrets.token_hex(16)
+        err = BatchError(code, HTTP_ERROR_CODES.get(code, "InvalidRequest"),
+                         (message or "The request is not valid.")[:200])
+        self.close_connection = True
+        self._reply(code, err.body(rid), {"request-id": rid, "Connection": "close"})
 
     def _serve(self) -> None:
         emu = self.emu
@@ -131,28 +150,21 @@ class Handler(BaseHTTPRequestHandler):
         rid = secrets.token_hex(16)
         headers = {"request-id": rid}
         if self.headers.get("client-request-id"):
-            headers["client-request-id"] = self.headers["client-request-id"]
+            headers["client-request-id"] = self.headers["client-request-id"][:200]
         body = b""
+        unread: int | None = None  # bytes of the body not read yet (None: not known)
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self.close_connection = True
-                raise BatchError(413, "RequestBodyTooLarge", "The request body is too large and exceeds the "
-                                 "maximum permissible limit.", {"MaxLimit": str(MAX_BODY)})
-            body = self.rfile.read(length) if length else b""
+            unread = edge.body_length(self.headers)
+            edge.check_size(unread)
             q = urllib.parse.parse_qs(query, keep_blank_values=True)
-            version = (q.get("api-version") or [""])[0]
-            if not version:
-                raise BatchError(400, "MissingRequiredQueryParameter", "A query parameter that's mandatory for "
-                                 "this request is not specified.", {"QueryParameterName": "api-version"})
-            if version not in API_VERSIONS:
-                raise BatchError(400, "UnsupportedRequestVersion", "The specified request version is not "
-                                 "supported.", {"QueryParameterName": "api-version", "QueryParameterValue": version,
-                                                "Reason": f"mpibatch emulate takes {', '.join(API_VERSIONS)}"})
+            check_version(q)
             auth.check(self.command, raw_path, query, self.headers, emu.account, emu.key)
+            body, unread = self._read_body(unread), 0
             if emu.before_request is not None:  # fault injection for tests (e.g. 429 throttling)
                 emu.before_request(self.command, raw_path, body)
             status, payload, extra = self._route(raw_path, q, body)
+            if self.command not in ("GET", "HEAD"):
+                emu.store.flush()  # acknowledged means durable: the change is on disk before the answer
             headers.update(extra)
         except BatchError as e:
             status, payload = e.status, e.body(rid)
@@ -164,7 +176,41 @@ class Handler(BaseHTTPRequestHandler):
                                  f"(mpibatch emulate: {e.__class__.__name__}).").body(rid)
         if emu.after_request is not None:
             emu.after_request(self.command, raw_path, status, body)
+        if unread != 0 or self.server.saturated():  # type: ignore[attr-defined]
+            headers["Connection"] = "close"
         self._reply(status, payload, headers)
+        if unread != 0:
+            self._end_unread(unread)
+        self._expect_continue = False  # per request: the handler serves every request of its connection
+
+    def _read_body(self, length: int) -> bytes:
+        if not length:
+            return b""
+        if getattr(self, "_expect_continue", False):
+            self.send_response_only(100)
+            self.end_headers()
+            self._expect_continue = False
+        try:
+            data = self.rfile.read(length)
+        except OSError:
+            data = b""
+        if len(data) < length:
+            self.close_connection = True
+            raise invalid_body(f"the body ended after {len(data)} of its {length} bytes (Content-Length)")
+        return data
+
+    def _end_unread(self, unread: int | None) -> None:
+        """A request answered without reading its body: end our side, then read and throw away (bounded) what
+        the client still sends, so that it reads the answer instead of a connection reset."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        if not getattr(self, "_expect_continue", False):  # a client waiting for "100 Continue" sends nothing
+            edge.discard(self.rfile, self.connection, edge.DISCARD_MAX if unread is None else
+                         min(unread, edge.DISCARD_MAX))
 
     def _route(self, raw_path: str, q: dict[str, list[str]], body: bytes) -> Answer:
         path = raw_path.rstrip("/") or "/"
@@ -243,10 +289,19 @@ def parse_range(header: str | None, size: int, *, head: bool = False) -> tuple[i
     return start, max(0, end - start + 1), f"bytes {start}-{end}/{size}"
 
 
-def make_server(emu: Emulator, port: int) -> ThreadingHTTPServer:
+def check_version(q: dict[str, list[str]]) -> None:
+    version = (q.get("api-version") or [""])[0]
+    if not version:
+        raise BatchError(400, "MissingRequiredQueryParameter", "A query parameter that's mandatory for "
+                         "this request is not specified.", {"QueryParameterName": "api-version"})
+    if version not in API_VERSIONS:
+        raise BatchError(400, "UnsupportedRequestVersion", "The specified request version is not "
+                         "supported.", {"QueryParameterName": "api-version", "QueryParameterValue": version[:40],
+                                        "Reason": f"mpibatch emulate takes {', '.join(API_VERSIONS)}"})
+
+
+def make_server(emu: Emulator, port: int) -> edge.BoundedServer:
     handler = type("EmulatorHandler", (Handler,), {"emu": emu, "table": routes(emu)})
     for verb in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
         setattr(handler, f"do_{verb}", Handler._serve)
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
-    return server
+    return edge.BoundedServer(("127.0.0.1", port), handler)

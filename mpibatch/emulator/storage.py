@@ -1,23 +1,31 @@
 """The account's auto-storage: a connection string the user gives, or (`auto`) an Azurite blob service
 the emulator starts itself and stops with it. Azurite comes from npm (`npm install azurite@3.35.0`, as
-scripts/install-test-deps.sh does into .cache/azurite) or any `azurite-blob` on PATH."""
+scripts/install-test-deps.sh does into .cache/azurite) or any `azurite-blob` on PATH.
+
+Azurite ends with the emulator however the emulator ends, `kill -9` included: it gets PR_SET_PDEATHSIG,
+from a thread that waits for it as long as it runs (the signal follows the thread that started it)."""
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InfraError, SpecError
+from ..executors.userns import die_with_parent
 
 log = logging.getLogger(__name__)
 # Azurite's well-known development account and key (public, in Azurite's README; not a secret).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 READY_TIMEOUT_S = 30
+PORT_FREE_WAIT_S = 10  # a chosen port held by the Azurite of a run that just died is free again soon
 HOW_TO_GET = ("install it with `npm install --prefix .cache/azurite azurite@3.35.0` (Node 18+), put "
               "`azurite-blob` on PATH, or pass --storage CONNECTION_STRING")
 
@@ -48,13 +56,47 @@ def _open(port: int) -> bool:
         return False
 
 
-class Azurite:
-    """An azurite-blob process on a free loopback port, with its data in `location`."""
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start `argv` from a thread that then waits for it: PR_SET_PDEATHSIG ends it with this process."""
+    box: queue.Queue[subprocess.Popen[bytes] | OSError] = queue.Queue()
 
-    def __init__(self, location: Path) -> None:
+    def keeper() -> None:
+        try:
+            with open(log_path, "ab") as out:
+                p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=die_with_parent())
+        except OSError as e:
+            box.put(e)
+            return
+        box.put(p)
+        p.wait()
+
+    threading.Thread(target=keeper, name="azurite-keeper", daemon=True).start()
+    got = box.get(timeout=READY_TIMEOUT_S)
+    if isinstance(got, OSError):
+        raise InfraError(f"Azurite did not start: {argv[0]}: {got.strerror or got}")
+    return got
+
+
+def _wait_free(port: int) -> bool:
+    deadline = time.monotonic() + PORT_FREE_WAIT_S
+    while _open(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+class Azurite:
+    """An azurite-blob process on a loopback port (`port`, else a free one), with its data in `location`.
+    `on_start(pid)` is told the process it started (the emulator's ledger of processes)."""
+
+    def __init__(self, location: Path, port: int = 0, on_start: Callable[[int], None] | None = None) -> None:
         self.location = location
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.wanted_port = port
+        self.on_start = on_start
 
     @property
     def connection_string(self) -> str:
@@ -67,13 +109,16 @@ class Azurite:
             raise SpecError("--storage", "auto needs Azurite, and no azurite-blob was found", HOW_TO_GET)
         self.location.mkdir(parents=True, exist_ok=True)
         log_path = self.location / "azurite.log"
-        for _ in range(3):
-            self.port = _free_port()
-            with open(log_path, "ab") as out:
-                self.proc = subprocess.Popen(
-                    [binary, "--silent", "--location", str(self.location), "--blobHost", "127.0.0.1", "--blobPort",
-                     str(self.port), "--skipApiVersionCheck", "--disableTelemetry"],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.wanted_port and not _wait_free(self.wanted_port):
+            raise SpecError("--storage-port", f"127.0.0.1:{self.wanted_port} is in use by another program",
+                            "stop it, or choose another port with --storage-port N (clients then need the new "
+                            "connection string)")
+        for _ in range(1 if self.wanted_port else 3):
+            self.port = self.wanted_port or _free_port()
+            self.proc = _spawn([binary, "--silent", "--location", str(self.location), "--blobHost", "127.0.0.1",
+                                "--blobPort", str(self.port), "--skipApiVersionCheck", "--disableTelemetry"], log_path)
+            if self.on_start is not None:
+                self.on_start(self.proc.pid)
             deadline = time.monotonic() + READY_TIMEOUT_S
             while time.monotonic() < deadline and self.proc.poll() is None and not _open(self.port):
                 time.sleep(0.05)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -18,6 +19,13 @@ MAX_TASKS_PER_COLLECTION = 100
 MAX_COLLECTION_BYTES = 1024 * 1024
 FOREVER = "P10675199DT2H48M5.4775807S"
 _seq = itertools.count()
+
+
+def resume_numbering(loaded: Iterable[dict[str, Any]]) -> None:
+    """Tasks added after a restart come after the loaded ones in the scheduling order."""
+    global _seq
+    last = max((t.get("_seq", 0) for t in loaded if isinstance(t.get("_seq"), int)), default=-1)
+    _seq = itertools.count(max(last + 1, next(_seq)))
 
 
 def check(emu: Emulator, job: dict[str, Any], body: Any) -> dict[str, Any]:
@@ -78,7 +86,7 @@ def add(emu: Emulator, job_id: str, body: Any) -> dict[str, Any]:
     with emu.store.lock:
         job = _active_job(emu, job_id)
         task = _store(emu, job, check(emu, job, body))
-    emu.store.mark()
+    emu.store.mark(("tasks", task))
     return task
 
 
@@ -104,6 +112,7 @@ def add_collection(emu: Emulator, job_id: str, raw: bytes) -> dict[str, Any]:
             tid = v.get("id") if isinstance(v, dict) else None
             try:
                 task = _store(emu, job, check(emu, job, v))
+                emu.store.mark(("tasks", task))
                 results.append({"status": "success", "taskId": task["id"], "eTag": task["eTag"],
                                 "lastModified": task["lastModified"], "location": task["url"]})
             except BatchError as e:
@@ -156,7 +165,7 @@ def terminate(emu: Emulator, job_id: str, task_id: str) -> None:
             set_state(t, "completed")
             t["executionInfo"].update({"endTime": now_iso(), "result": "failure", "failureInfo": {
                 "category": "UserError", "code": "TaskEnded", "message": "Task was ended by user request."}})
-            emu.store.mark()
+            emu.store.mark(("tasks", t))
             return
     emu.scheduler.end_task(t)
 
@@ -168,7 +177,7 @@ def delete(emu: Emulator, job_id: str, task_id: str) -> None:
         emu.scheduler.wait_ended([t])
     with emu.store.lock:
         emu.store.tasks.pop(key(job_id, task_id), None)
-    emu.store.mark()
+    emu.store.gone("tasks", key(job_id, task_id))
 
 
 def subtasks(emu: Emulator, job_id: str, task_id: str) -> list[dict[str, Any]]:
@@ -202,7 +211,7 @@ def task_file(emu: Emulator, job_id: str, task_id: str, file_path: str) -> Binar
 def collection_count(raw: bytes) -> int:
     try:
         return len(json.loads(raw).get("value") or [])
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return 0
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import http.client
 import threading
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 
 class StorageProxy:
@@ -37,7 +37,7 @@ class StorageProxy:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "StorageProxy":
+    def __enter__(self) -> StorageProxy:
         self.thread.start()
         return self
 

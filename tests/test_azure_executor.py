@@ -22,8 +22,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -110,7 +111,8 @@ def assert_no_secrets(text: str, *secrets: str) -> None:
     assert not SAS_SIG.search(text), "a SAS signature appeared in the output"
 
 
-def run_cli(args: list[str], env: dict[str, str], *secrets: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def run_cli(args: list[str], env: dict[str, str], *secrets: str,
+            timeout: float = 240) -> subprocess.CompletedProcess[str]:
     p = subprocess.run([str(MPIBATCH), *args], env=env, capture_output=True, text=True, timeout=timeout)
     assert_no_secrets(p.stdout + p.stderr, *secrets)
     return p

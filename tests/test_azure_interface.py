@@ -117,7 +117,8 @@ def test_collect_of_a_task_not_ended_is_one_clear_line(store_only: BatchEmulator
 
 def test_coordination_failure_on_a_subtask_says_coordination_and_numbers_the_instance_once(
         standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
-    spec, job_id, task_id = hello_spec(tmp_path, instances=2, coordination='test "$AZ_BATCH_IS_CURRENT_NODE_MASTER" = true',
+    spec, job_id, task_id = hello_spec(tmp_path, instances=2,
+                                       coordination='test "$AZ_BATCH_IS_CURRENT_NODE_MASTER" = true',
                                        mpi={"flavor": "mpich", "processes_per_node": 1})
     env = cli_env(standin, azurite)
     p = run_cli(["submit", str(spec), "--output", "json", "--runs-dir", str(tmp_path / "runs")], env,

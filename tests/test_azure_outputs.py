@@ -11,8 +11,7 @@ import pytest
 
 from tests.infra.batch_emulator import BatchEmulator
 from tests.infra.fixtures import Azurite, azurite  # noqa: F401
-from tests.test_azure_executor import (cli_env, container_blobs, hello_spec, run_cli, secrets_of,  # noqa: F401
-                                       standin)
+from tests.test_azure_executor import cli_env, container_blobs, hello_spec, run_cli, secrets_of, standin  # noqa: F401
 
 pytestmark = pytest.mark.azure
 

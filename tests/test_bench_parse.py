@@ -142,7 +142,8 @@ def test_osu_latency_tail_columns_keep_the_average():
 
 
 def test_osu_latency_old_format():
-    text = "# OSU MPI Latency Test v5.6.2\n# Size          Latency (us)\n0                       1.16\n1                       1.18\n"
+    text = ("# OSU MPI Latency Test v5.6.2\n# Size          Latency (us)\n"
+            "0                       1.16\n1                       1.18\n")
     samples = parse_osu_latency(text)
     assert [(s.size, s.latency_us) for s in samples] == [(0, 1.16), (1, 1.18)]
 

@@ -37,7 +37,8 @@ def sha1_of_lower(job_id: str) -> str:
 def test_readme_examples() -> None:
     # Microsoft.Azure.Batch.Conventions.Files README
     assert job_container_name("MyTerrificJob") == "job-myterrificjob"
-    assert job_container_name("my-_EVEN_MORE_-terrific-job") == "job-my-even-more-te-68b05a7d8aa6aa65b9a6892c667a6c406a16ad65"
+    assert (job_container_name("my-_EVEN_MORE_-terrific-job")
+            == "job-my-even-more-te-68b05a7d8aa6aa65b9a6892c667a6c406a16ad65")
     assert sha1_of_lower("my-_EVEN_MORE_-terrific-job") == "68b05a7d8aa6aa65b9a6892c667a6c406a16ad65"
     # the hash is of the lower-cased id, not of the id as given
     assert hashlib.sha1(b"my-_EVEN_MORE_-terrific-job").hexdigest() != "68b05a7d8aa6aa65b9a6892c667a6c406a16ad65"
@@ -56,7 +57,8 @@ DOTNET_CASES = [
     ("-_-", "job-job-6fe16b401f95cfcf3aba78023b0a14ef782813e1"),
     ("-", "job-job-3bc15c8aae3e4124dd409035f32ea2fd6835efc9"),
     ("_", "job-job-53a0acfad59379b3e050338bf9f23cfc172ee787"),
-    ("myverylongjobnameallinonewordreallystartingtogetreallysillynow", "job-myverylongjobna-a8700e4947d0c8c621e53b24246aa0349d830e41"),
+    ("myverylongjobnameallinonewordreallystartingtogetreallysillynow",
+     "job-myverylongjobna-a8700e4947d0c8c621e53b24246aa0349d830e41"),
 ]
 
 
@@ -122,7 +124,8 @@ def test_every_valid_job_id_gives_a_valid_container_name(job_id: str) -> None:
         assert name.endswith("-" + sha1_of_lower(job_id)) and len(name) <= 4 + 15 + 1 + 40
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "a/b", "a.b", "a" * 65, "ü", "a:b", "sched:job-", "sched:job-x", ":job-1", "a\n", "s:job-1\n", "$(id)"])
+@pytest.mark.parametrize("bad", ["", "a b", "a/b", "a.b", "a" * 65, "ü", "a:b", "sched:job-", "sched:job-x", ":job-1",
+                                 "a\n", "s:job-1\n", "$(id)"])
 def test_invalid_job_ids(bad: str) -> None:
     with pytest.raises(SpecError) as err:
         job_container_name(bad)
@@ -308,7 +311,8 @@ def test_custom_field_names() -> None:
 @given(
     st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True),
     st.sampled_from(KINDS),
-    st.lists(st.from_regex(r"[A-Za-z0-9_. -]{1,12}", fullmatch=True).filter(lambda s: s not in (".", "..")), min_size=1, max_size=4),
+    st.lists(st.from_regex(r"[A-Za-z0-9_. -]{1,12}", fullmatch=True).filter(lambda s: s not in (".", "..")),
+             min_size=1, max_size=4),
     st.integers(0, 3),
 )
 @settings(max_examples=100, deadline=None)

@@ -14,9 +14,10 @@ service API" (output files per uploadCondition).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,8 @@ def storage_urls(conn: str) -> tuple[str, str]:
 
 
 def test_sdk15_full_workflow(emulator: EmulatorProcess) -> None:
-    from azure.batch import BatchClient, models as m
+    from azure.batch import BatchClient
+    from azure.batch import models as m
     from azure.core.credentials import AzureNamedKeyCredential
     from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.blob import BlobServiceClient

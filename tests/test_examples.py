@@ -121,7 +121,8 @@ def heat_args() -> list[str]:
 @pytest.mark.mpi
 def test_heat_simulation_matches_a_serial_run(tmp_path: Path) -> None:
     readme_mentions("heat-simulation", "mpibatch run examples/heat-simulation/spec.yaml",
-                    "stitch.py mpibatch-runs/heat-simulation/heat.latest \\\n  -o mpibatch-runs/heat-simulation/heat.latest/heat.png")
+                    "stitch.py mpibatch-runs/heat-simulation/heat.latest \\\n"
+                    "  -o mpibatch-runs/heat-simulation/heat.latest/heat.png")
     env = mpi_env("mpich")
     result = run_local(HEAT / "spec.yaml", "mpich", tmp_path / "runs")
     # Every instance ran ranks and its part files were collected, subtasks included.

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient, generate_container_sas
+from mpibatch.launchers.blobio import BlobError, ContainerClient
 
-from mpibatch.conventions import (JobOutputStorage, TaskOutputStorage, job_container_name,
-                                  prepare_output_storage)
+from mpibatch.conventions import JobOutputStorage, TaskOutputStorage, job_container_name, prepare_output_storage
 from mpibatch.errors import InfraError, SpecError
 from mpibatch.fileconventions import download_outputs
-from mpibatch.launchers.blobio import BlobError, ContainerClient
 from tests.infra.fixtures import Azurite, azurite  # noqa: F401
 from tests.storage_proxy import StorageProxy
 

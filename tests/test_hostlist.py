@@ -189,7 +189,7 @@ def test_is_ipv6() -> None:
     assert not is_ipv6("10.0.0.4") and not is_ipv6("node-1") and not is_ipv6("[::1]")
 
 
-# ------------------------------------------------------------------------------------------------ AZ_BATCH_HOST_LIST / NODE_LIST
+# ----------------------------------------------------------------------------- AZ_BATCH_HOST_LIST / NODE_LIST
 
 
 def test_host_list_examples() -> None:

@@ -7,9 +7,9 @@ test_ssh_executor.py run the same lifecycle over real namespaces and sshd hosts.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pytest
 
@@ -30,7 +30,7 @@ class Outcome:
 
 
 class FakeProc:
-    def __init__(self, t: "FakeTransport", node: Node, line: str, outcome: Outcome) -> None:
+    def __init__(self, t: FakeTransport, node: Node, line: str, outcome: Outcome) -> None:
         self.t, self.node, self.line, self.outcome = t, node, line, outcome
         self.polls = 0
         self.killed = False
@@ -58,7 +58,7 @@ class FakeTransport:
     procs: list[FakeProc] = field(default_factory=list)
     files: dict[tuple[int, str], str] = field(default_factory=dict)
     lost_nodes: dict[int, str] = field(default_factory=dict)
-    lose_when: Callable[["FakeTransport"], dict[int, str]] | None = None
+    lose_when: Callable[[FakeTransport], dict[int, str]] | None = None
     envs: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)
     starts: dict[str, int] = field(default_factory=dict)
     closed: bool = False
@@ -143,7 +143,8 @@ def test_order_coordination_everywhere_then_the_application_on_the_primary_only(
     kinds = [e[0] for e in t.events]
     # the application starts only after every coordination command exited
     last_coord_exit = max(i for i, e in enumerate(t.events) if e[0] == "exit" and e[2] == COORD)
-    assert kinds.index("start", last_coord_exit) == next(i for i, e in enumerate(t.events) if e[:3] == ("start", 0, APP))
+    first_app_start = next(i for i, e in enumerate(t.events) if e[:3] == ("start", 0, APP))
+    assert kinds.index("start", last_coord_exit) == first_app_start
     # collection after the application, release after collection
     first_collect = kinds.index("collect")
     assert first_collect > next(i for i, e in enumerate(t.events) if e[0] == "exit" and e[2] == APP)

@@ -53,7 +53,8 @@ def test_persist_on_a_node_and_the_client_agree_on_every_name(azurite: Azurite, 
     (wd / "results" / "outside").symlink_to("/etc/hostname")  # never followed
     (task_dir / "stdout.txt").write_bytes(b"out\n")
     (task_dir / "stderr.txt").write_bytes(b"")
-    env = {"PATH": os.environ["PATH"], "MPIBATCH_PERSIST_URL": sas_url(azurite, job_container_name(job), PERSIST_PERMISSIONS),
+    env = {"PATH": os.environ["PATH"],
+           "MPIBATCH_PERSIST_URL": sas_url(azurite, job_container_name(job), PERSIST_PERMISSIONS),
            "AZ_BATCH_HOST_LIST": "10.0.0.4,10.0.0.5,10.0.0.6", "AZ_BATCH_MASTER_NODE": "10.0.0.4:6000",
            "PMI_RANK": "2"}
     outputs = [("TaskOutput", "results/**"), ("TaskLog", "*.log")]

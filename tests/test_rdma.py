@@ -109,7 +109,8 @@ def test_classify_agrees_with_the_facts_pattern() -> None:
         assert (pattern.match(name) is not None) == (expected != "none"), name
 
 
-size_names = st.from_regex(r"(Standard_|standard_|STANDARD_|)(HB|HC|HX|H|NC|ND|NV|D|E|F|A)[0-9]{1,3}(-[0-9]{1,3})?[a-zA-Z]{0,4}(_[A-Za-z0-9]{1,5}){0,2}", fullmatch=True)
+size_names = st.from_regex(r"(Standard_|standard_|STANDARD_|)(HB|HC|HX|H|NC|ND|NV|D|E|F|A)[0-9]{1,3}(-[0-9]{1,3})?"
+                           r"[a-zA-Z]{0,4}(_[A-Za-z0-9]{1,5}){0,2}", fullmatch=True)
 
 
 @given(size_names)

@@ -2,8 +2,8 @@
 rendered Linux command lines *executed* with stand-in launchers that record the argv they were given.
 
 The stand-ins (`mpirun`, `mpiexec`) are tiny Python scripts put first on PATH; the command line runs under
-/bin/bash -c exactly as a Batch node runs it, with the node's environment variables (docs/batch-semantics.md#environment) and
-the task's environment settings taken from the rendered JSON.
+/bin/bash -c exactly as a Batch node runs it, with the node's environment variables
+(docs/batch-semantics.md#environment) and the task's environment settings taken from the rendered JSON.
 """
 from __future__ import annotations
 
@@ -379,7 +379,8 @@ SHELLCHECK_SPECS = {
     "full": dict(coordination="mkdir -p out && echo \"$AZ_BATCH_NODE_ID\" > out/node.txt",
                  shared_dir="sshfs",
                  common_files=[{"source": "https://example.org/a b.tgz", "path": "in put/a b.tgz"}],
-                 environment={"A": "it's", "B": "$(x)"}, outputs=["results/**", {"pattern": "x y/*", "kind": "TaskLog"}],
+                 environment={"A": "it's", "B": "$(x)"},
+                 outputs=["results/**", {"pattern": "x y/*", "kind": "TaskLog"}],
                  command=["app", *HOSTILE], mpi={"options": ["--mca", "btl", "^openib"], "fabric": "tcp"}),
     "shell-line": dict(command="python3 app.py > out.txt 2>&1 && echo done", coordination="true"),
     "ppn8": dict(ppn=8, instances=100),

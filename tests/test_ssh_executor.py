@@ -1,7 +1,6 @@
 """The SSH executor on a real multi-host cluster (network namespaces with their own sshd: tests/infra)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -45,7 +44,8 @@ def _spec(tmp: Path, job: str, *, flavor: str = "mpich", instances: int = 3, ppn
     return parse_spec(data, tmp)
 
 
-def _executor(c: SshCluster, tmp: Path, flavor: str = "mpich", hosts: list[str] | None = None, **kw: Any) -> SshExecutor:
+def _executor(c: SshCluster, tmp: Path, flavor: str = "mpich", hosts: list[str] | None = None,
+              **kw: Any) -> SshExecutor:
     kw.setdefault("known_hosts", str(c.known_hosts_path))
     return SshExecutor(hosts or c.hosts, user="root", key=str(c.client_key_path), runs_dir=str(tmp / "runs"),
                        remote_path_prepend=[str(VENVS / flavor / "bin")], **kw)

@@ -15,8 +15,7 @@ import pytest
 
 from mpibatch.executors.local import LocalExecutor
 from mpibatch.spec import parse_spec
-from tests.faults.helpers import (descendants, pid_namespaces, shm_entries, start_cli, wait_for_line,
-                                  wait_gone)
+from tests.faults.helpers import descendants, pid_namespaces, shm_entries, start_cli, wait_for_line, wait_gone
 from tests.infra.fixtures import VENVS, mpi_env
 
 pytestmark = pytest.mark.mpi

@@ -60,7 +60,7 @@ class BatchEmulator:
         self.emu.after_request = self._after
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "BatchEmulator":
+    def start(self) -> BatchEmulator:
         logging.getLogger("mpibatch.emulator").addHandler(self._errors)
         self.emu.start()
         return self

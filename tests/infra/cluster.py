@@ -37,16 +37,16 @@ import os
 import random
 import re
 import secrets
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -321,14 +321,14 @@ class SshCluster:
         return Path(f"/proc/{node.pid}/root{p}")
 
     # ---------------------------------------------------------------------------------------------- lifecycle
-    def __enter__(self) -> "SshCluster":
+    def __enter__(self) -> SshCluster:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> "SshCluster":
+    def start(self) -> SshCluster:
         with self._lock:
             if self._started:
                 raise ClusterError("cluster already started")
@@ -488,7 +488,8 @@ class SshCluster:
             # under a private dir, e.g. a CI clone in /tmp: park it, mount the tmpfs, move it back.
             keep = [d for d in self.private_dirs if REPO_ROOT == Path(d) or Path(d) in REPO_ROOT.parents]
             if keep:
-                mounts.append(f"mkdir -p {n.dir / 'repo'} && mount --bind {shlex.quote(str(REPO_ROOT))} {n.dir / 'repo'}")
+                repo = n.dir / 'repo'
+                mounts.append(f"mkdir -p {repo} && mount --bind {shlex.quote(str(REPO_ROOT))} {repo}")
             mounts += [f"mkdir -p {d} && mount -t tmpfs -o mode=1777 tmpfs {d}" for d in self.private_dirs]
             if keep:
                 repo = shlex.quote(str(REPO_ROOT))

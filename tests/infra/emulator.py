@@ -56,7 +56,7 @@ class EmulatorProcess:
         self.log: list[str] = []
         self._reader: threading.Thread | None = None
 
-    def start(self) -> "EmulatorProcess":
+    def start(self) -> EmulatorProcess:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      preexec_fn=default_sigint,
                                      env=self.env, stdin=subprocess.DEVNULL)
@@ -125,7 +125,7 @@ class EmulatorProcess:
                 p.kill()
                 p.wait(timeout=10)
                 raise AssertionError("mpibatch emulate did not stop within "
-                                     f"{timeout}s of Ctrl-C:\n" + "\n".join(self.log))
+                                     f"{timeout}s of Ctrl-C:\n" + "\n".join(self.log)) from None
         if self._reader is not None:
             self._reader.join(5)
         if check:

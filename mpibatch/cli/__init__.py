@@ -5,10 +5,11 @@ import logging
 
 import click
 
-from . import azure, bench, emulate, logs, outputs, preview, run
+from . import azure, bench, emulate, init, logs, outputs, preview, run
+from .common import Group
 
 
-@click.group()
+@click.group(cls=Group)
 @click.option("-v", "--verbose", count=True, help="more log output on stderr (-vv for debug)")
 @click.version_option(package_name="mpibatch")
 def main(verbose: int) -> None:
@@ -21,7 +22,7 @@ def main(verbose: int) -> None:
         logging.getLogger(name).setLevel(level if verbose >= 2 else logging.CRITICAL)
 
 
-for _module in (preview, run, azure, logs, outputs, bench, emulate):
+for _module in (init, preview, run, azure, logs, outputs, bench, emulate):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

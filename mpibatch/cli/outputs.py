@@ -15,7 +15,7 @@ import click
 from ..conventions import is_safe_relative
 from ..errors import SpecError
 from ..fileconventions import JobOutputStorage, TaskOutputStorage, download_outputs
-from .common import EXIT_INFRA, EXIT_OK, echo_json, output_option, report_errors
+from .common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, Stop, echo_json, output_option, report_errors
 from .transfer_progress import transfer_progress
 
 
@@ -99,8 +99,8 @@ def get_outputs(job_id: str, task_id: str, kind: str | None, to: Path | None, ou
                                         on_bytes=bar.moved if bar else None,
                                         on_done=(lambda _o, _r: bar.file_done()) if bar else None)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: no partial file was left; rerun the same command to resume into {dest}", err=True)
-        sys.exit(130)
+        raise Stop(EXIT_INTERRUPTED, f"interrupted: no partial file was left; rerun the same command to resume "
+                   f"into {dest}") from None
     for o, outcome in zip(todo, outcomes):
         results[o.blob_name] = outcome if isinstance(outcome, str) else f"failed: {outcome}"
     failed = {b: r for b, r in results.items() if r not in ("downloaded", "kept")}

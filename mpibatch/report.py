@@ -9,6 +9,10 @@ def _cell(v: object) -> str:
     return "-" if v is None else str(v)
 
 
+# The headline of a failure: "FAILED in <phase>" reads well for the task's phases, not for these two.
+_HEADLINES = {"interrupted": "STOPPED", "timeout": "TIMED OUT"}
+
+
 def format_result(r: TaskResult, stdout_lines: int = 20) -> str:
     head = (f"task {r.job_id}/{r.task_id} on {r.executor}: {r.state}, exit code {_cell(r.exit_code)}, "
             f"{r.elapsed_s:.1f}s, attempt{'s' if r.attempts != 1 else ''} {r.attempts}"
@@ -21,7 +25,8 @@ def format_result(r: TaskResult, stdout_lines: int = 20) -> str:
     lines = [head, ""] + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if r.failure:
         where = f" (instance {r.failure.instance})" if r.failure.instance is not None else ""
-        lines += ["", f"FAILED in {r.failure.phase}{where}: {redact(r.failure.reason)}"]
+        headline = _HEADLINES.get(r.failure.phase, f"FAILED in {r.failure.phase}")
+        lines += ["", f"{headline}{where}: {redact(r.failure.reason)}"]
     for m in r.missing:
         lines.append(f"missing: {redact(m)}")
     if r.failure and r.instances:

@@ -58,7 +58,7 @@ class Proc(Protocol):
 
 
 class Transport(Protocol):
-    name: str
+    name: str  # a transport may also set poll_s: how often a wait looks at its processes (default POLL_S)
 
     def open(self, n: int) -> list[Node]: ...
     def make_dirs(self, node: Node, dirs: Sequence[str], clean: Sequence[str] = ()) -> None: ...
@@ -138,7 +138,7 @@ class Lifecycle:
                 raise _Failed(Failure("timeout", f"{limit[1]} exceeded during {phase}; every process was ended"),
                               timed_out=True)
             if len(codes) < len(procs):
-                time.sleep(POLL_S)
+                time.sleep(getattr(self.t, "poll_s", POLL_S))
         return codes
 
     # ------------------------------------------------------------------ phases

@@ -111,6 +111,7 @@ class _LocalProc:
 
 class LocalTransport:
     name = "local"
+    poll_s = 0.01  # a poll here is a waitpid: look often, so no wait adds tens of milliseconds to a run
     MODULEFILES = "modulefiles"  # in the run's directory: what the nodes' `module avail` lists
 
     def __init__(self, keep_nodes: bool = False, workdir: str | None = None,

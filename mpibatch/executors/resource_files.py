@@ -2,11 +2,8 @@
 downloaded once per run within the task's max_wall_clock."""
 from __future__ import annotations
 
-import http.client
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from ..inputfiles import check_readable_file
@@ -39,6 +36,10 @@ def download(ref: FileRef, cache: Path, deadline: float | None = None, idle_s: f
     timeout alone would let a server that trickles a byte every few seconds hold the run forever.
     The transfer runs in a daemon thread the caller stops waiting for at the deadline (or Ctrl-C);
     the thread then stops after its current read. Errors name the file and the URL without its SAS."""
+    import http.client  # here, not at the top: a run without URL sources never pays for them
+    import urllib.error
+    import urllib.request
+
     dest = cache / f"{abs(hash(ref.source))}-{Path(ref.path).name}"
     if dest.exists():
         return dest

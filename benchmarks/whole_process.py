@@ -155,6 +155,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print this user's numbers as JSON, write nothing")
     ap.add_argument("--runs", type=int, default=RUNS, help=f"runs of each (default {RUNS})")
     ap.add_argument("--also-user", help="as root: measure as this user too, from ~USER/mpibatch/.venv")
+    ap.add_argument("--user-dir", default="mpibatch", help="the user's checkout, relative to its home (default "
+                    "mpibatch; scripts/hello.sh there makes its .venv)")
+    ap.add_argument("--user-baseline", help="the user's other checkout (relative to its home) to measure as the "
+                    "baseline in the same rounds")
     ap.add_argument("--no-write", action="store_true", help="print the tables, leave RESULTS.md alone")
     ap.add_argument("--baseline", type=Path, help="a venv bin directory with another mpibatch, measured in the same "
                     "rounds (before/after)")
@@ -165,20 +169,22 @@ def main() -> None:
         return
     if args.also_user:
         home = Path(pwd.getpwnam(args.also_user).pw_dir)
+        checkout = home / args.user_dir
+        extra = ["--baseline", str(home / args.user_baseline / ".venv/bin")] if args.user_baseline else []
         out = subprocess.run(["runuser", "-u", args.also_user, "--", "env", "-i", f"HOME={home}", "LANG=C.UTF-8",
-                              "PATH=/usr/local/bin:/usr/bin:/bin", str(home / "mpibatch/.venv/bin/python"),
-                              str(home / "mpibatch/benchmarks/whole_process.py"), "--json", "--runs", str(args.runs)],
-                             cwd=home, capture_output=True, text=True, check=True)
+                              "PATH=/usr/local/bin:/usr/bin:/bin", str(checkout / ".venv/bin/python"),
+                              str(checkout / "benchmarks/whole_process.py"), "--json", "--runs", str(args.runs),
+                              *extra], cwd=home, capture_output=True, text=True, check=True)
         results.append(json.loads(out.stdout))
     for m in list(results):
         if "baseline" in m:  # shown as its own rows, named after the run it was measured with
             b: dict[str, object] = dict(m["baseline"])  # type: ignore[arg-type]
-            results.append({**m, **b, "user": f"{m['user']}, baseline {args.baseline}", "azure_loaded": False})
+            results.append({**m, **b, "user": f"{m['user']}, baseline", "azure_loaded": False})
     table = [rows(m) for m in results]
     totals = ["| who | bare mpiexec (s) | mpibatch run (s) | over bare (s) | goal bare + 0.3 s met | "
               "Azure SDK loaded |", "|---|---|---|---|---|---|", *(t for t, _ in table)]
     phases = ["| who | " + " | ".join(PHASES) + " | sum |", "|---" * (len(PHASES) + 2) + "|", *(p for _, p in table)]
-    command = "python benchmarks/whole_process.py" + (f" --also-user {args.also_user}" if args.also_user else "")
+    command = " ".join(["python benchmarks/whole_process.py", *sys.argv[1:]])
     body = (f"`{command}`: medians of {args.runs} whole processes taken alternately - the `mpibatch` console "
             "script running `mpibatch run examples/hello/spec.yaml` (3 emulated nodes x 2 ranks of MPICH) vs bare "
             "`mpiexec -n 6 python3 hello.py` from the same venv; goal <= bare + 0.3 s. 2-core machine shared "

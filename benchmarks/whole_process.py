@@ -5,8 +5,8 @@ taken alternately. Where mpibatch's extra time goes, per phase, from the moment 
 arrives (stderr) and the result line (stdout, unbuffered):
 
     interpreter  `python -c pass` of the venv (the console script pays it, as bare mpiexec's ranks do)
-    import       `python -c "import mpibatch.cli"` minus `python -c pass`
-    spec         the rest of start-up: click, the spec, the executor, until "starting: 3 nodes"
+    import       until `mpibatch.cli` is imported (a probe run: the console script's code plus a mark)
+    spec         from there until "starting: 3 nodes": click, the spec, the executor's checks
     node start   until "coordination: 0/3" (namespaces, node directories, common files)
     coordination until "running: application"
     app          until "collecting:" (mpiexec and the ranks: what bare runs)
@@ -86,11 +86,22 @@ def _phases(elapsed: float, lines: list[tuple[float, str]]) -> dict[str, float]:
     return out
 
 
-def _import_s(python: str, cwd: Path, env: dict[str, str], runs: int) -> float:
-    """What `import mpibatch.cli` adds to an interpreter's start, wall clock (-X importtime inflates it)."""
-    bare = statistics.median(_run([python, "-c", "pass"], cwd, env)[0] for _ in range(runs))
-    full = statistics.median(_run([python, "-c", "import mpibatch.cli"], cwd, env)[0] for _ in range(runs))
-    return max(0.0, full - bare)
+# What the console script does, plus one line on stderr once `mpibatch.cli` is imported: splits start-up.
+PROBE = ("import sys; from mpibatch.cli import main; sys.stderr.write('mark: imported\\n'); "
+         "sys.argv[0] = 'mpibatch'; sys.exit(main())")
+
+
+def _startup(python: str, args: list[str], cwd: Path, env: dict[str, str], runs: int) -> dict[str, float]:
+    """Start-up split by a probe run (the console script's two lines, and a mark after the import):
+    the interpreter (`python -c pass`), the import, then the spec and set-up until "starting:"."""
+    interp = statistics.median(_run([python, "-c", "pass"], cwd, env)[0] for _ in range(runs))
+    imported, started = [], []
+    for _ in range(runs):
+        _, lines = _run([python, "-c", PROBE, *args], cwd, env)
+        imported.append(next(t for t, line in lines if line.startswith("mark: imported")))
+        started.append(next(t for t, line in lines if re.sub(r"^\[\s*[\d.]+s\] ", "", line).startswith("starting:")))
+    return {"interpreter": interp, "import": max(0.0, statistics.median(imported) - interp),
+            "spec": statistics.median(s - i for s, i in zip(started, imported))}
 
 
 def measure(runs: int = RUNS, baseline: Path | None = None) -> dict[str, object]:
@@ -117,27 +128,26 @@ def measure(runs: int = RUNS, baseline: Path | None = None) -> dict[str, object]
                 elapsed, lines = _run(other, tmp, run_env)
                 base_s.append(elapsed)
                 base_phases.append(_phases(elapsed, lines))
-        interp = statistics.median(_run([sys.executable, "-c", "pass"], tmp, env)[0] for _ in range(runs))
-        imp = _import_s(sys.executable, tmp, env, runs)
-        base_imp = _import_s(str(baseline / "python"), tmp, env, runs) if baseline is not None else 0.0
+        start = _startup(sys.executable, mpibatch[1:], tmp, run_env, runs)
+        base_start = _startup(str(baseline / "python"), mpibatch[1:], tmp, run_env, runs) if baseline else {}
         probe = subprocess.run([sys.executable, "-X", "importtime", str(bindir / "mpibatch"), "run",
                                 str(HELLO / "spec.yaml"), "--runs-dir", str(tmp / "runs")], cwd=tmp, env=env,
                                capture_output=True, text=True)
     out: dict[str, object] = {
         "user": pwd.getpwuid(os.getuid()).pw_name, "uid": os.getuid(), "runs": runs,
         "bare": statistics.median(bare_s), "mpibatch": statistics.median(mb_s),
-        "phases": _split_startup(phases, interp, imp), "azure_loaded": bool(re.search(r"\| +azure\.", probe.stderr))}
+        "phases": _split_startup(phases, start), "azure_loaded": bool(re.search(r"\| +azure\.", probe.stderr))}
     if base_s:
         out["baseline"] = {"mpibatch": statistics.median(base_s),
-                           "phases": _split_startup(base_phases, interp, base_imp)}
+                           "phases": _split_startup(base_phases, base_start)}
     return out
 
 
-def _split_startup(phases: list[dict[str, float]], interp: float, imp: float) -> dict[str, float]:
-    """Median per phase; start-up split into the interpreter, the import and the rest (spec, set-up)."""
+def _split_startup(phases: list[dict[str, float]], start: dict[str, float]) -> dict[str, float]:
+    """Median per phase; the start-up of the runs themselves replaced by the probe's split of it."""
     per = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
-    startup = per.pop("start-up")
-    return {"interpreter": interp, "import": imp, "spec": max(0.0, startup - interp - imp), **per}
+    per.pop("start-up")
+    return {**start, **per}
 
 
 def rows(m: dict[str, object]) -> tuple[str, str]:

@@ -89,3 +89,25 @@ def test_coordination_failure_reason_shows_whole_words(tmp_path: Path) -> None:
     assert tail.startswith("...") and tail.endswith("Connection refused"), tail
     assert all(re.fullmatch(r"word\d{4}", w) for w in tail[3:].split()[:-2]), tail[:80]
     assert len(tail) <= 803
+
+
+def _many(n: int, odd: int | None = None) -> TaskResult:
+    insts = [InstanceResult(i, f"node-{i}", f"127.0.1.{i + 1}", 0, 0 if i == 0 else None,
+                            files=["f"] * (3 if i == 0 else 2)) for i in range(n)]
+    if odd is not None:
+        insts[odd].coordination_exit_code = 1
+    return TaskResult("j", "t", "local", "completed", 0, instances=insts)
+
+
+def test_summary_of_64_instances_stays_short_and_shows_the_odd_one() -> None:
+    lines = format_result(_many(64, odd=17)).splitlines()
+    rest = lines[2:]
+    table = rest[:rest.index("")] if "" in rest else rest
+    assert [row.split()[0] for row in table] == ["inst", "0", "1-16", "17", "18-63"], table
+    assert "node-18..node-63" in table[-1] and "46 subtasks" in table[-1]
+    assert table[3].split()[:2] == ["17", "subtask"] and table[3].split()[4] == "1"
+
+
+def test_summary_of_a_few_instances_keeps_one_row_each() -> None:
+    lines = format_result(_many(3)).splitlines()
+    assert [row.split()[0] for row in lines[3:6]] == ["0", "1", "2"] and len(lines) == 6

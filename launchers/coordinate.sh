@@ -52,7 +52,10 @@ node="${AZ_BATCH_NODE_ID:-?}"
 master_ip="${AZ_BATCH_MASTER_NODE%:*}"
 is_master="${AZ_BATCH_IS_CURRENT_NODE_MASTER:-false}"
 wd=$AZ_BATCH_TASK_WORKING_DIR
-host_name=$(hostname 2> /dev/null || cat /proc/sys/kernel/hostname)
+# Bash builtins over small programs where they say the same: every fork costs, on each node, before the
+# application may start (the whole-process benchmark counts it).
+read_line() { local _v; { IFS= read -r _v || [ -n "$_v" ]; } 2> /dev/null < "$2" || return 1; printf -v "$1" '%s' "$_v"; }
+read_line host_name /proc/sys/kernel/hostname || host_name=$(hostname 2> /dev/null || echo "?")
 here=$node; [ "$host_name" = "$node" ] || here="$node, $host_name"
 log() { echo "mpibatch coordinate [$node]: $*" >&2; }
 tail_of() { tail -n 5 "$1" | tr '\n' ' ' | sed 's/ *$//'; }
@@ -60,11 +63,12 @@ quote() { local q="'\\''"; printf "'%s'" "${1//\'/$q}"; }
 
 # 1. The same path on every node leads to that node's own working directory (subtask directory
 #    names differ from the primary's; AZ_BATCH_NODE_SHARED_DIR does not).
-mkdir -p "$(dirname "$rank_dir")"
+mkdir -p "${rank_dir%/*}"  # the parent: rank_dir is an absolute path below the node's shared dir
 ln -sfn "$wd" "$rank_dir"
 printf 'AZ_BATCH_NODE_ID=%s\n' "$node" > "$wd/$node_id_file"
 # A retry starts afresh: no word of the last attempt's tracker and persist step (track.py).
-for name in "${clear[@]}"; do rm -f "$(dirname "$wd")/$name"; done
+task_dir=${wd%/}; task_dir=${task_dir%/*}
+for name in "${clear[@]}"; do rm -f "$task_dir/$name"; done
 
 # 2. This node's environment for its ranks. Every rank starts through the rank wrapper, which sources
 #    it: with Open MPI (-x forwards the primary's values) and hydra alike, a rank sees its own node's.
@@ -127,10 +131,17 @@ if [ -n "$launcher" ]; then
     out=$(timeout 30 "$path" --version 2>&1 < /dev/null || true)
     found=""
     for r in "${runtimes[@]}"; do
-      if grep -Eq -- "${r#*=}" <<< "$out"; then found=${r%%=*}; break; fi
+      regex=${r#*=}
+      if [[ $out =~ $regex ]]; then found=${r%%=*}; break; fi
     done
-    first=$(grep -m 1 . <<< "$out" || true)
-    version=$(grep -m 1 -i version <<< "$out" | tr -s ' ' || true)
+    first="" version=""  # the first non-empty line, and the first that names a version (spaces squeezed)
+    while IFS= read -r line; do
+      if [ -z "$first" ] && [ -n "$line" ]; then first=$line; fi
+      if [ -z "$version" ] && [[ ${line,,} == *version* ]]; then
+        version=$line
+        while [[ $version == *"  "* ]]; do version=${version//  / }; done
+      fi
+    done <<< "$out"
     if [ -n "$version" ] && [ "$version" != "$first" ]; then first="$first $version"; fi
     if [ -z "$found" ]; then
       log "warning: cannot tell which MPI $path is ($launcher --version: ${first:-no output}); the spec says $expect"
@@ -154,13 +165,14 @@ ports=() seen=() iface=""
 for port_dir in "$sysfs"/class/infiniband/*/ports/*; do
   [ -d "$port_dir" ] || continue
   dev=${port_dir%/ports/*}; dev=${dev##*/}; port=${port_dir##*/}
-  state=$(cat "$port_dir/state" 2> /dev/null || echo "?: unreadable"); state=${state#*: }
-  layer=$(cat "$port_dir/link_layer" 2> /dev/null || echo unknown)
+  read_line state "$port_dir/state" || state="?: unreadable"; state=${state#*: }
+  read_line layer "$port_dir/link_layer" || layer=unknown
   seen+=("$dev:$port $state $layer")
   if [ "$state" = ACTIVE ] && [ "$layer" = InfiniBand ]; then ports+=("$dev:$port"); fi
 done
 for net in "$sysfs"/class/net/*; do
-  if [ "$(cat "$net/type" 2> /dev/null)" = 32 ]; then iface=${net##*/}; break; fi  # ARPHRD_INFINIBAND
+  net_type=""; read_line net_type "$net/type" || true
+  if [ "$net_type" = 32 ]; then iface=${net##*/}; break; fi  # ARPHRD_INFINIBAND
 done
 ucx=$(IFS=,; echo "${ports[*]}")
 if [ "$fabric" = sriov ] && [ -z "$ucx" ]; then
@@ -218,7 +230,7 @@ if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   failed=0
   for i in "${!hosts[@]}"; do
     [ -f "$tmp/$i.rc" ] || continue
-    rc=$(cat "$tmp/$i.rc")
+    rc=""; read_line rc "$tmp/$i.rc" || true
     how="with '${rsh[0]}'"; [ "$is_master" = true ] || how="on port $(peer_port "$i")"
     if [ "$rc" != 0 ]; then
       log "cannot reach ${hosts[$i]} from this node ($node) $how: exit $rc: $(tail -n 3 "$tmp/$i.out" | tr '\n' ' ')"

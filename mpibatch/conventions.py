@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import SpecError
 from .launchers import outputnames as _names
@@ -71,7 +71,24 @@ __all__ = [
     "validate_task_id",
 ]
 
-# The storage API (public File Conventions library); imported last: it builds on the names above.
-from .fileconventions import JobOutputStorage, StoredOutput, TaskOutputStorage, TrackedFile, prepare_output_storage  # noqa: E402
+# The storage API (public File Conventions library), loaded when first used: it builds on the names above
+# and brings the blob client, which a spec check or a local run does not need (start-up time).
+_STORAGE_API = ("JobOutputStorage", "StoredOutput", "TaskOutputStorage", "TrackedFile", "prepare_output_storage")
+__all__ += list(_STORAGE_API)
 
-__all__ += ["JobOutputStorage", "StoredOutput", "TaskOutputStorage", "TrackedFile", "prepare_output_storage"]
+if TYPE_CHECKING:
+    from .fileconventions import (  # noqa: F401
+        JobOutputStorage,
+        StoredOutput,
+        TaskOutputStorage,
+        TrackedFile,
+        prepare_output_storage,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _STORAGE_API:
+        from . import fileconventions
+
+        return getattr(fileconventions, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -143,6 +143,7 @@ class StoredOutput:
     blob_name: str
     instance: int | None
     _client: ContainerClient
+    task_id: str | None = None  # the task it belongs to (None: a job output); JobOutputStorage.list_every_output
 
     def download_to(self, local_path: str | os.PathLike[str], *,
                     on_bytes: Callable[[int], None] | None = None) -> str:
@@ -224,11 +225,21 @@ class _OutputStorage:
         kinds = [kind] if kind else None
         prefix = self._prefix(kind) + "/" if kind else self._prefix_all()
         out = []
-        for info in self.client.list_blobs(prefix):
+        for info in self._listing(prefix):
             s = self._stored(info)
             if s is not None and (kinds is None or s.kind in kinds):
                 out.append(s)
         return out
+
+    def _listing(self, prefix: str) -> list[BlobInfo]:
+        """Every blob under `prefix`; a missing container or an unreachable storage is an error that says so."""
+        try:
+            return list(self.client.list_blobs(prefix))
+        except BlobError as e:
+            if e.status == 404:
+                raise SpecError("JOB", f"job {self.job_id} has no output container ({self.client.name})",
+                                "check the job id; its outputs go to that container once the job stores any") from None
+            raise InfraError(f"listing {self.client.name}: {e}") from None
 
     def get_output(self, kind: str, path: str) -> StoredOutput:
         _, blob = self._blob(kind, path, None)
@@ -296,6 +307,19 @@ class JobOutputStorage(_OutputStorage):
         if parsed is None:
             return None
         return StoredOutput(parsed.kind, parsed.path, info.size, info.md5, info.name, None, self.client)
+
+    def list_every_output(self, kind: str | None = None) -> list[StoredOutput]:
+        """The job's own outputs and those of every task of the job (`task_id` says whose), from one listing
+        of the container. Task paths read as .NET names them (an mpibatch path starts with its instance)."""
+        out = []
+        for info in self._listing(""):
+            task_id = None if info.name.startswith("$") else info.name.split("/", 1)[0]
+            parsed = names.parse_job_blob(info.name) if task_id is None else \
+                names.parse_task_blob(task_id, info.name, instances=False)
+            if parsed is not None and (kind is None or parsed.kind == kind):
+                out.append(StoredOutput(parsed.kind, parsed.path, info.size, info.md5, info.name, None, self.client,
+                                        task_id))
+        return out
 
 
 class TrackedFile:

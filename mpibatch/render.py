@@ -75,12 +75,12 @@ def resolve_setup(spec: Spec, flavor: Flavor) -> tuple[Setup | None, str]:
     Azure HPC image, else nothing."""
     given = spec.task.mpi.setup
     if given is not None:
-        return (None if given.kind == "none" else given), "task.mpi.setup"
+        return (None, "task.mpi.setup: none") if given.kind == "none" else (given, "task.mpi.setup")
     image = spec.pool.image if spec.pool else None
     module = flavor.hpc_image_modules.get(image.offer.lower()) if image else None
     if image and module:
         return Setup("module", (module,)), f"default for the {image.offer} image"
-    return None, "none (the runtime is on the node's PATH)"
+    return None, "no task.mpi.setup and no image default: the runtime is on the node's PATH"
 
 
 def _node_step_args(spec: Spec, flavor: Flavor, fabric: str, setup: Setup | None) -> list[Word]:

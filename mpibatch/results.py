@@ -68,3 +68,23 @@ class TaskResult:
 
 def tail(text: str, limit: int = TAIL_CHARS) -> str:
     return text if len(text) <= limit else "...[truncated]...\n" + text[-limit:]
+
+
+TRUNCATED_MARK = "...[truncated]...\n"  # what collection.read_tail puts before a tail it cut
+
+
+def reason_tail(text: str, limit: int, cut: bool = False) -> str:
+    """At most `limit` characters from the end of a log, for a one-line failure reason: when anything
+    was cut (here, or before: `cut`, or the mark), the cut is at a word boundary and marked with '...',
+    so no word shows half ("efused")."""
+    if text.startswith(TRUNCATED_MARK):
+        text, cut = text[len(TRUNCATED_MARK):], True
+    text = text.strip()
+    if len(text) > limit:
+        text, cut = text[-limit:], True
+    if not cut:
+        return text
+    first_space = next((i for i, ch in enumerate(text) if ch.isspace()), None)
+    if first_space is not None:  # the first word may be a piece of one: drop it
+        text = text[first_space:].lstrip()
+    return "..." + text

@@ -22,6 +22,7 @@ from .spec_fields import (
     SETUP_KINDS,
     SETUP_WORD_RE,
     Collector,
+    SourceCheck,
     as_choice,
     as_int,
     as_mapping,
@@ -60,8 +61,8 @@ def _pool(value: Any) -> Pool | None:
     m = as_mapping(value, "pool")
     keys = ("id", "vm_size", "nodes", "low_priority_nodes", "image", "inter_node_communication",
             "task_slots_per_node")
-    check_keys(m, keys, "pool")
     c = Collector()
+    c.run(lambda: check_keys(m, keys, "pool"))
     pid = c.run(lambda: validate_id(m["id"], "pool.id")) if "id" in m else None
     vm = c.run(lambda: rdma.validate_vm_size(m["vm_size"], "pool.vm_size")) if "vm_size" in m else None
     nodes = c.run(lambda: as_int(m["nodes"], "pool.nodes", 0, 1000)) if "nodes" in m else None
@@ -87,11 +88,11 @@ def _mpi(value: Any) -> Mpi:
     if isinstance(value, str):
         value = {"flavor": value}
     m = as_mapping(value, "task.mpi")
-    check_keys(m, ("flavor", "processes_per_node", "options", "fabric", "setup"), "task.mpi")
-    if "flavor" not in m:
-        raise SpecError("task.mpi.flavor", "is missing", f"choose one of: {', '.join(flavors)}")
     c = Collector()
-    flavor = c.run(lambda: as_choice(m["flavor"], "task.mpi.flavor", flavors))
+    c.run(lambda: check_keys(m, ("flavor", "processes_per_node", "options", "fabric", "setup"), "task.mpi"))
+    if "flavor" not in m:
+        c.errors.append(SpecError("task.mpi.flavor", "is missing", f"choose one of: {', '.join(flavors)}"))
+    flavor = c.run(lambda: as_choice(m["flavor"], "task.mpi.flavor", flavors)) if "flavor" in m else None
     setup = c.run(lambda: parse_setup(m.get("setup"), "task.mpi.setup"))
     ppn = c.run(lambda: as_int(m.get("processes_per_node", 1), "task.mpi.processes_per_node", 1, 4096), 1)
     fabric = c.run(lambda: as_choice(m.get("fabric", "auto"), "task.mpi.fabric", FABRICS), "auto")
@@ -102,15 +103,16 @@ def _mpi(value: Any) -> Mpi:
         opts = []
     options = tuple(c.run(partial(as_str, o, f"task.mpi.options[{i}]"), "") for i, o in enumerate(opts))
     c.raise_if_any()
+    assert flavor is not None  # for mypy: a missing one was an error above
     return Mpi(flavor=flavor, processes_per_node=ppn, options=options, fabric=fabric, setup=setup)
 
 
-def _task(value: Any, base_dir: Path) -> Task:
+def _task(value: Any, base_dir: Path, check: SourceCheck | None) -> Task:
     m = as_mapping(value, "task")
     keys = ("id", "instances", "mpi", "command", "coordination", "shared_dir", "common_files", "files",
             "environment", "outputs", "max_wall_clock", "max_retries", "retention")
-    check_keys(m, keys, "task")
     c = Collector()
+    c.run(lambda: check_keys(m, keys, "task"))
     if "id" not in m:
         c.errors.append(SpecError("task.id", "is missing", "give the task an id such as run-1"))
     tid = c.run(lambda: validate_id(m["id"], "task.id")) if "id" in m else None
@@ -123,8 +125,8 @@ def _task(value: Any, base_dir: Path) -> Task:
     if coord is not None:
         coord = c.run(lambda: as_str(coord, "task.coordination"))
     shared = c.run(lambda: as_choice(m.get("shared_dir", "none"), "task.shared_dir", SHARED_DIRS), "none")
-    common = c.run(lambda: parse_files(m.get("common_files"), "task.common_files", base_dir), ())
-    files = c.run(lambda: parse_files(m.get("files"), "task.files", base_dir), ())
+    common = c.run(lambda: parse_files(m.get("common_files"), "task.common_files", base_dir, check), ())
+    files = c.run(lambda: parse_files(m.get("files"), "task.files", base_dir, check), ())
     env = c.run(lambda: parse_environment(m.get("environment"), "task.environment"), {})
     outputs = c.run(lambda: parse_outputs(m.get("outputs"), "task.outputs"), ())
     wall = c.run(lambda: parse_duration(m["max_wall_clock"], "task.max_wall_clock")) \
@@ -139,15 +141,15 @@ def _task(value: Any, base_dir: Path) -> Task:
                 max_retries=retries, retention=retention)
 
 
-def _job(value: Any, base_dir: Path) -> Job:
+def _job(value: Any, base_dir: Path, check: SourceCheck | None) -> Job:
     m = as_mapping(value, "job")
-    check_keys(m, ("id", "pool", "preparation", "release"), "job")
     c = Collector()
+    c.run(lambda: check_keys(m, ("id", "pool", "preparation", "release"), "job"))
     if "id" not in m:
         c.errors.append(SpecError("job.id", "is missing", "give the job an id such as cfd-run-1"))
     jid = c.run(lambda: validate_id(m["id"], "job.id")) if "id" in m else None
     pool = c.run(lambda: validate_id(m["pool"], "job.pool")) if m.get("pool") is not None else None
-    prep = c.run(lambda: parse_node_task(m.get("preparation"), "job.preparation", base_dir))
+    prep = c.run(lambda: parse_node_task(m.get("preparation"), "job.preparation", base_dir, check))
     rel = c.run(lambda: parse_node_task(m.get("release"), "job.release", base_dir))
     if rel is not None and rel.files:
         c.errors.append(SpecError("job.release.files", "a job release task takes no files",
@@ -158,9 +160,9 @@ def _job(value: Any, base_dir: Path) -> Job:
 
 
 
-def parse_spec(data: Any, base_dir: Path | str = ".") -> Spec:
+def parse_spec(data: Any, base_dir: Path | str = ".", *, check_source: SourceCheck | None = None) -> Spec:
     """Build a validated Spec from a mapping (e.g. parsed YAML). Relative local sources resolve
-    against `base_dir`."""
+    against `base_dir`; `check_source(path, field)`, if given, vets each local source in the same pass."""
     base = Path(base_dir)
     m = as_mapping(data, "")
     c = Collector()
@@ -169,9 +171,9 @@ def parse_spec(data: Any, base_dir: Path | str = ".") -> Spec:
         c.errors.append(SpecError("job", "is missing", "add a job section with at least job.id"))
     if "task" not in m:
         c.errors.append(SpecError("task", "is missing", "add a task section with id, mpi and command"))
-    job = c.run(lambda: _job(m["job"], base)) if "job" in m else None
+    job = c.run(lambda: _job(m["job"], base, check_source)) if "job" in m else None
     pool = c.run(lambda: _pool(m.get("pool")))
-    task = c.run(lambda: _task(m["task"], base)) if "task" in m else None
+    task = c.run(lambda: _task(m["task"], base, check_source)) if "task" in m else None
     c.raise_if_any()
     assert job is not None and task is not None  # for mypy: a missing one was an error above
     spec = Spec(job=job, task=task, pool=pool, base_dir=base)
@@ -181,11 +183,19 @@ def parse_spec(data: Any, base_dir: Path | str = ".") -> Spec:
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate a YAML spec file."""
+def load_spec(path: str | Path, *, check_files: bool = False) -> Spec:
+    """Read and validate a YAML spec file. `check_files`: also check, in the same pass, that every local
+    source is a readable file (for commands that run or upload them; render does not need them)."""
     p = Path(path)
     data = parse_yaml(read_spec_text(p), str(p))
     if data is None:
-        raise SpecError(str(p), "is empty", "see examples/hello/spec.yaml for a starting point")
-    return parse_spec(data, p.parent)
+        raise SpecError(str(p), "is empty", "start from a working one: mpibatch init hello DIR writes DIR/spec.yaml")
+    return parse_spec(data, p.parent, check_source=_readable_source if check_files else None)
+
+
+def _readable_source(path: str, field: str) -> None:
+    from .inputfiles import check_readable_file
+
+    check_readable_file(path, field=f"{field} {path}",
+                        fix="give a readable regular file (relative paths are relative to the spec file)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -42,11 +43,14 @@ class Collector:
 
 
 def check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    """Every unknown key of `data` at once (callers go on checking the known ones)."""
+    c = Collector()
     for key in data:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(allowed)}"
-            raise SpecError(f"{where}.{key}" if where else str(key), "unknown key", hint)
+            c.errors.append(SpecError(f"{where}.{key}" if where else str(key), "unknown key", hint))
+    c.raise_if_any()
 
 
 def as_mapping(value: Any, where: str) -> Mapping[str, Any]:
@@ -124,7 +128,12 @@ def parse_command(value: Any, where: str) -> Command:
                     "write e.g. [python, app.py] or \"python app.py > out.txt\"")
 
 
-def parse_files(value: Any, where: str, base_dir: Path) -> tuple[FileRef, ...]:
+# Checks that a local source can be read: (absolute path, field) -> None or SpecError. Injected by
+# load_spec for commands that run or upload the files, so this module stays free of I/O.
+SourceCheck = Callable[[str, str], None]
+
+
+def parse_files(value: Any, where: str, base_dir: Path, check: SourceCheck | None = None) -> tuple[FileRef, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -153,6 +162,8 @@ def parse_files(value: Any, where: str, base_dir: Path) -> tuple[FileRef, ...]:
             path = check_node_path(m.get("path", default_path), f"{w}.path")
             if not is_url:
                 source = str((base_dir / source).resolve()) if not Path(source).is_absolute() else source
+                if check is not None:
+                    check(source, f"{w}.source")
             return FileRef(source=source, path=path)
 
         ref = c.run(one)
@@ -174,17 +185,20 @@ def parse_environment(value: Any, where: str) -> dict[str, str]:
         return {}
     m = as_mapping(value, where)
     env: dict[str, str] = {}
+    c = Collector()
     for k, v in m.items():
         name = str(k)
         if not ENV_NAME_RE.fullmatch(name):
-            raise SpecError(f"{where}.{name}", "is not a valid environment variable name",
-                            "use letters, digits and '_', not starting with a digit")
-        if name.upper().startswith("AZ_BATCH_") or name.upper() == "CCP_NODES":
-            raise SpecError(f"{where}.{name}", "is set by Batch on every node",
-                            "pick another name; Batch would override it")
-        if v is None:
-            raise SpecError(f"{where}.{name}", "has no value", "give a value, quoted if needed")
-        env[name] = as_str(v, f"{where}.{name}")
+            c.errors.append(SpecError(f"{where}.{name}", "is not a valid environment variable name",
+                                      "use letters, digits and '_', not starting with a digit"))
+        elif name.upper().startswith("AZ_BATCH_") or name.upper() == "CCP_NODES":
+            c.errors.append(SpecError(f"{where}.{name}", "is set by Batch on every node",
+                                      "pick another name; Batch would override it"))
+        elif v is None:
+            c.errors.append(SpecError(f"{where}.{name}", "has no value", "give a value, quoted if needed"))
+        else:
+            env[name] = c.run(partial(as_str, v, f"{where}.{name}"), "")
+    c.raise_if_any()
     return env
 
 
@@ -222,19 +236,20 @@ def check_kind(kind: str, where: str) -> str:
     return kind
 
 
-def parse_node_task(value: Any, where: str, base_dir: Path) -> NodeTask | None:
+def parse_node_task(value: Any, where: str, base_dir: Path, check: SourceCheck | None = None) -> NodeTask | None:
     if value is None:
         return None
     if isinstance(value, str):
         value = {"command": value}
     m = as_mapping(value, where)
-    check_keys(m, ("command", "files"), where)
-    if "command" not in m:
-        raise SpecError(f"{where}.command", "is missing", "give the command to run on each node")
     c = Collector()
-    cmd = c.run(lambda: parse_command(m["command"], f"{where}.command"))
-    files = c.run(lambda: parse_files(m.get("files"), f"{where}.files", base_dir), ())
+    c.run(lambda: check_keys(m, ("command", "files"), where))
+    if "command" not in m:
+        c.errors.append(SpecError(f"{where}.command", "is missing", "give the command to run on each node"))
+    cmd = c.run(lambda: parse_command(m["command"], f"{where}.command")) if "command" in m else None
+    files = c.run(lambda: parse_files(m.get("files"), f"{where}.files", base_dir, check), ())
     c.raise_if_any()
+    assert cmd is not None  # for mypy: a missing one was an error above
     return NodeTask(command=cmd, files=files)
 
 

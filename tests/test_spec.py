@@ -360,7 +360,7 @@ def test_load_spec_empty_file(tmp_path, text):
     p.write_text(text)
     with pytest.raises(SpecError) as e:
         load_spec(p)
-    assert "empty" in e.value.problem and "examples/hello" in e.value.fix
+    assert "empty" in e.value.problem and "mpibatch init hello" in e.value.fix
 
 
 def test_load_spec_directory(tmp_path):

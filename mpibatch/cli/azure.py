@@ -21,7 +21,7 @@ from ..redaction import redact
 from ..report import format_result
 from ..results import TaskResult
 from ..spec import load_spec, validate_id
-from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_TASK_FAILED, echo_json, output_option, report_errors
+from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_TASK_FAILED, Stop, echo_json, output_option, report_errors
 from .transfer_progress import say, transfer_progress
 
 
@@ -74,8 +74,7 @@ def _collect(handle: TaskHandle, output: str, to: str | None = None) -> TaskResu
             ex.transfers = bar
             return handle.collect(to)
     except KeyboardInterrupt:
-        click.echo(_collect_hint(handle.job_id, handle.task_id), err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        raise Stop(EXIT_INTERRUPTED, _collect_hint(handle.job_id, handle.task_id)) from None
 
 
 @click.command()
@@ -93,7 +92,7 @@ def submit(spec_path: Path, wait: bool, output: str, runs_dir: str, terminate_on
            timeout: float | None) -> None:
     """Submit SPEC as an Azure Batch multi-instance task: check the pool, upload inputs, create the
     job (if missing) and the task, wait with progress, collect every instance's outputs."""
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, check_files=True)
     ex = _executor(runs_dir)
     with transfer_progress("inputs", output) as bar:
         ex.transfers = bar
@@ -113,11 +112,9 @@ def submit(spec_path: Path, wait: bool, output: str, runs_dir: str, terminate_on
                 ex.terminate_job(job_id, "interrupted by the user (mpibatch --terminate-on-interrupt)")
             except KeyboardInterrupt:
                 pass
-            click.echo(f"job {job_id} terminated; collect what it produced with: mpibatch collect {job_id} {task_id}",
-                       err=True)
-        else:
-            click.echo(_resume_hint(job_id, task_id), err=True)
-        sys.exit(EXIT_INTERRUPTED)
+            raise Stop(EXIT_INTERRUPTED, f"job {job_id} terminated; collect what it produced with: "
+                       f"mpibatch collect {job_id} {task_id}") from None
+        raise Stop(EXIT_INTERRUPTED, _resume_hint(job_id, task_id)) from None
     result = _collect(handle, output)
     _print_result(result, output)
     sys.exit(_exit_for(result))
@@ -136,8 +133,7 @@ def status(job_id: str, task_id: str, output: str, wait_: bool) -> None:
     try:
         result = handle.wait() if wait_ else handle.status()
     except KeyboardInterrupt:
-        click.echo(_resume_hint(job_id, task_id), err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        raise Stop(EXIT_INTERRUPTED, _resume_hint(job_id, task_id)) from None
     _print_result(result, output)
     sys.exit(_exit_for(result))
 

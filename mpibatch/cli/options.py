@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..errors import SpecError
-from ..executors import Executor, Progress, get_executor, names
+from ..executors import Executor, Progress, get_executor, registered_names
 from ..inputfiles import read_text_file
 
 # What an option holds when the user did not give it: such options are not passed to the executor.
@@ -16,7 +16,7 @@ _UNSET = (None, (), False)
 
 def executor_option(default: str = "local") -> Callable[[Any], Any]:
     return click.option("--executor", default=default, show_default=True, metavar="NAME",
-                        help="where the task runs: " + " | ".join(names()))
+                        help="where the task runs: " + " | ".join(registered_names()) + " (or an installed plugin)")
 
 
 def ssh_options(fn: Any) -> Any:

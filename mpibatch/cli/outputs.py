@@ -17,7 +17,7 @@ from ..errors import SpecError
 from ..executors.collection import check_runs_dir
 from ..fileconventions import JobOutputStorage, TaskOutputStorage, download_outputs
 from ..launchers.protocol import TASK_KINDS
-from .common import EXIT_INFRA, EXIT_OK, echo_json, output_option, report_errors
+from .common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, Stop, echo_json, output_option, report_errors
 from .transfer_progress import transfer_progress
 
 
@@ -57,20 +57,24 @@ def outputs() -> None:
 @output_option
 @report_errors
 def list_outputs(job_id: str, task_id: str | None, kind: str | None, output: str) -> None:
-    """The outputs of TASK (or of JOB itself): kind, size, MD5 and path. For multi-instance tasks run by
-    mpibatch, a path starts with the instance number (0 the primary)."""
-    found = _storage(job_id, task_id).list_outputs(kind)
+    """The outputs of TASK, or without TASK those of JOB itself and of every task of JOB (a TASK column says
+    whose): kind, size, MD5 and path. For multi-instance tasks run by mpibatch, a path starts with the
+    instance number (0 the primary)."""
+    storage = _storage(job_id, task_id)
+    found = storage.list_every_output(kind) if isinstance(storage, JobOutputStorage) else storage.list_outputs(kind)
     if output == "json":
         echo_json([{"kind": o.kind, "path": o.path, "size": o.size, "md5": o.md5.hex() if o.md5 else None,
-                    "blob": o.blob_name} for o in found])
+                    "blob": o.blob_name, **({} if task_id else {"task": o.task_id})} for o in found])
         return
     if not found:
         click.echo(f"no outputs{f' of kind {kind}' if kind else ''} for {job_id}{'/' + task_id if task_id else ''}")
         return
     width = max(len(o.kind) for o in found)
+    tasks = max(len(o.task_id or "-") for o in found)
     for o in found:
         path = o.path if o.path.isprintable() else repr(o.path)  # a newline in a name stays on one line
-        click.echo(f"{o.kind:<{width}}  {o.size:>14,}  {o.md5.hex() if o.md5 else '-':<32}  {path}")
+        whose = "" if task_id else f"{o.task_id or '-':<{tasks}}  "
+        click.echo(f"{whose}{o.kind:<{width}}  {o.size:>14,}  {o.md5.hex() if o.md5 else '-':<32}  {path}")
 
 
 @outputs.command("get")
@@ -103,8 +107,8 @@ def get_outputs(job_id: str, task_id: str, kind: str | None, to: Path | None, ou
                                         on_bytes=bar.moved if bar else None,
                                         on_done=(lambda _o, _r: bar.file_done()) if bar else None)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: no partial file was left; rerun the same command to resume into {dest}", err=True)
-        sys.exit(130)
+        raise Stop(EXIT_INTERRUPTED, f"interrupted: no partial file was left; rerun the same command to resume "
+                   f"into {dest}") from None
     for o, outcome in zip(todo, outcomes):
         results[o.blob_name] = outcome if isinstance(outcome, str) else f"failed: {outcome}"
     failed = {b: r for b, r in results.items() if r not in ("downloaded", "kept")}

@@ -148,8 +148,8 @@ def render_table(r: Rendered) -> str:
         ("OS", f"{r.os} ({_os_reason(spec)})"),
         ("MPI flavour", f"{r.flavor.title} ({r.flavor.name})"),
         ("fabric", _fabric_reason(r)),
-        *([("MPI setup", f"{r.setup.describe() if r.setup else 'none'} ({r.setup_origin}), on every node "
-                         "in the coordination step")] if r.os == "linux" else []),
+        *([("MPI setup", f"{r.setup.describe()} ({r.setup_origin}), on every node in the coordination step"
+                         if r.setup else f"none ({r.setup_origin})")] if r.os == "linux" else []),
         *([("per node", f"{', '.join(sorted(n for n in r.flavor.node_env if n not in t.environment))} from "
                         "each node's own active InfiniBand ports" + ("; a node without one fails coordination"
                                                                       if r.fabric == "sriov" else ""))]

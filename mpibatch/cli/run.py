@@ -15,6 +15,7 @@ from .common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TASK_FAILED,
+    Stop,
     echo_json,
     output_option,
     progress_printer,
@@ -46,7 +47,7 @@ def _sigterm_as_interrupt() -> None:
 @report_errors
 def run(spec: str, executor: str, runs_dir: str, output: str, **executor_kw: Any) -> None:
     """Run SPEC as a multi-instance task on this machine (default), on SSH hosts, or on Azure Batch."""
-    s = load_spec(spec)
+    s = load_spec(spec, check_files=True)
     ex = executor_from_options(executor, executor_kw, runs_dir=runs_dir, progress=progress_printer())
     _sigterm_as_interrupt()
     handle: TaskHandle | None = None
@@ -55,12 +56,10 @@ def run(spec: str, executor: str, runs_dir: str, output: str, **executor_kw: Any
         result = handle.result()
     except KeyboardInterrupt:
         if handle is not None and not handle.done:  # submitted to a service (Batch): the task lives on there
-            click.echo(f"interrupted; the task stays in {handle.executor.name}. Follow it, or collect it, with:\n"
-                       f"  mpibatch status {handle.job_id} {handle.task_id}\n"
-                       f"  mpibatch collect {handle.job_id} {handle.task_id}", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        click.echo("interrupted: every process the run started was ended", err=True)
-        sys.exit(EXIT_TASK_FAILED)
+            raise Stop(EXIT_INTERRUPTED, f"interrupted; the task stays in {handle.executor.name}. Follow it, or "
+                       f"collect it, with:\n  mpibatch status {handle.job_id} {handle.task_id}\n"
+                       f"  mpibatch collect {handle.job_id} {handle.task_id}") from None
+        raise Stop(EXIT_TASK_FAILED, "interrupted: every process the run started was ended") from None
     if output == "json":
         echo_json(result.to_json())
     else:

@@ -21,7 +21,6 @@ import abc
 import importlib
 import inspect
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -158,7 +157,14 @@ def register(name: str, factory: str | Callable[..., Executor]) -> None:
 
 
 def _plugins() -> dict[str, Any]:
+    from importlib.metadata import entry_points  # scans every installed package: only when a name needs it
+
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in _registry}
+
+
+def registered_names() -> list[str]:
+    """The built-in and registered executors, without looking for plugins (cheap: for help texts)."""
+    return list(_registry)
 
 
 def names() -> list[str]:

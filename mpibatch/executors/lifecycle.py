@@ -24,7 +24,7 @@ from ..durations import human
 from ..launchers.protocol import NodeLayout
 from ..nodeenv import batch_env
 from ..plan import TaskPlan, plan_from_rendered
-from ..results import Failure, InstanceResult, TaskResult
+from ..results import Failure, InstanceResult, TaskResult, reason_tail
 from ..spec import FileRef, Spec
 from . import Executor, Progress, TaskHandle, leftovers, rendered
 from .collection import check_runs_dir, collect_instances
@@ -57,7 +57,7 @@ class Proc(Protocol):
 
 
 class Transport(Protocol):
-    name: str
+    name: str  # a transport may also set poll_s: how often a wait looks at its processes (default POLL_S)
 
     def open(self, n: int) -> list[Node]: ...
     def make_dirs(self, node: Node, dirs: Sequence[str], clean: Sequence[str] = ()) -> None: ...
@@ -137,7 +137,7 @@ class Lifecycle:
                 raise _Failed(Failure("timeout", f"{limit[1]} exceeded during {phase}; every process was ended"),
                               timed_out=True)
             if len(codes) < len(procs):
-                time.sleep(POLL_S)
+                time.sleep(getattr(self.t, "poll_s", POLL_S))
         return codes
 
     # ------------------------------------------------------------------ phases
@@ -235,9 +235,14 @@ class Lifecycle:
             bad = {i: c for i, c in codes.items() if c != 0}
             if bad:
                 i = min(bad)
-                err = self.t.read_tail(nodes[i], f"{layouts[i].node_task_dir('jobpreparation')}/stderr.txt", 500)
+                err = self._stderr_tail(nodes[i], f"{layouts[i].node_task_dir('jobpreparation')}/stderr.txt", 500)
                 raise _Failed(Failure("preparation", f"job preparation task exited with code {bad[i]} on "
-                                      f"instance {i} ({nodes[i].host}): {err.strip()}", i))
+                                      f"instance {i} ({nodes[i].host}): {err}", i))
+
+    def _stderr_tail(self, node: Node, path: str, limit: int) -> str:
+        """The end of a node's stderr for a failure reason, cut at a word (one more byte read tells a cut)."""
+        text = self.t.read_tail(node, path, limit + 1)
+        return reason_tail(text, limit, cut=len(text) > limit)
 
     def _release(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout]) -> None:
         if not self.plan.release_command_line or not nodes:
@@ -261,7 +266,7 @@ class Lifecycle:
         for i, c in sorted(codes.items()):
             if c != 0:
                 n = next(nd for nd in nodes if nd.index == i)
-                err = self.t.read_tail(n, f"{layouts[i].node_task_dir('jobrelease')}/stderr.txt", 500).strip()
+                err = self._stderr_tail(n, f"{layouts[i].node_task_dir('jobrelease')}/stderr.txt", 500)
                 log.warning("job release task exited with code %s on instance %s (%s)%s", c, i, n.host,
                             f": {err}" if err else " (stderr empty)")
 
@@ -293,7 +298,7 @@ class Lifecycle:
         bad = sorted(i for i, c in codes.items() if c != 0)
         if bad:
             i = bad[0]
-            err = self.t.read_tail(nodes[i], f"{layouts[i].task_dir}/stderr.txt", 800).strip()
+            err = self._stderr_tail(nodes[i], f"{layouts[i].task_dir}/stderr.txt", 800)
             raise _Failed(Failure("coordination", f"coordination command exited with code {codes[i]} on instance {i} "
                                   f"({nodes[i].host}); the application was not started: {err}", i))
 

@@ -109,6 +109,7 @@ class _LocalProc:
 
 class LocalTransport:
     name = "local"
+    poll_s = 0.01  # a poll here is a waitpid: look often, so no wait adds tens of milliseconds to a run
     MODULEFILES = "modulefiles"  # in the run's directory: what the nodes' `module avail` lists
 
     def __init__(self, keep_nodes: bool = False, workdir: str | None = None,
@@ -169,8 +170,12 @@ class LocalTransport:
         address table names only them, before any node process starts (a retry after
         end_processes() never sees a PID of the previous namespace)."""
         self._start_run_init()
+        # Every node's namespaces are made at once (then each is awaited): one after the other, the
+        # run's start-up grew with the node count.
         for nd in self.nodes:
-            self._start_holder(nd)
+            self._spawn_holder(nd)
+        for nd in self.nodes:
+            self._await_holder(nd)
         for nd in self.nodes:
             (self.nodes_dir / nd.host).write_text(self._ns_pid(self.holder_pids[nd.index]))
 
@@ -199,19 +204,23 @@ class LocalTransport:
         """nsenter into process `pid`'s user namespace (keeping our uid, root inside) and `namespaces`."""
         return ["nsenter", "-t", str(pid), "-U", "--preserve-credentials", *namespaces, "--"]
 
-    def _start_holder(self, node: Node) -> None:
-        p = subprocess.Popen(
+    def _spawn_holder(self, node: Node) -> None:
+        self.holders[node.index] = subprocess.Popen(
             [*self._enter(self.run_init_pid, "-p", "-m"), "unshare", "--mount", "--uts", "--propagation",
              "private", "--", "/bin/bash", script_path("local_node_init.sh"),
              str(self.workdir / "nodes" / str(node.index)),
              str(self.mount_point), str(self.hosts_file), node.node_id],
             env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)
+
+    def _await_holder(self, node: Node) -> None:
+        """The node's init says it is ready; one that does not is stopped (the others are ended with the run)."""
+        p = self.holders[node.index]
         line = p.stdout.readline() if p.stdout else b""
         if line.strip() != b"ready":
+            del self.holders[node.index]
             err = self._stop(p)
             raise InfraError(f"could not create emulated node {node.index}: {err or 'no namespace'}")
-        self.holders[node.index] = p
         self.holder_pids[node.index] = self._child_pid(p.pid)
 
     @staticmethod

@@ -3,18 +3,19 @@ downloaded once per run within the task's max_wall_clock."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..inputfiles import check_readable_file
 from ..launchers import fileio
 from ..plan import TaskPlan
 from ..redaction import redact, redact_url
 from ..spec import FileRef
+
+if TYPE_CHECKING:
+    import urllib.request
 
 POLL_S = 0.05
 DOWNLOAD_IDLE_S = 60.0  # a resource-file server silent this long is gone
@@ -41,6 +42,9 @@ def download(ref: FileRef, cache: Path, deadline: float | None = None, idle_s: f
     timeout alone would let a server that trickles a byte every few seconds hold the run forever.
     The transfer runs in a daemon thread the caller stops waiting for at the deadline (or Ctrl-C);
     the thread then stops after its current read. Errors name the file and the URL without its SAS."""
+    import http.client  # here, not at the top: a run without URL sources never pays for them
+    import urllib.error
+
     dest = cache / hashlib.sha256(ref.source.encode()).hexdigest()[:32]  # short, whatever the file's name
     if dest.exists():
         return dest
@@ -75,6 +79,7 @@ def download(ref: FileRef, cache: Path, deadline: float | None = None, idle_s: f
         raise e
     return dest
 
+
 class IncompleteDownload(OSError):
     """The server sent less (or more) than its Content-Length: a failed download, never a shorter file."""
 
@@ -88,6 +93,8 @@ def fetch_to(url: str | urllib.request.Request, dest: Path, *, timeout: float,
     """Download `url` into `dest` through the durable writer (temporary name, full disk checked, fsync,
     rename); returns the size. A body cut short of its Content-Length raises IncompleteDownload and `dest`
     is never written: a program never starts on part of its input. A set `stop` abandons the transfer."""
+    import urllib.request
+
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         length = resp.headers.get("Content-Length", "")
         size = int(length) if length.strip().isdigit() else None

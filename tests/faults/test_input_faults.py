@@ -4,6 +4,7 @@ rejected value echoed back. The spec cases need nothing but Python; the SSH case
 starts on 127.0.0.1; the source cases run the real local executor (root) in a subprocess."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -33,13 +34,15 @@ def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> str:
 
 
 def refused(res, *words: str) -> None:  # noqa: ANN001
-    """Exit 2, a short message naming what is wrong, nothing on stdout."""
+    """Exit 2, a short message naming what is wrong; on stdout nothing, or with --output json the one JSON
+    object of the error (as short)."""
     assert res.exit_code == 2, (res.exit_code, res.output[-2000:])
     assert len(res.stderr) < MESSAGE_LIMIT, f"{len(res.stderr)} characters: {res.stderr[:300]}..."
     assert "Traceback" not in res.stderr
     for w in words:
         assert w in res.stderr, res.stderr
-    assert res.stdout == ""
+    if res.stdout:
+        assert len(res.stdout) < MESSAGE_LIMIT and json.loads(res.stdout)["code"] == 2, res.stdout[:300]
 
 
 def alias_bomb(levels: int = 4, width: int = 9) -> str:

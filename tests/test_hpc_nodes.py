@@ -208,9 +208,11 @@ def test_source_setup_environment_reaches_the_ranks_wrapper(tmp_path):
 
 
 def test_missing_launcher_on_the_primary_is_named(tmp_path):
-    proc = _coordinate(tmp_path, ["--launcher", "mpirun", "--expect", "Intel MPI"], SYSTEM_PATH)
+    # A launcher name no machine has: this machine may have a system MPI (Debian's lammps brings Open MPI's mpirun).
+    launcher = "mpibatch-test-no-such-mpirun"
+    proc = _coordinate(tmp_path, ["--launcher", launcher, "--expect", "Intel MPI"], SYSTEM_PATH)
     assert proc.returncode == 1
-    assert "mpirun, the Intel MPI launcher, is not on PATH on this node (tvm-1" in proc.stderr
+    assert f"{launcher}, the Intel MPI launcher, is not on PATH on this node (tvm-1" in proc.stderr
 
 
 def test_discovery_writes_the_nodes_ports_and_unsets_them_where_there_are_none(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mpibatch.launchers import script_path
+from mpibatch.launchers import protocol, script_path
 
 from mpibatch.executors.ssh import SshExecutor
 from mpibatch.spec import parse_spec
@@ -75,7 +75,8 @@ def subtask_peer_check(tmp: Path, hosts: str, ports: str) -> subprocess.Complete
            "AZ_BATCH_TASK_SHARED_DIR": str(tmp / "shared"), "AZ_BATCH_HOST_LIST": hosts,
            "AZ_BATCH_MASTER_NODE": "127.0.0.1:6000", "AZ_BATCH_NODE_ID": "tvm-1",
            "AZ_BATCH_IS_CURRENT_NODE_MASTER": "false", "MPIBATCH_PEER_PORTS": ports}
-    return subprocess.run(["bash", script_path("coordinate.sh"), "--rank-dir", str(tmp / "r" / "t")], env=env,
+    return subprocess.run(["bash", script_path("coordinate.sh"), "--rank-dir", str(tmp / "r" / "t"),
+                           *protocol.coordinate_args()], env=env,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -41,7 +41,12 @@ node="${AZ_BATCH_NODE_ID:-?}"
 master_ip="${AZ_BATCH_MASTER_NODE%:*}"
 is_master="${AZ_BATCH_IS_CURRENT_NODE_MASTER:-false}"
 wd=$AZ_BATCH_TASK_WORKING_DIR
-host_name=$(hostname 2> /dev/null || cat /proc/sys/kernel/hostname)
+# Builtins where a fork is not needed: this runs on every node at once (64 nodes share 2 cores locally).
+# first_line FILE / parent_of PATH set REPLY (empty: FILE unreadable).
+first_line() { REPLY=""; { read -r REPLY < "$1"; } 2> /dev/null || true; }
+parent_of() { local p=${1%/}; if [[ $p == */* ]]; then p=${p%/*}; REPLY=${p:-/}; else REPLY=.; fi; }
+first_line /proc/sys/kernel/hostname; host_name=$REPLY
+[ -n "$host_name" ] || host_name=$(hostname 2> /dev/null || echo "?")
 here=$node; [ "$host_name" = "$node" ] || here="$node, $host_name"
 log() { echo "mpibatch coordinate [$node]: $*" >&2; }
 tail_of() { tail -n 5 "$1" | tr '\n' ' ' | sed 's/ *$//'; }
@@ -49,11 +54,13 @@ quote() { local q="'\\''"; printf "'%s'" "${1//\'/$q}"; }
 
 # 1. The same path on every node leads to that node's own working directory (subtask directory
 #    names differ from the primary's; AZ_BATCH_NODE_SHARED_DIR does not).
-mkdir -p "$(dirname "$rank_dir")"
+parent_of "$wd"; task_dir=$REPLY
+parent_of "$rank_dir"
+mkdir -p "$REPLY"
 ln -sfn "$wd" "$rank_dir"
 printf 'AZ_BATCH_NODE_ID=%s\n' "$node" > "$wd/.mpibatch-node"
 # A retry starts afresh: no word of the last attempt's tracker and persist step (track.py).
-rm -f "$(dirname "$wd")/.mpibatch-persisting" "$(dirname "$wd")/.mpibatch-track.pid" "$(dirname "$wd")/.mpibatch-track.json"
+rm -f "$task_dir/.mpibatch-persisting" "$task_dir/.mpibatch-track.pid" "$task_dir/.mpibatch-track.json"
 
 # 2. This node's environment for its ranks. Every rank starts through .mpibatch-rank, which sources
 #    it: with Open MPI (-x forwards the primary's values) and hydra alike, a rank sees its own node's.
@@ -115,12 +122,18 @@ if [ -n "$launcher" ]; then
   if path=$(command -v "$launcher"); then
     out=$(timeout 30 "$path" --version 2>&1 < /dev/null || true)
     found=""
-    for r in "${runtimes[@]}"; do
-      if grep -Eq -- "${r#*=}" <<< "$out"; then found=${r%%=*}; break; fi
+    mapfile -t out_lines <<< "$out"
+    for r in "${runtimes[@]}"; do  # each ERE against each line, as grep -E would, without a grep per runtime
+      re=${r#*=}
+      for line in "${out_lines[@]}"; do
+        if [[ $line =~ $re ]]; then found=${r%%=*}; break 2; fi
+      done
     done
-    first=$(grep -m 1 . <<< "$out" || true)
-    version=$(grep -m 1 -i version <<< "$out" | tr -s ' ' || true)
-    if [ -n "$version" ] && [ "$version" != "$first" ]; then first="$first $version"; fi
+    if [ "$found" != "$expect" ]; then  # only the messages below need the first and version lines
+      first=$(grep -m 1 . <<< "$out" || true)
+      version=$(grep -m 1 -i version <<< "$out" | tr -s ' ' || true)
+      if [ -n "$version" ] && [ "$version" != "$first" ]; then first="$first $version"; fi
+    fi
     if [ -z "$found" ]; then
       log "warning: cannot tell which MPI $path is ($launcher --version: ${first:-no output}); the spec says $expect"
     elif [ "$found" != "$expect" ]; then
@@ -143,15 +156,16 @@ ports=() seen=() iface=""
 for port_dir in "$sysfs"/class/infiniband/*/ports/*; do
   [ -d "$port_dir" ] || continue
   dev=${port_dir%/ports/*}; dev=${dev##*/}; port=${port_dir##*/}
-  state=$(cat "$port_dir/state" 2> /dev/null || echo "?: unreadable"); state=${state#*: }
-  layer=$(cat "$port_dir/link_layer" 2> /dev/null || echo unknown)
+  first_line "$port_dir/state"; state=${REPLY:-?: unreadable}; state=${state#*: }
+  first_line "$port_dir/link_layer"; layer=${REPLY:-unknown}
   seen+=("$dev:$port $state $layer")
   if [ "$state" = ACTIVE ] && [ "$layer" = InfiniBand ]; then ports+=("$dev:$port"); fi
 done
 for net in "$sysfs"/class/net/*; do
-  if [ "$(cat "$net/type" 2> /dev/null)" = 32 ]; then iface=${net##*/}; break; fi  # ARPHRD_INFINIBAND
+  first_line "$net/type"
+  if [ "$REPLY" = 32 ]; then iface=${net##*/}; break; fi  # ARPHRD_INFINIBAND
 done
-ucx=$(IFS=,; echo "${ports[*]}")
+ucx=""; for p in "${ports[@]}"; do ucx+=${ucx:+,}$p; done
 if [ "$fabric" = sriov ] && [ -z "$ucx" ]; then
   what="no InfiniBand device under $sysfs/class/infiniband"
   if [ ${#seen[@]} -gt 0 ]; then what="$(IFS=,; echo "${seen[*]}") (none ACTIVE with link layer InfiniBand)"; fi
@@ -204,7 +218,7 @@ if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   failed=0
   for h in "${hosts[@]}"; do
     [ -f "$tmp/$h.rc" ] || continue
-    rc=$(cat "$tmp/$h.rc")
+    first_line "$tmp/$h.rc"; rc=$REPLY
     if [ "$rc" != 0 ]; then
       log "cannot reach $h from this node ($node) $how: exit $rc: $(tail -n 3 "$tmp/$h.out" | tr '\n' ' ')"
       failed=1

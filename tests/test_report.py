@@ -65,3 +65,9 @@ def test_json_keeps_every_instance() -> None:
     r.failure = Failure("running", "x", 0)
     d = json.loads(json.dumps(r.to_json()))
     assert [i["index"] for i in d["instances"]] == list(range(64))
+
+
+def test_coordination_progress_says_each_tenth_not_each_node() -> None:
+    from mpibatch.executors.lifecycle import tenth_passed
+    assert [d for d in range(1, 65) if tenth_passed(d, 64)] == [7, 13, 20, 26, 32, 39, 45, 52, 58, 64]
+    assert [d for d in range(1, 4) if tenth_passed(d, 3)] == [1, 2, 3]  # small tasks: every node

@@ -166,8 +166,11 @@ class LocalTransport:
         address table names only them, before any node process starts (a retry after
         end_processes() never sees a PID of the previous namespace)."""
         self._start_run_init()
-        for nd in self.nodes:
-            self._start_holder(nd)
+        # Every node's init is started before any is waited for: they come up side by side, so N nodes
+        # cost one node's latency plus their CPU time, not N latencies one after another.
+        spawned = [(nd, self._spawn_holder(nd)) for nd in self.nodes]
+        for nd, p in spawned:
+            self._await_holder(nd, p)
         for nd in self.nodes:
             (self.nodes_dir / nd.host).write_text(self._ns_pid(self.holder_pids[nd.index]))
 
@@ -196,18 +199,20 @@ class LocalTransport:
         """nsenter into process `pid`'s user namespace (keeping our uid, root inside) and `namespaces`."""
         return ["nsenter", "-t", str(pid), "-U", "--preserve-credentials", *namespaces, "--"]
 
-    def _start_holder(self, node: Node) -> None:
-        p = subprocess.Popen(
+    def _spawn_holder(self, node: Node) -> subprocess.Popen[bytes]:
+        p = self.holders[node.index] = subprocess.Popen(
             [*self._enter(self.run_init_pid, "-p", "-m"), "unshare", "--mount", "--uts", "--propagation",
              "private", "--", "/bin/bash", script_path("local_node_init.sh"),
              str(self.workdir / "nodes" / str(node.index)),
              str(self.mount_point), str(self.hosts_file), node.node_id],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        return p  # in self.holders already: end_processes() ends it whatever happens next
+
+    def _await_holder(self, node: Node, p: subprocess.Popen[bytes]) -> None:
         line = p.stdout.readline() if p.stdout else b""
         if line.strip() != b"ready":
             err = self._stop(p)
             raise InfraError(f"could not create emulated node {node.index}: {err or 'no namespace'}")
-        self.holders[node.index] = p
         self.holder_pids[node.index] = self._child_pid(p.pid)
 
     @staticmethod

@@ -60,7 +60,11 @@ mkdir -p "$REPLY"
 ln -sfn "$wd" "$rank_dir"
 printf 'AZ_BATCH_NODE_ID=%s\n' "$node" > "$wd/.mpibatch-node"
 # A retry starts afresh: no word of the last attempt's tracker and persist step (track.py).
-rm -f "$task_dir/.mpibatch-persisting" "$task_dir/.mpibatch-track.pid" "$task_dir/.mpibatch-track.json"
+stale=()
+for f in "$task_dir/.mpibatch-persisting" "$task_dir/.mpibatch-track.pid" "$task_dir/.mpibatch-track.json"; do
+  if [ -e "$f" ] || [ -L "$f" ]; then stale+=("$f"); fi
+done
+[ ${#stale[@]} -eq 0 ] || rm -f "${stale[@]}"
 
 # 2. This node's environment for its ranks. Every rank starts through .mpibatch-rank, which sources
 #    it: with Open MPI (-x forwards the primary's values) and hydra alike, a rank sees its own node's.
@@ -199,7 +203,7 @@ mv "$work/rank" "$wd/.mpibatch-rank"
 # 3. Every host must reach every other one. The primary logs in to every host the way the MPI
 #    launcher will (ssh on Batch and SSH hosts): N logins, not N x N. Every other node checks that
 #    the ssh port of each peer answers, so a one-way firewall is still named by its pair.
-if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
+if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ] && { [ "$is_master" = true ] || [ "${MPIBATCH_PEER_PORT:-22}" != none ]; }; then
   read -r -a rsh <<< "${MPIBATCH_RSH:-ssh -o BatchMode=yes -o ConnectTimeout=10}"
   port="${MPIBATCH_PEER_PORT:-22}"
   IFS=, read -r -a hosts <<< "$AZ_BATCH_HOST_LIST"

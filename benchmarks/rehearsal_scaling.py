@@ -13,7 +13,10 @@ lines on stderr (`[  1.2s] phase: detail`), timed as they arrive:
 
 Goal (issue 22, item 11): mpibatch <= 1.5x bare at 64 nodes, and its time growing linearly with N.
 
-    .venv/bin/python benchmarks/rehearsal_scaling.py [--nodes 16,32,64] [--runs 3] [--no-write]
+    .venv/bin/python benchmarks/rehearsal_scaling.py [--nodes 16,32,64] [--runs 3] [--no-write] [--section NAME]
+
+Another version of mpibatch (the tree of `git archive COMMIT`, with `mpibatch/launchers` linked to its
+`launchers/`) is measured with PYTHONPATH=THAT_TREE and its own --section.
 """
 from __future__ import annotations
 
@@ -128,6 +131,8 @@ def main() -> None:
     ap.add_argument("--nodes", default="16,32,64", help="node counts, comma-separated")
     ap.add_argument("--runs", type=int, default=3, help="alternating runs per node count (median)")
     ap.add_argument("--no-write", action="store_true", help="print the table, do not write RESULTS.md")
+    ap.add_argument("--section", default="rehearsal_scaling",
+                    help="the RESULTS.md section to write, e.g. for a run of another version (PYTHONPATH=its tree)")
     args = ap.parse_args()
     counts = [int(x) for x in args.nodes.split(",")]
     if not (MPIBATCH.exists() and (MPICH_BIN / "mpiexec").exists()):
@@ -143,6 +148,9 @@ def main() -> None:
             print(table(results)[-1], flush=True)
     command = "python benchmarks/rehearsal_scaling.py" + (f" --nodes {args.nodes}" if args.nodes != "16,32,64" else "")
     command += f" --runs {args.runs}" if args.runs != 3 else ""
+    command += f" --section '{args.section}'" if args.section != "rehearsal_scaling" else ""
+    if os.environ.get("PYTHONPATH"):
+        command = f"PYTHONPATH={os.environ['PYTHONPATH']} {command}"
     body = (f"`{command}` (medians of {args.runs} alternating whole processes: `.venv/bin/mpibatch run` of N "
             "emulated nodes x 1 rank of examples/hello/hello.py vs bare `mpiexec -n N python3 hello.py`, PATH "
             "starting at .venvs/mpich/bin; phases from mpibatch's progress lines as they arrive; summary rows = "
@@ -152,7 +160,7 @@ def main() -> None:
     if not args.no_write:
         sys.path.insert(0, str(Path(__file__).parent))
         from _results import write_section
-        write_section("rehearsal_scaling", body)
+        write_section(args.section, body)
 
 
 if __name__ == "__main__":

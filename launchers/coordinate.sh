@@ -200,18 +200,23 @@ mv "$env_out" "$wd/.mpibatch-node.env"
 chmod 755 "$work/rank"
 mv "$work/rank" "$wd/.mpibatch-rank"
 
-# 3. Every host must reach every other one. The primary logs in to every host the way the MPI
-#    launcher will (ssh on Batch and SSH hosts): N logins, not N x N. Every other node checks that
-#    the ssh port of each peer answers, so a one-way firewall is still named by its pair.
+# 3. The paths the MPI launcher takes must be open. The primary logs in to every host the way the
+#    launcher will (ssh on Batch and SSH hosts); every other node checks that the primary's ssh port
+#    answers (the launcher's daemons connect back to it), so a one-way firewall is named by its pair.
+#    2(N-1) checks in all, not N x N: at 64 nodes every sshd would otherwise take 63 probes at once,
+#    more unauthenticated connections than sshd's MaxStartups default (10) lets through unrefused,
+#    and could refuse the primary's real login among them. (Probing port 22 between subtasks said
+#    nothing about the ports ranks use among themselves.)
 if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ] && { [ "$is_master" = true ] || [ "${MPIBATCH_PEER_PORT:-22}" != none ]; }; then
   read -r -a rsh <<< "${MPIBATCH_RSH:-ssh -o BatchMode=yes -o ConnectTimeout=10}"
   port="${MPIBATCH_PEER_PORT:-22}"
   IFS=, read -r -a hosts <<< "$AZ_BATCH_HOST_LIST"
+  primary=${master_ip#[}; primary=${primary%]}
   tmp="$work/peers"; mkdir "$tmp"
   for h in "${hosts[@]}"; do
     if [ "$is_master" = true ]; then
       (rc=0; timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$h.out" 2>&1 || rc=$?; echo "$rc" > "$tmp/$h.rc") &
-    elif [ "$port" != none ]; then
+    elif [ "$port" != none ] && [ "$h" = "$primary" ]; then
       # shellcheck disable=SC2016  # $0/$1 expand in the inner bash, on purpose
       (rc=0; timeout 10 bash -c 'exec 3<> "/dev/tcp/$0/$1"' "$h" "$port" > "$tmp/$h.out" 2>&1 || rc=$?
        echo "$rc" > "$tmp/$h.rc") &

@@ -13,10 +13,10 @@ lines on stderr (`[  1.2s] phase: detail`), timed as they arrive:
 
 Goal (issue 22, item 11): mpibatch <= 1.5x bare at 64 nodes, and its time growing linearly with N.
 
-    .venv/bin/python benchmarks/rehearsal_scaling.py [--nodes 16,32,64] [--runs 3] [--no-write] [--section NAME]
+    .venv/bin/python benchmarks/rehearsal_scaling.py [--nodes 16,32,64] [--runs 3] [--baseline COMMIT] [--no-write]
 
-Another version of mpibatch (the tree of `git archive COMMIT`, with `mpibatch/launchers` linked to its
-`launchers/`) is measured with PYTHONPATH=THAT_TREE and its own --section.
+--baseline COMMIT measures that commit's mpibatch too (its `git archive`, on PYTHONPATH), run for run with this
+checkout's: before/after numbers taken under the same load.
 """
 from __future__ import annotations
 
@@ -91,29 +91,40 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str, 
     return took, stdout, lines
 
 
-def measure(n: int, runs: int, tmp: Path, env: dict[str, str]) -> dict[str, object]:
+def run_once(argv: list[str], tmp: Path, env: dict[str, str]) -> tuple[float, dict[str, float], int]:
+    took, out, err = timed(argv, tmp, env)
+    shutil.rmtree(tmp / "runs", ignore_errors=True)
+    return took, phases(err, took), len(re.findall(r"^\S+\s+(?:primary|subtask)\s", out, re.M))
+
+
+def measure(n: int, runs: int, tmp: Path, variants: dict[str, dict[str, str]]) -> dict[str, dict[str, object]]:
+    """Per variant (name -> environment): medians of its runs, each run after a bare one (alternating, so a
+    busy moment of the machine hits every variant alike)."""
     (tmp / f"n{n}.yaml").write_text(spec_text(n))
     mpibatch = [str(MPIBATCH), "run", f"n{n}.yaml", "--runs-dir", str(tmp / "runs")]
     bare = [str(MPICH_BIN / "mpiexec"), "-n", str(n), "python3", "hello.py"]
     bare_t: list[float] = []
-    mb_t: list[float] = []
-    per_phase: dict[str, list[float]] = {name: [] for name, _ in PHASES}
-    summary_rows = 0
-    for _ in range(runs):  # alternating, so a busy moment of the machine hits both
-        bare_t.append(timed(bare, tmp, env)[0])
-        took, out, err = timed(mpibatch, tmp, env)
-        mb_t.append(took)
-        for name, secs in phases(err, took).items():
-            per_phase[name].append(secs)
-        summary_rows = len(re.findall(r"^\S+\s+(?:primary|subtask)\s", out, re.M))
-        shutil.rmtree(tmp / "runs", ignore_errors=True)
-    return {"n": n, "bare": statistics.median(bare_t), "mpibatch": statistics.median(mb_t),
-            "phases": {k: statistics.median(v) for k, v in per_phase.items() if v}, "rows": summary_rows}
+    got: dict[str, list[tuple[float, dict[str, float], int]]] = {v: [] for v in variants}
+    for _ in range(runs):
+        for name, env in variants.items():
+            bare_t.append(timed(bare, tmp, env)[0])
+            got[name].append(run_once(mpibatch, tmp, env))
+    return {name: {"n": n, "bare": statistics.median(bare_t), "mpibatch": statistics.median(r[0] for r in rs),
+                   "phases": {p: statistics.median(r[1].get(p, 0.0) for r in rs) for p, _ in PHASES},
+                   "rows": rs[-1][2]} for name, rs in got.items()}
+
+
+def export_tree(commit: str, dest: Path) -> Path:
+    """`commit` of this repository as a tree mpibatch runs from with PYTHONPATH=<tree> (its launchers too)."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    (dest / "mpibatch" / "launchers").symlink_to("../launchers")
+    return dest
 
 
 def table(results: list[dict[str, object]]) -> list[str]:
     names = [name for name, _ in PHASES]
-    lines = ["| nodes | bare mpiexec (s) | mpibatch run (s) | ratio | per node (ms) | "
+    lines = ["| nodes | bare mpiexec (s) | mpibatch run (s) | ratio | over bare per node (ms) | "
              + " | ".join(f"{p} (s)" for p in names) + " | summary rows | goal met |",
              "|---" * (7 + len(names)) + "|"]
     for r in results:
@@ -121,7 +132,7 @@ def table(results: list[dict[str, object]]) -> list[str]:
         ph: dict[str, float] = r["phases"]  # type: ignore[assignment]
         cells = " | ".join(f"{ph.get(p, 0.0):.2f}" for p in names)
         goal = "yes" if mb <= 1.5 * bare else "no"
-        lines.append(f"| {n} | {bare:.2f} | {mb:.2f} | {mb / bare:.2f}x | {1000 * mb / n:.0f} | {cells} | "
+        lines.append(f"| {n} | {bare:.2f} | {mb:.2f} | {mb / bare:.2f}x | {1000 * (mb - bare) / n:.0f} | {cells} | "
                      f"{r['rows']} | {goal if n == 64 else '-'} |")
     return lines
 
@@ -130,37 +141,44 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", default="16,32,64", help="node counts, comma-separated")
     ap.add_argument("--runs", type=int, default=3, help="alternating runs per node count (median)")
-    ap.add_argument("--no-write", action="store_true", help="print the table, do not write RESULTS.md")
-    ap.add_argument("--section", default="rehearsal_scaling",
-                    help="the RESULTS.md section to write, e.g. for a run of another version (PYTHONPATH=its tree)")
+    ap.add_argument("--baseline", metavar="COMMIT", help="also measure this commit's mpibatch, run for run")
+    ap.add_argument("--no-write", action="store_true", help="print the tables, do not write RESULTS.md")
     args = ap.parse_args()
     counts = [int(x) for x in args.nodes.split(",")]
     if not (MPIBATCH.exists() and (MPICH_BIN / "mpiexec").exists()):
         raise SystemExit(f"needs {MPIBATCH} and {MPICH_BIN / 'mpiexec'} (scripts/test.sh makes them)")
     env = dict(os.environ, PATH=f"{MPICH_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    results = []
+    env.pop("PYTHONPATH", None)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        variants = {"this checkout": env}
+        if args.baseline:
+            base = export_tree(args.baseline, Path(tempfile.mkdtemp(dir=tmp)))
+            variants[f"baseline {args.baseline}"] = dict(env, PYTHONPATH=str(base))
+        results: dict[str, list[dict[str, object]]] = {v: [] for v in variants}
         shutil.copy(HELLO, tmp / "hello.py")
         timed([str(MPICH_BIN / "mpiexec"), "-n", "2", "python3", "hello.py"], tmp, env)  # warm the page cache
         for n in counts:
-            results.append(measure(n, args.runs, tmp, env))
-            print(table(results)[-1], flush=True)
+            for name, r in measure(n, args.runs, tmp, variants).items():
+                results[name].append(r)
+                print(name, table(results[name])[-1], flush=True)
     command = "python benchmarks/rehearsal_scaling.py" + (f" --nodes {args.nodes}" if args.nodes != "16,32,64" else "")
     command += f" --runs {args.runs}" if args.runs != 3 else ""
-    command += f" --section '{args.section}'" if args.section != "rehearsal_scaling" else ""
-    if os.environ.get("PYTHONPATH"):
-        command = f"PYTHONPATH={os.environ['PYTHONPATH']} {command}"
+    command += f" --baseline {args.baseline}" if args.baseline else ""
     body = (f"`{command}` (medians of {args.runs} alternating whole processes: `.venv/bin/mpibatch run` of N "
             "emulated nodes x 1 rank of examples/hello/hello.py vs bare `mpiexec -n N python3 hello.py`, PATH "
-            "starting at .venvs/mpich/bin; phases from mpibatch's progress lines as they arrive; summary rows = "
-            "instance rows in the human summary). Goal: <= 1.5x bare at 64 nodes, time linear in N. 2-core "
-            "machine shared with other work.\n\n" + "\n".join(table(results)))
+            "starting at .venvs/mpich/bin; with --baseline, that commit's mpibatch (PYTHONPATH=its `git archive`) "
+            "runs in turn with this checkout's; phases from mpibatch's progress lines as they arrive; summary rows "
+            "= instance rows in the human summary). Goal: <= 1.5x bare at 64 nodes, time linear in N. 2-core "
+            f"machine shared with other work (1-minute load average {load_before:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after).\n\n"
+            + "\n\n".join(f"{name}:\n\n" + "\n".join(table(rs)) for name, rs in results.items()))
     print(body)
     if not args.no_write:
         sys.path.insert(0, str(Path(__file__).parent))
         from _results import write_section
-        write_section(args.section, body)
+        write_section("rehearsal_scaling", body)
 
 
 if __name__ == "__main__":

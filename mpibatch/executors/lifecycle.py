@@ -308,6 +308,7 @@ class Lifecycle:
             raise _Failed(Failure("running", f"the application exited with code {rc} on the primary"
                                   + (NOT_FOUND_HINT if rc == 127 else ""), 0))
 
+
 def tenth_passed(done: int, total: int) -> bool:
     """Whether `done` of `total` is worth a progress line: every one up to 10, then each tenth and the last
     (64 nodes: 10 lines, not 64). Pure."""

@@ -174,7 +174,7 @@ for net in "$sysfs"/class/net/*; do
   net_type=""; read_line net_type "$net/type" || true
   if [ "$net_type" = 32 ]; then iface=${net##*/}; break; fi  # ARPHRD_INFINIBAND
 done
-ucx=$(IFS=,; echo "${ports[*]}")
+ucx=""; for p in "${ports[@]}"; do ucx+=${ucx:+,}$p; done
 if [ "$fabric" = sriov ] && [ -z "$ucx" ]; then
   what="no InfiniBand device under $sysfs/class/infiniband"
   if [ ${#seen[@]} -gt 0 ]; then what="$(IFS=,; echo "${seen[*]}") (none ACTIVE with link layer InfiniBand)"; fi
@@ -205,22 +205,25 @@ mv "$env_out" "$wd/$node_env_file"
 chmod 755 "$work/rank"
 mv "$work/rank" "$wd/$rank_wrapper"
 
-# 3. Every host must reach every other one. The primary logs in to every host the way the MPI
-#    launcher will (ssh on Batch and SSH hosts): N logins, not N x N. Every other node checks that
-#    the ssh port of each peer answers, so a one-way firewall is still named by its pair. A peer's
-#    port: MPIBATCH_PEER_PORTS (one per AZ_BATCH_HOST_LIST entry, in its order: the SSH executor
-#    passes the ports it used), else MPIBATCH_PEER_PORT for every peer (none: no port check), else 22.
+# 3. The paths the MPI launcher takes must be open. The primary logs in to every host the way the
+#    launcher will (ssh on Batch and SSH hosts); every other node checks that the primary's ssh port
+#    answers (the launcher's daemons connect back to it), so a one-way firewall is named by its pair.
+#    2(N-1) checks in all, not N x N: at 64 nodes every sshd would otherwise take 63 probes at once,
+#    more unauthenticated connections than sshd's MaxStartups default (10) lets through unrefused.
+#    The port of an entry: MPIBATCH_PEER_PORTS (one per AZ_BATCH_HOST_LIST entry, in its order: the SSH
+#    executor passes the ports it used), else MPIBATCH_PEER_PORT (none: no port check), else 22.
 if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   read -r -a rsh <<< "${MPIBATCH_RSH:-ssh -o BatchMode=yes -o ConnectTimeout=10}"
   IFS=, read -r -a hosts <<< "$AZ_BATCH_HOST_LIST"
   IFS=, read -r -a peer_ports <<< "${MPIBATCH_PEER_PORTS:-}"
-  peer_port() { local p=${peer_ports[$1]:-${MPIBATCH_PEER_PORT:-22}}; [[ $p =~ ^[0-9]+$ ]] || p=none; echo "$p"; }
+  peer_port() { REPLY=${peer_ports[$1]:-${MPIBATCH_PEER_PORT:-22}}; [[ $REPLY =~ ^[0-9]+$ ]] || REPLY=none; }
+  primary=${master_ip#[}; primary=${primary%]}
   tmp="$work/peers"; mkdir "$tmp"
   for i in "${!hosts[@]}"; do  # files by index: entries may share an address (one machine, several ports)
-    h=${hosts[$i]} port=$(peer_port "$i")
+    h=${hosts[$i]}; peer_port "$i"; port=$REPLY
     if [ "$is_master" = true ]; then
       (rc=0; timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$i.out" 2>&1 || rc=$?; echo "$rc" > "$tmp/$i.rc") &
-    elif [ "$port" != none ]; then
+    elif [ "$port" != none ] && [ "$h" = "$primary" ]; then
       # shellcheck disable=SC2016  # $0/$1 expand in the inner bash, on purpose
       (rc=0; timeout 10 bash -c 'exec 3<> "/dev/tcp/$0/$1"' "$h" "$port" > "$tmp/$i.out" 2>&1 || rc=$?
        echo "$rc" > "$tmp/$i.rc") &
@@ -231,7 +234,7 @@ if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   for i in "${!hosts[@]}"; do
     [ -f "$tmp/$i.rc" ] || continue
     rc=""; read_line rc "$tmp/$i.rc" || true
-    how="with '${rsh[0]}'"; [ "$is_master" = true ] || how="on port $(peer_port "$i")"
+    peer_port "$i"; how="with '${rsh[0]}'"; [ "$is_master" = true ] || how="on port $REPLY"
     if [ "$rc" != 0 ]; then
       log "cannot reach ${hosts[$i]} from this node ($node) $how: exit $rc: $(tail -n 3 "$tmp/$i.out" | tr '\n' ' ')"
       failed=1

@@ -10,5 +10,6 @@ mount --bind "$3" /etc/hosts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 hostname "$4"
 echo ready
-# Stay alive (and reap orphans) until the executor ends the node.
-exec bash -c 'trap "exit 0" TERM; while :; do sleep 3600 & wait $!; done'
+# Stay alive until the executor ends the node (SIGKILL). One process per node, no shell loop: a run starts
+# N of these. (Orphans of the node go to the run's PID 1, not here.)
+exec sleep infinity

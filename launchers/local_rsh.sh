@@ -12,11 +12,12 @@ while [ $# -gt 0 ]; do
 done
 host=${1:?usage: local_rsh.sh [options] HOST COMMAND}
 shift
-pid=$(cat "${MPIBATCH_LOCAL_NODES:?}/$host" 2> /dev/null) || {
-  echo "mpibatch local: no emulated node has address $host" >&2; exit 255; }
-while IFS='=' read -r name _; do
-  case "$name" in AZ_BATCH_*|CCP_NODES) unset "$name" ;; esac
-done < <(env)
+# Builtins only before the exec (MPI launchers start this once per node: no cat, no env).
+nodes=${MPIBATCH_LOCAL_NODES:?the local executor sets it}
+pid=""
+{ read -r pid < "$nodes/$host"; } 2> /dev/null || true
+[ -n "$pid" ] || { echo "mpibatch local: no emulated node has address $host" >&2; exit 255; }
+for name in "${!AZ_BATCH_@}" CCP_NODES; do unset "$name"; done
 # Already inside the run's user and PID namespaces (as root there): enter only the
 # node's mount and UTS namespaces.
 exec nsenter -t "$pid" -m -u -- /bin/sh -c "$*"

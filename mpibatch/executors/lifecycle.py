@@ -125,7 +125,7 @@ class Lifecycle:
                         raise _Failed(Failure(phase, f"instance {i} ({nodes[i].host}) was lost after "
                                               f"{time.monotonic() - self.t0:.1f}s: {why}", i))
                     codes[i] = rc
-                    if phase == "coordination":
+                    if phase == "coordination" and tenth_passed(len(codes), len(procs)):
                         self._say("coordination", f"{len(codes)}/{len(procs)} done")
             for n in watch:
                 if n.index not in procs or n.index in codes:
@@ -312,6 +312,13 @@ class Lifecycle:
         if rc != 0:
             raise _Failed(Failure("running", f"the application exited with code {rc} on the primary"
                                   + (NOT_FOUND_HINT if rc == 127 else ""), 0))
+
+
+def tenth_passed(done: int, total: int) -> bool:
+    """Whether `done` of `total` is worth a progress line: every one up to 10, then each tenth and the last
+    (64 nodes: 10 lines, not 64). Pure."""
+    return done == total or done * 10 // total != (done - 1) * 10 // total
+
 
 def split_command_line(command_line: str) -> list[str]:
     """How a Linux Batch node splits a task command line (no shell: just words)."""

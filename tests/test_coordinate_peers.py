@@ -8,7 +8,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from mpibatch.launchers import script_path
+from mpibatch.launchers import protocol, script_path
 
 from mpibatch.executors.local import SYSTEM_PATH
 
@@ -23,8 +23,8 @@ def coordinate(tmp_path: Path, *, master: bool, **env: str) -> subprocess.Comple
             "AZ_BATCH_TASK_SHARED_DIR": str(shared), "AZ_BATCH_HOST_LIST": ",".join(HOSTS),
             "AZ_BATCH_MASTER_NODE": f"{HOSTS[0]}:6000", "AZ_BATCH_NODE_ID": "tvm-2",
             "AZ_BATCH_IS_CURRENT_NODE_MASTER": "true" if master else "false", **env}
-    return subprocess.run(["bash", script_path("coordinate.sh"), "--rank-dir", str(tmp_path / "r" / "t")],
-                          env=base, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", script_path("coordinate.sh"), "--rank-dir", str(tmp_path / "r" / "t"),
+                           *protocol.coordinate_args()], env=base, capture_output=True, text=True, timeout=60)
 
 
 class Listener:

@@ -205,5 +205,9 @@ def test_job_schedule_window_until_and_bad_input(client: Any, emu: EmulatorProce
     for body in bad:
         a = send_json(emu.endpoint, emu.account, emu.key, "POST", "/jobschedules", body)
         assert a.status == 400, body
-    assert {"bad1", "bad2", "bad3"}.isdisjoint(x.id for x in client.list_job_schedules())
+    a = send_json(emu.endpoint, emu.account, emu.key, "POST", "/jobschedules", {
+        "id": "bad4", "schedule": {}, "jobSpecification": {"poolInfo": {"poolId": "fixed"},
+                                                           "networkConfiguration": {"subnetId": "x"}}})
+    assert (a.status, a.code) == (501, "NotSupportedByEmulator")  # refused in a job specification as in a job
+    assert {"bad1", "bad2", "bad3", "bad4"}.isdisjoint(x.id for x in client.list_job_schedules())
     client.begin_delete_job_schedule("later", polling_interval=1).result()

@@ -63,6 +63,11 @@ def check_schedule(emu: Emulator, sched: dict[str, Any]) -> dict[str, Any]:
     return sched
 
 
+def _job_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A jobSpecification passes every rule of a job (what is refused for a job is refused here too)."""
+    return jobs.check_spec(schema.validate(spec, schema.JOB_SPEC, "job"), in_schedule=True)
+
+
 def _first_due(sched: dict[str, Any]) -> float:
     return _epoch(sched.get("doNotRunUntil"), "doNotRunUntil") or time.time()
 
@@ -72,7 +77,7 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
                                                                               "jobSpecification"))
     schema.check_id(body["id"], "id")
     sched = check_schedule(emu, body["schedule"])
-    spec = jobs.check_spec(body["jobSpecification"], in_schedule=True)
+    spec = _job_spec(body["jobSpecification"])
     auto = (spec.get("poolInfo") or {}).get("autoPoolSpecification")
     with emu.store.lock:
         if key(body["id"]) in emu.store.schedules:
@@ -133,7 +138,7 @@ def update(emu: Emulator, schedule_id: str, body: Any, *, replace: bool) -> None
     if body.get("schedule") is not None:
         changes["schedule"] = check_schedule(emu, body["schedule"])
     if body.get("jobSpecification") is not None:
-        changes["jobSpecification"] = jobs.check_spec(body["jobSpecification"], in_schedule=True)
+        changes["jobSpecification"] = _job_spec(body["jobSpecification"])
     if body.get("metadata") is not None or replace:
         changes["metadata"] = body.get("metadata") or []
     s = get(emu, schedule_id)

@@ -211,3 +211,33 @@ def test_job_schedule_window_until_and_bad_input(client: Any, emu: EmulatorProce
     assert (a.status, a.code) == (501, "NotSupportedByEmulator")  # refused in a job specification as in a job
     assert {"bad1", "bad2", "bad3", "bad4"}.isdisjoint(x.id for x in client.list_job_schedules())
     client.begin_delete_job_schedule("later", polling_interval=1).result()
+
+
+def test_a_job_schedule_survives_a_restart_without_a_second_job(tmp_path: Any) -> None:
+    """Schedules are kept in the state dir like jobs: after a restart the hourly schedule still has its one
+    job, and its next run is still an hour away (no job created twice)."""
+    from azure.batch import BatchClient
+    from azure.batch import models as m
+    from azure.core.credentials import AzureNamedKeyCredential
+
+    def started() -> tuple[EmulatorProcess, Any]:
+        e = EmulatorProcess(tmp_path / "state", storage="none", pools=("p:1",)).start()
+        return e, BatchClient(e.endpoint, AzureNamedKeyCredential(e.account, e.key))
+
+    e, client = started()
+    try:
+        client.create_job_schedule(m.BatchJobScheduleCreateOptions(
+            id="hourly", schedule=m.BatchJobScheduleConfiguration(recurrence_interval="PT1H"),
+            job_specification=m.BatchJobSpecification(pool_info=m.BatchPoolInfo(pool_id="p"))))
+        wait_for("the first job", lambda: list(client.list_jobs_from_schedule("hourly")))
+        next_run = client.get_job_schedule("hourly").execution_info.next_run_time
+    finally:
+        e.stop()
+    e, client = started()
+    try:
+        time.sleep(1)  # a few ticks of the clock
+        s = client.get_job_schedule("hourly")
+        assert s.state == "active" and s.execution_info.next_run_time == next_run
+        assert [j.id for j in client.list_jobs_from_schedule("hourly")] == ["hourly:job-1"]
+    finally:
+        e.stop()

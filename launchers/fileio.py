@@ -66,12 +66,14 @@ class DurableFile:
     `size` (or the bytes written) and the MD5 against `md5` (computed over the temporary file when the
     caller did not hash in order), fsyncs, renames onto `dest` and fsyncs the directory. Leaving the
     ``with`` block without ``commit`` - an error, Ctrl-C - removes the temporary file; `dest` is untouched.
+    `mode` is filtered by the umask, unless `exact_mode`: then the file gets exactly `mode` (fchmod before
+    the rename, so `dest` never shows another mode).
     """
 
     def __init__(self, dest: str | os.PathLike[str], *, size: int | None = None, md5: bytes | None = None,
-                 mode: int = 0o644) -> None:
+                 mode: int = 0o644, exact_mode: bool = False) -> None:
         self.dest = os.fspath(dest)
-        self.size, self.md5, self.mode = size, md5, mode
+        self.size, self.md5, self.mode, self.exact_mode = size, md5, mode, exact_mode
         self.part = temp_name(self.dest)
         self.written = 0  # bytes appended by write()
         self.committed = False
@@ -139,6 +141,8 @@ class DurableFile:
                 got = md5 if md5 is not None else file_md5(self.part)
                 if got != self.md5:
                     raise self._error("MD5 mismatch: the bytes written are not the ones expected")
+            if self.exact_mode:  # os.open's mode went through the umask
+                os.fchmod(self.fd, self.mode)
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
@@ -169,11 +173,12 @@ def write_bytes(dest: str | os.PathLike[str], data: bytes, *, mode: int = 0o644)
         f.commit()
 
 
-def copy_file(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, mode: int | None = None) -> int:
+def copy_file(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, mode: int | None = None,
+              exact_mode: bool = False) -> int:
     """Copy `src` to `dest` durably; returns the size. The source must not change size while it is read."""
     with open(src, "rb") as s:
         size = os.fstat(s.fileno()).st_size
-        with DurableFile(dest, size=size, mode=0o644 if mode is None else mode) as f:
+        with DurableFile(dest, size=size, mode=0o644 if mode is None else mode, exact_mode=exact_mode) as f:
             f.copy_from(s.read)
             f.commit()
     return size

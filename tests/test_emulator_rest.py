@@ -150,7 +150,7 @@ def test_wrong_key_and_api_version(emu: EmulatorProcess, client: Any) -> None:
 
 
 def test_not_emulated_is_refused_never_silently_accepted(client: Any) -> None:
-    for method, path, body in [("PATCH", "/pools/p1", {"metadata": []}), ("POST", "/jobschedules", {"id": "s"}),
+    for method, path, body in [("PATCH", "/pools/p1", {"metadata": []}), ("GET", "/poolusagemetrics", None),
                                ("POST", "/pools/p1/nodes/x/reboot", {}), ("GET", "/applications", None)]:
         status, code, values = error(call(client, method, path, body))
         assert (status, code) == (501, "NotSupportedByEmulator"), (method, path)

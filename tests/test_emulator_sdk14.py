@@ -49,3 +49,26 @@ def test_sdk14_full_workflow(emulator: EmulatorProcess) -> None:
     assert seen["sub_stdout"].startswith("coordination on node-")
     assert seen["release_exit"] == [0] and seen["prep_exit"] == [0]
     assert not any(emulator.key in line for line in emulator.log)  # the key is printed once, on stdout
+
+
+SCHEDULES = Path(__file__).parent / "clients" / "batch14_schedules.py"
+
+
+def test_sdk14_job_schedule_with_auto_pool_and_job_manager(tmp_path: Path) -> None:
+    """The job schedule flow of the samples on azure-batch 14.2 (no storage, no MPI needed)."""
+    if not BATCH14.exists():
+        pytest.fail(f"{BATCH14} missing: run scripts/install-test-deps.sh", pytrace=False)
+    emu = EmulatorProcess(tmp_path / "state", storage="none").start()
+    try:
+        p = subprocess.run([str(BATCH14), str(SCHEDULES)], env={"PATH": "/usr/bin:/bin", **emu.exports},
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        emu.stop()
+    assert p.returncode == 0, p.stderr + "\n--- emulator log:\n" + "\n".join(emu.log)
+    seen = json.loads(p.stdout)
+    assert seen["image"] == ["batch.node.ubuntu 22.04", "22_04-lts"]
+    assert seen["exists"] is True and seen["jobs"] == ["sched14:job-1", "sched14:job-2"]
+    assert seen["pool"].startswith("s14_") and seen["reason"] == "JMComplete"
+    assert seen["manager_stdout"] == "sched14:job-1\n" and seen["recent"] is True
+    assert seen["metadata"] == [["owner", "sdk14"]] and seen["disabled"] is True
+    assert seen["stopped"] is True and seen["pool_gone"] is True and seen["jobs_left"] == []

@@ -19,6 +19,7 @@ from .edge import BoundedServer
 from .files import AutoStorage
 from .nodes import Ledger, Processes
 from .scheduler import Scheduler
+from .schedules import Clock
 from .server import make_server
 from .state import Store
 from .storage import HOW_TO_GET, Azurite, find_azurite
@@ -61,6 +62,7 @@ class Emulator:
         self.store = Store(self.state_dir)
         self.procs = Processes(Ledger(self.state_dir / "processes.txt" if self.state_dir else None))
         self.scheduler = Scheduler(self)
+        self.clock = Clock(self)  # job schedules
         self.storage: AutoStorage | None = None
         self.connection_string: str | None = None
         self.azurite: Azurite | None = None
@@ -165,6 +167,7 @@ class Emulator:
             raise
         self.store.start_saving()
         self.scheduler.start()
+        self.clock.start()
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="emulator-http", daemon=True)
         self._thread.start()
@@ -194,6 +197,7 @@ class Emulator:
             raise SpecError("--storage", str(e), "pass `auto` or a full connection string") from None
 
     def stop(self) -> None:
+        self.clock.stop()
         self.scheduler.stop()
         if self._server is not None:
             self._server.closing.set()  # an accept loop waiting for a free request slot gives up

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import http.client
 import os
+import re
 import stat
 import urllib.error
 import urllib.parse
@@ -26,6 +27,7 @@ TIMEOUT_S = 60
 STORAGE_VERSION = "2021-08-06"
 UPLOAD_BLOCK = 4 * 1024 * 1024  # output files go up in blocks of this size, UPLOAD_WORKERS at once
 UPLOAD_WORKERS = 2
+DEFAULT_FILE_MODE = 0o770  # a resource file without fileMode, on a Linux node
 
 
 class FileError(Exception):
@@ -93,13 +95,26 @@ def _list_blobs(container_url: str, prefix: str) -> list[str]:
     return [n for n in names if n]
 
 
-def resolve(resource_files: list[dict[str, Any]], storage: AutoStorage | None) -> list[tuple[str, str]]:
-    """Resource files -> (URL, path relative to the working directory), one per file."""
-    out: list[tuple[str, str]] = []
+def file_mode(rf: dict[str, Any]) -> int:
+    """A resource file's permission bits: its `fileMode` (an octal string such as "0755" or "755"), else
+    Batch's default on Linux nodes, 0770 (ResourceFile.fileMode in the REST reference)."""
+    text = rf.get("fileMode")
+    if text is None or text == "":
+        return DEFAULT_FILE_MODE
+    if not isinstance(text, str) or not re.fullmatch(r"0?[0-7]{1,4}", text.strip()):
+        raise FileError("InvalidResourceFileMode", f"resource file {rf.get('filePath') or ''}: fileMode "
+                        f"{str(text)[:20]!r} is not an octal permission mode (use e.g. \"0755\")")
+    return int(text.strip(), 8) & 0o7777
+
+
+def resolve(resource_files: list[dict[str, Any]], storage: AutoStorage | None) -> list[tuple[str, str, int]]:
+    """Resource files -> (URL, path relative to the working directory, permission bits), one per file."""
+    out: list[tuple[str, str, int]] = []
     for rf in resource_files or []:
         path = (rf.get("filePath") or "").replace("\\", "/").strip("/")
+        mode = file_mode(rf)
         if rf.get("httpUrl"):
-            out.append((rf["httpUrl"], path or Path(urllib.parse.urlsplit(rf["httpUrl"]).path).name))
+            out.append((rf["httpUrl"], path or Path(urllib.parse.urlsplit(rf["httpUrl"]).path).name, mode))
             continue
         if rf.get("autoStorageContainerName"):
             if storage is None:
@@ -113,7 +128,7 @@ def resolve(resource_files: list[dict[str, Any]], storage: AutoStorage | None) -
                             "autoStorageContainerName")
         prefix = rf.get("blobPrefix") or ""
         for blob in _list_blobs(url, prefix):
-            out.append((_blob_url(url, blob), f"{path}/{blob}" if path else blob))
+            out.append((_blob_url(url, blob), f"{path}/{blob}" if path else blob, mode))
     return out
 
 
@@ -124,12 +139,12 @@ def safe_join(root: Path, rel: str) -> Path:
     return root / rel
 
 
-def download(files: list[tuple[str, str]], wd: Path) -> None:
-    for url, rel in files:
+def download(files: list[tuple[str, str, int]], wd: Path) -> None:
+    for url, rel, mode in files:
         dest = safe_join(wd, rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:  # durably, and a body cut short of its Content-Length is a failed download, never a short file
-            fetch_to(url, dest, timeout=TIMEOUT_S)
+            fetch_to(url, dest, timeout=TIMEOUT_S, mode=mode)
         except urllib.error.HTTPError as e:
             raise FileError("BlobAccessDenied" if e.code == 403 else "BlobNotFound" if e.code == 404 else
                             "ResourceFileDownloadFailed",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import schema
+from . import autopools, jobmanager, schema
 from .errors import BatchError, exists, not_found, now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -23,7 +23,17 @@ log = logging.getLogger(__name__)
 
 
 def add(emu: Emulator, body: Any) -> dict[str, Any]:
-    body = schema.validate(body, schema.JOB, "job", required=("id", "poolInfo.poolId"))
+    body = schema.validate(body, schema.JOB, "job", required=("id",))
+    return create(emu, check_spec(body, in_schedule=False))
+
+
+def check_spec(body: dict[str, Any], *, in_schedule: bool) -> dict[str, Any]:
+    """The rules of a job (or a job schedule's jobSpecification) past its JSON types; the body with its
+    enumerations spelled as the API spells them. Nothing is created."""
+    pool_info = body.get("poolInfo") or {}
+    if not pool_info.get("poolId") and not pool_info.get("autoPoolSpecification"):
+        raise schema.missing_property("poolInfo.poolId")
+    auto = autopools.check(pool_info.get("autoPoolSpecification"), in_schedule=in_schedule)
     on_all = schema.enum(body.get("onAllTasksComplete") or "noaction", "onAllTasksComplete",
                          ("noaction", "terminatejob"))
     on_fail = schema.enum(body.get("onTaskFailure") or "noaction", "onTaskFailure",
@@ -33,20 +43,38 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
     for name in ("jobPreparationTask", "jobReleaseTask"):
         if body.get(name) and not body[name].get("commandLine"):
             raise schema.missing_property(f"{name}.commandLine")
+    jobmanager.check(body.get("jobManagerTask"))
+    out = {**body, "onAllTasksComplete": on_all, "onTaskFailure": on_fail}
+    if auto is not None:
+        out["poolInfo"] = {**pool_info, "autoPoolSpecification": auto}
+    return out
+
+
+def create(emu: Emulator, body: dict[str, Any], *, pool_id: str | None = None) -> dict[str, Any]:
+    """Store a checked job; its auto pool (lifetime job) is created here, a job schedule's own auto pool is
+    `pool_id`. The job manager task, if any, is the job's first task."""
+    auto = (body.get("poolInfo") or {}).get("autoPoolSpecification")
     with emu.store.lock:
         if key(body["id"]) in emu.store.jobs:
             raise exists("Job")
+        own_pool = None
+        if auto is not None and pool_id is None:
+            pool_id = own_pool = autopools.create(emu, auto, f"job:{body['id']}")
+        pool_id = pool_id or body["poolInfo"]["poolId"]
         t = now_iso()
         job = {**body, "url": f"{emu.endpoint}/jobs/{body['id']}", "creationTime": t, "state": "active",
-               "stateTransitionTime": t, "priority": body.get("priority", 0), "onAllTasksComplete": on_all,
-               "onTaskFailure": on_fail, "usesTaskDependencies": bool(body.get("usesTaskDependencies")),
+               "stateTransitionTime": t, "priority": body.get("priority", 0),
+               "usesTaskDependencies": bool(body.get("usesTaskDependencies")),
                "constraints": {"maxWallClockTime": "P10675199DT2H48M5.4775807S", "maxTaskRetryCount": 0,
                                **(body.get("constraints") or {})},
-               "executionInfo": {"startTime": t, "poolId": body["poolInfo"]["poolId"]}, "_nodes": {}}
+               "executionInfo": {"startTime": t, "poolId": pool_id}, "_nodes": {}}
+        if own_pool:
+            job["_autoPool"] = own_pool
         touch(job)
         emu.store.jobs[key(body["id"])] = job
-    emu.store.mark(("jobs", job))
-    emu.event(f"job {body['id']}: added on pool {body['poolInfo']['poolId']}")
+        manager = jobmanager.add_task(emu, job)
+    emu.store.mark(("jobs", job), *((("tasks", manager),) if manager else ()))
+    emu.event(f"job {body['id']}: added on pool {pool_id}")
     return job
 
 
@@ -106,6 +134,7 @@ def _finish(emu: Emulator, job: dict[str, Any], final: str | None) -> None:
             job["executionInfo"]["endTime"] = now_iso()
             emu.store.mark(("jobs", job))
     emu.event(f"job {job['id']}: {'deleted' if final is None else final}")
+    autopools.owner_ended(emu, job.get("_autoPool"), f"job:{job['id']}")
 
 
 def check_all_complete(emu: Emulator, job: dict[str, Any]) -> None:

@@ -19,10 +19,10 @@ from mpibatch.launchers import fileio
 
 from ..errors import InfraError
 
-KINDS = ("pools", "nodes", "jobs", "tasks")
+KINDS = ("pools", "nodes", "jobs", "tasks", "schedules")
 # The fields an entity of each kind cannot do without (the rest is the REST API's, checked on the way in).
 REQUIRED = {"pools": ("id", "state"), "nodes": ("id", "state", "_pool", "_root"), "jobs": ("id", "state"),
-            "tasks": ("id", "state", "_job")}
+            "tasks": ("id", "state", "_job"), "schedules": ("id", "state")}
 FIX = "move the state directory aside to start empty, or restore the file from a backup"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +15,8 @@ from ..executors.local import LocalExecutor, LocalTransport
 from ..launchers.protocol import TASK_DIR_DEPTH, NodeLayout
 from ..plan import TaskPlan
 from ..spec import FileRef
-from . import files
 from .errors import now_iso
+from .fetch import fetch, left
 from .nodes import env_settings
 from .state import key, set_state
 
@@ -48,8 +49,17 @@ class _Executor(LocalExecutor):
         return t, env
 
 
-def _refs(emu: Emulator, items: list[dict[str, Any]] | None) -> tuple[FileRef, ...]:
-    return tuple(FileRef(source=url, path=rel) for url, rel in files.resolve(items or [], emu.storage))
+def _stage(emu: Emulator, owner: str, items: list[dict[str, Any]] | None, dest: Path,
+           wall: float | None) -> tuple[tuple[FileRef, ...], dict[str, Any] | None]:
+    """Fetch resource files into `dest` as a node would (within the wall clock, each with its fileMode), then
+    name them as local sources: the rehearsal nodes get copies with the same permission bits."""
+    if not items:
+        return (), None
+    failure = fetch(emu.procs, owner, items, emu.storage, dest, wall)
+    if failure:
+        return (), failure
+    found = sorted(p for p in dest.rglob("*") if p.is_file() and not p.is_symlink())
+    return tuple(FileRef(source=str(p), path=p.relative_to(dest).as_posix()) for p in found), None
 
 
 class MultiInstanceRun:
@@ -73,18 +83,24 @@ class MultiInstanceRun:
         emu, t = self.emu, self.t
         job = emu.store.jobs[key(t["_job"])]
         mis = t["multiInstanceSettings"]
-        try:
-            plan = TaskPlan(
-                job_id=t["_job"], task_id=t["id"], instances=len(self.nodes), command_line=t["commandLine"],
-                coordination_command_line=mis.get("coordinationCommandLine") or "/bin/true",
-                common_files=_refs(emu, mis.get("commonResourceFiles")), files=_refs(emu, t.get("resourceFiles")),
-                environment={**env_settings(job.get("commonEnvironmentSettings")),
-                             **env_settings(t.get("environmentSettings"))},
-                max_wall_clock=_whole_seconds(emu.seconds(t["constraints"].get("maxWallClockTime"))),
-                max_retries=max(0, t["constraints"].get("maxTaskRetryCount") or 0), pool_id=t["_pool"])
-        except files.FileError as e:
-            return None, {"category": "UserError", "code": e.code, "message": e.message}, None
         run_dir = emu.work_dir / "runs" / f"{t['_job']}-{t['id']}-{t['_seq']}"
+        wall, started = emu.seconds(t["constraints"].get("maxWallClockTime")), time.monotonic()
+        staged: list[tuple[FileRef, ...]] = []
+        for name, items in (("common", mis.get("commonResourceFiles")), ("files", t.get("resourceFiles"))):
+            refs, failure = _stage(emu, f"task:{key(t['_job'], t['id'])}", items, run_dir / "staged" / name,
+                                   left(wall, started))
+            if failure:
+                return None, failure, None
+            staged.append(refs)
+        rest = left(wall, started)
+        plan = TaskPlan(
+            job_id=t["_job"], task_id=t["id"], instances=len(self.nodes), command_line=t["commandLine"],
+            coordination_command_line=mis.get("coordinationCommandLine") or "/bin/true",
+            common_files=staged[0], files=staged[1],
+            environment={**env_settings(job.get("commonEnvironmentSettings")),
+                         **env_settings(t.get("environmentSettings"))},
+            max_wall_clock=None if rest is None else max(1, _whole_seconds(rest) or 0),
+            max_retries=max(0, t["constraints"].get("maxTaskRetryCount") or 0), pool_id=t["_pool"])
 
         def progress(phase: str, detail: str) -> None:
             if phase == "coordination" and not t.get("_subtasks"):
@@ -109,6 +125,7 @@ class MultiInstanceRun:
             result = self.executor.run_plan(plan)
         finally:
             self._keep(run_dir)
+            shutil.rmtree(run_dir / "staged", ignore_errors=True)  # every node has its copies
         return self._report(result)
 
     def _live_primary_dir(self) -> Path | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import files, jobs, multi
+from . import files, jobmanager, jobs, multi
 from .errors import now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -273,4 +273,5 @@ class Scheduler:
                                                                else "no exit code")
                   + (f" ({failure['code']}: {failure['message']})" if failure else ""))
         if job is not None:
+            jobmanager.on_complete(emu, job, t)
             jobs.check_all_complete(emu, job)

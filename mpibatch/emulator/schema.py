@@ -38,12 +38,23 @@ JOB_PREP = {"id": str, "commandLine": str, "containerSettings": CONTAINER_SETTIN
 JOB_RELEASE = {"id": str, "commandLine": str, "containerSettings": CONTAINER_SETTINGS,
                "resourceFiles": [RESOURCE_FILE], "environmentSettings": [NAME_VALUE], "maxWallClockTime": str,
                "retentionTime": str, "userIdentity": USER_IDENTITY}
+JOB_MANAGER = {"id": str, "displayName": str, "commandLine": str, "containerSettings": CONTAINER_SETTINGS,
+               "resourceFiles": [RESOURCE_FILE], "outputFiles": [OUTPUT_FILE], "environmentSettings": [NAME_VALUE],
+               "constraints": CONSTRAINTS, "requiredSlots": int, "killJobOnCompletion": bool,
+               "userIdentity": USER_IDENTITY, "runExclusive": bool, "applicationPackageReferences": ANY,
+               "authenticationTokenSettings": ANY, "allowLowPriorityNode": bool}
+POOL_SPEC = {k: v for k, v in POOL.items() if k != "id"}  # an auto pool's `pool`: a pool without its id
+AUTO_POOL = {"autoPoolIdPrefix": str, "poolLifetimeOption": str, "keepAlive": bool, "pool": POOL_SPEC}
 JOB = {"id": str, "displayName": str, "priority": int, "maxParallelTasks": int, "allowTaskPreemption": bool,
-       "constraints": {"maxWallClockTime": str, "maxTaskRetryCount": int}, "jobManagerTask": ANY,
+       "constraints": {"maxWallClockTime": str, "maxTaskRetryCount": int}, "jobManagerTask": JOB_MANAGER,
        "jobPreparationTask": JOB_PREP, "jobReleaseTask": JOB_RELEASE, "commonEnvironmentSettings": [NAME_VALUE],
-       "poolInfo": {"poolId": str, "autoPoolSpecification": ANY}, "onAllTasksComplete": str,
+       "poolInfo": {"poolId": str, "autoPoolSpecification": AUTO_POOL}, "onAllTasksComplete": str,
        "onTaskFailure": str, "networkConfiguration": ANY, "metadata": [NAME_VALUE],
        "usesTaskDependencies": bool}
+JOB_SPEC = {k: v for k, v in JOB.items() if k != "id"}  # a job schedule's jobSpecification
+SCHEDULE = {"doNotRunUntil": str, "doNotRunAfter": str, "startWindow": str, "recurrenceInterval": str}
+JOB_SCHEDULE = {"id": str, "displayName": str, "schedule": SCHEDULE, "jobSpecification": JOB_SPEC,
+                "metadata": [NAME_VALUE]}
 TASK = {"id": str, "displayName": str, "commandLine": str, "containerSettings": CONTAINER_SETTINGS,
         "exitConditions": ANY, "resourceFiles": [RESOURCE_FILE], "outputFiles": [OUTPUT_FILE],
         "environmentSettings": [NAME_VALUE], "affinityInfo": {"affinityId": str}, "constraints": CONSTRAINTS,
@@ -60,14 +71,20 @@ TERMINATE_JOB = {"terminateReason": str, "force": bool}
 NOT_EMULATED = {
     "pool": {"enableAutoScale": "autoscale (set targetDedicatedNodes)", "autoScaleFormula": "autoscale formulas",
              "mountConfiguration": "mounted file systems", "applicationPackageReferences": "application packages",
-             "certificateReferences": "certificates", "cloudServiceConfiguration": "cloud service pools",
-             "targetLowPriorityNodes": "Spot/low-priority nodes"},
-    "job": {"jobManagerTask": "job manager tasks", "poolInfo.autoPoolSpecification": "auto pools",
-            "networkConfiguration": "job network configuration"},
+             "certificateReferences": "certificates", "targetLowPriorityNodes": "Spot/low-priority nodes"},
+    "job": {"networkConfiguration": "job network configuration",
+            "jobManagerTask.containerSettings": "container tasks",
+            "jobManagerTask.applicationPackageReferences": "application packages",
+            "jobManagerTask.authenticationTokenSettings": "authentication tokens"},
     "task": {"exitConditions": "task exit conditions", "containerSettings": "container tasks",
              "applicationPackageReferences": "application packages", "authenticationTokenSettings":
              "authentication tokens", "affinityInfo": "task affinity",
              "resourceFiles.identityReference": "managed identities"},
+}
+# Retired by the service itself: refused with the reason, as a property the service no longer takes.
+RETIRED = {
+    "pool": {"cloudServiceConfiguration": "Cloud Services pools (cloudServiceConfiguration) were retired by the "
+             "Azure Batch service in 2024; use virtualMachineConfiguration"},
 }
 TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean"}
 
@@ -117,6 +134,9 @@ def validate(body: Any, spec: dict[str, Any], entity: str, required: tuple[str, 
             raise missing_property(name)
     if "id" in spec and "id" in required:
         check_id(body["id"], "id")
+    for prop, why in RETIRED.get(entity, {}).items():
+        if _lookup(body, prop) not in (None, False, 0, [], {}):
+            raise BatchError(400, "InvalidPropertyValue", f"{why}.", {"PropertyName": prop, "Reason": why})
     for prop, what in NOT_EMULATED.get(entity, {}).items():
         value = _lookup(body, prop)
         if value not in (None, False, 0, [], {}):
@@ -168,5 +188,5 @@ def enum(value: Any, prop: str, allowed: tuple[str, ...]) -> str:
     return next(a for a in allowed if a.lower() == text)
 
 
-__all__ = ["BatchError", "JOB", "POOL", "RESIZE", "TASK", "TERMINATE_JOB", "check_id", "enum", "parse_json",
-           "validate"]
+__all__ = ["AUTO_POOL", "BatchError", "JOB", "JOB_MANAGER", "JOB_SCHEDULE", "JOB_SPEC", "POOL", "POOL_SPEC",
+           "RESIZE", "TASK", "TERMINATE_JOB", "check_id", "enum", "parse_json", "validate"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers import fileio
-from . import auth, edge, files, jobs, odata, pools, schema, tasks
+from . import auth, edge, files, jobs, more_routes, odata, pools, schema, tasks
 from .errors import BatchError, invalid_body, new_etag, not_emulated, rfc1123
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ def routes(emu: Emulator) -> list[tuple[str, re.Pattern[str], Callable[..., Answ
         ("GET", f"/jobs/{ID}/tasks/{ID}/files/(.+)", lambda q, b, j, t, f: (200, tasks.task_file(e, j, t, f), {})),
         ("HEAD", f"/jobs/{ID}/tasks/{ID}/files/(.+)", lambda q, b, j, t, f: (200, tasks.task_file(e, j, t, f), {})),
     ]
+    table += more_routes.table(e)  # images, job schedules: in modules of their own
     return [(verb, re.compile(pattern + "$"), fn) for verb, pattern, fn in table]
 
 

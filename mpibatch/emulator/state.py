@@ -57,6 +57,7 @@ class Store:
         self.nodes: dict[str, dict[str, Any]] = {}  # key(pool, node) -> node
         self.jobs: dict[str, dict[str, Any]] = {}
         self.tasks: dict[str, dict[str, Any]] = {}  # key(job, task) -> task, in the order they were added
+        self.schedules: dict[str, dict[str, Any]] = {}  # job schedules (schedules.py)
         self.meta: dict[str, Any] = {}
         self.state_dir = state_dir
         self._dirty = False
@@ -105,7 +106,7 @@ class Store:
         remove_stale_temporaries(self.path.parent)
         snap = read_snapshot(self.path)
         self.meta, self._seq = snap["meta"], snap["seq"]
-        self.pools, self.nodes, self.jobs, self.tasks = (snap[k] for k in KINDS)
+        self.pools, self.nodes, self.jobs, self.tasks, self.schedules = (snap[k] for k in KINDS)
         for rec in read_journal(self._journal.path):
             if rec["seq"] <= snap["seq"]:
                 continue  # already in the snapshot (a crash came between writing it and emptying the journal)
@@ -162,7 +163,7 @@ class Store:
         with self._io:
             with self.lock:
                 data = json.dumps({"seq": self._seq, "pools": self.pools, "nodes": self.nodes, "jobs": self.jobs,
-                                   "tasks": self.tasks, "meta": self.meta})
+                                   "tasks": self.tasks, "schedules": self.schedules, "meta": self.meta})
                 self._pending, self._dirty = {}, False
             write_snapshot(self.path, data.encode())
             self._journal.open_empty()

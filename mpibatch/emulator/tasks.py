@@ -76,7 +76,7 @@ def _store(emu: Emulator, job: dict[str, Any], body: dict[str, Any]) -> dict[str
                             "maxTaskRetryCount": (job.get("constraints") or {}).get("maxTaskRetryCount", 0),
                             **(body.get("constraints") or {})},
             "executionInfo": {"retryCount": 0, "requeueCount": 0},
-            "_job": job["id"], "_pool": job["poolInfo"]["poolId"], "_seq": next(_seq)}
+            "_job": job["id"], "_pool": job["executionInfo"]["poolId"], "_seq": next(_seq)}
     touch(task)
     emu.store.tasks[k] = task
     return task

@@ -284,7 +284,7 @@ class LocalTransport:
     def put(self, node: Node, local: Path, node_path: str) -> None:
         dest = self.host_path(node, node_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fileio.copy_file(local, dest, mode=os.stat(local).st_mode & 0o7777)
+        fileio.copy_file(local, dest, mode=os.stat(local).st_mode & 0o7777, exact_mode=True)  # as the source has it
 
     def read_tail(self, node: Node, path: str, limit: int) -> str:
         return collection.read_tail(self.host_path(node, path), limit)

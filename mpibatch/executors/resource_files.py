@@ -89,10 +89,11 @@ class _Stopped(Exception):
 
 
 def fetch_to(url: str | urllib.request.Request, dest: Path, *, timeout: float,
-             stop: threading.Event | None = None) -> int:
+             stop: threading.Event | None = None, mode: int | None = None) -> int:
     """Download `url` into `dest` through the durable writer (temporary name, full disk checked, fsync,
     rename); returns the size. A body cut short of its Content-Length raises IncompleteDownload and `dest`
-    is never written: a program never starts on part of its input. A set `stop` abandons the transfer."""
+    is never written: a program never starts on part of its input. A set `stop` abandons the transfer.
+    `mode`: the file's exact permission bits (a resource file's `fileMode`), else 0644 less the umask."""
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -104,7 +105,8 @@ def fetch_to(url: str | urllib.request.Request, dest: Path, *, timeout: float,
                 raise _Stopped
             return resp.read1(n)
 
-        with fileio.DurableFile(dest, size=size) as out:
+        exact = {} if mode is None else {"mode": mode, "exact_mode": True}
+        with fileio.DurableFile(dest, size=size, **exact) as out:
             out.copy_from(piece, DOWNLOAD_CHUNK)
             if size is not None and out.written != size:
                 raise IncompleteDownload(f"got {out.written} of its {size} bytes (Content-Length): the transfer "

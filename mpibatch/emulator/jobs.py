@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import schema
+from . import schema, versions
 from .errors import BatchError, exists, not_found, now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def add(emu: Emulator, body: Any) -> dict[str, Any]:
-    body = schema.validate(body, schema.JOB, "job", required=("id", "poolInfo.poolId"))
+    body = schema.validate(body, "job.add", "job", required=("id", "poolInfo.poolId"))
     on_all = schema.enum(body.get("onAllTasksComplete") or "noaction", "onAllTasksComplete",
                          ("noaction", "terminatejob"))
     on_fail = schema.enum(body.get("onTaskFailure") or "noaction", "onTaskFailure",
@@ -58,12 +58,12 @@ def get(emu: Emulator, job_id: str) -> dict[str, Any]:
 
 
 def view(job: dict[str, Any]) -> dict[str, Any]:
-    return public(job)
+    return versions.answer(public(job), "job")
 
 
 def terminate(emu: Emulator, job_id: str, body: Any, *, reason: str = "UserTerminate") -> None:
     if body:
-        schema.validate(body, schema.TERMINATE_JOB, "job")
+        schema.validate(body, "job.terminate", "job")
     job = get(emu, job_id)
     with emu.store.lock:
         if job["state"] in ("completed", "terminating", "deleting"):

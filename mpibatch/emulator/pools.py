@@ -46,7 +46,8 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
                 "currentLowPriorityNodes": 0, "targetDedicatedNodes": nodes, "targetLowPriorityNodes": 0,
                 "enableAutoScale": False,
                 "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
-                "taskSlotsPerNode": slots, "taskSchedulingPolicy": {"nodeFillType": fill}, "_next_node": 0}
+                "taskSlotsPerNode": slots, "_next_node": 0,
+                "taskSchedulingPolicy": {**(body.get("taskSchedulingPolicy") or {}), "nodeFillType": fill}}
         touch(pool)
         emu.store.pools[key(body["id"])] = pool
     emu.event(f"pool {body['id']}: added ({nodes} nodes x {slots} slots)")

@@ -146,3 +146,68 @@ def test_expand_stats_is_answered(emu: EmulatorProcess) -> None:
     assert "stats" not in call(emu, "GET", "/jobs/st", NEWEST).json()
     ans = call(emu, "GET", "/jobs/st", NEWEST, extra="&$expand=nodes")
     assert (ans.status, ans.code) == (400, "InvalidQueryParameterValue")
+
+
+def _generator() -> Any:
+    import importlib.util
+
+    from tests.infra.fixtures import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("gen_batch_shapes", REPO_ROOT / "scripts" / "gen_batch_shapes.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+AUTOREST = '''
+class Pool(Model):
+    _validation = {'id': {'required': True}, 'url': {'readonly': True}}
+    _attribute_map = {
+        'id': {'key': 'id', 'type': 'str'},
+        'url': {'key': 'url', 'type': 'str'},
+        'max_tasks_per_node': {'key': 'maxTasksPerNode', 'type': 'int'},
+        'start_task': {'key': 'startTask', 'type': 'StartTask'},
+        'metadata': {'key': 'metadata', 'type': '[MetadataItem]'},
+        'timeout': {'key': 'resizeTimeout', 'type': 'duration'},
+        'fill': {'key': 'nodeFillType', 'type': 'ComputeNodeFillType'},
+    }
+
+class StartTask(Model):
+    _attribute_map = {'command_line': {'key': 'commandLine', 'type': 'str'}}
+'''
+TYPESPEC = '''
+class BatchPool(_Model):
+    id: str = rest_field(visibility=["read", "create"])
+    vm_size: Optional[str] = rest_field(name="vmSize", visibility=["read"])
+    start_task: Optional["_models.BatchStartTask"] = rest_field(name="startTask", visibility=["read", "create"])
+    tags: Optional[Dict[str, str]] = rest_field(name="resourceTags")
+    policy: Optional[Union[str, "_models.BatchNodeFillType"]] = rest_field(name="nodeFillType")
+    items: Optional[List["_models.BatchMetadataItem"]] = rest_field(name="metadata")
+    when: Optional[datetime.datetime] = rest_field(name="creationTime", visibility=["read"], format="rfc3339")
+'''
+
+
+def test_the_generator_reads_both_model_styles_without_importing_them() -> None:
+    gen = _generator()
+    pool = gen.parse_autorest(AUTOREST)["Pool"]
+    assert pool["id"] == ["string", True, False] and pool["url"] == ["string", False, True]
+    assert pool["maxTasksPerNode"][0] == "int" and pool["startTask"][0] == "@StartTask"
+    assert pool["metadata"][0] == "[string]"  # MetadataItem is not a class of this source: an enum-like name
+    assert pool["resizeTimeout"][0] == "duration" and pool["nodeFillType"][0] == "string"
+    ts = gen.parse_typespec(TYPESPEC)["BatchPool"]
+    assert ts["id"] == ["string", True, False] and ts["vmSize"] == ["string", False, True]
+    assert ts["startTask"] == ["@BatchStartTask", False, False] and ts["resourceTags"][0] == "map"
+    assert ts["nodeFillType"][0] == "string" and ts["metadata"][0] == "[@BatchMetadataItem]"
+    assert ts["creationTime"] == ["datetime", False, True]
+
+
+def test_the_committed_tables_are_whole() -> None:
+    for v in ALL:
+        t = versions.table(v)
+        assert t["version"] == v and t["source"].startswith("azure-batch ")
+        refs = {k.strip("[]")[1:] for m in t["models"].values() for k, _r, _o in m.values()
+                if k.strip("[]").startswith("@")}
+        assert refs <= set(t["models"]), (v, refs - set(t["models"]))
+        assert set(t["roots"]) == {"pool.add", "pool", "pool.resize", "node", "job.add", "job", "job.terminate",
+                                   "task.add", "task"}

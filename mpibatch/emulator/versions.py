@@ -36,7 +36,8 @@ def known() -> tuple[str, ...]:
 
 @cache
 def table(version: str) -> dict[str, Any]:
-    return json.loads((SHAPES / f"{version}.json").read_text())  # type: ignore[no-any-return]
+    t: dict[str, Any] = json.loads((SHAPES / f"{version}.json").read_text())
+    return t
 
 
 _request: contextvars.ContextVar[tuple[str, bool]] = contextvars.ContextVar("batch_request", default=("", False))
@@ -67,7 +68,8 @@ def begin(query: dict[str, list[str]]) -> str:
 
 
 def _fields(model: str, version: str) -> dict[str, list[Any]]:
-    return table(version)["models"].get(model, {})  # type: ignore[no-any-return]
+    fields: dict[str, list[Any]] = table(version)["models"].get(model, {})
+    return fields
 
 
 # ----------------------------------------------------------------------------------------------- requests
@@ -83,13 +85,13 @@ def read(body: Any, role: str, entity: str, version: str | None = None) -> dict[
 def _read_obj(value: Any, model: str, where: str, entity: str, version: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise invalid_body(f"property '{where}' must be an object")
-    fields, out = _fields(model, version), {}
+    fields, out = _fields(model, version), dict[str, Any]()
     for k, v in value.items():
         if k not in fields:
             raise invalid_body(f"the property '{k}' does not exist on the {entity} in API version {version}"
                                + (f" (in '{where}')" if where else ""))
         path = f"{where}.{k}" if where else k
-        out[RENAMED.get(k, k)] = None if v is None else _read(v, fields[k][0], path, entity, version)
+        out[RENAMED.get(k) or str(k)] = None if v is None else _read(v, fields[k][0], path, entity, version)
     for k, (_kind, required, _ro) in fields.items():
         if required and value.get(k) in (None, ""):
             raise missing_property(f"{where}.{k}" if where else k)

@@ -41,7 +41,8 @@ def main() -> None:
                                               version="latest"),
             node_agent_sku_id="batch.node.ubuntu 18.04"),
         start_task=bm.StartTask(command_line="/bin/bash -c 'echo up'", wait_for_success=True)))
-    wait_for("an idle node", lambda: [n for n in client.compute_node.list("old") if n.state == bm.ComputeNodeState.idle])
+    wait_for("an idle node",
+             lambda: [n for n in client.compute_node.list("old") if n.state == bm.ComputeNodeState.idle])
     pool = client.pool.get("old")
     node = next(iter(client.compute_node.list("old")))
 

@@ -49,6 +49,8 @@ ROOTS = {
     "job.terminate": ("JobTerminateParameter", "BatchJobTerminateContent", "BatchJobTerminateOptions"),
     "task.add": ("TaskAddParameter", "BatchTaskCreateContent", "BatchTaskCreateOptions"),
     "task": ("CloudTask", "BatchTask"),
+    # before 2020-09-01.12.0 the task counts were answered bare, without task slot counts
+    "job.taskcounts": ("TaskCountsResult", "BatchTaskCountsResult", "TaskCounts"),
 }
 SCALARS = {"str": "string", "duration": "duration", "iso-8601": "datetime", "rfc-1123": "datetime",
            "date": "string", "bytearray": "string", "base64": "string", "int": "int", "long": "int",

@@ -48,4 +48,5 @@ def test_an_old_sdk_runs_unchanged_in_its_own_api_version(emulator: EmulatorProc
     # the SDK read its own property name back: the answer was in its version's shape
     assert seen["slot_name"] == ("max_tasks_per_node" if sdk != "11.0.0" else "task_slots_per_node")
     assert seen["slots"] == 2
+    assert seen["counts"] == [1, 1, 0]  # task counts in the version's shape (bare before 2020-09-01.12.0)
     assert seen["exit_code"] == 0 and seen["stdout"] == "hello from hello\n" and seen["listed"] == ["hello"]

@@ -210,4 +210,4 @@ def test_the_committed_tables_are_whole() -> None:
                 if k.strip("[]").startswith("@")}
         assert refs <= set(t["models"]), (v, refs - set(t["models"]))
         assert set(t["roots"]) == {"pool.add", "pool", "pool.resize", "node", "job.add", "job", "job.terminate",
-                                   "task.add", "task"}
+                                   "task.add", "task", "job.taskcounts"}

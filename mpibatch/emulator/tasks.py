@@ -153,7 +153,7 @@ def counts(emu: Emulator, job_id: str) -> dict[str, Any]:
     c["running"] += sum(1 for t in ts if t["state"] == "preparing")
     ok = sum(1 for t in ts if t["state"] == "completed" and t["executionInfo"].get("result") == "success")
     tc = {**c, "succeeded": ok, "failed": c["completed"] - ok}
-    return {"taskCounts": tc, "taskSlotCounts": {**tc}}
+    return versions.task_counts({"taskCounts": tc, "taskSlotCounts": {**tc}})
 
 
 def terminate(emu: Emulator, job_id: str, task_id: str) -> None:

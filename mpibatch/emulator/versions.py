@@ -148,6 +148,16 @@ def _shape(value: Any, kind: str, version: str) -> Any:
     return value
 
 
+def task_counts(result: dict[str, Any], version: str | None = None) -> dict[str, Any]:
+    """A job's task counts ({"taskCounts", "taskSlotCounts"}) as the version answers them: versions before
+    task slots answered the task counts alone."""
+    version = version or current()
+    model = table(version)["roots"]["job.taskcounts"]
+    if "taskCounts" not in _fields(model, version):
+        return _shape_obj(result["taskCounts"], model, version)
+    return _shape_obj(result, model, version)
+
+
 def differences(old: str, new: str, role: str) -> tuple[list[str], list[str]]:
     """(added, removed) top-level wire names of a role's model from one version to another (for docs/tests)."""
     a = set(_fields(table(old)["roots"][role], old))

@@ -52,6 +52,8 @@ def main() -> None:
         environment_settings=[bm.EnvironmentSetting(name="X", value="1")])])
     task = wait_for("the task to complete", lambda: (lambda t: t if t.state == bm.TaskState.completed else None)(
         client.task.get("oldjob", "hello")))
+    counts = client.job.get_task_counts("oldjob")
+    counts = getattr(counts, "task_counts", counts)  # bare TaskCounts before 2020-09-01.12.0
     stdout = b"".join(client.file.get_from_task("oldjob", "hello", "stdout.txt")).decode()
     listed = [t.id for t in client.task.list("oldjob")]
     client.job.terminate("oldjob")
@@ -61,7 +63,7 @@ def main() -> None:
         "sdk": azure.batch.VERSION, "api_version": client.api_version,
         "slots": getattr(pool, "max_tasks_per_node", None) or getattr(pool, "task_slots_per_node", None),
         "slot_name": next(iter(slots)), "node_state": str(node.state), "exit_code": task.execution_info.exit_code,
-        "stdout": stdout, "listed": listed}))
+        "stdout": stdout, "listed": listed, "counts": [counts.completed, counts.succeeded, counts.failed]}))
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ from .errors import now_iso
 ZERO = {"int": 0, "number": 0.0, "duration": "PT0S", "bool": False}
 
 
-def _zeros(model: str, version: str, start: str, now: str) -> dict[str, Any]:
-    from .versions import table
-
+def _zeros(model: str, models: dict[str, Any], start: str, now: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, (kind, _req, _ro) in table(version)["models"].get(model, {}).items():
+    for name, (kind, _req, _ro) in models.get(model, {}).items():
         if kind == "datetime":
             out[name] = start if name == "startTime" else now
         elif kind.startswith("@"):
-            out[name] = _zeros(kind[1:], version, start, now)
+            out[name] = _zeros(kind[1:], models, start, now)
         elif kind in ZERO:
             out[name] = ZERO[kind]
     return out
@@ -33,10 +31,11 @@ def _duration(start: str, end: str) -> str:
     return f"PT{seconds:.3f}S"
 
 
-def stats_of(resource: dict[str, Any], model: str, version: str) -> dict[str, Any]:
+def stats_of(resource: dict[str, Any], model: str, models: dict[str, Any]) -> dict[str, Any]:
+    """The statistics object (`model`, one of the version's `models`) of a stored pool, job or task."""
     now = now_iso()
     start = resource.get("creationTime") or now
-    out = _zeros(model, version, start, now)
+    out = _zeros(model, models, start, now)
     out["url"] = f"{resource.get('url', '')}/stats"
     info = resource.get("executionInfo") or {}
     if "wallClockTime" in out and info.get("startTime"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BatchError, invalid_body, missing_property
+from .stats import stats_of
 
 SHAPES = Path(__file__).resolve().parent / "shapes"
 # Same property under a new name (old wire name -> new): the store keeps the new one. Found by diffing the
@@ -126,8 +127,8 @@ def answer(resource: dict[str, Any], role: str, version: str | None = None) -> d
     version = version or current()
     model = table(version)["roots"][role]
     if expand_stats() and "stats" in _fields(model, version):
-        from .stats import stats_of
-        resource = {**resource, "stats": stats_of(resource, _fields(model, version)["stats"][0][1:], version)}
+        stats_model = _fields(model, version)["stats"][0][1:]
+        resource = {**resource, "stats": stats_of(resource, stats_model, table(version)["models"])}
     return _shape_obj(resource, model, version)
 
 

@@ -49,6 +49,8 @@ ROOTS = {
     "job.terminate": ("JobTerminateParameter", "BatchJobTerminateContent", "BatchJobTerminateOptions"),
     "task.add": ("TaskAddParameter", "BatchTaskCreateContent", "BatchTaskCreateOptions"),
     "task": ("CloudTask", "BatchTask"),
+    "task.subtask": ("SubtaskInformation", "BatchSubtask"),
+    "job.preprelease": ("JobPreparationAndReleaseTaskExecutionInformation", "BatchJobPreparationAndReleaseTaskStatus"),
     # before 2020-09-01.12.0 the task counts were answered bare, without task slot counts
     "job.taskcounts": ("TaskCountsResult", "BatchTaskCountsResult", "TaskCounts"),
 }

@@ -99,7 +99,7 @@ def test_a_pool_made_in_2018_reads_with_todays_names_in_2024(emu: EmulatorProces
 @pytest.mark.parametrize("version", ALL)
 def test_job_and_task_in_the_shape_of_each_version(emu: EmulatorProcess, version: str) -> None:
     jid = f"job-{slug(version)}"
-    job = {"id": jid, "poolInfo": {"poolId": "p"}}
+    job: dict[str, Any] = {"id": jid, "poolInfo": {"poolId": "p"}, "jobPreparationTask": {"commandLine": "/bin/true"}}
     if version >= "2021-06-01.14.0":
         job["maxParallelTasks"] = 2
     assert call(emu, "POST", "/jobs", version, job).status == 201
@@ -110,6 +110,15 @@ def test_job_and_task_in_the_shape_of_each_version(emu: EmulatorProcess, version
     task = call(emu, "GET", f"/jobs/{jid}/tasks/t", version).json()
     assert set(task) <= model_names(version, "task"), set(task) - model_names(version, "task")
     assert ("requiredSlots" in task) is (version >= SLOTS_RENAMED) and task["commandLine"] == "/bin/true"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and task["state"] != "completed":
+        time.sleep(0.2)
+        task = call(emu, "GET", f"/jobs/{jid}/tasks/t", version).json()
+    status = call(emu, "GET", f"/jobs/{jid}/jobpreparationandreleasetaskstatus", version).json()["value"]
+    assert task["state"] == "completed" and len(status) == 1 and status[0]["nodeId"].startswith("tvmps_")
+    assert set(status[0]) <= model_names(version, "job.preprelease")
+    counts = call(emu, "GET", f"/jobs/{jid}/taskcounts", version).json()
+    assert (counts if version < SLOTS_RENAMED else counts["taskCounts"])["succeeded"] == 1
     if version < "2021-06-01.14.0":  # a property from a later version is not one of this version's
         ans = call(emu, "POST", "/jobs", version, {**job, "id": f"x{jid}", "maxParallelTasks": 1})
         assert (ans.status, ans.code) == (400, "InvalidRequestBody")
@@ -210,4 +219,4 @@ def test_the_committed_tables_are_whole() -> None:
                 if k.strip("[]").startswith("@")}
         assert refs <= set(t["models"]), (v, refs - set(t["models"]))
         assert set(t["roots"]) == {"pool.add", "pool", "pool.resize", "node", "job.add", "job", "job.terminate",
-                                   "task.add", "task", "job.taskcounts"}
+                                   "task.add", "task", "job.taskcounts", "task.subtask", "job.preprelease"}

@@ -215,4 +215,4 @@ def release_all(emu: Emulator, job: dict[str, Any]) -> None:
 def prep_release_status(emu: Emulator, job_id: str) -> list[dict[str, Any]]:
     job = get(emu, job_id)
     with emu.store.lock:
-        return [public(e) for e in job["_nodes"].values()]
+        return [versions.answer(public(e), "job.preprelease") for e in job["_nodes"].values()]

@@ -183,7 +183,7 @@ def delete(emu: Emulator, job_id: str, task_id: str) -> None:
 def subtasks(emu: Emulator, job_id: str, task_id: str) -> list[dict[str, Any]]:
     t = get(emu, job_id, task_id)
     with emu.store.lock:
-        return [dict(s) for s in t.get("_subtasks", [])]
+        return [versions.answer(dict(s), "task.subtask") for s in t.get("_subtasks", [])]
 
 
 def task_dir(emu: Emulator, job_id: str, task_id: str) -> Path:

@@ -123,7 +123,8 @@ def _number_ok(value: Any, kind: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- responses
 def answer(resource: dict[str, Any], role: str, version: str | None = None) -> dict[str, Any]:
-    """A stored pool / job / task / node (public fields) in the shape of the version asked for."""
+    """A stored pool / job / task / node / subtask / preparation-and-release status (public fields) in the
+    shape of the version asked for."""
     version = version or current()
     model = table(version)["roots"][role]
     if expand_stats() and "stats" in _fields(model, version):

@@ -13,9 +13,9 @@ The API version is taken from the wheel itself (the service client's or configur
 
 How the committed tables were made (network needed only here, never by the tests):
 
-    mkdir -p /tmp/batch-wheels && cd /tmp/batch-wheels
+    # from the repository's root; one release per API version (15.0.0b2 is the one for 2024-07-01.20.0)
     for v in 6.0.0 7.0.0 8.0.0 9.0.0 10.0.0 11.0.0 12.0.0 13.0.0 14.0.0 14.1.0 14.2.0 15.0.0b2 15.1.0; do
-        pip download --no-deps --pre azure-batch==$v -d .
+        .venv/bin/pip download --no-deps --pre "azure-batch==$v" -d /tmp/batch-wheels
     done
     .venv/bin/python scripts/gen_batch_shapes.py /tmp/batch-wheels        # writes mpibatch/emulator/shapes/
 

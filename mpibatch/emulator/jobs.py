@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import autopools, jobmanager, schema
+from . import autopools, jobmanager, schema, versions
 from .errors import BatchError, exists, not_found, now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def add(emu: Emulator, body: Any) -> dict[str, Any]:
-    body = schema.validate(body, schema.JOB, "job", required=("id",))
+    body = schema.validate(body, "job.add", "job", required=("id",))
     return create(emu, check_spec(body, in_schedule=False))
 
 
@@ -86,12 +86,12 @@ def get(emu: Emulator, job_id: str) -> dict[str, Any]:
 
 
 def view(job: dict[str, Any]) -> dict[str, Any]:
-    return public(job)
+    return versions.answer(public(job), "job")
 
 
 def terminate(emu: Emulator, job_id: str, body: Any, *, reason: str = "UserTerminate") -> None:
     if body:
-        schema.validate(body, schema.TERMINATE_JOB, "job")
+        schema.validate(body, "job.terminate", "job")
     job = get(emu, job_id)
     with emu.store.lock:
         if job["state"] in ("completed", "terminating", "deleting"):
@@ -244,4 +244,4 @@ def release_all(emu: Emulator, job: dict[str, Any]) -> None:
 def prep_release_status(emu: Emulator, job_id: str) -> list[dict[str, Any]]:
     job = get(emu, job_id)
     with emu.store.lock:
-        return [public(e) for e in job["_nodes"].values()]
+        return [versions.answer(public(e), "job.preprelease") for e in job["_nodes"].values()]

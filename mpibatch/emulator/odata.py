@@ -150,14 +150,20 @@ def parse_filter(text: str) -> Pred:
     return pred
 
 
+def check_expand(query: dict[str, list[str]]) -> None:
+    """`$expand=stats` is answered by the views (versions.answer); Batch offers no other expansion."""
+    value = (query.get("$expand") or [""])[0]
+    if value and value.strip().lower() != "stats":
+        raise bad_query("$expand", value, "the only expansion Batch offers is 'stats'")
+
+
 def page(items: list[dict[str, Any]], query: dict[str, list[str]], base_url: str) -> dict[str, Any]:
     """One page of a list answer: filtered, selected, at most maxresults, with odata.nextLink."""
     def one(name: str) -> str | None:
         v = query.get(name)
         return v[0] if v else None
 
-    if one("$expand"):
-        raise bad_query("$expand", one("$expand") or "", "mpibatch emulate does not emulate $expand (statistics)")
+    check_expand(query)
     text = one("$filter")
     if text:
         pred = parse_filter(text)
@@ -185,8 +191,7 @@ def page(items: list[dict[str, Any]], query: dict[str, list[str]], base_url: str
 
 def select_one(item: dict[str, Any], query: dict[str, list[str]]) -> dict[str, Any]:
     select = (query.get("$select") or [""])[0]
-    if query.get("$expand"):
-        raise bad_query("$expand", query["$expand"][0], "mpibatch emulate does not emulate $expand (statistics)")
+    check_expand(query)
     if not select:
         return item
     names = [s.strip() for s in select.split(",") if s.strip()]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers.protocol import NODE_DIRS
-from . import files, schema
+from . import files, schema, versions
 from .errors import BatchError, exists, not_found, now_iso
 from .fetch import fetch
 from .nodes import env_settings, node_env
@@ -27,7 +27,7 @@ FOREVER = "P10675199DT2H48M5.4775807S"
 
 
 def add(emu: Emulator, body: Any) -> dict[str, Any]:
-    body = schema.validate(body, schema.POOL, "pool", required=("id", "vmSize"))
+    body = schema.validate(body, "pool.add", "pool", required=("id", "vmSize"))
     nodes = body.get("targetDedicatedNodes") or 0
     slots = body.get("taskSlotsPerNode") or 1
     if not 0 <= nodes <= MAX_NODES:
@@ -46,7 +46,8 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
                 "currentLowPriorityNodes": 0, "targetDedicatedNodes": nodes, "targetLowPriorityNodes": 0,
                 "enableAutoScale": False,
                 "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
-                "taskSlotsPerNode": slots, "taskSchedulingPolicy": {"nodeFillType": fill}, "_next_node": 0}
+                "taskSlotsPerNode": slots, "_next_node": 0,
+                "taskSchedulingPolicy": {**(body.get("taskSchedulingPolicy") or {}), "nodeFillType": fill}}
         touch(pool)
         emu.store.pools[key(body["id"])] = pool
     emu.event(f"pool {body['id']}: added ({nodes} nodes x {slots} slots)")
@@ -62,11 +63,15 @@ def get(emu: Emulator, pool_id: str) -> dict[str, Any]:
 
 
 def view(pool: dict[str, Any]) -> dict[str, Any]:
-    return public(pool)
+    return versions.answer(public(pool), "pool")
+
+
+def node_view(n: dict[str, Any]) -> dict[str, Any]:
+    return versions.answer(public(n), "node")
 
 
 def resize(emu: Emulator, pool_id: str, body: Any) -> None:
-    body = schema.validate(body, schema.RESIZE, "pool")
+    body = schema.validate(body, "pool.resize", "pool")
     pool = get(emu, pool_id)
     target = body.get("targetDedicatedNodes")
     if target is None or not 0 <= target <= MAX_NODES:

@@ -65,7 +65,7 @@ def check_schedule(emu: Emulator, sched: dict[str, Any]) -> dict[str, Any]:
 
 def _job_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """A jobSpecification passes every rule of a job (what is refused for a job is refused here too)."""
-    return jobs.check_spec(schema.validate(spec, schema.JOB_SPEC, "job"), in_schedule=True)
+    return jobs.check_spec(schema.check_rules(spec, "job"), in_schedule=True)  # read with the schedule's model
 
 
 def _first_due(sched: dict[str, Any]) -> float:
@@ -73,8 +73,7 @@ def _first_due(sched: dict[str, Any]) -> float:
 
 
 def add(emu: Emulator, body: Any) -> dict[str, Any]:
-    body = schema.validate(body, schema.JOB_SCHEDULE, "job schedule", required=("id", "schedule",
-                                                                              "jobSpecification"))
+    body = schema.validate(body, "jobschedule.add", "job schedule", required=("id", "schedule", "jobSpecification"))
     schema.check_id(body["id"], "id")
     sched = check_schedule(emu, body["schedule"])
     spec = _job_spec(body["jobSpecification"])
@@ -132,8 +131,8 @@ def _changeable(s: dict[str, Any]) -> None:
 def update(emu: Emulator, schedule_id: str, body: Any, *, replace: bool) -> None:
     """PUT (`replace`: schedule and jobSpecification required, metadata cleared when absent) or PATCH (only
     what is given). The new values apply to the jobs created from now on."""
-    known = {k: v for k, v in schema.JOB_SCHEDULE.items() if k in ("schedule", "jobSpecification", "metadata")}
-    body = schema.validate(body, known, "job schedule", required=("schedule", "jobSpecification") if replace else ())
+    role = "jobschedule.replace" if replace else "jobschedule.update"
+    body = schema.validate(body, role, "job schedule", required=("schedule", "jobSpecification") if replace else ())
     changes: dict[str, Any] = {}
     if body.get("schedule") is not None:
         changes["schedule"] = check_schedule(emu, body["schedule"])

@@ -1,71 +1,18 @@
-"""What the emulator accepts in a request body: every documented property of the add-pool, add-job and
-add-task bodies (REST API 2024-02-01 / 2025-06-01), with its JSON type. Unknown properties and wrong types
-are refused before anything is created (400 InvalidRequestBody, as the service answers a body it cannot
-read); properties it knows but does not emulate are refused with NotSupportedByEmulator. Pure."""
+"""What the emulator accepts in a request body. The shape (properties, JSON types, required ones) is the
+request's API version's, from the tables generated from the published specifications (versions.py): unknown
+properties and wrong types are refused before anything is created (400 InvalidRequestBody, as the service
+answers a body it cannot read). Properties of the version that ask for something the emulator does not do
+(NOT_EMULATED) are refused with NotSupportedByEmulator; any other property of the version is accepted and
+stored. Pure."""
 from __future__ import annotations
 
 import re
 from typing import Any
 
+from . import versions
 from .errors import BatchError, invalid_body, invalid_value, missing_property, not_emulated
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-ANY = "any"  # accepted as given, not checked further
-
-NAME_VALUE = {"name": str, "value": str}
-RESOURCE_FILE = {"autoStorageContainerName": str, "storageContainerUrl": str, "httpUrl": str, "blobPrefix": str,
-                 "filePath": str, "fileMode": str, "identityReference": ANY}
-CONTAINER_SETTINGS = ANY
-USER_IDENTITY = {"username": str, "autoUser": {"scope": str, "elevationLevel": str}}
-OUTPUT_FILE = {"filePattern": str, "destination": {"container": {"path": str, "containerUrl": str,
-                                                                 "identityReference": ANY, "uploadHeaders": ANY}},
-               "uploadOptions": {"uploadCondition": str}}
-START_TASK = {"commandLine": str, "containerSettings": CONTAINER_SETTINGS, "resourceFiles": [RESOURCE_FILE],
-              "environmentSettings": [NAME_VALUE], "userIdentity": USER_IDENTITY, "maxTaskRetryCount": int,
-              "waitForSuccess": bool}
-CONSTRAINTS = {"maxWallClockTime": str, "retentionTime": str, "maxTaskRetryCount": int}
-POOL = {"id": str, "displayName": str, "vmSize": str, "cloudServiceConfiguration": ANY,
-        "virtualMachineConfiguration": ANY, "resizeTimeout": str, "resourceTags": ANY,
-        "targetDedicatedNodes": int, "targetLowPriorityNodes": int, "enableAutoScale": bool,
-        "autoScaleFormula": str, "autoScaleEvaluationInterval": str, "enableInterNodeCommunication": bool,
-        "networkConfiguration": ANY, "startTask": START_TASK, "certificateReferences": ANY,
-        "applicationPackageReferences": ANY, "applicationLicenses": ANY, "taskSlotsPerNode": int,
-        "taskSchedulingPolicy": {"nodeFillType": str}, "userAccounts": ANY, "metadata": [NAME_VALUE],
-        "mountConfiguration": ANY, "targetNodeCommunicationMode": str, "upgradePolicy": ANY}
-JOB_PREP = {"id": str, "commandLine": str, "containerSettings": CONTAINER_SETTINGS, "resourceFiles": [RESOURCE_FILE],
-            "environmentSettings": [NAME_VALUE], "constraints": CONSTRAINTS, "waitForSuccess": bool,
-            "userIdentity": USER_IDENTITY, "rerunOnNodeRebootAfterSuccess": bool}
-JOB_RELEASE = {"id": str, "commandLine": str, "containerSettings": CONTAINER_SETTINGS,
-               "resourceFiles": [RESOURCE_FILE], "environmentSettings": [NAME_VALUE], "maxWallClockTime": str,
-               "retentionTime": str, "userIdentity": USER_IDENTITY}
-JOB_MANAGER = {"id": str, "displayName": str, "commandLine": str, "containerSettings": CONTAINER_SETTINGS,
-               "resourceFiles": [RESOURCE_FILE], "outputFiles": [OUTPUT_FILE], "environmentSettings": [NAME_VALUE],
-               "constraints": CONSTRAINTS, "requiredSlots": int, "killJobOnCompletion": bool,
-               "userIdentity": USER_IDENTITY, "runExclusive": bool, "applicationPackageReferences": ANY,
-               "authenticationTokenSettings": ANY, "allowLowPriorityNode": bool}
-POOL_SPEC = {k: v for k, v in POOL.items() if k != "id"}  # an auto pool's `pool`: a pool without its id
-AUTO_POOL = {"autoPoolIdPrefix": str, "poolLifetimeOption": str, "keepAlive": bool, "pool": POOL_SPEC}
-JOB = {"id": str, "displayName": str, "priority": int, "maxParallelTasks": int, "allowTaskPreemption": bool,
-       "constraints": {"maxWallClockTime": str, "maxTaskRetryCount": int}, "jobManagerTask": JOB_MANAGER,
-       "jobPreparationTask": JOB_PREP, "jobReleaseTask": JOB_RELEASE, "commonEnvironmentSettings": [NAME_VALUE],
-       "poolInfo": {"poolId": str, "autoPoolSpecification": AUTO_POOL}, "onAllTasksComplete": str,
-       "onTaskFailure": str, "networkConfiguration": ANY, "metadata": [NAME_VALUE],
-       "usesTaskDependencies": bool}
-JOB_SPEC = {k: v for k, v in JOB.items() if k != "id"}  # a job schedule's jobSpecification
-SCHEDULE = {"doNotRunUntil": str, "doNotRunAfter": str, "startWindow": str, "recurrenceInterval": str}
-JOB_SCHEDULE = {"id": str, "displayName": str, "schedule": SCHEDULE, "jobSpecification": JOB_SPEC,
-                "metadata": [NAME_VALUE]}
-TASK = {"id": str, "displayName": str, "commandLine": str, "containerSettings": CONTAINER_SETTINGS,
-        "exitConditions": ANY, "resourceFiles": [RESOURCE_FILE], "outputFiles": [OUTPUT_FILE],
-        "environmentSettings": [NAME_VALUE], "affinityInfo": {"affinityId": str}, "constraints": CONSTRAINTS,
-        "requiredSlots": int, "userIdentity": USER_IDENTITY,
-        "multiInstanceSettings": {"numberOfInstances": int, "coordinationCommandLine": str,
-                                  "commonResourceFiles": [RESOURCE_FILE]},
-        "dependsOn": {"taskIds": [str], "taskIdRanges": [{"start": int, "end": int}]},
-        "applicationPackageReferences": ANY, "authenticationTokenSettings": ANY}
-RESIZE = {"targetDedicatedNodes": int, "targetLowPriorityNodes": int, "resizeTimeout": str,
-          "nodeDeallocationOption": str}
-TERMINATE_JOB = {"terminateReason": str, "force": bool}
 
 # Known, but what they ask for is not emulated: refused rather than silently ignored.
 NOT_EMULATED = {
@@ -86,31 +33,6 @@ RETIRED = {
     "pool": {"cloudServiceConfiguration": "Cloud Services pools (cloudServiceConfiguration) were retired by the "
              "Azure Batch service in 2024; use virtualMachineConfiguration"},
 }
-TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean"}
-
-
-def _check(value: Any, spec: Any, where: str, entity: str) -> None:
-    if spec is ANY:
-        return
-    if isinstance(spec, dict):
-        if not isinstance(value, dict):
-            raise invalid_body(f"property '{where}' must be an object")
-        for k, v in value.items():
-            if k not in spec:
-                raise invalid_body(f"the property '{k}' does not exist on the {entity}"
-                                   + (f" (in '{where}')" if where else ""))
-            if v is not None:
-                _check(v, spec[k], f"{where}.{k}" if where else k, entity)
-        return
-    if isinstance(spec, list):
-        if not isinstance(value, list):
-            raise invalid_body(f"property '{where}' must be an array")
-        for i, item in enumerate(value):
-            _check(item, spec[0], f"{where}[{i}]", entity)
-        return
-    ok = isinstance(value, spec) and not (spec is int and isinstance(value, bool))
-    if not ok:
-        raise invalid_body(f"property '{where}' must be {TYPE_NAMES[spec]}, not {type(value).__name__}")
 
 
 def _lookup(body: dict[str, Any], dotted: str) -> Any:
@@ -124,15 +46,20 @@ def _lookup(body: dict[str, Any], dotted: str) -> Any:
     return cur
 
 
-def validate(body: Any, spec: dict[str, Any], entity: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Check a request body against `spec`; raise the first problem as the service would."""
-    if not isinstance(body, dict):
-        raise invalid_body(f"the body must be a JSON object describing the {entity}")
-    _check(body, spec, "", entity)
+def validate(body: Any, role: str, entity: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check a request body against its model in the request's API version (role: 'pool.add', 'job.add',
+    'task.add', 'pool.resize', 'job.terminate'); raise the first problem as the service would. Returns the
+    body with today's property names."""
+    return check_rules(versions.read(body, role, entity), entity, required)
+
+
+def check_rules(body: dict[str, Any], entity: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The emulator's own rules past the model (a part of a body the model already read, e.g. an auto pool's
+    pool): required properties, the id, what the service retired, what is not emulated."""
     for name in required:
         if _lookup(body, name) in (None, ""):
             raise missing_property(name)
-    if "id" in spec and "id" in required:
+    if "id" in required:
         check_id(body["id"], "id")
     for prop, why in RETIRED.get(entity, {}).items():
         if _lookup(body, prop) not in (None, False, 0, [], {}):
@@ -188,5 +115,4 @@ def enum(value: Any, prop: str, allowed: tuple[str, ...]) -> str:
     return next(a for a in allowed if a.lower() == text)
 
 
-__all__ = ["AUTO_POOL", "BatchError", "JOB", "JOB_MANAGER", "JOB_SCHEDULE", "JOB_SPEC", "POOL", "POOL_SPEC",
-           "RESIZE", "TASK", "TERMINATE_JOB", "check_id", "enum", "parse_json", "validate"]
+__all__ = ["BatchError", "check_id", "check_rules", "enum", "parse_json", "validate"]

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers import fileio
-from . import auth, edge, files, jobs, more_routes, odata, pools, schema, tasks
+from . import auth, edge, files, jobs, more_routes, odata, pools, schema, tasks, versions
 from .errors import BatchError, invalid_body, new_etag, not_emulated, rfc1123
 
 if TYPE_CHECKING:
     from .core import Emulator
 
 log = logging.getLogger(__name__)
-API_VERSIONS = ("2025-06-01", "2024-07-01.20.0", "2024-02-01.19.0", "2023-11-01.18.0", "2023-05-01.17.0")
 EMULATOR_HEADER = ("x-ms-emulator", "mpibatch-emulate (not the Azure Batch service)")
 HTTP_ERROR_CODES = {400: "InvalidRequest", 408: "RequestTimeout", 414: "InvalidUri", 431: "InvalidHeaderValue",
                     501: "UnsupportedHttpVerb", 505: "UnsupportedHttpVersion"}
@@ -84,10 +83,10 @@ def routes(emu: Emulator) -> list[tuple[str, re.Pattern[str], Callable[..., Answ
                                                           _accepted(f"{e.endpoint}/pools/{p}"))),
         ("POST", f"/pools/{ID}/resize", lambda q, b, p: _doing(lambda: pools.resize(e, p, _body(b)),
                                                                  _accepted(f"{e.endpoint}/pools/{p}"))),
-        ("GET", f"/pools/{ID}/nodes", lambda q, b, p: _list(e, q, [pools.view(n) for n in (
+        ("GET", f"/pools/{ID}/nodes", lambda q, b, p: _list(e, q, [pools.node_view(n) for n in (
             e.store.pool_nodes(pools.get(e, p)["id"]))], f"/pools/{p}/nodes")),
         ("GET", f"/pools/{ID}/nodes/{ID}", lambda q, b, p, n: (200, odata.select_one(
-            pools.view(pools.node(e, p, n)), q), {})),
+            pools.node_view(pools.node(e, p, n)), q), {})),
         ("GET", f"/pools/{ID}/nodes/{ID}/files", lambda q, b, p, n: _node_files(e, q, p, n,
                                                                               f"/pools/{p}/nodes/{n}/files")),
         ("GET", f"/pools/{ID}/nodes/{ID}/files/(.+)", lambda q, b, p, n, f: (200, pools.node_file(e, p, n, f), {})),
@@ -291,14 +290,7 @@ def parse_range(header: str | None, size: int, *, head: bool = False) -> tuple[i
 
 
 def check_version(q: dict[str, list[str]]) -> None:
-    version = (q.get("api-version") or [""])[0]
-    if not version:
-        raise BatchError(400, "MissingRequiredQueryParameter", "A query parameter that's mandatory for "
-                         "this request is not specified.", {"QueryParameterName": "api-version"})
-    if version not in API_VERSIONS:
-        raise BatchError(400, "UnsupportedRequestVersion", "The specified request version is not "
-                         "supported.", {"QueryParameterName": "api-version", "QueryParameterValue": version[:40],
-                                        "Reason": f"mpibatch emulate takes {', '.join(API_VERSIONS)}"})
+    versions.begin(q)  # every data-plane version with a published specification, 2018-12-01.8.0 on
 
 
 def make_server(emu: Emulator, port: int) -> edge.BoundedServer:

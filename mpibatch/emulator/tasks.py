@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from . import files, jobs, pools, schema
+from . import files, jobs, pools, schema, versions
 from .errors import BatchError, exists, new_etag, not_found, now_iso
 from .state import key, public, set_state, touch
 
@@ -30,7 +30,7 @@ def resume_numbering(loaded: Iterable[dict[str, Any]]) -> None:
 
 def check(emu: Emulator, job: dict[str, Any], body: Any) -> dict[str, Any]:
     """Every rule a task body must pass before anything is stored."""
-    body = schema.validate(body, schema.TASK, "task", required=("id", "commandLine"))
+    body = schema.validate(body, "task.add", "task", required=("id", "commandLine"))
     mis = body.get("multiInstanceSettings")
     if mis is not None:
         n = mis.get("numberOfInstances", 1)
@@ -136,7 +136,7 @@ def get(emu: Emulator, job_id: str, task_id: str) -> dict[str, Any]:
 def view(t: dict[str, Any]) -> dict[str, Any]:
     out = public(t)
     out["executionInfo"] = dict(out.get("executionInfo") or {})
-    return out
+    return versions.answer(out, "task")
 
 
 def listing(emu: Emulator, job_id: str) -> list[dict[str, Any]]:
@@ -153,7 +153,7 @@ def counts(emu: Emulator, job_id: str) -> dict[str, Any]:
     c["running"] += sum(1 for t in ts if t["state"] == "preparing")
     ok = sum(1 for t in ts if t["state"] == "completed" and t["executionInfo"].get("result") == "success")
     tc = {**c, "succeeded": ok, "failed": c["completed"] - ok}
-    return {"taskCounts": tc, "taskSlotCounts": {**tc}}
+    return versions.task_counts({"taskCounts": tc, "taskSlotCounts": {**tc}})
 
 
 def terminate(emu: Emulator, job_id: str, task_id: str) -> None:
@@ -183,7 +183,7 @@ def delete(emu: Emulator, job_id: str, task_id: str) -> None:
 def subtasks(emu: Emulator, job_id: str, task_id: str) -> list[dict[str, Any]]:
     t = get(emu, job_id, task_id)
     with emu.store.lock:
-        return [dict(s) for s in t.get("_subtasks", [])]
+        return [versions.answer(dict(s), "task.subtask") for s in t.get("_subtasks", [])]
 
 
 def task_dir(emu: Emulator, job_id: str, task_id: str) -> Path:

@@ -219,4 +219,5 @@ def test_the_committed_tables_are_whole() -> None:
                 if k.strip("[]").startswith("@")}
         assert refs <= set(t["models"]), (v, refs - set(t["models"]))
         assert set(t["roots"]) == {"pool.add", "pool", "pool.resize", "node", "job.add", "job", "job.terminate",
-                                   "task.add", "task", "job.taskcounts", "task.subtask", "job.preprelease"}
+                                   "task.add", "task", "job.taskcounts", "task.subtask", "job.preprelease",
+                                   "jobschedule.add", "jobschedule", "jobschedule.update", "jobschedule.replace"}

@@ -29,9 +29,13 @@ NOT_EMULATED = {
              "resourceFiles.identityReference": "managed identities"},
 }
 # Retired by the service itself: refused with the reason, as a property the service no longer takes.
+_CLOUD_SERVICES = ("Cloud Services pools (cloudServiceConfiguration) were retired by the Azure Batch service in "
+                   "2024; use virtualMachineConfiguration")
 RETIRED = {
-    "pool": {"cloudServiceConfiguration": "Cloud Services pools (cloudServiceConfiguration) were retired by the "
-             "Azure Batch service in 2024; use virtualMachineConfiguration"},
+    "pool": {"cloudServiceConfiguration": _CLOUD_SERVICES},
+    "job": {"poolInfo.autoPoolSpecification.pool.cloudServiceConfiguration": _CLOUD_SERVICES},
+    "job schedule": {"jobSpecification.poolInfo.autoPoolSpecification.pool.cloudServiceConfiguration":
+                     _CLOUD_SERVICES},
 }
 
 
@@ -50,7 +54,15 @@ def validate(body: Any, role: str, entity: str, required: tuple[str, ...] = ()) 
     """Check a request body against its model in the request's API version (role: 'pool.add', 'job.add',
     'task.add', 'pool.resize', 'job.terminate'); raise the first problem as the service would. Returns the
     body with today's property names."""
+    if isinstance(body, dict):  # retired is said in every version, also those whose models no longer know it
+        _refuse_retired(body, entity)
     return check_rules(versions.read(body, role, entity), entity, required)
+
+
+def _refuse_retired(body: dict[str, Any], entity: str) -> None:
+    for prop, why in RETIRED.get(entity, {}).items():
+        if _lookup(body, prop) not in (None, False, 0, [], {}):
+            raise BatchError(400, "InvalidPropertyValue", f"{why}.", {"PropertyName": prop, "Reason": why})
 
 
 def check_rules(body: dict[str, Any], entity: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -61,9 +73,7 @@ def check_rules(body: dict[str, Any], entity: str, required: tuple[str, ...] = (
             raise missing_property(name)
     if "id" in required:
         check_id(body["id"], "id")
-    for prop, why in RETIRED.get(entity, {}).items():
-        if _lookup(body, prop) not in (None, False, 0, [], {}):
-            raise BatchError(400, "InvalidPropertyValue", f"{why}.", {"PropertyName": prop, "Reason": why})
+    _refuse_retired(body, entity)
     for prop, what in NOT_EMULATED.get(entity, {}).items():
         value = _lookup(body, prop)
         if value not in (None, False, 0, [], {}):

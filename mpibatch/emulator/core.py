@@ -22,6 +22,7 @@ from .scheduler import Scheduler
 from .server import make_server
 from .state import Store
 from .storage import HOW_TO_GET, Azurite, find_azurite
+from .ticker import Ticker
 
 log = logging.getLogger(__name__)
 DEFAULT_VM_SIZE = "standard_d2s_v3"
@@ -61,6 +62,7 @@ class Emulator:
         self.store = Store(self.state_dir)
         self.procs = Processes(Ledger(self.state_dir / "processes.txt" if self.state_dir else None))
         self.scheduler = Scheduler(self)
+        self.ticker = Ticker(self)  # autoscale evaluations, mount syncs
         self.storage: AutoStorage | None = None
         self.connection_string: str | None = None
         self.azurite: Azurite | None = None
@@ -165,6 +167,7 @@ class Emulator:
             raise
         self.store.start_saving()
         self.scheduler.start()
+        self.ticker.start()
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="emulator-http", daemon=True)
         self._thread.start()
@@ -194,6 +197,7 @@ class Emulator:
             raise SpecError("--storage", str(e), "pass `auto` or a full connection string") from None
 
     def stop(self) -> None:
+        self.ticker.stop()
         self.scheduler.stop()
         if self._server is not None:
             self._server.closing.set()  # an accept loop waiting for a free request slot gives up

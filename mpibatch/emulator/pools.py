@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers.protocol import NODE_DIRS
-from . import files, schema
+from . import files, mounts, schema
+from .endpoints import node_network
 from .errors import BatchError, exists, not_found, now_iso
 from .fetch import fetch
 from .nodes import env_settings, node_env
@@ -44,13 +45,18 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
                 "stateTransitionTime": t, "allocationState": "resizing", "allocationStateTransitionTime": t,
                 "resizeTimeout": body.get("resizeTimeout") or "PT15M", "currentDedicatedNodes": 0,
                 "currentLowPriorityNodes": 0, "targetDedicatedNodes": nodes, "targetLowPriorityNodes": 0,
-                "enableAutoScale": False,
+                "enableAutoScale": bool(body.get("enableAutoScale")),
                 "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
                 "taskSlotsPerNode": slots, "taskSchedulingPolicy": {"nodeFillType": fill}, "_next_node": 0}
         touch(pool)
         emu.store.pools[key(body["id"])] = pool
     emu.event(f"pool {body['id']}: added ({nodes} nodes x {slots} slots)")
-    resize_to(emu, pool, nodes)
+    if pool["enableAutoScale"]:
+        from .poolops import run_autoscale  # poolops builds on this module
+
+        run_autoscale(emu, pool)
+    else:
+        resize_to(emu, pool, nodes)
     return pool
 
 
@@ -116,12 +122,21 @@ def _new_node(emu: Emulator, pool: dict[str, Any]) -> dict[str, Any]:
             "totalTasksRun": 0, "totalTasksSucceeded": 0, "runningTasksCount": 0, "runningTaskSlotsCount": 0,
             "isDedicated": True, "recentTasks": [],
             "nodeAgentInfo": {"version": "mpibatch-emulate", "lastUpdateTime": t},
-            "_root": str(root), "_running": [], "_pool": pool["id"], "_index": i}
+            "_root": str(root), "_running": [], "_pool": pool["id"], "_index": i, **node_network(pool, i)}
     emu.store.nodes[key(pool["id"], node_id)] = node
     return node
 
 
 def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
+    mount_error = mounts.mount(emu, pool, node)
+    if mount_error:  # as on the service: the node is unusable and says why
+        with emu.store.lock:
+            node["errors"] = [mount_error]
+            set_state(node, "unusable")
+        emu.store.mark(("nodes", node))
+        emu.event(f"node {node['id']} of pool {pool['id']}: unusable ({mount_error['message']})")
+        return
+    node.pop("errors", None)
     st = pool.get("startTask")
     if not st:
         with emu.store.lock:

@@ -58,9 +58,7 @@ TERMINATE_JOB = {"terminateReason": str, "force": bool}
 
 # Known, but what they ask for is not emulated: refused rather than silently ignored.
 NOT_EMULATED = {
-    "pool": {"enableAutoScale": "autoscale (set targetDedicatedNodes)", "autoScaleFormula": "autoscale formulas",
-             "mountConfiguration": "mounted file systems", "applicationPackageReferences": "application packages",
-             "certificateReferences": "certificates", "cloudServiceConfiguration": "cloud service pools",
+    "pool": {"certificateReferences": "certificates", "cloudServiceConfiguration": "cloud service pools",
              "targetLowPriorityNodes": "Spot/low-priority nodes"},
     "job": {"jobManagerTask": "job manager tasks", "poolInfo.autoPoolSpecification": "auto pools",
             "networkConfiguration": "job network configuration"},

@@ -222,7 +222,8 @@ def test_reimage_deallocate_start_and_scheduling(emulator: EmulatorProcess) -> N
     assert client.get_node("n", node.id).state == "deallocated"
     client.begin_start_node("n", node.id, polling_interval=1).result()
     wait_for("idle after start", lambda: client.get_node("n", node.id).state == "idle")
-    client.disable_node_scheduling("n", node.id, m.BatchNodeDisableSchedulingOptions(node_disable_scheduling_option="taskcompletion"))
+    client.disable_node_scheduling("n", node.id, m.BatchNodeDisableSchedulingOptions(
+        node_disable_scheduling_option="taskcompletion"))
     assert client.get_node("n", node.id).scheduling_state == "disabled"
     client.create_task("j", m.BatchTaskCreateOptions(id="t2", command_line="/bin/true"))
     time.sleep(1.5)

@@ -67,8 +67,9 @@ def tokenize(text: str) -> list[Token]:
         if text[pos:].strip() == "":
             break
         m = TOKEN.match(text, pos)
-        line = text.count("\n", 0, pos) + 1
-        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        at = len(text) - len(text[pos:].lstrip())  # the offending character, after white space
+        line = text.count("\n", 0, at) + 1
+        col = at - (text.rfind("\n", 0, at) + 1) + 1
         if not m:
             raise FormulaError("InvalidAutoScaleFormula", f"unexpected character {text[pos:].lstrip()[:1]!r}",
                                f"Line {line}, Col {col}")
@@ -111,6 +112,12 @@ class Parser:
         while self.peek().kind != "end":
             if self.peek().text == ";":
                 self.take()
+                continue
+            if self.peek().kind == "name" and self.toks[self.i + 1].text == "(":  # a call alone: stop()
+                first = self.peek()
+                out.append(("", self.expr(), first))
+                if self.peek().kind != "end":
+                    self.take(";")
                 continue
             name = self.take()
             if name.kind != "name":
@@ -240,6 +247,8 @@ class Evaluator:
             if self.stopped:
                 return
             value = self.eval(e)
+            if not name:
+                continue
             if name == "$NodeDeallocationOption" and str(value).lower() not in DEALLOCATION:
                 raise FormulaError("InvalidAutoScaleFormula", f"$NodeDeallocationOption must be one of "
                                    f"{', '.join(DEALLOCATION)}", f"Line {tok.line}, Col {tok.col}")

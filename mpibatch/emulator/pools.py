@@ -51,12 +51,11 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
         touch(pool)
         emu.store.pools[key(body["id"])] = pool
     emu.event(f"pool {body['id']}: added ({nodes} nodes x {slots} slots)")
-    if pool["enableAutoScale"]:
+    resize_to(emu, pool, nodes)
+    if pool["enableAutoScale"]:  # the formula's first run sets the target
         from .poolops import run_autoscale  # poolops builds on this module
 
         run_autoscale(emu, pool)
-    else:
-        resize_to(emu, pool, nodes)
     return pool
 
 

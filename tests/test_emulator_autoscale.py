@@ -94,7 +94,8 @@ def test_evaluation_errors() -> None:
 def test_the_pool_is_evaluated_again_on_its_interval(tmp_path: Path) -> None:
     """The formula runs at enable time and again when its interval has passed (the test moves the pool's
     next evaluation to now instead of waiting 5 minutes), seeing tasks added in between."""
-    from azure.batch import BatchClient, models as m
+    from azure.batch import BatchClient
+    from azure.batch import models as m
     from azure.core.credentials import AzureNamedKeyCredential
 
     emu = BatchEmulator(tmp_path).start()

@@ -410,3 +410,22 @@ def test_async_client_pool_node_and_job_operations(emulator: EmulatorProcess) ->
     assert got.metadata[0].name == "z" and got.enable_auto_scale
     assert counts[0].pool_id == "aio" and counts[0].dedicated.total == 1
     wait_for("idle after reboot", lambda: sync.get_node("aio", node.id).state == "idle")
+
+
+def test_bad_autoscale_settings_are_refused_before_the_pool_exists(emulator: EmulatorProcess) -> None:
+    from azure.batch import models as m
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    client = client_of(emulator)
+    for extra, status, code in (
+            ({}, 400, "MissingRequiredProperty"),
+            ({"auto_scale_formula": "$TargetDedicatedNodes = 1;", "target_dedicated_nodes": 2}, 400,
+             "InvalidPropertyValue"),
+            ({"auto_scale_formula": "$TargetDedicatedNodes = (1;"}, 400, "InvalidAutoScaleFormula"),
+            ({"auto_scale_formula": "$TargetDedicatedNodes = 1;",
+              "auto_scale_evaluation_interval": timedelta(minutes=1)}, 400, "InvalidPropertyValue")):
+        with pytest.raises(HttpResponseError) as bad:
+            client.create_pool(m.BatchPoolCreateOptions(id="bad", vm_size=VM, enable_auto_scale=True, **extra))
+        assert (bad.value.status_code, error_code(bad)) == (status, code), extra
+        with pytest.raises(ResourceNotFoundError):
+            client.get_pool("bad")

@@ -86,10 +86,11 @@ def requeue(emu: Emulator, t: dict[str, Any], nodes: list[dict[str, Any]]) -> No
 def drain_and_remove(emu: Emulator, pool: dict[str, Any], nodes: list[dict[str, Any]], option: str) -> None:
     """Nodes leaving a shrinking pool: their tasks per `option`, their mounts synced up, then gone."""
     end_tasks(emu, nodes, option)
+    for n in nodes:
+        emu.procs.end(f"node:{n['id']}")
+        mounts.sync_up(emu, pool, n)  # storage I/O: never under the store's lock
     with emu.store.lock:
         for n in nodes:
-            emu.procs.end(f"node:{n['id']}")
-            mounts.sync_up(emu, pool, n)
             emu.store.nodes.pop(key(pool["id"], n["id"]), None)
             emu.store.gone("nodes", key(pool["id"], n["id"]))
             shutil.rmtree(n["_root"], ignore_errors=True)

@@ -144,6 +144,21 @@ def remove_nodes(emu: Emulator, pool_id: str, body: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- autoscale
+def check_new_pool(body: dict[str, Any]) -> None:
+    """An add-pool body's autoscale settings, before anything is created (pools.add)."""
+    if not body.get("enableAutoScale"):
+        return
+    if not body.get("autoScaleFormula"):
+        raise missing_property("autoScaleFormula")
+    if body.get("targetDedicatedNodes") is not None:
+        raise invalid_value("targetDedicatedNodes", "must not be given when enableAutoScale is true")
+    _interval_s(body.get("autoScaleEvaluationInterval"))
+    try:
+        autoscale.check(body["autoScaleFormula"])
+    except autoscale.FormulaError as e:
+        raise _formula_error(e) from None
+
+
 def _interval_s(text: str | None) -> float:
     seconds = iso_seconds(text or DEFAULT_INTERVAL)
     if seconds is None or not INTERVAL_BOUNDS_S[0] <= seconds <= INTERVAL_BOUNDS_S[1]:

@@ -29,6 +29,9 @@ FOREVER = "P10675199DT2H48M5.4775807S"
 
 def add(emu: Emulator, body: Any) -> dict[str, Any]:
     body = schema.validate(body, schema.POOL, "pool", required=("id", "vmSize"))
+    from .poolops import check_new_pool  # poolops builds on this module
+
+    check_new_pool(body)
     nodes = body.get("targetDedicatedNodes") or 0
     slots = body.get("taskSlotsPerNode") or 1
     if not 0 <= nodes <= MAX_NODES:
@@ -53,7 +56,7 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
     emu.event(f"pool {body['id']}: added ({nodes} nodes x {slots} slots)")
     resize_to(emu, pool, nodes)
     if pool["enableAutoScale"]:  # the formula's first run sets the target
-        from .poolops import run_autoscale  # poolops builds on this module
+        from .poolops import run_autoscale
 
         run_autoscale(emu, pool)
     return pool

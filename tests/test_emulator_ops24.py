@@ -429,3 +429,39 @@ def test_bad_autoscale_settings_are_refused_before_the_pool_exists(emulator: Emu
         assert (bad.value.status_code, error_code(bad)) == (status, code), extra
         with pytest.raises(ResourceNotFoundError):
             client.get_pool("bad")
+
+
+def test_job_disable_requeue_enable_move_pool_and_task_reactivate(emulator: EmulatorProcess) -> None:
+    from azure.batch import models as m
+    from azure.core.exceptions import HttpResponseError
+
+    client = client_of(emulator)
+    pool(client, "p1", 1)
+    pool(client, "p2", 1)
+    client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p1")))
+    client.create_task("j", m.BatchTaskCreateOptions(id="slow", command_line="/bin/sleep 30"))
+    wait_for("running", lambda: client.get_task("j", "slow").state == "running")
+    client.begin_disable_job("j", m.BatchJobDisableOptions(disable_tasks="requeue"), polling_interval=1).result()
+    assert client.get_job("j").state == "disabled"
+    slow = client.get_task("j", "slow")
+    assert slow.state == "active" and slow.execution_info.requeue_count == 1
+    client.create_task("j", m.BatchTaskCreateOptions(id="fails", command_line="/bin/false"))
+    time.sleep(1.5)
+    assert {t.state for t in client.list_tasks("j")} == {"active"}  # a disabled job runs nothing
+    client.update_job("j", m.BatchJobUpdateOptions(pool_info=m.BatchPoolInfo(pool_id="p2")))
+    client.replace_task("j", "slow", m.BatchTask(constraints=m.BatchTaskConstraints(
+        max_wall_clock_time=timedelta(seconds=1))))
+    client.begin_enable_job("j", polling_interval=1).result()
+    failed = wait_for("fails done", lambda: (lambda t: t if t.state == "completed" else None)(
+        client.get_task("j", "fails")))
+    assert failed.node_info.pool_id == "p2" and failed.execution_info.exit_code == 1
+    with pytest.raises(HttpResponseError) as early:
+        client.update_job("j", m.BatchJobUpdateOptions(pool_info=m.BatchPoolInfo(pool_id="p1")))
+    assert (early.value.status_code, error_code(early)) == (409, "JobNotDisabled")
+    client.reactivate_task("j", "fails")
+    again = client.get_task("j", "fails")
+    assert again.state in ("active", "preparing", "running", "completed") and again.execution_info.retry_count == 0
+    wait_for("fails done again", lambda: client.get_task("j", "fails").state == "completed")
+    ended = wait_for("slow ended by its new wall clock", lambda: (lambda t: t if t.state == "completed" else None)(
+        client.get_task("j", "slow")))
+    assert ended.execution_info.failure_info.code == "TaskEnded"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers import blobio, fileio
+from ..launchers.protocol import NODE_DIRS
 from ..redaction import redact_url
 from . import files, mounts, pools, schema, tasks
 from .errors import BatchError, invalid_value, missing_property, not_found, now_iso
@@ -125,7 +126,7 @@ def _cycle(emu: Emulator, pool_id: str, node_id: str, body: Any, spec: dict[str,
         emu.procs.end(f"node:{node['id']}")
         mounts.sync_up(emu, pool, node)
         if wipe:  # a new OS disk: the task and job directories are gone
-            for d in ("workitems", "shared", "startup", mounts.MOUNTS_DIR):
+            for d in (*NODE_DIRS, mounts.MOUNTS_DIR):
                 shutil.rmtree(Path(node["_root"]) / d, ignore_errors=True)
                 (Path(node["_root"]) / d).mkdir(parents=True, exist_ok=True)
         emu.procs.allow(f"node:{node['id']}")

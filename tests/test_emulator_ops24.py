@@ -465,3 +465,36 @@ def test_job_disable_requeue_enable_move_pool_and_task_reactivate(emulator: Emul
     ended = wait_for("slow ended by its new wall clock", lambda: (lambda t: t if t.state == "completed" else None)(
         client.get_task("j", "slow")))
     assert ended.execution_info.failure_info.code == "TaskEnded"
+
+
+def test_a_shrink_under_way_when_the_emulator_is_killed_is_finished_on_restart(tmp_path: Path) -> None:
+    """kill -9 while a node is `leavingpool` (its task running, taskcompletion): the restart on the state dir
+    removes the node and leaves the pool steady, not resizing for ever."""
+    import signal
+
+    from azure.batch import models as m
+
+    first = EmulatorProcess(tmp_path / "state", storage="none").start()
+    try:
+        client = client_of(first)
+        pool(client, "k", 2)
+        client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="k")))
+        client.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="/bin/sleep 60"))
+        busy = wait_for("running", lambda: client.get_task("j", "t").node_info if client.get_task(
+            "j", "t").state == "running" else None)
+        client.begin_remove_nodes("k", m.BatchNodeRemoveOptions(node_ids=[busy.node_id],
+                                                                node_deallocation_option="taskcompletion"))
+        assert client.get_node("k", busy.node_id).state == "leavingpool"
+    finally:
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+    again = EmulatorProcess(tmp_path / "state", storage="none").start()
+    try:
+        client = client_of(again)
+        got = client.get_pool("k")
+        assert got.allocation_state == "steady" and got.current_dedicated_nodes == 1
+        assert [n.id for n in client.list_nodes("k")] != [busy.node_id]
+        assert client.get_task("j", "t").execution_info.failure_info.code == "EmulatorRestarted"
+    finally:
+        again.stop()

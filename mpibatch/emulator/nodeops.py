@@ -104,6 +104,26 @@ def drain_and_remove(emu: Emulator, pool: dict[str, Any], nodes: list[dict[str, 
     emu.event(f"pool {pool['id']}: {pool['currentDedicatedNodes']} nodes")
 
 
+def recover(emu: Emulator) -> None:
+    """After a restart (state dir): what was under way when the emulator stopped is finished - nodes that
+    were leaving are gone, deallocating ones deallocated, reimaging ones `unknown` (as rebooting ones are),
+    and every pool steady again."""
+    with emu.store.lock:
+        for k, n in list(emu.store.nodes.items()):
+            if n.get("_leaving"):
+                emu.store.nodes.pop(k)
+                emu.store.gone("nodes", k)
+                shutil.rmtree(n["_root"], ignore_errors=True)
+            elif n.get("state") in ("deallocating", "reimaging"):
+                set_state(n, "deallocated" if n["state"] == "deallocating" else "unknown")
+                emu.store.mark(("nodes", n))
+        for p in emu.store.pools.values():
+            if p.get("allocationState") in ("resizing", "stopping"):
+                p["currentDedicatedNodes"] = len(emu.store.pool_nodes(p["id"]))
+                p["allocationState"], p["allocationStateTransitionTime"] = "steady", now_iso()
+                emu.store.mark(("pools", p))
+
+
 # ---------------------------------------------------------------------------------------------- lifecycle
 def _cycle(emu: Emulator, pool_id: str, node_id: str, body: Any, spec: dict[str, Any], option_name: str,
            passing: str, after: str | None, wipe: bool = False) -> None:

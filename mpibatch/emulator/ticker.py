@@ -7,7 +7,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from . import mounts, poolops
+from . import mounts, nodeops, poolops
 
 if TYPE_CHECKING:
     from .core import Emulator
@@ -24,6 +24,7 @@ class Ticker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        nodeops.recover(self.emu)
         self._thread = threading.Thread(target=self._loop, name="emulator-ticker", daemon=True)
         self._thread.start()
 

@@ -366,6 +366,14 @@ def test_blob_mount_synced_down_and_up(stored: EmulatorProcess) -> None:
     wait_for("out.txt synced up", lambda: blob.exists(), timeout=20)
     assert blob.download_blob().readall() == b"mounted\n"
     assert client.get_pool("m").mount_configuration[0].azure_blob_file_system_configuration.container_name == "shared"
+    client.create_pool(m.BatchPoolCreateOptions(id="wrongkey", vm_size=VM, target_dedicated_nodes=1,
+                                                mount_configuration=[
+        m.MountConfiguration(azure_blob_file_system_configuration=m.AzureBlobFileSystemConfiguration(
+            account_name=svc.account_name, container_name="shared", account_key="d3Jvbmc=", relative_mount_path="d"))]))
+    bad = wait_for("unusable", lambda: (lambda ns: ns[0] if ns and ns[0].state == "unusable" else None)(
+        list(client.list_nodes("wrongkey"))))
+    assert bad.errors[0].code == "MountConfigurationError" and "authentication failed" in bad.errors[0].message
+    assert "d3Jvbmc" not in bad.errors[0].message
 
 
 def test_mounts_this_machine_cannot_make_leave_the_node_unusable(emulator: EmulatorProcess) -> None:

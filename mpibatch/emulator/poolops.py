@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -216,7 +217,7 @@ def evaluate_autoscale(emu: Emulator, pool_id: str, body: Any) -> dict[str, Any]
 
 SAMPLE_PERIOD_S = 30.0
 MAX_SAMPLES = 240  # two hours of samples a pool
-_samples: dict[tuple[int, str], autoscale.Samples] = {}
+_samples: weakref.WeakKeyDictionary[Emulator, dict[str, autoscale.Samples]] = weakref.WeakKeyDictionary()
 _samples_lock = threading.Lock()
 
 
@@ -233,7 +234,7 @@ def take_sample(emu: Emulator, pool: dict[str, Any]) -> autoscale.Samples:
     values.update({"$ActiveTasks": active, "$RunningTasks": running, "$PendingTasks": active + running,
                    "$SucceededTasks": ok, "$FailedTasks": len(done) - ok, "$SampleNodeCount": nodes})
     with _samples_lock:
-        s = _samples.setdefault((id(emu), key(pool["id"])), autoscale.Samples(period_s=SAMPLE_PERIOD_S))
+        s = _samples.setdefault(emu, {}).setdefault(key(pool["id"]), autoscale.Samples(period_s=SAMPLE_PERIOD_S))
         s.taken = (s.taken + [(datetime.now(timezone.utc), values)])[-MAX_SAMPLES:]
         return autoscale.Samples(list(s.taken), s.period_s)
 

@@ -506,3 +506,16 @@ def test_a_shrink_under_way_when_the_emulator_is_killed_is_finished_on_restart(t
         assert client.get_task("j", "t").execution_info.failure_info.code == "EmulatorRestarted"
     finally:
         again.stop()
+
+
+def test_supported_images_and_applications(emulator: EmulatorProcess) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    client = client_of(emulator)
+    images = list(client.list_supported_images())
+    assert images and all(i.os_type == "linux" and "mpibatch-emulate" in i.capabilities[0] for i in images)
+    assert "batch.node.ubuntu 22.04" in {i.node_agent_sku_id for i in images}
+    assert list(client.list_applications()) == []
+    with pytest.raises(ResourceNotFoundError) as e:
+        client.get_application("app")
+    assert error_code(e) == "ApplicationNotFound"

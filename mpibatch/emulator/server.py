@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers import fileio
-from . import auth, edge, files, jobops, jobs, nodeops, odata, poolops, pools, schema, tasks
+from . import account, auth, edge, files, jobops, jobs, nodeops, odata, poolops, pools, schema, tasks
 from .errors import BatchError, invalid_body, new_etag, not_emulated, rfc1123
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def routes(emu: Emulator) -> list[tuple[str, re.Pattern[str], Callable[..., Answ
         ("GET", f"/jobs/{ID}/tasks/{ID}/files/(.+)", lambda q, b, j, t, f: (200, tasks.task_file(e, j, t, f), {})),
         ("HEAD", f"/jobs/{ID}/tasks/{ID}/files/(.+)", lambda q, b, j, t, f: (200, tasks.task_file(e, j, t, f), {})),
     ]
-    table = [*poolops.routes(e), *nodeops.routes(e), *jobops.routes(e), *table]  # the operations of issue 24
+    table = [*poolops.routes(e), *nodeops.routes(e), *jobops.routes(e), *account.routes(e), *table]  # issue 24
     return [(verb, re.compile(pattern + "$"), fn) for verb, pattern, fn in table]
 
 

@@ -257,7 +257,7 @@ def test_node_users_and_a_task_running_as_one(emulator: EmulatorProcess) -> None
 
 def test_remote_login_extensions_and_file_deletes(emulator: EmulatorProcess) -> None:
     from azure.batch import models as m
-    from azure.core.exceptions import ResourceNotFoundError
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
     client = client_of(emulator)
     [node] = pool(client, "x", 1, virtual_machine_configuration=m.VirtualMachineConfiguration(
@@ -274,9 +274,24 @@ def test_remote_login_extensions_and_file_deletes(emulator: EmulatorProcess) -> 
     with pytest.raises(ResourceNotFoundError):
         client.get_node_extension("x", node.id, "nope")
     client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="x")))
+    outside = emulator.state_dir.parent / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
     client.create_task("j", m.BatchTaskCreateOptions(
-        id="t", command_line='/bin/bash -c "echo a > out.txt; echo b > $AZ_BATCH_NODE_SHARED_DIR/s.txt"'))
+        id="t", command_line=f'/bin/bash -c "echo a > out.txt; echo b > $AZ_BATCH_NODE_SHARED_DIR/s.txt; '
+                             f'mkdir -p sub/deeper; echo c > sub/deeper/c.txt; ln -s {outside} link"'))
     wait_for("done", lambda: client.get_task("j", "t").state == "completed")
+    for path in ("wd/link/keep.txt", "wd/link"):  # never through the link; the link itself may go
+        try:
+            client.delete_task_file("j", "t", path, recursive=True)
+        except ResourceNotFoundError:
+            pass
+    assert (outside / "keep.txt").read_text() == "keep"
+    with pytest.raises(HttpResponseError) as full:
+        client.delete_task_file("j", "t", "wd/sub")
+    assert (full.value.status_code, error_code(full)) == (409, "DirectoryNotEmpty")
+    client.delete_task_file("j", "t", "wd/sub", recursive=True)
+    assert not [f for f in client.list_task_files("j", "t", recursive=True) if f.name.startswith("wd/sub")]
     client.delete_task_file("j", "t", "wd/out.txt")
     with pytest.raises(ResourceNotFoundError):
         client.get_task_file_properties("j", "t", "wd/out.txt")

@@ -5,9 +5,12 @@ configuration), deleting node and task files, nodes leaving a shrinking pool, an
 configuration (inbound NAT pools, IPv6)."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..launchers import blobio, fileio
 from ..launchers.protocol import NODE_DIRS
 from ..redaction import redact_url
-from . import files, mounts, pools, schema, tasks
+from . import mounts, pools, schema, tasks
 from .errors import BatchError, invalid_value, missing_property, not_found, now_iso
 from .state import key, set_state, touch
 
@@ -288,20 +291,47 @@ def upload_logs(emu: Emulator, pool_id: str, node_id: str, body: Any) -> dict[st
 
 
 def delete_file(emu: Emulator, root: Path, file_path: str, recursive: bool) -> None:
-    """A file (or with `recursive`, a directory) under `root`; never outside it, never through a symlink."""
+    """A file (or with `recursive`, a directory) under `root`; never outside it, never through a symlink:
+    every directory on the way is opened with O_NOFOLLOW relative to the one before (as the files API reads)."""
+    parts = file_path.replace("\\", "/").strip("/").split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise invalid_value("filePath", "a path inside the node's or task's directory")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        target = files.safe_join(root, file_path)
-    except files.FileError:
-        raise invalid_value("filePath", "a path inside the node's or task's directory") from None
-    parent = target.parent.resolve()
-    if not parent.is_relative_to(root.resolve()) or not (target.exists() or target.is_symlink()):
-        raise not_found("File")
-    if target.is_dir() and not target.is_symlink():
-        if not recursive and any(target.iterdir()):
-            raise BatchError(409, "DirectoryNotEmpty", "The directory is not empty: set recursive=true.")
-        shutil.rmtree(target)
-    else:
-        target.unlink()
+        dirfd = os.open(root, flags)
+    except OSError:
+        raise not_found("File") from None
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, flags, dir_fd=dirfd)
+            os.close(dirfd)
+            dirfd = nxt
+        st = os.lstat(parts[-1], dir_fd=dirfd)
+        if stat.S_ISDIR(st.st_mode):
+            _remove_tree(dirfd, parts[-1], recursive)
+        else:
+            os.unlink(parts[-1], dir_fd=dirfd)  # a symlink itself is removed, never what it points to
+    except (FileNotFoundError, NotADirectoryError):
+        raise not_found("File") from None
+    except OSError as e:
+        if e.errno == errno.ENOTEMPTY:
+            raise BatchError(409, "DirectoryNotEmpty", "The directory is not empty: set recursive=true.") from None
+        raise not_found("File") from None  # ELOOP: a symlink on the way
+    finally:
+        os.close(dirfd)
+
+
+def _remove_tree(dirfd: int, name: str, recursive: bool) -> None:
+    if recursive:
+        for _top, dirs, names, fd in os.fwalk(name, dir_fd=dirfd, topdown=False, follow_symlinks=False):
+            for n in names:
+                os.unlink(n, dir_fd=fd)
+            for d in dirs:
+                if stat.S_ISLNK(os.lstat(d, dir_fd=fd).st_mode):
+                    os.unlink(d, dir_fd=fd)
+                else:
+                    os.rmdir(d, dir_fd=fd)
+    os.rmdir(name, dir_fd=dirfd)
 
 
 def _node_file_delete(emu: Emulator, q: dict[str, list[str]], p: str, n: str, f: str) -> Answer:

@@ -534,3 +534,23 @@ def test_supported_images_and_applications(emulator: EmulatorProcess) -> None:
     with pytest.raises(ResourceNotFoundError) as e:
         client.get_application("app")
     assert error_code(e) == "ApplicationNotFound"
+
+
+def test_mount_configurations_the_service_refuses_are_400_before_the_pool_exists(emulator: EmulatorProcess) -> None:
+    from azure.batch import models as m
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    client = client_of(emulator)
+    blob = {"accountName": "a", "containerName": "c", "relativeMountPath": "d"}
+    for mount, code in (({"nfsMountConfiguration": {"relativeMountPath": "n"}}, "MissingRequiredProperty"),
+                        ({"azureBlobFileSystemConfiguration": {**blob, "accountKey": "k", "sasKey": "s"}},
+                         "InvalidPropertyValue"),
+                        ({"azureBlobFileSystemConfiguration": {**blob, "relativeMountPath": "../up",
+                                                               "sasKey": "s"}}, "InvalidPropertyValue"),
+                        ({}, "InvalidPropertyValue")):
+        with pytest.raises(HttpResponseError) as bad:
+            client.create_pool(m.BatchPoolCreateOptions(id="mnt", vm_size=VM, target_dedicated_nodes=1,
+                                                        mount_configuration=[mount]))
+        assert (bad.value.status_code, error_code(bad)) == (400, code), mount
+        with pytest.raises(ResourceNotFoundError):
+            client.get_pool("mnt")

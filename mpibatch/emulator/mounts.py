@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..launchers import blobio
 from ..redaction import redact_url
 from . import files
+from .errors import invalid_body, invalid_value, missing_property
 
 if TYPE_CHECKING:
     from .core import Emulator
@@ -27,6 +28,38 @@ KINDS = ("azureBlobFileSystemConfiguration", "nfsMountConfiguration", "cifsMount
          "azureFileShareConfiguration")
 _synced: dict[str, tuple[int, int]] = {}  # node id + path -> (size, mtime_ns) last seen in storage
 _lock = threading.Lock()
+
+
+REQUIRED = {"azureBlobFileSystemConfiguration": ("accountName", "containerName", "relativeMountPath"),
+            "nfsMountConfiguration": ("source", "relativeMountPath"),
+            "cifsMountConfiguration": ("username", "source", "relativeMountPath", "password"),
+            "azureFileShareConfiguration": ("accountName", "azureFileUrl", "accountKey", "relativeMountPath")}
+BLOB_CREDENTIALS = ("accountKey", "sasKey", "identityReference")
+
+
+def check(entries: Any) -> None:
+    """A pool's mountConfiguration, before the pool is created or changed: 400 for what the service refuses."""
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise invalid_body("property 'mountConfiguration' must be an array")
+    for i, entry in enumerate(entries):
+        where = f"mountConfiguration[{i}]"
+        kinds = [k for k in KINDS if isinstance(entry, dict) and entry.get(k)]
+        if not isinstance(entry, dict) or len(kinds) != 1 or set(entry) - set(KINDS):
+            raise invalid_value(where, "exactly one of " + ", ".join(KINDS))
+        cfg = entry[kinds[0]]
+        if not isinstance(cfg, dict):
+            raise invalid_body(f"property '{where}.{kinds[0]}' must be an object")
+        for name in REQUIRED[kinds[0]]:
+            if not isinstance(cfg.get(name), str) or not cfg[name]:
+                raise missing_property(f"{where}.{kinds[0]}.{name}")
+        if kinds[0] == "azureBlobFileSystemConfiguration" and sum(bool(cfg.get(c)) for c in BLOB_CREDENTIALS) != 1:
+            raise invalid_value(f"{where}.{kinds[0]}", "exactly one of accountKey, sasKey, identityReference")
+        try:
+            files.safe_join(Path("/"), cfg["relativeMountPath"])
+        except files.FileError:
+            raise invalid_value(f"{where}.{kinds[0]}.relativeMountPath", "a relative path without '..'") from None
 
 
 class MountError(Exception):

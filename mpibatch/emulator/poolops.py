@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..durations import iso_seconds
-from . import autoscale, odata, pools, schema
+from . import autoscale, mounts, odata, pools, schema
 from .errors import BatchError, invalid_value, missing_property, now_iso
 from .state import key, set_state, touch
 
@@ -52,6 +52,7 @@ def update(emu: Emulator, pool_id: str, body: Any, *, replace: bool) -> None:
                 raise missing_property(name)
     if (body.get("startTask") or {}) and not body["startTask"].get("commandLine"):
         raise missing_property("startTask.commandLine")
+    mounts.check(body.get("mountConfiguration"))
     if "taskSlotsPerNode" in body and not 1 <= body["taskSlotsPerNode"] <= 256:
         raise invalid_value("taskSlotsPerNode", "from 1 to 256")
     pool = pools.get(emu, pool_id)
@@ -146,7 +147,8 @@ def remove_nodes(emu: Emulator, pool_id: str, body: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- autoscale
 def check_new_pool(body: dict[str, Any]) -> None:
-    """An add-pool body's autoscale settings, before anything is created (pools.add)."""
+    """An add-pool body's mounts and autoscale settings, before anything is created (pools.add)."""
+    mounts.check(body.get("mountConfiguration"))
     if not body.get("enableAutoScale"):
         return
     if not body.get("autoScaleFormula"):

@@ -1,6 +1,6 @@
-"""Pools and their nodes: add / get / list / delete / resize / exists, nodes joining with the pool's start
-task (`waitForSuccess` holds a node in `starting`; a failed start task leaves it `starttaskfailed`), node
-list / get and the node's files."""
+"""Pools and their nodes: add / get / list / delete / exists (resize: poolops.py), nodes joining with
+the pool's start task (`waitForSuccess` holds a node in `starting`; a failed start task leaves it
+`starttaskfailed`), node list / get and the node's files."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ..launchers.protocol import NODE_DIRS
 from . import files, mounts, schema
 from .endpoints import node_network
-from .errors import BatchError, exists, not_found, now_iso
+from .errors import exists, not_found, now_iso
 from .fetch import fetch
 from .nodes import env_settings, node_env
 from .state import key, public, set_state, touch
@@ -71,21 +71,6 @@ def get(emu: Emulator, pool_id: str) -> dict[str, Any]:
 
 def view(pool: dict[str, Any]) -> dict[str, Any]:
     return public(pool)
-
-
-def resize(emu: Emulator, pool_id: str, body: Any) -> None:
-    body = schema.validate(body, schema.RESIZE, "pool")
-    pool = get(emu, pool_id)
-    target = body.get("targetDedicatedNodes")
-    if target is None or not 0 <= target <= MAX_NODES:
-        raise schema.invalid_value("targetDedicatedNodes", f"from 0 to {MAX_NODES}")
-    with emu.store.lock:
-        if pool["state"] != "active":
-            raise BatchError(409, "PoolBeingDeleted", "The specified pool is being deleted.")
-        if pool["allocationState"] != "steady":
-            raise BatchError(409, "PoolNotSteady", "The specified pool is not in a steady state.")
-        pool["targetDedicatedNodes"] = target
-    resize_to(emu, pool, target)
 
 
 def resize_to(emu: Emulator, pool: dict[str, Any], target: int) -> None:

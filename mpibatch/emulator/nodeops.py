@@ -278,7 +278,8 @@ def upload_logs(emu: Emulator, pool_id: str, node_id: str, body: Any) -> dict[st
     with tempfile.TemporaryDirectory(prefix="mpibatch-nodelogs-") as tmp:
         agent = Path(tmp) / "agent.log"
         with emu.store.lock:
-            record = {k: v for k, v in node.items() if not k.startswith("_")}
+            # the node's states and counts; never the start task's settings (they may hold secrets)
+            record = {k: v for k, v in node.items() if not k.startswith("_") and k != "startTask"}
         fileio.write_bytes(agent, json.dumps(record, indent=1).encode())
         sources.append((agent, "agent.log"))
         try:

@@ -152,8 +152,7 @@ def test_wrong_key_and_api_version(emu: EmulatorProcess, client: Any) -> None:
 
 
 def test_not_emulated_is_refused_never_silently_accepted(client: Any) -> None:
-    for method, path, body in [("PATCH", "/pools/p1", {"metadata": []}), ("GET", "/poolusagemetrics", None),
-                               ("POST", "/pools/p1/nodes/x/reboot", {}), ("GET", "/applications", None)]:
+    for method, path, body in [("GET", "/certificates", None), ("POST", "/certificates", {"thumbprint": "ab"})]:
         status, code, values = error(call(client, method, path, body))
         assert (status, code) == (501, "NotSupportedByEmulator"), (method, path)
     assert call(client, "POST", "/jobs", {**GOOD_JOB, "id": "exits"}).status_code == 201

@@ -23,6 +23,7 @@ from .schedules import Clock
 from .server import make_server
 from .state import Store
 from .storage import HOW_TO_GET, Azurite, find_azurite
+from .ticker import Ticker
 
 log = logging.getLogger(__name__)
 DEFAULT_VM_SIZE = "standard_d2s_v3"
@@ -63,6 +64,7 @@ class Emulator:
         self.procs = Processes(Ledger(self.state_dir / "processes.txt" if self.state_dir else None))
         self.scheduler = Scheduler(self)
         self.clock = Clock(self)  # job schedules
+        self.ticker = Ticker(self)  # autoscale evaluations, mount syncs
         self.storage: AutoStorage | None = None
         self.connection_string: str | None = None
         self.azurite: Azurite | None = None
@@ -168,6 +170,7 @@ class Emulator:
         self.store.start_saving()
         self.scheduler.start()
         self.clock.start()
+        self.ticker.start()
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="emulator-http", daemon=True)
         self._thread.start()
@@ -198,6 +201,7 @@ class Emulator:
 
     def stop(self) -> None:
         self.clock.stop()
+        self.ticker.stop()
         self.scheduler.stop()
         if self._server is not None:
             self._server.closing.set()  # an accept loop waiting for a free request slot gives up

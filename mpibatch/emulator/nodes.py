@@ -126,6 +126,7 @@ def node_env(image: dict[str, str], *, account: str, account_url: str, pool_id: 
     env = {"AZ_BATCH_ACCOUNT_NAME": account, "AZ_BATCH_ACCOUNT_URL": account_url, "AZ_BATCH_POOL_ID": pool_id,
            "AZ_BATCH_NODE_ID": node["id"], "AZ_BATCH_NODE_IS_DEDICATED": "true", "AZ_BATCH_NODE_ROOT_DIR": root,
            "AZ_BATCH_NODE_SHARED_DIR": f"{root}/shared", "AZ_BATCH_NODE_STARTUP_DIR": f"{root}/startup",
+           "AZ_BATCH_NODE_MOUNTS_DIR": f"{root}/fsmounts",
            "AZ_BATCH_TASK_ID": task_id, "AZ_BATCH_TASK_DIR": str(task_dir),
            "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"), "AZ_BATCH_TASK_USER": os.environ.get("USER", "root")}
     if job_id:

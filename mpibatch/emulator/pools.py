@@ -1,6 +1,6 @@
-"""Pools and their nodes: add / get / list / delete / resize / exists, nodes joining with the pool's start
-task (`waitForSuccess` holds a node in `starting`; a failed start task leaves it `starttaskfailed`), node
-list / get and the node's files."""
+"""Pools and their nodes: add / get / list / delete / exists (resize: poolops.py), nodes joining with
+the pool's start task (`waitForSuccess` holds a node in `starting`; a failed start task leaves it
+`starttaskfailed`), node list / get and the node's files."""
 from __future__ import annotations
 
 import logging
@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers.protocol import NODE_DIRS
-from . import files, schema, versions
-from .errors import BatchError, exists, not_found, now_iso
+from . import files, mounts, schema, versions
+from .endpoints import node_network
+from .errors import exists, not_found, now_iso
 from .fetch import fetch
 from .nodes import env_settings, node_env
 from .state import key, public, set_state, touch
@@ -28,6 +29,9 @@ FOREVER = "P10675199DT2H48M5.4775807S"
 
 def add(emu: Emulator, body: Any) -> dict[str, Any]:
     body = schema.validate(body, "pool.add", "pool", required=("id", "vmSize"))
+    from .poolops import check_new_pool  # poolops builds on this module
+
+    check_new_pool(body)
     nodes = body.get("targetDedicatedNodes") or 0
     slots = body.get("taskSlotsPerNode") or 1
     if not 0 <= nodes <= MAX_NODES:
@@ -44,7 +48,7 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
                 "stateTransitionTime": t, "allocationState": "resizing", "allocationStateTransitionTime": t,
                 "resizeTimeout": body.get("resizeTimeout") or "PT15M", "currentDedicatedNodes": 0,
                 "currentLowPriorityNodes": 0, "targetDedicatedNodes": nodes, "targetLowPriorityNodes": 0,
-                "enableAutoScale": False,
+                "enableAutoScale": bool(body.get("enableAutoScale")),
                 "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
                 "taskSlotsPerNode": slots, "_next_node": 0,
                 "taskSchedulingPolicy": {**(body.get("taskSchedulingPolicy") or {}), "nodeFillType": fill}}
@@ -52,6 +56,10 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
         emu.store.pools[key(body["id"])] = pool
     emu.event(f"pool {body['id']}: added ({nodes} nodes x {slots} slots)")
     resize_to(emu, pool, nodes)
+    if pool["enableAutoScale"]:  # the formula's first run sets the target
+        from .poolops import run_autoscale
+
+        run_autoscale(emu, pool)
     return pool
 
 
@@ -68,21 +76,6 @@ def view(pool: dict[str, Any]) -> dict[str, Any]:
 
 def node_view(n: dict[str, Any]) -> dict[str, Any]:
     return versions.answer(public(n), "node")
-
-
-def resize(emu: Emulator, pool_id: str, body: Any) -> None:
-    body = schema.validate(body, "pool.resize", "pool")
-    pool = get(emu, pool_id)
-    target = body.get("targetDedicatedNodes")
-    if target is None or not 0 <= target <= MAX_NODES:
-        raise schema.invalid_value("targetDedicatedNodes", f"from 0 to {MAX_NODES}")
-    with emu.store.lock:
-        if pool["state"] != "active":
-            raise BatchError(409, "PoolBeingDeleted", "The specified pool is being deleted.")
-        if pool["allocationState"] != "steady":
-            raise BatchError(409, "PoolNotSteady", "The specified pool is not in a steady state.")
-        pool["targetDedicatedNodes"] = target
-    resize_to(emu, pool, target)
 
 
 def resize_to(emu: Emulator, pool: dict[str, Any], target: int) -> None:
@@ -121,12 +114,21 @@ def _new_node(emu: Emulator, pool: dict[str, Any]) -> dict[str, Any]:
             "totalTasksRun": 0, "totalTasksSucceeded": 0, "runningTasksCount": 0, "runningTaskSlotsCount": 0,
             "isDedicated": True, "recentTasks": [],
             "nodeAgentInfo": {"version": "mpibatch-emulate", "lastUpdateTime": t},
-            "_root": str(root), "_running": [], "_pool": pool["id"], "_index": i}
+            "_root": str(root), "_running": [], "_pool": pool["id"], "_index": i, **node_network(pool, i)}
     emu.store.nodes[key(pool["id"], node_id)] = node
     return node
 
 
 def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
+    mount_error = mounts.mount(emu, pool, node)
+    if mount_error:  # as on the service: the node is unusable and says why
+        with emu.store.lock:
+            node["errors"] = [mount_error]
+            set_state(node, "unusable")
+        emu.store.mark(("nodes", node))
+        emu.event(f"node {node['id']} of pool {pool['id']}: unusable ({mount_error['message']})")
+        return
+    node.pop("errors", None)
     st = pool.get("startTask")
     if not st:
         with emu.store.lock:

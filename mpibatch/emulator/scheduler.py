@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import files, jobmanager, jobs, multi
+from . import files, jobmanager, jobs, multi, nodeops
 from .errors import now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -230,6 +230,8 @@ class Scheduler:
         if failure is None and exit_code not in (None, 0):
             failure = {"category": "UserError", "code": "FailureExitCode",
                        "message": f"The task exited with an exit code representing a failure ({exit_code})."}
+        if t.get("_ending") == "requeue":  # its node rebooted or left the pool under it: active again
+            return nodeops.requeue(self.emu, t, nodes)
         if t.get("_ending"):  # ended by a request or by the emulator stopping: no exit code of its own
             exit_code = None
             failure = {"category": "ServerError", "code": "EmulatorStopped", "message": "mpibatch emulate was "

@@ -20,7 +20,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers import fileio
-from . import auth, edge, files, jobs, more_routes, odata, pools, schema, tasks, versions
+from . import (
+    account,
+    auth,
+    edge,
+    files,
+    jobops,
+    jobs,
+    more_routes,
+    nodeops,
+    odata,
+    poolops,
+    pools,
+    schema,
+    tasks,
+    versions,
+)
 from .errors import BatchError, invalid_body, new_etag, not_emulated, rfc1123
 
 if TYPE_CHECKING:
@@ -81,8 +96,6 @@ def routes(emu: Emulator) -> list[tuple[str, re.Pattern[str], Callable[..., Answ
         ("HEAD", f"/pools/{ID}", lambda q, b, p: (200, pools.get(e, p) and None, {})),
         ("DELETE", f"/pools/{ID}", lambda q, b, p: _doing(lambda: pools.delete(e, p),
                                                           _accepted(f"{e.endpoint}/pools/{p}"))),
-        ("POST", f"/pools/{ID}/resize", lambda q, b, p: _doing(lambda: pools.resize(e, p, _body(b)),
-                                                                 _accepted(f"{e.endpoint}/pools/{p}"))),
         ("GET", f"/pools/{ID}/nodes", lambda q, b, p: _list(e, q, [pools.node_view(n) for n in (
             e.store.pool_nodes(pools.get(e, p)["id"]))], f"/pools/{p}/nodes")),
         ("GET", f"/pools/{ID}/nodes/{ID}", lambda q, b, p, n: (200, odata.select_one(
@@ -118,6 +131,7 @@ def routes(emu: Emulator) -> list[tuple[str, re.Pattern[str], Callable[..., Answ
         ("HEAD", f"/jobs/{ID}/tasks/{ID}/files/(.+)", lambda q, b, j, t, f: (200, tasks.task_file(e, j, t, f), {})),
     ]
     table += more_routes.table(e)  # images, job schedules: in modules of their own
+    table = [*poolops.routes(e), *nodeops.routes(e), *jobops.routes(e), *account.routes(e), *table]  # issue 24
     return [(verb, re.compile(pattern + "$"), fn) for verb, pattern, fn in table]
 
 

@@ -60,7 +60,7 @@ def _active_job(emu: Emulator, job_id: str) -> dict[str, Any]:
     job = jobs.get(emu, job_id)
     if job["state"] in ("completed", "terminating"):
         raise BatchError(409, "JobCompleted", "The specified job is already in a completed state.")
-    if job["state"] != "active":
+    if job["state"] not in ("active", "disabling", "disabled"):  # a disabled job takes tasks, runs none
         raise BatchError(409, "JobNotActive", f"The specified job is in the {job['state']} state.")
     return job
 

@@ -80,6 +80,8 @@ def read(body: Any, role: str, entity: str, version: str | None = None) -> dict[
     version = version or current()
     if not isinstance(body, dict):
         raise invalid_body(f"the body must be a JSON object describing the {entity}")
+    if role not in table(version)["roots"]:  # an operation newer than the version: its first version's model
+        version = next(v for v in known() if role in table(v)["roots"])
     return _read_obj(body, table(version)["roots"][role], "", entity, version)
 
 

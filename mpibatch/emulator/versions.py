@@ -95,8 +95,8 @@ def _read_obj(value: Any, model: str, where: str, entity: str, version: str) -> 
                                + (f" (in '{where}')" if where else ""))
         path = f"{where}.{k}" if where else k
         out[RENAMED.get(k) or str(k)] = None if v is None else _read(v, fields[k][0], path, entity, version)
-    for k, (_kind, required, _ro) in fields.items():
-        if required and value.get(k) in (None, ""):
+    for k, (_kind, required, read_only) in fields.items():  # a read-only property is never asked of a request
+        if required and not read_only and value.get(k) in (None, ""):
             raise missing_property(f"{where}.{k}" if where else k)
     return out
 

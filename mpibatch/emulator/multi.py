@@ -78,7 +78,7 @@ class MultiInstanceRun:
                 job_id=t["_job"], task_id=t["id"], instances=len(self.nodes), command_line=t["commandLine"],
                 coordination_command_line=mis.get("coordinationCommandLine") or "/bin/true",
                 common_files=_refs(emu, mis.get("commonResourceFiles")), files=_refs(emu, t.get("resourceFiles")),
-                environment={**env_settings(job.get("commonEnvironmentSettings")),
+                environment={**self._spot_env(), **env_settings(job.get("commonEnvironmentSettings")),
                              **env_settings(t.get("environmentSettings"))},
                 max_wall_clock=_whole_seconds(emu.seconds(t["constraints"].get("maxWallClockTime"))),
                 max_retries=max(0, t["constraints"].get("maxTaskRetryCount") or 0), pool_id=t["_pool"])
@@ -110,6 +110,12 @@ class MultiInstanceRun:
         finally:
             self._keep(run_dir)
         return self._report(result)
+
+    def _spot_env(self) -> dict[str, str]:
+        """Instances on Spot nodes say so; the rehearsal nodes say "true" otherwise (one value for all the
+        instances: a task on dedicated and Spot nodes at once sees "true" everywhere)."""
+        spot = all(not n.get("isDedicated", True) for n in self.nodes)
+        return {"AZ_BATCH_NODE_IS_DEDICATED": "false"} if spot else {}
 
     def _live_primary_dir(self) -> Path | None:
         """The primary's task directory while it runs (as Batch serves a running task's files); replaced

@@ -124,7 +124,8 @@ def node_env(image: dict[str, str], *, account: str, account_url: str, pool_id: 
     variables"); ordinary tasks get no host list."""
     root = node["_root"]
     env = {"AZ_BATCH_ACCOUNT_NAME": account, "AZ_BATCH_ACCOUNT_URL": account_url, "AZ_BATCH_POOL_ID": pool_id,
-           "AZ_BATCH_NODE_ID": node["id"], "AZ_BATCH_NODE_IS_DEDICATED": "true", "AZ_BATCH_NODE_ROOT_DIR": root,
+           "AZ_BATCH_NODE_ID": node["id"], "AZ_BATCH_NODE_ROOT_DIR": root,
+           "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.get("isDedicated", True) else "false",
            "AZ_BATCH_NODE_SHARED_DIR": f"{root}/shared", "AZ_BATCH_NODE_STARTUP_DIR": f"{root}/startup",
            "AZ_BATCH_TASK_ID": task_id, "AZ_BATCH_TASK_DIR": str(task_dir),
            "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"), "AZ_BATCH_TASK_USER": os.environ.get("USER", "root")}

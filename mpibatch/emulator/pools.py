@@ -28,10 +28,11 @@ FOREVER = "P10675199DT2H48M5.4775807S"
 
 def add(emu: Emulator, body: Any) -> dict[str, Any]:
     body = schema.validate(body, schema.POOL, "pool", required=("id", "vmSize"))
-    nodes = body.get("targetDedicatedNodes") or 0
+    nodes, low = body.get("targetDedicatedNodes") or 0, body.get("targetLowPriorityNodes") or 0
     slots = body.get("taskSlotsPerNode") or 1
-    if not 0 <= nodes <= MAX_NODES:
-        raise schema.invalid_value("targetDedicatedNodes", f"the emulator runs 0 to {MAX_NODES} nodes a pool")
+    for name, value in (("targetDedicatedNodes", nodes), ("targetLowPriorityNodes", low)):
+        if not 0 <= value <= MAX_NODES or nodes + low > MAX_NODES:
+            raise schema.invalid_value(name, f"the emulator runs 0 to {MAX_NODES} nodes a pool, Spot included")
     if not 1 <= slots <= 256:
         raise schema.invalid_value("taskSlotsPerNode", "from 1 to 256")
     fill = schema.enum((body.get("taskSchedulingPolicy") or {}).get("nodeFillType") or "spread",
@@ -43,14 +44,14 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
         pool = {**body, "url": f"{emu.endpoint}/pools/{body['id']}", "creationTime": t, "state": "active",
                 "stateTransitionTime": t, "allocationState": "resizing", "allocationStateTransitionTime": t,
                 "resizeTimeout": body.get("resizeTimeout") or "PT15M", "currentDedicatedNodes": 0,
-                "currentLowPriorityNodes": 0, "targetDedicatedNodes": nodes, "targetLowPriorityNodes": 0,
+                "currentLowPriorityNodes": 0, "targetDedicatedNodes": nodes, "targetLowPriorityNodes": low,
                 "enableAutoScale": False,
                 "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
                 "taskSlotsPerNode": slots, "taskSchedulingPolicy": {"nodeFillType": fill}, "_next_node": 0}
         touch(pool)
         emu.store.pools[key(body["id"])] = pool
-    emu.event(f"pool {body['id']}: added ({nodes} nodes x {slots} slots)")
-    resize_to(emu, pool, nodes)
+    emu.event(f"pool {body['id']}: added ({nodes} nodes" + (f" + {low} Spot" if low else "") + f" x {slots} slots)")
+    resize_to(emu, pool, nodes, low)
     return pool
 
 
@@ -68,44 +69,52 @@ def view(pool: dict[str, Any]) -> dict[str, Any]:
 def resize(emu: Emulator, pool_id: str, body: Any) -> None:
     body = schema.validate(body, schema.RESIZE, "pool")
     pool = get(emu, pool_id)
-    target = body.get("targetDedicatedNodes")
-    if target is None or not 0 <= target <= MAX_NODES:
-        raise schema.invalid_value("targetDedicatedNodes", f"from 0 to {MAX_NODES}")
+    target, low = body.get("targetDedicatedNodes"), body.get("targetLowPriorityNodes")
+    if target is None and low is None:
+        raise schema.missing_property("targetDedicatedNodes")
+    target = pool["targetDedicatedNodes"] if target is None else target
+    low = pool["targetLowPriorityNodes"] if low is None else low
+    if not (0 <= target and 0 <= low and target + low <= MAX_NODES):
+        raise schema.invalid_value("targetDedicatedNodes", f"from 0 to {MAX_NODES} nodes, Spot included")
     with emu.store.lock:
         if pool["state"] != "active":
             raise BatchError(409, "PoolBeingDeleted", "The specified pool is being deleted.")
         if pool["allocationState"] != "steady":
             raise BatchError(409, "PoolNotSteady", "The specified pool is not in a steady state.")
-        pool["targetDedicatedNodes"] = target
-    resize_to(emu, pool, target)
+        pool["targetDedicatedNodes"], pool["targetLowPriorityNodes"] = target, low
+    resize_to(emu, pool, target, low)
 
 
-def resize_to(emu: Emulator, pool: dict[str, Any], target: int) -> None:
-    """Add nodes (each runs the start task as it joins) or remove idle ones, then steady."""
+def resize_to(emu: Emulator, pool: dict[str, Any], target: int, low: int = 0) -> None:
+    """Add nodes (each runs the start task as it joins) or remove idle ones - dedicated to `target`,
+    Spot to `low` (a preempted Spot node is removed first) - then steady."""
     with emu.store.lock:
         pool["allocationState"], pool["allocationStateTransitionTime"] = "resizing", now_iso()
-        nodes = emu.store.pool_nodes(pool["id"])
-        joining = []
-        for _ in range(max(0, target - len(nodes))):
-            joining.append(_new_node(emu, pool))
-        removable = [n for n in nodes if not n["_running"]][::-1][:max(0, len(nodes) - target)]
+        joining, removable = [], []
+        for dedicated, want in ((True, target), (False, low)):
+            nodes = [n for n in emu.store.pool_nodes(pool["id"]) if n.get("isDedicated", True) is dedicated]
+            joining += [_new_node(emu, pool, dedicated) for _ in range(max(0, want - len(nodes)))]
+            idle = sorted((n for n in nodes if not n["_running"]), key=lambda n: n["state"] != "preempted")
+            removable += idle[::-1][:max(0, len(nodes) - want)] if dedicated else idle[:max(0, len(nodes) - want)]
         for n in removable:
             del emu.store.nodes[key(pool["id"], n["id"])]
             emu.store.gone("nodes", key(pool["id"], n["id"]))
-        pool["currentDedicatedNodes"] = len(emu.store.pool_nodes(pool["id"]))
+        kinds = [n.get("isDedicated", True) for n in emu.store.pool_nodes(pool["id"])]
+        pool["currentDedicatedNodes"], pool["currentLowPriorityNodes"] = kinds.count(True), kinds.count(False)
         pool["allocationState"], pool["allocationStateTransitionTime"] = "steady", now_iso()
         touch(pool)
     emu.store.mark(("pools", pool), *(("nodes", n) for n in joining))
     if joining or removable:
-        emu.event(f"pool {pool['id']}: {pool['currentDedicatedNodes']} nodes")
+        emu.event(f"pool {pool['id']}: {pool['currentDedicatedNodes']} nodes"
+                  + (f" + {pool['currentLowPriorityNodes']} Spot" if pool["currentLowPriorityNodes"] else ""))
     for n in joining:
         threading.Thread(target=join, args=(emu, pool, n), name=f"node-{n['id']}", daemon=True).start()
 
 
-def _new_node(emu: Emulator, pool: dict[str, Any]) -> dict[str, Any]:
+def _new_node(emu: Emulator, pool: dict[str, Any], dedicated: bool = True) -> dict[str, Any]:
     i = pool["_next_node"]
     pool["_next_node"] = i + 1
-    node_id = f"tvmps_{secrets.token_hex(16)}_d"
+    node_id = f"tvmps_{secrets.token_hex(16)}_{'d' if dedicated else 'p'}"  # as Batch names them
     root = emu.work_dir / "nodes" / pool["id"] / node_id
     for d in NODE_DIRS:
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -114,7 +123,7 @@ def _new_node(emu: Emulator, pool: dict[str, Any]) -> dict[str, Any]:
             "schedulingState": "enabled", "stateTransitionTime": t, "lastBootTime": t, "allocationTime": t,
             "ipAddress": f"127.0.2.{i % 250 + 1}", "affinityId": f"TVM:{node_id}", "vmSize": pool["vmSize"],
             "totalTasksRun": 0, "totalTasksSucceeded": 0, "runningTasksCount": 0, "runningTaskSlotsCount": 0,
-            "isDedicated": True, "recentTasks": [],
+            "isDedicated": dedicated, "recentTasks": [],
             "nodeAgentInfo": {"version": "mpibatch-emulate", "lastUpdateTime": t},
             "_root": str(root), "_running": [], "_pool": pool["id"], "_index": i}
     emu.store.nodes[key(pool["id"], node_id)] = node
@@ -125,7 +134,8 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
     st = pool.get("startTask")
     if not st:
         with emu.store.lock:
-            set_state(node, "idle")
+            if node["state"] != "preempted":
+                set_state(node, "idle")
         emu.store.mark(("nodes", node))
         emu.event(f"node {node['id']} of pool {pool['id']}: idle")
         return
@@ -160,7 +170,7 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
                     info["exitCode"] = outcome.exit_code
                 if failure:
                     info["failureInfo"] = failure
-                if wait:
+                if wait and node["state"] != "preempted":  # an evicted node stays evicted
                     set_state(node, "idle" if failure is None else "starttaskfailed")
                 break
     emu.store.mark(("nodes", node))

@@ -60,8 +60,7 @@ TERMINATE_JOB = {"terminateReason": str, "force": bool}
 NOT_EMULATED = {
     "pool": {"enableAutoScale": "autoscale (set targetDedicatedNodes)", "autoScaleFormula": "autoscale formulas",
              "mountConfiguration": "mounted file systems", "applicationPackageReferences": "application packages",
-             "certificateReferences": "certificates", "cloudServiceConfiguration": "cloud service pools",
-             "targetLowPriorityNodes": "Spot/low-priority nodes"},
+             "certificateReferences": "certificates", "cloudServiceConfiguration": "cloud service pools"},
     "job": {"jobManagerTask": "job manager tasks", "poolInfo.autoPoolSpecification": "auto pools",
             "networkConfiguration": "job network configuration"},
     "task": {"exitConditions": "task exit conditions", "containerSettings": "container tasks",

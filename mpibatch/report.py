@@ -12,6 +12,7 @@ def _cell(v: object) -> str:
 def format_result(r: TaskResult, stdout_lines: int = 20) -> str:
     head = (f"task {r.job_id}/{r.task_id} on {r.executor}: {r.state}, exit code {_cell(r.exit_code)}, "
             f"{r.elapsed_s:.1f}s, attempt{'s' if r.attempts != 1 else ''} {r.attempts}"
+            + (f", requeued {r.requeues}x (preempted)" if r.requeues else "")
             + (" (timed out)" if r.timed_out else ""))
     rows = [("inst", "role", "node", "host", "coord", "app", "files")]
     for i in r.instances:

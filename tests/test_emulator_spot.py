@@ -197,4 +197,49 @@ def test_a_preempted_node_requeues_a_multi_instance_task_whole(emu: EmulatorProc
     subs = get(client, "/jobs/mj/tasks/m/subtasksinfo")["value"]
     ran_on = {done["nodeInfo"]["nodeId"]} | {s["nodeInfo"]["nodeId"] for s in subs}
     assert len(ran_on) == 2 and victim not in ran_on
+    # the files are the requeued run's, not the evicted one's
+    assert b"".join(client.download_task_file("mj", "m", "stdout.txt")) == b"primary done\n"
     back_to_target(client, "mpi", 3, victim)
+
+
+def test_submit_and_status_show_the_preemption_and_the_requeue(tmp_path: Path) -> None:
+    """mpibatch's own Azure path: `submit` prints the requeue as it happens, `-o json` and `status` carry it."""
+    from tests.infra.fixtures import azurite_missing, mpi_env
+    from tests.test_emulator_cli import cli, hello
+
+    require(azurite_missing() + ([] if os.geteuid() == 0 else ["root (rehearsal nodes)"]), "Azurite, root")
+    emu = EmulatorProcess(tmp_path / "state", env=mpi_env("mpich")).start()
+    try:
+        from azure.batch import BatchClient
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        client = BatchClient(emu.endpoint, AzureNamedKeyCredential(emu.account, emu.key))
+        make_pool(client, "mpipool", 0, 3, enableInterNodeCommunication=True)
+        # the real program after a pause in which the preemption comes
+        spec = hello(tmp_path, "spot-emu", command=["/bin/bash", "-c", "sleep 4 && exec python3 hello.py"],
+                     mpi={"flavor": "mpich", "processes_per_node": 1}, instances=2)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MPIBATCH_"))}
+        submit = subprocess.Popen([str(MPIBATCH), "submit", str(spec), "--output", "json", "--runs-dir",
+                                   str(tmp_path / "runs")], env={**env, **emu.exports}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for("the task running", lambda: (lambda r: r.status_code == 200 and r.json()["state"] == "running")(
+                call(client, "GET", "/jobs/spot-emu/tasks/hello-mpi")))
+            victim = next(n["id"] for n in nodes(client, "mpipool") if n["state"] == "running")
+            pre = cli(["emulate", "preempt", "--state-dir", str(emu.state_dir), "mpipool", victim], emu)
+            assert pre.returncode == 0, pre.stderr
+            out, err = submit.communicate(timeout=240)
+        finally:
+            if submit.poll() is None:
+                submit.kill()
+                submit.wait(10)
+        assert submit.returncode == 0, out + err
+        assert "preempted: requeued (1)" in err, err
+        result = json.loads(out)
+        assert (result["state"], result["exit_code"], result["requeues"], result["attempts"]) == ("completed", 0, 1, 1)
+        p = cli(["status", "spot-emu", "hello-mpi"], emu)
+        assert p.returncode == 0 and "requeued 1x (preempted)" in p.stdout, p.stdout + p.stderr
+        s = json.loads(cli(["status", "spot-emu", "hello-mpi", "--output", "json"], emu).stdout)
+        assert s["requeues"] == 1
+    finally:
+        emu.stop()

@@ -84,7 +84,8 @@ class MultiInstanceRun:
                 max_retries=max(0, t["constraints"].get("maxTaskRetryCount") or 0), pool_id=t["_pool"])
         except files.FileError as e:
             return None, {"category": "UserError", "code": e.code, "message": e.message}, None
-        run_dir = emu.work_dir / "runs" / f"{t['_job']}-{t['id']}-{t['_seq']}"
+        requeues = t["executionInfo"].get("requeueCount", 0)  # each run after a preemption keeps its own tree
+        run_dir = emu.work_dir / "runs" / (f"{t['_job']}-{t['id']}-{t['_seq']}" + (f"-r{requeues}" if requeues else ""))
 
         def progress(phase: str, detail: str) -> None:
             if phase == "coordination" and not t.get("_subtasks"):

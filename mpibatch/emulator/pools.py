@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers.protocol import NODE_DIRS
-from . import files, schema
+from . import files, identity, schema
 from .errors import BatchError, exists, not_found, now_iso
 from .fetch import fetch
 from .nodes import env_settings, node_env
@@ -118,6 +118,7 @@ def _new_node(emu: Emulator, pool: dict[str, Any], dedicated: bool = True) -> di
     root = emu.work_dir / "nodes" / pool["id"] / node_id
     for d in NODE_DIRS:
         (root / d).mkdir(parents=True, exist_ok=True)
+    identity.own_node_root(root, node_id)  # its tasks' files are its user's (identity.py)
     t = now_iso()
     node = {"id": node_id, "url": f"{emu.endpoint}/pools/{pool['id']}/nodes/{node_id}", "state": "creating",
             "schedulingState": "enabled", "stateTransitionTime": t, "lastBootTime": t, "allocationTime": t,
@@ -148,14 +149,16 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
     retries = st.get("maxTaskRetryCount") or 0
     retries = START_TASK_RETRY_CAP if retries < 0 else min(retries, START_TASK_RETRY_CAP)
     task_dir = Path(node["_root"]) / "startup"
+    user = identity.for_task(node, st.get("userIdentity"), pool)
     outcome = None
     for attempt in range(retries + 1):
-        failure = fetch(emu.procs, f"node:{node['id']}", st.get("resourceFiles"), emu.storage, task_dir / "wd", None)
+        failure = fetch(emu.procs, f"node:{node['id']}", st.get("resourceFiles"), emu.storage, task_dir / "wd", None,
+                        user)
         if failure is None:
             env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=pool["id"], node=node,
                            job_id=None, task_id="starttask", task_dir=task_dir)
             outcome = emu.procs.run(f"node:{node['id']}", st["commandLine"], {**env, **env_settings(
-                st.get("environmentSettings"))}, task_dir, None)
+                st.get("environmentSettings"))}, task_dir, None, user)
             failure = outcome.failure
             if failure is None and outcome.exit_code != 0:
                 failure = {"category": "UserError", "code": "FailureExitCode",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import files, jobs, multi, spot
+from . import files, identity, jobs, multi, spot
 from .errors import now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -202,16 +202,17 @@ class Scheduler:
         env |= env_settings(job.get("commonEnvironmentSettings")) | env_settings(t.get("environmentSettings"))
         retries = t["constraints"].get("maxTaskRetryCount") or 0
         retries = 3 if retries < 0 else retries
+        user = identity.for_task(node, t.get("userIdentity"), emu.store.pools.get(key(node["_pool"])))
         outcome = None
         for attempt in range(retries + 1):
             with emu.store.lock:
                 t["executionInfo"]["retryCount"] = attempt
             owner, wall = f"task:{key(t['_job'], t['id'])}", emu.seconds(t["constraints"].get("maxWallClockTime"))
             started = time.monotonic()  # the wall clock covers the resource files' download, as on a node
-            failure = fetch(emu.procs, owner, t.get("resourceFiles"), emu.storage, task_dir / "wd", wall)
+            failure = fetch(emu.procs, owner, t.get("resourceFiles"), emu.storage, task_dir / "wd", wall, user)
             if failure:
                 break
-            outcome = emu.procs.run(owner, t["commandLine"], env, task_dir, left(wall, started))
+            outcome = emu.procs.run(owner, t["commandLine"], env, task_dir, left(wall, started), user)
             failure = outcome.failure
             if failure is None and outcome.exit_code == 0 or t.get("_ending") or \
                     (failure and failure["code"] == "TaskEnded"):

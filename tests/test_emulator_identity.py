@@ -71,3 +71,23 @@ def test_tasks_are_non_admin_unless_they_ask(client: Any) -> None:
     assert plain[0] != "0" and plain[1:] == ["w"], plain
     assert b"".join(client.download_task_file("idj", "admin", "stdout.txt")).decode().split() == ["0"]
     assert get(client, "/jobs/idj/tasks/plain")["executionInfo"]["exitCode"] == 0
+
+
+def test_a_link_a_task_plants_for_a_later_task_is_never_followed(client: Any) -> None:
+    """A task may prepare another task's directory on its node (they share the node's user): the emulator,
+    which makes task directories and opens their logs as root, follows no link a task put there."""
+    token = secrets.token_hex(6)
+    target = Path(f"/etc/mpibatch-link-{token}")
+    make_pool(client, "idl", 1, 0)
+    plant = ("d=$AZ_BATCH_NODE_ROOT_DIR/workitems/idk/job-1; mkdir -p $d/logs; "
+             f"ln -s /etc $d/dir; ln -s {target} $d/logs/stdout.txt")
+    add_task(client, "idk", "idl", {"id": "plant", "commandLine": f"/bin/bash -c '{plant}'"})
+    wait_for("plant", lambda: get(client, "/jobs/idk/tasks/plant")["state"] == "completed")
+    assert get(client, "/jobs/idk/tasks/plant")["executionInfo"]["exitCode"] == 0
+    for victim in ("dir", "logs"):
+        add_task(client, "idk", "idl", {"id": victim, "commandLine": "/bin/bash -c 'echo pwned > x'"})
+        wait_for(victim, lambda v=victim: get(client, f"/jobs/idk/tasks/{v}")["state"] == "completed")
+        t = get(client, f"/jobs/idk/tasks/{victim}")
+        assert t["executionInfo"]["failureInfo"]["code"] == "TaskDirectoryInvalid", t["executionInfo"]
+        assert "exitCode" not in t["executionInfo"]
+    assert not target.exists() and not Path("/etc/wd").exists() and not Path("/etc/stdout.txt").exists()

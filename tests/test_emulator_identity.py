@@ -44,7 +44,7 @@ def test_an_elevated_start_task_is_root_in_its_node_only(client: Any, tmp_path: 
     outside = [Path(f"/etc/mpibatch-test-{token}"), Path(f"/usr/local/bin/mpibatch-x-{token}"),
                Path(f"/tmp/mpibatch-identity-{token}"), Path(f"/dev/shm/mpibatch-identity-{token}")]
     script = "; ".join([f"id -u; echo changed > {outside[0]}; echo etc=$?", f"echo x > {outside[1]}; echo usr=$?",
-                        f"echo x > {outside[2]}; echo tmp=$?", f"echo x > {outside[3]}; echo shm=$?",
+                        f"umount /tmp; echo x > {outside[2]}; echo tmp=$?", f"echo x > {outside[3]}; echo shm=$?",
                         "echo mine > $AZ_BATCH_NODE_SHARED_DIR/ok; echo shared=$?"])
     body = {"id": "idp", "vmSize": "standard_d2s_v3", "targetDedicatedNodes": 1, "startTask": {
         "commandLine": f"/bin/bash -c '{script}'", "userIdentity": ADMIN, "waitForSuccess": True}}

@@ -9,7 +9,8 @@ own:
 - an elevated task is root *inside* that user namespace only (uid 0 mapped to the node's host user), so an
   `apt-get install` or a write to /etc fails instead of changing the machine;
 - a non-admin task runs as NONADMIN_UID inside a nested user namespace (not root even there);
-- /tmp, /var/tmp and /dev/shm are the task's own (tmpfs), so nothing it leaves there reaches the host.
+- /tmp, /var/tmp and /dev/shm are the task's own (tmpfs), so nothing it leaves there reaches the host; the
+  command runs one user namespace below the one that mounted them, so it cannot unmount them either.
 Its node directory belongs to the node's host user. The emulator makes the task's directories and opens its
 logs itself, one component at a time and never through a symlink (a task could plant one for a later task
 of its node), and fetches resource files as the node's user.
@@ -50,7 +51,10 @@ fi
 exec 3<&-
 "$@"; exit $?"""
 NAMESPACES = ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child=SIGKILL", "--"]
-DROP_ADMIN = ["unshare", "--user", f"--map-user={NONADMIN_UID}", f"--map-group={NONADMIN_UID}", "--"]
+# The command runs one user (and mount) namespace further down: the private mounts made above are then locked
+# (mount_namespaces(7)) - not even an elevated task can unmount its /tmp to reach the host's underneath.
+AS_ADMIN = ["unshare", "--user", "--map-root-user", "--mount", "--"]
+AS_NONADMIN = ["unshare", "--user", f"--map-user={NONADMIN_UID}", f"--map-group={NONADMIN_UID}", "--mount", "--"]
 _usable: bool | None = None
 
 
@@ -63,7 +67,7 @@ class TaskUser:
     def prefix(self, wd: Path | str) -> list[str]:
         """The argv before the command line of a task that starts in `wd` (inside the node's root)."""
         return [*NAMESPACES, "/bin/sh", "-c", INIT_SCRIPT, self.root, os.path.relpath(self.root, wd),
-                *([] if self.elevated else DROP_ADMIN)]
+                *(AS_ADMIN if self.elevated else AS_NONADMIN)]
 
     def popen_args(self) -> dict[str, Any]:
         return {"user": self.uid, "group": self.uid, "extra_groups": []}

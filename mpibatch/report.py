@@ -55,6 +55,7 @@ def instance_rows(instances: Sequence[InstanceResult], group_min: int = GROUP_MI
 def format_result(r: TaskResult, stdout_lines: int = 20) -> str:
     head = (f"task {r.job_id}/{r.task_id} on {r.executor}: {r.state}, exit code {_cell(r.exit_code)}, "
             f"{r.elapsed_s:.1f}s, attempt{'s' if r.attempts != 1 else ''} {r.attempts}"
+            + (f", requeued {r.requeues}x (preempted)" if r.requeues else "")
             + (" (timed out)" if r.timed_out else ""))
     body, left_out = instance_rows(r.instances)
     rows = [HEADER, *body]

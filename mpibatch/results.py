@@ -51,6 +51,8 @@ class TaskResult:
     # Rehearsals: the nodes' files on this machine, kept (--keep-nodes, or a failed collection) until the user
     # removes them.
     nodes_dir: str | None = None
+    # Batch: how often the task was requeued (its Spot node preempted) - never counted in `attempts`.
+    requeues: int = 0
 
     @property
     def succeeded(self) -> bool:

@@ -13,6 +13,7 @@ import click
 
 from ..errors import SpecError
 from .common import report_errors
+from .emulate_ops import preempt
 
 BANNER = "mpibatch emulate: an Azure Batch EMULATOR on this machine - not the Azure Batch service"
 
@@ -39,7 +40,7 @@ def export_lines(env: dict[str, str]) -> list[str]:
     return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8900, show_default=True,
               help="port on 127.0.0.1 (0: a free one)")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
@@ -59,8 +60,12 @@ def emulate(port: int, state_dir: str | None, storage: str, storage_port: int | 
             account: str | None, key: str | None) -> None:
     """Serve the Azure Batch REST API on 127.0.0.1 with emulated nodes, until Ctrl-C.
 
-    Prints the `export` lines to paste into the shell of a Batch client, then one line per change."""
+    Prints the `export` lines to paste into the shell of a Batch client, then one line per change.
+    `mpibatch emulate preempt` acts on a running one."""
     from ..emulator import Emulator
+
+    if click.get_current_context().invoked_subcommand:  # an operator command: no emulator to start here
+        return
 
     pools = [parse_pool(p) for p in pools_]
     t0 = time.monotonic()
@@ -99,4 +104,5 @@ def emulate(port: int, state_dir: str | None, storage: str, storage_port: int | 
     event("stopped")
 
 
+emulate.add_command(preempt)
 COMMANDS = [emulate]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..durations import iso_seconds
 from ..errors import SpecError
-from . import pools, tasks
+from . import pools, spot, tasks
 from .edge import BoundedServer
 from .files import AutoStorage
 from .nodes import Ledger, Processes
@@ -161,6 +161,7 @@ class Emulator:
             raise SpecError("--port", f"cannot listen on 127.0.0.1:{self.port}: {e.strerror}",
                             "choose another port (0 picks a free one)") from None
         self.port = server.server_address[1]
+        self.store.meta["port"] = self.port  # `mpibatch emulate preempt --state-dir` finds it here
         try:
             self._start_storage()
         except BaseException:
@@ -174,6 +175,7 @@ class Emulator:
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="emulator-http", daemon=True)
         self._thread.start()
+        spot.replace_preempted(self)
         for task in self.restarted_failed:
             self.event(f"task {task}: failed (the emulator restarted while it ran)")
         for pool_id, nodes, slots in self.initial_pools:

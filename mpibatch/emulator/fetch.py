@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..launchers import fileio
 from . import files
-from .nodes import timed_out
+from .identity import make_dirs
+from .nodes import bad_task_dir, timed_out
 
 if TYPE_CHECKING:
+    from .identity import TaskUser
     from .nodes import Processes
 
 MAX_ANSWER = 64 * 1024  # the child's answer is one short JSON line
@@ -30,16 +32,24 @@ CHILD = "import sys; from mpibatch.emulator.fetch import child; sys.exit(child()
 
 
 def fetch(procs: Processes, owner: str, resource_files: list[dict[str, Any]] | None,
-          storage: files.AutoStorage | None, wd: Path, timeout_s: float | None) -> dict[str, str] | None:
+          storage: files.AutoStorage | None, wd: Path, timeout_s: float | None,
+          user: TaskUser | None = None) -> dict[str, str] | None:
     """Fetch the resource files into `wd` within `timeout_s`; None when every one arrived, else the
     failureInfo: the file's own (BlobNotFound, ResourceFileDownloadFailed...), or TaskEnded when the wall
-    clock ran out or the owner was ended while they were still downloading."""
+    clock ran out or the owner was ended while they were still downloading. With `user`, what arrived becomes
+    that user's (the child runs as the emulator's user: the interpreter may be where the node's user cannot
+    reach)."""
     if not resource_files:
         return None
-    wd.mkdir(parents=True, exist_ok=True)
+    try:
+        make_dirs(user, wd) if user else wd.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return bad_task_dir(wd.parent, e)
     request = {"resourceFiles": resource_files, "storage": asdict(storage) if storage else None, "wd": str(wd),
                "parent": os.getpid()}
     rc, out, timed = procs.call(owner, [sys.executable, "-c", CHILD], json.dumps(request).encode(), timeout_s)
+    if user:
+        own(wd, user.uid)
     if rc == 0:
         return None
     _sweep_temporaries(wd)  # a child ended by a signal may not have removed its partial download
@@ -59,13 +69,25 @@ def left(wall: float | None, started: float) -> float | None:
     return None if wall is None else max(0.0, wall - (time.monotonic() - started))
 
 
-def _sweep_temporaries(wd: Path) -> None:
-    """Remove the durable writer's temporary files under `wd` (only they: the names are the writer's own)."""
-    for dirpath, _dirs, names in os.walk(wd):
-        for name in names:
-            if fileio.is_temp_name(name):
+def own(wd: Path, uid: int) -> None:
+    """What the fetch wrote becomes the task's user's (never through a symlink: descriptors and names)."""
+    with contextlib.suppress(OSError):
+        for _path, dirs, names, dir_fd in os.fwalk(wd, follow_symlinks=False):
+            os.chown(dir_fd, uid, uid)
+            for name in names + dirs:
                 with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(dirpath, name))
+                    os.chown(name, uid, uid, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _sweep_temporaries(wd: Path) -> None:
+    """Remove the durable writer's temporary files under `wd` (only they: the names are the writer's own);
+    never through a symlink a task made (directory descriptors, names relative to them)."""
+    with contextlib.suppress(OSError):
+        for _path, _dirs, names, dir_fd in os.fwalk(wd, follow_symlinks=False):
+            for name in names:
+                if fileio.is_temp_name(name):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=dir_fd)
 
 
 def child() -> int:

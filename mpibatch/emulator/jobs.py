@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import autopools, jobmanager, schema, versions
+from . import autopools, identity, jobmanager, schema, versions
 from .errors import BatchError, exists, not_found, now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -171,13 +171,14 @@ def _run_node_task(emu: Emulator, job: dict[str, Any], node: dict[str, Any], nam
     owner = f"job:{job['id']}:{node['id']}"
     wall = emu.seconds((spec.get("constraints") or {}).get("maxWallClockTime") or spec.get("maxWallClockTime"))
     started = time.monotonic()  # the wall clock covers the resource files' download
-    failure = fetch(emu.procs, owner, spec.get("resourceFiles"), emu.storage, task_dir / "wd", wall)
+    user = identity.for_task(node, spec.get("userIdentity"), emu.store.pools.get(key(node["_pool"])))
+    failure = fetch(emu.procs, owner, spec.get("resourceFiles"), emu.storage, task_dir / "wd", wall, user)
     if failure is None:
         env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=node["_pool"], node=node,
                        job_id=job["id"], task_id=spec.get("id") or name, task_dir=task_dir)
         env.update(env_settings(job.get("commonEnvironmentSettings")))
         env.update(env_settings(spec.get("environmentSettings")))
-        outcome = emu.procs.run(owner, spec["commandLine"], env, task_dir, left(wall, started))
+        outcome = emu.procs.run(owner, spec["commandLine"], env, task_dir, left(wall, started), user)
         failure = outcome.failure
     info.update({"state": "completed", "endTime": now_iso(),
                  "result": "success" if failure is None and outcome and outcome.exit_code == 0 else "failure"})

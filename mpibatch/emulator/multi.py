@@ -83,7 +83,8 @@ class MultiInstanceRun:
         emu, t = self.emu, self.t
         job = emu.store.jobs[key(t["_job"])]
         mis = t["multiInstanceSettings"]
-        run_dir = emu.work_dir / "runs" / f"{t['_job']}-{t['id']}-{t['_seq']}"
+        requeues = t["executionInfo"].get("requeueCount", 0)  # each run after a preemption keeps its own tree
+        run_dir = emu.work_dir / "runs" / (f"{t['_job']}-{t['id']}-{t['_seq']}" + (f"-r{requeues}" if requeues else ""))
         wall, started = emu.seconds(t["constraints"].get("maxWallClockTime")), time.monotonic()
         staged: list[tuple[FileRef, ...]] = []
         for name, items in (("common", mis.get("commonResourceFiles")), ("files", t.get("resourceFiles"))):
@@ -97,7 +98,7 @@ class MultiInstanceRun:
             job_id=t["_job"], task_id=t["id"], instances=len(self.nodes), command_line=t["commandLine"],
             coordination_command_line=mis.get("coordinationCommandLine") or "/bin/true",
             common_files=staged[0], files=staged[1],
-            environment={**env_settings(job.get("commonEnvironmentSettings")),
+            environment={**self._spot_env(), **env_settings(job.get("commonEnvironmentSettings")),
                          **env_settings(t.get("environmentSettings"))},
             max_wall_clock=None if rest is None else max(1, _whole_seconds(rest) or 0),
             max_retries=max(0, t["constraints"].get("maxTaskRetryCount") or 0), pool_id=t["_pool"])
@@ -127,6 +128,12 @@ class MultiInstanceRun:
             self._keep(run_dir)
             shutil.rmtree(run_dir / "staged", ignore_errors=True)  # every node has its copies
         return self._report(result)
+
+    def _spot_env(self) -> dict[str, str]:
+        """Instances on Spot nodes say so; the rehearsal nodes say "true" otherwise (one value for all the
+        instances: a task on dedicated and Spot nodes at once sees "true" everywhere)."""
+        spot = all(not n.get("isDedicated", True) for n in self.nodes)
+        return {"AZ_BATCH_NODE_IS_DEDICATED": "false"} if spot else {}
 
     def _live_primary_dir(self) -> Path | None:
         """The primary's task directory while it runs (as Batch serves a running task's files); replaced

@@ -30,9 +30,11 @@ from typing import Any
 from ..executors.lifecycle import split_command_line
 from ..executors.userns import die_with_parent
 from ..launchers.protocol import NodeLayout
+from .identity import TaskUser, make_dirs, open_logs
 
 log = logging.getLogger(__name__)
 KILL_WAIT_S = 5
+LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 # PID 1 of a task's namespace: runs the command as its child and exits with its status (128+n for signal n).
 INIT = ["/bin/sh", "-c", '"$@"; exit $?', "mpibatch-task"]
 _contain: list[str] | None = None  # the unshare prefix once probed ([] where this machine has no namespaces)
@@ -124,7 +126,8 @@ def node_env(image: dict[str, str], *, account: str, account_url: str, pool_id: 
     variables"); ordinary tasks get no host list."""
     root = node["_root"]
     env = {"AZ_BATCH_ACCOUNT_NAME": account, "AZ_BATCH_ACCOUNT_URL": account_url, "AZ_BATCH_POOL_ID": pool_id,
-           "AZ_BATCH_NODE_ID": node["id"], "AZ_BATCH_NODE_IS_DEDICATED": "true", "AZ_BATCH_NODE_ROOT_DIR": root,
+           "AZ_BATCH_NODE_ID": node["id"], "AZ_BATCH_NODE_ROOT_DIR": root,
+           "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.get("isDedicated", True) else "false",
            "AZ_BATCH_NODE_SHARED_DIR": f"{root}/shared", "AZ_BATCH_NODE_STARTUP_DIR": f"{root}/startup",
            "AZ_BATCH_NODE_MOUNTS_DIR": f"{root}/fsmounts",
            "AZ_BATCH_TASK_ID": task_id, "AZ_BATCH_TASK_DIR": str(task_dir),
@@ -153,10 +156,14 @@ class Processes:
         self.ledger = ledger or Ledger(None)
 
     def run(self, owner: str, command_line: str, env: dict[str, str], task_dir: Path,
-            timeout_s: float | None) -> Outcome:
-        """Run a command line in task_dir/wd (stdout.txt / stderr.txt beside it) to its end."""
+            timeout_s: float | None, user: TaskUser | None = None) -> Outcome:
+        """Run a command line in task_dir/wd (stdout.txt / stderr.txt beside it) to its end, as `user`
+        (identity.py) when given."""
         wd = task_dir / "wd"
-        wd.mkdir(parents=True, exist_ok=True)
+        try:
+            make_dirs(user, wd) if user else wd.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return Outcome(None, bad_task_dir(task_dir, e))
         try:
             argv = split_command_line(command_line)
         except ValueError as e:
@@ -168,7 +175,7 @@ class Processes:
         with self._lock:
             if owner in self._ended:
                 return Outcome(None, ended())
-            p = self._start(argv, env, wd, task_dir)
+            p = self._start(argv, env, wd, task_dir, user)
             if isinstance(p, Outcome):
                 return p
             self._by_owner.setdefault(owner, []).append(p)
@@ -223,17 +230,26 @@ class Processes:
                 if not procs:
                     self._by_owner.pop(owner, None)
 
-    def _start(self, argv: list[str], env: dict[str, str], wd: Path,
-               task_dir: Path) -> subprocess.Popen[bytes] | Outcome:
-        # The calling thread waits for the process to its end: PR_SET_PDEATHSIG follows that thread.
+    def _start(self, argv: list[str], env: dict[str, str], wd: Path, task_dir: Path,
+               user: TaskUser | None) -> subprocess.Popen[bytes] | Outcome:
+        # The calling thread waits for the process to its end: PR_SET_PDEATHSIG follows that thread (it is
+        # set after the switch to the node's user, which would clear it).
         preexec: Callable[[], None] = die_with_parent()
         try:
-            with open(task_dir / "stdout.txt", "ab") as out, open(task_dir / "stderr.txt", "ab") as err:
-                p = subprocess.Popen([*containment(), *argv], cwd=wd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=err, start_new_session=True, preexec_fn=preexec)
+            out, err = open_logs(user, task_dir) if user else (os.open(task_dir / "stdout.txt", LOG_FLAGS, 0o644),
+                                                               os.open(task_dir / "stderr.txt", LOG_FLAGS, 0o644))
+        except OSError as e:
+            return Outcome(None, bad_task_dir(task_dir, e))
+        try:
+            p = subprocess.Popen([*(user.prefix(wd) if user else containment()), *argv], cwd=wd, env=env,
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                                 preexec_fn=preexec, **(user.popen_args() if user else {}))
         except OSError as e:
             return Outcome(None, {"category": "UserError", "code": "CommandProgramNotFound",
                                   "message": f"cannot start {argv[0]}: {e.strerror}"})
+        finally:
+            os.close(out)
+            os.close(err)
         self.ledger.add(p.pid)
         return p
 
@@ -274,3 +290,10 @@ def timed_out(detail: str = "") -> dict[str, str]:
     """Batch's outcome for a task past its maxWallClockTime (`detail`: what it was doing then)."""
     return {"category": "UserError", "code": "TaskEnded", "message": "The task exceeded its maxWallClockTime and "
             "was ended" + (f" ({detail})." if detail else ".")}
+
+
+def bad_task_dir(task_dir: Path, e: OSError) -> dict[str, str]:
+    """A task directory the emulator will not use: a component is a symlink or not a directory (a task of
+    the node put it there), or a log is not a regular file."""
+    return {"category": "UserError", "code": "TaskDirectoryInvalid",
+            "message": f"cannot use the task's directory {task_dir}: {e.strerror or e}"}

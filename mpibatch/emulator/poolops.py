@@ -73,13 +73,17 @@ def resize(emu: Emulator, pool_id: str, body: Any) -> None:
     if pool.get("enableAutoScale"):
         raise BatchError(409, "AutoScalingEnabled", "The specified pool has automatic scaling enabled: it cannot "
                          "be resized manually.")
-    target = body.get("targetDedicatedNodes")
-    if target is None or not 0 <= target <= pools.MAX_NODES:
-        raise invalid_value("targetDedicatedNodes", f"from 0 to {pools.MAX_NODES}")
+    target, low = body.get("targetDedicatedNodes"), body.get("targetLowPriorityNodes")
+    if target is None and low is None:
+        raise missing_property("targetDedicatedNodes")
+    target = pool["targetDedicatedNodes"] if target is None else target
+    low = pool.get("targetLowPriorityNodes") or 0 if low is None else low
+    if not (0 <= target and 0 <= low and target + low <= pools.MAX_NODES):
+        raise invalid_value("targetDedicatedNodes", f"from 0 to {pools.MAX_NODES} nodes, Spot included")
     option = schema.enum(body.get("nodeDeallocationOption") or "requeue", "nodeDeallocationOption", DEALLOCATION)
     _steady_or_409(pool)
     with emu.store.lock:
-        pool["targetDedicatedNodes"] = target
+        pool["targetDedicatedNodes"], pool["targetLowPriorityNodes"] = target, low
         pool["resizeErrors"] = []
     scale_to(emu, pool, target, option)
 
@@ -95,10 +99,12 @@ def scale_to(emu: Emulator, pool: dict[str, Any], target: int, option: str,
              chosen: list[dict[str, Any]] | None = None) -> None:
     """Grow (pools.resize_to), or shrink: idle nodes go first; busy ones per `option` - requeue / terminate
     end their tasks now, taskcompletion / retaineddata let them finish (the pool stays `resizing`)."""
-    nodes = emu.store.pool_nodes(pool["id"])
+    low = pool.get("targetLowPriorityNodes") or 0  # Spot nodes: idle ones added or removed by pools.resize_to
+    nodes = [n for n in emu.store.pool_nodes(pool["id"]) if n.get("isDedicated", True)]
     if chosen is None and target >= len(nodes):
-        pools.resize_to(emu, pool, target)
+        pools.resize_to(emu, pool, target, low)
         return
+    pools.resize_to(emu, pool, len(nodes), low)  # the Spot part first; the dedicated nodes leave below
     if chosen is None:
         ranked = sorted(nodes, key=lambda n: (bool(n["_running"]), -n["_index"]))
         chosen = ranked[:len(nodes) - target]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers.protocol import NODE_DIRS
-from . import files, mounts, schema, versions
+from . import files, identity, mounts, schema, versions
 from .endpoints import node_network
 from .errors import exists, not_found, now_iso
 from .fetch import fetch
@@ -32,10 +32,11 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
     from .poolops import check_new_pool  # poolops builds on this module
 
     check_new_pool(body)
-    nodes = body.get("targetDedicatedNodes") or 0
+    nodes, low = body.get("targetDedicatedNodes") or 0, body.get("targetLowPriorityNodes") or 0
     slots = body.get("taskSlotsPerNode") or 1
-    if not 0 <= nodes <= MAX_NODES:
-        raise schema.invalid_value("targetDedicatedNodes", f"the emulator runs 0 to {MAX_NODES} nodes a pool")
+    for name, value in (("targetDedicatedNodes", nodes), ("targetLowPriorityNodes", low)):
+        if not 0 <= value <= MAX_NODES or nodes + low > MAX_NODES:
+            raise schema.invalid_value(name, f"the emulator runs 0 to {MAX_NODES} nodes a pool, Spot included")
     if not 1 <= slots <= 256:
         raise schema.invalid_value("taskSlotsPerNode", "from 1 to 256")
     fill = schema.enum((body.get("taskSchedulingPolicy") or {}).get("nodeFillType") or "spread",
@@ -47,15 +48,15 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
         pool = {**body, "url": f"{emu.endpoint}/pools/{body['id']}", "creationTime": t, "state": "active",
                 "stateTransitionTime": t, "allocationState": "resizing", "allocationStateTransitionTime": t,
                 "resizeTimeout": body.get("resizeTimeout") or "PT15M", "currentDedicatedNodes": 0,
-                "currentLowPriorityNodes": 0, "targetDedicatedNodes": nodes, "targetLowPriorityNodes": 0,
+                "currentLowPriorityNodes": 0, "targetDedicatedNodes": nodes, "targetLowPriorityNodes": low,
                 "enableAutoScale": bool(body.get("enableAutoScale")),
                 "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
                 "taskSlotsPerNode": slots, "_next_node": 0,
                 "taskSchedulingPolicy": {**(body.get("taskSchedulingPolicy") or {}), "nodeFillType": fill}}
         touch(pool)
         emu.store.pools[key(body["id"])] = pool
-    emu.event(f"pool {body['id']}: added ({nodes} nodes x {slots} slots)")
-    resize_to(emu, pool, nodes)
+    emu.event(f"pool {body['id']}: added ({nodes} nodes" + (f" + {low} Spot" if low else "") + f" x {slots} slots)")
+    resize_to(emu, pool, nodes, low)
     if pool["enableAutoScale"]:  # the formula's first run sets the target
         from .poolops import run_autoscale
 
@@ -78,41 +79,48 @@ def node_view(n: dict[str, Any]) -> dict[str, Any]:
     return versions.answer(public(n), "node")
 
 
-def resize_to(emu: Emulator, pool: dict[str, Any], target: int) -> None:
-    """Add nodes (each runs the start task as it joins) or remove idle ones, then steady."""
+
+
+def resize_to(emu: Emulator, pool: dict[str, Any], target: int, low: int = 0) -> None:
+    """Add nodes (each runs the start task as it joins) or remove idle ones - dedicated to `target`,
+    Spot to `low` (a preempted Spot node is removed first) - then steady."""
     with emu.store.lock:
         pool["allocationState"], pool["allocationStateTransitionTime"] = "resizing", now_iso()
-        nodes = emu.store.pool_nodes(pool["id"])
-        joining = []
-        for _ in range(max(0, target - len(nodes))):
-            joining.append(_new_node(emu, pool))
-        removable = [n for n in nodes if not n["_running"]][::-1][:max(0, len(nodes) - target)]
+        joining, removable = [], []
+        for dedicated, want in ((True, target), (False, low)):
+            nodes = [n for n in emu.store.pool_nodes(pool["id"]) if n.get("isDedicated", True) is dedicated]
+            joining += [_new_node(emu, pool, dedicated) for _ in range(max(0, want - len(nodes)))]
+            idle = sorted((n for n in nodes if not n["_running"]), key=lambda n: n["state"] != "preempted")
+            removable += idle[::-1][:max(0, len(nodes) - want)] if dedicated else idle[:max(0, len(nodes) - want)]
         for n in removable:
             del emu.store.nodes[key(pool["id"], n["id"])]
             emu.store.gone("nodes", key(pool["id"], n["id"]))
-        pool["currentDedicatedNodes"] = len(emu.store.pool_nodes(pool["id"]))
+        kinds = [n.get("isDedicated", True) for n in emu.store.pool_nodes(pool["id"])]
+        pool["currentDedicatedNodes"], pool["currentLowPriorityNodes"] = kinds.count(True), kinds.count(False)
         pool["allocationState"], pool["allocationStateTransitionTime"] = "steady", now_iso()
         touch(pool)
     emu.store.mark(("pools", pool), *(("nodes", n) for n in joining))
     if joining or removable:
-        emu.event(f"pool {pool['id']}: {pool['currentDedicatedNodes']} nodes")
+        emu.event(f"pool {pool['id']}: {pool['currentDedicatedNodes']} nodes"
+                  + (f" + {pool['currentLowPriorityNodes']} Spot" if pool["currentLowPriorityNodes"] else ""))
     for n in joining:
         threading.Thread(target=join, args=(emu, pool, n), name=f"node-{n['id']}", daemon=True).start()
 
 
-def _new_node(emu: Emulator, pool: dict[str, Any]) -> dict[str, Any]:
+def _new_node(emu: Emulator, pool: dict[str, Any], dedicated: bool = True) -> dict[str, Any]:
     i = pool["_next_node"]
     pool["_next_node"] = i + 1
-    node_id = f"tvmps_{secrets.token_hex(16)}_d"
+    node_id = f"tvmps_{secrets.token_hex(16)}_{'d' if dedicated else 'p'}"  # as Batch names them
     root = emu.work_dir / "nodes" / pool["id"] / node_id
     for d in NODE_DIRS:
         (root / d).mkdir(parents=True, exist_ok=True)
+    identity.own_node_root(root, node_id)  # its tasks' files are its user's (identity.py)
     t = now_iso()
     node = {"id": node_id, "url": f"{emu.endpoint}/pools/{pool['id']}/nodes/{node_id}", "state": "creating",
             "schedulingState": "enabled", "stateTransitionTime": t, "lastBootTime": t, "allocationTime": t,
             "ipAddress": f"127.0.2.{i % 250 + 1}", "affinityId": f"TVM:{node_id}", "vmSize": pool["vmSize"],
             "totalTasksRun": 0, "totalTasksSucceeded": 0, "runningTasksCount": 0, "runningTaskSlotsCount": 0,
-            "isDedicated": True, "recentTasks": [],
+            "isDedicated": dedicated, "recentTasks": [],
             "nodeAgentInfo": {"version": "mpibatch-emulate", "lastUpdateTime": t},
             "_root": str(root), "_running": [], "_pool": pool["id"], "_index": i, **node_network(pool, i)}
     emu.store.nodes[key(pool["id"], node_id)] = node
@@ -132,7 +140,8 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
     st = pool.get("startTask")
     if not st:
         with emu.store.lock:
-            set_state(node, "idle")
+            if node["state"] != "preempted":
+                set_state(node, "idle")
         emu.store.mark(("nodes", node))
         emu.event(f"node {node['id']} of pool {pool['id']}: idle")
         return
@@ -145,14 +154,16 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
     retries = st.get("maxTaskRetryCount") or 0
     retries = START_TASK_RETRY_CAP if retries < 0 else min(retries, START_TASK_RETRY_CAP)
     task_dir = Path(node["_root"]) / "startup"
+    user = identity.for_task(node, st.get("userIdentity"), pool)
     outcome = None
     for attempt in range(retries + 1):
-        failure = fetch(emu.procs, f"node:{node['id']}", st.get("resourceFiles"), emu.storage, task_dir / "wd", None)
+        failure = fetch(emu.procs, f"node:{node['id']}", st.get("resourceFiles"), emu.storage, task_dir / "wd", None,
+                        user)
         if failure is None:
             env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=pool["id"], node=node,
                            job_id=None, task_id="starttask", task_dir=task_dir)
             outcome = emu.procs.run(f"node:{node['id']}", st["commandLine"], {**env, **env_settings(
-                st.get("environmentSettings"))}, task_dir, None)
+                st.get("environmentSettings"))}, task_dir, None, user)
             failure = outcome.failure
             if failure is None and outcome.exit_code != 0:
                 failure = {"category": "UserError", "code": "FailureExitCode",
@@ -167,7 +178,7 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
                     info["exitCode"] = outcome.exit_code
                 if failure:
                     info["failureInfo"] = failure
-                if wait:
+                if wait and node["state"] != "preempted":  # an evicted node stays evicted
                     set_state(node, "idle" if failure is None else "starttaskfailed")
                 break
     emu.store.mark(("nodes", node))

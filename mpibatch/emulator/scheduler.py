@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import files, jobmanager, jobs, multi, nodeops
+from . import files, identity, jobmanager, jobs, multi, nodeops, spot
 from .errors import now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -69,6 +69,10 @@ class Scheduler:
         if run is not None:
             run.end()
 
+    def forget(self, k: str) -> None:
+        """A requeued task's worker is done with it (spot.requeue)."""
+        self._workers.pop(k, None)
+
     def wait_ended(self, tasks: list[dict[str, Any]], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         for t in tasks:
@@ -113,7 +117,8 @@ class Scheduler:
             candidates = free[pool["id"].lower()]
             if "multiInstanceSettings" in t:
                 n = t["multiInstanceSettings"].get("numberOfInstances", 1)
-                if not pool["enableInterNodeCommunication"] or slots != 1 or n > pool["currentDedicatedNodes"]:
+                if not pool["enableInterNodeCommunication"] or slots != 1 or \
+                        n > pool["currentDedicatedNodes"] + pool["currentLowPriorityNodes"]:
                     continue  # never scheduled: stays active, as on Batch
                 idle = [c for c in candidates if not c["_running"]]
                 if len(idle) < n:
@@ -197,16 +202,17 @@ class Scheduler:
         env |= env_settings(job.get("commonEnvironmentSettings")) | env_settings(t.get("environmentSettings"))
         retries = t["constraints"].get("maxTaskRetryCount") or 0
         retries = 3 if retries < 0 else retries
+        user = identity.for_task(node, t.get("userIdentity"), emu.store.pools.get(key(node["_pool"])))
         outcome = None
         for attempt in range(retries + 1):
             with emu.store.lock:
                 t["executionInfo"]["retryCount"] = attempt
             owner, wall = f"task:{key(t['_job'], t['id'])}", emu.seconds(t["constraints"].get("maxWallClockTime"))
             started = time.monotonic()  # the wall clock covers the resource files' download, as on a node
-            failure = fetch(emu.procs, owner, t.get("resourceFiles"), emu.storage, task_dir / "wd", wall)
+            failure = fetch(emu.procs, owner, t.get("resourceFiles"), emu.storage, task_dir / "wd", wall, user)
             if failure:
                 break
-            outcome = emu.procs.run(owner, t["commandLine"], env, task_dir, left(wall, started))
+            outcome = emu.procs.run(owner, t["commandLine"], env, task_dir, left(wall, started), user)
             failure = outcome.failure
             if failure is None and outcome.exit_code == 0 or t.get("_ending") or \
                     (failure and failure["code"] == "TaskEnded"):
@@ -219,6 +225,8 @@ class Scheduler:
             return self._complete(t, nodes, None, failure)
         run = multi.MultiInstanceRun(self.emu, t, nodes)
         self._runs[key(t["_job"], t["id"])] = run
+        if t.get("_ending"):  # preempted (or ended) while its nodes were being prepared
+            run.end()
         try:
             exit_code, failure, task_dir = run.run()
         finally:
@@ -227,6 +235,8 @@ class Scheduler:
 
     def _outputs_and_complete(self, t: dict[str, Any], nodes: list[dict[str, Any]], task_dir: Path | None,
                               exit_code: int | None, failure: dict[str, Any] | None) -> None:
+        if t.get("_ending") == spot.PREEMPTED:  # evicted: no outputs, no completion - back to the queue
+            return spot.requeue(self.emu, t, nodes)
         if failure is None and exit_code not in (None, 0):
             failure = {"category": "UserError", "code": "FailureExitCode",
                        "message": f"The task exited with an exit code representing a failure ({exit_code})."}
@@ -246,6 +256,8 @@ class Scheduler:
     def _complete(self, t: dict[str, Any], nodes: list[dict[str, Any]], exit_code: int | None,
                   failure: dict[str, Any] | None) -> None:
         emu = self.emu
+        if t.get("_ending") == spot.PREEMPTED:
+            return spot.requeue(emu, t, nodes)
         k = key(t["_job"], t["id"])
         with emu.store.lock:
             info = t["executionInfo"]

@@ -16,7 +16,7 @@ ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Known, but what they ask for is not emulated: refused rather than silently ignored.
 NOT_EMULATED = {
-    "pool": {"certificateReferences": "certificates", "targetLowPriorityNodes": "Spot/low-priority nodes"},
+    "pool": {"certificateReferences": "certificates"},
     "job": {"networkConfiguration": "job network configuration",
             "jobManagerTask.containerSettings": "container tasks",
             "jobManagerTask.applicationPackageReferences": "application packages",

@@ -33,6 +33,7 @@ from . import (
     poolops,
     pools,
     schema,
+    spot,
     tasks,
     versions,
 )
@@ -104,6 +105,9 @@ def routes(emu: Emulator) -> list[tuple[str, re.Pattern[str], Callable[..., Answ
                                                                               f"/pools/{p}/nodes/{n}/files")),
         ("GET", f"/pools/{ID}/nodes/{ID}/files/(.+)", lambda q, b, p, n, f: (200, pools.node_file(e, p, n, f), {})),
         ("HEAD", f"/pools/{ID}/nodes/{ID}/files/(.+)", lambda q, b, p, n, f: (200, pools.node_file(e, p, n, f), {})),
+        # The emulator's own operator path, not part of Batch's API (docs/emulator.md "Spot nodes").
+        ("POST", f"/_emulator/pools/{ID}/nodes/{ID}/preempt", lambda q, b, p, n: _doing(
+            lambda: spot.preempt(e, p, n), _accepted(f"{e.endpoint}/pools/{p}/nodes/{n}"))),
         ("POST", "/jobs", lambda q, b: _created(jobs.add(e, _body(b))["url"])),
         ("GET", "/jobs", lambda q, b: _list(e, q, [jobs.view(x) for x in list(e.store.jobs.values())], "/jobs")),
         ("GET", f"/jobs/{ID}", lambda q, b, j: (200, odata.select_one(jobs.view(jobs.get(e, j)), q), {})),

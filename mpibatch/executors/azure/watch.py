@@ -139,7 +139,13 @@ def task_result(batch: Batch, job_id: str, task: Any, subtasks: Sequence[Any],
     return TaskResult(job_id=job_id, task_id=task.id, executor="azure", state=rstate,
                       exit_code=exit_code, failure=failure, timed_out=timed_out,
                       attempts=(info.retry_count or 0) + 1 if info else 1, elapsed_s=round(elapsed, 3),
-                      instances=instances)
+                      instances=instances, requeues=requeue_count(task))
+
+
+def requeue_count(task: Any) -> int:
+    """executionInfo.requeueCount: how often Batch requeued the task (a Spot node preempted under it)."""
+    info = task.execution_info
+    return (getattr(info, "requeue_count", None) or 0) if info else 0
 
 
 def status(batch: Batch, job_id: str, task_id: str) -> TaskResult:
@@ -156,11 +162,16 @@ def wait(batch: Batch, job_id: str, task_id: str, say: Say, *, timeout: float | 
     interval = poll_interval
     last: str | None = None
     sub_last: dict[int, str] = {}
+    requeued = 0
     active_since = t0
     warned_active = False
     while True:
         task = batch.task(job_id, task_id)
         state = state_of(task.state)
+        if requeue_count(task) > requeued:  # each preemption, even one the polls did not see as a state
+            requeued = requeue_count(task)
+            say("task", f"{task_id}: preempted: requeued ({requeued}), runs again from its start on other nodes")
+            sub_last.clear()
         if state != last:
             node = _node(task)
             say("task", f"{task_id}: {state}" + (f" (primary on {node})" if node and state != "active" else ""))

@@ -92,7 +92,7 @@ def drain_and_remove(emu: Emulator, pool: dict[str, Any], nodes: list[dict[str, 
             emu.store.nodes.pop(key(pool["id"], n["id"]), None)
             emu.store.gone("nodes", key(pool["id"], n["id"]))
             shutil.rmtree(n["_root"], ignore_errors=True)
-        pool["currentDedicatedNodes"] = len(emu.store.pool_nodes(pool["id"]))
+        pools.count_nodes(emu, pool)
         if pool["allocationState"] == "stopping":
             pool["targetDedicatedNodes"] = pool["currentDedicatedNodes"]
         pool["allocationState"], pool["allocationStateTransitionTime"] = "steady", now_iso()
@@ -116,7 +116,7 @@ def recover(emu: Emulator) -> None:
                 emu.store.mark(("nodes", n))
         for p in emu.store.pools.values():
             if p.get("allocationState") in ("resizing", "stopping"):
-                p["currentDedicatedNodes"] = len(emu.store.pool_nodes(p["id"]))
+                pools.count_nodes(emu, p)
                 p["allocationState"], p["allocationStateTransitionTime"] = "steady", now_iso()
                 emu.store.mark(("pools", p))
 

@@ -296,14 +296,15 @@ def node_counts(emu: Emulator) -> list[dict[str, Any]]:
     out = []
     with emu.store.lock:
         for p in emu.store.pools.values():
-            counts = dict.fromkeys(NODE_STATES, 0)
+            kinds = {True: dict.fromkeys(NODE_STATES, 0), False: dict.fromkeys(NODE_STATES, 0)}
             for n in emu.store.pool_nodes(p["id"]):
                 name = {"starttaskfailed": "startTaskFailed", "leavingpool": "leavingPool", "waitingforstarttask":
                         "waitingForStartTask", "upgradingos": "upgradingOS"}.get(n["state"], n["state"])
+                counts = kinds[bool(n.get("isDedicated", True))]
                 counts[name] = counts.get(name, 0) + 1
-            counts["total"] = sum(counts.values())
-            out.append({"poolId": p["id"], "dedicated": counts,
-                        "lowPriority": {**dict.fromkeys(NODE_STATES, 0), "total": 0}})
+            for counts in kinds.values():
+                counts["total"] = sum(counts.values())
+            out.append({"poolId": p["id"], "dedicated": kinds[True], "lowPriority": kinds[False]})
     return out
 
 

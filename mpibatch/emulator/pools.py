@@ -95,8 +95,7 @@ def resize_to(emu: Emulator, pool: dict[str, Any], target: int, low: int = 0) ->
         for n in removable:
             del emu.store.nodes[key(pool["id"], n["id"])]
             emu.store.gone("nodes", key(pool["id"], n["id"]))
-        kinds = [n.get("isDedicated", True) for n in emu.store.pool_nodes(pool["id"])]
-        pool["currentDedicatedNodes"], pool["currentLowPriorityNodes"] = kinds.count(True), kinds.count(False)
+        count_nodes(emu, pool)
         pool["allocationState"], pool["allocationStateTransitionTime"] = "steady", now_iso()
         touch(pool)
     emu.store.mark(("pools", pool), *(("nodes", n) for n in joining))
@@ -105,6 +104,12 @@ def resize_to(emu: Emulator, pool: dict[str, Any], target: int, low: int = 0) ->
                   + (f" + {pool['currentLowPriorityNodes']} Spot" if pool["currentLowPriorityNodes"] else ""))
     for n in joining:
         threading.Thread(target=join, args=(emu, pool, n), name=f"node-{n['id']}", daemon=True).start()
+
+
+def count_nodes(emu: Emulator, pool: dict[str, Any]) -> None:
+    """The pool's current dedicated and Spot counts, from its nodes (caller holds the store's lock)."""
+    kinds = [n.get("isDedicated", True) for n in emu.store.pool_nodes(pool["id"])]
+    pool["currentDedicatedNodes"], pool["currentLowPriorityNodes"] = kinds.count(True), kinds.count(False)
 
 
 def _new_node(emu: Emulator, pool: dict[str, Any], dedicated: bool = True) -> dict[str, Any]:

@@ -170,7 +170,8 @@ def _unb64(text: str) -> bytes:
 def complete_generations(store: DirStore, task: str, instances: int) -> tuple[dict[int, set[int]], set[int]]:
     """Per instance its complete generations, and every generation number used by any instance."""
     names = store.names(f"{task}/${protocol.TASK_INTERMEDIATE}")
-    complete, used = {}, set()
+    complete: dict[int, set[int]] = {}
+    used: set[int] = set()
     for i in range(instances):
         present, done = scan(names, task, i)
         complete[i], used = done, used | present

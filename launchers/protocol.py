@@ -321,8 +321,9 @@ class CheckpointManifest:
         except ValueError as e:
             raise RecordError(f"checkpoint manifest is not JSON ({e})") from None
         if not isinstance(data, dict) or data.get("schema") != CHECKPOINT_SCHEMA_VERSION:
-            raise RecordError(f"checkpoint manifest of schema {data.get('schema') if isinstance(data, dict) else '?'!r};"
-                              f" this mpibatch reads version {CHECKPOINT_SCHEMA_VERSION}")
+            version = data.get("schema") if isinstance(data, dict) else None
+            raise RecordError(f"checkpoint manifest of schema version {version!r}; this mpibatch reads version "
+                              f"{CHECKPOINT_SCHEMA_VERSION}")
         types = {"generation": int, "index": int, "saved_at": str, "files": dict}
         for name, typ in types.items():
             if not isinstance(data.get(name), typ) or isinstance(data.get(name), bool):

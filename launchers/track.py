@@ -24,8 +24,7 @@ import time
 from datetime import datetime, timezone
 
 try:  # as the package mpibatch.launchers (client side, tests)
-    from . import protocol
-    from . import checkpoint
+    from . import checkpoint, protocol
     from .blobio import BlobError, ContainerClient, b64
     from .outputnames import instance_info_blob, instance_output_blob, live_log_blob, match_outputs
 except ImportError:  # as a script on the node: the modules are shipped beside it

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..durations import human
 from .. import checkpoints, preemption
+from ..durations import human
 from ..launchers.protocol import CHECKPOINT_STORE_VAR, WORKITEMS, NodeLayout
 from ..nodeenv import batch_env
 from ..plan import TaskPlan, plan_from_rendered

@@ -86,7 +86,10 @@ def test_saver_and_restore_through_a_store(tmp_path: Path) -> None:
     wd, store, wd2 = tmp_path / "wd", ck.DirStore(str(tmp_path / "store")), tmp_path / "wd2"
     wd.mkdir(), wd2.mkdir()
     saver = ck.Saver(store, TASK, 0, 1, str(wd), "restart.*", keep=2, node_id="node-0")
-    assert ck.restore(store, TASK, 0, 1, "primary", str(wd2))[0] is None
+    assert ck.restore(store, TASK, 0, 1, "primary", str(wd2)) == (
+        None, "no complete checkpoint generation: the program starts fresh")
+    assert ck.export_lines(None) == "unset MPIBATCH_RESTART MPIBATCH_CHECKPOINT\n"
+    assert ck.export_lines(4) == "export MPIBATCH_RESTART=1\nexport MPIBATCH_CHECKPOINT=4\n"
     for n in range(4):
         (wd / "restart.dat").write_bytes(bytes([n]) * 1000)
         assert saver.look() is None  # first seen: not yet quiet

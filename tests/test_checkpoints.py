@@ -3,9 +3,11 @@ rehearsal preempted twice that restores its newest complete generation each time
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from mpibatch.launchers import checkpoint as ck
 from mpibatch.launchers import protocol
@@ -13,8 +15,9 @@ from mpibatch.launchers import protocol
 from mpibatch.cli import main as cli
 from mpibatch.errors import SpecError, SpecErrors
 from mpibatch.preemption import due, parse_preempt_at
-from mpibatch.spec import load_spec, parse_spec
-from tests.infra.fixtures import mpi_env
+from mpibatch.spec import Spec, parse_spec
+from tests.infra.cluster import SshCluster
+from tests.infra.fixtures import VENVS, mpi_env, ssh_cluster_factory  # noqa: F401
 
 DATA = Path(__file__).parent / "data" / "checkpoint"
 TASK = "t"
@@ -163,20 +166,33 @@ def test_run_refuses_bad_preempt_at_before_anything_starts(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------------------------------- a rehearsal
+STEPS = 200  # 0.1 s each, a checkpoint every 20 steps (2 s): a generation is saved every 2 s or so
+
+
+def counter_spec() -> Spec:
+    data = yaml.safe_load((DATA / "spec.yaml").read_text())
+    data["task"]["command"][2] = str(STEPS)
+    return parse_spec(data, DATA)
+
+
+def expected_total() -> int:
+    return sum(6 + 4 * s for s in range(STEPS))  # 4 ranks add rank + step each step
+
+
 @pytest.mark.mpi
 def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: Path) -> None:
     from mpibatch.executors.local import LocalExecutor
 
     phases: list[str] = []
     ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs", progress=lambda p, d: phases.append(p))
-    ex.preempt_at = (6, 14)
-    result = ex.submit(load_spec(DATA / "spec.yaml")).result()
+    ex.preempt_at = (8, 18)
+    result = ex.submit(counter_spec()).result()
     assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
     assert (result.requeues, result.attempts) == (2, 1)  # requeued, not retried
     assert phases.count("preempted") == 2
     out = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
     start, total, generation = int(out[1]), int(out[3]), out[5]
-    assert total == sum(6 + 4 * s for s in range(100))  # 4 ranks, 100 steps: the same as without preemption
+    assert total == expected_total()  # the same as without preemption
     assert start > 0 and generation != "-"  # the last attempt started from a checkpoint, not from scratch
     assert f"restored checkpoint generation {generation}" in result.primary.stderr
     # The store moved into the run's directory, with at most `keep` complete generations.
@@ -189,9 +205,31 @@ def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: P
     # A new run resumes from that store: it starts where the last saved generation left off.
     again = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs")
     again.resume_from = Path(result.checkpoints_dir or "")
-    second = again.submit(load_spec(DATA / "spec.yaml")).result()
+    second = again.submit(counter_spec()).result()
     assert second.succeeded and second.requeues == 0
     words = (Path(second.output_dir) / "0" / "result.txt").read_text().split()
     newest = json.loads(store.read(f"{ck.generation_prefix('counter', 0, max(complete))}/restart.json"))
     assert int(words[1]) == newest["step"]
     assert int(words[3]) == total
+
+
+@pytest.mark.cluster
+def test_over_ssh_the_executor_pulls_generations_and_a_requeue_restores_one(
+        ssh_cluster_factory: Callable[..., SshCluster], tmp_path: Path) -> None:  # noqa: F811 (the fixture)
+    """SSH hosts do not see the runs directory: each node's tracker saves into its own node store, the executor
+    pulls complete generations from it while the program runs and pushes the newest back before each attempt."""
+    from mpibatch.executors.ssh import SshExecutor
+
+    c = ssh_cluster_factory(2)
+    ex = SshExecutor(c.hosts, user="root", key=str(c.client_key_path), runs_dir=str(tmp_path / "runs"),
+                     known_hosts=str(c.known_hosts_path), remote_path_prepend=[str(VENVS / "mpich" / "bin")])
+    ex.preempt_at = (12,)
+    result = ex.submit(counter_spec()).result()
+    assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
+    assert (result.requeues, result.attempts) == (1, 1)
+    words = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
+    assert int(words[1]) > 0 and int(words[3]) == expected_total()
+    assert f"restored checkpoint generation {words[5]}" in result.primary.stderr
+    _, complete = ck.scan(ck.DirStore(result.checkpoints_dir or "").names("counter"), "counter", 0)
+    assert 1 <= len(complete) <= 2
+    assert not c.wait_idle(timeout=10)

@@ -144,6 +144,8 @@ def test_render_passes_the_checkpoint_to_the_nodes() -> None:
     line = json.loads(out.output)["task"]["commandLine"]
     assert "checkpoint.py\" restore" in line and "--checkpoint-every 1" in line and "--checkpoint-keep 2" in line
     assert line.index("checkpoint.py") < line.index("track.py") < line.index("counter.py")
+    human = CliRunner().invoke(cli, ["render", str(DATA / "spec.yaml")]).output
+    assert "restart.json on the primary" in human and "every 1s" in human and "2 complete generations kept" in human
 
 
 def test_preempt_at_parses_increasing_times_and_refuses_the_rest() -> None:

@@ -171,9 +171,11 @@ def test_run_refuses_bad_preempt_at_before_anything_starts(tmp_path: Path) -> No
 STEPS = 200  # 0.1 s each, a checkpoint every 20 steps (2 s): a generation is saved every 2 s or so
 
 
-def counter_spec() -> Spec:
+def counter_spec(*extra: str, **task: object) -> Spec:
     data = yaml.safe_load((DATA / "spec.yaml").read_text())
     data["task"]["command"][2] = str(STEPS)
+    data["task"]["command"] += list(extra)
+    data["task"].update(task)
     return parse_spec(data, DATA)
 
 
@@ -213,6 +215,19 @@ def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: P
     newest = json.loads(store.read(f"{ck.generation_prefix('counter', 0, max(complete))}/restart.json"))
     assert int(words[1]) == newest["step"]
     assert int(words[3]) == total
+
+
+@pytest.mark.mpi
+def test_a_retry_restores_the_newest_generation(tmp_path: Path) -> None:
+    """A crash (not a preemption) is retried by max_retries, and the retry starts from the checkpoint too."""
+    from mpibatch.executors.local import LocalExecutor
+
+    ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs")
+    result = ex.submit(counter_spec("70", max_retries=1)).result()
+    assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
+    assert (result.attempts, result.requeues) == (2, 0)
+    words = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
+    assert 0 < int(words[1]) <= 70 and int(words[3]) == expected_total()
 
 
 @pytest.mark.cluster

@@ -1,6 +1,7 @@
 """A small MPI program that checkpoints its own way: every rank adds its rank + step each step; rank 0 writes
 restart.json (step and running total, written to a temporary name then renamed) every CKPT steps and reads it
-back when MPIBATCH_RESTART=1. result.txt says where this attempt started and what it computed."""
+back when MPIBATCH_RESTART=1. result.txt says where this attempt started and what it computed. A 4th argument
+FAIL_AT makes a run that did not restart fail at that step (a crash that Batch retries)."""
 import json
 import os
 import sys
@@ -11,13 +12,18 @@ from mpi4py import MPI
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 steps, ckpt, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+fail_at = int(sys.argv[4]) if len(sys.argv) > 4 else -1
+restarted = os.environ.get("MPIBATCH_RESTART") == "1"
 start, total = 0, 0
-if os.environ.get("MPIBATCH_RESTART") == "1" and rank == 0:
+if restarted and rank == 0:
     with open("restart.json") as f:
         state = json.load(f)
     start, total = state["step"], state["total"]
 start, total = comm.bcast((start, total), root=0)
 for step in range(start, steps):
+    if step == fail_at and not restarted:
+        print(f"failing at step {step}", flush=True)
+        comm.Abort(7)
     total += comm.allreduce(rank + step, op=MPI.SUM)
     time.sleep(delay)
     if rank == 0 and (step + 1) % ckpt == 0:

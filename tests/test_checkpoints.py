@@ -250,3 +250,21 @@ def test_over_ssh_the_executor_pulls_generations_and_a_requeue_restores_one(
     _, complete = ck.scan(ck.DirStore(result.checkpoints_dir or "").names("counter"), "counter", 0)
     assert 1 <= len(complete) <= 2
     assert not c.wait_idle(timeout=10)
+
+
+@pytest.mark.mpi
+def test_cli_run_preempt_at_and_resume_from_job_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mpibatch run --preempt-at` shows the requeue in -o json; `--resume-from JOB/TASK` starts from that
+    task's newest run."""
+    monkeypatch.setenv("PATH", mpi_env("mpich")["PATH"])
+    runs = str(tmp_path / "runs")
+    res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--preempt-at", "7s", "--runs-dir", runs,
+                                   "-o", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert (out["requeues"], out["attempts"], out["succeeded"]) == (1, 1, True)
+    assert out["checkpoints_dir"].endswith("ckpt/counter/checkpoints")
+    res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--resume-from", "ckpt/counter", "--runs-dir", runs])
+    assert res.exit_code == 0, res.output
+    assert "resuming from generation" in res.output and "requeued" not in res.output
+    assert "checkpoints (resume with --resume-from):" in res.output and "ckpt/counter.2/checkpoints" in res.output

@@ -378,8 +378,9 @@ class RehearsalExecutor(Executor):
         check_local_sources(plan)  # before the transport exists: a bad source leaves nothing behind
         self.preflight(plan)
         check_runs_dir(self.runs_dir)  # an unusable runs dir is bad input: found before any node exists
+        store = checkpoints.open_run_store(self.runs_dir, plan, self.resume_from, self.progress) \
+            if plan.checkpoint else None
         transport, base_env = self.transport_for(plan)
-        store = self._open_checkpoints(plan)
         direct = store is not None and self.nodes_see_runs_dir
         store_env = {CHECKPOINT_STORE_VAR: str(store.resolve())} if store and direct else {}
         result = Lifecycle(plan, transport, base_env=base_env, runs_dir=self.runs_dir, progress=self.progress,
@@ -392,19 +393,6 @@ class RehearsalExecutor(Executor):
     # True: the nodes reach this machine's runs directory at the same path and write the store directly;
     # else the lifecycle pulls each node's own store into it (checkpoint_sync.py).
     nodes_see_runs_dir = False
-
-    def _open_checkpoints(self, plan: TaskPlan) -> Path | None:
-        """The task's checkpoint store, seeded by --resume-from (None: the task has no checkpoints)."""
-        if plan.checkpoint is None:
-            return None
-        store = checkpoints.open_store(self.runs_dir, plan.job_id, plan.task_id)
-        if self.resume_from is not None:
-            g = checkpoints.seed(store, self.resume_from, plan.task_id, plan.instances, plan.checkpoint.from_)
-            (self.progress or (lambda p, d: None))(
-                "checkpoints", f"resuming from generation {g} of {self.resume_from}" if g is not None
-                else f"{self.resume_from} has no complete generation: the program starts fresh")
-        return store
-
 
     def preflight(self, plan: TaskPlan) -> None:
         """The executor's own checks of bad input, before anything (even the runs directory) is made."""

@@ -136,6 +136,10 @@ def test_spec_checkpoint_defaults_and_every_field_checked() -> None:
         parse_spec(with_checkpoint({"pattern": "a", "evry": "1m"}), Path("."))
     with pytest.raises(SpecError, match="task.checkpoint.pattern: is missing"):
         parse_spec(with_checkpoint({"every": "1m"}), Path("."))
+    windows = with_checkpoint({"pattern": "a"})
+    windows["task"]["mpi"] = {"flavor": "msmpi"}
+    with pytest.raises(SpecError, match="task.checkpoint: is only supported on Linux"):
+        parse_spec(windows, Path("."))
 
 
 def test_render_passes_the_checkpoint_to_the_nodes() -> None:

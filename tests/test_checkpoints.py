@@ -169,6 +169,10 @@ def test_run_refuses_bad_preempt_at_before_anything_starts(tmp_path: Path) -> No
     res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--resume-from", str(tmp_path / "nothing"),
                                    "--runs-dir", str(tmp_path / "runs")])
     assert res.exit_code == 2 and "no checkpoints in" in res.output
+    res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--executor", "azure", "--preempt-at", "5s",
+                                   "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 2 and "the azure executor does not take it" in res.output
+    assert not (tmp_path / "runs").exists()
 
 
 # ------------------------------------------------------------------------------------------- a rehearsal

@@ -17,7 +17,7 @@ import click
 from .. import conventions, hostlist, poolcheck
 from ..durations import human, iso8601
 from ..errors import SpecError
-from ..launchers.protocol import TASK_INTERMEDIATE, TASK_LOG
+from ..launchers.protocol import CHECKPOINT_VAR, RESTART_VAR, TASK_INTERMEDIATE, TASK_LOG
 from ..mpi import get_flavor
 from ..mpi import names as flavor_names
 from ..redaction import redact, redact_url
@@ -189,8 +189,8 @@ def render_table(r: Rendered) -> str:
                       f"${TASK_INTERMEDIATE} outputs in generations"),
             ("saved", f"every {human(c.every)} while the program runs, when unchanged for that long; "
                       f"{c.keep} complete generations kept"),
-            ("restored", "on every new attempt, before the program starts: MPIBATCH_RESTART=1, "
-                         "MPIBATCH_CHECKPOINT=<generation>"),
+            ("restored", f"on every new attempt, before the program starts: {RESTART_VAR}=1, "
+                         f"{CHECKPOINT_VAR}=<generation>"),
         ])
     lines += ["", "constraints:"]
     lines += _rows([

@@ -226,6 +226,31 @@ def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: P
 
 
 @pytest.mark.mpi
+def test_from_all_each_instance_gets_its_own_part_back(tmp_path: Path) -> None:
+    """from: all: every node's files make up a generation; each instance gets its own part back, and every
+    rank restores the same step."""
+    from mpibatch.executors.local import LocalExecutor
+
+    ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs")
+    ex.preempt_at = (8,)
+    spec = counter_spec("-1", "ranks", checkpoint={"pattern": "restart-*.json", "from": "all", "every": "1s",
+                                                   "keep": 2})
+    result = ex.submit(spec).result()
+    assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
+    assert result.requeues == 1
+    words = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
+    assert int(words[1]) > 0 and int(words[3]) == expected_total()
+    store = ck.DirStore(result.checkpoints_dir or "")
+    g = int(words[5])
+    for i, ranks in ((0, [0, 1]), (1, [2, 3])):  # 2 ranks per node: instance 1 holds ranks 2 and 3
+        # Each node's restore step (its stderr reaches the primary's through the launcher) put back 2 files.
+        assert f"mpibatch checkpoint [{i}]: restored checkpoint generation {g}: 2 files" in result.primary.stderr
+        _, complete = ck.scan(store.names("counter"), "counter", i)
+        newest = protocol.CheckpointManifest.from_json(store.read(ck.manifest_name("counter", i, max(complete))))
+        assert sorted(newest.files) == [f"restart-{r}.json" for r in ranks]
+
+
+@pytest.mark.mpi
 def test_a_retry_restores_the_newest_generation(tmp_path: Path) -> None:
     """A crash (not a preemption) is retried by max_retries, and the retry starts from the checkpoint too."""
     from mpibatch.executors.local import LocalExecutor

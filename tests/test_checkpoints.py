@@ -60,6 +60,11 @@ def test_pruning_keeps_the_newest_complete_and_anything_newer() -> None:
     assert ck.to_prune({1}, set(), keep=2) == set()  # nothing complete yet: nothing goes
 
 
+def test_a_manifest_path_never_leaves_the_working_directory() -> None:
+    assert ck.safe_rel("restart.1") and ck.safe_rel("ck/a/b.bin")
+    assert not any(ck.safe_rel(r) for r in ("", "/etc/passwd", "../x", "a/../../x", ".mpibatch-node.env"))
+
+
 def test_next_generation_follows_every_instance() -> None:
     assert ck.next_generation([]) == 1
     assert ck.next_generation({3, 5, 4}) == 6
@@ -301,3 +306,29 @@ def test_cli_run_preempt_at_and_resume_from_job_task(tmp_path: Path, monkeypatch
     assert res.exit_code == 0, res.output
     assert "resuming from generation" in res.output and "requeued" not in res.output
     assert "checkpoints (resume with --resume-from):" in res.output and "ckpt/counter.2/checkpoints" in res.output
+
+
+def test_resume_from_a_run_that_never_finished(tmp_path: Path) -> None:
+    """A killed run leaves its store at <job>/<task>.checkpoints; --resume-from JOB/TASK finds it, and the new
+    run's store starts from its newest complete generation (the old one moves aside, nothing is lost)."""
+    from mpibatch.checkpoints import open_run_store, resume_source
+    from mpibatch.plan import plan_from_rendered
+    from mpibatch.render import render
+
+    spec = counter_spec()
+    runs = tmp_path / "runs"
+    dead = runs / "ckpt" / "counter.checkpoints"
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    saver = ck.Saver(ck.DirStore(str(dead)), "counter", 0, 2, str(wd), "restart.json", keep=2, node_id=None)
+    (wd / "restart.json").write_text('{"step": 40}')
+    assert saver.look() is None and saver.look() == 1
+    source = resume_source("ckpt/counter", runs, spec)
+    assert source == dead
+    seen: list[str] = []
+    store = open_run_store(runs, plan_from_rendered(render(spec)), source, lambda p, d: seen.append(d))
+    assert store == dead and seen == [f"resuming from generation 1 of {dead.with_name(dead.name + '.old')}"]
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    assert ck.restore(ck.DirStore(str(store)), "counter", 0, 2, "primary", str(restored))[0] == 1
+    assert (restored / "restart.json").read_text() == '{"step": 40}'

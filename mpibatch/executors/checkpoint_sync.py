@@ -96,6 +96,8 @@ class NodeStores:
                 gen = ck.generation_prefix(self.task, n.index, g)
                 self._collect(n, f"{gen}/**", Path(tmp))
                 for rel, info in manifest.files.items():  # verified against the manifest, then the manifest
+                    if not ck.safe_rel(rel):
+                        raise ValueError(f"generation {g} names {rel!r}, a path outside the working directory")
                     got.get(f"{gen}/{rel}", str(self.store / gen / rel), int(info["size"]), str(info["md5"]))
                 self.client.put_bytes(ck.manifest_name(self.task, n.index, g), manifest.to_json().encode())
         present, complete = ck.scan(self.client.names(self.task), self.task, n.index)

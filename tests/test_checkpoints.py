@@ -212,6 +212,9 @@ def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: P
     assert total == expected_total()  # the same as without preemption
     assert start > 0 and generation != "-"  # the last attempt started from a checkpoint, not from scratch
     assert f"restored checkpoint generation {generation}" in result.primary.stderr
+    # Each attempt's generation, as the result reports it: the first started fresh, the later ones did not.
+    assert len(result.restored) == 3 and result.restored[0] is None and result.restored[2] == int(generation)
+    assert result.restored[1] is not None and result.restored[1] < result.restored[2]
     # The store moved into the run's directory, with at most `keep` complete generations.
     store = ck.DirStore(result.checkpoints_dir or "")
     _, complete = ck.scan(store.names("counter"), "counter", 0)
@@ -285,6 +288,7 @@ def test_over_ssh_the_executor_pulls_generations_and_a_requeue_restores_one(
     words = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
     assert int(words[1]) > 0 and int(words[3]) == expected_total()
     assert f"restored checkpoint generation {words[5]}" in result.primary.stderr
+    assert result.restored == [None, int(words[5])]  # pushed to the nodes before the second attempt
     _, complete = ck.scan(ck.DirStore(result.checkpoints_dir or "").names("counter"), "counter", 0)
     assert 1 <= len(complete) <= 2
     assert not c.wait_idle(timeout=10)
@@ -305,6 +309,7 @@ def test_cli_run_preempt_at_and_resume_from_job_task(tmp_path: Path, monkeypatch
     res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--resume-from", "ckpt/counter", "--runs-dir", runs])
     assert res.exit_code == 0, res.output
     assert "resuming from generation" in res.output and "requeued" not in res.output
+    assert "checkpoint generation restored by each attempt: " in res.output
     assert "checkpoints (resume with --resume-from):" in res.output and "ckpt/counter.2/checkpoints" in res.output
 
 

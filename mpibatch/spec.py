@@ -16,6 +16,7 @@ from typing import Any
 
 from .durations import parse_duration
 from .errors import SpecError, shown
+from .spec_checkpoint import parse_checkpoint
 from .spec_checks import MAX_ARG_BYTES, MAX_COMMAND_BYTES, MAX_ENVIRONMENT_BYTES, cross_checks
 from .spec_fields import (
     ENV_NAME_RE,
@@ -110,7 +111,7 @@ def _mpi(value: Any) -> Mpi:
 def _task(value: Any, base_dir: Path, check: SourceCheck | None) -> Task:
     m = as_mapping(value, "task")
     keys = ("id", "instances", "mpi", "command", "coordination", "shared_dir", "common_files", "files",
-            "environment", "outputs", "max_wall_clock", "max_retries", "retention")
+            "environment", "outputs", "max_wall_clock", "max_retries", "retention", "checkpoint")
     c = Collector()
     c.run(lambda: check_keys(m, keys, "task"))
     if "id" not in m:
@@ -134,11 +135,12 @@ def _task(value: Any, base_dir: Path, check: SourceCheck | None) -> Task:
     retries = c.run(lambda: as_int(m.get("max_retries", 0), "task.max_retries", 0, 100), 0)
     retention = c.run(lambda: parse_duration(m["retention"], "task.retention")) \
         if m.get("retention") is not None else None
+    checkpoint = c.run(lambda: parse_checkpoint(m.get("checkpoint")))
     c.raise_if_any()
     assert tid is not None and cmd is not None  # for mypy: a missing one was an error above
     return Task(id=tid, command=cmd, mpi=mpi, instances=instances, coordination=coord, shared_dir=shared,
                 common_files=common, files=files, environment=env, outputs=outputs, max_wall_clock=wall,
-                max_retries=retries, retention=retention)
+                max_retries=retries, retention=retention, checkpoint=checkpoint)
 
 
 def _job(value: Any, base_dir: Path, check: SourceCheck | None) -> Job:

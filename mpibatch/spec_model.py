@@ -118,6 +118,22 @@ class Pool:
         return self.image.os if self.image else None
 
 
+DEFAULT_EVERY = 600  # task.checkpoint.every: 10 minutes
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    pattern: str  # relative to each node's working directory, as task.outputs' patterns
+    from_: str = "primary"  # primary | all: the nodes whose files make up a generation
+    every: int = DEFAULT_EVERY  # seconds between two looks of the tracker
+    keep: int = 2  # complete generations kept
+
+    def tracker_args(self) -> list[str]:
+        """track.py's arguments for this checkpoint (render passes them to every node)."""
+        return ["--checkpoint", self.pattern, "--checkpoint-from", self.from_,
+                "--checkpoint-every", str(self.every), "--checkpoint-keep", str(self.keep)]
+
+
 @dataclass(frozen=True)
 class Task:
     id: str
@@ -133,6 +149,7 @@ class Task:
     max_wall_clock: int | None = None  # seconds
     max_retries: int = 0
     retention: int | None = None  # seconds
+    checkpoint: Checkpoint | None = None  # task.checkpoint (spec_checkpoint.py)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ follows the documented REST API - an emulator, not the Batch service.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -141,7 +142,13 @@ def test_mpibatchs_own_coordination_step_failing_on_the_primary_is_phase_coordin
         standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
     """Issue 19 item 9b: no mpiexec on the nodes' PATH makes coordinate.sh fail on the primary (the subtasks
     do not need the launcher): `run -o json` and `status` say coordination, not running."""
-    spec, job_id, task_id = hello_spec(tmp_path, instances=2, environment={"PATH": "/usr/bin:/bin"},
+    # The system's programs without any MPI launcher (this machine may have Debian's Open MPI, for LAMMPS).
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in os.listdir("/usr/bin"):
+        if not name.startswith(("mpi", "orte", "prte", "ompi", "hydra")):
+            (bindir / name).symlink_to(f"/usr/bin/{name}")
+    spec, job_id, task_id = hello_spec(tmp_path, instances=2, environment={"PATH": str(bindir)},
                                        mpi={"flavor": "mpich", "processes_per_node": 1})
     env = cli_env(standin, azurite)
     p = run_cli(["run", str(spec), "--executor", "azure", "--output", "json", "--runs-dir", str(tmp_path / "runs")],

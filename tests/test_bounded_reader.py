@@ -46,10 +46,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
 
 
 def batch_client(emu: EmulatorProcess) -> Any:
-    from azure.batch import BatchClient
-    from azure.core.credentials import AzureNamedKeyCredential
-
-    return BatchClient(emu.endpoint, AzureNamedKeyCredential(emu.account, emu.key))
+    return emu.batch_client()
 
 
 def run_task(client: Any, job: str, task: Any) -> Any:

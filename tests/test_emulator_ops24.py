@@ -54,10 +54,7 @@ def stored(tmp_path: Path) -> Iterator[EmulatorProcess]:
 
 
 def client_of(emu: EmulatorProcess) -> Any:
-    from azure.batch import BatchClient
-    from azure.core.credentials import AzureNamedKeyCredential
-
-    return BatchClient(emu.endpoint, AzureNamedKeyCredential(emu.account, emu.key))
+    return emu.batch_client()
 
 
 def pool(client: Any, pool_id: str, nodes: int, **extra: Any) -> list[Any]:

@@ -14,20 +14,16 @@ import pytest
 
 from mpibatch.emulator import images
 from tests.infra.emulator import EmulatorProcess
+from tests.infra.emulator import wait_for as _wait_for
 from tests.infra.rawbatch import request, send_json
 
 pytestmark = pytest.mark.azure
-POLL_S = 0.2
+
+
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out waiting for {what}")
+    return _wait_for(what, check, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +37,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
 
 @pytest.fixture(scope="module")
 def client(emu: EmulatorProcess) -> Any:
-    from azure.batch import BatchClient
-    from azure.core.credentials import AzureNamedKeyCredential
-
-    return BatchClient(emu.endpoint, AzureNamedKeyCredential(emu.account, emu.key))
+    return emu.batch_client()
 
 
 def pool_ids(client: Any) -> set[str]:

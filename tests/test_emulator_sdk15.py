@@ -13,7 +13,6 @@ service API" (output files per uploadCondition).
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,21 +21,17 @@ from typing import Any
 import pytest
 
 from tests.infra.emulator import EmulatorProcess
+from tests.infra.emulator import wait_for as _wait_for
 from tests.infra.fixtures import azurite_missing, mpi_env, require
 
 pytestmark = [pytest.mark.azure, pytest.mark.mpi]
 
-POLL_S = 0.2
+
+
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out waiting for {what}")
+    return _wait_for(what, check, timeout)
 
 
 @pytest.fixture

@@ -12,29 +12,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.infra.emulator import MPIBATCH, EmulatorProcess, processes_mentioning
+from tests.infra.emulator import MPIBATCH, EmulatorProcess, processes_mentioning, wait_for
 from tests.infra.fixtures import require
 
 pytestmark = pytest.mark.azure
 API = "2025-06-01"
-POLL_S = 0.2
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -48,10 +38,7 @@ def emu(tmp_path: Path) -> Iterator[EmulatorProcess]:
 
 @pytest.fixture
 def client(emu: EmulatorProcess) -> Any:
-    from azure.batch import BatchClient
-    from azure.core.credentials import AzureNamedKeyCredential
-
-    return BatchClient(emu.endpoint, AzureNamedKeyCredential(emu.account, emu.key))
+    return emu.batch_client()
 
 
 def call(client: Any, method: str, path: str, body: Any = None) -> Any:

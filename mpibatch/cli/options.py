@@ -7,16 +7,25 @@ from typing import Any
 import click
 
 from ..errors import SpecError
-from ..executors import Executor, Progress, get_executor, registered_names
+from ..executors import Executor, Progress, get_executor, names
 from ..inputfiles import read_text_file
 
 # What an option holds when the user did not give it: such options are not passed to the executor.
 _UNSET = (None, (), False)
 
 
+class _ExecutorOption(click.Option):
+    """--executor, whose help names installed plugins too: looked up only when help is shown (a run never
+    pays for the entry-point scan)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = "where the task runs: " + " | ".join(names())
+        return super().get_help_record(ctx)
+
+
 def executor_option(default: str = "local") -> Callable[[Any], Any]:
-    return click.option("--executor", default=default, show_default=True, metavar="NAME",
-                        help="where the task runs: " + " | ".join(registered_names()) + " (or an installed plugin)")
+    return click.option("--executor", cls=_ExecutorOption, default=default, show_default=True, metavar="NAME",
+                        help="where the task runs")
 
 
 def ssh_options(fn: Any) -> Any:

@@ -162,11 +162,6 @@ def _plugins() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in _registry}
 
 
-def registered_names() -> list[str]:
-    """The built-in and registered executors, without looking for plugins (cheap: for help texts)."""
-    return list(_registry)
-
-
 def names() -> list[str]:
     """Every executor name: the built-ins, those registered, those of installed plugins."""
     return [*_registry, *_plugins()]

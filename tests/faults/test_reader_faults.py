@@ -38,10 +38,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
 
 @pytest.fixture(scope="module")
 def client(emu: EmulatorProcess) -> Any:
-    from azure.batch import BatchClient
-    from azure.core.credentials import AzureNamedKeyCredential
-
-    return BatchClient(emu.endpoint, AzureNamedKeyCredential(emu.account, emu.key))
+    return emu.batch_client()
 
 
 def add_task(client: Any, job: str, **task: Any) -> None:

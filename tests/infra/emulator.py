@@ -14,7 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.infra.signals import default_sigint
 
@@ -37,6 +39,20 @@ def processes_mentioning(text: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+POLL_S = 0.2
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
+    """`check()`'s first truthy value, polled every POLL_S; an AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class EmulatorProcess:
@@ -111,6 +127,13 @@ class EmulatorProcess:
                     return line
             time.sleep(0.05)
         raise AssertionError(f"no log line matches {pattern!r}:\n" + "\n".join(self.log))
+
+    def batch_client(self) -> Any:
+        """An azure-batch 15.1 client of this emulator (Shared Key)."""
+        from azure.batch import BatchClient
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        return BatchClient(self.endpoint, AzureNamedKeyCredential(self.account, self.key))
 
     def stop(self, *, check: bool = True, timeout: float = 60) -> int:
         """Ctrl-C, then wait; with `check`, nothing it started may be left."""

@@ -20,9 +20,9 @@ def cross_checks(spec: Spec) -> None:
     task; poolcheck.check judges any pool's facts (REST or spec) with its own fields and severities."""
     c = Collector()
     t, p = spec.task, spec.pool
-    if p and p.nodes is not None and t.instances > p.nodes + p.low_priority_nodes:
+    if p and p.nodes is not None and t.instances > p.nodes + p.spot_nodes:
         c.errors.append(SpecError("task.instances", f"{t.instances} instances but pool {p.id or ''} has "
-                                  f"{p.nodes + p.low_priority_nodes} nodes".replace("  ", " "),
+                                  f"{p.nodes + p.spot_nodes} nodes".replace("  ", " "),
                                   "lower task.instances or grow the pool: the task would never start"))
     if p and p.os:
         from .mpi import FLAVORS

@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     --shared-dir) shared_mode=$2; shift 2 ;;
     --link) links+=("$2"); shift 2 ;;
     --module) modules+=("$2"); shift 2 ;;
-    --source) source_script=$2; shift 2 ;;
+    --source) source_script=$2; shift 2 ;;  # relative: a common file, in the task shared dir
     --source-arg) source_args+=("$2"); shift 2 ;;
     --launcher) launcher=$2; shift 2 ;;
     --expect) expect=$2; shift 2 ;;
@@ -75,6 +75,7 @@ env_out="$work/node.env"
 
 # 2a. Activate the MPI runtime the way a login shell would make `module` available (a Batch task's
 #     shell is not a login shell), and keep what the activation changed.
+case "$source_script" in "" | /*) ;; *) source_script=$AZ_BATCH_TASK_SHARED_DIR/$source_script ;; esac
 if [ ${#modules[@]} -gt 0 ] || [ -n "$source_script" ]; then
   declare -A before=()
   while IFS= read -r -d '' kv; do before[${kv%%=*}]=${kv#*=}; done < <(env -0)

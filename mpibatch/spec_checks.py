@@ -41,6 +41,7 @@ def cross_checks(spec: Spec) -> None:
                                   "use shared_dir: none on Windows"))
     if spec.os == "windows":
         _check_cmd_words(spec, c)
+    _check_setup_source(spec, c)
     for i, ref in enumerate(t.common_files):
         if ref.path.split("/")[0].lower() == "mpibatch":
             c.errors.append(SpecError(f"task.common_files[{i}].path", f"{shown(ref.path)} is inside mpibatch/, where "
@@ -50,6 +51,21 @@ def cross_checks(spec: Spec) -> None:
         c.errors.append(SpecError("job.pool", f"{shown(spec.job.pool)} differs from pool.id {shown(p.id)}",
                                   "make them the same or drop one"))
     c.raise_if_any()
+
+
+def _check_setup_source(spec: Spec, c: Collector) -> None:
+    """A relative `task.mpi.setup.source` is a common file: it lands in $AZ_BATCH_TASK_SHARED_DIR on every
+    node, where the coordination step sources it. Any other relative path names nothing on the node."""
+    setup = spec.task.mpi.setup
+    if not setup or setup.kind != "source" or setup.words[0].startswith("/"):
+        return
+    script = setup.words[0]
+    if script not in {ref.path for ref in spec.task.common_files}:
+        c.errors.append(SpecError("task.mpi.setup.source", f"{script!r} is a relative path and no common file "
+                                  "of the task has it: the script is on the node, where no working directory is "
+                                  "shared", "give its absolute path on the node, e.g. "
+                                  "/opt/intel/oneapi/mpi/latest/env/vars.sh, or ship it in task.common_files "
+                                  f"with path: {script}"))
 
 
 def _nbytes(text: str) -> int:

@@ -91,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", required=True)
     ap.add_argument("--output", action="append", default=[], help="Kind=pattern")
     ap.add_argument("--rank-vars", default=",".join(protocol.RANK_VARS), help="NAME,NAME: where the rank number is")
-    args = ap.parse_args(argv)
+    args, _ = ap.parse_known_args(argv)  # the tracker's checkpoint arguments are not the persist step's
     url = os.environ.get("MPIBATCH_PERSIST_URL", "")
-    if not url:
+    if not url:  # a rehearsal's tracker that saved checkpoints only: it ends, nothing to persist
+        if os.environ.get(protocol.CHECKPOINT_STORE_VAR):
+            stop_tracker(protocol.whoami(args.rank_vars).task_dir)
         return 0
     who = protocol.whoami(args.rank_vars)
     index, task_dir, wd = who.index, who.task_dir, who.wd

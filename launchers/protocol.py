@@ -78,7 +78,8 @@ RANK_WRAPPER = ".mpibatch-rank"  # in the working dir: every rank starts through
 PERSIST_MARK = ".mpibatch-persisting"  # in the task dir: written by persist.py before it looks for the tracker
 TRACKER_PID_FILE = ".mpibatch-track.pid"  # in the task dir: how persist.py finds the tracker
 TRACKER_STATE_FILE = ".mpibatch-track.json"  # in the task dir: what the tracker saved
-HANDSHAKE_FILES: tuple[str, ...] = (PERSIST_MARK, TRACKER_PID_FILE, TRACKER_STATE_FILE)
+CHECKPOINT_STATE_FILE = ".mpibatch-checkpoint.json"  # in the task dir: what the restore step put back
+HANDSHAKE_FILES: tuple[str, ...] = (PERSIST_MARK, TRACKER_PID_FILE, TRACKER_STATE_FILE, CHECKPOINT_STATE_FILE)
 
 
 def is_node_file(name: str) -> bool:
@@ -277,3 +278,61 @@ def _check_fields(data: dict[str, Any]) -> None:
         raise RecordError(f"{INSTANCE_INFO}: 'declared' is not a list of [kind, pattern]")
     if not all(isinstance(v, dict) for v in data["files"].values()):
         raise RecordError(f"{INSTANCE_INFO}: 'files' is not a map of blob -> {{size, md5}}")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+# task.checkpoint (docs/checkpoints.md): generation `g` of instance `i` is stored as
+#   {task}/$TaskIntermediate/{i}/checkpoint/{g:06d}/{path}   the files, then
+#   {task}/$TaskIntermediate/{i}/checkpoint/{g:06d}.json     its manifest (CheckpointManifest), written LAST.
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_MANIFEST_SUFFIX = ".json"
+CHECKPOINT_STORE_VAR = "MPIBATCH_CHECKPOINT_DIR"  # rehearsals: the directory that stands in for the container
+RESTART_VAR = "MPIBATCH_RESTART"  # "1" for the program when a generation was restored
+CHECKPOINT_VAR = "MPIBATCH_CHECKPOINT"  # the generation restored
+CHECKPOINT_SCHEMA_VERSION = 1
+
+
+def generation_name(generation: int) -> str:
+    """``000012``: generations sort by name as by number."""
+    return f"{generation:06d}"
+
+
+@dataclass
+class CheckpointManifest:
+    """Generation `generation` of instance `index`: every file (path relative to the working directory ->
+    size and base64 MD5). Its presence is what makes the instance's part of the generation complete."""
+
+    generation: int
+    index: int
+    node_id: str | None
+    saved_at: str
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    schema: int = CHECKPOINT_SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": self.schema, "generation": self.generation, "index": self.index,
+                           "node_id": self.node_id, "saved_at": self.saved_at, "files": self.files}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CheckpointManifest:
+        """Strict: another schema version, or a field of the wrong type, is refused (RecordError)."""
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise RecordError(f"checkpoint manifest is not JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("schema") != CHECKPOINT_SCHEMA_VERSION:
+            version = data.get("schema") if isinstance(data, dict) else None
+            raise RecordError(f"checkpoint manifest of schema version {version!r}; this mpibatch reads version "
+                              f"{CHECKPOINT_SCHEMA_VERSION}")
+        types = {"generation": int, "index": int, "saved_at": str, "files": dict}
+        for name, typ in types.items():
+            if not isinstance(data.get(name), typ) or isinstance(data.get(name), bool):
+                raise RecordError(f"checkpoint manifest: field {name!r} is missing or not a {typ.__name__}")
+        files = data["files"]
+        if not all(isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("md5"), str)
+                   for v in files.values()):
+            raise RecordError("checkpoint manifest: 'files' is not a map of path -> {size, md5}")
+        node_id = data.get("node_id")
+        return cls(generation=data["generation"], index=data["index"], saved_at=data["saved_at"],
+                   node_id=node_id if isinstance(node_id, str) else None,
+                   files={str(k): {"size": v["size"], "md5": v["md5"]} for k, v in files.items()})

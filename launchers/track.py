@@ -24,10 +24,11 @@ import time
 from datetime import datetime, timezone
 
 try:  # as the package mpibatch.launchers (client side, tests)
-    from . import protocol
+    from . import checkpoint, protocol
     from .blobio import BlobError, ContainerClient, b64
     from .outputnames import instance_info_blob, instance_output_blob, live_log_blob, match_outputs
 except ImportError:  # as a script on the node: the modules are shipped beside it
+    import checkpoint  # type: ignore[no-redef]
     import protocol  # type: ignore[no-redef]
     from blobio import BlobError, ContainerClient, b64  # type: ignore[no-redef]
     from outputnames import (  # type: ignore[no-redef]
@@ -196,6 +197,41 @@ def run(client: ContainerClient, task: str, index: int, task_dir: str, wd: str, 
     return 1 if failures else 0
 
 
+def checkpoints(saver: checkpoint.Saver, every: float, stop: threading.Event) -> None:
+    """Look for a new checkpoint every `every` seconds until `stop` (the tracker's own thread)."""
+    complained: set[str] = set()
+    deadline = time.monotonic() + MAX_LIFETIME
+    while not stop.wait(every) and time.monotonic() < deadline:
+        try:
+            g = saver.look()
+            if g is not None:
+                print(f"mpibatch track: checkpoint generation {g} saved", file=sys.stderr)
+        except (OSError, ValueError) as e:  # the store full or away for a while: the next look tries again
+            if str(e) not in complained:
+                complained.add(str(e))
+                print(f"mpibatch track: checkpoint: {e}", file=sys.stderr)
+
+
+def _checkpoint_saver(args: argparse.Namespace, identity: protocol.Identity) -> checkpoint.Saver | None:
+    """The saver of this node's checkpoints, if the task has them, a store is given and this node's
+    files are part of a generation (every node with `from: all`, else the primary)."""
+    root = os.environ.get(protocol.CHECKPOINT_STORE_VAR, "")
+    if not args.checkpoint or not root or (args.checkpoint_from == "primary" and identity.index != 0):
+        return None
+    instances = len([h for h in os.environ.get("AZ_BATCH_HOST_LIST", "").split(",") if h]) or 1
+    return checkpoint.Saver(checkpoint.DirStore(root), args.task, identity.index, instances, identity.wd,
+                            args.checkpoint, args.checkpoint_keep, identity.node_id,
+                            restored=checkpoint.restored_signature(identity.task_dir))
+
+
+def _wait_only(stop: threading.Event) -> int:
+    """No storage for logs and outputs (a rehearsal's checkpoints only): wait for the end."""
+    parent, deadline = os.getppid(), time.monotonic() + MAX_LIFETIME
+    while not stop.wait(1.0) and os.getppid() == parent and time.monotonic() < deadline:
+        pass
+    return 0
+
+
 def _interval(text: str) -> float:
     try:
         value = float(text)
@@ -242,10 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", action="append", default=[], help="Kind=pattern")
     ap.add_argument("--rank-vars", default=",".join(protocol.RANK_VARS))
     ap.add_argument("--interval", type=float, default=None, help=f"seconds (default: ${INTERVAL_VAR} or 15)")
+    ap.add_argument("--checkpoint", default="", help="task.checkpoint.pattern")
+    ap.add_argument("--checkpoint-from", choices=["primary", "all"], default="primary")
+    ap.add_argument("--checkpoint-every", type=float, default=600.0)
+    ap.add_argument("--checkpoint-keep", type=int, default=2)
     args = ap.parse_args(argv)
     interval = args.interval or _interval(os.environ.get(INTERVAL_VAR, ""))
     url = os.environ.get("MPIBATCH_PERSIST_URL", "")
-    if not url:
+    if not url and not os.environ.get(protocol.CHECKPOINT_STORE_VAR):
         return 0
     identity = protocol.whoami(args.rank_vars)
     task_dir = identity.task_dir
@@ -260,11 +300,21 @@ def main(argv: list[str] | None = None) -> int:
     # Each side writes its file before reading the other's, so at least one of them sees the other.
     if os.path.exists(os.path.join(task_dir, PERSIST_MARK)):
         stop.set()
+    saver = _checkpoint_saver(args, identity)
+    saving = threading.Thread(target=checkpoints, args=(saver, args.checkpoint_every, stop), daemon=True) \
+        if saver else None
     try:
+        if saving:
+            saving.start()
+        if not url:
+            return _wait_only(stop)
         outputs = protocol.decode_outputs(args.output)
         return run(ContainerClient(url), args.task, identity.index, task_dir, identity.wd, outputs, identity,
                    interval=interval, stop=stop)
     finally:
+        stop.set()
+        if saving:
+            saving.join(timeout=60)
         try:
             os.unlink(pid_file)
         except OSError:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .render import Rendered
 from .spec import FileRef, Output
+from .spec_model import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class TaskPlan:
     preparation_command_line: str | None = None
     preparation_files: tuple[FileRef, ...] = ()
     release_command_line: str | None = None
+    checkpoint: Checkpoint | None = None  # task.checkpoint: the rehearsals' store stands in for the container
 
 
 def plan_from_rendered(r: Rendered) -> TaskPlan:
@@ -37,4 +39,4 @@ def plan_from_rendered(r: Rendered) -> TaskPlan:
         max_retries=s.task.max_retries, pool_id=s.job.pool or "local",
         preparation_command_line=r.preparation_command_line,
         preparation_files=s.job.preparation.files if s.job.preparation else (),
-        release_command_line=r.release_command_line)
+        release_command_line=r.release_command_line, checkpoint=s.task.checkpoint)

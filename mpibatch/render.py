@@ -17,7 +17,8 @@ from .spec import Command, FileRef, Output, Setup, Spec
 
 LAUNCHER_DIR = "mpibatch"  # node-side launchers land in $AZ_BATCH_TASK_SHARED_DIR/mpibatch/
 # What every Linux node gets under $AZ_BATCH_TASK_SHARED_DIR/mpibatch (launchers/).
-NODE_FILES = ("coordinate.sh", "persist.py", "track.py", "outputnames.py", "protocol.py", "blobio.py")
+NODE_FILES = ("coordinate.sh", "persist.py", "track.py", "outputnames.py", "protocol.py", "blobio.py", "checkpoint.py",
+              "fileio.py")
 PERSIST_URL_VAR = "MPIBATCH_PERSIST_URL"  # container SAS for subtask outputs, set at submit time
 # Written by the coordination step into each node's working directory (docs/hpc-nodes.md): the
 # node's own environment (activated runtime, its InfiniBand device), and the per-rank wrapper that
@@ -160,12 +161,23 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
     for o in t.outputs:
         declared += ["--output", protocol.encode_output(o.kind, o.pattern)]
 
-    def node_step(name: str) -> str:
+    def node_step(name: str, *action: str) -> str:
         return sh_join([*one_per_node, "python3", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/{name}"'),
-                        *declared])
+                        *action, *declared])
 
     persisting = f'[ -n "${{{PERSIST_URL_VAR}:-}}" ]'
+    restore = ""
+    if t.checkpoint:
+        # A rehearsal's checkpoint store also needs the tracker (it saves them) and its stop (persist.py). Each
+        # node puts back its part of the newest complete generation before the program starts, one process per
+        # node (only a rank knows its instance number), into the node environment every rank sources.
+        declared += t.checkpoint.tracker_args()
+        store = f'[ -n "${{{protocol.CHECKPOINT_STORE_VAR}:-}}" ]'
+        persisting = f"{{ {persisting} || {store}; }}"
+        restore = (f"if {store}; then {node_step('checkpoint.py', 'restore')} < /dev/null || "
+                   "{ echo 'mpibatch: restoring the checkpoint failed' >&2; exit 3; }; fi\n")
     script = (f"{node_env_line()}\n"
+              f"{restore}"
               f"if {persisting}; then {node_step('track.py')} < /dev/null > /dev/null & track=$!; fi\n"
               f"{app}; rc=$?\n"
               f"if {persisting}; then\n"

@@ -43,7 +43,8 @@ class TaskResult:
     exit_code: int | None
     failure: Failure | None = None
     timed_out: bool = False
-    attempts: int = 1
+    attempts: int = 1  # retries + 1 (a requeue is not a retry)
+    requeues: int = 0  # preempted and requeued (Batch's requeueCount)
     elapsed_s: float = 0.0
     output_dir: str | None = None
     instances: list[InstanceResult] = field(default_factory=list)
@@ -51,6 +52,7 @@ class TaskResult:
     # Rehearsals: the nodes' files on this machine, kept (--keep-nodes, or a failed collection) until the user
     # removes them.
     nodes_dir: str | None = None
+    checkpoints_dir: str | None = None  # rehearsals: the task's checkpoint store (task.checkpoint)
 
     @property
     def succeeded(self) -> bool:

@@ -8,7 +8,11 @@ from typing import Any
 
 import click
 
+from ..checkpoints import resume_source
+from ..errors import SpecError
 from ..executors import TaskHandle
+from ..executors.lifecycle import RehearsalExecutor
+from ..preemption import parse_preempt_at
 from ..report import format_result
 from ..spec import load_spec
 from .common import (
@@ -41,13 +45,28 @@ def _sigterm_as_interrupt() -> None:
 @click.option("--node-ib", default=None, metavar="DEV,DEV,...",
               help="local: each emulated node's InfiniBand, like an HPC node's sysfs: a device name "
                    "(mlx5_ib0), NAME:down or none, one per node, e.g. mlx5_ib0,mlx5_0,none")
+@click.option("--preempt-at", default=None, metavar="TIME[,TIME...]",
+              help="local/ssh: evict every node of the task at these times after the start (30s,75s), as Batch "
+                   "evicts Spot VMs; the task is requeued on fresh nodes and restores its newest checkpoint")
+@click.option("--resume-from", default=None, metavar="RUNDIR|JOB/TASK",
+              help="local/ssh: start from the newest complete checkpoint of an earlier run (its run directory, "
+                   "or JOB/TASK under --runs-dir)")
 @ssh_options
 @output_option
 @report_errors
-def run(spec: str, executor: str, runs_dir: str, output: str, **executor_kw: Any) -> None:
+def run(spec: str, executor: str, runs_dir: str, output: str, preempt_at: str | None, resume_from: str | None,
+        **executor_kw: Any) -> None:
     """Run SPEC as a multi-instance task on this machine (default), on SSH hosts, or on Azure Batch."""
     s = load_spec(spec)
+    times = parse_preempt_at(preempt_at)
     ex = executor_from_options(executor, executor_kw, runs_dir=runs_dir, progress=progress_printer())
+    if times or resume_from:
+        if not isinstance(ex, RehearsalExecutor):
+            raise SpecError("--preempt-at" if times else "--resume-from", f"the {executor} executor does not take it",
+                            "use it with --executor local or ssh")
+        ex.preempt_at = times
+        if resume_from:
+            ex.resume_from = resume_source(resume_from, runs_dir, s)
     _sigterm_as_interrupt()
     handle: TaskHandle | None = None
     try:

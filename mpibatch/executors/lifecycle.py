@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from .. import checkpoints, preemption
 from ..durations import human
-from ..launchers.protocol import NodeLayout
+from ..launchers.protocol import CHECKPOINT_STORE_VAR, WORKITEMS, NodeLayout
 from ..nodeenv import batch_env
 from ..plan import TaskPlan, plan_from_rendered
 from ..results import Failure, InstanceResult, TaskResult
@@ -81,6 +82,10 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+class _Preempted(Exception):
+    """Every node of the task was evicted (--preempt-at): the task goes back to the queue."""
+
+
 class _Failed(Exception):
     def __init__(self, failure: Failure, timed_out: bool = False):
         self.failure, self.timed_out = failure, timed_out
@@ -89,8 +94,11 @@ class _Failed(Exception):
 class Lifecycle:
     def __init__(self, plan: TaskPlan, transport: Transport, *, base_env: dict[str, str],
                  runs_dir: Path, progress: Progress | None = None, account: str = "local",
-                 release_timeout_s: float = RELEASE_TIMEOUT_S) -> None:
+                 release_timeout_s: float = RELEASE_TIMEOUT_S, preempt_at: tuple[int, ...] = (),
+                 checkpoint_env: dict[str, str] | None = None) -> None:
         self.plan, self.t = plan, transport
+        self.preempt_at, self.preempted = preempt_at, 0
+        self.checkpoint_env = checkpoint_env or {}  # where the nodes' checkpoint store is (empty: none)
         self.release_timeout_s = release_timeout_s
         self.base_env = base_env
         self.runs_dir = Path(runs_dir)
@@ -108,7 +116,7 @@ class Lifecycle:
         batch = batch_env(layout, hosts=hosts, index=node.index, node_id=node.node_id, pool_id=self.plan.pool_id,
                           account=self.account, task_dir=task_dir)
         # Batch's own variables last: nothing overrides them (the spec refuses AZ_BATCH_* names).
-        return {**self.base_env, **self.plan.environment, **batch}
+        return {**self.base_env, **self.plan.environment, **self.checkpoint_env, **batch}
 
     def _wait(self, procs: dict[int, Proc], phase: str, nodes: list[Node], watch: Sequence[Node] = (),
               limit: tuple[float, str] | None = None) -> dict[int, int]:
@@ -133,6 +141,9 @@ class Lifecycle:
                     if why:
                         raise _Failed(Failure(phase, f"instance {n.index} ({n.host}) was lost after "
                                               f"{time.monotonic() - self.t0:.1f}s: {why}", n.index))
+            if phase in ("coordination", "running") and preemption.due(self.preempt_at, self.preempted,
+                                                                       time.monotonic() - self.t0):
+                raise _Preempted
             if limit and time.monotonic() > limit[0] and len(codes) < len(procs):
                 raise _Failed(Failure("timeout", f"{limit[1]} exceeded during {phase}; every process was ended"),
                               timed_out=True)
@@ -159,16 +170,7 @@ class Lifecycle:
             try:
                 self._prepare_nodes(nodes, hosts, layouts, cache)
                 ran = nodes
-                for attempt in range(plan.max_retries + 1):
-                    result.attempts = attempt + 1
-                    try:
-                        self._attempt(nodes, hosts, layouts, cache, result)
-                        break
-                    except _Failed as f:
-                        self.t.end_processes()
-                        if f.timed_out or attempt == plan.max_retries:
-                            raise
-                        self._say("retrying", f"attempt {attempt + 2}/{plan.max_retries + 1}: {f.failure.reason}")
+                self._attempts(nodes, hosts, layouts, cache, result)
             except _Failed as f:
                 result.failure, result.timed_out = f.failure, f.timed_out
             except KeyboardInterrupt:
@@ -190,6 +192,37 @@ class Lifecycle:
         result.state = "completed" if result.exit_code is not None else "failed"
         result.elapsed_s = round(time.monotonic() - self.t0, 3)
         return result
+
+    def _attempts(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout], cache: Path,
+                  result: TaskResult) -> None:
+        """Attempts until one ends: a failure is retried up to max_retries times; a preemption requeues the
+        task on fresh nodes without counting as a retry (Batch's requeueCount, not retryCount)."""
+        retries = 0
+        while True:  # bounded: each pass uses up a retry or one of the finite preemption times
+            result.attempts = retries + 1
+            try:
+                self._attempt(nodes, hosts, layouts, cache, result)
+                return
+            except _Preempted:
+                self._evict(nodes, layouts)
+                result.requeues += 1
+                self._say("preempted", f"every node evicted after {time.monotonic() - self.t0:.1f}s; "
+                                       f"requeued ({result.requeues}) on fresh nodes")
+                self._prepare_nodes(nodes, hosts, layouts, cache)
+            except _Failed as f:
+                self.t.end_processes()
+                if f.timed_out or retries == self.plan.max_retries:
+                    raise
+                retries += 1
+                self._say("retrying", f"attempt {retries + 1}/{self.plan.max_retries + 1}: {f.failure.reason}")
+
+    def _evict(self, nodes: list[Node], layouts: list[NodeLayout]) -> None:
+        """As a VM is evicted: every process killed at once (no persist step), the node's directories gone."""
+        self.preempted += 1
+        self.t.end_processes()
+        for n, lay in zip(nodes, layouts):
+            batch_dirs = [lay.shared, lay.startup, f"{lay.root}/{WORKITEMS}"]
+            self.t.make_dirs(n, [lay.shared, lay.startup], clean=batch_dirs)
 
     def _start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str, stderr: str,
                phase: str) -> Proc:
@@ -318,6 +351,8 @@ class RehearsalExecutor(Executor):
     has ended and every instance's outputs are in `runs_dir`."""
 
     release_timeout_s: float = RELEASE_TIMEOUT_S  # an instance may lower it (tests do)
+    preempt_at: tuple[int, ...] = ()  # --preempt-at: seconds after the start when every node is evicted
+    resume_from: Path | None = None  # --resume-from: a checkpoint store whose newest complete generation starts it
 
     def __init__(self, *, runs_dir: str | Path = "mpibatch-runs", progress: Progress | None = None) -> None:
         self.runs_dir = Path(runs_dir)
@@ -333,8 +368,34 @@ class RehearsalExecutor(Executor):
         self.preflight(plan)
         check_runs_dir(self.runs_dir)  # an unusable runs dir is bad input: found before any node exists
         transport, base_env = self.transport_for(plan)
-        return Lifecycle(plan, transport, base_env=base_env, runs_dir=self.runs_dir, progress=self.progress,
-                         account=self.name, release_timeout_s=self.release_timeout_s).run()
+        store = self._open_checkpoints(plan)
+        store_env = {CHECKPOINT_STORE_VAR: str(store.resolve())} if store else {}
+        result = Lifecycle(plan, transport, base_env=base_env, runs_dir=self.runs_dir, progress=self.progress,
+                           account=self.name, release_timeout_s=self.release_timeout_s, preempt_at=self.preempt_at,
+                           checkpoint_env=store_env).run()
+        if store:
+            result.checkpoints_dir = str(checkpoints.close_store(store, result.output_dir))
+        return result
+
+    nodes_see_runs_dir = False  # True: the nodes reach this machine's runs directory at the same path
+
+    def _open_checkpoints(self, plan: TaskPlan) -> Path | None:
+        """The task's checkpoint store, seeded by --resume-from (None: the task has no checkpoints, or the
+        nodes cannot reach a store: then they start fresh every time, and the progress says so)."""
+        if plan.checkpoint is None:
+            return None
+        if not self.nodes_see_runs_dir:
+            log.warning("task.checkpoint: the %s executor has no checkpoint store; every attempt starts fresh",
+                        self.name)
+            return None
+        store = checkpoints.open_store(self.runs_dir, plan.job_id, plan.task_id)
+        if self.resume_from is not None:
+            g = checkpoints.seed(store, self.resume_from, plan.task_id, plan.instances, plan.checkpoint.from_)
+            (self.progress or (lambda p, d: None))(
+                "checkpoints", f"resuming from generation {g} of {self.resume_from}" if g is not None
+                else f"{self.resume_from} has no complete generation: the program starts fresh")
+        return store
+
 
     def preflight(self, plan: TaskPlan) -> None:
         """The executor's own checks of bad input, before anything (even the runs directory) is made."""

@@ -375,6 +375,7 @@ class LocalExecutor(RehearsalExecutor):
     """Runs a multi-instance task on this machine with Batch semantics."""
 
     name = "local"
+    nodes_see_runs_dir = True  # emulated nodes see this machine's files (their own node root aside)
 
     def __init__(self, base_env: dict[str, str] | None = None, runs_dir: str | Path = "mpibatch-runs",
                  keep_nodes: bool = False, progress: Progress | None = None,

@@ -1,0 +1,85 @@
+"""The rehearsals' checkpoint store (docs/checkpoints.md): a directory under the runs directory that stands in
+for the job's container, with the same names. While a task runs it is ``<runs>/<job>/<task>.checkpoints``; when
+the run is collected it moves into the run's directory as ``checkpoints/``. ``--resume-from`` seeds a new
+run's store with the newest complete generation of an earlier one."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from .errors import SpecError
+from .launchers import checkpoint, protocol
+from .spec import Spec
+
+log = logging.getLogger(__name__)
+STORE_DIR = "checkpoints"  # in a collected run's directory
+RUNNING_SUFFIX = ".checkpoints"  # <runs>/<job>/<task>.checkpoints while the task runs
+OPTION = "--resume-from"
+
+
+def running_store(runs_dir: Path, job_id: str, task_id: str) -> Path:
+    return Path(runs_dir) / job_id / f"{task_id}{RUNNING_SUFFIX}"
+
+
+def _tasks_in(store: Path) -> list[str]:
+    return sorted(p.name for p in store.iterdir() if (p / f"${protocol.TASK_INTERMEDIATE}").is_dir()) \
+        if store.is_dir() else []
+
+
+def resume_source(text: str, runs_dir: str | Path, spec: Spec) -> Path:
+    """The store `text` names: a run directory (its ``checkpoints/``), or JOB/TASK under the runs directory
+    (its newest run, else the store of a run that never finished). Bad input when it holds no checkpoint."""
+    given = Path(text)
+    candidates = [given / STORE_DIR, given]
+    if "/" in text.strip("/") and text.count("/") == 1 and not given.exists():
+        job, task = text.split("/")
+        candidates = [Path(runs_dir) / job / f"{task}.latest" / STORE_DIR, running_store(Path(runs_dir), job, task)]
+    for store in candidates:
+        if _tasks_in(store):
+            if len(_tasks_in(store)) > 1:
+                raise SpecError(OPTION, f"{store} holds checkpoints of several tasks: {', '.join(_tasks_in(store))}",
+                                "name the run directory of one task")
+            return store
+    raise SpecError(OPTION, f"no checkpoints in {text}", "give a run directory (mpibatch-runs/JOB/TASK.N) or JOB/TASK "
+                    f"of a run whose spec has task.checkpoint (looked in {', '.join(map(str, candidates))})")
+
+
+def seed(store: Path, source: Path, task_id: str, instances: int, from_: str) -> int | None:
+    """Copy the newest complete generation of `source` into `store` under `task_id`, verified, manifests
+    last. Returns its number, None when `source` has no complete one."""
+    src_task = _tasks_in(source)[0]
+    src, dest = checkpoint.DirStore(str(source)), checkpoint.DirStore(str(store))
+    complete, _ = checkpoint.complete_generations(src, src_task, instances)
+    g = checkpoint.restorable(complete, instances, from_)
+    if g is None:
+        return None
+    for i in range(instances) if from_ == "all" else (0,):
+        manifest = checkpoint.Manifest.from_json(src.read(checkpoint.manifest_name(src_task, i, g)))
+        for rel, info in sorted(manifest.files.items()):
+            target = store / checkpoint.generation_prefix(task_id, i, g) / rel
+            src.get(f"{checkpoint.generation_prefix(src_task, i, g)}/{rel}", str(target),
+                    int(info["size"]), str(info["md5"]))
+        dest.put_bytes(checkpoint.manifest_name(task_id, i, g), manifest.to_json().encode())
+    return g
+
+
+def open_store(runs_dir: Path, job_id: str, task_id: str) -> Path:
+    """An empty store for a new run (a dead run's store, never collected, moves aside as .old)."""
+    store = running_store(runs_dir, job_id, task_id)
+    if store.exists():
+        old = store.with_name(store.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        store.rename(old)
+        log.warning("the checkpoints of an earlier run that never finished are now in %s", old)
+    store.mkdir(parents=True)
+    return store
+
+
+def close_store(store: Path, output_dir: str | None) -> Path:
+    """Into the collected run's directory (where --resume-from RUNDIR finds it); returns where it is."""
+    if output_dir and Path(output_dir).is_dir():
+        target = Path(output_dir) / STORE_DIR
+        store.rename(target)
+        return target
+    return store

@@ -1,0 +1,194 @@
+"""Checkpoints (docs/checkpoints.md): the generation rules, the manifest, the spec field and --preempt-at, and a
+rehearsal preempted twice that restores its newest complete generation each time."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mpibatch.launchers import checkpoint as ck
+from mpibatch.launchers import protocol
+
+from mpibatch.cli import main as cli
+from mpibatch.errors import SpecError, SpecErrors
+from mpibatch.preemption import due, parse_preempt_at
+from mpibatch.spec import load_spec, parse_spec
+from tests.infra.fixtures import mpi_env
+
+DATA = Path(__file__).parent / "data" / "checkpoint"
+TASK = "t"
+
+
+def names(index: int, complete: list[int], partial: list[int] = ()) -> list[str]:
+    out = []
+    for g in [*complete, *partial]:
+        out.append(f"{ck.generation_prefix(TASK, index, g)}/restart.1")
+    out += [ck.manifest_name(TASK, index, g) for g in complete]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the rules
+def test_names_put_generations_under_task_intermediate() -> None:
+    assert ck.generation_prefix("sim", 2, 7) == "sim/$TaskIntermediate/2/checkpoint/000007"
+    assert ck.manifest_name("sim", 0, 12) == "sim/$TaskIntermediate/0/checkpoint/000012.json"
+
+
+def test_scan_counts_a_generation_complete_only_with_its_manifest() -> None:
+    listing = names(0, [1, 2], partial=[3]) + names(1, [1])
+    assert ck.scan(listing, TASK, 0) == ({1, 2, 3}, {1, 2})
+    assert ck.scan(listing, TASK, 1) == ({1}, {1})
+    # A file that merely ends in .json inside a generation is a file, not a manifest.
+    inner = [f"{ck.generation_prefix(TASK, 0, 4)}/state.json"]
+    assert ck.scan(inner, TASK, 0) == ({4}, set())
+
+
+def test_restorable_primary_takes_its_newest_complete_all_takes_the_newest_every_instance_completed() -> None:
+    complete = {0: {1, 2, 3}, 1: {1, 2}, 2: {2, 3}}
+    assert ck.restorable(complete, 3, "primary") == 3
+    assert ck.restorable(complete, 3, "all") == 2
+    assert ck.restorable({0: {1}, 1: set()}, 2, "all") is None
+    assert ck.restorable({}, 1, "primary") is None
+
+
+def test_pruning_keeps_the_newest_complete_and_anything_newer() -> None:
+    assert ck.to_prune({1, 2, 3, 4, 5}, {1, 2, 4}, keep=2) == {1}
+    assert ck.to_prune({1, 2, 3, 4, 5}, {1, 2, 4}, keep=1) == {1, 2, 3}
+    assert ck.to_prune({1}, set(), keep=2) == set()  # nothing complete yet: nothing goes
+
+
+def test_next_generation_follows_every_instance() -> None:
+    assert ck.next_generation([]) == 1
+    assert ck.next_generation({3, 5, 4}) == 6
+
+
+def test_a_file_is_saved_only_when_unchanged_for_an_interval_and_new() -> None:
+    a = (("restart.1", 10, 100),)
+    b = (("restart.1", 12, 200),)
+    assert not ck.should_save(None, a, None)  # first look: not yet quiet for an interval
+    assert ck.should_save(a, a, None)
+    assert not ck.should_save(a, b, None)  # still changing
+    assert not ck.should_save(a, a, a)  # already saved (or restored)
+    assert not ck.should_save((), (), None)  # nothing to save
+
+
+def test_manifest_round_trips_and_is_read_strictly() -> None:
+    m = protocol.CheckpointManifest(generation=3, index=1, node_id="n", saved_at="now",
+                                    files={"restart.1": {"size": 4, "md5": "x"}})
+    assert protocol.CheckpointManifest.from_json(m.to_json()) == m
+    data = json.loads(m.to_json())
+    for bad in ({**data, "schema": 2}, {**data, "generation": "3"}, {**data, "files": {"a": {"size": 1}}}):
+        with pytest.raises(protocol.RecordError):
+            protocol.CheckpointManifest.from_json(json.dumps(bad))
+
+
+def test_saver_and_restore_through_a_store(tmp_path: Path) -> None:
+    wd, store, wd2 = tmp_path / "wd", ck.DirStore(str(tmp_path / "store")), tmp_path / "wd2"
+    wd.mkdir(), wd2.mkdir()
+    saver = ck.Saver(store, TASK, 0, 1, str(wd), "restart.*", keep=2, node_id="node-0")
+    assert ck.restore(store, TASK, 0, 1, "primary", str(wd2))[0] is None
+    for n in range(4):
+        (wd / "restart.dat").write_bytes(bytes([n]) * 1000)
+        assert saver.look() is None  # first seen: not yet quiet
+        assert saver.look() == n + 1
+        assert saver.look() is None  # unchanged: not saved twice
+    _, complete = ck.scan(store.names(TASK), TASK, 0)
+    assert complete == {3, 4}  # keep: 2
+    # A generation cut short (a node died while copying, no manifest) is never restored.
+    store.put_bytes(f"{ck.generation_prefix(TASK, 0, 5)}/restart.dat", b"half")
+    g, line = ck.restore(store, TASK, 0, 1, "primary", str(wd2))
+    assert g == 4 and "generation 4" in line
+    assert (wd2 / "restart.dat").read_bytes() == bytes([3]) * 1000
+    # A stored file that no longer matches its manifest is refused, never put in place.
+    (tmp_path / "store" / ck.generation_prefix(TASK, 0, 4) / "restart.dat").write_bytes(b"x" * 1000)
+    (wd2 / "restart.dat").unlink()
+    with pytest.raises(OSError):
+        ck.restore(store, TASK, 0, 1, "primary", str(wd2))
+    assert not (wd2 / "restart.dat").exists()
+
+
+# ------------------------------------------------------------------------------------------- spec and options
+SPEC = {"job": {"id": "j"}, "task": {"id": "t", "mpi": {"flavor": "mpich"}, "command": ["a"]}}
+
+
+def with_checkpoint(value: object) -> dict:
+    return {**SPEC, "task": {**SPEC["task"], "checkpoint": value}}
+
+
+def test_spec_checkpoint_defaults_and_every_field_checked() -> None:
+    c = parse_spec(with_checkpoint({"pattern": "restart.*"}), Path(".")).task.checkpoint
+    assert (c.pattern, c.from_, c.every, c.keep) == ("restart.*", "primary", 600, 2)
+    given = {"pattern": "ck/**", "from": "all", "every": "1s", "keep": 5}
+    c = parse_spec(with_checkpoint(given), Path(".")).task.checkpoint
+    assert (c.from_, c.every, c.keep) == ("all", 1, 5)
+    with pytest.raises(SpecErrors) as e:
+        parse_spec(with_checkpoint({"pattern": "../x", "from": "both", "every": "0s", "keep": 0}), Path("."))
+    fields = sorted(err.field for err in e.value.errors)
+    assert fields == ["task.checkpoint.every", "task.checkpoint.from", "task.checkpoint.keep",
+                      "task.checkpoint.pattern"]
+    with pytest.raises(SpecError, match="task.checkpoint.evry.*did you mean 'every'"):
+        parse_spec(with_checkpoint({"pattern": "a", "evry": "1m"}), Path("."))
+    with pytest.raises(SpecError, match="task.checkpoint.pattern: is missing"):
+        parse_spec(with_checkpoint({"every": "1m"}), Path("."))
+
+
+def test_render_passes_the_checkpoint_to_the_nodes() -> None:
+    out = CliRunner().invoke(cli, ["render", str(DATA / "spec.yaml"), "-o", "json"])
+    assert out.exit_code == 0, out.output
+    line = json.loads(out.output)["task"]["commandLine"]
+    assert "checkpoint.py\" restore" in line and "--checkpoint-every 1" in line and "--checkpoint-keep 2" in line
+    assert line.index("checkpoint.py") < line.index("track.py") < line.index("counter.py")
+
+
+def test_preempt_at_parses_increasing_times_and_refuses_the_rest() -> None:
+    assert parse_preempt_at("30s,75s") == (30, 75)
+    assert parse_preempt_at(None) == ()
+    for bad in ("75s,30s", "0s", "soon", "30s,30s"):
+        with pytest.raises(SpecError):
+            parse_preempt_at(bad)
+    assert due((30, 75), 0, 30.0) and not due((30, 75), 1, 74.9) and not due((30,), 1, 999)
+
+
+def test_run_refuses_bad_preempt_at_before_anything_starts(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--preempt-at", "9s,3s",
+                                   "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 2 and "--preempt-at" in res.output and "increasing order" in res.output
+    assert not (tmp_path / "runs").exists()
+    res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--resume-from", str(tmp_path / "nothing"),
+                                   "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 2 and "no checkpoints in" in res.output
+
+
+# ------------------------------------------------------------------------------------------- a rehearsal
+@pytest.mark.mpi
+def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: Path) -> None:
+    from mpibatch.executors.local import LocalExecutor
+
+    phases: list[str] = []
+    ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs", progress=lambda p, d: phases.append(p))
+    ex.preempt_at = (6, 14)
+    result = ex.submit(load_spec(DATA / "spec.yaml")).result()
+    assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
+    assert (result.requeues, result.attempts) == (2, 1)  # requeued, not retried
+    assert phases.count("preempted") == 2
+    out = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
+    start, total, generation = int(out[1]), int(out[3]), out[5]
+    assert total == sum(6 + 4 * s for s in range(100))  # 4 ranks, 100 steps: the same as without preemption
+    assert start > 0 and generation != "-"  # the last attempt started from a checkpoint, not from scratch
+    assert f"restored checkpoint generation {generation}" in result.primary.stderr
+    # The store moved into the run's directory, with at most `keep` complete generations.
+    store = ck.DirStore(result.checkpoints_dir or "")
+    _, complete = ck.scan(store.names("counter"), "counter", 0)
+    assert 1 <= len(complete) <= 2 and int(generation) <= max(complete)
+    manifest = protocol.CheckpointManifest.from_json(store.read(ck.manifest_name("counter", 0, max(complete))))
+    assert list(manifest.files) == ["restart.json"]
+
+    # A new run resumes from that store: it starts where the last saved generation left off.
+    again = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs")
+    again.resume_from = Path(result.checkpoints_dir or "")
+    second = again.submit(load_spec(DATA / "spec.yaml")).result()
+    assert second.succeeded and second.requeues == 0
+    words = (Path(second.output_dir) / "0" / "result.txt").read_text().split()
+    newest = json.loads(store.read(f"{ck.generation_prefix('counter', 0, max(complete))}/restart.json"))
+    assert int(words[1]) == newest["step"]
+    assert int(words[3]) == total

@@ -33,6 +33,7 @@ except ImportError:  # as a script on the node: the modules are shipped beside i
 Manifest = protocol.CheckpointManifest
 Signature = tuple[tuple[str, int, int], ...]  # (path, size, mtime_ns) of every matching file, sorted
 SUFFIX = protocol.CHECKPOINT_MANIFEST_SUFFIX
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------- the rules (pure)
@@ -140,7 +141,8 @@ class DirStore:
         fileio.write_bytes(dest, data)
 
     def read(self, name: str) -> bytes:
-        return fileio.read_range(self._path(name), 0, 1024 * 1024)
+        """A manifest (a bounded read: a manifest of 100,000 files is under 16 MiB)."""
+        return fileio.read_range(self._path(name), 0, MAX_MANIFEST_BYTES)
 
     def get(self, name: str, dest: str, size: int, md5: str) -> None:
         """Copy a stored file to `dest`, verified: the size and MD5 its manifest gives."""

@@ -7,10 +7,15 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SpecError
 from .launchers import checkpoint, protocol
 from .spec import Spec
+
+if TYPE_CHECKING:
+    from .executors import Progress
+    from .plan import TaskPlan
 
 log = logging.getLogger(__name__)
 STORE_DIR = "checkpoints"  # in a collected run's directory
@@ -82,4 +87,16 @@ def close_store(store: Path, output_dir: str | None) -> Path:
         target = Path(output_dir) / STORE_DIR
         store.rename(target)
         return target
+    return store
+
+
+def open_run_store(runs_dir: Path, plan: TaskPlan, resume_from: Path | None, progress: Progress | None) -> Path:
+    """A run's store: empty, or seeded with the newest complete generation of `resume_from`."""
+    assert plan.checkpoint is not None
+    store = open_store(runs_dir, plan.job_id, plan.task_id)
+    if resume_from is not None:
+        g = seed(store, resume_from, plan.task_id, plan.instances, plan.checkpoint.from_)
+        (progress or (lambda phase, detail: None))(
+            "checkpoints", f"resuming from generation {g} of {resume_from}" if g is not None
+            else f"{resume_from} has no complete generation: the program starts fresh")
     return store

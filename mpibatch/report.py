@@ -12,6 +12,7 @@ def _cell(v: object) -> str:
 def format_result(r: TaskResult, stdout_lines: int = 20) -> str:
     head = (f"task {r.job_id}/{r.task_id} on {r.executor}: {r.state}, exit code {_cell(r.exit_code)}, "
             f"{r.elapsed_s:.1f}s, attempt{'s' if r.attempts != 1 else ''} {r.attempts}"
+            + (f", requeued {r.requeues}" if r.requeues else "")
             + (" (timed out)" if r.timed_out else ""))
     rows = [("inst", "role", "node", "host", "coord", "app", "files")]
     for i in r.instances:
@@ -34,6 +35,8 @@ def format_result(r: TaskResult, stdout_lines: int = 20) -> str:
         lines += ["", "primary stdout (tail):"] + [f"  {x}" for x in out]
     if r.output_dir:
         lines += ["", f"outputs and logs of every instance: {r.output_dir}/<instance>/"]
+    if r.checkpoints_dir:
+        lines += [f"checkpoints (resume with --resume-from): {r.checkpoints_dir}"]
     if r.nodes_dir:
         lines += [f"the nodes' files are kept (until you remove them): {r.nodes_dir}"]
     return "\n".join(lines)

@@ -36,6 +36,9 @@ def cross_checks(spec: Spec) -> None:
     if t.mpi.setup and t.mpi.setup.kind != "none" and spec.os == "windows":
         c.errors.append(SpecError("task.mpi.setup", "is for Linux nodes (environment modules or a script "
                                   "to source)", "drop it; install MS-MPI in the pool's start task"))
+    if spec.os == "windows" and t.checkpoint:
+        c.errors.append(SpecError("task.checkpoint", "is only supported on Linux nodes (the tracker and the restore "
+                                  "step are Linux node steps)", "drop it, or use a Linux flavour and pool"))
     if spec.os == "windows" and t.shared_dir != "none":
         c.errors.append(SpecError("task.shared_dir", f"{t.shared_dir} is only supported on Linux pools",
                                   "use shared_dir: none on Windows"))

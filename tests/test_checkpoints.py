@@ -3,9 +3,11 @@ rehearsal preempted twice that restores its newest complete generation each time
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from mpibatch.launchers import checkpoint as ck
 from mpibatch.launchers import protocol
@@ -13,8 +15,9 @@ from mpibatch.launchers import protocol
 from mpibatch.cli import main as cli
 from mpibatch.errors import SpecError, SpecErrors
 from mpibatch.preemption import due, parse_preempt_at
-from mpibatch.spec import load_spec, parse_spec
-from tests.infra.fixtures import mpi_env
+from mpibatch.spec import Spec, parse_spec
+from tests.infra.cluster import SshCluster
+from tests.infra.fixtures import VENVS, mpi_env, ssh_cluster_factory  # noqa: F401
 
 DATA = Path(__file__).parent / "data" / "checkpoint"
 TASK = "t"
@@ -86,7 +89,10 @@ def test_saver_and_restore_through_a_store(tmp_path: Path) -> None:
     wd, store, wd2 = tmp_path / "wd", ck.DirStore(str(tmp_path / "store")), tmp_path / "wd2"
     wd.mkdir(), wd2.mkdir()
     saver = ck.Saver(store, TASK, 0, 1, str(wd), "restart.*", keep=2, node_id="node-0")
-    assert ck.restore(store, TASK, 0, 1, "primary", str(wd2))[0] is None
+    assert ck.restore(store, TASK, 0, 1, "primary", str(wd2)) == (
+        None, "no complete checkpoint generation: the program starts fresh")
+    assert ck.export_lines(None) == "unset MPIBATCH_RESTART MPIBATCH_CHECKPOINT\n"
+    assert ck.export_lines(4) == "export MPIBATCH_RESTART=1\nexport MPIBATCH_CHECKPOINT=4\n"
     for n in range(4):
         (wd / "restart.dat").write_bytes(bytes([n]) * 1000)
         assert saver.look() is None  # first seen: not yet quiet
@@ -130,6 +136,10 @@ def test_spec_checkpoint_defaults_and_every_field_checked() -> None:
         parse_spec(with_checkpoint({"pattern": "a", "evry": "1m"}), Path("."))
     with pytest.raises(SpecError, match="task.checkpoint.pattern: is missing"):
         parse_spec(with_checkpoint({"every": "1m"}), Path("."))
+    windows = with_checkpoint({"pattern": "a"})
+    windows["task"]["mpi"] = {"flavor": "msmpi"}
+    with pytest.raises(SpecError, match="task.checkpoint: is only supported on Linux"):
+        parse_spec(windows, Path("."))
 
 
 def test_render_passes_the_checkpoint_to_the_nodes() -> None:
@@ -138,6 +148,8 @@ def test_render_passes_the_checkpoint_to_the_nodes() -> None:
     line = json.loads(out.output)["task"]["commandLine"]
     assert "checkpoint.py\" restore" in line and "--checkpoint-every 1" in line and "--checkpoint-keep 2" in line
     assert line.index("checkpoint.py") < line.index("track.py") < line.index("counter.py")
+    human = CliRunner().invoke(cli, ["render", str(DATA / "spec.yaml")]).output
+    assert "restart.json on the primary" in human and "every 1s" in human and "2 complete generations kept" in human
 
 
 def test_preempt_at_parses_increasing_times_and_refuses_the_rest() -> None:
@@ -157,23 +169,42 @@ def test_run_refuses_bad_preempt_at_before_anything_starts(tmp_path: Path) -> No
     res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--resume-from", str(tmp_path / "nothing"),
                                    "--runs-dir", str(tmp_path / "runs")])
     assert res.exit_code == 2 and "no checkpoints in" in res.output
+    res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--executor", "azure", "--preempt-at", "5s",
+                                   "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 2 and "the azure executor does not take it" in res.output
+    assert not (tmp_path / "runs").exists()
 
 
 # ------------------------------------------------------------------------------------------- a rehearsal
+STEPS = 200  # 0.1 s each, a checkpoint every 20 steps (2 s): a generation is saved every 2 s or so
+
+
+def counter_spec(*extra: str, **task: object) -> Spec:
+    data = yaml.safe_load((DATA / "spec.yaml").read_text())
+    data["task"]["command"][2] = str(STEPS)
+    data["task"]["command"] += list(extra)
+    data["task"].update(task)
+    return parse_spec(data, DATA)
+
+
+def expected_total() -> int:
+    return sum(6 + 4 * s for s in range(STEPS))  # 4 ranks add rank + step each step
+
+
 @pytest.mark.mpi
 def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: Path) -> None:
     from mpibatch.executors.local import LocalExecutor
 
     phases: list[str] = []
     ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs", progress=lambda p, d: phases.append(p))
-    ex.preempt_at = (6, 14)
-    result = ex.submit(load_spec(DATA / "spec.yaml")).result()
+    ex.preempt_at = (8, 18)
+    result = ex.submit(counter_spec()).result()
     assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
     assert (result.requeues, result.attempts) == (2, 1)  # requeued, not retried
     assert phases.count("preempted") == 2
     out = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
     start, total, generation = int(out[1]), int(out[3]), out[5]
-    assert total == sum(6 + 4 * s for s in range(100))  # 4 ranks, 100 steps: the same as without preemption
+    assert total == expected_total()  # the same as without preemption
     assert start > 0 and generation != "-"  # the last attempt started from a checkpoint, not from scratch
     assert f"restored checkpoint generation {generation}" in result.primary.stderr
     # The store moved into the run's directory, with at most `keep` complete generations.
@@ -186,9 +217,87 @@ def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: P
     # A new run resumes from that store: it starts where the last saved generation left off.
     again = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs")
     again.resume_from = Path(result.checkpoints_dir or "")
-    second = again.submit(load_spec(DATA / "spec.yaml")).result()
+    second = again.submit(counter_spec()).result()
     assert second.succeeded and second.requeues == 0
     words = (Path(second.output_dir) / "0" / "result.txt").read_text().split()
     newest = json.loads(store.read(f"{ck.generation_prefix('counter', 0, max(complete))}/restart.json"))
     assert int(words[1]) == newest["step"]
     assert int(words[3]) == total
+
+
+@pytest.mark.mpi
+def test_from_all_each_instance_gets_its_own_part_back(tmp_path: Path) -> None:
+    """from: all: every node's files make up a generation; each instance gets its own part back, and every
+    rank restores the same step."""
+    from mpibatch.executors.local import LocalExecutor
+
+    ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs")
+    ex.preempt_at = (8,)
+    spec = counter_spec("-1", "ranks", checkpoint={"pattern": "restart-*.json", "from": "all", "every": "1s",
+                                                   "keep": 2})
+    result = ex.submit(spec).result()
+    assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
+    assert result.requeues == 1
+    words = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
+    assert int(words[1]) > 0 and int(words[3]) == expected_total()
+    store = ck.DirStore(result.checkpoints_dir or "")
+    g = int(words[5])
+    for i, ranks in ((0, [0, 1]), (1, [2, 3])):  # 2 ranks per node: instance 1 holds ranks 2 and 3
+        # Each node's restore step (its stderr reaches the primary's through the launcher) put back 2 files.
+        assert f"mpibatch checkpoint [{i}]: restored checkpoint generation {g}: 2 files" in result.primary.stderr
+        _, complete = ck.scan(store.names("counter"), "counter", i)
+        newest = protocol.CheckpointManifest.from_json(store.read(ck.manifest_name("counter", i, max(complete))))
+        assert sorted(newest.files) == [f"restart-{r}.json" for r in ranks]
+
+
+@pytest.mark.mpi
+def test_a_retry_restores_the_newest_generation(tmp_path: Path) -> None:
+    """A crash (not a preemption) is retried by max_retries, and the retry starts from the checkpoint too."""
+    from mpibatch.executors.local import LocalExecutor
+
+    ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs")
+    result = ex.submit(counter_spec("70", max_retries=1)).result()
+    assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
+    assert (result.attempts, result.requeues) == (2, 0)
+    words = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
+    assert 0 < int(words[1]) <= 70 and int(words[3]) == expected_total()
+
+
+@pytest.mark.cluster
+def test_over_ssh_the_executor_pulls_generations_and_a_requeue_restores_one(
+        ssh_cluster_factory: Callable[..., SshCluster], tmp_path: Path) -> None:  # noqa: F811 (the fixture)
+    """SSH hosts do not see the runs directory: each node's tracker saves into its own node store, the executor
+    pulls complete generations from it while the program runs and pushes the newest back before each attempt."""
+    from mpibatch.executors.ssh import SshExecutor
+
+    c = ssh_cluster_factory(2)
+    ex = SshExecutor(c.hosts, user="root", key=str(c.client_key_path), runs_dir=str(tmp_path / "runs"),
+                     known_hosts=str(c.known_hosts_path), remote_path_prepend=[str(VENVS / "mpich" / "bin")])
+    ex.preempt_at = (12,)
+    result = ex.submit(counter_spec()).result()
+    assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
+    assert (result.requeues, result.attempts) == (1, 1)
+    words = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
+    assert int(words[1]) > 0 and int(words[3]) == expected_total()
+    assert f"restored checkpoint generation {words[5]}" in result.primary.stderr
+    _, complete = ck.scan(ck.DirStore(result.checkpoints_dir or "").names("counter"), "counter", 0)
+    assert 1 <= len(complete) <= 2
+    assert not c.wait_idle(timeout=10)
+
+
+@pytest.mark.mpi
+def test_cli_run_preempt_at_and_resume_from_job_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mpibatch run --preempt-at` shows the requeue in -o json; `--resume-from JOB/TASK` starts from that
+    task's newest run."""
+    monkeypatch.setenv("PATH", mpi_env("mpich")["PATH"])
+    runs = str(tmp_path / "runs")
+    res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--preempt-at", "7s", "--runs-dir", runs,
+                                   "-o", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert (out["requeues"], out["attempts"], out["succeeded"]) == (1, 1, True)
+    assert out["checkpoints_dir"].endswith("ckpt/counter/checkpoints")
+    res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--resume-from", "ckpt/counter", "--runs-dir", runs])
+    assert res.exit_code == 0, res.output
+    assert "resuming from generation" in res.output and "requeued" not in res.output
+    assert "checkpoints (resume with --resume-from):" in res.output and "ckpt/counter.2/checkpoints" in res.output

@@ -31,6 +31,10 @@ SHARED_NAMES = {
     ".mpibatch-rank": r"\.mpibatch-rank(?![\w.-])",
     "workitems": r"(?<![\w-])workitems(?![\w-])",
     "job-1": r"(?<![\w-])job-1(?![\w-])",
+    "MPIBATCH_RESTART": r"MPIBATCH_RESTART(?![\w])",
+    "MPIBATCH_CHECKPOINT": r"MPIBATCH_CHECKPOINT(?![\w])",
+    "MPIBATCH_CHECKPOINT_DIR": r"MPIBATCH_CHECKPOINT_DIR(?![\w])",
+    ".mpibatch-checkpoint.json": r"\.mpibatch-checkpoint\.json(?![\w.-])",
 }
 
 

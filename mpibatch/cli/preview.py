@@ -17,7 +17,7 @@ import click
 from .. import conventions, hostlist, poolcheck
 from ..durations import human, iso8601
 from ..errors import SpecError
-from ..launchers.protocol import TASK_LOG
+from ..launchers.protocol import CHECKPOINT_VAR, RESTART_VAR, TASK_INTERMEDIATE, TASK_LOG
 from ..mpi import get_flavor
 from ..mpi import names as flavor_names
 from ..redaction import redact, redact_url
@@ -181,6 +181,17 @@ def render_table(r: Rendered) -> str:
     lines += _rows(env_rows) if env_rows else [f"{_INDENT}(none)"]
     lines += ["", f"outputs (container {container}, Batch File Conventions names, instance 0 = primary):"]
     lines += _rows(_output_rows(r))
+    if t.checkpoint:
+        c = t.checkpoint
+        lines += ["", "checkpoints (docs/checkpoints.md):"]
+        lines += _rows([
+            ("files", f"{c.pattern} on {'every node' if c.from_ == 'all' else 'the primary'}, as "
+                      f"${TASK_INTERMEDIATE} outputs in generations"),
+            ("saved", f"every {human(c.every)} while the program runs, when unchanged for that long; "
+                      f"{c.keep} complete generations kept"),
+            ("restored", f"on every new attempt, before the program starts: {RESTART_VAR}=1, "
+                         f"{CHECKPOINT_VAR}=<generation>"),
+        ])
     lines += ["", "constraints:"]
     lines += _rows([
         ("max wall clock", f"{human(t.max_wall_clock)} ({iso8601(t.max_wall_clock)})" if t.max_wall_clock

@@ -28,6 +28,7 @@ from ..plan import TaskPlan, plan_from_rendered
 from ..results import Failure, InstanceResult, TaskResult
 from ..spec import FileRef, Spec
 from . import Executor, Progress, TaskHandle, leftovers, rendered
+from .checkpoint_sync import NodeStores
 from .collection import check_runs_dir, collect_instances
 from .resource_files import DownloadTimeout, FilesError, check_local_sources, download
 
@@ -95,10 +96,13 @@ class Lifecycle:
     def __init__(self, plan: TaskPlan, transport: Transport, *, base_env: dict[str, str],
                  runs_dir: Path, progress: Progress | None = None, account: str = "local",
                  release_timeout_s: float = RELEASE_TIMEOUT_S, preempt_at: tuple[int, ...] = (),
-                 checkpoint_env: dict[str, str] | None = None) -> None:
+                 checkpoint_env: dict[str, str] | None = None, checkpoint_sync: Path | None = None) -> None:
         self.plan, self.t = plan, transport
         self.preempt_at, self.preempted = preempt_at, 0
         self.checkpoint_env = checkpoint_env or {}  # where the nodes' checkpoint store is (empty: none)
+        # Nodes that do not see the run's store (SSH): the executor pulls their generations into it.
+        self.sync = NodeStores(transport, checkpoint_sync, plan.task_id, plan.instances, plan.checkpoint) \
+            if checkpoint_sync is not None and plan.checkpoint is not None else None
         self.release_timeout_s = release_timeout_s
         self.base_env = base_env
         self.runs_dir = Path(runs_dir)
@@ -116,7 +120,8 @@ class Lifecycle:
         batch = batch_env(layout, hosts=hosts, index=node.index, node_id=node.node_id, pool_id=self.plan.pool_id,
                           account=self.account, task_dir=task_dir)
         # Batch's own variables last: nothing overrides them (the spec refuses AZ_BATCH_* names).
-        return {**self.base_env, **self.plan.environment, **self.checkpoint_env, **batch}
+        store = self.sync.env(node) if self.sync else self.checkpoint_env
+        return {**self.base_env, **self.plan.environment, **store, **batch}
 
     def _wait(self, procs: dict[int, Proc], phase: str, nodes: list[Node], watch: Sequence[Node] = (),
               limit: tuple[float, str] | None = None) -> dict[int, int]:
@@ -144,6 +149,8 @@ class Lifecycle:
             if phase in ("coordination", "running") and preemption.due(self.preempt_at, self.preempted,
                                                                        time.monotonic() - self.t0):
                 raise _Preempted
+            if self.sync and phase == "running":
+                self.sync.pull(nodes)
             if limit and time.monotonic() > limit[0] and len(codes) < len(procs):
                 raise _Failed(Failure("timeout", f"{limit[1]} exceeded during {phase}; every process was ended"),
                               timed_out=True)
@@ -201,7 +208,11 @@ class Lifecycle:
         while True:  # bounded: each pass uses up a retry or one of the finite preemption times
             result.attempts = retries + 1
             try:
+                if self.sync:
+                    self.sync.push(nodes)
                 self._attempt(nodes, hosts, layouts, cache, result)
+                if self.sync:
+                    self.sync.pull(nodes, force=True)
                 return
             except _Preempted:
                 self._evict(nodes, layouts)
@@ -367,35 +378,21 @@ class RehearsalExecutor(Executor):
         check_local_sources(plan)  # before the transport exists: a bad source leaves nothing behind
         self.preflight(plan)
         check_runs_dir(self.runs_dir)  # an unusable runs dir is bad input: found before any node exists
+        store = checkpoints.open_run_store(self.runs_dir, plan, self.resume_from, self.progress) \
+            if plan.checkpoint else None
         transport, base_env = self.transport_for(plan)
-        store = self._open_checkpoints(plan)
-        store_env = {CHECKPOINT_STORE_VAR: str(store.resolve())} if store else {}
+        direct = store is not None and self.nodes_see_runs_dir
+        store_env = {CHECKPOINT_STORE_VAR: str(store.resolve())} if store and direct else {}
         result = Lifecycle(plan, transport, base_env=base_env, runs_dir=self.runs_dir, progress=self.progress,
                            account=self.name, release_timeout_s=self.release_timeout_s, preempt_at=self.preempt_at,
-                           checkpoint_env=store_env).run()
+                           checkpoint_env=store_env, checkpoint_sync=None if direct else store).run()
         if store:
             result.checkpoints_dir = str(checkpoints.close_store(store, result.output_dir))
         return result
 
-    nodes_see_runs_dir = False  # True: the nodes reach this machine's runs directory at the same path
-
-    def _open_checkpoints(self, plan: TaskPlan) -> Path | None:
-        """The task's checkpoint store, seeded by --resume-from (None: the task has no checkpoints, or the
-        nodes cannot reach a store: then they start fresh every time, and the progress says so)."""
-        if plan.checkpoint is None:
-            return None
-        if not self.nodes_see_runs_dir:
-            log.warning("task.checkpoint: the %s executor has no checkpoint store; every attempt starts fresh",
-                        self.name)
-            return None
-        store = checkpoints.open_store(self.runs_dir, plan.job_id, plan.task_id)
-        if self.resume_from is not None:
-            g = checkpoints.seed(store, self.resume_from, plan.task_id, plan.instances, plan.checkpoint.from_)
-            (self.progress or (lambda p, d: None))(
-                "checkpoints", f"resuming from generation {g} of {self.resume_from}" if g is not None
-                else f"{self.resume_from} has no complete generation: the program starts fresh")
-        return store
-
+    # True: the nodes reach this machine's runs directory at the same path and write the store directly;
+    # else the lifecycle pulls each node's own store into it (checkpoint_sync.py).
+    nodes_see_runs_dir = False
 
     def preflight(self, plan: TaskPlan) -> None:
         """The executor's own checks of bad input, before anything (even the runs directory) is made."""

@@ -92,6 +92,12 @@ def to_prune(present: set[int], complete: set[int], keep: int) -> set[int]:
     return {g for g in present if kept and g < kept[0]}
 
 
+def safe_rel(rel: str) -> bool:
+    """A manifest's path stays inside the working directory (and is never one of mpibatch's own files)."""
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and ".." not in parts and not protocol.is_node_file(parts[-1])
+
+
 def should_save(previous: Signature | None, current: Signature, saved: Signature | None) -> bool:
     """Save when the files are there, unchanged since the last look (a whole interval), and not the
     generation saved (or restored) last."""
@@ -230,7 +236,7 @@ def restore(store: DirStore, task: str, index: int, instances: int, from_: str, 
     if from_ == "all" or index == 0:
         manifest = Manifest.from_json(store.read(manifest_name(task, index, g)))
         for rel, info in sorted(manifest.files.items()):
-            if not protocol.is_node_file(os.path.basename(rel)) and ".." not in rel.split("/"):
+            if safe_rel(rel):
                 store.get(f"{generation_prefix(task, index, g)}/{rel}", os.path.join(wd, rel),
                           int(info["size"]), str(info["md5"]))
         return g, f"restored checkpoint generation {g}: {len(manifest.files)} files"

@@ -69,11 +69,15 @@ def seed(store: Path, source: Path, task_id: str, instances: int, from_: str) ->
     return g
 
 
+def moved_aside(store: Path) -> Path:
+    return store.with_name(store.name + ".old")
+
+
 def open_store(runs_dir: Path, job_id: str, task_id: str) -> Path:
     """An empty store for a new run (a dead run's store, never collected, moves aside as .old)."""
     store = running_store(runs_dir, job_id, task_id)
     if store.exists():
-        old = store.with_name(store.name + ".old")
+        old = moved_aside(store)
         shutil.rmtree(old, ignore_errors=True)
         store.rename(old)
         log.warning("the checkpoints of an earlier run that never finished are now in %s", old)
@@ -93,6 +97,9 @@ def close_store(store: Path, output_dir: str | None) -> Path:
 def open_run_store(runs_dir: Path, plan: TaskPlan, resume_from: Path | None, progress: Progress | None) -> Path:
     """A run's store: empty, or seeded with the newest complete generation of `resume_from`."""
     assert plan.checkpoint is not None
+    running = running_store(runs_dir, plan.job_id, plan.task_id)
+    if resume_from is not None and resume_from.resolve() == running.resolve():
+        resume_from = moved_aside(running)  # a dead run of this very task: open_store moves its store there
     store = open_store(runs_dir, plan.job_id, plan.task_id)
     if resume_from is not None:
         g = seed(store, resume_from, plan.task_id, plan.instances, plan.checkpoint.from_)

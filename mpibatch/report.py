@@ -35,6 +35,9 @@ def format_result(r: TaskResult, stdout_lines: int = 20) -> str:
         lines += ["", "primary stdout (tail):"] + [f"  {x}" for x in out]
     if r.output_dir:
         lines += ["", f"outputs and logs of every instance: {r.output_dir}/<instance>/"]
+    if r.restored:
+        lines += ["checkpoint generation restored by each attempt: "
+                  + ", ".join("none (started fresh)" if g is None else str(g) for g in r.restored)]
     if r.checkpoints_dir:
         lines += [f"checkpoints (resume with --resume-from): {r.checkpoints_dir}"]
     if r.nodes_dir:

@@ -45,6 +45,7 @@ class TaskResult:
     timed_out: bool = False
     attempts: int = 1  # retries + 1 (a requeue is not a retry)
     requeues: int = 0  # preempted and requeued (Batch's requeueCount)
+    restored: list[int | None] = field(default_factory=list)  # task.checkpoint: each attempt's generation (None: fresh)
     elapsed_s: float = 0.0
     output_dir: str | None = None
     instances: list[InstanceResult] = field(default_factory=list)

@@ -60,6 +60,11 @@ def test_pruning_keeps_the_newest_complete_and_anything_newer() -> None:
     assert ck.to_prune({1}, set(), keep=2) == set()  # nothing complete yet: nothing goes
 
 
+def test_a_manifest_path_never_leaves_the_working_directory() -> None:
+    assert ck.safe_rel("restart.1") and ck.safe_rel("ck/a/b.bin")
+    assert not any(ck.safe_rel(r) for r in ("", "/etc/passwd", "../x", "a/../../x", ".mpibatch-node.env"))
+
+
 def test_next_generation_follows_every_instance() -> None:
     assert ck.next_generation([]) == 1
     assert ck.next_generation({3, 5, 4}) == 6
@@ -207,6 +212,9 @@ def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: P
     assert total == expected_total()  # the same as without preemption
     assert start > 0 and generation != "-"  # the last attempt started from a checkpoint, not from scratch
     assert f"restored checkpoint generation {generation}" in result.primary.stderr
+    # Each attempt's generation, as the result reports it: the first started fresh, the later ones did not.
+    assert len(result.restored) == 3 and result.restored[0] is None and result.restored[2] == int(generation)
+    assert result.restored[1] is not None and result.restored[1] < result.restored[2]
     # The store moved into the run's directory, with at most `keep` complete generations.
     store = ck.DirStore(result.checkpoints_dir or "")
     _, complete = ck.scan(store.names("counter"), "counter", 0)
@@ -280,6 +288,7 @@ def test_over_ssh_the_executor_pulls_generations_and_a_requeue_restores_one(
     words = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
     assert int(words[1]) > 0 and int(words[3]) == expected_total()
     assert f"restored checkpoint generation {words[5]}" in result.primary.stderr
+    assert result.restored == [None, int(words[5])]  # pushed to the nodes before the second attempt
     _, complete = ck.scan(ck.DirStore(result.checkpoints_dir or "").names("counter"), "counter", 0)
     assert 1 <= len(complete) <= 2
     assert not c.wait_idle(timeout=10)
@@ -300,4 +309,31 @@ def test_cli_run_preempt_at_and_resume_from_job_task(tmp_path: Path, monkeypatch
     res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--resume-from", "ckpt/counter", "--runs-dir", runs])
     assert res.exit_code == 0, res.output
     assert "resuming from generation" in res.output and "requeued" not in res.output
+    assert "checkpoint generation restored by each attempt: " in res.output
     assert "checkpoints (resume with --resume-from):" in res.output and "ckpt/counter.2/checkpoints" in res.output
+
+
+def test_resume_from_a_run_that_never_finished(tmp_path: Path) -> None:
+    """A killed run leaves its store at <job>/<task>.checkpoints; --resume-from JOB/TASK finds it, and the new
+    run's store starts from its newest complete generation (the old one moves aside, nothing is lost)."""
+    from mpibatch.checkpoints import open_run_store, resume_source
+    from mpibatch.plan import plan_from_rendered
+    from mpibatch.render import render
+
+    spec = counter_spec()
+    runs = tmp_path / "runs"
+    dead = runs / "ckpt" / "counter.checkpoints"
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    saver = ck.Saver(ck.DirStore(str(dead)), "counter", 0, 2, str(wd), "restart.json", keep=2, node_id=None)
+    (wd / "restart.json").write_text('{"step": 40}')
+    assert saver.look() is None and saver.look() == 1
+    source = resume_source("ckpt/counter", runs, spec)
+    assert source == dead
+    seen: list[str] = []
+    store = open_run_store(runs, plan_from_rendered(render(spec)), source, lambda p, d: seen.append(d))
+    assert store == dead and seen == [f"resuming from generation 1 of {dead.with_name(dead.name + '.old')}"]
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    assert ck.restore(ck.DirStore(str(store)), "counter", 0, 2, "primary", str(restored))[0] == 1
+    assert (restored / "restart.json").read_text() == '{"step": 40}'

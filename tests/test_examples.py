@@ -168,8 +168,9 @@ def test_heat_simulation_preempted_twice_ends_with_the_same_plate(tmp_path: Path
 
     data = parse_yaml((HEAT / "spec.yaml").read_text(), "spec.yaml")
     assert data["task"]["checkpoint"]["pattern"] == "restart.bin"
-    # Slowed down (1 ms of sleep a step, a checkpoint every 250 steps: 1-3 s here) and looked at every second.
-    data["task"]["command"] = data["task"]["command"] + " 250 1000"
+    # Slowed down to at least 20 s (5 ms of sleep a step; a checkpoint every 400 steps, 2 s or more), looked at
+    # every second: both evictions fall within the run however fast this machine is, and each attempt saves.
+    data["task"]["command"] = data["task"]["command"] + " 400 5000"
     data["task"]["checkpoint"]["every"] = "1s"
     ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs")
     ex.preempt_at = (8, 18)

@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 NODE_STORE = f"{protocol.NODE_FILE_PREFIX}checkpoints"  # under the node's shared directory
 
 
+def newest_complete(store: Path, task_id: str, instances: int, checkpoint: Checkpoint) -> int | None:
+    """The generation the nodes' restore step will put back from `store` (the same rule)."""
+    complete, _ = ck.complete_generations(ck.DirStore(str(store)), task_id, instances)
+    return ck.restorable(complete, instances, checkpoint.from_)
+
+
 class NodeStores:
     def __init__(self, t: Transport, store: Path, task_id: str, instances: int, checkpoint: Checkpoint) -> None:
         self.t, self.store, self.task, self.instances, self.c = t, store, task_id, instances, checkpoint
@@ -49,8 +55,7 @@ class NodeStores:
         restore step decides from them) and the node's own files. Returns the generation."""
         for n in nodes:
             self.t.make_dirs(n, [self.node_dir(n)], clean=[self.node_dir(n)])
-        complete, _ = ck.complete_generations(self.client, self.task, self.instances)
-        g = ck.restorable(complete, self.instances, self.c.from_)
+        g = newest_complete(self.store, self.task, self.instances, self.c)
         if g is None:
             return None
         for i in self._parts():
@@ -96,6 +101,8 @@ class NodeStores:
                 gen = ck.generation_prefix(self.task, n.index, g)
                 self._collect(n, f"{gen}/**", Path(tmp))
                 for rel, info in manifest.files.items():  # verified against the manifest, then the manifest
+                    if not ck.safe_rel(rel):
+                        raise ValueError(f"generation {g} names {rel!r}, a path outside the working directory")
                     got.get(f"{gen}/{rel}", str(self.store / gen / rel), int(info["size"]), str(info["md5"]))
                 self.client.put_bytes(ck.manifest_name(self.task, n.index, g), manifest.to_json().encode())
         present, complete = ck.scan(self.client.names(self.task), self.task, n.index)

@@ -28,7 +28,7 @@ from ..plan import TaskPlan, plan_from_rendered
 from ..results import Failure, InstanceResult, TaskResult
 from ..spec import FileRef, Spec
 from . import Executor, Progress, TaskHandle, leftovers, rendered
-from .checkpoint_sync import NodeStores
+from .checkpoint_sync import NodeStores, newest_complete
 from .collection import check_runs_dir, collect_instances
 from .resource_files import DownloadTimeout, FilesError, check_local_sources, download
 
@@ -208,8 +208,7 @@ class Lifecycle:
         while True:  # bounded: each pass uses up a retry or one of the finite preemption times
             result.attempts = retries + 1
             try:
-                if self.sync:
-                    self.sync.push(nodes)
+                self._restoring(nodes, result)
                 self._attempt(nodes, hosts, layouts, cache, result)
                 if self.sync:
                     self.sync.pull(nodes, force=True)
@@ -226,6 +225,17 @@ class Lifecycle:
                     raise
                 retries += 1
                 self._say("retrying", f"attempt {retries + 1}/{self.plan.max_retries + 1}: {f.failure.reason}")
+
+    def _restoring(self, nodes: list[Node], result: TaskResult) -> None:
+        """Which generation this attempt restores (SSH nodes get it pushed first): said, and kept in the result."""
+        c, direct = self.plan.checkpoint, self.checkpoint_env.get(CHECKPOINT_STORE_VAR)
+        if c is None or not (self.sync or direct):
+            return
+        g = self.sync.push(nodes) if self.sync else newest_complete(Path(direct or ""), self.plan.task_id,
+                                                                     self.plan.instances, c)
+        result.restored.append(g)
+        self._say("checkpoints", f"attempt {len(result.restored)} restores generation {g}" if g is not None
+                  else f"attempt {len(result.restored)}: no complete generation, the program starts fresh")
 
     def _evict(self, nodes: list[Node], layouts: list[NodeLayout]) -> None:
         """As a VM is evicted: every process killed at once (no persist step), the node's directories gone."""

@@ -11,6 +11,7 @@ Goal: the work computed twice per preemption is at most one checkpoint interval 
 checkpoint interval is measured: the uninterrupted run's application time over the generations it saved.
 
     python benchmarks/checkpoint_preemption.py [--spec SPEC] [--flavor mpich] [--preempt-at 30%,65%]
+        [--args "400 5000"] [--every 1s]
 
 Times in `--preempt-at` are fractions of the uninterrupted run's application time (or seconds: `8s,16s`), so
 the preemptions fall inside the run whatever this machine's pace. Writes the '## checkpoint_preemption'
@@ -31,7 +32,8 @@ sys.path.insert(0, str(REPO))
 from mpibatch.launchers import checkpoint as ck  # noqa: E402
 
 from benchmarks._results import write_section  # noqa: E402
-from mpibatch.spec import Spec, load_spec  # noqa: E402
+from mpibatch.spec import Spec, parse_spec  # noqa: E402
+from mpibatch.spec_yaml import parse_yaml  # noqa: E402
 from tests.infra.fixtures import mpi_env  # noqa: E402
 
 DEFAULT_SPEC = REPO / "examples" / "heat-simulation" / "spec.yaml"
@@ -98,15 +100,22 @@ def run_once(spec: Spec, flavor: str, runs_dir: Path, variant: str, preempt_at: 
     wall = time.monotonic() - t0
     coord, app = phases(events, wall)
     generations, size = store_facts(result.checkpoints_dir, spec)
-    err = Path(result.output_dir or "") / "0" / "stderr.txt"
-    restored = err.is_file() and "restored checkpoint generation" in err.read_text(errors="replace")
-    # Only the last attempt's logs are collected: when it restored a generation, every requeued attempt is
-    # counted as restoring one (true when the first preemption comes after the first saved generation).
-    restores = result.requeues if restored else 0
+    restores = sum(1 for g in result.restored if g is not None)  # attempts that started from a generation
     failure = f"{result.failure.phase}: {result.failure.reason}" if result.failure else ""
     if failure:
         print(f"{variant}: FAILED in {failure}", file=sys.stderr)
     return Run(variant, result.requeues, result.succeeded, wall, app, coord, generations, size, restores, failure)
+
+
+def load(path: Path, extra: str, every: str) -> Spec:
+    """The spec, with `extra` appended to its shell command and the tracker's look interval set."""
+    data = parse_yaml(path.read_text(), str(path))
+    task = data.get("task") or {}
+    if extra and isinstance(task.get("command"), str):
+        task["command"] += " " + extra
+    if isinstance(task.get("checkpoint"), dict):
+        task["checkpoint"]["every"] = every
+    return parse_spec(data, path.resolve().parent)
 
 
 def parse_times(text: str, whole_app_s: float) -> tuple[int, ...]:
@@ -135,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     ap.add_argument("--flavor", default=None, help="the venv of .venvs/ the nodes start with (default: the spec's)")
     ap.add_argument("--preempt-at", default="30%,65%")
+    ap.add_argument("--args", default="400 5000", help="appended to the task's shell command (heat: a checkpoint "
+                    "every 400 steps, 5 ms a step, so the run lasts 20 s or more); '' for none")
+    ap.add_argument("--every", default="1s", help="task.checkpoint.every for this benchmark (the tracker's look)")
     ap.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
     args = ap.parse_args(argv)
-    spec = load_spec(args.spec)
+    spec = load(args.spec, args.args, args.every)
     if spec.task.checkpoint is None:
         print(f"{args.spec} has no task.checkpoint: nothing to compare", file=sys.stderr)
         return 2
@@ -155,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     interval = sum(whole.app_s) / whole.generations if whole.generations else float("inf")
     shown = args.spec.resolve().relative_to(REPO) if args.spec.resolve().is_relative_to(REPO) else args.spec
     lines = [
-        f"`python benchmarks/checkpoint_preemption.py --spec {shown} --preempt-at {args.preempt_at}` (local "
+        f"`python benchmarks/checkpoint_preemption.py --spec {shown} --preempt-at {args.preempt_at} --args "
+        f"'{args.args}' --every {args.every}` (local "
         f"executor, {spec.task.instances} nodes x {spec.task.mpi.processes_per_node} ranks, {flavor}, "
         "2-core machine shared with other work; one run "
         "each). Computed twice = the application's time over every attempt minus the uninterrupted run's; "

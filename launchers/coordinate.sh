@@ -5,7 +5,7 @@
 #   --shared-dir MODE   none | sshfs | nfs: share the primary's task shared dir with every node
 #   --link NAME         a common file (in the task shared dir) to link into the working directory
 #   --module NAME       activate the MPI runtime with `module load NAME` (repeatable), or
-#   --source SCRIPT     with `. SCRIPT ARG...` (--source-arg ARG, repeatable)
+#   --source SCRIPT     with `. SCRIPT ARG...` (--source-arg ARG, repeatable); relative: a common file
 #   --launcher PROG --expect TITLE --runtime TITLE=ERE...
 #                       `PROG --version` must match the ERE of TITLE, not that of another runtime
 #   --fabric F          sriov | networkdirect | tcp | none: sriov needs an active InfiniBand port here

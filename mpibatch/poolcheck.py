@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from . import rdma
 from .errors import SpecError
+from .launchers.protocol import RESTART_VAR
 from .mpi import FLAVORS, get_flavor
 from .spec import IMAGE_ALIASES, Image, Pool, Spec
 
@@ -303,7 +304,7 @@ def _spot_checkpoint(c: _Case) -> Iterator[Problem]:
         yield Problem("task.checkpoint", f"{c.name} has Spot/low-priority nodes and the task saves no "
                       "checkpoint: every preemption starts it again from its first step",
                       'add task.checkpoint: {pattern: "restart.*", every: 10m} naming the files your program '
-                      "writes to resume (it reads MPIBATCH_RESTART=1 on a restored attempt)", "warning")
+                      f"writes to resume (it reads {RESTART_VAR}=1 on a restored attempt)", "warning")
 
 
 # -- operating system ---------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_the_melt_runs_to_its_final_step_uninterrupted_then_preempted_once(tmp_p
     assert "Created 13500 atoms" in log and "Reading restart file" not in log  # a fresh crystal
     assert "1 by 2 by 3 MPI processor grid" in log  # 6 ranks
     out = primary_file(result, "stdout.txt")
-    assert f"checkpoint: restart.lj at step {every}\n" in out
+    assert f"checkpoint: restart.lj at step {every}, 13500 atoms\n" in out
     assert "MPIBATCH_RESTART=1" not in out and result.requeues == 0
 
     # Preempted past the middle of a run as long as that one (this machine's pace varies with its load),

@@ -183,7 +183,8 @@ def test_check_pool_rest_json_lists_errors_and_warnings(tmp_path):
         assert needle in out, needle
     assert "4 problem(s) (and 2 warning(s))" in out
     # errors before warnings
-    kinds = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and not line.strip().startswith("fix:")]
+    kinds = [line.split()[0] for line in out.splitlines()
+             if line.startswith("  ") and not line.strip().startswith("fix:")]
     assert kinds == ["error"] * 4 + ["warning"] * 2
 
 

@@ -5,7 +5,7 @@
 #   --shared-dir MODE   none | sshfs | nfs: share the primary's task shared dir with every node
 #   --link NAME         a common file (in the task shared dir) to link into the working directory
 #   --module NAME       activate the MPI runtime with `module load NAME` (repeatable), or
-#   --source SCRIPT     with `. SCRIPT ARG...` (--source-arg ARG, repeatable)
+#   --source SCRIPT     with `. SCRIPT ARG...` (--source-arg ARG, repeatable); relative: a common file
 #   --launcher PROG --expect TITLE --runtime TITLE=ERE...
 #                       `PROG --version` must match the ERE of TITLE, not that of another runtime
 #   --fabric F          sriov | networkdirect | tcp | none: sriov needs an active InfiniBand port here
@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     --shared-dir) shared_mode=$2; shift 2 ;;
     --link) links+=("$2"); shift 2 ;;
     --module) modules+=("$2"); shift 2 ;;
-    --source) source_script=$2; shift 2 ;;
+    --source) source_script=$2; shift 2 ;;  # relative: a common file, in the task shared dir
     --source-arg) source_args+=("$2"); shift 2 ;;
     --launcher) launcher=$2; shift 2 ;;
     --expect) expect=$2; shift 2 ;;
@@ -79,6 +79,7 @@ env_out="$work/node.env"
 
 # 2a. Activate the MPI runtime the way a login shell would make `module` available (a Batch task's
 #     shell is not a login shell), and keep what the activation changed.
+case "$source_script" in "" | /*) ;; *) source_script=$AZ_BATCH_TASK_SHARED_DIR/$source_script ;; esac
 if [ ${#modules[@]} -gt 0 ] || [ -n "$source_script" ]; then
   declare -A before=()
   while IFS= read -r -d '' kv; do before[${kv%%=*}]=${kv#*=}; done < <(env -0)

@@ -10,8 +10,8 @@ Why these rules (docs/batch-semantics.md#pool-rules, docs/mpi-launch-rules.md):
 
 * a pool without inter-node communication, or with more than one task slot per node, or with fewer nodes
   than the task's instances, never schedules the task: it stays *active* forever and Batch reports no error;
-* a Spot/low-priority node can be preempted at any moment; for a multi-instance task losing one node
-  fails the whole MPI run, which is requeued from the start;
+* a Spot/low-priority node can be preempted at any moment: the task is requeued and, without a
+  checkpoint, runs again from its start (what the Batch docs say is quoted in SPOT_DOCUMENTED);
 * RDMA settings on a size without InfiniBand make the MPI runtime fail at start; an RDMA size without the
   HPC image's drivers, or a runtime that cannot use the size's fabric (Open MPI / MPICH on NetworkDirect),
   runs over TCP at about ten times the latency.
@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from . import rdma
 from .errors import SpecError
+from .launchers.protocol import RESTART_VAR
 from .mpi import FLAVORS, get_flavor
 from .spec import IMAGE_ALIASES, Image, Pool, Spec
 
@@ -107,7 +108,7 @@ def _either(names: list[str]) -> str:
 def pool_from_spec(pool: Pool) -> PoolFacts:
     """The facts of a spec's `pool:` section (already validated by spec.py)."""
     return PoolFacts(source="spec", id=pool.id, vm_size=pool.vm_size, dedicated_nodes=pool.nodes,
-                     low_priority_nodes=pool.low_priority_nodes,
+                     low_priority_nodes=pool.spot_nodes,
                      inter_node_communication=pool.inter_node_communication,
                      task_slots_per_node=pool.task_slots_per_node, image=pool.image,
                      node_agent=pool.image.node_agent if pool.image else None)
@@ -278,16 +279,32 @@ def _node_count(c: _Case) -> Iterator[Problem]:
                       "fix the cause (quota, capacity) before the pool shrinks or is resized again", "warning")
 
 
+# What the Batch docs say about Spot / low-priority nodes, quoted by the rules below (the page dated 2023-04-11).
+SPOT_DOCS = "https://learn.microsoft.com/azure/batch/batch-spot-vms"
+SPOT_DOCUMENTED = (
+    f"the Batch docs ({SPOT_DOCS}) put no restriction on multi-instance tasks or inter-node communication "
+    "on Spot/low-priority nodes, but say long-running MPI jobs over several VMs aren't well suited to them: "
+    "one preempted VM can make the whole job run again; the interrupted task is requeued and the preempted "
+    "VM's local data is lost")
+
+
 def _spot(c: _Case) -> Iterator[Problem]:
     if c.pool.low_priority_nodes > 0:
         mixed = c.pool.dedicated_nodes not in (None, 0)
-        yield Problem(c.pool.field("low_priority_nodes", "targetLowPriorityNodes"),
+        yield Problem(c.pool.field("spot_nodes", "targetLowPriorityNodes"),
                       ("the pool mixes dedicated and Spot/low-priority nodes" if mixed else
-                       "the pool's nodes are Spot/low-priority") +
-                      ": any such node can be preempted, and for a multi-instance task losing one node fails the "
-                      "whole MPI run, which Batch requeues from the start; MPI runs want nodes that stay",
-                      "use dedicated nodes only (pool.low_priority_nodes: 0)" if not c.rest else
-                      "use a pool with dedicated nodes only (targetLowPriorityNodes: 0)", "warning")
+                       "the pool's nodes are Spot/low-priority") + f": {SPOT_DOCUMENTED}",
+                      "give the task a task.checkpoint so a requeued attempt restores it, or use dedicated nodes "
+                      + ("only (pool.spot_nodes: 0)" if not c.rest else "only (targetLowPriorityNodes: 0)"),
+                      "warning")
+
+
+def _spot_checkpoint(c: _Case) -> Iterator[Problem]:
+    if c.pool.low_priority_nodes > 0 and c.spec.task.checkpoint is None:
+        yield Problem("task.checkpoint", f"{c.name} has Spot/low-priority nodes and the task saves no "
+                      "checkpoint: every preemption starts it again from its first step",
+                      'add task.checkpoint: {pattern: "restart.*", every: 10m} naming the files your program '
+                      f"writes to resume (it reads {RESTART_VAR}=1 on a restored attempt)", "warning")
 
 
 # -- operating system ---------------------------------------------------------------------------
@@ -375,8 +392,8 @@ def _networkdirect(c: _Case) -> Iterator[Problem]:
 
 
 # Every pool-vs-task rule, in the order their problems are reported (errors before warnings).
-RULES: tuple[Rule, ...] = (_pool_named, _inter_node, _slots, _node_count, _spot, _os, _vm_size_differs, _rdma_settings,
-                           _rdma_unused, _drivers, _networkdirect)
+RULES: tuple[Rule, ...] = (_pool_named, _inter_node, _slots, _node_count, _spot, _spot_checkpoint, _os,
+                           _vm_size_differs, _rdma_settings, _rdma_unused, _drivers, _networkdirect)
 
 
 def check(spec: Spec, pool: PoolFacts) -> list[Problem]:
@@ -395,7 +412,7 @@ def summary(spec: Spec, pool: PoolFacts) -> str:
     if pool.vm_size:
         parts.append(f"{pool.vm_size} ({rdma.classify(pool.vm_size)})")
     if pool.nodes is not None:
-        lp = f" + {pool.low_priority_nodes} low-priority" if pool.low_priority_nodes else ""
+        lp = f" + {pool.low_priority_nodes} Spot/low-priority" if pool.low_priority_nodes else ""
         parts.append(f"{pool.dedicated_nodes} dedicated{lp} node(s)")
     parts.append("inter-node on" if pool.inter_node_communication else "inter-node OFF")
     parts.append(f"{pool.task_slots_per_node} slot/node")

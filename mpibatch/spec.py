@@ -9,6 +9,7 @@ and spec_yaml (the bounded YAML loader). Every public name of those is importabl
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -60,14 +61,14 @@ def _pool(value: Any) -> Pool | None:
     from . import rdma
 
     m = as_mapping(value, "pool")
-    keys = ("id", "vm_size", "nodes", "low_priority_nodes", "image", "inter_node_communication",
+    keys = ("id", "vm_size", "nodes", "spot_nodes", "low_priority_nodes", "image", "inter_node_communication",
             "task_slots_per_node")
     c = Collector()
     c.run(lambda: check_keys(m, keys, "pool"))
     pid = c.run(lambda: validate_id(m["id"], "pool.id")) if "id" in m else None
     vm = c.run(lambda: rdma.validate_vm_size(m["vm_size"], "pool.vm_size")) if "vm_size" in m else None
     nodes = c.run(lambda: as_int(m["nodes"], "pool.nodes", 0, 1000)) if "nodes" in m else None
-    low = c.run(lambda: as_int(m.get("low_priority_nodes", 0), "pool.low_priority_nodes", 0, 1000), 0)
+    low = c.run(lambda: _spot_nodes(m), 0)
     image = c.run(lambda: parse_image(m.get("image"), "pool.image"))
     inc = m.get("inter_node_communication", True)
     if not isinstance(inc, bool):
@@ -76,8 +77,18 @@ def _pool(value: Any) -> Pool | None:
         inc = True
     slots = c.run(lambda: as_int(m.get("task_slots_per_node", 1), "pool.task_slots_per_node", 1, 256), 1)
     c.raise_if_any()
-    return Pool(id=pid, vm_size=vm, nodes=nodes, low_priority_nodes=low, image=image,
+    return Pool(id=pid, vm_size=vm, nodes=nodes, spot_nodes=low, image=image,
                 inter_node_communication=inc, task_slots_per_node=slots)
+
+
+def _spot_nodes(m: Mapping[str, Any]) -> int:
+    """pool.spot_nodes: Spot nodes (low-priority ones on Batch-managed accounts; both are the REST API's
+    targetLowPriorityNodes). `low_priority_nodes` is its older name."""
+    if "spot_nodes" in m and "low_priority_nodes" in m:
+        raise SpecError("pool.spot_nodes", "is given together with pool.low_priority_nodes, its older name",
+                        "keep pool.spot_nodes only")
+    name = "low_priority_nodes" if "low_priority_nodes" in m else "spot_nodes"
+    return as_int(m.get(name, 0), f"pool.{name}", 0, 1000)
 
 
 def _mpi(value: Any) -> Mpi:

@@ -20,9 +20,9 @@ def cross_checks(spec: Spec) -> None:
     task; poolcheck.check judges any pool's facts (REST or spec) with its own fields and severities."""
     c = Collector()
     t, p = spec.task, spec.pool
-    if p and p.nodes is not None and t.instances > p.nodes + p.low_priority_nodes:
+    if p and p.nodes is not None and t.instances > p.nodes + p.spot_nodes:
         c.errors.append(SpecError("task.instances", f"{t.instances} instances but pool {p.id or ''} has "
-                                  f"{p.nodes + p.low_priority_nodes} nodes".replace("  ", " "),
+                                  f"{p.nodes + p.spot_nodes} nodes".replace("  ", " "),
                                   "lower task.instances or grow the pool: the task would never start"))
     if p and p.os:
         from .mpi import FLAVORS
@@ -44,6 +44,7 @@ def cross_checks(spec: Spec) -> None:
                                   "use shared_dir: none on Windows"))
     if spec.os == "windows":
         _check_cmd_words(spec, c)
+    _check_setup_source(spec, c)
     for i, ref in enumerate(t.common_files):
         if ref.path.split("/")[0].lower() == "mpibatch":
             c.errors.append(SpecError(f"task.common_files[{i}].path", f"{shown(ref.path)} is inside mpibatch/, where "
@@ -53,6 +54,21 @@ def cross_checks(spec: Spec) -> None:
         c.errors.append(SpecError("job.pool", f"{shown(spec.job.pool)} differs from pool.id {shown(p.id)}",
                                   "make them the same or drop one"))
     c.raise_if_any()
+
+
+def _check_setup_source(spec: Spec, c: Collector) -> None:
+    """A relative `task.mpi.setup.source` is a common file: it lands in $AZ_BATCH_TASK_SHARED_DIR on every
+    node, where the coordination step sources it. Any other relative path names nothing on the node."""
+    setup = spec.task.mpi.setup
+    if not setup or setup.kind != "source" or setup.words[0].startswith("/"):
+        return
+    script = setup.words[0]
+    if script not in {ref.path for ref in spec.task.common_files}:
+        c.errors.append(SpecError("task.mpi.setup.source", f"{script!r} is a relative path and no common file "
+                                  "of the task has it: the script is on the node, where no working directory is "
+                                  "shared", "give its absolute path on the node, e.g. "
+                                  "/opt/intel/oneapi/mpi/latest/env/vars.sh, or ship it in task.common_files "
+                                  f"with path: {script}"))
 
 
 def _nbytes(text: str) -> int:

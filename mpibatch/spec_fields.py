@@ -275,7 +275,8 @@ def parse_image(value: Any, where: str) -> Image | None:
 
 
 def parse_setup(value: Any, where: str) -> Setup | None:
-    """task.mpi.setup: {module: mpi/impi-2021}, {source: /opt/x/vars.sh [args]}, none, or absent."""
+    """task.mpi.setup: {module: mpi/impi-2021}, {source: /opt/x/vars.sh [args]}, none, or absent. A relative
+    source is one of the task's common files (spec_checks: it must be listed there)."""
     if value is None:
         return None
     if isinstance(value, str) and value.strip().lower() == "none":
@@ -295,10 +296,6 @@ def parse_setup(value: Any, where: str) -> Setup | None:
         if not SETUP_WORD_RE.fullmatch(w):
             raise SpecError(field_, f"{w!r} would need quoting on the node's command line",
                             "use names and paths of letters, digits and . _ / + : , = @ % - only")
-    if kind == "source" and not words[0].startswith("/"):
-        raise SpecError(field_, f"{words[0]!r} is a relative path; the script is on the node, where no "
-                        "working directory is shared", "give its absolute path on the node, e.g. "
-                        "/opt/intel/oneapi/mpi/latest/env/vars.sh")
     if kind == "module" and any(w.startswith("-") for w in words):
         raise SpecError(field_, "holds an option, not a module name", "give module names only")
     return Setup(kind, words)

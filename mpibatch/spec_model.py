@@ -108,7 +108,7 @@ class Pool:
     id: str | None = None
     vm_size: str | None = None
     nodes: int | None = None
-    low_priority_nodes: int = 0
+    spot_nodes: int = 0  # Spot (low-priority on Batch-managed accounts): targetLowPriorityNodes
     image: Image | None = None
     inter_node_communication: bool = True
     task_slots_per_node: int = 1

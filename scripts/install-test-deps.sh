@@ -16,7 +16,8 @@ cd "$REPO_ROOT"
 PYTHON="${PYTHON:-python3}"
 AZURITE_VERSION="3.35.0" # newer releases need Node 22; Debian 12 / NodeSource 20 here
 APT_PACKAGES=(openssh-server openssh-client sshfs fuse3 shellcheck iproute2 procps python3-venv npm nodejs
-    environment-modules) # environment-modules: rehearsal nodes activate MPI runtimes with `module load`
+    environment-modules # environment-modules: rehearsal nodes activate MPI runtimes with `module load`
+    lammps) # lammps: examples/lammps-restart (Debian's build, with Debian's Open MPI)
 MAIN_EXTRAS="test,plot,mpich"
 # One MPI runtime per venv: two runtime wheels in one venv silently overwrite each other's files.
 declare -A MPI_VENVS=(

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from mpibatch.render import NODE_FILES
+from mpibatch.spec import load_spec
 from tests.infra.batch_emulator import BatchEmulator
 from tests.infra.fixtures import Azurite, mpi_env, require
 from tests.infra.signals import default_sigint
@@ -438,6 +439,26 @@ def test_pool_create_makes_an_mpi_pool_and_pool_check_accepts_it(
     assert p.returncode == 0 and "fit for MPI" in p.stdout, p.stdout + p.stderr
     p = run_cli(["pool", "create", str(spec)], env, store_only.key)
     assert p.returncode == 2 and "already exists" in p.stderr
+
+
+def test_a_pool_with_spot_nodes_asks_for_them_as_low_priority_nodes(tmp_path: Path) -> None:
+    # The body pool_create sends, built with the SDK's own models and serialised as the SDK sends it.
+    from mpibatch.executors.azure.pools import choose_image, pool_body, start_task
+
+    spec, _, _ = hello_spec(tmp_path)
+    data = yaml.safe_load(spec.read_text())
+    data["pool"] = {"id": "spot-pool", "vm_size": "Standard_D4s_v3", "nodes": 1, "spot_nodes": 2}
+    data["job"]["pool"] = "spot-pool"
+    spec.write_text(yaml.safe_dump(data))
+    s = load_spec(spec)
+    image = choose_image(s)
+    body = pool_body(s.pool, image, start_task(s, image, None)).as_dict()
+    assert (body["targetDedicatedNodes"], body["targetLowPriorityNodes"]) == (1, 2)
+    assert body["enableInterNodeCommunication"] is True and body["taskSlotsPerNode"] == 1
+    data["pool"].update(nodes=3, spot_nodes=0)
+    spec.write_text(yaml.safe_dump(data))
+    s = load_spec(spec)
+    assert "targetLowPriorityNodes" not in pool_body(s.pool, image, start_task(s, image, None)).as_dict()
 
 
 def test_windows_pool_needs_the_msmpi_installer_url(store_only: BatchEmulator, tmp_path: Path) -> None:

@@ -179,21 +179,23 @@ def test_check_pool_rest_json_lists_errors_and_warnings(tmp_path):
     assert res.exit_code == 2, res.output
     out = res.stdout
     for needle in ("pool.enableInterNodeCommunication", "pool.taskSlotsPerNode", "task.instances",
-                   "task.mpi.fabric", "warning  pool.targetLowPriorityNodes"):
+                   "task.mpi.fabric", "warning  pool.targetLowPriorityNodes", "warning  task.checkpoint"):
         assert needle in out, needle
-    assert "4 problem(s) (and 1 warning(s))" in out
+    assert "4 problem(s) (and 2 warning(s))" in out
     # errors before warnings
     kinds = [line.split()[0] for line in out.splitlines()
              if line.startswith("  ") and not line.strip().startswith("fix:")]
-    assert kinds == ["error"] * 4 + ["warning"]
+    assert kinds == ["error"] * 4 + ["warning"] * 2
 
 
 def test_check_pool_warnings_alone_exit_0(tmp_path):
-    spec = RDMA_SPEC.replace("nodes: 4", "nodes: 2\n  low_priority_nodes: 2")
+    spec = RDMA_SPEC.replace("nodes: 4", "nodes: 2\n  spot_nodes: 2")
     res = invoke("check-pool", write(tmp_path, spec))
     assert res.exit_code == 0, res.output
-    assert res.stdout.startswith("clean:") and "1 warning(s)" in res.stdout
-    assert "warning  pool.low_priority_nodes" in res.stdout
+    assert res.stdout.startswith("clean:") and "2 warning(s)" in res.stdout
+    assert "warning  pool.spot_nodes" in res.stdout and "https://learn.microsoft.com/azure/batch/batch-spot-vms" \
+        in res.stdout
+    assert "warning  task.checkpoint" in res.stdout
 
 
 def test_check_pool_json_output(tmp_path):

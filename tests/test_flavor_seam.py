@@ -106,6 +106,14 @@ def test_setup_none_turns_the_image_default_off(tmp_path):
     assert "--module" not in render_json(spec)["task"]["multiInstanceSettings"]["coordinationCommandLine"]
 
 
+def test_a_relative_setup_source_is_a_common_file(tmp_path):
+    (tmp_path / "use-system-mpi.sh").write_text("export PATH=/usr/bin:$PATH\n")
+    spec = write_spec(tmp_path, {"flavor": "openmpi", "setup": {"source": "use-system-mpi.sh"}},
+                      common_files=[{"source": "use-system-mpi.sh", "path": "use-system-mpi.sh"}])
+    coord = render_json(spec)["task"]["multiInstanceSettings"]["coordinationCommandLine"]
+    assert "--source use-system-mpi.sh" in coord  # coordinate.sh finds it in $AZ_BATCH_TASK_SHARED_DIR
+
+
 @pytest.mark.parametrize("setup, field, problem, fix", [
     ({"modules": "mpi/x"}, "task.mpi.setup.modules", "unknown key", "did you mean 'module'"),
     ({"module": "mpi/x", "source": "/a.sh"}, "task.mpi.setup", "exactly one of module or source", "{module:"),

@@ -10,7 +10,7 @@ import pytest
 
 from mpibatch import poolcheck
 from mpibatch.errors import SpecError
-from mpibatch.poolcheck import PoolFacts, Problem, check, pool_from_rest, pool_from_spec
+from mpibatch.poolcheck import SPOT_DOCS, PoolFacts, Problem, check, pool_from_rest, pool_from_spec
 from mpibatch.spec import IMAGE_ALIASES, parse_spec
 
 POOLS = Path(__file__).parent / "data" / "pools"
@@ -111,7 +111,7 @@ def test_pool_from_rest_rejects_what_is_not_a_pool(data, field):
 
 
 def test_pool_from_spec_keeps_the_section():
-    s = spec(pool=pool_spec(low_priority_nodes=1, task_slots_per_node=1))
+    s = spec(pool=pool_spec(spot_nodes=1, task_slots_per_node=1))
     f = pool_from_spec(s.pool)
     assert (f.source, f.id, f.dedicated_nodes, f.low_priority_nodes, f.nodes) == ("spec", "hbpool", 4, 1, 5)
     assert f.image == IMAGE_ALIASES["ubuntu-hpc"] and f.os == "linux"
@@ -128,10 +128,15 @@ RULES = [
     ("more instances than nodes", {"instances": 4}, {"dedicated_nodes": 3}, "task.instances", "error",
      ["4 instances", "3 node"], ["lower task.instances to 3", "at least 4"]),
     ("zero nodes", {}, {"dedicated_nodes": 0}, "pool.nodes", "error", ["0 nodes"], ["at least 4"]),
-    ("mixed dedicated and low-priority", {}, {"dedicated_nodes": 2, "low_priority_nodes": 2},
-     "pool.low_priority_nodes", "warning", ["mixes dedicated", "preempted", "requeues"], ["dedicated nodes only"]),
-    ("low-priority only", {}, {"dedicated_nodes": 0, "low_priority_nodes": 4},
-     "pool.low_priority_nodes", "warning", ["Spot/low-priority", "preempted"], ["dedicated"]),
+    ("mixed dedicated and Spot", {}, {"dedicated_nodes": 2, "low_priority_nodes": 2},
+     "pool.spot_nodes", "warning", ["mixes dedicated", "preempted", "requeued", SPOT_DOCS],
+     ["task.checkpoint", "dedicated nodes only (pool.spot_nodes: 0)"]),
+    ("Spot only", {}, {"dedicated_nodes": 0, "low_priority_nodes": 4},
+     "pool.spot_nodes", "warning", ["Spot/low-priority", "multi-instance tasks", "inter-node communication"],
+     ["dedicated"]),
+    ("Spot pool, task without a checkpoint", {}, {"dedicated_nodes": 0, "low_priority_nodes": 4},
+     "task.checkpoint", "warning", ["Spot/low-priority", "no checkpoint", "first step"],
+     ["task.checkpoint: {pattern:", "MPIBATCH_RESTART"]),
     ("sriov on non-RDMA size", {"fabric": "sriov"}, {"vm_size": "Standard_D16s_v5"}, "task.mpi.fabric", "error",
      ["sriov", "no InfiniBand"], ["fabric: auto or tcp"]),
     ("networkdirect on non-RDMA size", {"fabric": "networkdirect"}, {"vm_size": "Standard_F8s_v2"},
@@ -186,6 +191,7 @@ def test_errors_are_listed_before_warnings_and_all_reported_together():
         ("task.instances", "error"),
         ("task.mpi.fabric", "error"),
         ("pool.targetLowPriorityNodes", "warning"),
+        ("task.checkpoint", "warning"),
     }
     severities = [p.severity for p in problems]
     assert severities == sorted(severities, key=lambda x: x != "error")
@@ -236,6 +242,40 @@ def test_rest_spec_without_vm_size_on_an_rdma_pool_warns_that_no_fabric_settings
     problems = check(s, pool_from_rest(rest("hbv3_ubuntu_hpc.json")))
     p = only(problems, "task.mpi.fabric")
     assert p.severity == "warning" and "no fabric" in p.message and "pool.vm_size: Standard_hb120rs_v3" in p.fix
+
+
+def spot_spec(checkpoint: dict | None = None):
+    data = {"job": {"id": "j1"}, "task": {"id": "t1", "instances": 2, "command": ["app"], "mpi": "openmpi"},
+            "pool": {"id": "spotpool", "vm_size": "Standard_D4s_v3", "nodes": 0, "spot_nodes": 2}}
+    if checkpoint is not None:
+        data["task"]["checkpoint"] = checkpoint
+    return parse_spec(data)
+
+
+def test_a_spot_pool_states_the_documented_facts_and_a_checkpoint_silences_only_its_own_warning():
+    bare = check(spot_spec(), pool_from_spec(spot_spec().pool))
+    assert [(p.field, p.severity) for p in bare] == [("pool.spot_nodes", "warning"), ("task.checkpoint", "warning")]
+    assert SPOT_DOCS == "https://learn.microsoft.com/azure/batch/batch-spot-vms" and SPOT_DOCS in bare[0].message
+    assert "aren't well suited" in bare[0].message and "local data is lost" in bare[0].message
+    saved = spot_spec({"pattern": "restart.*", "every": "1m"})
+    assert saved.task.checkpoint is not None
+    assert [p.field for p in check(saved, pool_from_spec(saved.pool))] == ["pool.spot_nodes"]
+
+
+def test_no_spot_nodes_no_spot_warning_even_without_a_checkpoint():
+    s = spot_spec()
+    dedicated = replace(pool_from_spec(s.pool), dedicated_nodes=2, low_priority_nodes=0)
+    assert [p.field for p in check(s, dedicated)] == []
+
+
+def test_a_rest_pool_with_low_priority_nodes_names_its_rest_property():
+    s = spec(instances=2, pool=pool_spec(id="generalpool", nodes=2), job_pool="generalpool")
+    facts = replace(pool_from_rest(rest("d4_general_purpose.json")), inter_node_communication=True,
+                    task_slots_per_node=1)
+    problems = check(s, facts)
+    spot = only(problems, "pool.targetLowPriorityNodes")
+    assert spot.severity == "warning" and "targetLowPriorityNodes: 0" in spot.fix
+    assert only(problems, "task.checkpoint").severity == "warning"
 
 
 def test_rest_vm_size_differs_from_spec():

@@ -141,6 +141,7 @@ POOL = {"id": "hbpool", "vm_size": "Standard_HB120rs_v3", "nodes": 4, "image": "
 @pytest.mark.parametrize("pool, instances, words", [
     ({**POOL, "nodes": 3}, 4, ["4 instances", "3 nodes"]),
     ({**POOL, "nodes": 0}, 1, ["1 instances", "0 nodes"]),
+    ({**POOL, "nodes": 2, "spot_nodes": 1}, 4, ["4 instances", "3 nodes"]),
     ({**POOL, "nodes": 2, "low_priority_nodes": 1}, 4, ["4 instances", "3 nodes"]),
 ])
 def test_instances_above_pool_nodes(pool, instances, words):
@@ -154,8 +155,13 @@ def test_instances_above_pool_nodes(pool, instances, words):
 def test_instances_equal_to_pool_nodes_is_fine():
     assert parse_spec(make(data=make("pool", POOL), path="task.instances", value=4)).task.instances == 4
     # dedicated + low-priority together
+    data = make(data=make("pool", {**POOL, "nodes": 2, "spot_nodes": 2}), path="task.instances", value=4)
+    assert parse_spec(data).pool.spot_nodes == 2
+    # low_priority_nodes, the older name, means the same; both at once is refused
     data = make(data=make("pool", {**POOL, "nodes": 2, "low_priority_nodes": 2}), path="task.instances", value=4)
-    assert parse_spec(data).pool.low_priority_nodes == 2
+    assert parse_spec(data).pool.spot_nodes == 2
+    e = one_error(make(data=make("pool", {**POOL, "spot_nodes": 1, "low_priority_nodes": 1})))
+    assert e.field == "pool.spot_nodes" and "older name" in e.problem and "spot_nodes only" in e.fix
 
 
 def test_msmpi_on_a_linux_pool():

@@ -80,7 +80,6 @@ def pool_check(batch: Batch, pool_id: str, spec: Spec | None = None
 
 def pool_create(batch: Batch, spec: Spec, say: Say, *, msmpi_installer_url: str | None = None) -> dict[str, Any]:
     """Create a pool fit for MPI from the spec's `pool:` section; returns the REST body sent."""
-    from azure.batch import models as bm
     from azure.core.exceptions import ResourceExistsError
 
     p = spec.pool
@@ -89,26 +88,33 @@ def pool_create(batch: Batch, spec: Spec, say: Say, *, msmpi_installer_url: str 
     missing = [n for n, v in (("pool.vm_size", p.vm_size), ("pool.nodes", p.nodes)) if v is None]
     if missing:
         raise SpecError(missing[0], "is missing", "give vm_size (e.g. Standard_HB120rs_v3) and nodes")
-    pool_id, vm_size = p.id, p.vm_size
-    assert vm_size is not None  # checked above (mypy does not follow the list)
     image = p.image or choose_image(spec)
     p = replace(p, image=image, inter_node_communication=True, task_slots_per_node=1)
     spec = replace(spec, pool=p)
     raise_errors(poolcheck.check(spec, poolcheck.pool_from_spec(p)), say)
-    start = start_task(spec, image, msmpi_installer_url)
-    body = bm.BatchPoolCreateOptions(
-        id=pool_id, vm_size=vm_size, virtual_machine_configuration=image_reference(image),
-        target_dedicated_nodes=p.nodes, target_low_priority_nodes=p.low_priority_nodes or None,
-        enable_inter_node_communication=True, task_slots_per_node=1, start_task=start,
-        task_scheduling_policy=bm.BatchTaskSchedulingPolicy(node_fill_type=bm.BatchNodeFillType.SPREAD))
+    body = pool_body(p, image, start_task(spec, image, msmpi_installer_url))
     try:
         batch.call(f"creating pool {p.id}", batch.client.create_pool, body)
     except ResourceExistsError:
         raise SpecError("pool.id", f"pool {p.id!r} already exists in Batch account {batch.account.name}",
                         f"check it with `mpibatch pool check {p.id}` or choose another id") from None
-    say("pool", f"{p.id} created: {p.nodes} x {p.vm_size}, {image.offer}/{image.sku}, inter-node on, "
+    spot = f" + {p.spot_nodes} Spot/low-priority" if p.spot_nodes else ""
+    say("pool", f"{p.id} created: {p.nodes}{spot} x {p.vm_size}, {image.offer}/{image.sku}, inter-node on, "
         "1 task slot per node")
     return dict(body.as_dict())
+
+
+def pool_body(p: Pool, image: Image, start: Any) -> Any:
+    """The pool an MPI task can run on: inter-node communication, 1 slot per node, nodes spread; Spot nodes
+    (pool.spot_nodes) are the REST API's targetLowPriorityNodes (low-priority on Batch-managed accounts)."""
+    from azure.batch import models as bm
+
+    assert p.id and p.vm_size  # pool_create checked them
+    return bm.BatchPoolCreateOptions(
+        id=p.id, vm_size=p.vm_size, virtual_machine_configuration=image_reference(image),
+        target_dedicated_nodes=p.nodes, target_low_priority_nodes=p.spot_nodes or None,
+        enable_inter_node_communication=True, task_slots_per_node=1, start_task=start,
+        task_scheduling_policy=bm.BatchTaskSchedulingPolicy(node_fill_type=bm.BatchNodeFillType.SPREAD))
 
 
 def choose_image(spec: Spec) -> Image:
@@ -151,4 +157,5 @@ def start_task(spec: Spec, image: Image, msmpi_installer_url: str | None) -> Any
                              max_task_retry_count=2)
 
 
-__all__ = ["check_pool", "choose_image", "follow_pool_size", "get_pool", "pool_check", "pool_create", "start_task"]
+__all__ = ["check_pool", "choose_image", "follow_pool_size", "get_pool", "pool_body", "pool_check", "pool_create",
+           "start_task"]

@@ -26,4 +26,8 @@ exec runuser -u "$user" -- env -i "${envs[@]}" bash -c '
   cd "$HOME/mpibatch"
   [ "$(id -u)" -ne 0 ]
   bash scripts/install-test-deps.sh --venvs-only
-  exec .venv/bin/python -m pytest -p no:cacheprovider tests/test_local_executor.py tests/test_local_rootless.py tests/faults/test_local_faults.py tests/faults/test_local_edges.py "$@"' bash "$@"
+  # (the kept-directories test fills a tiny tmpfs, which only root can mount: it runs in the root run)
+  exec .venv/bin/python -m pytest -p no:cacheprovider tests/test_local_executor.py tests/test_local_rootless.py \
+    tests/faults/test_local_faults.py tests/faults/test_local_edges.py \
+    --deselect tests/faults/test_local_edges.py::test_item2_files_kept_after_a_failed_collection_survive_the_next_run \
+    "$@"' bash "$@"

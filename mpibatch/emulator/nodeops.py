@@ -57,30 +57,6 @@ def end_tasks(emu: Emulator, nodes: list[dict[str, Any]], option: str) -> None:
         time.sleep(0.1)
 
 
-def requeue(emu: Emulator, t: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
-    """A task whose node went away under it: active again, to run from the start (requeueCount + 1)."""
-    k = key(t["_job"], t["id"])
-    with emu.store.lock:
-        for n in nodes:
-            if k in n["_running"]:
-                n["_running"].remove(k)
-                n["runningTasksCount"] -= 1
-                n["runningTaskSlotsCount"] -= t["requiredSlots"]
-            if not n["_running"] and n["state"] == "running":
-                set_state(n, "idle")
-        info = t["executionInfo"]
-        for name in ("startTime", "endTime", "exitCode", "failureInfo", "result"):
-            info.pop(name, None)
-        info["requeueCount"] = info.get("requeueCount", 0) + 1
-        info["lastRequeueTime"] = now_iso()
-        for name in ("_ending", "_nodes", "nodeInfo", "_task_dir"):
-            t.pop(name, None)
-        set_state(t, "active")
-    emu.procs.allow(f"task:{k}")
-    emu.store.mark(("tasks", t), *(("nodes", n) for n in nodes))
-    emu.event(f"task {t['_job']}/{t['id']}: requeued")
-
-
 def drain_and_remove(emu: Emulator, pool: dict[str, Any], nodes: list[dict[str, Any]], option: str) -> None:
     """Nodes leaving a shrinking pool: their tasks per `option`, their mounts synced up, then gone."""
     end_tasks(emu, nodes, option)
@@ -374,4 +350,4 @@ def routes(emu: Emulator) -> list[tuple[str, str, Callable[..., Answer]]]:
     ]
 
 
-__all__ = ["routes", "requeue", "drain_and_remove", "has_user", "missing_property"]
+__all__ = ["routes", "drain_and_remove", "has_user", "missing_property"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import files, identity, jobmanager, jobs, multi, nodeops, spot
+from . import files, identity, jobmanager, jobs, multi, spot
 from .errors import now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -69,9 +69,31 @@ class Scheduler:
         if run is not None:
             run.end()
 
-    def forget(self, k: str) -> None:
-        """A requeued task's worker is done with it (spot.requeue)."""
-        self._workers.pop(k, None)
+    def requeue(self, t: dict[str, Any], nodes: list[dict[str, Any]], why: str) -> None:
+        """A task whose node went away under it (preempted, rebooted, left the pool): `active` again, to run
+        from the start - requeueCount + 1, its retry count unchanged - its nodes freed (a preempted one stays
+        `preempted`); its processes have all ended."""
+        emu, k = self.emu, key(t["_job"], t["id"])
+        with emu.store.lock:
+            for n in nodes:
+                if k in n["_running"]:
+                    n["_running"].remove(k)
+                    n["runningTasksCount"] -= 1
+                    n["runningTaskSlotsCount"] -= t["requiredSlots"]
+                if not n["_running"] and n["state"] == "running":
+                    set_state(n, "idle")
+            info = t["executionInfo"]
+            for name in ("startTime", "endTime", "exitCode", "failureInfo", "result"):
+                info.pop(name, None)
+            info["requeueCount"] = count = info.get("requeueCount", 0) + 1
+            info["lastRequeueTime"] = now_iso()
+            for name in ("_ending", "_nodes", "_subtasks", "nodeInfo", "_task_dir"):
+                t.pop(name, None)
+            set_state(t, "active")
+            self._workers.pop(k, None)  # its worker is done with it
+        emu.procs.allow(f"task:{k}")  # the next attempt may run
+        emu.store.mark(("tasks", t), *(("nodes", n) for n in nodes if key(n["_pool"], n["id"]) in emu.store.nodes))
+        emu.event(f"task {t['_job']}/{t['id']}: requeued ({why}), requeue count {count}")
 
     def wait_ended(self, tasks: list[dict[str, Any]], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -236,12 +258,12 @@ class Scheduler:
     def _outputs_and_complete(self, t: dict[str, Any], nodes: list[dict[str, Any]], task_dir: Path | None,
                               exit_code: int | None, failure: dict[str, Any] | None) -> None:
         if t.get("_ending") == spot.PREEMPTED:  # evicted: no outputs, no completion - back to the queue
-            return spot.requeue(self.emu, t, nodes)
+            return self.requeue(t, nodes, "its node was preempted")
         if failure is None and exit_code not in (None, 0):
             failure = {"category": "UserError", "code": "FailureExitCode",
                        "message": f"The task exited with an exit code representing a failure ({exit_code})."}
         if t.get("_ending") == "requeue":  # its node rebooted or left the pool under it: active again
-            return nodeops.requeue(self.emu, t, nodes)
+            return self.requeue(t, nodes, "its node rebooted or left the pool")
         if t.get("_ending"):  # ended by a request or by the emulator stopping: no exit code of its own
             exit_code = None
             failure = {"category": "ServerError", "code": "EmulatorStopped", "message": "mpibatch emulate was "
@@ -257,7 +279,7 @@ class Scheduler:
                   failure: dict[str, Any] | None) -> None:
         emu = self.emu
         if t.get("_ending") == spot.PREEMPTED:
-            return spot.requeue(emu, t, nodes)
+            return self.requeue(t, nodes, "its node was preempted")
         k = key(t["_job"], t["id"])
         with emu.store.lock:
             info = t["executionInfo"]

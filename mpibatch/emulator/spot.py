@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BatchError, now_iso
+from .errors import BatchError
 from .state import key, set_state
 
 if TYPE_CHECKING:
@@ -54,30 +54,6 @@ def preempt(emu: Emulator, pool_id: str, node_id: str) -> None:
     emu.event(f"node {node['id']} of pool {pool['id']}: preempted"
               + (f" ({len(running)} task(s) to requeue)" if running else ""))
     threading.Thread(target=_replace, args=(emu, pool, node), name=f"replace-{node['id']}", daemon=True).start()
-
-
-def requeue(emu: Emulator, t: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
-    """A task whose node was preempted: back to `active`, requeue count + 1, its nodes freed (the
-    preempted one stays `preempted`); its processes have all ended."""
-    k = key(t["_job"], t["id"])
-    with emu.store.lock:
-        info = t["executionInfo"]
-        count = info.get("requeueCount", 0) + 1
-        t["executionInfo"] = {"retryCount": 0, "requeueCount": count, "lastRequeueTime": now_iso()}
-        for name in ("nodeInfo", "_task_dir", "_subtasks", "_nodes", "_ending"):
-            t.pop(name, None)
-        set_state(t, "active")
-        for n in nodes:
-            if k in n["_running"]:
-                n["_running"].remove(k)
-                n["runningTasksCount"] -= 1
-                n["runningTaskSlotsCount"] -= t["requiredSlots"]
-            if not n["_running"] and n["state"] == "running":
-                set_state(n, "idle")
-        emu.scheduler.forget(k)
-    emu.procs.allow(f"task:{k}")  # the next attempt may run
-    emu.store.mark(("tasks", t), *(("nodes", n) for n in nodes if key(n["_pool"], n["id"]) in emu.store.nodes))
-    emu.event(f"task {t['_job']}/{t['id']}: requeued (its node was preempted), requeue count {count}")
 
 
 def _replace(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:

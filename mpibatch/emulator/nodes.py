@@ -185,12 +185,8 @@ class Processes:
             self._kill(p)
             return Outcome(None, timed_out())
         finally:
+            self._forget(owner, p)
             with self._lock:
-                procs = self._by_owner.get(owner, [])
-                if p in procs:
-                    procs.remove(p)
-                if not procs:
-                    self._by_owner.pop(owner, None)
                 was_ended = owner in self._ended
         if was_ended:
             return Outcome(rc, ended())
@@ -223,12 +219,16 @@ class Processes:
                 p.communicate(timeout=KILL_WAIT_S)
             return None, b"", True
         finally:
-            with self._lock:
-                procs = self._by_owner.get(owner, [])
-                if p in procs:
-                    procs.remove(p)
-                if not procs:
-                    self._by_owner.pop(owner, None)
+            self._forget(owner, p)
+
+    def _forget(self, owner: str, p: subprocess.Popen[bytes]) -> None:
+        """`p` has ended: it is no longer one of the owner's processes."""
+        with self._lock:
+            procs = self._by_owner.get(owner, [])
+            if p in procs:
+                procs.remove(p)
+            if not procs:
+                self._by_owner.pop(owner, None)
 
     def _start(self, argv: list[str], env: dict[str, str], wd: Path, task_dir: Path,
                user: TaskUser | None) -> subprocess.Popen[bytes] | Outcome:

@@ -110,12 +110,11 @@ def prepare_output_storage(job_id: str, **how: Any) -> str:
     if how.get("container_url"):
         return client.name
     from azure.core.exceptions import AzureError, ResourceExistsError
-    from azure.storage.blob import BlobServiceClient
 
-    if how.get("connection_string"):
-        service = BlobServiceClient.from_connection_string(how["connection_string"])
-    else:
-        service = BlobServiceClient(how["account_url"], credential=how["credential"])
+    from .executors.azure.storage import blob_service
+
+    service = blob_service(connection_string=how.get("connection_string") or "",
+                           account_url=how.get("account_url") or "", credential=how.get("credential"))
     try:
         service.create_container(client.name)
     except ResourceExistsError:

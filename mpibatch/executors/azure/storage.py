@@ -69,6 +69,25 @@ def sas_expiry(max_wall_clock: int | None, *, now: datetime | None = None,
     return now + wall + margin
 
 
+
+def blob_service(*, connection_string: str = "", account_url: str = "", credential: Any = None, **kwargs: Any) -> Any:
+    """The one way the client side builds an azure-storage-blob service client: from a connection string, or
+    an account URL and a credential (key or azure-identity), with mpibatch's retries and timeouts unless the
+    caller gives its own. (Blob transfers themselves go through launchers/blobio.py and blobdownload.py.)"""
+    from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+    settings: dict[str, Any] = {
+        # Throttling and transient faults are retried with backoff by the SDK, then reported.
+        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3, random_jitter_range=1),
+        "connection_timeout": 10, "read_timeout": 120,
+        "max_single_put_size": 64 * 1024 * 1024,  # one Put Blob: the service stores its Content-MD5
+        **kwargs,
+    }
+    if connection_string:
+        return BlobServiceClient.from_connection_string(connection_string, **settings)
+    return BlobServiceClient(account_url, credential=credential, **settings)
+
+
 class Storage:
     """One storage account. Build it with :meth:`from_env`."""
 
@@ -86,25 +105,15 @@ class Storage:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **client_kwargs: Any) -> Storage:
-        from azure.storage.blob import BlobServiceClient, ExponentialRetry
-
+    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Storage:
         env = os.environ if env is None else env
-        kwargs: dict[str, Any] = {
-            # Throttling and transient faults are retried with backoff by the SDK, then reported.
-            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3,
-                                             random_jitter_range=1),
-            "connection_timeout": 10, "read_timeout": 120,
-            "max_single_put_size": 64 * 1024 * 1024,  # one Put Blob: the service stores its Content-MD5
-        }
-        kwargs.update(client_kwargs)
         conn = env.get("AZURE_STORAGE_CONNECTION_STRING", "").strip()
         account = env.get("AZURE_STORAGE_ACCOUNT", "").strip()
         key = env.get("AZURE_STORAGE_KEY", "").strip()
         endpoint = env.get("AZURE_STORAGE_BLOB_ENDPOINT", "").strip()
         try:
             if conn:
-                service = BlobServiceClient.from_connection_string(conn, **kwargs)
+                service = blob_service(connection_string=conn, **kwargs)
                 account_key = getattr(getattr(service, "credential", None), "account_key", None)
                 if not account_key:
                     raise SpecError("AZURE_STORAGE_CONNECTION_STRING", "has no AccountKey, and mpibatch signs the "
@@ -123,11 +132,11 @@ class Storage:
             if key:
                 from azure.core.credentials import AzureNamedKeyCredential
 
-                service = BlobServiceClient(url, credential=AzureNamedKeyCredential(account, key), **kwargs)
+                service = blob_service(account_url=url, credential=AzureNamedKeyCredential(account, key), **kwargs)
                 return cls(service, account, key=key, endpoint=url)
             from azure.identity import DefaultAzureCredential
 
-            service = BlobServiceClient(url, credential=DefaultAzureCredential(), **kwargs)
+            service = blob_service(account_url=url, credential=DefaultAzureCredential(), **kwargs)
             return cls(service, account, endpoint=url)
         except (SpecError, InfraError):
             raise

@@ -8,24 +8,18 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import sys
 import time
 
 import azure.batch.models as bm
+import waiting  # tests/clients/waiting.py, beside this script
 from azure.batch import BatchServiceClient
 from azure.batch.batch_auth import SharedKeyCredentials
 
-POLL_S, TIMEOUT_S = 0.2, 60
+TIMEOUT_S = 60
 
 
 def wait_for(what, check):
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    sys.exit(f"timed out waiting for {what}")
+    return waiting.wait_for(what, check, TIMEOUT_S)
 
 
 def pick_image(client, publisher, offer, sku_starts_with):

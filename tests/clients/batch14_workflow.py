@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 from datetime import datetime, timedelta, timezone
 
 import azure.batch.models as bm
+import waiting  # tests/clients/waiting.py, beside this script
 from azure.batch import BatchServiceClient
 from azure.batch.batch_auth import SharedKeyCredentials
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
-POLL_S, TIMEOUT_S = 0.2, 180
+TIMEOUT_S = 180
 
 
 def wait_for(what, check):
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    sys.exit(f"timed out waiting for {what}")
+    return waiting.wait_for(what, check, TIMEOUT_S)
 
 
 def main() -> None:

@@ -6,25 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 
 import azure.batch
 import azure.batch.models as bm
+import waiting  # tests/clients/waiting.py, beside this script
 from azure.batch import BatchServiceClient
 from azure.batch.batch_auth import SharedKeyCredentials
 
-POLL_S, TIMEOUT_S = 0.2, 120
+TIMEOUT_S = 120
 
 
 def wait_for(what, check):
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    sys.exit(f"timed out waiting for {what}")
+    return waiting.wait_for(what, check, TIMEOUT_S)
 
 
 def main() -> None:

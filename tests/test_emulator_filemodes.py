@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 from tests.infra.emulator import EmulatorProcess
 from tests.infra.fixtures import require
+from tests.infra.httpserve import serving
 
 pytestmark = pytest.mark.azure
 SCRIPT = b"#!/bin/sh\necho \"ran $0 with $1\"\n"
@@ -34,13 +34,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         def log_message(self, *a: object) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/run.sh"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serving(Quiet) as base:
+        yield f"{base}/run.sh"
 
 
 @pytest.fixture(scope="module")

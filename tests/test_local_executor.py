@@ -16,6 +16,7 @@ import pytest
 from mpibatch.executors.local import LocalExecutor
 from mpibatch.spec import parse_spec
 from tests.infra.fixtures import VENVS, mpi_env
+from tests.infra.httpserve import serving
 from tests.infra.signals import default_sigint
 
 pytestmark = pytest.mark.mpi
@@ -210,15 +211,11 @@ def test_missing_resource_url_fails_before_coordination(tmp_path: Path) -> None:
         def log_message(self, *a: object) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/nope/input.dat?sig=SECRET"
+    with serving(Quiet) as base:
+        url = f"{base}/nope/input.dat?sig=SECRET"
         spec = make_spec(tmp_path, instances=2, ppn=1, files=[{"source": url, "path": "input/x.dat"}],
                          coordination="touch coordinated")
         r = run(tmp_path, spec)
-    finally:
-        srv.shutdown()
     assert r.failure.phase == "files" and "input/x.dat" in r.failure.reason and "404" in r.failure.reason
     assert "SECRET" not in r.failure.reason  # query strings (SAS tokens) never reach messages
     assert all(i.coordination_exit_code is None for i in r.instances)

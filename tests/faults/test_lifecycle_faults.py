@@ -21,6 +21,7 @@ import pytest
 from mpibatch.executors.local import LocalExecutor
 from mpibatch.spec import parse_spec
 from tests.infra.fixtures import mpi_env
+from tests.infra.httpserve import serving
 from tests.infra.signals import default_sigint
 from tests.test_local_executor import no_process_left
 
@@ -93,15 +94,11 @@ def trickling_server() -> Iterator[str]:
         def log_message(self, *a: object) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/input.dat?sig=SECRET"
-    finally:
-        stop.set()
-        srv.shutdown()
-        srv.server_close()
+    with serving(Trickle) as base:
+        try:
+            yield f"{base}/input.dat?sig=SECRET"
+        finally:
+            stop.set()  # before the server's shutdown, which waits for the trickling handler
 
 
 def test_download_of_a_trickling_resource_file_ends_at_max_wall_clock(tmp_path: Path, trickling_server: str) -> None:

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.faults.test_lifecycle_faults import WAIT_S, cli, read_until, tricklin
 from tests.infra.batch_emulator import BatchEmulator
 from tests.infra.emulator import EmulatorProcess
 from tests.infra.fixtures import Azurite, azurite, mpi_env, ssh_cluster3  # noqa: F401
+from tests.infra.httpserve import serving
 from tests.test_azure_executor import MPIBATCH, cli_env, hello_spec, run_cli, secrets_of, standin  # noqa: F401
 
 
@@ -107,14 +107,8 @@ def big_server() -> Iterator[str]:
         def log_message(self, *a: object) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Big)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/input.dat"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serving(Big) as base:
+        yield f"{base}/input.dat"
 
 
 def test_item1_a_resource_file_download_onto_a_full_disk(tiny_fs: Path, big_server: str) -> None:
@@ -184,14 +178,8 @@ def short_server() -> Iterator[str]:
         def log_message(self, *a: object) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Short)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/input.dat?sig=SECRET"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with serving(Short) as base:
+        yield f"{base}/input.dat?sig=SECRET"
 
 
 @pytest.mark.mpi

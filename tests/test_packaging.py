@@ -47,6 +47,9 @@ def test_wheel_holds_license_metadata_and_every_example(dist: tuple[Path, Path, 
     missing = [e for e in EXAMPLES if "mpibatch/" + e not in names]
     assert not missing and "mpibatch/examples/hello/spec.yaml" in names, missing
     assert not [n for n in names if n.endswith(".pyc")]
+    shapes = Path(__file__).resolve().parents[1] / "mpibatch" / "emulator" / "shapes"
+    missing = [p.name for p in shapes.glob("*.json") if f"mpibatch/emulator/shapes/{p.name}" not in names]
+    assert not missing, f"the emulator's API-version tables are not in the wheel: {missing}"
 
 
 def test_sdist_holds_license_and_examples(dist: tuple[Path, Path, str]) -> None:

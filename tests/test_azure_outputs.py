@@ -74,3 +74,32 @@ def test_a_single_file_only_a_subtask_writes_is_not_missing_on_the_primary(stand
     assert p.returncode == 0 and result["missing"] == [], (p.stderr, result["missing"])
     with_file = [i["index"] for i in result["instances"] if "only-sub.txt" in i["files"]]
     assert with_file and 0 not in with_file
+
+
+CLASHING = """
+import os
+from mpi4py import MPI
+if MPI.COMM_WORLD.rank == 2:  # the first subtask's node: its outputs come back through storage
+    os.makedirs("$TaskOutput", exist_ok=True)
+    open("$TaskOutput/stdout.txt", "w").write("mine\\n")
+    open("stdout.txt", "w").write("renamed\\n")
+exec(open("hello.py").read())
+"""
+
+
+def test_two_outputs_with_one_collected_name_are_refused_on_collect(standin: BatchEmulator, azurite: Azurite,
+                                                                   tmp_path: Path) -> None:
+    """Issue 19 item 4 on the Azure path: `stdout.txt` (collected as `$TaskOutput/stdout.txt`, a log has its
+    name) and a file that is `$TaskOutput/stdout.txt` itself: the clash is refused and named, never one file
+    written over the other."""
+    spec, job_id, task_id = hello_spec(tmp_path, command=["python3", "wrapper.py"], outputs=["**"],
+                                       common_files=[{"source": "hello.py", "path": "hello.py"},
+                                                     {"source": "wrapper.py", "path": "wrapper.py"}])
+    (spec.parent / "wrapper.py").write_text(CLASHING)
+    p = run_cli(["submit", str(spec), "--output", "json", "--runs-dir", str(tmp_path / "runs")],
+                cli_env(standin, azurite), *secrets_of(standin, azurite))
+    result = json.loads(p.stdout)
+    refused = [m for m in result["missing"] if "not collected" in m]
+    assert p.returncode != 0 and len(refused) == 1 and "$TaskOutput/stdout.txt" in refused[0], result["missing"]
+    got = tmp_path / "runs" / job_id / task_id / "1" / "$TaskOutput" / "stdout.txt"
+    assert got.read_text() == "mine\n"

@@ -202,6 +202,7 @@ def plan_outputs(p: Plan, i: int, d: Path, transfers: Transfers | None) -> list[
     """Instance `i`'s outputs (every blob but mpibatch's own logs and record) queued for download;
     the collected names, in the instance's folder."""
     files: list[str] = []
+    own = {rel for _, rel, _ in p.per.get(i, [])}
     for kind, rel, b in sorted(p.per.get(i, []), key=lambda x: x[1]):
         if is_mpibatch_log(kind, rel):
             continue
@@ -212,8 +213,12 @@ def plan_outputs(p: Plan, i: int, d: Path, transfers: Transfers | None) -> list[
             continue
         # An output named like a log never replaces it (docs/file-conventions.md#collection).
         target = f"${TASK_LOG}/{rel}" if kind == TASK_LOG else collected_path(rel, kind)
-        if target in files:
-            target = f"${kind}/{rel}"
+        if target in files or (target != rel and target in own):  # refused, never one file over another
+            p.missing.append(f"{b.name}: not collected: its collected name {target} is the path of another "
+                             "output; rename one of them")
+            if transfers is not None:
+                transfers.file_done()
+            continue
         files.append(target)
         p.downloads.append((files, target, b, d))
     return files

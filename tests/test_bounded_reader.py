@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from mpibatch.executors.collection import new_output_dir
 from tests.infra.emulator import EmulatorProcess
+from tests.infra.emulator import wait_for as shared_wait_for
 from tests.infra.fixtures import azurite_missing, require
 
 pytestmark = pytest.mark.azure
@@ -36,13 +36,7 @@ def vm_hwm_kib(pid: int) -> int:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return shared_wait_for(what, check, timeout)
 
 
 def batch_client(emu: EmulatorProcess) -> Any:

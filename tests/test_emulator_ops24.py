@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.infra.emulator import EmulatorProcess
+from tests.infra.emulator import wait_for as shared_wait_for
 from tests.infra.fixtures import azurite_missing, require
 
 pytestmark = [pytest.mark.azure]
@@ -24,13 +25,7 @@ VM = "standard_d2s_v3"
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return shared_wait_for(what, check, timeout)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 
 from tests.infra import rawbatch
 from tests.infra.emulator import EmulatorProcess, processes_mentioning
+from tests.infra.emulator import wait_for as shared_wait_for
 from tests.infra.fixtures import Azurite, azurite_missing, require
 
 pytestmark = pytest.mark.azure
@@ -36,14 +37,8 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def wait_until(what: str, check: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+    return shared_wait_for(what, check, timeout)
 
 
 def kill_9(e: EmulatorProcess) -> None:

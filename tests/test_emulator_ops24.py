@@ -261,7 +261,10 @@ def test_remote_login_extensions_and_file_deletes(emulator: EmulatorProcess) -> 
     assert login.remote_login_ip_address == "127.0.0.1" and login.remote_login_port >= 50000
     assert "mpibatch emulate" in login["emulated"]
     exts = list(client.list_node_extensions("x", node.id))
-    assert [e.vm_extension.name for e in exts] == ["monitor"] and exts[0].provisioning_state == "Succeeded"
+    # the pool's own, then the node agent's (the service lists it too)
+    assert [e.vm_extension.name for e in exts] == ["monitor", "batchNodeExtension"]
+    assert all(e.provisioning_state == "Succeeded" for e in exts)
+    assert (exts[1].vm_extension.publisher, exts[1].vm_extension.type) == ("Microsoft.Azure.Extensions", "CustomScript")
     assert client.get_node_extension("x", node.id, "monitor").vm_extension.publisher == "Microsoft.Azure.Monitor"
     with pytest.raises(ResourceNotFoundError):
         client.get_node_extension("x", node.id, "nope")
@@ -307,7 +310,12 @@ def test_upload_batch_service_logs(stored: EmulatorProcess) -> None:
                                  expiry=datetime.now(timezone.utc) + timedelta(hours=1))
     result = client.upload_node_logs("l", node.id, m.UploadBatchServiceLogsOptions(
         container_url=f"{svc.url.rstrip('/')}/logs?{sas}", start_time=datetime.now(timezone.utc) - timedelta(hours=1)))
-    blobs = sorted(b.name for b in svc.get_container_client("logs").list_blobs())
+    # the service answers at once and uploads after: the blobs follow the answer
+    def three_blobs() -> list[str] | None:
+        names = sorted(b.name for b in svc.get_container_client("logs").list_blobs())
+        return names if len(names) == 3 else None
+
+    blobs = wait_for("3 log blobs", three_blobs)
     assert result.number_of_files_uploaded == len(blobs) == 3
     assert all(b.startswith(result.virtual_directory_name) for b in blobs)
     stdout = svc.get_blob_client("logs", f"{result.virtual_directory_name}startup/stdout.txt").download_blob()
@@ -349,6 +357,12 @@ def test_nodes_report_inbound_endpoints_and_ipv6(emulator: EmulatorProcess) -> N
     eps = sorted((n.endpoint_configuration.inbound_endpoints[0] for n in nodes), key=lambda e: e.frontend_port)
     assert [(e.name, e.frontend_port, e.backend_port) for e in eps] == [("ssh.0", 15000, 22), ("ssh.1", 15001, 22)]
     assert all(n.ipv6_address for n in nodes)
+    # one endpoint per IP family: the second on the node's IPv6 address; remote login names it too
+    for n in nodes:
+        assert [e.public_ip_address for e in n.endpoint_configuration.inbound_endpoints] == ["127.0.0.1",
+                                                                                            n.ipv6_address]
+        login = client.get_node_remote_login_settings("e", n.id)
+        assert login.ipv6_remote_login_ip_address == n.ipv6_address and login.ipv6_remote_login_port
 
 
 # ---------------------------------------------------------------------------------------------- mounts

@@ -24,7 +24,9 @@ MAX_CLOCK_SKEW_S = 15 * 60  # the service's window for a request's date
 
 
 def string_to_sign(method: str, raw_path: str, query: str, headers: Mapping[str, str] | Message,
-                   account: str) -> str:
+                   account: str, *, lower_names: bool = True) -> str:
+    """The documented string (query names lower-cased); `lower_names=False`: names as sent, sorted as they
+    are - what azure-batch 15.1's BatchSharedKeyAuthPolicy signs (its `timeOut` parameter)."""
     h = {k.lower(): v for k, v in headers.items() if v}
     if method not in ("GET", "HEAD") and "content-length" not in h:
         h["content-length"] = "0"
@@ -32,9 +34,9 @@ def string_to_sign(method: str, raw_path: str, query: str, headers: Mapping[str,
     out += "".join(f"{k}:{v}\n" for k, v in sorted((k, v) for k, v in h.items() if k.startswith("ocp-")))
     out += f"/{account}{raw_path}"
     params = urllib.parse.parse_qs(query, keep_blank_values=True)
-    for name in sorted(params, key=str.lower):
+    for name in sorted(params, key=str.lower if lower_names else None):
         if params[name][0]:
-            out += f"\n{name.lower()}:{params[name][0]}"
+            out += f"\n{name.lower() if lower_names else name}:{params[name][0]}"
     return out
 
 
@@ -75,7 +77,9 @@ def check(method: str, raw_path: str, query: str, headers: Mapping[str, str] | M
         raise BatchError(401, "InvalidAuthenticationInfo", "The authentication information was not provided in the "
                          "correct format (mpibatch emulate takes Shared Key only, not Microsoft Entra tokens).")
     who, signature = m.groups()
-    expected = sign(key, string_to_sign(method, raw_path, query, headers, who))
-    if who != account or not hmac.compare_digest(signature, expected):
+    # Both forms need the key; they differ only when a query name has capitals (15.1's `timeOut`).
+    forms = {sign(key, string_to_sign(method, raw_path, query, headers, who, lower_names=lower))
+             for lower in (True, False)}
+    if who != account or not any(hmac.compare_digest(signature, f) for f in forms):
         raise _refused("The MAC signature found in the HTTP request is not the same as any computed signature.")
     check_date(headers, time.time() if now is None else now)

@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {"priority": 0, "allowTaskPreemption": False, "maxPar
 
 def update(emu: Emulator, job_id: str, body: Any, *, replace: bool) -> None:
     body = schema.validate(body, "job.replace" if replace else "job.update", "job",
-                           required=("poolInfo.poolId",) if replace else ())
+                           required=("poolInfo",) if replace else ())
     body = {k: v for k, v in body.items() if k in UPDATABLE}  # the rest of a whole job (15.x PUTs one) stays
     if body.get("networkConfiguration"):
         raise schema.not_emulated("job network configuration", "remove 'networkConfiguration'")
@@ -38,15 +38,8 @@ def update(emu: Emulator, job_id: str, body: Any, *, replace: bool) -> None:
     with emu.store.lock:
         if job["state"] in ("completed", "terminating", "deleting"):
             raise BatchError(409, "JobCompleted", "The specified job is already in a completed state.")
-        pool = (body.get("poolInfo") or {}).get("poolId")
-        if pool and pool.lower() != job["poolInfo"]["poolId"].lower():
-            if job["state"] != "disabled":
-                raise BatchError(409, "JobNotDisabled", "The job's pool can be changed only while the job is "
-                                 "disabled.")
-            job["executionInfo"]["poolId"] = pool
-            for t in emu.store.job_tasks(job["id"]):  # tasks not run yet go to the new pool
-                if t["state"] == "active":
-                    t["_pool"] = pool
+        if body.get("poolInfo"):
+            _change_pool(emu, job, body.pop("poolInfo"))
         changes = {**({k: v for k, v in DEFAULTS.items()} if replace else {}), **body}
         for name, value in changes.items():
             if value is None:
@@ -60,6 +53,32 @@ def update(emu: Emulator, job_id: str, body: Any, *, replace: bool) -> None:
     emu.event(f"job {job['id']}: {'replaced' if replace else 'updated'} ({', '.join(body) or 'nothing'})")
     if "onAllTasksComplete" in changes:
         jobs.check_all_complete(emu, job)
+
+
+def _change_pool(emu: Emulator, job: dict[str, Any], info: dict[str, Any]) -> None:
+    """A job's poolInfo in an update: another pool only while the job is disabled; of an auto pool
+    specification only `keepAlive`, and only with poolLifetimeOption job (the REST reference's rules)."""
+    current = job.get("poolInfo") or {}
+    auto, own = info.get("autoPoolSpecification"), current.get("autoPoolSpecification")
+    if auto is not None:
+        if own is None:
+            raise schema.not_emulated("moving a job from its pool to an auto pool",
+                                      "give the job's poolInfo.poolId, or create a job with the auto pool")
+        if own.get("poolLifetimeOption", "job").lower() == "job" and auto.get("keepAlive") is not None:
+            own["keepAlive"] = bool(auto["keepAlive"])
+        return
+    pool = info.get("poolId")
+    if not pool:
+        raise missing_property("poolInfo.poolId")
+    if pool.lower() == (current.get("poolId") or job["executionInfo"]["poolId"]).lower():
+        return
+    if job["state"] != "disabled":
+        raise BatchError(409, "JobNotDisabled", "The job's pool can be changed only while the job is disabled.")
+    job["poolInfo"] = {"poolId": pool}
+    job["executionInfo"]["poolId"] = pool
+    for t in emu.store.job_tasks(job["id"]):  # tasks not run yet go to the new pool
+        if t["state"] == "active":
+            t["_pool"] = pool
 
 
 def update_task(emu: Emulator, job_id: str, task_id: str, body: Any) -> None:
@@ -133,7 +152,7 @@ def reactivate(emu: Emulator, job_id: str, task_id: str) -> None:
             raise BatchError(409, "TaskNotCompletedWithFailure" if t["state"] == "completed" else
                              "TaskNotCompleted", "Only a task that completed with a failure can be reactivated.")
         t["executionInfo"] = {"retryCount": 0, "requeueCount": 0}
-        for name in ("nodeInfo", "_nodes", "_ending", "_task_dir"):
+        for name in ("nodeInfo", "_nodes", "_ending", "_task_dir", "_dependencyAction"):
             t.pop(name, None)
         set_state(t, "active")
     emu.procs.allow(f"task:{key(job_id, task_id)}")

@@ -38,8 +38,6 @@ def check_spec(body: dict[str, Any], *, in_schedule: bool) -> dict[str, Any]:
                          ("noaction", "terminatejob"))
     on_fail = schema.enum(body.get("onTaskFailure") or "noaction", "onTaskFailure",
                           ("noaction", "performexitoptionsjobaction"))
-    if on_fail != "noaction":
-        raise schema.not_emulated("onTaskFailure performExitOptionsJobAction (exit conditions)")
     for name in ("jobPreparationTask", "jobReleaseTask"):
         if body.get(name) and not body[name].get("commandLine"):
             raise schema.missing_property(f"{name}.commandLine")

@@ -210,17 +210,25 @@ def has_user(node: dict[str, Any], name: str) -> bool:
 # ---------------------------------------------------------------------------------------------- read-only
 def remote_login(emu: Emulator, pool_id: str, node_id: str) -> dict[str, Any]:
     node = pools.node(emu, pool_id, node_id)
-    return {"remoteLoginIPAddress": "127.0.0.1", "remoteLoginPort": REMOTE_PORT + node["_index"],
+    ipv6 = {"ipv6RemoteLoginIPAddress": node["ipv6Address"], "ipv6RemoteLoginPort": REMOTE_PORT + node["_index"]} \
+        if node.get("ipv6Address") else {}
+    return {"remoteLoginIPAddress": "127.0.0.1", "remoteLoginPort": REMOTE_PORT + node["_index"], **ipv6,
             "emulated": "mpibatch emulate: no remote login service listens here (the node is a directory tree "
                         "on this machine; use the files API)"}
 
 
+# The service lists, after the pool's own extensions, the one that installs its node agent on the VM.
+AGENT_EXTENSION = {"name": "batchNodeExtension", "publisher": "Microsoft.Azure.Extensions", "type": "CustomScript",
+                   "typeHandlerVersion": "2.1"}
+
+
 def extensions(emu: Emulator, pool_id: str, node_id: str) -> list[dict[str, Any]]:
-    """The pool's virtualMachineConfiguration.extensions, each reported provisioned (nothing is installed)."""
+    """The pool's virtualMachineConfiguration.extensions, then the node agent's, each reported provisioned
+    (nothing is installed)."""
     pool = pools.get(emu, pool_id)
     node = pools.node(emu, pool_id, node_id)
     out = []
-    for ext in (pool.get("virtualMachineConfiguration") or {}).get("extensions") or []:
+    for ext in [*((pool.get("virtualMachineConfiguration") or {}).get("extensions") or []), AGENT_EXTENSION]:
         out.append({"provisioningState": "Succeeded", "vmExtension": ext, "instanceView": {
             "name": ext.get("name"), "statuses": [{"code": "ProvisioningState/succeeded", "level": "0",
                                                    "displayStatus": "Provisioning succeeded",
@@ -238,27 +246,35 @@ def extension(emu: Emulator, pool_id: str, node_id: str, name: str) -> dict[str,
 
 def upload_logs(emu: Emulator, pool_id: str, node_id: str, body: Any) -> dict[str, Any]:
     """The node's logs as the emulator has them (start task stdout/stderr, and an agent log of the node's
-    state written now) uploaded to `containerUrl` under a new virtual directory."""
+    state written now) uploaded to `containerUrl` under a new virtual directory. As on the service, the
+    answer (directory, number of files) comes at once and the upload follows: a failure is the emulator's
+    log line, not the answer."""
     body = schema.validate(body, "node.uploadlogs", "upload", required=("containerUrl", "startTime"))
     node = pools.node(emu, pool_id, node_id)
     vdir = f"{pool_id}/{node['id']}/{secrets.token_hex(8)}"
     root = Path(node["_root"]) / "startup"
     sources = [(p, f"startup/{p.name}") for p in (root / "stdout.txt", root / "stderr.txt") if p.is_file()]
-    client = blobio.ContainerClient(body["containerUrl"], timeout=60)
-    with tempfile.TemporaryDirectory(prefix="mpibatch-nodelogs-") as tmp:
-        agent = Path(tmp) / "agent.log"
-        with emu.store.lock:
-            # the node's states and counts; never the start task's settings (they may hold secrets)
-            record = {k: v for k, v in node.items() if not k.startswith("_") and k != "startTask"}
-        fileio.write_bytes(agent, json.dumps(record, indent=1).encode())
-        sources.append((agent, "agent.log"))
-        try:
-            for path, name in sources:
+    with emu.store.lock:
+        # the node's states and counts; never the start task's settings (they may hold secrets)
+        record = {k: v for k, v in node.items() if not k.startswith("_") and k != "startTask"}
+    threading.Thread(target=_upload_logs, args=(emu, body["containerUrl"], vdir, sources, record),
+                     name=f"uploadlogs-{node['id']}", daemon=True).start()
+    return {"virtualDirectoryName": vdir + "/", "numberOfFilesUploaded": len(sources) + 1}
+
+
+def _upload_logs(emu: Emulator, url: str, vdir: str, sources: list[tuple[Path, str]],
+                 record: dict[str, Any]) -> None:
+    try:
+        client = blobio.ContainerClient(url, timeout=60)
+        with tempfile.TemporaryDirectory(prefix="mpibatch-nodelogs-") as tmp:
+            agent = Path(tmp) / "agent.log"
+            fileio.write_bytes(agent, json.dumps(record, indent=1).encode())
+            for path, name in [*sources, (agent, "agent.log")]:
                 client.upload_file(str(path), f"{vdir}/{name}")
-        except (blobio.BlobError, OSError, ValueError) as e:
-            raise BatchError(400, "UploadBatchServiceLogsFailed", "The logs could not be uploaded to the "
-                             "container.", {"Reason": redact_url(str(e))[:300]}) from None
-    return {"virtualDirectoryName": vdir + "/", "numberOfFilesUploaded": len(sources)}
+    except (blobio.BlobError, OSError, ValueError) as e:
+        emu.event(f"node logs {vdir}: upload failed: {redact_url(str(e))[:300]}")
+        return
+    emu.event(f"node logs {vdir}: {len(sources) + 1} files uploaded")
 
 
 def delete_file(emu: Emulator, root: Path, file_path: str, recursive: bool) -> None:

@@ -170,6 +170,7 @@ class Processes:
             return Outcome(None, {"category": "UserError", "code": "CommandLineInvalid", "message": str(e)})
         missing = program_missing(argv, env, wd)
         if missing:
+            self._create_logs(task_dir, user)  # a node makes them before it starts the program
             return Outcome(None, {"category": "UserError", "code": "CommandProgramNotFound",
                                   "message": f"cannot start {missing}"})
         with self._lock:
@@ -230,14 +231,25 @@ class Processes:
             if not procs:
                 self._by_owner.pop(owner, None)
 
+    @staticmethod
+    def _open_logs(task_dir: Path, user: TaskUser | None) -> tuple[int, int]:
+        return open_logs(user, task_dir) if user else (os.open(task_dir / "stdout.txt", LOG_FLAGS, 0o644),
+                                                       os.open(task_dir / "stderr.txt", LOG_FLAGS, 0o644))
+
+    def _create_logs(self, task_dir: Path, user: TaskUser | None) -> None:
+        try:
+            for fd in self._open_logs(task_dir, user):
+                os.close(fd)
+        except OSError:
+            pass  # the task fails for its program anyway; a log it cannot have is not a second failure
+
     def _start(self, argv: list[str], env: dict[str, str], wd: Path, task_dir: Path,
                user: TaskUser | None) -> subprocess.Popen[bytes] | Outcome:
         # The calling thread waits for the process to its end: PR_SET_PDEATHSIG follows that thread (it is
         # set after the switch to the node's user, which would clear it).
         preexec: Callable[[], None] = die_with_parent()
         try:
-            out, err = open_logs(user, task_dir) if user else (os.open(task_dir / "stdout.txt", LOG_FLAGS, 0o644),
-                                                               os.open(task_dir / "stderr.txt", LOG_FLAGS, 0o644))
+            out, err = self._open_logs(task_dir, user)
         except OSError as e:
             return Outcome(None, bad_task_dir(task_dir, e))
         try:

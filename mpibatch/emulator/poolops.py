@@ -3,6 +3,7 @@ with `nodeDeallocationOption`, stop resize, remove nodes, enable / disable / eva
 run on the emulator's own task and node counts, on the evaluation interval), node counts and usage metrics."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 import weakref
@@ -146,8 +147,10 @@ def remove_nodes(emu: Emulator, pool_id: str, body: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- autoscale
 def check_new_pool(body: dict[str, Any]) -> None:
-    """An add-pool body's mounts and autoscale settings, before anything is created (pools.add)."""
+    """An add-pool body's mounts, subnet, image and autoscale settings, before anything is created
+    (pools.add)."""
     mounts.check(body.get("mountConfiguration"))
+    check_subnet_and_image(body)
     if not body.get("enableAutoScale"):
         return
     if not body.get("autoScaleFormula"):
@@ -159,6 +162,27 @@ def check_new_pool(body: dict[str, Any]) -> None:
         autoscale.check(body["autoScaleFormula"])
     except autoscale.FormulaError as e:
         raise _formula_error(e) from None
+
+
+# An Azure Compute image: a managed image, or a Compute Gallery image (a version, or its latest).
+IMAGE_ID = re.compile(r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Compute/"
+                      r"(images/[^/]+|galleries/[^/]+/images/[^/]+(/versions/[^/]+)?)", re.IGNORECASE)
+
+
+def check_subnet_and_image(body: dict[str, Any]) -> None:
+    """A pool in a virtual network's subnet is refused as the service refuses one whose subnet it cannot find:
+    the emulator has none. An image id must name an Azure Compute image; it is not looked up (nodes run on
+    this machine whatever their image)."""
+    subnet = (body.get("networkConfiguration") or {}).get("subnetId")
+    if subnet:
+        raise invalid_value("networkConfiguration.subnetId", "mpibatch emulate has no virtual networks, so no "
+                            "subnet can be found; leave subnetId out")
+    image = ((body.get("virtualMachineConfiguration") or {}).get("imageReference") or {}).get("virtualMachineImageId")
+    if image and not IMAGE_ID.fullmatch(image):
+        raise invalid_value("virtualMachineConfiguration.imageReference.virtualMachineImageId",
+                            "the resource id of an image: /subscriptions/{id}/resourceGroups/{group}/providers/"
+                            "Microsoft.Compute/images/{name}, or .../galleries/{gallery}/images/{name}"
+                            "[/versions/{version}]")
 
 
 def _interval_s(text: str | None) -> float:

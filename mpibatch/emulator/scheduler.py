@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import files, identity, jobmanager, jobs, multi, spot
+from . import exitoptions, files, identity, jobmanager, jobs, multi, spot
 from .errors import now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PASS_EVERY_S = 1.0  # a scheduling pass at least this often, and after every change
 RECENT_TASKS = 5
+
+
+def no_containers(t: dict[str, Any]) -> dict[str, Any] | None:
+    """A container task is stored and returned, but never run: the emulator has no container runtime and
+    no image registry. It completes with this failure when it would start, never as a silent success."""
+    image = (t.get("containerSettings") or {}).get("imageName")
+    if not image:
+        return None
+    return {"category": "UserError", "code": "NotSupportedByEmulator",
+            "message": f"mpibatch emulate runs no containers (no container runtime, no image registry): the task's "
+                       f"containerSettings (image {image}) were stored, not run"}
 
 
 class Scheduler:
@@ -178,8 +189,11 @@ class Scheduler:
             ids += [str(i) for i in range(r["start"], r["end"] + 1)]
         for d in ids:
             dep = store.tasks.get(key(t["_job"], d))
-            if dep is None or dep["state"] != "completed" or dep["executionInfo"].get("result") != "success":
-                return False  # a failed dependency blocks its dependents, as with the default exit options
+            if dep is None or dep["state"] != "completed":
+                return False
+            ok = dep["executionInfo"].get("result") == "success"  # the default exit options, when none noted
+            if dep.get("_dependencyAction", "satisfy" if ok else "block") != "satisfy":
+                return False
         return True
 
     # ------------------------------------------------------------------ running
@@ -203,7 +217,7 @@ class Scheduler:
 
     def _run_ordinary(self, t: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
         emu, node = self.emu, nodes[0]
-        failure = self._prepared(t, nodes)
+        failure = no_containers(t) or self._prepared(t, nodes)
         if failure:
             return self._complete(t, nodes, None, failure)
         job = emu.store.jobs[key(t["_job"])]
@@ -242,7 +256,7 @@ class Scheduler:
         self._outputs_and_complete(t, nodes, task_dir, outcome.exit_code if outcome else None, failure)
 
     def _run_multi(self, t: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
-        failure = self._prepared(t, nodes)
+        failure = no_containers(t) or self._prepared(t, nodes)
         if failure:
             return self._complete(t, nodes, None, failure)
         run = multi.MultiInstanceRun(self.emu, t, nodes)
@@ -289,6 +303,8 @@ class Scheduler:
                 info["exitCode"] = exit_code
             if failure:
                 info["failureInfo"] = failure
+            t["_dependencyAction"] = exitoptions.choose(t.get("exitConditions"), exit_code,
+                                                        (failure or {}).get("code"))[1]
             set_state(t, "completed")
             for n in nodes:
                 if k in n["_running"]:
@@ -309,5 +325,7 @@ class Scheduler:
                                                                else "no exit code")
                   + (f" ({failure['code']}: {failure['message']})" if failure else ""))
         if job is not None:
+            if not t.get("_ending"):
+                exitoptions.take_job_action(emu, job, t)
             jobmanager.on_complete(emu, job, t)
             jobs.check_all_complete(emu, job)

@@ -91,8 +91,9 @@ def add(emu: Emulator, body: Any) -> dict[str, Any]:
         _show_next(s)
         touch(s)
         emu.store.schedules[key(body["id"])] = s
+        emu.event(f"job schedule {body['id']}: added")
+        tick(emu, s, time.time())  # a first job due now exists when the add is answered, as on the service
     emu.store.mark(("schedules", s))
-    emu.event(f"job schedule {body['id']}: added")
     return s
 
 

@@ -21,8 +21,7 @@ NOT_EMULATED = {
             "jobManagerTask.containerSettings": "container tasks",
             "jobManagerTask.applicationPackageReferences": "application packages",
             "jobManagerTask.authenticationTokenSettings": "authentication tokens"},
-    "task": {"exitConditions": "task exit conditions", "containerSettings": "container tasks",
-             "applicationPackageReferences": "application packages", "authenticationTokenSettings":
+    "task": {"applicationPackageReferences": "application packages", "authenticationTokenSettings":
              "authentication tokens", "affinityInfo": "task affinity",
              "resourceFiles.identityReference": "managed identities"},
 }

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from . import files, jobs, pools, schema, versions
+from . import exitoptions, files, jobs, pools, schema, versions
 from .errors import BatchError, exists, new_etag, not_found, now_iso
 from .state import key, public, set_state, touch
 
@@ -40,6 +40,10 @@ def check(emu: Emulator, job: dict[str, Any], body: Any) -> dict[str, Any]:
             raise schema.invalid_value("requiredSlots", "a multi-instance task takes one slot on each node")
         if body.get("dependsOn"):
             raise schema.invalid_value("dependsOn", "a multi-instance task cannot depend on other tasks here")
+    exitoptions.check(body.get("exitConditions"), job.get("onTaskFailure") or "noaction")
+    registry = (body.get("containerSettings") or {}).get("registry")
+    if registry:  # never used (no containers run here), so never kept: a password is not stored or answered
+        registry.pop("password", None)
     if (body.get("requiredSlots") or 1) < 1:
         raise schema.invalid_value("requiredSlots", "at least 1")
     if body.get("dependsOn") and not job.get("usesTaskDependencies"):

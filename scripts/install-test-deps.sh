@@ -130,6 +130,18 @@ for v in $OLD_BATCH_SDKS; do
     fi
 done
 
+# --- azure-batch's own tests -----------------------------------------------------------------------
+# The source distribution of azure-batch 15.1.0 ships its tests/ (tests/test_sdk_suite.py runs them against
+# the emulator); the wheel does not. Kept as downloaded: the test reads the four files it needs from it.
+SDK_SDIST=".cache/sdk/azure_batch-15.1.0.tar.gz"
+if [[ -f "$SDK_SDIST" ]]; then
+    summary+=("azure-batch 15.1.0 sdist: ok")
+else
+    mkdir -p .cache/sdk
+    .venv/bin/python -m pip download -q --no-deps --no-binary :all: azure-batch==15.1.0 -d .cache/sdk >&2
+    summary+=("azure-batch 15.1.0 sdist: downloaded")
+fi
+
 # --- Azurite ---------------------------------------------------------------------------------------
 azurite() {
 azurite_dir=".cache/azurite"
@@ -152,6 +164,7 @@ fi
 # --- final check -----------------------------------------------------------------------------------
 problems=()
 [[ -x .venv/bin/pytest ]] || problems+=(".venv lacks pytest")
+[[ -f "$SDK_SDIST" ]] || problems+=("$SDK_SDIST missing")
 for name in mpich openmpi intelmpi; do
     .venvs/$name/bin/python -c 'import mpi4py' 2>/dev/null || problems+=(".venvs/$name lacks mpi4py")
 done

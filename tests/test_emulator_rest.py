@@ -154,9 +154,10 @@ def test_not_emulated_is_refused_never_silently_accepted(client: Any) -> None:
         assert (status, code) == (501, "NotSupportedByEmulator"), (method, path)
     assert call(client, "POST", "/jobs", {**GOOD_JOB, "id": "exits"}).status_code == 201
     resp = call(client, "POST", "/jobs/exits/tasks", {"id": "t", "commandLine": "/bin/true",
-                                                     "exitConditions": {"default": {"jobAction": "terminate"}}})
+                                                     "applicationPackageReferences": [{"applicationId": "a"}]})
     status, code, values = error(resp)
-    assert (status, code) == (501, "NotSupportedByEmulator") and "exit conditions" in resp.json()["message"]["value"]
+    assert (status, code) == (501, "NotSupportedByEmulator")
+    assert "application packages" in resp.json()["message"]["value"]
     assert list(client.list_tasks("exits")) == []
     resp = call(client, "GET", "/jobs", query=f"api-version={API}&$filter=" + "substringof('a',id)")
     assert error(resp)[:2] == (400, "InvalidQueryParameterValue")

@@ -149,9 +149,6 @@ def test_wrong_key_and_api_version(emu: EmulatorProcess, client: Any) -> None:
 
 
 def test_not_emulated_is_refused_never_silently_accepted(client: Any) -> None:
-    for method, path, body in [("GET", "/certificates", None), ("POST", "/certificates", {"thumbprint": "ab"})]:
-        status, code, values = error(call(client, method, path, body))
-        assert (status, code) == (501, "NotSupportedByEmulator"), (method, path)
     assert call(client, "POST", "/jobs", {**GOOD_JOB, "id": "exits"}).status_code == 201
     resp = call(client, "POST", "/jobs/exits/tasks", {"id": "t", "commandLine": "/bin/true",
                                                      "applicationPackageReferences": [{"applicationId": "a"}]})

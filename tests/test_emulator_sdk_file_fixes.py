@@ -5,6 +5,7 @@ cannot start, subnet and image ids, node logs uploaded after the answer, and 15.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,20 @@ def test_a_query_name_with_capitals_signed_as_15_1_signs_it(emulator: EmulatorPr
     assert request(emulator.endpoint, emulator.account, emulator.key, "GET", "/pools/p", query=query).status == 200
     wrong = base64.b64encode(b"w" * 64).decode()  # either form still needs the account's key
     assert request(emulator.endpoint, emulator.account, wrong, "GET", "/pools/p", query=query).status == 403
+
+
+def test_certificates_are_refused_as_retired_in_every_version(emulator: EmulatorProcess) -> None:
+    e = emulator
+    for version in ("2018-12-01.8.0", "2024-07-01.20.0", "2025-06-01"):
+        for method, path in (("GET", "/certificates"), ("POST", "/certificates"),
+                             ("DELETE", "/certificates(thumbprintAlgorithm=sha1,thumbprint=ab12)"),
+                             ("POST", "/certificates(thumbprintAlgorithm=sha1,thumbprint=ab12)/canceldelete")):
+            answer = request(e.endpoint, e.account, e.key, method, path, query=f"api-version={version}")
+            assert (answer.status, answer.code) == (400, "FeatureRetired"), (version, method, path)
+            assert "retired" in answer.json()["message"]["value"]
+    # a pool naming certificates, in a version whose model still has them: refused with the same reason
+    body = json.dumps({"id": "certs", "vmSize": VM, "certificateReferences": [
+        {"thumbprint": "ab12", "thumbprintAlgorithm": "sha1"}]}).encode()
+    answer = request(e.endpoint, e.account, e.key, "POST", "/pools", body, query="api-version=2024-02-01.19.0")
+    assert (answer.status, answer.code) == (400, "InvalidPropertyValue") and "retired" in answer.body.decode()
+    assert {p.id for p in e.batch_client().list_pools()} == {"p"}

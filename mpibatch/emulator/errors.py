@@ -46,6 +46,18 @@ def not_emulated(what: str, hint: str = "") -> BatchError:
                       " (see docs/emulator.md for what is emulated)", {"Feature": what})
 
 
+# Retired by the service: REST reference, Certificate - Add (api-version 2024-07-01.20.0): "This operation is
+# deprecated and will be removed after February, 2024. Please use the Azure KeyVault Extension instead";
+# API 2025-06-01 has no certificate operations or certificateReferences (azure-batch 15.1.0's changelog).
+CERTIFICATES_RETIRED = ("Batch account certificates were retired by the Azure Batch service after February 2024 "
+                        "and removed from API 2025-06-01; use the Azure Key Vault VM extension")
+
+
+def retired_operation(feature: str, why: str) -> BatchError:
+    """An operation of a feature the service retired: refused with the reason, in every API version."""
+    return BatchError(400, "FeatureRetired", f"{why}.", {"Feature": feature, "Reason": why})
+
+
 def invalid_body(reason: str) -> BatchError:
     return BatchError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.",
                       {"Reason": reason})

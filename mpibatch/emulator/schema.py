@@ -9,14 +9,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import versions
+from . import errors, versions
 from .errors import BatchError, invalid_body, invalid_value, missing_property, not_emulated
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Known, but what they ask for is not emulated: refused rather than silently ignored.
 NOT_EMULATED = {
-    "pool": {"certificateReferences": "certificates"},
     "job": {"networkConfiguration": "job network configuration",
             "jobManagerTask.containerSettings": "container tasks",
             "jobManagerTask.applicationPackageReferences": "application packages",
@@ -29,7 +28,7 @@ NOT_EMULATED = {
 _CLOUD_SERVICES = ("Cloud Services pools (cloudServiceConfiguration) were retired by the Azure Batch service in "
                    "2024; use virtualMachineConfiguration")
 RETIRED = {
-    "pool": {"cloudServiceConfiguration": _CLOUD_SERVICES},
+    "pool": {"cloudServiceConfiguration": _CLOUD_SERVICES, "certificateReferences": errors.CERTIFICATES_RETIRED},
     "job": {"poolInfo.autoPoolSpecification.pool.cloudServiceConfiguration": _CLOUD_SERVICES},
     "job schedule": {"jobSpecification.poolInfo.autoPoolSpecification.pool.cloudServiceConfiguration":
                      _CLOUD_SERVICES},

@@ -151,10 +151,10 @@ def test_wrong_key_and_api_version(emu: EmulatorProcess, client: Any) -> None:
 def test_not_emulated_is_refused_never_silently_accepted(client: Any) -> None:
     assert call(client, "POST", "/jobs", {**GOOD_JOB, "id": "exits"}).status_code == 201
     resp = call(client, "POST", "/jobs/exits/tasks", {"id": "t", "commandLine": "/bin/true",
-                                                     "applicationPackageReferences": [{"applicationId": "a"}]})
+                                                     "affinityInfo": {"affinityId": "node-x"}})
     status, code, values = error(resp)
     assert (status, code) == (501, "NotSupportedByEmulator")
-    assert "application packages" in resp.json()["message"]["value"]
+    assert "task affinity" in resp.json()["message"]["value"]
     assert list(client.list_tasks("exits")) == []
     resp = call(client, "GET", "/jobs", query=f"api-version={API}&$filter=" + "substringof('a',id)")
     assert error(resp)[:2] == (400, "InvalidQueryParameterValue")

@@ -87,6 +87,14 @@ def test_a_container_task_is_stored_without_its_password_and_fails_when_it_would
     assert t.execution_info.result == "failure" and t.execution_info.exit_code is None
     assert t.execution_info.failure_info.code == "NotSupportedByEmulator"
     assert "no container runtime" in t.execution_info.failure_info.message
+    # a job manager task the same way; the job does not keep the password either
+    client.create_job(m.BatchJobCreateOptions(id="jm", pool_info=m.BatchPoolInfo(pool_id="p"),
+                                              job_manager_task=m.BatchJobManagerTask(
+                                                  id="manager", command_line="/bin/true",
+                                                  container_settings=m.BatchTaskContainerSettings(
+                                                      image_name="ubuntu:22.04", registry=registry))))
+    assert _completed(client, "jm", "manager").execution_info.failure_info.code == "NotSupportedByEmulator"
+    assert client.get_job("jm").job_manager_task.container_settings.registry.password is None
     assert not any("s3cret-pw" in line for line in emulator.log)
 
 
@@ -189,3 +197,41 @@ def test_certificates_are_refused_as_retired_in_every_version(emulator: Emulator
     answer = request(e.endpoint, e.account, e.key, "POST", "/pools", body, query="api-version=2024-02-01.19.0")
     assert (answer.status, answer.code) == (400, "InvalidPropertyValue") and "retired" in answer.body.decode()
     assert {p.id for p in e.batch_client().list_pools()} == {"p"}
+
+
+def test_application_packages_of_the_command_line_are_listed_and_installed(tmp_path: Path) -> None:
+    import subprocess
+    import zipfile
+
+    from azure.batch import models as m
+
+    package = tmp_path / "tool.zip"
+    with zipfile.ZipFile(package, "w") as z:
+        z.writestr("bin/data.txt", "from the package\n")
+    emu = EmulatorProcess(tmp_path / "state", storage="none", pools=("p:1",),
+                          extra_args=("--application", f"my-tool:2.1.b={package}")).start()
+    try:
+        client = emu.batch_client()
+        apps = list(client.list_applications())
+        assert [(a.id, a.versions) for a in apps] == [("my-tool", ["2.1.b"])]
+        assert client.get_application("MY-TOOL").id == "my-tool"
+        client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+        read = ('/bin/sh -c \'cat "$AZ_BATCH_APP_PACKAGE_my_tool_2_1_b/bin/data.txt" '
+                '"$AZ_BATCH_APP_PACKAGE_my_tool/bin/data.txt"\'')
+        client.create_task("j", m.BatchTaskCreateOptions(id="t", command_line=read, application_package_references=[
+            m.BatchApplicationPackageReference(application_id="my-tool", version="2.1.b"),
+            m.BatchApplicationPackageReference(application_id="my-tool")]))
+        client.create_task("j", m.BatchTaskCreateOptions(id="missing", command_line="/bin/true",
+                                                         application_package_references=[
+                                                             m.BatchApplicationPackageReference(application_id="nope")]))
+        assert _completed(client, "j", "t").execution_info.exit_code == 0
+        out = b"".join(client.download_task_file("j", "t", "stdout.txt"))
+        assert out == b"from the package\n" * 2
+        failed = _completed(client, "j", "missing").execution_info
+        assert failed.result == "failure" and failed.failure_info.code == "ApplicationPackageNotFound"
+    finally:
+        emu.stop()
+    for bad in ("no-equals", "x:1=/no/such/file", f"bad name={package}"):
+        proc = subprocess.run([str(emu.args[0]), "emulate", "--port", "0", "--storage", "none", "--application", bad],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 2 and "--application" in proc.stderr, (bad, proc.stderr)

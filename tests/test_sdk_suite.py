@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -62,11 +63,18 @@ def test_azure_batch_15_1_own_tests_pass_against_the_emulator(tmp_path: Path) ->
            "MPIBATCH_SDK_SUITE_DIR": str(tmp_path)}
     argv = [sys.executable, "-m", "pytest", "-p", "asyncrun", "-p", "no:cacheprovider", "-q", "--timeout=240",
             f"--junitxml={report}", "test_batch.py"]
-    proc = subprocess.run(_isolated(argv), cwd=run, env=env, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(_isolated(argv), cwd=run, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its process group: the inner pytest and the emulators it started
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"not done in {RUN_TIMEOUT_S} s:\n{out[-4000:]}") from None
+    assert report.is_file(), f"no report from the run:\n{out[-4000:]}\n{err[-2000:]}"
     cases = ET.parse(report).getroot().iter("testcase")
     outcome = {c.get("name"): ("passed" if not list(c) else c[0].tag) for c in cases}
     expected = {f"test_batch_{f}[{mode}]" for f in FUNCTIONS for mode in ("sync", "async")}
-    assert set(outcome) == expected, proc.stdout[-3000:]
+    assert set(outcome) == expected, out[-3000:]
     failed = sorted(name for name, result in outcome.items() if result != "passed")
-    assert not failed and proc.returncode == 0, f"{failed}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+    assert not failed and proc.returncode == 0, f"{failed}\n{out[-6000:]}\n{err[-2000:]}"

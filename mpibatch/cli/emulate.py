@@ -53,11 +53,14 @@ def export_lines(env: dict[str, str]) -> list[str]:
                    "else a free one)")
 @click.option("--pool", "pools_", multiple=True, metavar="ID:NODES[:SLOTS]",
               help="a pool to have from the start (inter-node communication on; repeatable)")
+@click.option("--application", "applications", multiple=True, metavar="NAME[:VERSION]=PATH",
+              help="an application package of the account: a .zip file or a directory (VERSION default 1.0; "
+                   "repeatable)")
 @click.option("--account", default=None, help="Batch account name (default: generated once per state dir)")
 @click.option("--key", default=None, help="account key, base64 (default: generated once per state dir)")
 @report_errors
 def emulate(port: int, state_dir: str | None, storage: str, storage_port: int | None, pools_: tuple[str, ...],
-            account: str | None, key: str | None) -> None:
+            applications: tuple[str, ...], account: str | None, key: str | None) -> None:
     """Serve the Azure Batch REST API on 127.0.0.1 with emulated nodes, until Ctrl-C.
 
     Prints the `export` lines to paste into the shell of a Batch client, then one line per change.
@@ -67,7 +70,11 @@ def emulate(port: int, state_dir: str | None, storage: str, storage_port: int | 
     if click.get_current_context().invoked_subcommand:  # an operator command: no emulator to start here
         return
 
+    from ..emulator import apppackages
+
     pools = [parse_pool(p) for p in pools_]
+    packages = [apppackages.parse_option(a) for a in applications]
+    apppackages.catalogue(packages)  # a version given twice is bad input before anything starts
     t0 = time.monotonic()
     lock = threading.Lock()
 
@@ -77,7 +84,7 @@ def emulate(port: int, state_dir: str | None, storage: str, storage_port: int | 
 
     logging.getLogger("mpibatch.emulator").setLevel(logging.WARNING)
     emu = Emulator(port=port, state_dir=state_dir, storage=storage, pools_=pools, account=account, key=key,
-                   on_event=event, storage_port=storage_port)
+                   on_event=event, storage_port=storage_port, applications=packages)
     click.echo(BANNER, err=True)
     if storage not in ("auto", "none", "env", ""):
         event("warning: a connection string on the command line is visible to every user in `ps`; "

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..durations import iso_seconds
 from ..errors import SpecError
-from . import pools, spot, tasks
+from . import apppackages, pools, spot, tasks
+from .apppackages import Package
 from .edge import BoundedServer
 from .files import AutoStorage
 from .nodes import Ledger, Processes
@@ -51,8 +52,9 @@ class Emulator:
     def __init__(self, *, port: int = 8900, state_dir: str | Path | None = None, storage: str | None = "auto",
                  pools_: Sequence[tuple[str, int, int]] = (), account: str | None = None, key: str | None = None,
                  image: dict[str, str] | None = None, on_event: Callable[[str], None] | None = None,
-                 storage_port: int | None = None) -> None:
+                 storage_port: int | None = None, applications: Sequence[Package] = ()) -> None:
         self.port = port
+        self.applications = apppackages.catalogue(list(applications))
         self.state_dir = Path(state_dir).resolve() if state_dir else None
         self.storage_arg = storage
         self.storage_port = storage_port

@@ -23,6 +23,7 @@ def check(spec: dict[str, Any] | None) -> None:
         if not spec.get(name):
             raise schema.missing_property(f"jobManagerTask.{name}")
     schema.check_id(spec["id"], "jobManagerTask.id")
+    schema.drop_registry_password(spec)
 
 
 def add_task(emu: Emulator, job: dict[str, Any]) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..launchers.protocol import task_dir_rel
-from . import exitoptions, files, identity, jobmanager, jobs, multi, spot
+from . import apppackages, exitoptions, files, identity, jobmanager, jobs, multi, spot
 from .errors import now_iso
 from .fetch import fetch, left
 from .nodes import env_settings, node_env
@@ -235,7 +235,11 @@ class Scheduler:
         emu.event(f"task {t['_job']}/{t['id']}: running on node {node['id']}")
         env = node_env(emu.image, account=emu.account, account_url=emu.endpoint, pool_id=node["_pool"], node=node,
                        job_id=t["_job"], task_id=t["id"], task_dir=task_dir)
-        env |= env_settings(job.get("commonEnvironmentSettings")) | env_settings(t.get("environmentSettings"))
+        refs = t.get("applicationPackageReferences")
+        apps, failure = apppackages.install(emu.applications, Path(node["_root"]), refs)
+        if failure:
+            return self._complete(t, nodes, None, failure)
+        env |= apps | env_settings(job.get("commonEnvironmentSettings")) | env_settings(t.get("environmentSettings"))
         retries = t["constraints"].get("maxTaskRetryCount") or 0
         retries = 3 if retries < 0 else retries
         user = identity.for_task(node, t.get("userIdentity"), emu.store.pools.get(key(node["_pool"])))

@@ -17,10 +17,8 @@ ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Known, but what they ask for is not emulated: refused rather than silently ignored.
 NOT_EMULATED = {
     "job": {"networkConfiguration": "job network configuration",
-            "jobManagerTask.containerSettings": "container tasks",
-            "jobManagerTask.applicationPackageReferences": "application packages",
             "jobManagerTask.authenticationTokenSettings": "authentication tokens"},
-    "task": {"applicationPackageReferences": "application packages", "authenticationTokenSettings":
+    "task": {"authenticationTokenSettings":
              "authentication tokens", "affinityInfo": "task affinity",
              "resourceFiles.identityReference": "managed identities"},
 }
@@ -75,6 +73,14 @@ def check_rules(body: dict[str, Any], entity: str, required: tuple[str, ...] = (
         if value not in (None, False, 0, [], {}):
             raise not_emulated(what, f"remove '{prop}'")
     return body
+
+
+def drop_registry_password(task: dict[str, Any]) -> None:
+    """A task's containerSettings.registry.password is never used (no containers run here), so never kept:
+    not stored, not answered."""
+    registry = (task.get("containerSettings") or {}).get("registry")
+    if isinstance(registry, dict):
+        registry.pop("password", None)
 
 
 def check_id(value: Any, prop: str) -> str:

@@ -33,6 +33,9 @@ def check(emu: Emulator, job: dict[str, Any], body: Any) -> dict[str, Any]:
     body = schema.validate(body, "task.add", "task", required=("id", "commandLine"))
     mis = body.get("multiInstanceSettings")
     if mis is not None:
+        if body.get("applicationPackageReferences"):
+            raise schema.not_emulated("application packages of multi-instance tasks",
+                                      "put the package among the task's commonResourceFiles")
         n = mis.get("numberOfInstances", 1)
         if not 1 <= n <= pools.MAX_NODES:
             raise schema.invalid_value("multiInstanceSettings.numberOfInstances", f"from 1 to {pools.MAX_NODES}")
@@ -41,9 +44,7 @@ def check(emu: Emulator, job: dict[str, Any], body: Any) -> dict[str, Any]:
         if body.get("dependsOn"):
             raise schema.invalid_value("dependsOn", "a multi-instance task cannot depend on other tasks here")
     exitoptions.check(body.get("exitConditions"), job.get("onTaskFailure") or "noaction")
-    registry = (body.get("containerSettings") or {}).get("registry")
-    if registry:  # never used (no containers run here), so never kept: a password is not stored or answered
-        registry.pop("password", None)
+    schema.drop_registry_password(body)
     if (body.get("requiredSlots") or 1) < 1:
         raise schema.invalid_value("requiredSlots", "at least 1")
     if body.get("dependsOn") and not job.get("usesTaskDependencies"):

@@ -57,7 +57,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
 
 class EmulatorProcess:
     def __init__(self, state_dir: Path, *, pools: tuple[str, ...] = (), storage: str = "auto",
-                 env: dict[str, str] | None = None, account: str | None = None, key: str | None = None) -> None:
+                 env: dict[str, str] | None = None, account: str | None = None, key: str | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.state_dir = state_dir
         self.args = [str(MPIBATCH), "emulate", "--port", "0", "--state-dir", str(state_dir), "--storage", storage]
         for p in pools:
@@ -66,6 +67,7 @@ class EmulatorProcess:
             self.args += ["--account", account]
         if key:
             self.args += ["--key", key]
+        self.args += list(extra_args)
         self.env = dict(env if env is not None else os.environ)
         self.proc: subprocess.Popen[str] | None = None
         self.exports: dict[str, str] = {}

@@ -229,6 +229,21 @@ def test_application_packages_of_the_command_line_are_listed_and_installed(tmp_p
         assert out == b"from the package\n" * 2
         failed = _completed(client, "j", "missing").execution_info
         assert failed.result == "failure" and failed.failure_info.code == "ApplicationPackageNotFound"
+        # a pool's packages: on every node as it joins, named in the environment of the tasks there
+        ref = m.BatchApplicationPackageReference(application_id="my-tool", version="2.1.b")
+        client.create_pool(m.BatchPoolCreateOptions(id="withapp", vm_size=VM, target_dedicated_nodes=1,
+                                                    application_package_references=[ref]))
+        client.create_pool(m.BatchPoolCreateOptions(id="noapp", vm_size=VM, target_dedicated_nodes=1,
+                                                    application_package_references=[
+                                                        m.BatchApplicationPackageReference(application_id="nope")]))
+        wait_for("withapp idle", lambda: [n for n in client.list_nodes("withapp") if n.state == "idle"])
+        [bad] = wait_for("noapp unusable", lambda: [n for n in client.list_nodes("noapp") if n.state == "unusable"])
+        assert bad.errors[0].code == "ApplicationPackageNotFound"
+        client.create_job(m.BatchJobCreateOptions(id="j2", pool_info=m.BatchPoolInfo(pool_id="withapp")))
+        client.create_task("j2", m.BatchTaskCreateOptions(
+            id="t", command_line='/bin/sh -c \'cat "$AZ_BATCH_APP_PACKAGE_my_tool_2_1_b/bin/data.txt"\''))
+        assert _completed(client, "j2", "t").execution_info.exit_code == 0
+        assert b"".join(client.download_task_file("j2", "t", "stdout.txt")) == b"from the package\n"
     finally:
         emu.stop()
     for bad in ("no-equals", "x:1=/no/such/file", f"bad name={package}"):

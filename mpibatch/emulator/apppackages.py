@@ -6,7 +6,8 @@ as on a Linux node ("Deploy applications to compute nodes with Batch application
 id's case kept, `.`, `-` and `#` flattened to `_`): `AZ_BATCH_APP_PACKAGE_<name>_<version>`, and
 `AZ_BATCH_APP_PACKAGE_<name>` for a reference without a version. A reference to a package the account does
 not have fails the task when it would start, as the REST reference says ("If a referenced Package cannot be
-installed ... the Task fails"). On the service packages are uploaded through Azure Resource Manager, which
+installed ... the Task fails"); a pool's are installed as each node joins (pools.py), where one missing
+makes the node unusable. On the service packages are uploaded through Azure Resource Manager, which
 the emulator does not have: the command line is where they come from."""
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def node_env(image: dict[str, str], *, account: str, account_url: str, pool_id: 
         prep = NodeLayout(root, job_id, "jobpreparation")
         env["AZ_BATCH_JOB_PREP_DIR"] = prep.task_dir
         env["AZ_BATCH_JOB_PREP_WORKING_DIR"] = prep.working_dir
-    return {**image, **env}
+    return {**image, **(node.get("_appEnv") or {}), **env}  # the pool's application packages, where installed
 
 
 @dataclass

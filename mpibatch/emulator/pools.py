@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..launchers.protocol import NODE_DIRS
-from . import files, identity, mounts, schema, versions
+from . import apppackages, files, identity, mounts, schema, versions
 from .endpoints import node_network
 from .errors import exists, not_found, now_iso
 from .fetch import fetch
@@ -132,8 +132,20 @@ def _new_node(emu: Emulator, pool: dict[str, Any], dedicated: bool = True) -> di
     return node
 
 
+def _install_packages(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> dict[str, Any] | None:
+    """The pool's application packages on a node that joins (or rejoins after a reboot): None, or the node's
+    error when one cannot be installed."""
+    env, failure = apppackages.install(emu.applications, Path(node["_root"]), pool.get("applicationPackageReferences"))
+    with emu.store.lock:
+        node["_appEnv"] = env
+    if failure is None:
+        return None
+    return {"code": failure["code"], "message": failure["message"],
+            "errorDetails": [{"name": "Reason", "value": failure["message"]}]}
+
+
 def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
-    mount_error = mounts.mount(emu, pool, node)
+    mount_error = mounts.mount(emu, pool, node) or _install_packages(emu, pool, node)
     if mount_error:  # as on the service: the node is unusable and says why
         with emu.store.lock:
             node["errors"] = [mount_error]

@@ -120,7 +120,12 @@ def _unpack(source: Path, target: Path) -> None:
             for d in dirnames:
                 os.chmod(os.path.join(dirpath, d), 0o755)
         os.chmod(tmp, 0o755)
-        os.rename(tmp, target)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another task on the node installed it meanwhile, whole
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -59,6 +59,11 @@ def test_supported_images_as_the_samples_pick_them(client: Any, emu: EmulatorPro
     assert any("DockerCompatible" in (i.capabilities or []) for i in verified)
     hpc = list(client.list_supported_images(filter="nodeAgentSKUId eq 'batch.node.el 8'"))
     assert hpc and all(i.image_reference.offer == "almalinux-hpc" for i in hpc)
+    # the MPI sample's pick: verified OpenLogic CentOS-HPC whose sku starts with 7.4, past its end of life
+    centos = [(i.node_agent_sku_id, i.batch_support_end_of_life.year) for i in verified
+              if (i.image_reference.publisher, i.image_reference.offer) == ("openlogic", "centos-hpc")
+              and i.image_reference.sku.startswith("7.4")]
+    assert centos == [("batch.node.centos 7", 2024)]
     # paging as every list pages
     page = request(emu.endpoint, emu.account, emu.key, "GET", "/supportedimages",
                    query="api-version=2025-06-01&maxresults=4").json()

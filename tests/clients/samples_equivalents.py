@@ -28,7 +28,7 @@ import azure.batch.models as bm
 import waiting  # tests/clients/waiting.py, beside this script
 from azure.batch import BatchServiceClient
 from azure.batch.batch_auth import SharedKeyCredentials
-from azure.storage.blob import BlobServiceClient, generate_blob_sas, generate_container_sas
+from sample_storage import Storage  # beside this script
 
 TIMEOUT_S = 120
 UTC = datetime.timezone.utc
@@ -38,34 +38,8 @@ def wait_for(what, check):
     return waiting.wait_for(what, check, TIMEOUT_S)
 
 
-class Storage:
-    """The account's blobs, addressed as the samples address them: blob URLs with a read SAS, container URLs
-    with a write SAS."""
-
-    def __init__(self, conn):
-        self.service = BlobServiceClient.from_connection_string(conn)
-        parts = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
-        self.account, self.key = parts["AccountName"], parts["AccountKey"]
-
-    def upload(self, container, name, text):
-        c = self.service.get_container_client(container)
-        if not c.exists():
-            c.create_container()
-        c.upload_blob(name, text.encode(), overwrite=True)
-        sas = generate_blob_sas(self.account, container, name, account_key=self.key, permission="r",
-                                expiry=datetime.datetime.now(UTC) + datetime.timedelta(hours=1))
-        return bm.ResourceFile(http_url=f"{c.url}/{name}?{sas}", file_path=name)
-
-    def container_sas_url(self, container):
-        c = self.service.get_container_client(container)
-        if not c.exists():
-            c.create_container()
-        sas = generate_container_sas(self.account, container, account_key=self.key, permission="w",
-                                     expiry=datetime.datetime.now(UTC) + datetime.timedelta(hours=1))
-        return f"{c.url}?{sas}"
-
-    def read(self, container, name):
-        return self.service.get_blob_client(container, name).download_blob().readall().decode()
+def resource_file(storage, container, name, text):
+    return bm.ResourceFile(http_url=storage.upload(container, name, text), file_path=name)
 
 
 def pick_image(client, publisher, offer, sku_prefix):
@@ -137,7 +111,7 @@ def hello(client, storage):
 
 
 def resources(client, storage):
-    script = storage.upload("poolsandresourcefiles", "listing.sh", "echo listing; ls\n")
+    script = resource_file(storage, "poolsandresourcefiles", "listing.sh", "echo listing; ls\n")
     pool = bm.PoolAddParameter(id="resources", vm_size="STANDARD_D1_V2", target_dedicated_nodes=1,
                                virtual_machine_configuration=vm_config(client, sku="16.04"),
                                start_task=bm.StartTask(command_line="/bin/bash listing.sh",
@@ -159,7 +133,7 @@ def resources(client, storage):
 
 
 def schedule(client, storage):
-    jm = storage.upload("jobscheduler", "manager.sh", "echo managed by $AZ_BATCH_JOB_ID\n")
+    jm = resource_file(storage, "jobscheduler", "manager.sh", "echo managed by $AZ_BATCH_JOB_ID\n")
     now = datetime.datetime.now(UTC)
     client.job_schedule.add(cloud_job_schedule=bm.JobScheduleAddParameter(
         id="sched", schedule=bm.Schedule(do_not_run_after=now + datetime.timedelta(minutes=30),
@@ -185,9 +159,9 @@ def schedule(client, storage):
 
 
 def mpi(client, storage):
-    coordinate = storage.upload("input", "coordination-cmd",
+    coordinate = resource_file(storage, "input", "coordination-cmd",
                                 "#!/usr/bin/env bash\ntouch $AZ_BATCH_TASK_SHARED_DIR/coordinated\n")
-    application = storage.upload("input", "application-cmd", "#!/usr/bin/env bash\necho instances=$1 "
+    application = resource_file(storage, "input", "application-cmd", "#!/usr/bin/env bash\necho instances=$1 "
                                  "hosts=$AZ_BATCH_HOST_LIST\nls $AZ_BATCH_TASK_SHARED_DIR\n")
     output = storage.container_sas_url("output")
     vm = vm_config(client, "OpenLogic", "CentOS-HPC", "7.4")
@@ -223,7 +197,7 @@ def mpi(client, storage):
 
 
 def quickstart(client, storage):
-    files = [storage.upload("input", f"taskdata{i}.txt", f"data {i}\n") for i in range(3)]
+    files = [resource_file(storage, "input", f"taskdata{i}.txt", f"data {i}\n") for i in range(3)]
     client.pool.add(bm.PoolAddParameter(
         id="quickstart", vm_size="STANDARD_DS1_V2", target_dedicated_nodes=2,
         virtual_machine_configuration=bm.VirtualMachineConfiguration(
@@ -243,7 +217,7 @@ def quickstart(client, storage):
 
 
 def ffmpeg(client, storage):
-    inputs = [storage.upload("ffin", "clip.txt", "a clip\n")]
+    inputs = [resource_file(storage, "ffin", "clip.txt", "a clip\n")]
     output = storage.container_sas_url("ffout")
     client.pool.add(bm.PoolAddParameter(
         id="ffmpeg", vm_size="STANDARD_A1_v2", target_dedicated_nodes=0, target_low_priority_nodes=2,

@@ -35,6 +35,7 @@ def make_certificates(where: Path) -> tuple[Path, Path, Path]:
     """A CA and a `*.blob.core.windows.net` certificate it signed, made once in `where` (kept: clients trust
     the CA file by path)."""
     where.mkdir(parents=True, exist_ok=True)
+    where.chmod(0o700)  # the CA's key signs for any blob host: only its owner may read it
     ca, ca_key, cert, key = (where / n for n in ("ca.pem", "ca.key", "front.pem", "front.key"))
     if cert.is_file() and key.is_file() and ca.is_file():
         return ca, cert, key

@@ -68,7 +68,8 @@ def test_blobio_reaches_an_https_account_url_through_the_proxy(
 
 
 def test_the_front_refuses_every_other_host(front: tuple[int, Path]) -> None:
-    port, _ = front
+    port, ca = front
+    assert ca.parent.stat().st_mode & 0o077 == 0  # the CA's key is its owner's alone
     for target in ("example.com:443", f"{BLOB_HOST}:80", "127.0.0.1:22"):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())

@@ -59,6 +59,23 @@ class BlobInfo(NamedTuple):
     blob_type: str = "BlockBlob"
 
 
+def https_proxy_for(netloc: str, environ: dict[str, str] | None = None) -> str | None:
+    """The `host:port` of the HTTPS proxy the environment names for `netloc` (`https_proxy` / `HTTPS_PROXY`,
+    minus `no_proxy` hosts), as urllib and requests read it; None: connect directly. Storage is reached
+    through the proxy with CONNECT, so TLS stays end to end."""
+    env = os.environ if environ is None else environ
+    proxy = env.get("https_proxy") or env.get("HTTPS_PROXY") or ""
+    if not proxy:
+        return None
+    host = urllib.parse.urlsplit("//" + netloc).hostname or netloc
+    for entry in (env.get("no_proxy") or env.get("NO_PROXY") or "").split(","):
+        entry = entry.strip().lstrip(".").lower()
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return None
+    u = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    return f"{u.hostname}:{u.port or 80}" if u.hostname else None
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -95,7 +112,10 @@ class ContainerClient:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-            conn = cls(self.netloc, timeout=self.timeout)
+            proxy = https_proxy_for(self.netloc) if self.scheme == "https" else None
+            conn = cls(proxy or self.netloc, timeout=self.timeout)
+            if proxy:
+                conn.set_tunnel(self.netloc)
             self._local.conn = conn
         return conn
 

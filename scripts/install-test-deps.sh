@@ -16,6 +16,7 @@ cd "$REPO_ROOT"
 PYTHON="${PYTHON:-python3}"
 AZURITE_VERSION="3.35.0" # newer releases need Node 22; Debian 12 / NodeSource 20 here
 APT_PACKAGES=(openssh-server openssh-client sshfs fuse3 shellcheck iproute2 procps python3-venv npm nodejs
+    openssl # openssl: scripts/storage_tls_front.py makes its certificate authority with it
     environment-modules # environment-modules: rehearsal nodes activate MPI runtimes with `module load`
     lammps) # lammps: examples/lammps-restart (Debian's build, with Debian's Open MPI)
 MAIN_EXTRAS="test,plot,mpich"

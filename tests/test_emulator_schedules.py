@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,6 +60,11 @@ def test_supported_images_as_the_samples_pick_them(client: Any, emu: EmulatorPro
     assert any("DockerCompatible" in (i.capabilities or []) for i in verified)
     hpc = list(client.list_supported_images(filter="nodeAgentSKUId eq 'batch.node.el 8'"))
     assert hpc and all(i.image_reference.offer == "almalinux-hpc" for i in hpc)
+    # the MPI sample's pick: verified OpenLogic CentOS-HPC whose sku starts with 7.4, past its end of life
+    centos = [(i.node_agent_sku_id, i.batch_support_end_of_life.year) for i in verified
+              if (i.image_reference.publisher, i.image_reference.offer) == ("openlogic", "centos-hpc")
+              and i.image_reference.sku.startswith("7.4")]
+    assert centos == [("batch.node.centos 7", 2024)]
     # paging as every list pages
     page = request(emu.endpoint, emu.account, emu.key, "GET", "/supportedimages",
                    query="api-version=2025-06-01&maxresults=4").json()
@@ -94,7 +100,32 @@ def test_auto_pool_comes_and_goes_with_its_job(client: Any) -> None:
     assert auto in b"".join(client.download_task_file("autojob", "t", "stdout.txt")).decode()
     client.begin_terminate_job("autojob", {"terminateReason": "done"}, polling_interval=1).result()
     wait_for("the job to complete", lambda: client.get_job("autojob").state == "completed")
+    # deleting, not gone: the task's files are still there for a client that reads them right after (samples do)
+    assert client.get_pool(auto).state == "deleting"
+    assert auto in b"".join(client.download_task_file("autojob", "t", "stdout.txt")).decode()
     wait_for("the auto pool to go", lambda: auto not in pool_ids(client))
+
+
+def test_a_deletion_left_by_a_stopped_emulator_finishes_at_its_next_start(tmp_path: Path) -> None:
+    from azure.batch import models as m
+
+    first = EmulatorProcess(tmp_path / "state", storage="none").start()
+    try:
+        c = first.batch_client()
+        c.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(
+            auto_pool_specification=m.BatchAutoPoolSpecification(pool_lifetime_option="job", pool=small_pool(m)))))
+        auto = c.get_job("j").execution_info.pool_id
+        c.begin_terminate_job("j", {"terminateReason": "done"}, polling_interval=1).result()
+        wait_for("the auto pool to be deleting", lambda: c.get_pool(auto).state == "deleting")
+    finally:
+        first.stop()
+    second = EmulatorProcess(tmp_path / "state", storage="none").start()
+    try:
+        c = second.batch_client()
+        wait_for("the auto pool to go", lambda: auto not in pool_ids(c), timeout=8)  # less than the linger
+        assert c.get_job("j").state == "completed"
+    finally:
+        second.stop()
 
 
 def test_kept_alive_auto_pool_stays_and_cloud_services_are_refused(client: Any, emu: EmulatorProcess) -> None:

@@ -1,7 +1,7 @@
 """Auto pools: a job's (or a job schedule's) `poolInfo.autoPoolSpecification` creates its pool
 (`autoPoolIdPrefix`, then a generated suffix, as the service names them), the job's tasks run on it, the job
 reports it as `executionInfo.poolId`, and it is deleted when its owner ends - the job (`poolLifetimeOption`
-job) or the job schedule (jobSchedule) - unless `keepAlive`."""
+job) or the job schedule (jobSchedule) - unless `keepAlive`: `deleting` at once, gone LINGER_S later."""
 from __future__ import annotations
 
 import uuid
@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 WHERE = "poolInfo.autoPoolSpecification"
 LIFETIMES = ("job", "jobSchedule")
 MAX_PREFIX = 20  # "The prefix can be up to 20 characters long"
+# An ended owner's auto pool is `deleting` this long before its nodes and files go: the service takes minutes
+# to release VMs, and the samples read a task's stdout right after its job completed (and deleted the pool).
+LINGER_S = 10.0
 
 
 def check(spec: dict[str, Any] | None, *, in_schedule: bool) -> dict[str, Any] | None:
@@ -61,6 +64,6 @@ def owner_ended(emu: Emulator, pool_id: str | None, owner: str) -> None:
     if pool is None or auto.get("owner") != owner or auto.get("keepAlive"):
         return
     try:
-        pools.delete(emu, pool_id)
+        pools.delete(emu, pool_id, linger_s=LINGER_S)
     except BatchError:  # deleted already (by a user, or a concurrent end)
         pass

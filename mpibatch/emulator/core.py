@@ -178,6 +178,8 @@ class Emulator:
                                         name="emulator-http", daemon=True)
         self._thread.start()
         spot.replace_preempted(self)
+        for pool in [p for p in self.store.pools.values() if p["state"] == "deleting"]:
+            pools.delete(self, pool["id"], again=True)  # a deletion the last run did not finish
         for task in self.restarted_failed:
             self.event(f"task {task}: failed (the emulator restarted while it ran)")
         for pool_id, nodes, slots in self.initial_pools:

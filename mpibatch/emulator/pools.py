@@ -7,6 +7,7 @@ import logging
 import secrets
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -203,10 +204,13 @@ def join(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> None:
               + (f" (start task: {failure['message']})" if failure else ""))
 
 
-def delete(emu: Emulator, pool_id: str) -> None:
+def delete(emu: Emulator, pool_id: str, *, linger_s: float = 0.0, again: bool = False) -> None:
+    """Delete a pool: `deleting` at once, its nodes and files gone after `linger_s` seconds (an auto pool whose
+    owner ended: the service takes minutes to release a pool's VMs, and code that reads a task's files right
+    after its job completed still finds them). `again`: finish a deletion a stopped emulator left."""
     pool = get(emu, pool_id)
     with emu.store.lock:
-        if pool["state"] == "deleting":
+        if pool["state"] == "deleting" and not again:
             return
         set_state(pool, "deleting")
         emu.store.mark(("pools", pool))
@@ -215,6 +219,7 @@ def delete(emu: Emulator, pool_id: str) -> None:
     emu.event(f"pool {pool_id}: deleting")
 
     def finish() -> None:
+        time.sleep(linger_s)
         for t in running:
             emu.scheduler.end_task(t, requeue=True)
         with emu.store.lock:

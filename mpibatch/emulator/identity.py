@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -117,9 +118,12 @@ def for_task(node: dict[str, Any], identity: dict[str, Any] | None, pool: dict[s
 
 def own_node_root(root: Path, node_id: str) -> None:
     """A new node's directory tree (made by the emulator just now, nothing in it yet) becomes its user's."""
-    if not usable():
-        return
-    uid = node_uid(node_id)
+    if usable():
+        chown_tree(root, node_uid(node_id))
+
+
+def chown_tree(root: Path, uid: int) -> None:
+    """`root` and everything in it (made by the emulator, no task has run there yet) become `uid`'s."""
     for dirpath, dirs, names in os.walk(root):
         for name in [*dirs, *names]:
             os.lchown(os.path.join(dirpath, name), uid, uid)
@@ -136,21 +140,45 @@ def open_logs(user: TaskUser, task_dir: Path) -> tuple[int, int]:
     """Make task_dir/wd; open task_dir's stdout.txt and stderr.txt for appending (regular files only,
     never through a symlink), owned by the node's user. Returns the two descriptors."""
     os.close(_open_dirs(user, task_dir / "wd"))
-    fd = _open_dirs(user, task_dir)
-    out = []
+    out = open_append(user, task_dir / "stdout.txt")
     try:
-        for name in ("stdout.txt", "stderr.txt"):
-            f = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK |
-                        os.O_CLOEXEC, 0o644, dir_fd=fd)
-            out.append(f)
-            if not stat.S_ISREG(os.fstat(f).st_mode):
-                raise OSError(f"{task_dir / name} is not a regular file")
-            os.fchown(f, user.uid, user.uid)
-        return out[0], out[1]
+        return out, open_append(user, task_dir / "stderr.txt")
     except OSError:
-        for f in out:
-            os.close(f)
+        os.close(out)
         raise
+
+
+def open_append(user: TaskUser, path: Path) -> int:
+    """Open `path` (inside the node's root) for appending, made on the way and owned by the node's user;
+    a regular file only, never through a symlink."""
+    fd = _open_dirs(user, path.parent)
+    try:
+        f = os.open(path.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK |
+                    os.O_CLOEXEC, 0o644, dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        if not stat.S_ISREG(os.fstat(f).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        os.fchown(f, user.uid, user.uid)
+        return f
+    except OSError:
+        os.close(f)
+        raise
+
+
+def remove_tree(user: TaskUser, path: Path) -> None:
+    """Remove `path` (inside the node's root) and what it holds, following no symlink on the way or in it."""
+    fd = _open_dirs(user, path.parent)
+    try:
+        try:
+            shutil.rmtree(f"/proc/self/fd/{fd}/{path.name}")  # through the opened directory
+        except NotADirectoryError:
+            os.unlink(path.name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except OSError:  # a symlink (rmtree refuses it): the link goes, never what it names
+            os.unlink(path.name, dir_fd=fd)
     finally:
         os.close(fd)
 

@@ -77,7 +77,7 @@ def exposure(uid: int, image: Iterable[str], writable: Iterable[str], private: S
     outer = sorted(c for c in covers if not any(o != c and _under(c, o) for o in covers))
     binds: dict[str, bool] = {}
     for p, rw in wanted:
-        if any(_under(p, c) and p != c for c in outer) and first_closed(p, uid, stat_of) in (None, *outer):
+        if any(_under(p, c) and p != c for c in outer):  # the bind passes every closed directory on the way
             binds[p] = binds.get(p, False) or rw
     return outer, sorted(binds.items(), key=lambda b: (len(PurePosixPath(b[0]).parts), b[0]))
 
@@ -208,6 +208,31 @@ class NodeUserTransport(LocalTransport):
             identity.remove_tree(user, self.host_path(node, d))
         for d in dirs:
             identity.make_dirs(user, self.host_path(node, d))
+
+    def _no_link_on_the_way(self, node: Node, node_path: str) -> Path:
+        """The host path of `node_path`, read as root: OSError if a directory on the way is a symlink (a task
+        may have planted one; the final component is never followed either, by the readers)."""
+        path = self.host_path(node, node_path)
+        top = self.workdir / "nodes" / str(node.index)
+        for d in reversed(path.relative_to(top).parents):  # ".", then each directory down to the last
+            if (top / d).is_symlink():
+                raise OSError(f"{node_path}: {d} is a symlink; not followed")
+        return path
+
+    def fetch(self, node: Node, node_path: str, dest: Path) -> bool:
+        self._no_link_on_the_way(node, node_path)
+        return super().fetch(node, node_path, dest)
+
+    def read_tail(self, node: Node, path: str, limit: int) -> str:
+        try:
+            self._no_link_on_the_way(node, path)
+        except OSError:
+            return ""
+        return super().read_tail(node, path, limit)
+
+    def collect(self, node: Node, node_dir: str, patterns: Sequence[str], dest: Path) -> list[str]:
+        self._no_link_on_the_way(node, node_dir)
+        return super().collect(node, node_dir, patterns, dest)
 
     def put(self, node: Node, local: Path, node_path: str) -> None:
         dest = self.host_path(node, node_path)

@@ -113,7 +113,7 @@ class LocalTransport:
     poll_s = 0.01  # a poll here is a waitpid: look often, so no wait adds tens of milliseconds to a run
     MODULEFILES = "modulefiles"  # in the run's directory: what the nodes' `module avail` lists
     # Popen arguments of the run's init and node inits (a subclass starts them as another user).
-    spawn_as: dict[str, object] = {}
+    spawn_as: dict[str, Any] = {}
 
     def __init__(self, keep_nodes: bool = False, workdir: str | None = None,
                  node_setup: Callable[[Node, Path], None] | None = None,
@@ -192,7 +192,7 @@ class LocalTransport:
              "--propagation", "private", "--mount-proc", "--",
              "/bin/bash", script_path("local_run_init.sh")],
             env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=die_with_parent(), **self.spawn_as)  # type: ignore[call-overload]
+            start_new_session=True, preexec_fn=die_with_parent(), **self.spawn_as)
         if self.run_init.stdout is None or self.run_init.stdout.readline().strip() != b"ready":
             err = self._stop(self.run_init)
             self.run_init = None
@@ -214,7 +214,7 @@ class LocalTransport:
              str(self.workdir / "nodes" / str(node.index)),
              str(self.mount_point), str(self.hosts_file), node.node_id],
             env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, **self.spawn_as)  # type: ignore[call-overload]
+            start_new_session=True, **self.spawn_as)
 
     def _await_holder(self, node: Node) -> None:
         """The node's init says it is ready; one that does not is stopped (the others are ended with the run)."""

@@ -107,3 +107,30 @@ def test_exposure_covers_the_first_closed_directory_and_binds_the_image_back() -
                              stat_of=lambda p: _st(modes[p]))
     assert covers == ["/root", "/tmp"]
     assert binds == [("/tmp/run", True), ("/root/py/3.11", False)]  # /opt/mpi is open: left as it is
+
+
+def test_a_task_cannot_swap_its_directory_for_a_link_to_what_only_root_reads(client: Any) -> None:
+    """The emulator reads a run's logs back, and serves them, as root: a task that replaces its own directory
+    by a symlink to a directory only root may read must get nothing from there. Its directory's parent is
+    not the task's to change (the node's root and the directories above task directories stay root's)."""
+    secret = Path("/root") / f"mpibatch-secret-{secrets.token_hex(6)}"
+    secret.mkdir(mode=0o700)
+    try:
+        for name in ("stdout.txt", "stderr.txt"):
+            (secret / name).write_text("SECRET\n")
+        make_pool(client, "mil", 2, 0, enableInterNodeCommunication=True)
+        d = '"$AZ_BATCH_TASK_DIR"'
+        swap = f"cd /; mv {d} {d}.old 2>/dev/null; echo mv=$?; ln -sfT {secret} {d} 2>/dev/null; echo ln=$?"
+        add_task(client, "mlj", "mil", {"id": "swap", "commandLine": f"/bin/bash -c '{swap}'",
+                                        "multiInstanceSettings": {"numberOfInstances": 2,
+                                                                  "coordinationCommandLine": "/bin/true"}})
+        t = wait_for("the task", lambda: (lambda t: t if t["state"] == "completed" else None)(
+            get(client, "/jobs/mlj/tasks/swap")))
+        out = b"".join(client.download_task_file("mlj", "swap", "stdout.txt")).decode()
+        err = b"".join(client.download_task_file("mlj", "swap", "stderr.txt")).decode()
+        assert "SECRET" not in out + err, (out, err, t["executionInfo"])
+        assert "mv=0" not in out and "ln=0" not in out and "mv=" in out, out  # the task ran; its swap was refused
+    finally:
+        for f in secret.iterdir():
+            f.unlink()
+        secret.rmdir()

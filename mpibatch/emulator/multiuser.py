@@ -31,8 +31,10 @@ from ..errors import InfraError
 from ..executors.lifecycle import Node, split_command_line
 from ..executors.local import LocalTransport, _LocalProc
 from ..launchers import fileio, script_path
+from ..launchers.protocol import TASK_DIR_DEPTH, WORKITEMS
 from . import identity
 
+ROOT_OWNED_DEPTH = TASK_DIR_DEPTH - 1  # workitems/<job>/job-1: above every task directory
 PRIVATE_DIRS = ("/tmp", "/var/tmp")  # each task's own (tmpfs), as for every other task (identity.INIT_SCRIPT)
 FIRST_FD = 3
 
@@ -115,6 +117,24 @@ def mask_script(covers: Sequence[str], binds: Sequence[tuple[str, bool]], privat
     return "\n".join(lines)
 
 
+def _root_dirs(top: Path, parts: Sequence[str]) -> int:
+    """Open top/parts..., each directory made (root's, 0755) where missing; never through a symlink."""
+    fd = os.open(top, os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            nxt = os.open(part, os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class NodeUserTransport(LocalTransport):
     """The local executor's transport, every node process run as `user` (see the module's text)."""
 
@@ -130,10 +150,10 @@ class NodeUserTransport(LocalTransport):
         return identity.TaskUser(self.user.uid, self.user.elevated, str(self.workdir / "nodes" / str(node.index)))
 
     def _start_run_init(self) -> None:
-        if not self.owned:  # made by the emulator just now: the run's files are the node user's, its dirs open
+        if not self.owned:  # made by the emulator just now: open to the node user, who gets each node's TMPDIR
             self.workdir.chmod(0o755)
-            for sub in (self.workdir / "nodes").iterdir() if (self.workdir / "nodes").is_dir() else ():
-                identity.chown_tree(sub, self.user.uid)
+            for nd in self.nodes:
+                identity.chown_tree(self.host_path(nd, self.node_tmp), self.user.uid)
             self.owned = True
         super()._start_run_init()
         self._expose()
@@ -161,9 +181,13 @@ class NodeUserTransport(LocalTransport):
                              **self.user.popen_args())
         self.procs.append(_LocalProc(p))
         self.anchor_pid = self._child_pid(p.pid)
-        for _ in range(400):  # its namespace exists once unshare has exec'd sleep
-            if os.readlink(f"/proc/{self.anchor_pid}/ns/user") != os.readlink(f"/proc/{self.run_init_pid}/ns/user"):
-                return
+        run_ns = os.readlink(f"/proc/{self.run_init_pid}/ns/user")
+        for _ in range(400):  # its namespace exists once unshare has exec'd sleep (2 s at most)
+            try:
+                if os.readlink(f"/proc/{self.anchor_pid}/ns/user") != run_ns:
+                    return
+            except OSError:
+                break  # it died
             if p.poll() is not None:
                 break
             time.sleep(0.005)
@@ -203,11 +227,22 @@ class NodeUserTransport(LocalTransport):
         return proc
 
     def make_dirs(self, node: Node, dirs: Sequence[str], clean: Sequence[str] = ()) -> None:
+        """The node's root and the directories above task directories stay root's (a task can neither swap
+        its own directory for a symlink nor plant one above another's: the emulator serves what is below);
+        the shared, startup and task directories are the node user's."""
         user = self.node_user(node)
         for d in clean:
-            identity.remove_tree(user, self.host_path(node, d))
+            identity.remove_tree(user, self._above_tasks(user, self.host_path(node, d)))
         for d in dirs:
-            identity.make_dirs(user, self.host_path(node, d))
+            identity.make_dirs(user, self._above_tasks(user, self.host_path(node, d)))
+
+    @staticmethod
+    def _above_tasks(user: identity.TaskUser, path: Path) -> Path:
+        """Make the root's directories above the task directory on the way to `path`; `path`."""
+        rel = path.relative_to(user.root).parts
+        if rel[:1] == (WORKITEMS,):
+            os.close(_root_dirs(Path(user.root), rel[:ROOT_OWNED_DEPTH]))
+        return path
 
     def _no_link_on_the_way(self, node: Node, node_path: str) -> Path:
         """The host path of `node_path`, read as root: OSError if a directory on the way is a symlink (a task

@@ -11,7 +11,8 @@ own:
 - a non-admin task runs as NONADMIN_UID inside a nested user namespace (not root even there);
 - /tmp, /var/tmp and /dev/shm are the task's own (tmpfs), so nothing it leaves there reaches the host; the
   command runs one user namespace below the one that mounted them, so it cannot unmount them either.
-Its node directory belongs to the node's host user. The emulator makes the task's directories and opens its
+Its node directory belongs to the node's host user, but for the node's root and the directories above
+task directories (stays_root). The emulator makes the task's directories and opens its
 logs itself, one component at a time and never through a symlink (a task could plant one for a later task
 of its node), and fetches resource files as the node's user.
 
@@ -26,6 +27,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..launchers.protocol import TASK_DIR_DEPTH, WORKITEMS
 
 log = logging.getLogger(__name__)
 NODE_UID_BASE = 0x70000000  # far above any account's uid; one host uid per node from here
@@ -117,9 +120,25 @@ def for_task(node: dict[str, Any], identity: dict[str, Any] | None, pool: dict[s
 
 
 def own_node_root(root: Path, node_id: str) -> None:
-    """A new node's directory tree (made by the emulator just now, nothing in it yet) becomes its user's."""
+    """A new node's directory tree (made by the emulator just now, nothing in it yet) becomes its user's,
+    but for the node's root and `workitems` (stays_root)."""
+    if usable():
+        for sub in root.iterdir():
+            if not stays_root((sub.name,)):
+                chown_tree(sub, node_uid(node_id))
+
+
+def own_tree(root: Path, node_id: str) -> None:
+    """A directory tree the emulator just made in a node (a mount) becomes the node user's."""
     if usable():
         chown_tree(root, node_uid(node_id))
+
+
+def stays_root(rel: tuple[str, ...]) -> bool:
+    """The node's root and the directories above task directories (workitems/<job>/job-1) stay root's:
+    a task can neither swap its own directory for a symlink (the emulator reads and serves what is below,
+    as root) nor plant one where a later task's directory will be made."""
+    return not rel or (rel[0] == WORKITEMS and len(rel) < TASK_DIR_DEPTH)
 
 
 def chown_tree(root: Path, uid: int) -> None:
@@ -187,7 +206,7 @@ def _open_dirs(user: TaskUser, path: Path) -> int:
     rel = Path(path).relative_to(user.root)
     fd = os.open(user.root, os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in rel.parts:
+        for n, part in enumerate(rel.parts, 1):
             try:
                 os.mkdir(part, 0o755, dir_fd=fd)
                 made = True
@@ -196,7 +215,7 @@ def _open_dirs(user: TaskUser, path: Path) -> int:
             nxt = os.open(part, os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = nxt
-            if made:
+            if made and not stays_root(rel.parts[:n]):
                 os.fchown(fd, user.uid, user.uid)
         return fd
     except BaseException:

@@ -31,11 +31,9 @@ from ..errors import InfraError
 from ..executors.lifecycle import Node, split_command_line
 from ..executors.local import LocalTransport, _LocalProc
 from ..launchers import fileio, script_path
-from ..launchers.protocol import TASK_DIR_DEPTH, WORKITEMS
 from . import identity
 
-ROOT_OWNED_DEPTH = TASK_DIR_DEPTH - 1  # workitems/<job>/job-1: above every task directory
-PRIVATE_DIRS = ("/tmp", "/var/tmp")  # each task's own (tmpfs), as for every other task (identity.INIT_SCRIPT)
+PRIVATE_DIRS = ("/tmp", "/var/tmp")  # the run's own (tmpfs), as every other task's are (identity.INIT_SCRIPT)
 FIRST_FD = 3
 
 
@@ -108,31 +106,13 @@ def mask_script(covers: Sequence[str], binds: Sequence[tuple[str, bool]], privat
     for n, (path, _) in enumerate(binds):
         lines.append(f"exec {FIRST_FD + n}<{shlex.quote(path)}")
     for c in covers:
-        mode = "mode=1777,nosuid,nodev" if c in private else "mode=755"
+        mode = "mode=1777,nosuid,nodev,size=50%" if c in private else "mode=755,size=1m"
         lines.append(shlex.join(["mount", "-t", "tmpfs", "-o", mode, "tmpfs", c]))
     for n, (path, rw) in enumerate(binds):
         how = ["--rbind"] if rw else ["--bind", "-o", "ro"]
         lines.append(shlex.join(["mkdir", "-p", path]))
         lines.append(shlex.join(["mount", "--no-canonicalize", *how, f"/proc/self/fd/{FIRST_FD + n}", path]))
     return "\n".join(lines)
-
-
-def _root_dirs(top: Path, parts: Sequence[str]) -> int:
-    """Open top/parts..., each directory made (root's, 0755) where missing; never through a symlink."""
-    fd = os.open(top, os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts:
-            try:
-                os.mkdir(part, 0o755, dir_fd=fd)
-            except FileExistsError:
-                pass
-            nxt = os.open(part, os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 class NodeUserTransport(LocalTransport):
@@ -227,22 +207,13 @@ class NodeUserTransport(LocalTransport):
         return proc
 
     def make_dirs(self, node: Node, dirs: Sequence[str], clean: Sequence[str] = ()) -> None:
-        """The node's root and the directories above task directories stay root's (a task can neither swap
-        its own directory for a symlink nor plant one above another's: the emulator serves what is below);
-        the shared, startup and task directories are the node user's."""
+        """As for every task's directories (identity.stays_root: the node's root and the directories above
+        task directories stay root's; the shared, startup and task directories are the node user's)."""
         user = self.node_user(node)
         for d in clean:
-            identity.remove_tree(user, self._above_tasks(user, self.host_path(node, d)))
+            identity.remove_tree(user, self.host_path(node, d))
         for d in dirs:
-            identity.make_dirs(user, self._above_tasks(user, self.host_path(node, d)))
-
-    @staticmethod
-    def _above_tasks(user: identity.TaskUser, path: Path) -> Path:
-        """Make the root's directories above the task directory on the way to `path`; `path`."""
-        rel = path.relative_to(user.root).parts
-        if rel[:1] == (WORKITEMS,):
-            os.close(_root_dirs(Path(user.root), rel[:ROOT_OWNED_DEPTH]))
-        return path
+            identity.make_dirs(user, self.host_path(node, d))
 
     def _no_link_on_the_way(self, node: Node, node_path: str) -> Path:
         """The host path of `node_path`, read as root: OSError if a directory on the way is a symlink (a task

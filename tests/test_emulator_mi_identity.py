@@ -134,3 +134,20 @@ def test_a_task_cannot_swap_its_directory_for_a_link_to_what_only_root_reads(cli
         for f in secret.iterdir():
             f.unlink()
         secret.rmdir()
+
+
+def test_a_retried_non_admin_mpi_task_runs_again_as_the_same_user_on_fresh_nodes(client: Any) -> None:
+    """A retry (maxTaskRetryCount) restarts the nodes: the same user, the same hostnames, MPI across them."""
+    make_pool(client, "mir", 2, 0, enableInterNodeCommunication=True)
+    count = "f=$AZ_BATCH_NODE_SHARED_DIR/n; n=$(cat $f 2>/dev/null || echo 0); echo $((n+1)) > $f"
+    rank = '/bin/sh -c "echo \\$(id -u)@\\$(hostname)"'
+    cmd = f"{count}; echo attempt=$n; mpiexec -hosts $AZ_BATCH_HOST_LIST -n 2 -ppn 1 {rank}; [ $n -ge 1 ]"
+    add_task(client, "mrj", "mir", {"id": "again", "commandLine": f"/bin/bash -c '{cmd}'", "userIdentity": NONADMIN,
+                                    "constraints": {"maxTaskRetryCount": 1},
+                                    "multiInstanceSettings": {"numberOfInstances": 2,
+                                                              "coordinationCommandLine": "/bin/true"}})
+    t = wait_for("the task", lambda: (lambda t: t if t["state"] == "completed" else None)(
+        get(client, "/jobs/mrj/tasks/again")))
+    out = b"".join(client.download_task_file("mrj", "again", "stdout.txt")).decode().split()
+    assert t["executionInfo"]["retryCount"] == 1 and t["executionInfo"].get("exitCode") == 0, (t["executionInfo"], out)
+    assert out[0] == "attempt=1" and sorted(out[1:]) == ["1000@node-0", "1000@node-1"], out

@@ -51,7 +51,20 @@ class _Executor(LocalExecutor):
             t.opened_nodes = nodes  # type: ignore[attr-defined]
             return nodes
 
+        restart = t._start_nodes
+
+        def restart_with_hostnames() -> None:  # a retry's fresh node inits: hostnames stay node-<instance>
+            ids = [node.node_id for node in t.nodes]
+            for node in t.nodes:
+                node.node_id = f"node-{node.index}"
+            try:
+                restart()
+            finally:
+                for node, node_id in zip(t.nodes, ids):
+                    node.node_id = node_id
+
         t.open = open_with_pool_ids  # type: ignore[method-assign]
+        t._start_nodes = restart_with_hostnames  # type: ignore[method-assign]
         return t, env
 
 

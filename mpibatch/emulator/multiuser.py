@@ -108,9 +108,10 @@ def mask_script(covers: Sequence[str], binds: Sequence[tuple[str, bool]], privat
     for c in covers:
         mode = "mode=1777,nosuid,nodev,size=50%" if c in private else "mode=755,size=1m"
         lines.append(shlex.join(["mount", "-t", "tmpfs", "-o", mode, "tmpfs", c]))
+    if binds:  # every bind's place on the covers, in one process
+        lines.append(shlex.join(["mkdir", "-p", *(path for path, _ in binds)]))
     for n, (path, rw) in enumerate(binds):
         how = ["--rbind"] if rw else ["--bind", "-o", "ro"]
-        lines.append(shlex.join(["mkdir", "-p", path]))
         lines.append(shlex.join(["mount", "--no-canonicalize", *how, f"/proc/self/fd/{FIRST_FD + n}", path]))
     return "\n".join(lines)
 

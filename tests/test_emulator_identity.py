@@ -95,3 +95,14 @@ def test_a_link_a_task_plants_for_a_later_task_is_never_followed(client: Any) ->
         assert t["executionInfo"].get("exitCode") == 0, t["executionInfo"]
         assert b"".join(client.download_task_file("idk", victim, "stdout.txt")) == b"pwned\n"
     assert not target.exists() and not Path("/etc/wd").exists() and not Path("/etc/stdout.txt").exists()
+
+
+def test_a_reimaged_node_s_new_directories_are_its_user_s_again(client: Any) -> None:
+    """Reimage wipes and remakes the node's directories: its tasks write its shared directory as before."""
+    node = make_pool(client, "idr", 1, 0)[0]
+    assert call(client, "POST", f"/pools/idr/nodes/{node['id']}/reimage", {}).status_code == 202
+    wait_for("idle after reimage", lambda: nodes(client, "idr")[0]["state"] == "idle")
+    add_task(client, "idrj", "idr", {"id": "w", "commandLine": "/bin/bash -c 'echo x > $AZ_BATCH_NODE_SHARED_DIR/f; "
+                                                                  "echo shared=$?'"})
+    wait_for("w", lambda: get(client, "/jobs/idrj/tasks/w")["state"] == "completed")
+    assert b"".join(client.download_task_file("idrj", "w", "stdout.txt")) == b"shared=0\n"

@@ -19,5 +19,9 @@ pid=""
 [ -n "$pid" ] || { echo "mpibatch local: no emulated node has address $host" >&2; exit 255; }
 for name in "${!AZ_BATCH_@}" CCP_NODES; do unset "$name"; done
 # Already inside the run's user and PID namespaces (as root there): enter only the
-# node's mount and UTS namespaces.
+# node's mount and UTS namespaces. A caller that is not root (a non-admin task of `mpibatch
+# emulate`) owns the node's user namespace instead: it enters that too, and stays itself there.
+if [ "$EUID" -ne 0 ]; then
+  exec nsenter -t "$pid" -U --preserve-credentials -m -u -- /bin/sh -c "$*"
+fi
 exec nsenter -t "$pid" -m -u -- /bin/sh -c "$*"

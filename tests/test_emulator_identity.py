@@ -74,20 +74,35 @@ def test_tasks_are_non_admin_unless_they_ask(client: Any) -> None:
 
 
 def test_a_link_a_task_plants_for_a_later_task_is_never_followed(client: Any) -> None:
-    """A task may prepare another task's directory on its node (they share the node's user): the emulator,
-    which makes task directories and opens their logs as root, follows no link a task put there."""
+    """A task may not prepare another task's directory on its node, nor swap its own for a link: the node's
+    root and the directories above task directories stay root's (the emulator, which makes task directories,
+    opens their logs and serves their files as root, would otherwise act through such a link). Later tasks
+    run in directories of their own."""
     token = secrets.token_hex(6)
     target = Path(f"/etc/mpibatch-link-{token}")
     make_pool(client, "idl", 1, 0)
-    plant = ("d=$AZ_BATCH_NODE_ROOT_DIR/workitems/idk/job-1; mkdir -p $d/logs; "
-             f"ln -s /etc $d/dir; ln -s {target} $d/logs/stdout.txt")
+    plant = ("d=$AZ_BATCH_NODE_ROOT_DIR/workitems/idk/job-1; mkdir -p $d/logs; echo logs=$?; "
+             f"ln -s /etc $d/dir; echo dir=$?; ln -s {target} $AZ_BATCH_NODE_ROOT_DIR/x; echo root=$?; "
+             'cd /; mv "$AZ_BATCH_TASK_DIR" "$AZ_BATCH_TASK_DIR.old"; echo own=$?')
     add_task(client, "idk", "idl", {"id": "plant", "commandLine": f"/bin/bash -c '{plant}'"})
     wait_for("plant", lambda: get(client, "/jobs/idk/tasks/plant")["state"] == "completed")
-    assert get(client, "/jobs/idk/tasks/plant")["executionInfo"]["exitCode"] == 0
+    out = b"".join(client.download_task_file("idk", "plant", "stdout.txt")).decode().split()
+    assert out == ["logs=1", "dir=1", "root=1", "own=1"], out  # every one refused
     for victim in ("dir", "logs"):
-        add_task(client, "idk", "idl", {"id": victim, "commandLine": "/bin/bash -c 'echo pwned > x'"})
+        add_task(client, "idk", "idl", {"id": victim, "commandLine": "/bin/bash -c 'echo pwned > x; cat x'"})
         wait_for(victim, lambda v=victim: get(client, f"/jobs/idk/tasks/{v}")["state"] == "completed")
         t = get(client, f"/jobs/idk/tasks/{victim}")
-        assert t["executionInfo"]["failureInfo"]["code"] == "TaskDirectoryInvalid", t["executionInfo"]
-        assert "exitCode" not in t["executionInfo"]
+        assert t["executionInfo"].get("exitCode") == 0, t["executionInfo"]
+        assert b"".join(client.download_task_file("idk", victim, "stdout.txt")) == b"pwned\n"
     assert not target.exists() and not Path("/etc/wd").exists() and not Path("/etc/stdout.txt").exists()
+
+
+def test_a_reimaged_node_s_new_directories_are_its_user_s_again(client: Any) -> None:
+    """Reimage wipes and remakes the node's directories: its tasks write its shared directory as before."""
+    node = make_pool(client, "idr", 1, 0)[0]
+    assert call(client, "POST", f"/pools/idr/nodes/{node['id']}/reimage", {}).status_code == 202
+    wait_for("idle after reimage", lambda: nodes(client, "idr")[0]["state"] == "idle")
+    add_task(client, "idrj", "idr", {"id": "w", "commandLine": "/bin/bash -c 'echo x > $AZ_BATCH_NODE_SHARED_DIR/f; "
+                                                                  "echo shared=$?'"})
+    wait_for("w", lambda: get(client, "/jobs/idrj/tasks/w")["state"] == "completed")
+    assert b"".join(client.download_task_file("idrj", "w", "stdout.txt")) == b"shared=0\n"

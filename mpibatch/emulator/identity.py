@@ -11,7 +11,8 @@ own:
 - a non-admin task runs as NONADMIN_UID inside a nested user namespace (not root even there);
 - /tmp, /var/tmp and /dev/shm are the task's own (tmpfs), so nothing it leaves there reaches the host; the
   command runs one user namespace below the one that mounted them, so it cannot unmount them either.
-Its node directory belongs to the node's host user. The emulator makes the task's directories and opens its
+Its node directory belongs to the node's host user, but for the node's root and the directories above
+task directories (stays_root). The emulator makes the task's directories and opens its
 logs itself, one component at a time and never through a symlink (a task could plant one for a later task
 of its node), and fetches resource files as the node's user.
 
@@ -20,11 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..launchers.protocol import TASK_DIR_DEPTH, WORKITEMS
 
 log = logging.getLogger(__name__)
 NODE_UID_BASE = 0x70000000  # far above any account's uid; one host uid per node from here
@@ -116,10 +120,29 @@ def for_task(node: dict[str, Any], identity: dict[str, Any] | None, pool: dict[s
 
 
 def own_node_root(root: Path, node_id: str) -> None:
-    """A new node's directory tree (made by the emulator just now, nothing in it yet) becomes its user's."""
-    if not usable():
-        return
-    uid = node_uid(node_id)
+    """A new node's directory tree (made by the emulator just now, nothing in it yet) becomes its user's,
+    but for the node's root and `workitems` (stays_root)."""
+    if usable():
+        for sub in root.iterdir():
+            if not stays_root((sub.name,)):
+                chown_tree(sub, node_uid(node_id))
+
+
+def own_tree(root: Path, node_id: str) -> None:
+    """A directory tree the emulator just made in a node (a mount) becomes the node user's."""
+    if usable():
+        chown_tree(root, node_uid(node_id))
+
+
+def stays_root(rel: tuple[str, ...]) -> bool:
+    """The node's root and the directories above task directories (workitems/<job>/job-1) stay root's:
+    a task can neither swap its own directory for a symlink (the emulator reads and serves what is below,
+    as root) nor plant one where a later task's directory will be made."""
+    return not rel or (rel[0] == WORKITEMS and len(rel) < TASK_DIR_DEPTH)
+
+
+def chown_tree(root: Path, uid: int) -> None:
+    """`root` and everything in it (made by the emulator, no task has run there yet) become `uid`'s."""
     for dirpath, dirs, names in os.walk(root):
         for name in [*dirs, *names]:
             os.lchown(os.path.join(dirpath, name), uid, uid)
@@ -136,21 +159,45 @@ def open_logs(user: TaskUser, task_dir: Path) -> tuple[int, int]:
     """Make task_dir/wd; open task_dir's stdout.txt and stderr.txt for appending (regular files only,
     never through a symlink), owned by the node's user. Returns the two descriptors."""
     os.close(_open_dirs(user, task_dir / "wd"))
-    fd = _open_dirs(user, task_dir)
-    out = []
+    out = open_append(user, task_dir / "stdout.txt")
     try:
-        for name in ("stdout.txt", "stderr.txt"):
-            f = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK |
-                        os.O_CLOEXEC, 0o644, dir_fd=fd)
-            out.append(f)
-            if not stat.S_ISREG(os.fstat(f).st_mode):
-                raise OSError(f"{task_dir / name} is not a regular file")
-            os.fchown(f, user.uid, user.uid)
-        return out[0], out[1]
+        return out, open_append(user, task_dir / "stderr.txt")
     except OSError:
-        for f in out:
-            os.close(f)
+        os.close(out)
         raise
+
+
+def open_append(user: TaskUser, path: Path) -> int:
+    """Open `path` (inside the node's root) for appending, made on the way and owned by the node's user;
+    a regular file only, never through a symlink."""
+    fd = _open_dirs(user, path.parent)
+    try:
+        f = os.open(path.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK |
+                    os.O_CLOEXEC, 0o644, dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        if not stat.S_ISREG(os.fstat(f).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        os.fchown(f, user.uid, user.uid)
+        return f
+    except OSError:
+        os.close(f)
+        raise
+
+
+def remove_tree(user: TaskUser, path: Path) -> None:
+    """Remove `path` (inside the node's root) and what it holds, following no symlink on the way or in it."""
+    fd = _open_dirs(user, path.parent)
+    try:
+        try:
+            shutil.rmtree(f"/proc/self/fd/{fd}/{path.name}")  # through the opened directory
+        except NotADirectoryError:
+            os.unlink(path.name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except OSError:  # a symlink (rmtree refuses it): the link goes, never what it names
+            os.unlink(path.name, dir_fd=fd)
     finally:
         os.close(fd)
 
@@ -159,7 +206,7 @@ def _open_dirs(user: TaskUser, path: Path) -> int:
     rel = Path(path).relative_to(user.root)
     fd = os.open(user.root, os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in rel.parts:
+        for n, part in enumerate(rel.parts, 1):
             try:
                 os.mkdir(part, 0o755, dir_fd=fd)
                 made = True
@@ -168,7 +215,7 @@ def _open_dirs(user: TaskUser, path: Path) -> int:
             nxt = os.open(part, os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = nxt
-            if made:
+            if made and not stays_root(rel.parts[:n]):
                 os.fchown(fd, user.uid, user.uid)
         return fd
     except BaseException:

@@ -124,7 +124,7 @@ def mount(emu: Emulator, pool: dict[str, Any], node: dict[str, Any]) -> dict[str
                 files.download(files.resolve([{"storageContainerUrl": url}], None), dest)
             except files.FileError as e:
                 raise MountError(cfg.get("relativeMountPath") or "", redact_url(e.message)) from None
-            identity.own_node_root(Path(node["_root"]) / MOUNTS_DIR, node["id"])  # the node's tasks write there
+            identity.own_tree(Path(node["_root"]) / MOUNTS_DIR, node["id"])  # the node's tasks write there
             with _lock:
                 _synced.update({f"{node['id']}:{p}": s for p, s in _scan(dest).items()})
     except files.FileError as e:

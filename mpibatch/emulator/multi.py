@@ -15,8 +15,10 @@ from ..executors.local import LocalExecutor, LocalTransport
 from ..launchers.protocol import TASK_DIR_DEPTH, NodeLayout
 from ..plan import TaskPlan
 from ..spec import FileRef
+from . import identity
 from .errors import now_iso
 from .fetch import fetch, left
+from .multiuser import NodeUserTransport
 from .nodes import env_settings
 from .state import key, set_state
 
@@ -30,9 +32,13 @@ class _Executor(LocalExecutor):
     """The local executor, its nodes kept after the run (the node files endpoint serves them) and carrying
     the pool nodes' ids as AZ_BATCH_NODE_ID (as the subtask list names them); hostnames stay node-0, ..."""
 
-    def __init__(self, node_ids: list[str], **kwargs: Any) -> None:
+    def __init__(self, node_ids: list[str], user: identity.TaskUser | None, **kwargs: Any) -> None:
         super().__init__(keep_nodes=True, **kwargs)
         self.node_ids = node_ids
+        self.user = user  # None: the emulator's own user (it is not root)
+
+    def make_transport(self, **kwargs: Any) -> LocalTransport:
+        return super().make_transport(**kwargs) if self.user is None else NodeUserTransport(self.user, **kwargs)
 
     def transport_for(self, plan: TaskPlan) -> tuple[LocalTransport, dict[str, str]]:
         t, env = super().transport_for(plan)
@@ -45,7 +51,20 @@ class _Executor(LocalExecutor):
             t.opened_nodes = nodes  # type: ignore[attr-defined]
             return nodes
 
+        restart = t._start_nodes
+
+        def restart_with_hostnames() -> None:  # a retry's fresh node inits: hostnames stay node-<instance>
+            ids = [node.node_id for node in t.nodes]
+            for node in t.nodes:
+                node.node_id = f"node-{node.index}"
+            try:
+                restart()
+            finally:
+                for node, node_id in zip(t.nodes, ids):
+                    node.node_id = node_id
+
         t.open = open_with_pool_ids  # type: ignore[method-assign]
+        t._start_nodes = restart_with_hostnames  # type: ignore[method-assign]
         return t, env
 
 
@@ -118,8 +137,10 @@ class MultiInstanceRun:
                 emu.store.flush()
                 emu.event(f"task {t['_job']}/{t['id']}: running on {len(self.nodes)} nodes")
 
-        self.executor = _Executor([n["id"] for n in self.nodes], base_env=emu.image, runs_dir=run_dir / "collected",
-                                  progress=progress)
+        # Every instance runs as the primary's node user (multiuser.py), with the task's userIdentity.
+        user = identity.for_task(self.nodes[0], t.get("userIdentity"), emu.store.pools.get(key(t["_pool"])))
+        self.executor = _Executor([n["id"] for n in self.nodes], user, base_env=emu.image,
+                                  runs_dir=run_dir / "collected", progress=progress)
         if self.ended:
             return None, None, None
         try:

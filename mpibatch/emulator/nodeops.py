@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..launchers import blobio, fileio
 from ..launchers.protocol import NODE_DIRS
 from ..redaction import redact_url
-from . import mounts, pools, schema, tasks
+from . import identity, mounts, pools, schema, tasks
 from .errors import BatchError, invalid_value, missing_property, not_found, now_iso
 from .state import key, set_state, touch
 
@@ -122,6 +122,7 @@ def _cycle(emu: Emulator, pool_id: str, node_id: str, body: Any, role: str, opti
             for d in (*NODE_DIRS, mounts.MOUNTS_DIR):
                 shutil.rmtree(Path(node["_root"]) / d, ignore_errors=True)
                 (Path(node["_root"]) / d).mkdir(parents=True, exist_ok=True)
+            identity.own_node_root(Path(node["_root"]), node["id"])  # the new directories are its user's again
         emu.procs.allow(f"node:{node['id']}")
         with emu.store.lock:
             node.pop("startTaskInfo", None)

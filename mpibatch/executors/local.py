@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import InfraError
 from ..launchers import fileio, script_path
@@ -111,6 +112,8 @@ class LocalTransport:
     name = "local"
     poll_s = 0.01  # a poll here is a waitpid: look often, so no wait adds tens of milliseconds to a run
     MODULEFILES = "modulefiles"  # in the run's directory: what the nodes' `module avail` lists
+    # Popen arguments of the run's init and node inits (a subclass starts them as another user).
+    spawn_as: dict[str, Any] = {}
 
     def __init__(self, keep_nodes: bool = False, workdir: str | None = None,
                  node_setup: Callable[[Node, Path], None] | None = None,
@@ -189,7 +192,7 @@ class LocalTransport:
              "--propagation", "private", "--mount-proc", "--",
              "/bin/bash", script_path("local_run_init.sh")],
             env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=die_with_parent())
+            start_new_session=True, preexec_fn=die_with_parent(), **self.spawn_as)
         if self.run_init.stdout is None or self.run_init.stdout.readline().strip() != b"ready":
             err = self._stop(self.run_init)
             self.run_init = None
@@ -211,7 +214,7 @@ class LocalTransport:
              str(self.workdir / "nodes" / str(node.index)),
              str(self.mount_point), str(self.hosts_file), node.node_id],
             env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, **self.spawn_as)
 
     def _await_holder(self, node: Node) -> None:
         """The node's init says it is ready; one that does not is stopped (the others are ended with the run)."""
@@ -411,8 +414,12 @@ class LocalExecutor(RehearsalExecutor):
         if self.node_ib is not None:
             hpcnode.check_node_count(self.node_ib, plan.instances)
 
+    def make_transport(self, **kwargs: Any) -> LocalTransport:
+        """The run's transport (the emulator's subclass runs the nodes as a node's user)."""
+        return LocalTransport(**kwargs)
+
     def transport_for(self, plan: TaskPlan) -> tuple[LocalTransport, dict[str, str]]:
-        t = self.transport = LocalTransport(
+        t = self.transport = self.make_transport(
             keep_nodes=self.keep_nodes, node_setup=self._setup_node, helper_env=self.base_env,
             workdir_setup=(lambda d: hpcnode.write_modulefiles(d / LocalTransport.MODULEFILES, self.modules))
             if self.modules else None)

@@ -53,20 +53,14 @@ def resume_source(text: str, runs_dir: str | Path, spec: Spec) -> Path:
 def seed(store: Path, source: Path, task_id: str, instances: int, from_: str) -> int | None:
     """Copy the newest complete generation of `source` into `store` under `task_id`, verified, manifests
     last. Returns its number, None when `source` has no complete one."""
-    src_task = _tasks_in(source)[0]
-    src, dest = checkpoint.DirStore(str(source)), checkpoint.DirStore(str(store))
-    complete, _ = checkpoint.complete_generations(src, src_task, instances)
-    g = checkpoint.restorable(complete, instances, from_)
-    if g is None:
-        return None
-    for i in range(instances) if from_ == "all" else (0,):
-        manifest = checkpoint.Manifest.from_json(src.read(checkpoint.manifest_name(src_task, i, g)))
-        for rel, info in sorted(manifest.files.items()):
-            target = store / checkpoint.generation_prefix(task_id, i, g) / rel
-            src.get(f"{checkpoint.generation_prefix(src_task, i, g)}/{rel}", str(target),
-                    int(info["size"]), str(info["md5"]))
-        dest.put_bytes(checkpoint.manifest_name(task_id, i, g), manifest.to_json().encode())
-    return g
+    return checkpoint.copy_generation(checkpoint.DirStore(str(source)), _tasks_in(source)[0],
+                                      checkpoint.DirStore(str(store)), task_id, instances, from_)
+
+
+def restore_message(attempt: int, generation: int | None) -> str:
+    """What the progress says about an attempt's restore (every executor)."""
+    return (f"attempt {attempt} restores generation {generation}" if generation is not None
+            else f"attempt {attempt}: no complete generation, the program starts fresh")
 
 
 def moved_aside(store: Path) -> Path:

@@ -1,0 +1,122 @@
+"""Checkpoints on the Azure path (docs/checkpoints.md#azure-batch): `mpibatch submit` against `mpibatch emulate`
+with Azurite and the real azure-batch SDK. The nodes save generations into the job's container through the
+checkpoint SAS; a Spot preemption requeues the task, whose restore step puts the newest complete generation
+back; `--resume-from JOB/TASK` starts a new task from another one's; `submit` and `status` say what each
+attempt restored. The program is tests/data/checkpoint/counter.py: real MPI ranks (MPICH), 4 of them."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mpibatch.launchers import checkpoint as ck
+
+from tests.infra.emulator import MPIBATCH, EmulatorProcess, wait_for
+from tests.infra.fixtures import azurite_missing, mpi_env, require
+from tests.test_emulator_cli import cli
+from tests.test_emulator_spot import call, make_pool, nodes
+
+pytestmark = pytest.mark.azure
+DATA = Path(__file__).parent / "data" / "checkpoint"
+STEPS = 60  # 0.1 s a step, a checkpoint every 20 steps (2 s); the tracker looks every second
+
+
+def counter_spec(tmp_path: Path, job: str, task: str, **changes: Any) -> Path:
+    d = tmp_path / f"{job}-{task}"
+    shutil.copytree(DATA, d)
+    data = yaml.safe_load((d / "spec.yaml").read_text())
+    data["job"].update({"id": job, "pool": "spotpool"})
+    data["task"].update({"id": task, **changes})
+    data["task"]["command"][2] = str(STEPS)
+    (d / "spec.yaml").write_text(yaml.safe_dump(data))
+    return d / "spec.yaml"
+
+
+def expected_total() -> int:
+    return sum(6 + 4 * s for s in range(STEPS))  # 4 ranks add rank + step each step
+
+
+def result_words(runs: Path, job: str, task: str) -> list[str]:
+    """result.txt of the primary: ``start S total T generation G`` (this attempt's start step and checkpoint)."""
+    found = sorted((runs / job).glob(f"{task}*/0/result.txt"))
+    assert found, list((runs / job).rglob("*"))
+    return found[-1].read_text().split()
+
+
+def complete_generations(emu: EmulatorProcess, job: str, task: str) -> set[int]:
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(emu.connection_string)
+    container = service.get_container_client(f"job-{job}")
+    if not container.exists():
+        return set()
+    names = [b.name for b in container.list_blobs(name_starts_with=f"{task}/")]
+    return ck.scan(names, task, 0)[1]
+
+
+def start_emulator(tmp_path: Path) -> tuple[EmulatorProcess, Any]:
+    require(azurite_missing() + ([] if os.geteuid() == 0 else ["root (rehearsal nodes)"]), "Azurite, root")
+    emu = EmulatorProcess(tmp_path / "state", env=mpi_env("mpich")).start()
+    from azure.batch import BatchClient
+    from azure.core.credentials import AzureNamedKeyCredential
+
+    client = BatchClient(emu.endpoint, AzureNamedKeyCredential(emu.account, emu.key))
+    make_pool(client, "spotpool", 0, 3, enableInterNodeCommunication=True)
+    return emu, client
+
+
+def test_a_preempted_task_restores_its_newest_generation_and_a_new_task_resumes_from_it(tmp_path: Path) -> None:
+    emu, client = start_emulator(tmp_path)
+    runs = tmp_path / "runs"
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MPIBATCH_"))}
+        submit = subprocess.Popen([str(MPIBATCH), "submit", str(counter_spec(tmp_path, "ck-emu", "counter")),
+                                   "--output", "json", "--runs-dir", str(runs)], env={**env, **emu.exports},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # preempted once a generation is complete in the container: mid-run, well before step 60
+            wait_for("a complete generation", lambda: complete_generations(emu, "ck-emu", "counter"), timeout=120)
+            task = call(client, "GET", "/jobs/ck-emu/tasks/counter").json()
+            assert task["state"] == "running"
+            victim = next(n["id"] for n in nodes(client, "spotpool") if n["state"] == "running")
+            pre = cli(["emulate", "preempt", "--state-dir", str(emu.state_dir), "spotpool", victim], emu)
+            assert pre.returncode == 0, pre.stderr
+            out, err = submit.communicate(timeout=240)
+        finally:
+            if submit.poll() is None:
+                submit.kill()
+                submit.wait(10)
+        assert submit.returncode == 0, out + err + "\n".join(emu.log)
+        assert emu.key not in out + err
+        result = json.loads(out)
+        assert (result["state"], result["exit_code"], result["requeues"], result["attempts"]) == ("completed", 0, 1, 1)
+        first, g = result["restored"]
+        assert first is None and isinstance(g, int) and g >= 1, result["restored"]
+        assert "preempted: requeued (1)" in err and f"attempt 2 restores generation {g}" in err, err
+        start, total, generation = (lambda w: (int(w[1]), int(w[3]), w[5]))(result_words(runs, "ck-emu", "counter"))
+        assert 0 < start < STEPS, "the requeued attempt went on from its checkpoint, not from step 0"
+        assert (total, generation) == (expected_total(), str(g))
+        # status says it too, from the records in the container
+        s = json.loads(cli(["status", "ck-emu", "counter", "--output", "json"], emu).stdout)
+        assert (s["requeues"], s["restored"]) == (1, [None, g])
+        human = cli(["status", "ck-emu", "counter"], emu).stdout
+        assert f"checkpoint generation restored by each attempt: none (started fresh), {g}" in human, human
+
+        # a new task in another job resumes from the newest complete generation of that one
+        newest = max(complete_generations(emu, "ck-emu", "counter"))
+        p = cli(["submit", str(counter_spec(tmp_path, "ck-next", "counter2")), "--resume-from", "ck-emu/counter",
+                 "--output", "json", "--runs-dir", str(runs)], emu)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert f"resuming from generation {newest} of ck-emu/counter" in p.stderr, p.stderr
+        nxt = json.loads(p.stdout)
+        assert (nxt["state"], nxt["exit_code"], nxt["restored"]) == ("completed", 0, [newest])
+        start2, total2, generation2 = (lambda w: (int(w[1]), int(w[3]), w[5]))(result_words(runs, "ck-next",
+                                                                                            "counter2"))
+        assert start2 >= start and (total2, generation2) == (expected_total(), str(newest))
+    finally:
+        emu.stop()

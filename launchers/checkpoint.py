@@ -327,8 +327,11 @@ def restore(store: Store, task: str, index: int, instances: int, from_: str, wd:
     else:
         line = f"checkpoint generation {g} restored on the primary"
     if index == 0:
-        store.record_restore(task, {"generation": g, "files": files, "bytes": size,
-                                    "seconds": round(time.monotonic() - t0, 3)})
+        try:  # only what `status` shows: the program starts all the same
+            store.record_restore(task, {"generation": g, "files": files, "bytes": size,
+                                        "seconds": round(time.monotonic() - t0, 3)})
+        except (OSError, BlobError) as e:
+            line += f" (not recorded for status: {e})"
     return g, line
 
 

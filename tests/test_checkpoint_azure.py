@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -59,6 +60,59 @@ def complete_generations(emu: EmulatorProcess, job: str, task: str) -> set[int]:
     return ck.scan(names, task, 0)[1]
 
 
+def test_only_a_task_that_checkpoints_gets_the_checkpoint_sas() -> None:
+    from mpibatch.payload import batch_task
+    from mpibatch.render import render
+    from mpibatch.spec import parse_spec
+
+    data = yaml.safe_load((DATA / "spec.yaml").read_text())
+    env = {e.name: e.value for e in batch_task(render(parse_spec(data, DATA))).environment_settings}
+    assert env["MPIBATCH_CHECKPOINT_URL"].startswith("<") and "MPIBATCH_PERSIST_URL" in env
+    data["task"].pop("checkpoint")
+    env = {e.name: e.value for e in batch_task(render(parse_spec(data, DATA))).environment_settings}
+    assert "MPIBATCH_CHECKPOINT_URL" not in env and "MPIBATCH_PERSIST_URL" in env
+
+
+def test_the_job_container_keeps_the_generation_rules(azurite: Any, tmp_path: Path) -> None:
+    """The store the nodes use on Batch, through the SAS they get, against Azurite: quiet files saved as
+    generations, `keep` pruning, a generation without its manifest never restored, a stored file that no
+    longer matches its manifest refused, and the primary's restore record."""
+    from mpibatch.launchers.blobio import BlobError, ContainerClient
+
+    from mpibatch.executors.azure.storage import Storage, sas_expiry
+
+    storage = Storage.from_env({"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
+    container = storage.ensure_container("ck-store")
+    store = ck.BlobStore(ContainerClient(storage.checkpoint_container_url(container, sas_expiry(60))))
+    wd, wd2 = tmp_path / "wd", tmp_path / "wd2"
+    wd.mkdir(), wd2.mkdir()
+    saver = ck.Saver(store, "t", 0, 1, str(wd), "restart.*", keep=2, node_id="n0")
+    for n in range(4):
+        (wd / "restart.dat").write_bytes(bytes([n]) * 3000)
+        assert saver.look() is None  # first seen: not yet quiet
+        assert saver.look() == n + 1
+        assert saver.look() is None  # unchanged: not saved twice
+    names = store.names("t/")
+    assert ck.scan(names, "t", 0) == ({3, 4}, {3, 4})  # keep: 2, the older ones deleted, files and manifests
+    store.put_bytes(f"{ck.generation_prefix('t', 0, 5)}/restart.dat", b"half")  # no manifest: a node died
+    g, line = ck.restore(store, "t", 0, 1, "primary", str(wd2))
+    assert (g, line) == (4, "restored checkpoint generation 4: 1 files")
+    assert (wd2 / "restart.dat").read_bytes() == bytes([3]) * 3000
+    records = store.names(ck.restore_record_prefix("t") + "/")
+    assert len(records) == 1 and json.loads(store.read(records[0]))["generation"] == 4
+    # a stored file that does not match its manifest is refused, never put in place
+    (tmp_path / "other").write_bytes(b"x" * 3000)
+    store.client.upload_file(str(tmp_path / "other"), f"{ck.generation_prefix('t', 0, 4)}/restart.dat")
+    (wd2 / "restart.dat").unlink()
+    with pytest.raises(BlobError, match="MD5 mismatch"):
+        ck.restore(store, "t", 0, 1, "primary", str(wd2))
+    assert os.listdir(wd2) == []
+    # the write-only SAS of the persist step could not have found a generation: why the nodes get another one
+    with pytest.raises(BlobError) as e:
+        list(ContainerClient(storage.persist_container_url(container, sas_expiry(60))).list_blobs("t/"))
+    assert e.value.status == 403
+
+
 def start_emulator(tmp_path: Path) -> tuple[EmulatorProcess, Any]:
     require(azurite_missing() + ([] if os.geteuid() == 0 else ["root (rehearsal nodes)"]), "Azurite, root")
     emu = EmulatorProcess(tmp_path / "state", env=mpi_env("mpich")).start()
@@ -80,9 +134,19 @@ def test_a_preempted_task_restores_its_newest_generation_and_a_new_task_resumes_
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             # preempted once a generation is complete in the container: mid-run, well before step 60
-            wait_for("a complete generation", lambda: complete_generations(emu, "ck-emu", "counter"), timeout=120)
+            try:
+                wait_for("a complete generation", lambda: submit.poll() is not None or complete_generations(
+                    emu, "ck-emu", "counter"), timeout=120)
+            except AssertionError:
+                submit.kill()
+                raise AssertionError("no generation saved:\n" + submit.communicate()[1] + "\n".join(emu.log)) from None
+            assert submit.poll() is None, (submit.communicate(), [
+                (p, p.read_text()) for p in sorted((runs / "ck-emu").rglob("std*.txt"))])
             task = call(client, "GET", "/jobs/ck-emu/tasks/counter").json()
             assert task["state"] == "running"
+            sas = {e["name"]: parse_qs(urlsplit(e["value"]).query).get("sp") for e in task["environmentSettings"]
+                   if e["name"].endswith("_URL")}
+            assert sas == {"MPIBATCH_CHECKPOINT_URL": ["racwdl"], "MPIBATCH_PERSIST_URL": ["acw"]}
             victim = next(n["id"] for n in nodes(client, "spotpool") if n["state"] == "running")
             pre = cli(["emulate", "preempt", "--state-dir", str(emu.state_dir), "spotpool", victim], emu)
             assert pre.returncode == 0, pre.stderr
@@ -118,5 +182,33 @@ def test_a_preempted_task_restores_its_newest_generation_and_a_new_task_resumes_
         start2, total2, generation2 = (lambda w: (int(w[1]), int(w[3]), w[5]))(result_words(runs, "ck-next",
                                                                                             "counter2"))
         assert start2 >= start and (total2, generation2) == (expected_total(), str(newest))
+    finally:
+        emu.stop()
+
+
+def test_resume_from_is_checked_before_anything_is_created(tmp_path: Path) -> None:
+    emu, client = start_emulator(tmp_path)
+    try:
+        # a task that exists but saved no checkpoint
+        assert call(client, "POST", "/jobs", {"id": "src", "poolInfo": {"poolId": "spotpool"}}).status_code == 201
+        assert call(client, "POST", "/jobs/src/tasks", {"id": "plain", "commandLine": "/bin/true"}).status_code == 201
+        spec = counter_spec(tmp_path, "ck-new", "counter")
+        no_checkpoint = counter_spec(tmp_path, "ck-new", "other", checkpoint=None)
+        cases = [
+            (spec, "src/nope", "task src/nope does not exist"),
+            (spec, "nojob/nope", "task nojob/nope does not exist"),
+            (spec, "just-a-name", "is not JOB/TASK"),
+            (spec, "src/plain", "task src/plain has no complete checkpoint generation"),
+            (no_checkpoint, "src/plain", "the spec has no task.checkpoint"),
+        ]
+        for path, source, said in cases:
+            p = cli(["submit", str(path), "--resume-from", source, "--runs-dir", str(tmp_path / "runs")], emu)
+            assert p.returncode == 2 and said in p.stderr, (source, p.stdout, p.stderr)
+        # nothing was created: no job, no container
+        assert call(client, "GET", "/jobs/ck-new").status_code == 404
+        from azure.storage.blob import BlobServiceClient
+
+        service = BlobServiceClient.from_connection_string(emu.connection_string)
+        assert not service.get_container_client("job-ck-new").exists()
     finally:
         emu.stop()

@@ -193,7 +193,10 @@ def wait(batch: Batch, job_id: str, task_id: str, say: Say, *, timeout: float | 
                     code = f", exit code {st.exit_code}" if st.exit_code is not None else ""
                     say("subtask", f"{st.id}: {s}" + (f" on {node}" if node else "") + code)
         if restores is not None and state in ("running", "completed"):
-            now = restores(task)
+            try:
+                now = restores(task)
+            except InfraError:  # storage away for a poll: said at the next one (collect reads them again)
+                now = restored
             for attempt in range(len(restored) + 1, len(now) + 1):
                 say("checkpoints", restore_message(attempt, now[attempt - 1]))
             restored = now

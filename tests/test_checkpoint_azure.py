@@ -24,7 +24,7 @@ from tests.test_emulator_spot import call, make_pool, nodes
 
 pytestmark = pytest.mark.azure
 DATA = Path(__file__).parent / "data" / "checkpoint"
-STEPS = 60  # 0.1 s a step, a checkpoint every 20 steps (2 s); the tracker looks every second
+STEPS = 80  # 0.1 s a step, a checkpoint every 20 steps (2 s); the tracker looks every second
 
 
 def counter_spec(tmp_path: Path, job: str, task: str, **changes: Any) -> Path:
@@ -49,15 +49,16 @@ def result_words(runs: Path, job: str, task: str) -> list[str]:
     return found[-1].read_text().split()
 
 
-def complete_generations(emu: EmulatorProcess, job: str, task: str) -> set[int]:
+def restorable(emu: EmulatorProcess, job: str, task: str, from_: str = "primary") -> int | None:
+    """The generation a new attempt would restore, read from the emulator's Azurite."""
     from azure.storage.blob import BlobServiceClient
 
     service = BlobServiceClient.from_connection_string(emu.connection_string)
     container = service.get_container_client(f"job-{job}")
     if not container.exists():
-        return set()
+        return None
     names = [b.name for b in container.list_blobs(name_starts_with=f"{task}/")]
-    return ck.scan(names, task, 0)[1]
+    return ck.restorable({i: ck.scan(names, task, i)[1] for i in range(2)}, 2, from_)
 
 
 def test_only_a_task_that_checkpoints_gets_the_checkpoint_sas() -> None:
@@ -124,47 +125,55 @@ def start_emulator(tmp_path: Path) -> tuple[EmulatorProcess, Any]:
     return emu, client
 
 
+def preempted_run(emu: EmulatorProcess, client: Any, spec: Path, runs: Path, from_: str) -> tuple[dict[str, Any], str]:
+    """`mpibatch submit SPEC`, the primary's node preempted once a generation is complete: the result (-o json)
+    and the progress. The generation the second attempt restored and the program's own account are checked."""
+    data = yaml.safe_load(spec.read_text())
+    job, task = data["job"]["id"], data["task"]["id"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MPIBATCH_"))}
+    submit = subprocess.Popen([str(MPIBATCH), "submit", str(spec), "--output", "json", "--runs-dir", str(runs)],
+                              env={**env, **emu.exports}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # preempted once a generation is complete in the container: mid-run
+        try:
+            wait_for("a complete generation", lambda: submit.poll() is not None or restorable(
+                emu, job, task, from_), timeout=120)
+        except AssertionError:
+            submit.kill()
+            raise AssertionError("no generation saved:\n" + submit.communicate()[1] + "\n".join(emu.log)) from None
+        victim = next(n["id"] for n in nodes(client, "spotpool") if n["state"] == "running")
+        resp = call(client, "POST", f"/_emulator/pools/spotpool/nodes/{victim}/preempt")  # at once: mid-run
+        assert resp.status_code == 202, (resp.text(), submit.poll(), [
+            (p, p.read_text()) for p in sorted((runs / job).rglob("std*.txt"))])
+        got = call(client, "GET", f"/jobs/{job}/tasks/{task}").json()
+        sas = {e["name"]: parse_qs(urlsplit(e["value"]).query).get("sp") for e in got["environmentSettings"]
+               if e["name"].endswith("_URL")}
+        assert sas == {"MPIBATCH_CHECKPOINT_URL": ["racwdl"], "MPIBATCH_PERSIST_URL": ["acw"]}
+        out, err = submit.communicate(timeout=240)
+    finally:
+        if submit.poll() is None:
+            submit.kill()
+            submit.wait(10)
+    assert submit.returncode == 0, out + err + "\n".join(emu.log)
+    assert emu.key not in out + err
+    result = json.loads(out)
+    assert (result["state"], result["exit_code"], result["requeues"], result["attempts"]) == ("completed", 0, 1, 1)
+    first, g = result["restored"]
+    assert first is None and isinstance(g, int) and g >= 1, result["restored"]
+    assert "preempted: requeued (1)" in err and f"attempt 2 restores generation {g}" in err, err
+    start, total, generation = (lambda w: (int(w[1]), int(w[3]), w[5]))(result_words(runs, job, task))
+    assert 0 < start < STEPS, "the requeued attempt went on from its checkpoint, not from step 0"
+    assert (total, generation) == (expected_total(), str(g))
+    return result, err
+
+
 def test_a_preempted_task_restores_its_newest_generation_and_a_new_task_resumes_from_it(tmp_path: Path) -> None:
     emu, client = start_emulator(tmp_path)
     runs = tmp_path / "runs"
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "MPIBATCH_"))}
-        submit = subprocess.Popen([str(MPIBATCH), "submit", str(counter_spec(tmp_path, "ck-emu", "counter")),
-                                   "--output", "json", "--runs-dir", str(runs)], env={**env, **emu.exports},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            # preempted once a generation is complete in the container: mid-run, well before step 60
-            try:
-                wait_for("a complete generation", lambda: submit.poll() is not None or complete_generations(
-                    emu, "ck-emu", "counter"), timeout=120)
-            except AssertionError:
-                submit.kill()
-                raise AssertionError("no generation saved:\n" + submit.communicate()[1] + "\n".join(emu.log)) from None
-            assert submit.poll() is None, (submit.communicate(), [
-                (p, p.read_text()) for p in sorted((runs / "ck-emu").rglob("std*.txt"))])
-            task = call(client, "GET", "/jobs/ck-emu/tasks/counter").json()
-            assert task["state"] == "running"
-            sas = {e["name"]: parse_qs(urlsplit(e["value"]).query).get("sp") for e in task["environmentSettings"]
-                   if e["name"].endswith("_URL")}
-            assert sas == {"MPIBATCH_CHECKPOINT_URL": ["racwdl"], "MPIBATCH_PERSIST_URL": ["acw"]}
-            victim = next(n["id"] for n in nodes(client, "spotpool") if n["state"] == "running")
-            pre = cli(["emulate", "preempt", "--state-dir", str(emu.state_dir), "spotpool", victim], emu)
-            assert pre.returncode == 0, pre.stderr
-            out, err = submit.communicate(timeout=240)
-        finally:
-            if submit.poll() is None:
-                submit.kill()
-                submit.wait(10)
-        assert submit.returncode == 0, out + err + "\n".join(emu.log)
-        assert emu.key not in out + err
-        result = json.loads(out)
-        assert (result["state"], result["exit_code"], result["requeues"], result["attempts"]) == ("completed", 0, 1, 1)
-        first, g = result["restored"]
-        assert first is None and isinstance(g, int) and g >= 1, result["restored"]
-        assert "preempted: requeued (1)" in err and f"attempt 2 restores generation {g}" in err, err
-        start, total, generation = (lambda w: (int(w[1]), int(w[3]), w[5]))(result_words(runs, "ck-emu", "counter"))
-        assert 0 < start < STEPS, "the requeued attempt went on from its checkpoint, not from step 0"
-        assert (total, generation) == (expected_total(), str(g))
+        result, _ = preempted_run(emu, client, counter_spec(tmp_path, "ck-emu", "counter"), runs, "primary")
+        g = result["restored"][1]
+        start = int(result_words(runs, "ck-emu", "counter")[1])
         # status says it too, from the records in the container
         s = json.loads(cli(["status", "ck-emu", "counter", "--output", "json"], emu).stdout)
         assert (s["requeues"], s["restored"]) == (1, [None, g])
@@ -172,7 +181,7 @@ def test_a_preempted_task_restores_its_newest_generation_and_a_new_task_resumes_
         assert f"checkpoint generation restored by each attempt: none (started fresh), {g}" in human, human
 
         # a new task in another job resumes from the newest complete generation of that one
-        newest = max(complete_generations(emu, "ck-emu", "counter"))
+        newest = restorable(emu, "ck-emu", "counter")
         p = cli(["submit", str(counter_spec(tmp_path, "ck-next", "counter2")), "--resume-from", "ck-emu/counter",
                  "--output", "json", "--runs-dir", str(runs)], emu)
         assert p.returncode == 0, p.stdout + p.stderr
@@ -182,6 +191,25 @@ def test_a_preempted_task_restores_its_newest_generation_and_a_new_task_resumes_
         start2, total2, generation2 = (lambda w: (int(w[1]), int(w[3]), w[5]))(result_words(runs, "ck-next",
                                                                                             "counter2"))
         assert start2 >= start and (total2, generation2) == (expected_total(), str(newest))
+    finally:
+        emu.stop()
+
+
+def test_with_from_all_every_instance_gets_its_own_part_back(tmp_path: Path) -> None:
+    """Every node saves its own files (the subtask's tracker too, through the same SAS), and the requeued
+    attempt puts each instance's part back on whichever node now runs that instance."""
+    emu, client = start_emulator(tmp_path)
+    runs = tmp_path / "runs"
+    try:
+        # each rank its own restart-<rank>.json, every 3 s: every node's tracker sees each one (docs/checkpoints.md)
+        argv = ["python3", "counter.py", "0", "30", "0.1", "-1", "ranks"]
+        spec = counter_spec(tmp_path, "ck-all", "ranks", command=argv,
+                            checkpoint={"pattern": "restart-*.json", "from": "all", "every": "1s", "keep": 2})
+        result, _ = preempted_run(emu, client, spec, runs, "all")
+        g = result["restored"][1]
+        stderr = (sorted((runs / "ck-all").glob("ranks*/0/stderr.txt"))[-1]).read_text()
+        for i in (0, 1):  # each node's restore step, through the launcher: its lines reach the primary's stderr
+            assert f"mpibatch checkpoint [{i}]: restored checkpoint generation {g}: 2 files" in stderr, stderr
     finally:
         emu.stop()
 

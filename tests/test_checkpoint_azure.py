@@ -24,7 +24,8 @@ from tests.test_emulator_spot import call, make_pool, nodes
 
 pytestmark = pytest.mark.azure
 DATA = Path(__file__).parent / "data" / "checkpoint"
-STEPS = 80  # 0.1 s a step, a checkpoint every 20 steps (2 s); the tracker looks every second
+STEPS = 90  # 0.1 s a step, a checkpoint every 30 steps (3 s): two looks of the tracker (every second) and room
+CKPT = "30"
 
 
 def counter_spec(tmp_path: Path, job: str, task: str, **changes: Any) -> Path:
@@ -33,7 +34,7 @@ def counter_spec(tmp_path: Path, job: str, task: str, **changes: Any) -> Path:
     data = yaml.safe_load((d / "spec.yaml").read_text())
     data["job"].update({"id": job, "pool": "spotpool"})
     data["task"].update({"id": task, **changes})
-    data["task"]["command"][2] = str(STEPS)
+    data["task"]["command"][2:4] = [str(STEPS), CKPT]
     (d / "spec.yaml").write_text(yaml.safe_dump(data))
     return d / "spec.yaml"
 
@@ -201,8 +202,7 @@ def test_with_from_all_every_instance_gets_its_own_part_back(tmp_path: Path) -> 
     emu, client = start_emulator(tmp_path)
     runs = tmp_path / "runs"
     try:
-        # each rank its own restart-<rank>.json, every 3 s: every node's tracker sees each one (docs/checkpoints.md)
-        argv = ["python3", "counter.py", "0", "30", "0.1", "-1", "ranks"]
+        argv = ["python3", "counter.py", "0", "0", "0.1", "-1", "ranks"]  # each rank its own restart-<rank>.json
         spec = counter_spec(tmp_path, "ck-all", "ranks", command=argv,
                             checkpoint={"pattern": "restart-*.json", "from": "all", "every": "1s", "keep": 2})
         result, _ = preempted_run(emu, client, spec, runs, "all")

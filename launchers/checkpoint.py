@@ -335,33 +335,6 @@ def restore(store: Store, task: str, index: int, instances: int, from_: str, wd:
     return g, line
 
 
-def copy_generation(src: Store, src_task: str, dest: Store, task_id: str, instances: int,
-                    from_: str) -> int | None:
-    """Copy the newest complete generation of `src_task` in `src` to `task_id` in `dest` (the same number),
-    each file verified on the way, each instance's manifest last; a copy that fails leaves no manifest. Returns
-    the generation, None when `src` has no complete one."""
-    complete, _ = complete_generations(src, src_task, instances)
-    g = restorable(complete, instances, from_)
-    if g is None:
-        return None
-    with tempfile.TemporaryDirectory(prefix=protocol.NODE_FILE_PREFIX) as tmp:
-        for i in range(instances) if from_ == "all" else (0,):
-            manifest = Manifest.from_json(src.read(manifest_name(src_task, i, g)))
-            try:
-                for n, (rel, info) in enumerate(sorted(manifest.files.items())):
-                    if not safe_rel(rel):
-                        continue
-                    local = os.path.join(tmp, str(n))
-                    src.get(f"{generation_prefix(src_task, i, g)}/{rel}", local, int(info["size"]), str(info["md5"]))
-                    dest.put(local, f"{generation_prefix(task_id, i, g)}/{rel}")
-                    os.unlink(local)
-                dest.put_bytes(manifest_name(task_id, i, g), manifest.to_json().encode())
-            except BaseException:
-                dest.delete_generation(task_id, i, g)
-                raise
-    return g
-
-
 def export_lines(generation: int | None) -> str:
     """What the node's environment file gets: the program sees whether it restarts, and from what."""
     if generation is None:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ... import conventions
+from ...checkpoints import copy_generation
 from ...errors import InfraError, SpecError
 from ...launchers import checkpoint as ck
 from ...launchers.blobio import BlobError, ContainerClient
@@ -113,7 +114,7 @@ def seed(storage: Storage, source: ResumeSource, container: str, r: Rendered) ->
     assert c is not None
     src = container_store(storage, conventions.job_container_name(source.job_id))
     try:
-        g = ck.copy_generation(src, source.task_id, container_store(storage, container), r.spec.task.id,
+        g = copy_generation(src, source.task_id, container_store(storage, container), r.spec.task.id,
                                r.instances, c.from_)
     except (BlobError, OSError, ValueError) as e:
         raise InfraError(f"copying checkpoint generation {source.generation} of {source.job_id}/{source.task_id}: "

@@ -8,8 +8,9 @@ before it was copied, unchanged while it was copied, and its manifest written la
 generation counts only when every instance has its manifest for that number. A checkpoint that was being
 written when the node died has no manifest and is never restored.
 
-The store is a directory that stands in for the job's container (rehearsals without storage): the same
-names, written through the durable writer. Standard library only: it runs on the nodes beside track.py.
+The store is the job's container (a task submitted to Batch: BlobStore, through the checkpoint SAS of
+MPIBATCH_CHECKPOINT_URL), or a directory that stands in for it (rehearsals: DirStore): the same names, and
+the same rules above either. Standard library only: it runs on the nodes beside track.py.
 """
 from __future__ import annotations
 
@@ -19,15 +20,21 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import Protocol
 
 try:  # as the package mpibatch.launchers (client side, tests)
-    from . import fileio, protocol
+    from . import blobdownload, fileio, protocol
+    from .blobio import BlobError, BlobInfo, ContainerClient
     from .outputnames import instance_output_prefix, match_outputs
 except ImportError:  # as a script on the node: the modules are shipped beside it
+    import blobdownload  # type: ignore[no-redef]
     import fileio  # type: ignore[no-redef]
     import protocol  # type: ignore[no-redef]
+    from blobio import BlobError, BlobInfo, ContainerClient  # type: ignore[no-redef]
     from outputnames import instance_output_prefix, match_outputs  # type: ignore[no-redef]
 
 Manifest = protocol.CheckpointManifest
@@ -48,6 +55,11 @@ def generation_prefix(task: str, index: int, generation: int) -> str:
 
 def manifest_name(task: str, index: int, generation: int) -> str:
     return generation_prefix(task, index, generation) + SUFFIX
+
+
+def restore_record_prefix(task: str) -> str:
+    """``{task}/$TaskLog/0/checkpoint-restores``: one record per attempt of what it restored (Azure)."""
+    return f"{instance_output_prefix(task, protocol.TASK_LOG, 0)}/{protocol.CHECKPOINT_RESTORES_DIR}"
 
 
 def scan(names: Iterable[str], task: str, index: int) -> tuple[set[int], set[int]]:
@@ -117,7 +129,19 @@ def signature(wd: str, pattern: str) -> Signature:
     return tuple(sorted(files))
 
 
-# ---------------------------------------------------------------------------------------------- the store
+# ---------------------------------------------------------------------------------------------- the stores
+class Store(Protocol):
+    """What the rules need of a store (errors: OSError, or BlobError from the container)."""
+
+    def names(self, prefix: str) -> list[str]: ...
+    def put(self, path: str, name: str) -> dict[str, object]: ...
+    def put_bytes(self, name: str, data: bytes) -> None: ...
+    def read(self, name: str) -> bytes: ...
+    def get(self, name: str, dest: str, size: int, md5: str) -> None: ...
+    def delete_generation(self, task: str, index: int, generation: int) -> None: ...
+    def record_restore(self, task: str, record: dict[str, object]) -> None: ...
+
+
 class DirStore:
     """A directory that stands in for the job's container: a blob name is a path under it."""
 
@@ -166,6 +190,63 @@ class DirStore:
             pass
         shutil.rmtree(self._path(generation_prefix(task, index, generation)), ignore_errors=True)
 
+    def record_restore(self, task: str, record: dict[str, object]) -> None:
+        """Nothing: a rehearsal's executor knows itself what each attempt restores."""
+
+
+class BlobStore:
+    """The job's container, through a container SAS URL (read, add, create, write, delete, list)."""
+
+    def __init__(self, client: ContainerClient) -> None:
+        self.client = client
+
+    def names(self, prefix: str) -> list[str]:
+        return [b.name for b in self.client.list_blobs(prefix)]
+
+    def put(self, path: str, name: str) -> dict[str, object]:
+        size, md5 = self.client.upload_file(path, name)  # refuses a file that changes while read
+        return {"size": size, "md5": _b64(md5)}
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        with tempfile.TemporaryDirectory(prefix=protocol.NODE_FILE_PREFIX) as d:
+            path = os.path.join(d, "blob")
+            fileio.write_bytes(path, data)
+            self.client.upload_file(path, name, content_type="application/json")
+
+    def read(self, name: str) -> bytes:
+        size = self.client.properties(name).size
+        if size > MAX_MANIFEST_BYTES:
+            raise BlobError(f"{name}: {size} bytes, more than a manifest holds ({MAX_MANIFEST_BYTES})")
+        return self.client.read_range(name, 0, size)
+
+    def get(self, name: str, dest: str, size: int, md5: str) -> None:
+        """Download to `dest`, verified against the manifest's size and MD5 (not storage's word)."""
+        blobdownload.download_to(self.client, BlobInfo(name, size, _unb64(md5)), dest)
+
+    def delete_generation(self, task: str, index: int, generation: int) -> None:
+        """The manifest first: a generation is incomplete before any of its files goes."""
+        for name in [manifest_name(task, index, generation),
+                     *self.names(generation_prefix(task, index, generation) + "/")]:
+            try:
+                self.client.request("DELETE", name, ok=(202,))
+            except BlobError as e:
+                if e.status != 404:
+                    raise
+
+    def record_restore(self, task: str, record: dict[str, object]) -> None:
+        """What this attempt restored, for `submit` and `status` (the primary's restore step writes it)."""
+        when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        self.put_bytes(f"{restore_record_prefix(task)}/{when}.json", json.dumps(record, sort_keys=True).encode())
+
+
+def open_store() -> Store | None:
+    """This node's store: the directory a rehearsal gives, else the job's container, else none."""
+    root = os.environ.get(protocol.CHECKPOINT_STORE_VAR, "")
+    if root:
+        return DirStore(root)
+    url = os.environ.get(protocol.CHECKPOINT_URL_VAR, "")
+    return BlobStore(ContainerClient(url)) if url else None
+
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
@@ -175,7 +256,7 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-def complete_generations(store: DirStore, task: str, instances: int) -> tuple[dict[int, set[int]], set[int]]:
+def complete_generations(store: Store, task: str, instances: int) -> tuple[dict[int, set[int]], set[int]]:
     """Per instance its complete generations, and every generation number used by any instance."""
     names = store.names(f"{task}/${protocol.TASK_INTERMEDIATE}")
     complete: dict[int, set[int]] = {}
@@ -190,7 +271,7 @@ def complete_generations(store: DirStore, task: str, instances: int) -> tuple[di
 class Saver:
     """Instance `index`'s checkpoints, saved by its tracker: one look every `every` seconds."""
 
-    def __init__(self, store: DirStore, task: str, index: int, instances: int, wd: str, pattern: str, keep: int,
+    def __init__(self, store: Store, task: str, index: int, instances: int, wd: str, pattern: str, keep: int,
                  node_id: str | None, restored: Signature | None = None) -> None:
         self.store, self.task, self.index, self.wd, self.pattern, self.keep = store, task, index, wd, pattern, keep
         self.node_id = node_id
@@ -226,21 +307,32 @@ class Saver:
 
 
 # ---------------------------------------------------------------------------------------------- restoring
-def restore(store: DirStore, task: str, index: int, instances: int, from_: str, wd: str) -> tuple[int | None, str]:
+def restore(store: Store, task: str, index: int, instances: int, from_: str, wd: str) -> tuple[int | None, str]:
     """Put instance `index`'s part of the newest complete generation into `wd`, verified. Returns the
-    generation (None: none complete) and a line for the log."""
+    generation (None: none complete) and a line for the log. The primary records what it restored."""
+    t0 = time.monotonic()
     complete, _ = complete_generations(store, task, instances)
     g = restorable(complete, instances, from_)
+    files = size = 0
     if g is None:
-        return None, "no complete checkpoint generation: the program starts fresh"
-    if from_ == "all" or index == 0:
+        line = "no complete checkpoint generation: the program starts fresh"
+    elif from_ == "all" or index == 0:
         manifest = Manifest.from_json(store.read(manifest_name(task, index, g)))
         for rel, info in sorted(manifest.files.items()):
             if safe_rel(rel):
                 store.get(f"{generation_prefix(task, index, g)}/{rel}", os.path.join(wd, rel),
                           int(info["size"]), str(info["md5"]))
-        return g, f"restored checkpoint generation {g}: {len(manifest.files)} files"
-    return g, f"checkpoint generation {g} restored on the primary"
+                files, size = files + 1, size + int(info["size"])
+        line = f"restored checkpoint generation {g}: {files} files"
+    else:
+        line = f"checkpoint generation {g} restored on the primary"
+    if index == 0:
+        try:  # only what `status` shows: the program starts all the same
+            store.record_restore(task, {"generation": g, "files": files, "bytes": size,
+                                        "seconds": round(time.monotonic() - t0, 3)})
+        except (OSError, BlobError) as e:
+            line += f" (not recorded for status: {e})"
+    return g, line
 
 
 def export_lines(generation: int | None) -> str:
@@ -258,14 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint-from", choices=["primary", "all"], default="primary")
     ap.add_argument("--rank-vars", default=",".join(protocol.RANK_VARS))
     args, _ = ap.parse_known_args(argv)  # the tracker's other arguments are not ours
-    root = os.environ.get(protocol.CHECKPOINT_STORE_VAR, "")
-    if not root:
+    store = open_store()
+    if store is None:
         return 0
     who = protocol.whoami(args.rank_vars)
     instances = len([h for h in os.environ.get("AZ_BATCH_HOST_LIST", "").split(",") if h]) or 1
     try:
-        g, line = restore(DirStore(root), args.task, who.index, instances, args.checkpoint_from, who.wd)
-    except (OSError, protocol.RecordError) as e:
+        g, line = restore(store, args.task, who.index, instances, args.checkpoint_from, who.wd)
+    except (OSError, BlobError, protocol.RecordError) as e:
         print(f"mpibatch checkpoint [{who.index}]: restoring failed: {e}", file=sys.stderr)
         return 1
     print(f"mpibatch checkpoint [{who.index}]: {line}", file=sys.stderr)

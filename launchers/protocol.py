@@ -63,11 +63,14 @@ INSTANCE_INFO = "instance.json"  # per instance, under $TaskLog: which node ran 
 LIVE_DIR = "live"  # $TaskLog/{i}/live/std*.txt: the logs as the tracker keeps them while the task runs
 LIVE_LOGS: tuple[str, ...] = tuple(f"{LIVE_DIR}/{n}" for n in LOG_FILES)
 PERSISTED_LOG_NAMES: tuple[str, ...] = (*LOG_FILES, *LIVE_LOGS, INSTANCE_INFO)  # mpibatch's, not user outputs
+# $TaskLog/0/checkpoint-restores/<when>.json: one record per attempt of what its restore step put back (Azure)
+CHECKPOINT_RESTORES_DIR = "checkpoint-restores"
 
 
 def is_mpibatch_log(kind: str, path: str) -> bool:
-    """A blob path mpibatch keeps under ``$TaskLog`` for itself (logs, live logs, instance.json)."""
-    return kind == TASK_LOG and path in PERSISTED_LOG_NAMES
+    """A blob path mpibatch keeps under ``$TaskLog`` for itself (logs, live logs, instance.json, restore
+    records)."""
+    return kind == TASK_LOG and (path in PERSISTED_LOG_NAMES or path.startswith(f"{CHECKPOINT_RESTORES_DIR}/"))
 
 
 # ---------------------------------------------------------------------------------------------- node files
@@ -287,6 +290,7 @@ def _check_fields(data: dict[str, Any]) -> None:
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_MANIFEST_SUFFIX = ".json"
 CHECKPOINT_STORE_VAR = "MPIBATCH_CHECKPOINT_DIR"  # rehearsals: the directory that stands in for the container
+CHECKPOINT_URL_VAR = "MPIBATCH_CHECKPOINT_URL"  # Azure: the job container's URL + the checkpoint SAS (racwdl)
 RESTART_VAR = "MPIBATCH_RESTART"  # "1" for the program when a generation was restored
 CHECKPOINT_VAR = "MPIBATCH_CHECKPOINT"  # the generation restored
 CHECKPOINT_SCHEMA_VERSION = 1

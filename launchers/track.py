@@ -206,7 +206,7 @@ def checkpoints(saver: checkpoint.Saver, every: float, stop: threading.Event) ->
             g = saver.look()
             if g is not None:
                 print(f"mpibatch track: checkpoint generation {g} saved", file=sys.stderr)
-        except (OSError, ValueError) as e:  # the store full or away for a while: the next look tries again
+        except (OSError, ValueError, BlobError) as e:  # the store full or away for a while: the next look tries again
             if str(e) not in complained:
                 complained.add(str(e))
                 print(f"mpibatch track: checkpoint: {e}", file=sys.stderr)
@@ -215,11 +215,11 @@ def checkpoints(saver: checkpoint.Saver, every: float, stop: threading.Event) ->
 def _checkpoint_saver(args: argparse.Namespace, identity: protocol.Identity) -> checkpoint.Saver | None:
     """The saver of this node's checkpoints, if the task has them, a store is given and this node's
     files are part of a generation (every node with `from: all`, else the primary)."""
-    root = os.environ.get(protocol.CHECKPOINT_STORE_VAR, "")
-    if not args.checkpoint or not root or (args.checkpoint_from == "primary" and identity.index != 0):
+    store = checkpoint.open_store()
+    if not args.checkpoint or store is None or (args.checkpoint_from == "primary" and identity.index != 0):
         return None
     instances = len([h for h in os.environ.get("AZ_BATCH_HOST_LIST", "").split(",") if h]) or 1
-    return checkpoint.Saver(checkpoint.DirStore(root), args.task, identity.index, instances, identity.wd,
+    return checkpoint.Saver(store, args.task, identity.index, instances, identity.wd,
                             args.checkpoint, args.checkpoint_keep, identity.node_id,
                             restored=checkpoint.restored_signature(identity.task_dir))
 
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     interval = args.interval or _interval(os.environ.get(INTERVAL_VAR, ""))
     url = os.environ.get("MPIBATCH_PERSIST_URL", "")
-    if not url and not os.environ.get(protocol.CHECKPOINT_STORE_VAR):
+    if not url and not any(os.environ.get(v) for v in (protocol.CHECKPOINT_STORE_VAR, protocol.CHECKPOINT_URL_VAR)):
         return 0
     identity = protocol.whoami(args.rank_vars)
     task_dir = identity.task_dir
@@ -300,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     # Each side writes its file before reading the other's, so at least one of them sees the other.
     if os.path.exists(os.path.join(task_dir, PERSIST_MARK)):
         stop.set()
-    saver = _checkpoint_saver(args, identity)
+    try:
+        saver = _checkpoint_saver(args, identity)
+    except (OSError, ValueError, BlobError) as e:  # the store unreachable at the start: no checkpoints this time
+        print(f"mpibatch track: checkpoint: {e}", file=sys.stderr)
+        saver = None
     saving = threading.Thread(target=checkpoints, args=(saver, args.checkpoint_every, stop), daemon=True) \
         if saver else None
     try:

@@ -1,11 +1,14 @@
 """The rehearsals' checkpoint store (docs/checkpoints.md): a directory under the runs directory that stands in
 for the job's container, with the same names. While a task runs it is ``<runs>/<job>/<task>.checkpoints``; when
 the run is collected it moves into the run's directory as ``checkpoints/``. ``--resume-from`` seeds a new
-run's store with the newest complete generation of an earlier one."""
+run's store with the newest complete generation of an earlier one - by ``copy_generation``, which also seeds a
+task submitted to Batch (executors/azure/checkpoints.py)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,20 +56,42 @@ def resume_source(text: str, runs_dir: str | Path, spec: Spec) -> Path:
 def seed(store: Path, source: Path, task_id: str, instances: int, from_: str) -> int | None:
     """Copy the newest complete generation of `source` into `store` under `task_id`, verified, manifests
     last. Returns its number, None when `source` has no complete one."""
-    src_task = _tasks_in(source)[0]
-    src, dest = checkpoint.DirStore(str(source)), checkpoint.DirStore(str(store))
+    return copy_generation(checkpoint.DirStore(str(source)), _tasks_in(source)[0], checkpoint.DirStore(str(store)),
+                           task_id, instances, from_)
+
+
+def copy_generation(src: checkpoint.Store, src_task: str, dest: checkpoint.Store, task_id: str, instances: int,
+                    from_: str) -> int | None:
+    """Copy the newest complete generation of `src_task` in `src` to `task_id` in `dest` (the same number),
+    each file verified on the way, each instance's manifest last; a copy that fails leaves no manifest. Returns
+    the generation, None when `src` has no complete one."""
     complete, _ = checkpoint.complete_generations(src, src_task, instances)
     g = checkpoint.restorable(complete, instances, from_)
     if g is None:
         return None
-    for i in range(instances) if from_ == "all" else (0,):
-        manifest = checkpoint.Manifest.from_json(src.read(checkpoint.manifest_name(src_task, i, g)))
-        for rel, info in sorted(manifest.files.items()):
-            target = store / checkpoint.generation_prefix(task_id, i, g) / rel
-            src.get(f"{checkpoint.generation_prefix(src_task, i, g)}/{rel}", str(target),
-                    int(info["size"]), str(info["md5"]))
-        dest.put_bytes(checkpoint.manifest_name(task_id, i, g), manifest.to_json().encode())
+    with tempfile.TemporaryDirectory(prefix=protocol.NODE_FILE_PREFIX) as tmp:
+        for i in range(instances) if from_ == "all" else (0,):
+            manifest = checkpoint.Manifest.from_json(src.read(checkpoint.manifest_name(src_task, i, g)))
+            try:
+                for n, (rel, info) in enumerate(sorted(manifest.files.items())):
+                    if not checkpoint.safe_rel(rel):
+                        continue
+                    local = os.path.join(tmp, str(n))
+                    src.get(f"{checkpoint.generation_prefix(src_task, i, g)}/{rel}", local, int(info["size"]),
+                            str(info["md5"]))
+                    dest.put(local, f"{checkpoint.generation_prefix(task_id, i, g)}/{rel}")
+                    os.unlink(local)
+                dest.put_bytes(checkpoint.manifest_name(task_id, i, g), manifest.to_json().encode())
+            except BaseException:
+                dest.delete_generation(task_id, i, g)
+                raise
     return g
+
+
+def restore_message(attempt: int, generation: int | None) -> str:
+    """What the progress says about an attempt's restore (every executor)."""
+    return (f"attempt {attempt} restores generation {generation}" if generation is not None
+            else f"attempt {attempt}: no complete generation, the program starts fresh")
 
 
 def moved_aside(store: Path) -> Path:

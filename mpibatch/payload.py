@@ -7,13 +7,14 @@ from datetime import timedelta
 from azure.batch import models as bm
 
 from . import conventions
-from .launchers.protocol import TASK_LOG
+from .launchers.protocol import CHECKPOINT_URL_VAR, TASK_LOG
 from .render import PERSIST_URL_VAR, Rendered, source_label
 from .spec import FileRef, Image
 
 # What `render` shows where a real URL only exists at submit time.
 OUTPUT_CONTAINER_PLACEHOLDER = "<job container URL + write SAS, created at submit>"
 PERSIST_PLACEHOLDER = "<job container URL + write-only SAS for subtask outputs, created at submit>"
+CHECKPOINT_PLACEHOLDER = "<job container URL + checkpoint SAS (racwdl), created at submit>"
 
 
 def _admin_pool_user() -> bm.UserIdentity:
@@ -47,12 +48,15 @@ def output_files(r: Rendered, container_url: str) -> list[bm.OutputFile]:
 
 def batch_task(r: Rendered, *, url_for: Callable[[FileRef], str] | None = None,
                container_url: str = OUTPUT_CONTAINER_PLACEHOLDER,
-               persist_url: str = PERSIST_PLACEHOLDER) -> bm.BatchTaskCreateOptions:
+               persist_url: str = PERSIST_PLACEHOLDER,
+               checkpoint_url: str = CHECKPOINT_PLACEHOLDER) -> bm.BatchTaskCreateOptions:
     url_for = url_for or source_label
     t = r.spec.task
     env = dict(r.environment)
     if r.os == "linux":
         env[PERSIST_URL_VAR] = persist_url
+    if r.os == "linux" and t.checkpoint:  # only a task that checkpoints gets read, list and delete
+        env[CHECKPOINT_URL_VAR] = checkpoint_url
     constraints = bm.BatchTaskConstraints(
         max_wall_clock_time=timedelta(seconds=t.max_wall_clock) if t.max_wall_clock else None,
         retention_time=timedelta(seconds=t.retention) if t.retention else None,

@@ -18,7 +18,7 @@ from .spec import Command, FileRef, Output, Setup, Spec
 LAUNCHER_DIR = "mpibatch"  # node-side launchers land in $AZ_BATCH_TASK_SHARED_DIR/mpibatch/
 # What every Linux node gets under $AZ_BATCH_TASK_SHARED_DIR/mpibatch (launchers/).
 NODE_FILES = ("coordinate.sh", "persist.py", "track.py", "outputnames.py", "protocol.py", "blobio.py", "checkpoint.py",
-              "fileio.py")
+              "fileio.py", "blobdownload.py")
 PERSIST_URL_VAR = "MPIBATCH_PERSIST_URL"  # container SAS for subtask outputs, set at submit time
 # Written by the coordination step into each node's working directory (docs/hpc-nodes.md): the
 # node's own environment (activated runtime, its InfiniBand device), and the per-rank wrapper that
@@ -154,7 +154,8 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
     # Subtasks have no Batch output files: when submitted to Azure, one process per node tracks that
     # node's logs and outputs while the program runs (track.py), and one persists them before the
     # primary exits (persist.py, which ends the tracker first).
-    node_env = dict.fromkeys((PERSIST_URL_VAR, "AZ_BATCH_HOST_LIST", "AZ_BATCH_MASTER_NODE"), "")
+    forwarded = (PERSIST_URL_VAR, "AZ_BATCH_HOST_LIST", "AZ_BATCH_MASTER_NODE")
+    node_env = dict.fromkeys(forwarded + ((protocol.CHECKPOINT_URL_VAR,) if t.checkpoint else ()), "")
     one_per_node = _launcher(flavor.launch(None, 1, (), node_env, "none", rdir, instances=t.instances).argv,
                              flavor, setup)
     declared: list[Word] = ["--task", t.id, "--rank-vars", ",".join(flavor.rank_vars)]
@@ -170,9 +171,11 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
     if t.checkpoint:
         # A rehearsal's checkpoint store also needs the tracker (it saves them) and its stop (persist.py). Each
         # node puts back its part of the newest complete generation before the program starts, one process per
-        # node (only a rank knows its instance number), into the node environment every rank sources.
+        # node (only a rank knows its instance number), into the node environment every rank sources. The
+        # store: a rehearsal's directory, or the job's container (Azure: the checkpoint SAS).
         declared += t.checkpoint.tracker_args()
-        store = f'[ -n "${{{protocol.CHECKPOINT_STORE_VAR}:-}}" ]'
+        stores = (protocol.CHECKPOINT_STORE_VAR, protocol.CHECKPOINT_URL_VAR)
+        store = "{ " + " || ".join(f'[ -n "${{{v}:-}}" ]' for v in stores) + "; }"
         persisting = f"{{ {persisting} || {store}; }}"
         restore = (f"if {store}; then {node_step('checkpoint.py', 'restore')} < /dev/null || "
                    "{ echo 'mpibatch: restoring the checkpoint failed' >&2; exit 3; }; fi\n")

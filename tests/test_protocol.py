@@ -34,6 +34,8 @@ SHARED_NAMES = {
     "MPIBATCH_RESTART": r"MPIBATCH_RESTART(?![\w])",
     "MPIBATCH_CHECKPOINT": r"MPIBATCH_CHECKPOINT(?![\w])",
     "MPIBATCH_CHECKPOINT_DIR": r"MPIBATCH_CHECKPOINT_DIR(?![\w])",
+    "MPIBATCH_CHECKPOINT_URL": r"MPIBATCH_CHECKPOINT_URL(?![\w])",
+    "checkpoint-restores": r"(?<![\w-])checkpoint-restores(?![\w-])",
     ".mpibatch-checkpoint.json": r"\.mpibatch-checkpoint\.json(?![\w.-])",
 }
 

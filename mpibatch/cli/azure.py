@@ -87,16 +87,18 @@ def _collect(handle: TaskHandle, output: str, to: str | None = None) -> TaskResu
 @click.option("--terminate-on-interrupt", is_flag=True,
               help="on Ctrl-C while waiting, terminate the job instead of leaving the task running")
 @click.option("--timeout", type=float, default=None, help="give up waiting after this many seconds (exit 3)")
+@click.option("--resume-from", metavar="JOB/TASK", default=None,
+              help="start from the newest complete checkpoint generation of that task (docs/checkpoints.md)")
 @report_errors
 def submit(spec_path: Path, wait: bool, output: str, runs_dir: str, terminate_on_interrupt: bool,
-           timeout: float | None) -> None:
+           timeout: float | None, resume_from: str | None) -> None:
     """Submit SPEC as an Azure Batch multi-instance task: check the pool, upload inputs, create the
     job (if missing) and the task, wait with progress, collect every instance's outputs."""
     spec = load_spec(spec_path, check_files=True)
     ex = _executor(runs_dir)
     with transfer_progress("inputs", output) as bar:
         ex.transfers = bar
-        handle = ex.submit(spec)
+        handle = ex.submit(spec, resume_from=resume_from)
     job_id, task_id = handle.job_id, handle.task_id
     if not wait:
         _print_result(handle.status(), output)

@@ -17,7 +17,7 @@ import click
 from .. import conventions, hostlist, poolcheck
 from ..durations import human, iso8601
 from ..errors import SpecError
-from ..launchers.protocol import CHECKPOINT_VAR, RESTART_VAR, TASK_INTERMEDIATE, TASK_LOG
+from ..launchers.protocol import CHECKPOINT_URL_VAR, CHECKPOINT_VAR, RESTART_VAR, TASK_INTERMEDIATE, TASK_LOG
 from ..mpi import get_flavor
 from ..mpi import names as flavor_names
 from ..redaction import redact, redact_url
@@ -116,6 +116,9 @@ def _environment_rows(r: Rendered) -> list[tuple[str, str, str]]:
         rows.append((name, value, origin))
     if r.os == "linux":
         rows.append((PERSIST_URL_VAR, "<created at submit>", "mpibatch: write-only SAS for subtask outputs"))
+    if r.os == "linux" and r.spec.task.checkpoint:
+        rows.append((CHECKPOINT_URL_VAR, "<created at submit>",
+                     "mpibatch: checkpoint SAS (read, write, list, delete in the job's container)"))
     return rows
 
 

@@ -64,7 +64,8 @@ def run(spec: str, executor: str, runs_dir: str, output: str, preempt_at: str | 
     if times or resume_from:
         if not isinstance(ex, RehearsalExecutor):
             raise SpecError("--preempt-at" if times else "--resume-from", f"the {executor} executor does not take it",
-                            "use it with --executor local or ssh")
+                            "use it with --executor local or ssh" if times else "use it with --executor local or "
+                            "ssh; on Azure: mpibatch submit SPEC --resume-from JOB/TASK")
         ex.preempt_at = times
         if resume_from:
             ex.resume_from = resume_source(resume_from, runs_dir, s)

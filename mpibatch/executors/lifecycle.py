@@ -234,8 +234,7 @@ class Lifecycle:
         g = self.sync.push(nodes) if self.sync else newest_complete(Path(direct or ""), self.plan.task_id,
                                                                      self.plan.instances, c)
         result.restored.append(g)
-        self._say("checkpoints", f"attempt {len(result.restored)} restores generation {g}" if g is not None
-                  else f"attempt {len(result.restored)}: no complete generation, the program starts fresh")
+        self._say("checkpoints", checkpoints.restore_message(len(result.restored), g))
 
     def _evict(self, nodes: list[Node], layouts: list[NodeLayout]) -> None:
         """As a VM is evicted: every process killed at once (no persist step), the node's directories gone."""

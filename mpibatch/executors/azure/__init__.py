@@ -27,8 +27,8 @@ from ...results import TaskResult
 from ...spec import Spec
 from ...transfers import Transfers
 from .. import Executor, Progress, TaskHandle, rendered
+from . import checkpoints, logs, pools, watch
 from . import collect as collecting
-from . import logs, pools, watch
 from . import submit as submission
 from .client import Batch, BatchAccount
 from .storage import Storage
@@ -78,21 +78,36 @@ class AzureExecutor(Executor):
             self.progress(phase, detail)
 
     # ------------------------------------------------------------------ the Executor interface
-    def submit(self, task: Rendered | Spec) -> TaskHandle:
-        """Check, upload, create the job (if missing) and the task; return without waiting."""
+    def submit(self, task: Rendered | Spec, *, resume_from: str | None = None) -> TaskHandle:
+        """Check, upload, create the job (if missing) and the task; return without waiting. `resume_from`
+        (JOB/TASK): the new task restores that task's newest complete checkpoint generation."""
         prepared = submission.prepare(self.batch, self.storage, [rendered(task)], self._say,
-                                       transfers=self.transfers)
+                                       transfers=self.transfers, resume_from=resume_from)
         submission.create_task(self.batch, prepared, self._say)
         return TaskHandle(self, prepared.job_id, prepared.rendered[0].spec.task.id)
 
     def status(self, job_id: str, task_id: str) -> TaskResult:
         """The task's state, exit code, failure and instances - without downloading anything."""
-        return watch.status(self.batch, job_id, task_id)
+        return watch.status(self.batch, job_id, task_id, self._restores(job_id))
 
     def wait(self, job_id: str, task_id: str, *, timeout: float | None = None) -> TaskResult:
         """Poll until the task completes, reporting progress; InfraError after `timeout` seconds."""
         return watch.wait(self.batch, job_id, task_id, self._say, timeout=timeout, poll_interval=self.poll_interval,
-                          max_poll_interval=self.max_poll_interval)
+                          max_poll_interval=self.max_poll_interval, restores=self._restores(job_id))
+
+    def _restores(self, job_id: str) -> watch.Restores | None:
+        """What each attempt of a task restored (read from storage; none when no storage is configured)."""
+        storage = self._configured_storage()
+        seen: dict[str, int | None] = {}
+        return None if storage is None else lambda task: checkpoints.restored(storage, job_id, task, seen)
+
+    def _configured_storage(self) -> Storage | None:
+        import os
+
+        env = self._env if self._env is not None else os.environ
+        configured = self._storage is not None or any(
+            env.get(k, "").strip() for k in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT"))
+        return self.storage if configured else None
 
     def collect(self, job_id: str, task_id: str, *, to: str | Path | None = None) -> TaskResult:
         """Bring back every instance's logs and outputs into ``<to or runs_dir>/<job>/<task>/<instance>/``."""
@@ -105,12 +120,7 @@ class AzureExecutor(Executor):
         (data, next offset, done). The tracked/persisted copy in storage if there is one, else the Batch
         file API in byte ranges. `done`: the task had completed and the end of the log was reached. A
         negative `offset` reads from -offset bytes before the end (a tail)."""
-        import os
-
-        env = self._env if self._env is not None else os.environ
-        configured = self._storage is not None or any(
-            env.get(k, "").strip() for k in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT"))
-        storage = self.storage if configured else None  # no storage: the Batch file API alone
+        storage = self._configured_storage()  # no storage: the Batch file API alone
         return logs.read_log(self.batch, storage, job_id, task_id, instance, stream, offset)
 
     # ------------------------------------------------------------------ Batch beyond one task

@@ -26,6 +26,7 @@ from ...render import PERSIST_URL_VAR
 from ...results import InstanceResult, TaskResult
 from ...transfers import Transfers
 from ..collection import collected_path, finish_output_dir, new_output_dir, read_tail
+from .checkpoints import restored
 from .client import Batch, state_of
 from .storage import Storage, write_chunks
 from .watch import instance_count, map_subtasks, task_result
@@ -103,6 +104,7 @@ def plan(batch: Batch, storage: Storage, job_id: str, task_id: str, runs_dir: Pa
     records = read_records(storage, container, task_id, per, missing)
     index_of = map_subtasks(subtasks, {i: r.node_id for i, r in records.items()}, n, missing, task_id)
     result = task_result(batch, job_id, task, subtasks, index_of)
+    result.restored = restored(storage, job_id, task)
     out = new_output_dir(runs_dir, job_id, task_id, resume=True)
     result.output_dir = str(out)
     by_index = {r.index: r for r in result.instances}

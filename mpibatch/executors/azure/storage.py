@@ -12,7 +12,10 @@ What the SAS URLs grant (least privilege for each reader):
 
 * inputs (resource files): **read** on one blob, expiring a margin after the task's max_wall_clock;
 * Batch output files of the primary: container **add, create, write, list** (no read, no delete);
-* subtask persistence (``launchers/persist.py``): container **create, write** only.
+* subtask persistence (``launchers/persist.py``): container **add, create, write** only;
+* checkpoints (``launchers/checkpoint.py``, only for a task with ``task.checkpoint``): container **read, add,
+  create, write, delete, list** - a requeued or retried attempt must find and read a generation whose name
+  nobody knew when the SAS was signed, and prune old ones (docs/checkpoints.md#azure-batch).
 
 Inputs are content-addressed: ``mpibatch/inputs/{md5}/{file name}`` in the job's container, so a file
 is uploaded once per job container however many tasks use it; an existing blob is reused only when its
@@ -47,6 +50,7 @@ SAS_MARGIN = timedelta(days=1)  # queueing + node allocation + output upload aft
 MAX_USER_DELEGATION = timedelta(days=7)  # the service's limit on a user delegation key
 OUTPUT_PERMISSIONS = "acwl"  # add, create, write, list: what Batch output files need
 PERSIST_PERMISSIONS = "acw"  # add (append blocks), create, write: the nodes can neither read nor list
+CHECKPOINT_PERMISSIONS = "racwdl"  # checkpoints: find, read, write and prune generations (docs/checkpoints.md)
 
 def write_chunks(chunks: Iterable[bytes], dest: Path, *, size: int | None = None) -> tuple[int, bytes]:
     """Stream `chunks` into `dest` through the durable writer (temporary name, short writes and a full disk
@@ -322,6 +326,10 @@ class Storage:
     def persist_container_url(self, container: str, expiry: datetime) -> str:
         """Write-only container SAS (add, create, write) for the nodes' tracker and persist step."""
         return self.container_sas_url(container, PERSIST_PERMISSIONS, expiry)
+
+    def checkpoint_container_url(self, container: str, expiry: datetime) -> str:
+        """Container SAS for the nodes' checkpoints: read, add, create, write, delete, list."""
+        return self.container_sas_url(container, CHECKPOINT_PERMISSIONS, expiry)
 
     # ------------------------------------------------------------------ listing and downloads
     def list_blobs(self, container: str, prefix: str) -> list[Any]:

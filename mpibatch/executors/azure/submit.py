@@ -19,6 +19,7 @@ from ...payload import batch_job, batch_task
 from ...render import Rendered
 from ...spec import FileRef
 from ...transfers import Transfers
+from . import checkpoints
 from .client import Batch, state_of
 from .errors import http_failed
 from .pools import check_pool, follow_pool_size, get_pool
@@ -76,8 +77,8 @@ def check_existing_job(job_id: str, pool_id: str | None, job: Any) -> None:
 
 
 def prepare(batch: Batch, storage: Storage, rendered: Sequence[Rendered], say: Say, *,
-            transfers: Transfers | None = None) -> PreparedTasks:
-    """Checks (pool, storage, job, tasks) then uploads; creates the job if missing."""
+            transfers: Transfers | None = None, resume_from: str | None = None) -> PreparedTasks:
+    """Checks (pool, storage, job, tasks, the --resume-from source) then uploads; creates the job if missing."""
     job_id, pool_id = check_together(rendered)
     pool_json = get_pool(batch, pool_id)
     rendered = [follow_pool_size(r, pool_json, say) for r in rendered]
@@ -95,12 +96,20 @@ def prepare(batch: Batch, storage: Storage, rendered: Sequence[Rendered], say: S
         check_existing_job(job_id, pool_id, job)
         if len(rendered) == 1 and batch.get_task(job_id, rendered[0].spec.task.id) is not None:
             raise task_exists(job_id, rendered[0].spec.task.id)
+    if resume_from is not None and len(rendered) != 1:
+        raise SpecError(checkpoints.OPTION, "resumes one task", "submit the tasks one at a time")
+    source = checkpoints.check_resume(batch, storage, resume_from, rendered[0]) if resume_from is not None else None
     container = storage.ensure_container(job_id)
+    if source is not None:
+        g = checkpoints.seed(storage, source, container, rendered[0])
+        say("checkpoints", f"resuming from generation {g} of {source.job_id}/{source.task_id}")
     expiry = max(sas_expiry(r.spec.task.max_wall_clock) for r in rendered)
     url_for = _upload_inputs(storage, container, rendered, expiry, say, transfers)
-    output_url = storage.output_container_url(container, expiry)
-    persist_url = storage.persist_container_url(container, expiry)
-    tasks = [batch_task(r, url_for=url_for, container_url=output_url, persist_url=persist_url) for r in rendered]
+    urls = {"container_url": storage.output_container_url(container, expiry),
+            "persist_url": storage.persist_container_url(container, expiry)}
+    if any(r.spec.task.checkpoint for r in rendered):
+        urls["checkpoint_url"] = storage.checkpoint_container_url(container, expiry)
+    tasks = [batch_task(r, url_for=url_for, **urls) for r in rendered]
     created = job is None and _create_job(batch, rendered[0], url_for, say)
     return PreparedTasks(job_id=job_id, tasks=tasks, rendered=list(rendered), job_created=created)
 

@@ -13,12 +13,14 @@ from datetime import datetime
 from typing import Any
 
 from ... import conventions
+from ...checkpoints import restore_message
 from ...errors import InfraError
 from ...launchers.protocol import TASK_LOG
 from ...results import Failure, InstanceResult, TaskResult
 from .client import Batch, state_of
 
 Say = Callable[[str, str], None]
+Restores = Callable[[Any], list[int | None]]  # a Batch task -> the generation each attempt restored
 INSTANCE_INFO = conventions.INSTANCE_INFO
 ACTIVE_WARNING_S = 600  # a task active this long most likely waits for nodes that never come
 PRIMARY_COORDINATION_FAILED = "CommandLaunchFailed"  # the failure code of a coordination command that failed
@@ -148,21 +150,25 @@ def requeue_count(task: Any) -> int:
     return (getattr(info, "requeue_count", None) or 0) if info else 0
 
 
-def status(batch: Batch, job_id: str, task_id: str) -> TaskResult:
+def status(batch: Batch, job_id: str, task_id: str, restores: Restores | None = None) -> TaskResult:
     task = batch.task(job_id, task_id)
     subtasks = batch.subtasks(job_id, task_id) if state_of(task.state) in ("running", "completed") else []
-    return task_result(batch, job_id, task, subtasks)
+    result = task_result(batch, job_id, task, subtasks)
+    result.restored = restores(task) if restores is not None else []
+    return result
 
 
 def wait(batch: Batch, job_id: str, task_id: str, say: Say, *, timeout: float | None = None,
-         poll_interval: float = 1.0, max_poll_interval: float = 5.0) -> TaskResult:
-    """Poll until the task completes, reporting task and subtask states as they change; the result
-    without outputs. Raises InfraError after `timeout` seconds (the task keeps running)."""
+         poll_interval: float = 1.0, max_poll_interval: float = 5.0, restores: Restores | None = None) -> TaskResult:
+    """Poll until the task completes, reporting task and subtask states (and, with `restores`, which
+    checkpoint generation each attempt restored) as they change; the result without outputs. Raises
+    InfraError after `timeout` seconds (the task keeps running)."""
     t0 = time.monotonic()
     interval = poll_interval
     last: str | None = None
     sub_last: dict[int, str] = {}
     requeued = 0
+    restored: list[int | None] = []
     active_since = t0
     warned_active = False
     while True:
@@ -186,8 +192,18 @@ def wait(batch: Batch, job_id: str, task_id: str, say: Say, *, timeout: float | 
                     node = _node(st)
                     code = f", exit code {st.exit_code}" if st.exit_code is not None else ""
                     say("subtask", f"{st.id}: {s}" + (f" on {node}" if node else "") + code)
+        if restores is not None and state in ("running", "completed"):
+            try:
+                now = restores(task)
+            except InfraError:  # storage away for a poll: said at the next one (collect reads them again)
+                now = restored
+            for attempt in range(len(restored) + 1, len(now) + 1):
+                say("checkpoints", restore_message(attempt, now[attempt - 1]))
+            restored = now
         if state == "completed":
-            return task_result(batch, job_id, task, subtasks)
+            result = task_result(batch, job_id, task, subtasks)
+            result.restored = restored
+            return result
         if state == "active":
             job = batch.get_job(job_id)
             if job is not None and state_of(job.state) in ("completed", "terminating", "deleting"):

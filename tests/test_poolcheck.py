@@ -1,4 +1,5 @@
-"""mpibatch.poolcheck: every rule, from spec pool sections and from REST pool JSON (tests/data/pools)."""
+"""mpibatch.poolcheck: every rule, from spec pool sections and from REST pool JSON (tests/data/pools) made
+into facts by mpibatch.poolfacts."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +11,8 @@ import pytest
 
 from mpibatch import poolcheck
 from mpibatch.errors import SpecError
-from mpibatch.poolcheck import SPOT_DOCS, PoolFacts, Problem, check, pool_from_rest, pool_from_spec
+from mpibatch.poolcheck import SPOT_DOCS, Problem, check
+from mpibatch.poolfacts import PoolFacts, pool_from_rest, pool_from_spec
 from mpibatch.spec import IMAGE_ALIASES, parse_spec
 
 POOLS = Path(__file__).parent / "data" / "pools"

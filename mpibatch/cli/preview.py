@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .. import conventions, hostlist, poolcheck
+from .. import conventions, hostlist, poolcheck, poolfacts
 from ..durations import human, iso8601
 from ..errors import SpecError
 from ..launchers.protocol import CHECKPOINT_URL_VAR, CHECKPOINT_VAR, RESTART_VAR, TASK_INTERMEDIATE, TASK_LOG
@@ -276,10 +276,10 @@ def check_pool(spec_path: str, pool_json: str | None, output: str) -> None:
     of what to change when it cannot (a task Batch accepts but never schedules stays active forever)."""
     spec = load_spec(spec_path)
     if pool_json is not None:
-        facts = poolcheck.pool_from_rest(_read_pool_json(pool_json, spec), where="pool")
+        facts = poolfacts.pool_from_rest(_read_pool_json(pool_json, spec), where="pool")
         source = pool_json
     elif spec.pool is not None:
-        facts = poolcheck.pool_from_spec(spec.pool)
+        facts = poolfacts.pool_from_spec(spec.pool)
         source = "the spec's pool section"
     else:
         raise SpecError("pool", "the spec has no pool section and no --pool-json was given: nothing to check "

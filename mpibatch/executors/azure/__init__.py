@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ... import poolcheck
+from ... import poolcheck, poolfacts
 from ...redaction import redact
 from ...render import Rendered
 from ...results import TaskResult
@@ -153,7 +153,7 @@ class AzureExecutor(Executor):
         return pools.get_pool(self.batch, pool_id, field)
 
     def pool_check(self, pool_id: str, spec: Spec | None = None
-                   ) -> tuple[poolcheck.PoolFacts, list[poolcheck.Problem]]:
+                   ) -> tuple[poolfacts.PoolFacts, list[poolcheck.Problem]]:
         """The pool's facts and problems: the full check with a spec, else the pool-level rules only."""
         return pools.pool_check(self.batch, pool_id, spec)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from ... import poolcheck, rdma
+from ... import poolcheck, poolfacts, rdma
 from ...errors import SpecError, SpecErrors
 from ...mpi import get_flavor
 from ...payload import image_reference
@@ -45,7 +45,7 @@ def raise_errors(problems: list[poolcheck.Problem], say: Say) -> None:
 
 def check_pool(spec: Spec, pool_json: Mapping[str, Any], say: Say) -> list[poolcheck.Problem]:
     """Check the task fits the pool; errors raise SpecError (nothing is created)."""
-    problems = poolcheck.check(spec, poolcheck.pool_from_rest(pool_json))
+    problems = poolcheck.check(spec, poolfacts.pool_from_rest(pool_json))
     raise_errors(problems, say)
     return problems
 
@@ -55,7 +55,7 @@ def follow_pool_size(r: Rendered, pool_json: Mapping[str, Any], say: Say) -> Ren
     decides the fabric, and the task is rendered again with it. A task rendered by something other
     than `render` (a benchmark's own command line) is kept as it is: its maker must pass the size."""
     spec = r.spec
-    size = poolcheck.pool_from_rest(pool_json).vm_size
+    size = poolfacts.pool_from_rest(pool_json).vm_size
     if spec.task.mpi.fabric != "auto" or not size or (spec.pool and spec.pool.vm_size):
         return r
     if rdma.classify(size) == r.fabric or r != render(spec):  # nothing changes, or not ours to re-render
@@ -66,9 +66,9 @@ def follow_pool_size(r: Rendered, pool_json: Mapping[str, Any], say: Say) -> Ren
 
 
 def pool_check(batch: Batch, pool_id: str, spec: Spec | None = None
-               ) -> tuple[poolcheck.PoolFacts, list[poolcheck.Problem]]:
+               ) -> tuple[poolfacts.PoolFacts, list[poolcheck.Problem]]:
     """The pool's facts and problems: the full check with a spec, else the pool-level rules only."""
-    facts = poolcheck.pool_from_rest(get_pool(batch, pool_id, field="pool"))
+    facts = poolfacts.pool_from_rest(get_pool(batch, pool_id, field="pool"))
     if spec is not None:
         return facts, poolcheck.check(replace(spec, job=replace(spec.job, pool=facts.id or pool_id)), facts)
     flavor = "msmpi" if facts.os == "windows" else "intelmpi"
@@ -91,7 +91,7 @@ def pool_create(batch: Batch, spec: Spec, say: Say, *, msmpi_installer_url: str 
     image = p.image or choose_image(spec)
     p = replace(p, image=image, inter_node_communication=True, task_slots_per_node=1)
     spec = replace(spec, pool=p)
-    raise_errors(poolcheck.check(spec, poolcheck.pool_from_spec(p)), say)
+    raise_errors(poolcheck.check(spec, poolfacts.pool_from_spec(p)), say)
     body = pool_body(p, image, start_task(spec, image, msmpi_installer_url))
     try:
         batch.call(f"creating pool {p.id}", batch.client.create_pool, body)

@@ -1,5 +1,5 @@
-"""The autoscale formula language of `mpibatch emulate` (mpibatch/emulator/autoscale.py), per "Create an
-automatic formula for scaling compute nodes in a Batch pool": the doc's own example formulas, the
+"""The autoscale formula language of `mpibatch emulate` (mpibatch/emulator/autoscale_syntax.py, autoscale.py),
+per "Create an automatic formula for scaling compute nodes in a Batch pool": the doc's own example formulas, the
 functions, sample operations and their InsufficientSampleData error, syntax errors with line and column;
 and the pool's formula evaluated again on its evaluation interval, on the emulator's own task counts."""
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mpibatch.emulator.autoscale import SAMPLED, FormulaError, Samples, evaluate
+from mpibatch.emulator.autoscale import Samples, evaluate
+from mpibatch.emulator.autoscale_syntax import SAMPLED, FormulaError
 from tests.infra.batch_emulator import BatchEmulator
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..durations import iso_seconds
-from . import autoscale, mounts, odata, pools, schema
+from . import autoscale, autoscale_syntax, mounts, odata, pools, schema
 from .errors import BatchError, invalid_value, missing_property, now_iso
 from .state import key, set_state, touch
 
@@ -159,8 +159,8 @@ def check_new_pool(body: dict[str, Any]) -> None:
         raise invalid_value("targetDedicatedNodes", "must not be given when enableAutoScale is true")
     _interval_s(body.get("autoScaleEvaluationInterval"))
     try:
-        autoscale.check(body["autoScaleFormula"])
-    except autoscale.FormulaError as e:
+        autoscale_syntax.check(body["autoScaleFormula"])
+    except autoscale_syntax.FormulaError as e:
         raise _formula_error(e) from None
 
 
@@ -192,7 +192,7 @@ def _interval_s(text: str | None) -> float:
     return seconds
 
 
-def _formula_error(e: autoscale.FormulaError) -> BatchError:
+def _formula_error(e: autoscale_syntax.FormulaError) -> BatchError:
     return BatchError(400, "InvalidAutoScaleFormula", "The specified autoscale formula is not valid.",
                       {"Message": str(e)[:400]})
 
@@ -206,8 +206,8 @@ def enable_autoscale(emu: Emulator, pool_id: str, body: Any) -> None:
     interval = body.get("autoScaleEvaluationInterval") or pool.get("autoScaleEvaluationInterval") or DEFAULT_INTERVAL
     _interval_s(interval)
     try:
-        autoscale.check(formula)
-    except autoscale.FormulaError as e:
+        autoscale_syntax.check(formula)
+    except autoscale_syntax.FormulaError as e:
         raise _formula_error(e) from None
     with emu.store.lock:
         pool.update({"enableAutoScale": True, "autoScaleFormula": formula, "autoScaleEvaluationInterval": interval})
@@ -234,8 +234,8 @@ def evaluate_autoscale(emu: Emulator, pool_id: str, body: Any) -> dict[str, Any]
         raise BatchError(409, "AutoScalingNotEnabled", "The specified pool does not have automatic scaling "
                          "enabled.")
     try:
-        autoscale.check(body["autoScaleFormula"])
-    except autoscale.FormulaError as e:
+        autoscale_syntax.check(body["autoScaleFormula"])
+    except autoscale_syntax.FormulaError as e:
         raise _formula_error(e) from None
     return _run(emu, pool, body["autoScaleFormula"])[0]
 
@@ -255,7 +255,7 @@ def take_sample(emu: Emulator, pool: dict[str, Any]) -> autoscale.Samples:
         done = [t for t in tasks if t["state"] == "completed"]
         ok = sum((t.get("executionInfo") or {}).get("result") == "success" for t in done)
         nodes = len(emu.store.pool_nodes(pool["id"]))
-    values = {v: 0.0 for v in autoscale.SAMPLED}
+    values = {v: 0.0 for v in autoscale_syntax.SAMPLED}
     values.update({"$ActiveTasks": active, "$RunningTasks": running, "$PendingTasks": active + running,
                    "$SucceededTasks": ok, "$FailedTasks": len(done) - ok, "$SampleNodeCount": nodes})
     with _samples_lock:
@@ -280,7 +280,7 @@ def _run(emu: Emulator, pool: dict[str, Any], formula: str) -> tuple[dict[str, A
                "$NodeDeallocationOption": "requeue"}
     try:
         targets, results = autoscale.evaluate(formula, take_sample(emu, pool), _scalars(emu, pool), current)
-    except autoscale.FormulaError as e:
+    except autoscale_syntax.FormulaError as e:
         return {"timestamp": now_iso(), "error": {"code": e.code, "message": "Autoscale evaluation failed",
                                                   "values": [{"name": "Message", "value": str(e)[:400]}]}}, None
     return {"timestamp": now_iso(), "results": results}, targets

@@ -111,7 +111,7 @@ def prepare_output_storage(job_id: str, **how: Any) -> str:
         return client.name
     from azure.core.exceptions import AzureError, ResourceExistsError
 
-    from .executors.azure.storage import blob_service
+    from .executors.azure.storage_account import blob_service
 
     service = blob_service(connection_string=how.get("connection_string") or "",
                            account_url=how.get("account_url") or "", credential=how.get("credential"))

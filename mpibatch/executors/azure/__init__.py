@@ -11,7 +11,8 @@ subtask states as they change; ``collect`` brings back what every instance produ
 
 The modules, one seam each: ``client`` (credentials, SDK calls, error mapping), ``pools``, ``submit``
 (uploads, job, tasks, task collections), ``watch`` (polling, Batch task -> TaskResult), ``collect``,
-``storage`` (blob storage and SAS). Only this package imports the Azure SDK.
+``storage`` (blob storage and SAS), ``storage_account`` (the storage account and its credentials). Only this
+package imports the Azure SDK.
 """
 from __future__ import annotations
 

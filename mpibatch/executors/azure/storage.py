@@ -1,12 +1,7 @@
 """Blob storage for the Azure executor: the job's container, input uploads, SAS URLs, downloads.
 
-Credentials come from the environment only - never from the spec, never printed or logged:
-
-* ``AZURE_STORAGE_CONNECTION_STRING``, or
-* ``AZURE_STORAGE_ACCOUNT`` + ``AZURE_STORAGE_KEY`` (+ ``AZURE_STORAGE_BLOB_ENDPOINT``, e.g. Azurite's
-  ``http://127.0.0.1:10000/devstoreaccount1``), or
-* ``AZURE_STORAGE_ACCOUNT`` alone: ``DefaultAzureCredential`` (azure-identity), and SAS URLs are user
-  delegation SAS (the identity needs "Storage Blob Data Contributor" on the account).
+The account and its credentials come from the environment only (mpibatch/executors/azure/storage_account.py);
+without an account key, SAS URLs are user delegation SAS.
 
 What the SAS URLs grant (least privilege for each reader):
 
@@ -25,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -35,12 +28,13 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 from ... import conventions
-from ...errors import InfraError, LogShrank, SpecError
+from ...errors import LogShrank, SpecError
 from ...launchers import blobdownload, fileio
 from ...launchers.blobio import BlobError, BlobInfo, ContainerClient
 from ...redaction import redact
 from ...transfers import Transfers
 from .errors import Service, to_infra_error
+from .storage_account import storage_account_from_env
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +67,6 @@ def sas_expiry(max_wall_clock: int | None, *, now: datetime | None = None,
     return now + wall + margin
 
 
-
-def blob_service(*, connection_string: str = "", account_url: str = "", credential: Any = None, **kwargs: Any) -> Any:
-    """The one way the client side builds an azure-storage-blob service client: from a connection string, or
-    an account URL and a credential (key or azure-identity), with mpibatch's retries and timeouts unless the
-    caller gives its own. (Blob transfers themselves go through launchers/blobio.py and blobdownload.py.)"""
-    from azure.storage.blob import BlobServiceClient, ExponentialRetry
-
-    settings: dict[str, Any] = {
-        # Throttling and transient faults are retried with backoff by the SDK, then reported.
-        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3, random_jitter_range=1),
-        "connection_timeout": 10, "read_timeout": 120,
-        "max_single_put_size": 64 * 1024 * 1024,  # one Put Blob: the service stores its Content-MD5
-        **kwargs,
-    }
-    if connection_string:
-        return BlobServiceClient.from_connection_string(connection_string, **settings)
-    return BlobServiceClient(account_url, credential=credential, **settings)
-
-
 class Storage:
     """One storage account. Build it with :meth:`from_env`."""
 
@@ -110,44 +85,9 @@ class Storage:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> Storage:
-        env = os.environ if env is None else env
-        conn = env.get("AZURE_STORAGE_CONNECTION_STRING", "").strip()
-        account = env.get("AZURE_STORAGE_ACCOUNT", "").strip()
-        key = env.get("AZURE_STORAGE_KEY", "").strip()
-        endpoint = env.get("AZURE_STORAGE_BLOB_ENDPOINT", "").strip()
-        try:
-            if conn:
-                service = blob_service(connection_string=conn, **kwargs)
-                account_key = getattr(getattr(service, "credential", None), "account_key", None)
-                if not account_key:
-                    raise SpecError("AZURE_STORAGE_CONNECTION_STRING", "has no AccountKey, and mpibatch signs the "
-                                    "tasks' SAS URLs with the account key",
-                                    "use the connection string with AccountKey, or AZURE_STORAGE_ACCOUNT with "
-                                    "DefaultAzureCredential (user delegation SAS)")
-                return cls(service, service.account_name or "", key=account_key)
-            if not account:
-                raise SpecError("AZURE_STORAGE_CONNECTION_STRING", "no storage account configured",
-                                "export AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT "
-                                "(+ AZURE_STORAGE_KEY, or sign in for DefaultAzureCredential)")
-            if not re.fullmatch(r"[a-z0-9]{3,24}", account) and not endpoint:
-                raise SpecError("AZURE_STORAGE_ACCOUNT", f"{account!r} is not a storage account name",
-                                "use the account's name: 3-24 lower-case letters and digits")
-            url = endpoint or f"https://{account}.blob.core.windows.net"
-            if key:
-                from azure.core.credentials import AzureNamedKeyCredential
-
-                service = blob_service(account_url=url, credential=AzureNamedKeyCredential(account, key), **kwargs)
-                return cls(service, account, key=key, endpoint=url)
-            from azure.identity import DefaultAzureCredential
-
-            service = blob_service(account_url=url, credential=DefaultAzureCredential(), **kwargs)
-            return cls(service, account, endpoint=url)
-        except (SpecError, InfraError):
-            raise
-        except ValueError as e:  # malformed connection string or key
-            raise SpecError("AZURE_STORAGE_CONNECTION_STRING" if conn else "AZURE_STORAGE_KEY",
-                            f"cannot be used: {redact(str(e), key, conn)}",
-                            "copy it again from the portal (Access keys)") from None
+        """The account the environment names (mpibatch/executors/azure/storage_account.py)."""
+        account = storage_account_from_env(env, **kwargs)
+        return cls(account.service, account.name, key=account.key, endpoint=account.endpoint)
 
     # ------------------------------------------------------------------ errors
     @property

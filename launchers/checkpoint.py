@@ -8,60 +8,48 @@ before it was copied, unchanged while it was copied, and its manifest written la
 generation counts only when every instance has its manifest for that number. A checkpoint that was being
 written when the node died has no manifest and is never restored.
 
-The store is the job's container (a task submitted to Batch: BlobStore, through the checkpoint SAS of
-MPIBATCH_CHECKPOINT_URL), or a directory that stands in for it (rehearsals: DirStore): the same names, and
-the same rules above either. Standard library only: it runs on the nodes beside track.py.
+With ``from: all`` the parts of one generation must also belong together: each manifest says when its files
+were last written, and parts written `every` or more apart are different checkpoints (``mismatch``); restore
+skips such a generation, and a tracker numbers a checkpoint as the other instances did (``aligned_number``).
+
+The stores (checkpoint_store.py) are the job's container or a directory that stands in for it: the same names,
+and the same rules above either. Standard library only: it runs on the nodes beside track.py.
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Protocol
 
 try:  # as the package mpibatch.launchers (client side, tests)
-    from . import blobdownload, fileio, protocol
-    from .blobio import BlobError, BlobInfo, ContainerClient
-    from .outputnames import instance_output_prefix, match_outputs
+    from . import checkpoint_store, fileio, protocol
+    from .blobio import BlobError
+    from .outputnames import match_outputs
 except ImportError:  # as a script on the node: the modules are shipped beside it
-    import blobdownload  # type: ignore[no-redef]
+    import checkpoint_store  # type: ignore[no-redef]
     import fileio  # type: ignore[no-redef]
     import protocol  # type: ignore[no-redef]
-    from blobio import BlobError, BlobInfo, ContainerClient  # type: ignore[no-redef]
-    from outputnames import instance_output_prefix, match_outputs  # type: ignore[no-redef]
+    from blobio import BlobError  # type: ignore[no-redef]
+    from outputnames import match_outputs  # type: ignore[no-redef]
 
+# The names and stores, as callers have always found them here (ck.DirStore, ck.manifest_name...).
+Store = checkpoint_store.Store
+DirStore = checkpoint_store.DirStore
+BlobStore = checkpoint_store.BlobStore
+open_store = checkpoint_store.open_store
+checkpoint_prefix, generation_prefix = checkpoint_store.checkpoint_prefix, checkpoint_store.generation_prefix
+manifest_name, restore_record_prefix = checkpoint_store.manifest_name, checkpoint_store.restore_record_prefix
 Manifest = protocol.CheckpointManifest
 Signature = tuple[tuple[str, int, int], ...]  # (path, size, mtime_ns) of every matching file, sorted
+Stamp = tuple["int | None", "float | None"]  # a part's newest file (mtime_ns) and its tracker's `every` (seconds)
 SUFFIX = protocol.CHECKPOINT_MANIFEST_SUFFIX
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------- the rules (pure)
-def checkpoint_prefix(task: str, index: int) -> str:
-    """``{task}/$TaskIntermediate/{i}/checkpoint``: where instance `i`'s generations are."""
-    return f"{instance_output_prefix(task, protocol.TASK_INTERMEDIATE, index)}/{protocol.CHECKPOINT_DIR}"
-
-
-def generation_prefix(task: str, index: int, generation: int) -> str:
-    return f"{checkpoint_prefix(task, index)}/{protocol.generation_name(generation)}"
-
-
-def manifest_name(task: str, index: int, generation: int) -> str:
-    return generation_prefix(task, index, generation) + SUFFIX
-
-
-def restore_record_prefix(task: str) -> str:
-    """``{task}/$TaskLog/0/checkpoint-restores``: one record per attempt of what it restored (Azure)."""
-    return f"{instance_output_prefix(task, protocol.TASK_LOG, 0)}/{protocol.CHECKPOINT_RESTORES_DIR}"
-
-
 def scan(names: Iterable[str], task: str, index: int) -> tuple[set[int], set[int]]:
     """(every generation with something stored, the complete ones: those with a manifest) of instance
     `index`, from store names relative to the container."""
@@ -116,6 +104,46 @@ def should_save(previous: Signature | None, current: Signature, saved: Signature
     return bool(current) and current == previous and current != saved
 
 
+def mismatch(parts: dict[int, Stamp]) -> str | None:
+    """Why the parts of one generation (instance -> stamp) cannot be one checkpoint; None when they can be.
+    A tracker saves files only once two looks, at least `every` apart, found them unchanged: the checkpoint after
+    a saved one was written more than `every` later. The parts of one checkpoint are written at the same step,
+    so within the nodes' clock skew of each other. Parts whose newest files are `every` or more apart are
+    therefore parts of different checkpoints. A part without a stamp (an older manifest) is not checked."""
+    known = {i: (t, e) for i, (t, e) in parts.items() if t is not None and e is not None}
+    if len(known) < 2:
+        return None
+    every = min(e for _, e in known.values())
+    old = min(known, key=lambda i: (known[i][0], i))
+    new = max(known, key=lambda i: (known[i][0], -i))
+    apart = (known[new][0] - known[old][0]) / 1e9
+    if apart < every:
+        return None
+    return (f"instance {new}'s files were written {apart:.3g}s after instance {old}'s (the trackers look every "
+            f"{every:g}s): parts of different checkpoints")
+
+
+def aligned_number(mine: int, newest_ns: int, every: float, others: Iterable[tuple[int, Stamp]]) -> int:
+    """The number of a new generation whose newest file was written at `newest_ns`, when this tracker would
+    number it `mine`, given other instances' generations numbered `mine` or more (number, stamp): another
+    instance's part of the same checkpoint (written within `every`) gives its number; one of an older
+    checkpoint (`every` or more earlier: this tracker missed it) makes this one the next. Never below `mine`."""
+    same: list[int] = []
+    older: list[int] = []
+    for g, (t, _) in others:
+        if t is not None and abs(t - newest_ns) < every * 1e9:
+            same.append(g)
+        elif t is not None and t < newest_ns:
+            older.append(g)
+    if same:
+        return max([mine, *same])
+    return max([mine, *(g + 1 for g in older)])
+
+
+def stamp(m: Manifest) -> Stamp:
+    return m.newest_mtime_ns, m.every
+
+
 def signature(wd: str, pattern: str) -> Signature:
     files = []
     for rel in match_outputs(wd, [pattern]):
@@ -127,133 +155,6 @@ def signature(wd: str, pattern: str) -> Signature:
             continue
         files.append((rel, st.st_size, st.st_mtime_ns))
     return tuple(sorted(files))
-
-
-# ---------------------------------------------------------------------------------------------- the stores
-class Store(Protocol):
-    """What the rules need of a store (errors: OSError, or BlobError from the container)."""
-
-    def names(self, prefix: str) -> list[str]: ...
-    def put(self, path: str, name: str) -> dict[str, object]: ...
-    def put_bytes(self, name: str, data: bytes) -> None: ...
-    def read(self, name: str) -> bytes: ...
-    def get(self, name: str, dest: str, size: int, md5: str) -> None: ...
-    def delete_generation(self, task: str, index: int, generation: int) -> None: ...
-    def record_restore(self, task: str, record: dict[str, object]) -> None: ...
-
-
-class DirStore:
-    """A directory that stands in for the job's container: a blob name is a path under it."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.root, *name.split("/"))
-
-    def names(self, prefix: str) -> list[str]:
-        top = self._path(prefix)
-        out = []
-        for d, _, files in os.walk(top):
-            rel = os.path.relpath(d, self.root).replace(os.sep, "/")
-            out += [f"{rel}/{f}" for f in files if not fileio.is_temp_name(f)]
-        return out
-
-    def put(self, path: str, name: str) -> dict[str, object]:
-        dest = self._path(name)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        size = fileio.copy_file(path, dest)
-        return {"size": size, "md5": _b64(fileio.file_md5(dest))}
-
-    def put_bytes(self, name: str, data: bytes) -> None:
-        dest = self._path(name)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        fileio.write_bytes(dest, data)
-
-    def read(self, name: str) -> bytes:
-        """A manifest (a bounded read: a manifest of 100,000 files is under 16 MiB)."""
-        return fileio.read_range(self._path(name), 0, MAX_MANIFEST_BYTES)
-
-    def get(self, name: str, dest: str, size: int, md5: str) -> None:
-        """Copy a stored file to `dest`, verified: the size and MD5 its manifest gives."""
-        os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-        with fileio.open_regular(self._path(name)) as src, \
-                fileio.DurableFile(dest, size=size, md5=_unb64(md5)) as f:
-            f.copy_from(src.read)
-            f.commit()
-
-    def delete_generation(self, task: str, index: int, generation: int) -> None:
-        """The manifest first: a generation is incomplete before any of its files goes."""
-        try:
-            os.unlink(self._path(manifest_name(task, index, generation)))
-        except FileNotFoundError:
-            pass
-        shutil.rmtree(self._path(generation_prefix(task, index, generation)), ignore_errors=True)
-
-    def record_restore(self, task: str, record: dict[str, object]) -> None:
-        """Nothing: a rehearsal's executor knows itself what each attempt restores."""
-
-
-class BlobStore:
-    """The job's container, through a container SAS URL (read, add, create, write, delete, list)."""
-
-    def __init__(self, client: ContainerClient) -> None:
-        self.client = client
-
-    def names(self, prefix: str) -> list[str]:
-        return [b.name for b in self.client.list_blobs(prefix)]
-
-    def put(self, path: str, name: str) -> dict[str, object]:
-        size, md5 = self.client.upload_file(path, name)  # refuses a file that changes while read
-        return {"size": size, "md5": _b64(md5)}
-
-    def put_bytes(self, name: str, data: bytes) -> None:
-        with tempfile.TemporaryDirectory(prefix=protocol.NODE_FILE_PREFIX) as d:
-            path = os.path.join(d, "blob")
-            fileio.write_bytes(path, data)
-            self.client.upload_file(path, name, content_type="application/json")
-
-    def read(self, name: str) -> bytes:
-        size = self.client.properties(name).size
-        if size > MAX_MANIFEST_BYTES:
-            raise BlobError(f"{name}: {size} bytes, more than a manifest holds ({MAX_MANIFEST_BYTES})")
-        return self.client.read_range(name, 0, size)
-
-    def get(self, name: str, dest: str, size: int, md5: str) -> None:
-        """Download to `dest`, verified against the manifest's size and MD5 (not storage's word)."""
-        blobdownload.download_to(self.client, BlobInfo(name, size, _unb64(md5)), dest)
-
-    def delete_generation(self, task: str, index: int, generation: int) -> None:
-        """The manifest first: a generation is incomplete before any of its files goes."""
-        for name in [manifest_name(task, index, generation),
-                     *self.names(generation_prefix(task, index, generation) + "/")]:
-            try:
-                self.client.request("DELETE", name, ok=(202,))
-            except BlobError as e:
-                if e.status != 404:
-                    raise
-
-    def record_restore(self, task: str, record: dict[str, object]) -> None:
-        """What this attempt restored, for `submit` and `status` (the primary's restore step writes it)."""
-        when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        self.put_bytes(f"{restore_record_prefix(task)}/{when}.json", json.dumps(record, sort_keys=True).encode())
-
-
-def open_store() -> Store | None:
-    """This node's store: the directory a rehearsal gives, else the job's container, else none."""
-    root = os.environ.get(protocol.CHECKPOINT_STORE_VAR, "")
-    if root:
-        return DirStore(root)
-    url = os.environ.get(protocol.CHECKPOINT_URL_VAR, "")
-    return BlobStore(ContainerClient(url)) if url else None
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
 
 
 def complete_generations(store: Store, task: str, instances: int) -> tuple[dict[int, set[int]], set[int]]:
@@ -272,9 +173,9 @@ class Saver:
     """Instance `index`'s checkpoints, saved by its tracker: one look every `every` seconds."""
 
     def __init__(self, store: Store, task: str, index: int, instances: int, wd: str, pattern: str, keep: int,
-                 node_id: str | None, restored: Signature | None = None) -> None:
+                 node_id: str | None, restored: Signature | None = None, every: float | None = None) -> None:
         self.store, self.task, self.index, self.wd, self.pattern, self.keep = store, task, index, wd, pattern, keep
-        self.node_id = node_id
+        self.node_id, self.instances, self.every = node_id, instances, every
         _, used = complete_generations(store, task, instances)
         self.generation = next_generation(used)  # read before any node of this attempt saved one
         self.previous: Signature | None = None
@@ -286,7 +187,8 @@ class Saver:
         previous, self.previous = self.previous, current
         if not should_save(previous, current, self.saved):
             return None
-        g = self.generation
+        newest = max(m for _, _, m in current)
+        g = self.aligned(newest)
         files: dict[str, dict[str, object]] = {}
         for rel, size, mtime_ns in current:
             path = os.path.join(self.wd, rel)
@@ -297,7 +199,8 @@ class Saver:
                 self.previous = None
                 return None
         manifest = Manifest(generation=g, index=self.index, node_id=self.node_id, files=files,
-                            saved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                            saved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            newest_mtime_ns=newest if self.every else None, every=self.every)
         self.store.put_bytes(manifest_name(self.task, self.index, g), manifest.to_json().encode())
         self.saved, self.generation = current, g + 1
         present, complete = scan(self.store.names(checkpoint_prefix(self.task, self.index)), self.task, self.index)
@@ -305,14 +208,44 @@ class Saver:
             self.store.delete_generation(self.task, self.index, old)
         return g
 
+    def aligned(self, newest: int) -> int:
+        """This checkpoint's number, as the other instances numbered theirs (``aligned_number``): a tracker
+        that missed a checkpoint the others saved numbers its later ones as they do again."""
+        if self.instances < 2 or not self.every:
+            return self.generation
+        names = self.store.names(f"{self.task}/${protocol.TASK_INTERMEDIATE}")
+        others: list[tuple[int, Stamp]] = []
+        for i in range(self.instances):
+            for g in sorted(scan(names, self.task, i)[1]) if i != self.index else ():
+                if g >= self.generation:
+                    try:
+                        others.append((g, stamp(Manifest.from_json(self.store.read(manifest_name(self.task, i, g))))))
+                    except (OSError, ValueError, BlobError):  # pruned meanwhile, or unreadable: not a clue
+                        pass
+        return aligned_number(self.generation, newest, self.every, others)
+
 
 # ---------------------------------------------------------------------------------------------- restoring
+def newest_restorable(store: Store, task: str, instances: int, from_: str) -> tuple[int | None, list[str]]:
+    """The generation to restore (None: none), and a line for each newer complete one skipped because its
+    parts are not one checkpoint (``mismatch``, ``from: all``). Every node, and the client, decide the same."""
+    complete, _ = complete_generations(store, task, instances)
+    skipped: list[str] = []
+    while (g := restorable(complete, instances, from_)) is not None and from_ == "all":
+        why = mismatch({i: stamp(Manifest.from_json(store.read(manifest_name(task, i, g)))) for i in range(instances)})
+        if why is None:
+            break
+        skipped.append(f"checkpoint generation {g} skipped: {why}")
+        for done in complete.values():
+            done.discard(g)
+    return g, skipped
+
+
 def restore(store: Store, task: str, index: int, instances: int, from_: str, wd: str) -> tuple[int | None, str]:
     """Put instance `index`'s part of the newest complete generation into `wd`, verified. Returns the
     generation (None: none complete) and a line for the log. The primary records what it restored."""
     t0 = time.monotonic()
-    complete, _ = complete_generations(store, task, instances)
-    g = restorable(complete, instances, from_)
+    g, skipped = newest_restorable(store, task, instances, from_)
     files = size = 0
     if g is None:
         line = "no complete checkpoint generation: the program starts fresh"
@@ -326,6 +259,7 @@ def restore(store: Store, task: str, index: int, instances: int, from_: str, wd:
         line = f"restored checkpoint generation {g}: {files} files"
     else:
         line = f"checkpoint generation {g} restored on the primary"
+    line = "\n".join([*skipped, line])
     if index == 0:
         try:  # only what `status` shows: the program starts all the same
             store.record_restore(task, {"generation": g, "files": files, "bytes": size,
@@ -360,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, BlobError, protocol.RecordError) as e:
         print(f"mpibatch checkpoint [{who.index}]: restoring failed: {e}", file=sys.stderr)
         return 1
-    print(f"mpibatch checkpoint [{who.index}]: {line}", file=sys.stderr)
+    for text in line.splitlines():
+        print(f"mpibatch checkpoint [{who.index}]: {text}", file=sys.stderr)
     env_file = os.path.join(who.wd, protocol.NODE_ENV_FILE)
     with fileio.open_regular(env_file) as f:
         before = f.read(1024 * 1024)

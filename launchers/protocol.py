@@ -312,10 +312,17 @@ class CheckpointManifest:
     saved_at: str
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     schema: int = CHECKPOINT_SCHEMA_VERSION
+    # Added within schema 1 (an older manifest has neither; an older reader ignores them): when the newest of
+    # its files was last modified (ns since the epoch, the node's clock) and how often its tracker looked (s).
+    newest_mtime_ns: int | None = None
+    every: float | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"schema": self.schema, "generation": self.generation, "index": self.index,
-                           "node_id": self.node_id, "saved_at": self.saved_at, "files": self.files}, sort_keys=True)
+        data: dict[str, Any] = {"schema": self.schema, "generation": self.generation, "index": self.index,
+                                "node_id": self.node_id, "saved_at": self.saved_at, "files": self.files}
+        if self.newest_mtime_ns is not None and self.every is not None:
+            data.update(newest_mtime_ns=self.newest_mtime_ns, every=self.every)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CheckpointManifest:
@@ -337,6 +344,13 @@ class CheckpointManifest:
                    for v in files.values()):
             raise RecordError("checkpoint manifest: 'files' is not a map of path -> {size, md5}")
         node_id = data.get("node_id")
+        newest, every = data.get("newest_mtime_ns"), data.get("every")
+        if newest is not None or every is not None:
+            if not (isinstance(newest, int) and isinstance(every, (int, float))) or isinstance(newest, bool) \
+                    or isinstance(every, bool) or not every > 0:
+                raise RecordError("checkpoint manifest: 'newest_mtime_ns' and 'every' are not an integer and a "
+                                  "positive number of seconds")
         return cls(generation=data["generation"], index=data["index"], saved_at=data["saved_at"],
                    node_id=node_id if isinstance(node_id, str) else None,
-                   files={str(k): {"size": v["size"], "md5": v["md5"]} for k, v in files.items()})
+                   files={str(k): {"size": v["size"], "md5": v["md5"]} for k, v in files.items()},
+                   newest_mtime_ns=newest, every=float(every) if every is not None else None)

@@ -221,7 +221,7 @@ def _checkpoint_saver(args: argparse.Namespace, identity: protocol.Identity) -> 
     instances = len([h for h in os.environ.get("AZ_BATCH_HOST_LIST", "").split(",") if h]) or 1
     return checkpoint.Saver(store, args.task, identity.index, instances, identity.wd,
                             args.checkpoint, args.checkpoint_keep, identity.node_id,
-                            restored=checkpoint.restored_signature(identity.task_dir))
+                            restored=checkpoint.restored_signature(identity.task_dir), every=args.checkpoint_every)
 
 
 def _wait_only(stop: threading.Event) -> int:

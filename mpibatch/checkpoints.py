@@ -65,8 +65,7 @@ def copy_generation(src: checkpoint.Store, src_task: str, dest: checkpoint.Store
     """Copy the newest complete generation of `src_task` in `src` to `task_id` in `dest` (the same number),
     each file verified on the way, each instance's manifest last; a copy that fails leaves no manifest. Returns
     the generation, None when `src` has no complete one."""
-    complete, _ = checkpoint.complete_generations(src, src_task, instances)
-    g = checkpoint.restorable(complete, instances, from_)
+    g, _ = checkpoint.newest_restorable(src, src_task, instances, from_)  # the one the nodes would restore
     if g is None:
         return None
     with tempfile.TemporaryDirectory(prefix=protocol.NODE_FILE_PREFIX) as tmp:

@@ -18,7 +18,7 @@ from .spec import Command, FileRef, Output, Setup, Spec
 LAUNCHER_DIR = "mpibatch"  # node-side launchers land in $AZ_BATCH_TASK_SHARED_DIR/mpibatch/
 # What every Linux node gets under $AZ_BATCH_TASK_SHARED_DIR/mpibatch (launchers/).
 NODE_FILES = ("coordinate.sh", "persist.py", "track.py", "outputnames.py", "protocol.py", "blobio.py", "checkpoint.py",
-              "fileio.py", "blobdownload.py")
+              "checkpoint_store.py", "fileio.py", "blobdownload.py")
 PERSIST_URL_VAR = "MPIBATCH_PERSIST_URL"  # container SAS for subtask outputs, set at submit time
 # Written by the coordination step into each node's working directory (docs/hpc-nodes.md): the
 # node's own environment (activated runtime, its InfiniBand device), and the per-rank wrapper that

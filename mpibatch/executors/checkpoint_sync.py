@@ -30,8 +30,7 @@ NODE_STORE = f"{protocol.NODE_FILE_PREFIX}checkpoints"  # under the node's share
 
 def newest_complete(store: Path, task_id: str, instances: int, checkpoint: Checkpoint) -> int | None:
     """The generation the nodes' restore step will put back from `store` (the same rule)."""
-    complete, _ = ck.complete_generations(ck.DirStore(str(store)), task_id, instances)
-    return ck.restorable(complete, instances, checkpoint.from_)
+    return ck.newest_restorable(ck.DirStore(str(store)), task_id, instances, checkpoint.from_)[0]
 
 
 class NodeStores:

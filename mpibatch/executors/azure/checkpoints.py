@@ -94,12 +94,11 @@ def check_resume(batch: Batch, storage: Storage, text: str, r: Rendered) -> Resu
                         "checkpoint from: all each instance restores its own part", "use the same task.instances")
     container = conventions.job_container_name(job_id)
     try:
-        complete, _ = ck.complete_generations(container_store(storage, container), task_id, n)
+        g, _ = ck.newest_restorable(container_store(storage, container), task_id, n, c.from_)
     except BlobError as e:
         if e.status != 404:  # no container: nothing saved
             raise InfraError(f"reading the checkpoints of {job_id}/{task_id}: {e}") from None
-        complete = {}
-    g = ck.restorable(complete, n, c.from_)
+        g = None
     if g is None:
         raise SpecError(OPTION, f"task {job_id}/{task_id} has no complete checkpoint generation in container "
                         f"{container}", "resume from a task whose log says 'checkpoint generation N saved', or "

@@ -18,10 +18,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import InfraError
-from ..launchers import fileio, script_path
+from ..launchers import script_path
 from ..launchers.outputnames import match_outputs
 from ..launchers.protocol import NodeLayout
 from ..mpi import FLAVORS
@@ -91,6 +92,16 @@ def sweep_stale_workdirs(tmp: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def remove_tree(root: Path) -> None:
+    """rmtree, the node directories in parallel: removing thousands of entries one after the other was a
+    tenth of a 64-node run (each unlink waits on the filesystem, which threads overlap)."""
+    nodes = root / "nodes"
+    if nodes.is_dir():
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda d: shutil.rmtree(d, ignore_errors=True), list(nodes.iterdir())))
+    shutil.rmtree(root, ignore_errors=True)
+
+
 class _LocalProc:
     def __init__(self, popen: subprocess.Popen[bytes]):
         self.popen = popen
@@ -137,6 +148,7 @@ class LocalTransport:
         self.holder_pids: dict[int, int] = {}
         self.run_init: subprocess.Popen[bytes] | None = None
         self.run_init_pid = 0
+        self.starting = False  # node inits started, not yet awaited
         self.procs: list[_LocalProc] = []
         self.pid_namespaces: set[str] = set()  # for tests: no process may remain in these
         # The emulator ends a terminated task's processes from another thread than the run's.
@@ -166,18 +178,24 @@ class LocalTransport:
         return self.nodes
 
     def _start_nodes(self) -> None:
-        """A fresh run namespace and every node's init in it. All nodes are up, and the agent's
-        address table names only them, before any node process starts (a retry after
-        end_processes() never sees a PID of the previous namespace)."""
+        """A fresh run namespace and every node's init in it, awaited by _nodes_up() before the first node
+        process starts: the files arrive in the nodes' directories meanwhile (a run's start-up is
+        mostly these processes; made at once, not one after the other, it does not grow with the node count)."""
         self._start_run_init()
-        # Every node's namespaces are made at once (then each is awaited): one after the other, the
-        # run's start-up grew with the node count.
         for nd in self.nodes:
             self._spawn_holder(nd)
+        self.starting = True
+
+    def _nodes_up(self) -> None:
+        """Every node is up, and the agent's address table names only them, before any node process starts
+        (a retry after end_processes() never sees a PID of the previous namespace)."""
+        if not self.starting:
+            return
         for nd in self.nodes:
             self._await_holder(nd)
         for nd in self.nodes:
             (self.nodes_dir / nd.host).write_text(self._ns_pid(self.holder_pids[nd.index]))
+        self.starting = False
 
     def _start_run_init(self) -> None:
         """PID 1 of the run: its user namespace holds the run's PID and mount namespaces.
@@ -207,7 +225,7 @@ class LocalTransport:
     def _spawn_holder(self, node: Node) -> None:
         self.holders[node.index] = subprocess.Popen(
             [*self._enter(self.run_init_pid, "-p", "-m"), "unshare", "--mount", "--uts", "--propagation",
-             "private", "--", "/bin/bash", script_path("local_node_init.sh"),
+             "private", "--", "/bin/sh", script_path("local_node_init.sh"),
              str(self.workdir / "nodes" / str(node.index)),
              str(self.mount_point), str(self.hosts_file), node.node_id],
             env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -284,7 +302,10 @@ class LocalTransport:
     def put(self, node: Node, local: Path, node_path: str) -> None:
         dest = self.host_path(node, node_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fileio.copy_file(local, dest, mode=os.stat(local).st_mode & 0o7777, exact_mode=True)  # as the source has it
+        # A plain copy, not fileio's durable one: a node's root is scratch, gone with the run, and no node
+        # process runs while files arrive. An fsync per file per node was most of this phase at 64 nodes.
+        shutil.copyfile(local, dest)
+        os.chmod(dest, os.stat(local).st_mode & 0o7777)  # as the source has it
 
     def read_tail(self, node: Node, path: str, limit: int) -> str:
         return collection.read_tail(self.host_path(node, path), limit)
@@ -334,6 +355,7 @@ class LocalTransport:
               stderr: str) -> _LocalProc:
         if self.run_init is None:  # ended after a failed attempt: a retry gets fresh nodes
             self._start_nodes()
+        self._nodes_up()
         argv = [*self._enter(self.holder_pids[node.index], "-p", "-m", "-u"),
                 # nsenter's --wd resolves outside the node's mount namespace: chdir inside it.
                 "env", f"--chdir={cwd}", *split_command_line(command_line)]
@@ -352,6 +374,7 @@ class LocalTransport:
 
     def kill_node(self, index: int) -> None:
         """Tests: make node `index` disappear mid-run, as a lost VM would."""
+        self._nodes_up()
         for pid in self._node_pids(index):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -366,6 +389,7 @@ class LocalTransport:
                 (self.nodes_dir / name).unlink(missing_ok=True)  # no stale PIDs for the agent
             run_init, self.run_init = self.run_init, None
             holders, self.holders = list(self.holders.values()), {}
+            self.starting = False
             procs, self.procs = self.procs, []
             for p in ([run_init] if run_init is not None else []) + holders:
                 self._stop(p)
@@ -377,7 +401,7 @@ class LocalTransport:
         if self.keep_nodes:
             self._mark_kept()
         elif self.made:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            remove_tree(self.workdir)
 
 
 class LocalExecutor(RehearsalExecutor):

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import shlex
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
+LOST_GRACE_S = 0.5
 # Batch stops a job release task after 15 minutes and refuses a longer limit (docs/batch-semantics.md#lifecycle).
 RELEASE_TIMEOUT_S = 15 * 60.0
 # Exit code 127 is the shell's "command not found": on a rehearsal node, most often the MPI launcher.
@@ -133,19 +135,14 @@ class Lifecycle:
         while len(codes) < len(procs):
             for i, p in procs.items():
                 if i not in codes and (rc := p.poll()) is not None:
-                    # A process that "exited" because its node went away: say so, naming the node.
-                    if rc != 0 and (why := self.t.lost(nodes[i])):
-                        raise _Failed(Failure(phase, f"instance {i} ({nodes[i].host}) was lost after "
-                                              f"{time.monotonic() - self.t0:.1f}s: {why}", i))
+                    if rc != 0:  # a process that "exited" because its node went away: say so, naming the node
+                        self._fail_if_lost(nodes[i], phase)
                     codes[i] = rc
                     if phase == "coordination" and tenth_passed(len(codes), len(procs)):
                         self._say("coordination", f"{len(codes)}/{len(procs)} done")
             for n in watch:
                 if n.index not in procs or n.index in codes:
-                    why = self.t.lost(n)
-                    if why:
-                        raise _Failed(Failure(phase, f"instance {n.index} ({n.host}) was lost after "
-                                              f"{time.monotonic() - self.t0:.1f}s: {why}", n.index))
+                    self._fail_if_lost(n, phase)
             if phase in ("coordination", "running") and preemption.due(self.preempt_at, self.preempted,
                                                                        time.monotonic() - self.t0):
                 raise _Preempted
@@ -155,8 +152,37 @@ class Lifecycle:
                 raise _Failed(Failure("timeout", f"{limit[1]} exceeded during {phase}; every process was ended"),
                               timed_out=True)
             if len(codes) < len(procs):
-                time.sleep(getattr(self.t, "poll_s", POLL_S))
+                self._pause([p for i, p in procs.items() if i not in codes])
+        if watch and any(codes.values()):
+            self._settle(watch, phase)
         return codes
+
+    def _fail_if_lost(self, n: Node, phase: str) -> None:
+        if why := self.t.lost(n):
+            raise _Failed(Failure(phase, f"instance {n.index} ({n.host}) was lost after "
+                                  f"{time.monotonic() - self.t0:.1f}s: {why}", n.index))
+
+    def _settle(self, watch: Sequence[Node], phase: str) -> None:
+        """A process that failed because another node went away may be seen ending a moment before that node
+        is seen gone (waits wake the instant a process exits): look again for LOST_GRACE_S, so the failure
+        names the lost node, not the exit code it caused."""
+        end = time.monotonic() + LOST_GRACE_S
+        while time.monotonic() < end:  # bounded: LOST_GRACE_S
+            for n in watch:
+                self._fail_if_lost(n, phase)
+            time.sleep(0.02)
+
+    def _pause(self, running: list[Proc]) -> None:
+        """Until one of `running` exits, at most POLL_S (lost nodes, limits and preemption are looked at
+        between): on processes that offer a pidfd, a poll(2) that wakes the moment one exits; else a sleep."""
+        fds = [fd for p in running if (fd := getattr(p, "pidfd", None)) is not None]
+        if fds and len(fds) == len(running):
+            waiter = select.poll()
+            for fd in fds:
+                waiter.register(fd, select.POLLIN)
+            waiter.poll(POLL_S * 1000)
+        else:
+            time.sleep(getattr(self.t, "poll_s", POLL_S))
 
     # ------------------------------------------------------------------ phases
     def run(self) -> TaskResult:
@@ -257,18 +283,32 @@ class Lifecycle:
                                   "are too big for exec (E2BIG); shrink the environment the run starts from",
                                   node.index)) from None
 
+    def _start_all(self, nodes: list[Node], start: Callable[[Node], Proc]) -> dict[int, Proc]:
+        """One process per node, started from a few threads: a start waits until its process has begun
+        (exec, or a channel opened), and on a busy machine 64 starts one after the other took seconds.
+        The first in this thread: a transport may bring its nodes up then, and what it starts for them must
+        not die with a pool thread (the local run's PID 1 gets PR_SET_PDEATHSIG from the thread that made it)."""
+        procs = {nodes[0].index: start(nodes[0])}
+        with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
+            procs.update(zip((n.index for n in nodes[1:]), pool.map(start, nodes[1:])))
+        return procs
+
     def _node_task(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout], name: str,
                    command_line: str, files: Sequence[FileRef], cache: Path,
                    limit: tuple[float, str] | None = None) -> dict[int, int]:
-        procs: dict[int, Proc] = {}
         for n, lay in zip(nodes, layouts):
             tdir = lay.node_task_dir(name)
             self.t.make_dirs(n, [f"{tdir}/wd"], clean=[tdir])
             for ref in files:
                 self.t.put(n, self._local(ref, cache), f"{tdir}/wd/{ref.path}")
-            procs[n.index] = self._start(n, command_line, self._env(n, hosts, lay, tdir), f"{tdir}/wd",
-                                         f"{tdir}/stdout.txt", f"{tdir}/stderr.txt", name)
-        return self._wait(procs, name, nodes, limit=limit)
+
+        by_index = {n.index: lay for n, lay in zip(nodes, layouts)}
+
+        def start(n: Node) -> Proc:
+            tdir = by_index[n.index].node_task_dir(name)
+            return self._start(n, command_line, self._env(n, hosts, by_index[n.index], tdir), f"{tdir}/wd",
+                               f"{tdir}/stdout.txt", f"{tdir}/stderr.txt", name)
+        return self._wait(self._start_all(nodes, start), name, nodes, limit=limit)
 
     def _local(self, ref: FileRef, cache: Path) -> Path:
         try:
@@ -343,9 +383,13 @@ class Lifecycle:
             list(pool.map(lambda c: self.t.put(*c), copies))
 
         self._say("coordination", f"0/{len(nodes)}")
-        procs = {n.index: self._start(n, plan.coordination_command_line, self._env(n, hosts, lay), lay.working_dir,
-                                      f"{lay.task_dir}/stdout.txt", f"{lay.task_dir}/stderr.txt", "coordination")
-                 for n, lay in zip(nodes, layouts)}
+        by_index = {n.index: lay for n, lay in zip(nodes, layouts)}
+
+        def coordinate(n: Node) -> Proc:
+            lay = by_index[n.index]
+            return self._start(n, plan.coordination_command_line, self._env(n, hosts, lay), lay.working_dir,
+                               f"{lay.task_dir}/stdout.txt", f"{lay.task_dir}/stderr.txt", "coordination")
+        procs = self._start_all(nodes, coordinate)
         codes = self._wait(procs, "coordination", nodes, watch=nodes)
         for i, c in codes.items():
             result.instances[i].coordination_exit_code = c

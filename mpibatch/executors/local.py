@@ -92,6 +92,17 @@ def sweep_stale_workdirs(tmp: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _running(pid: int | None) -> bool:
+    """Whether process `pid` (unknown: assumed so) is running, not gone or a zombie."""
+    if pid is None:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
+
+
 def remove_tree(root: Path) -> None:
     """rmtree, the node directories in parallel: removing thousands of entries one after the other was a
     tenth of a 64-node run (each unlink waits on the filesystem, which threads overlap)."""
@@ -105,9 +116,17 @@ def remove_tree(root: Path) -> None:
 class _LocalProc:
     def __init__(self, popen: subprocess.Popen[bytes]):
         self.popen = popen
+        # Readable once the process has exited: the lifecycle waits on it instead of waking every few ms.
+        try:
+            self.pidfd: int | None = os.pidfd_open(popen.pid)
+        except (OSError, AttributeError):  # before Linux 5.3: the lifecycle polls
+            self.pidfd = None
 
     def poll(self) -> int | None:
-        return self.popen.poll()
+        rc = self.popen.poll()
+        if rc is not None:
+            self._close()
+        return rc
 
     def kill(self) -> None:
         if self.popen.poll() is None:
@@ -116,6 +135,12 @@ class _LocalProc:
             except ProcessLookupError:
                 pass
         self.popen.wait()
+        self._close()
+
+    def _close(self) -> None:
+        fd, self.pidfd = self.pidfd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class LocalTransport:
@@ -149,6 +174,7 @@ class LocalTransport:
         self.run_init: subprocess.Popen[bytes] | None = None
         self.run_init_pid = 0
         self.starting = False  # node inits started, not yet awaited
+        self._up = threading.Lock()
         self.procs: list[_LocalProc] = []
         self.pid_namespaces: set[str] = set()  # for tests: no process may remain in these
         # The emulator ends a terminated task's processes from another thread than the run's.
@@ -182,20 +208,23 @@ class LocalTransport:
         process starts: the files arrive in the nodes' directories meanwhile (a run's start-up is
         mostly these processes; made at once, not one after the other, it does not grow with the node count)."""
         self._start_run_init()
-        for nd in self.nodes:
-            self._spawn_holder(nd)
+        with ThreadPoolExecutor(max_workers=min(8, len(self.nodes))) as pool:  # a start waits for its exec
+            list(pool.map(self._spawn_holder, self.nodes))
         self.starting = True
 
     def _nodes_up(self) -> None:
         """Every node is up, and the agent's address table names only them, before any node process starts
         (a retry after end_processes() never sees a PID of the previous namespace)."""
-        if not self.starting:
-            return
-        for nd in self.nodes:
-            self._await_holder(nd)
-        for nd in self.nodes:
-            (self.nodes_dir / nd.host).write_text(self._ns_pid(self.holder_pids[nd.index]))
-        self.starting = False
+        with self._up:  # the lifecycle starts the nodes' processes from several threads
+            if self.run_init is None:  # ended after a failed attempt or a preemption: fresh nodes
+                self._start_nodes()
+            if not self.starting:
+                return
+            for nd in self.nodes:
+                self._await_holder(nd)
+            for nd in self.nodes:
+                (self.nodes_dir / nd.host).write_text(self._ns_pid(self.holder_pids[nd.index]))
+            self.starting = False
 
     def _start_run_init(self) -> None:
         """PID 1 of the run: its user namespace holds the run's PID and mount namespaces.
@@ -353,8 +382,6 @@ class LocalTransport:
     # ------------------------------------------------------------------ processes
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
               stderr: str) -> _LocalProc:
-        if self.run_init is None:  # ended after a failed attempt: a retry gets fresh nodes
-            self._start_nodes()
         self._nodes_up()
         argv = [*self._enter(self.holder_pids[node.index], "-p", "-m", "-u"),
                 # nsenter's --wd resolves outside the node's mount namespace: chdir inside it.
@@ -368,9 +395,11 @@ class LocalTransport:
 
     def lost(self, node: Node) -> str | None:
         h = self.holders.get(node.index)
-        if self.run_init is None or h is None or h.poll() is None:
+        if self.run_init is None or h is None or (h.poll() is None and _running(self.holder_pids.get(node.index))):
             return None
-        return f"emulated node {node.node_id} went down (its init process exited with {h.returncode})"
+        # The node's init itself, not only its nsenter parent (which exits a moment later): the lifecycle
+        # wakes the instant a process exits, and must then already see the node that took it down.
+        return f"emulated node {node.node_id} went down (its init process ended)"
 
     def kill_node(self, index: int) -> None:
         """Tests: make node `index` disappear mid-run, as a lost VM would."""
@@ -389,7 +418,7 @@ class LocalTransport:
                 (self.nodes_dir / name).unlink(missing_ok=True)  # no stale PIDs for the agent
             run_init, self.run_init = self.run_init, None
             holders, self.holders = list(self.holders.values()), {}
-            self.starting = False
+            self.holder_pids, self.starting = {}, False
             procs, self.procs = self.procs, []
             for p in ([run_init] if run_init is not None else []) + holders:
                 self._stop(p)

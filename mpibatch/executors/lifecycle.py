@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import select
 import shlex
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .. import checkpoints, preemption
 from ..durations import human
@@ -32,6 +30,7 @@ from . import Executor, Progress, TaskHandle, leftovers, rendered
 from .checkpoint_sync import NodeStores, newest_complete
 from .collection import check_runs_dir, collect_instances
 from .resource_files import DownloadTimeout, FilesError, check_local_sources, download
+from .transport import Node, Proc, Transport, start_on_all, wait_any
 
 if TYPE_CHECKING:
     from ..render import Rendered
@@ -45,44 +44,6 @@ RELEASE_TIMEOUT_S = 15 * 60.0
 NOT_FOUND_HINT = (": code 127 means a command was not found on the node - most likely the MPI launcher "
                   "(mpirun/mpiexec) or the program is not on the node's PATH; put its directory first with "
                   "--remote-path-prepend DIR (SSH) or task.environment.PATH")
-
-
-@dataclass
-class Node:
-    index: int
-    host: str  # address in AZ_BATCH_HOST_LIST
-    node_id: str
-    root: str  # node root directory, as the node sees it
-
-
-class Proc(Protocol):
-    def poll(self) -> int | None: ...
-    def kill(self) -> None: ...
-
-
-class Transport(Protocol):
-    name: str  # a transport may also set poll_s: how often a wait looks at its processes (default POLL_S)
-
-    def open(self, n: int) -> list[Node]: ...
-    def make_dirs(self, node: Node, dirs: Sequence[str], clean: Sequence[str] = ()) -> None: ...
-    def put(self, node: Node, local: Path, node_path: str) -> None: ...
-    def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
-              stderr: str) -> Proc: ...
-    def lost(self, node: Node) -> str | None:
-        """Why the node is gone (host down, node killed), or None while it is alive."""
-    def end_processes(self) -> None:
-        """End every process the run started on every node (by process group / namespace)."""
-    def read_tail(self, node: Node, path: str, limit: int) -> str: ...
-    def collect(self, node: Node, node_dir: str, patterns: Sequence[str], dest: Path) -> list[str]:
-        """Copy the regular files under node_dir matching patterns into dest (each at
-        ``collection.collected_path(rel)``, written atomically, symlinks never followed); return those
-        paths. A file that fails does not stop the others: CollectError lists what failed."""
-    def fetch(self, node: Node, node_path: str, dest: Path) -> bool:
-        """Copy one regular file atomically; False if it does not exist, OSError if it is not a
-        regular file or the copy fails."""
-    def keep_files(self) -> str:
-        """Keep the nodes' files after the run (collection failed); returns where they are."""
-    def close(self) -> None: ...
 
 
 class _Preempted(Exception):
@@ -152,7 +113,8 @@ class Lifecycle:
                 raise _Failed(Failure("timeout", f"{limit[1]} exceeded during {phase}; every process was ended"),
                               timed_out=True)
             if len(codes) < len(procs):
-                self._pause([p for i, p in procs.items() if i not in codes])
+                # Lost nodes, limits and preemption are looked at between: at most POLL_S.
+                wait_any([p for i, p in procs.items() if i not in codes], POLL_S, getattr(self.t, "poll_s", POLL_S))
         if watch and any(codes.values()):
             self._settle(watch, phase)
         return codes
@@ -163,26 +125,14 @@ class Lifecycle:
                                   f"{time.monotonic() - self.t0:.1f}s: {why}", n.index))
 
     def _settle(self, watch: Sequence[Node], phase: str) -> None:
-        """A process that failed because another node went away may be seen ending a moment before that node
-        is seen gone (waits wake the instant a process exits): look again for LOST_GRACE_S, so the failure
-        names the lost node, not the exit code it caused."""
+        """A process failed by a lost node can be seen ending before the node is seen gone (waits wake at once):
+        look again for LOST_GRACE_S, so the failure names the lost node, not the exit code it caused."""
         end = time.monotonic() + LOST_GRACE_S
         while time.monotonic() < end:  # bounded: LOST_GRACE_S
             for n in watch:
                 self._fail_if_lost(n, phase)
             time.sleep(0.02)
 
-    def _pause(self, running: list[Proc]) -> None:
-        """Until one of `running` exits, at most POLL_S (lost nodes, limits and preemption are looked at
-        between): on processes that offer a pidfd, a poll(2) that wakes the moment one exits; else a sleep."""
-        fds = [fd for p in running if (fd := getattr(p, "pidfd", None)) is not None]
-        if fds and len(fds) == len(running):
-            waiter = select.poll()
-            for fd in fds:
-                waiter.register(fd, select.POLLIN)
-            waiter.poll(POLL_S * 1000)
-        else:
-            time.sleep(getattr(self.t, "poll_s", POLL_S))
 
     # ------------------------------------------------------------------ phases
     def run(self) -> TaskResult:
@@ -283,16 +233,6 @@ class Lifecycle:
                                   "are too big for exec (E2BIG); shrink the environment the run starts from",
                                   node.index)) from None
 
-    def _start_all(self, nodes: list[Node], start: Callable[[Node], Proc]) -> dict[int, Proc]:
-        """One process per node, started from a few threads: a start waits until its process has begun
-        (exec, or a channel opened), and on a busy machine 64 starts one after the other took seconds.
-        The first in this thread: a transport may bring its nodes up then, and what it starts for them must
-        not die with a pool thread (the local run's PID 1 gets PR_SET_PDEATHSIG from the thread that made it)."""
-        procs = {nodes[0].index: start(nodes[0])}
-        with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
-            procs.update(zip((n.index for n in nodes[1:]), pool.map(start, nodes[1:])))
-        return procs
-
     def _node_task(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout], name: str,
                    command_line: str, files: Sequence[FileRef], cache: Path,
                    limit: tuple[float, str] | None = None) -> dict[int, int]:
@@ -308,7 +248,7 @@ class Lifecycle:
             tdir = by_index[n.index].node_task_dir(name)
             return self._start(n, command_line, self._env(n, hosts, by_index[n.index], tdir), f"{tdir}/wd",
                                f"{tdir}/stdout.txt", f"{tdir}/stderr.txt", name)
-        return self._wait(self._start_all(nodes, start), name, nodes, limit=limit)
+        return self._wait(start_on_all(nodes, start), name, nodes, limit=limit)
 
     def _local(self, ref: FileRef, cache: Path) -> Path:
         try:
@@ -389,7 +329,7 @@ class Lifecycle:
             lay = by_index[n.index]
             return self._start(n, plan.coordination_command_line, self._env(n, hosts, lay), lay.working_dir,
                                f"{lay.task_dir}/stdout.txt", f"{lay.task_dir}/stderr.txt", "coordination")
-        procs = self._start_all(nodes, coordinate)
+        procs = start_on_all(nodes, coordinate)
         codes = self._wait(procs, "coordination", nodes, watch=nodes)
         for i, c in codes.items():
             result.instances[i].coordination_exit_code = c

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,9 +28,10 @@ from ..mpi import FLAVORS
 from ..plan import TaskPlan
 from ..results import TaskResult
 from . import Progress, collection, hpcnode
-from .leftovers import process_identity as _process_identity
-from .lifecycle import Node, RehearsalExecutor, split_command_line
-from .userns import check_namespaces, die_with_parent
+from .leftovers import CONTROLLER_FILE, KEPT_FILE, process_identity, remove_tree, sweep_stale_workdirs
+from .lifecycle import RehearsalExecutor, split_command_line
+from .transport import Node
+from .userns import check_namespaces, child_pid, die_with_parent, ns_pid, process_running
 
 log = logging.getLogger(__name__)
 LOOPBACK_PREFIX = "127.0.1."
@@ -67,50 +67,6 @@ def default_base_env(environ: dict[str, str] | None = None, python: str = sys.ex
         path = bindir + os.pathsep + path
     env["PATH"] = path
     return env
-
-
-CONTROLLER_FILE = "controller"  # "PID START-TIME" of the process that made a node directory
-# In a node directory the user was told is kept (--keep-nodes, a failed collection): the start-up sweep of
-# dead runs leaves it; the user removes it.
-KEPT_FILE = "KEPT"
-
-
-def sweep_stale_workdirs(tmp: Path) -> None:
-    """Remove the node directories of runs whose controller died without cleaning up (SIGKILL, OOM
-    killer): their processes died with it, their directories are only left behind."""
-    for d in tmp.glob("mpibatch-nodes-*"):
-        try:
-            if d.stat().st_uid != os.getuid():
-                continue
-            owner = (d / CONTROLLER_FILE).read_text().split()
-        except (OSError, ValueError):
-            continue
-        if (d / KEPT_FILE).exists():
-            continue
-        if owner and owner[0].isdigit() and _process_identity(int(owner[0])) != " ".join(owner):
-            log.info("removing %s, left by a dead run", d)
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _running(pid: int | None) -> bool:
-    """Whether process `pid` (unknown: assumed so) is running, not gone or a zombie."""
-    if pid is None:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
-
-
-def remove_tree(root: Path) -> None:
-    """rmtree, the node directories in parallel: removing thousands of entries one after the other was a
-    tenth of a 64-node run (each unlink waits on the filesystem, which threads overlap)."""
-    nodes = root / "nodes"
-    if nodes.is_dir():
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda d: shutil.rmtree(d, ignore_errors=True), list(nodes.iterdir())))
-    shutil.rmtree(root, ignore_errors=True)
 
 
 class _LocalProc:
@@ -185,7 +141,7 @@ class LocalTransport:
         sweep_stale_workdirs(self.workdir.parent)
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=self.given_workdir)
         self.made = True
-        (self.workdir / CONTROLLER_FILE).write_text(_process_identity(os.getpid()) or "")
+        (self.workdir / CONTROLLER_FILE).write_text(process_identity(os.getpid()) or "")
         if self.workdir_setup:
             self.workdir_setup(self.workdir)
         for d in (self.mount_point, self.nodes_dir):
@@ -223,7 +179,7 @@ class LocalTransport:
             for nd in self.nodes:
                 self._await_holder(nd)
             for nd in self.nodes:
-                (self.nodes_dir / nd.host).write_text(self._ns_pid(self.holder_pids[nd.index]))
+                (self.nodes_dir / nd.host).write_text(ns_pid(self.holder_pids[nd.index]))
             self.starting = False
 
     def _start_run_init(self) -> None:
@@ -241,7 +197,7 @@ class LocalTransport:
             err = self._stop(self.run_init)
             self.run_init = None
             raise InfraError(f"could not create the namespaces of the emulated nodes: {err or 'unshare failed'}")
-        self.run_init_pid = self._child_pid(self.run_init.pid)
+        self.run_init_pid = child_pid(self.run_init.pid)
         try:
             self.pid_namespaces.add(os.readlink(f"/proc/{self.run_init_pid}/ns/pid"))
         except OSError:
@@ -268,7 +224,7 @@ class LocalTransport:
             del self.holders[node.index]
             err = self._stop(p)
             raise InfraError(f"could not create emulated node {node.index}: {err or 'no namespace'}")
-        self.holder_pids[node.index] = self._child_pid(p.pid)
+        self.holder_pids[node.index] = child_pid(p.pid)
 
     @staticmethod
     def _stop(p: subprocess.Popen[bytes]) -> str:
@@ -281,22 +237,6 @@ class LocalTransport:
             if stream:
                 stream.close()
         return err
-
-    @staticmethod
-    def _ns_pid(pid: int) -> str:
-        """Process `pid`'s number in the run's PID namespace (where the agent runs)."""
-        status = Path(f"/proc/{pid}/status").read_text()
-        return next(line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:"))
-
-    @staticmethod
-    def _child_pid(pid: int) -> int:
-        """PID (in our namespace) of the child a fork-and-wait tool (unshare, nsenter) started."""
-        for _ in range(200):
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            if children:
-                return int(children[0])
-            time.sleep(0.005)
-        raise InfraError(f"process {pid} started no child")
 
     def _node_pids(self, index: int) -> list[int]:
         """Every process in node `index`'s mount namespace, found by PID."""
@@ -395,7 +335,8 @@ class LocalTransport:
 
     def lost(self, node: Node) -> str | None:
         h = self.holders.get(node.index)
-        if self.run_init is None or h is None or (h.poll() is None and _running(self.holder_pids.get(node.index))):
+        if self.run_init is None or h is None or (
+                h.poll() is None and process_running(self.holder_pids.get(node.index))):
             return None
         # The node's init itself, not only its nsenter parent (which exits a moment later): the lifecycle
         # wakes the instant a process exits, and must then already see the node that took it down.

@@ -13,7 +13,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -24,49 +23,17 @@ from ..errors import InfraError
 from ..launchers import script_path
 from ..launchers.outputnames import match_outputs
 from ..launchers.protocol import NodeLayout
-from ..mpi import FLAVORS
 from ..plan import TaskPlan
 from ..results import TaskResult
 from . import Progress, collection, hpcnode
 from .leftovers import CONTROLLER_FILE, KEPT_FILE, process_identity, remove_tree, sweep_stale_workdirs
 from .lifecycle import RehearsalExecutor, split_command_line
+from .localenv import default_base_env, rehearsal_env
 from .transport import Node
 from .userns import check_namespaces, child_pid, die_with_parent, ns_pid, process_running
 
 log = logging.getLogger(__name__)
 LOOPBACK_PREFIX = "127.0.1."
-
-
-def rehearsal_env(agent: str, nodes_dir: str, *, is_root: bool) -> dict[str, str]:
-    """What this machine needs and Batch nodes don't: the launchers' remote shell is our agent,
-    plus each flavour's local flags. Set for every flavour (their variable names are distinct),
-    so a plan from any source runs; the task's environment still wins."""
-    # Emulated nodes have no sshd: the primary checks every node through the agent, the others skip.
-    env: dict[str, str] = {"MPIBATCH_RSH": agent, "MPIBATCH_LOCAL_NODES": nodes_dir, "MPIBATCH_PEER_PORT": "none"}
-    for flavor in FLAVORS.values():
-        env |= flavor.local_agent_env(agent) | flavor.rehearsal_env(is_root=is_root)
-    return env
-
-
-# What a node "image" takes from the operator's environment: where programs and libraries are, the
-# home and locale. Nothing else: on Batch no client variable (keys, connection strings) reaches a node.
-IMAGE_VARS = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "LD_LIBRARY_PATH")
-IMAGE_PREFIXES = ("LC_",)
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def default_base_env(environ: dict[str, str] | None = None, python: str = sys.executable) -> dict[str, str]:
-    """The nodes' "image": a clean environment (IMAGE_VARS from `environ`), with the running Python's
-    bin dir (mpibatch's venv, where an MPI runtime wheel puts mpiexec) first on PATH. Pure."""
-    src = os.environ if environ is None else environ
-    env = {k: v for k, v in src.items() if k in IMAGE_VARS or k.startswith(IMAGE_PREFIXES)}
-    env.setdefault("LANG", "C.UTF-8")
-    path = env.get("PATH") or SYSTEM_PATH
-    bindir = os.path.dirname(python)
-    if bindir not in path.split(os.pathsep):
-        path = bindir + os.pathsep + path
-    env["PATH"] = path
-    return env
 
 
 class _LocalProc:

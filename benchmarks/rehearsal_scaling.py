@@ -189,7 +189,8 @@ def main() -> None:
             "emulated nodes x 1 rank of examples/hello/hello.py vs bare `mpiexec -n N python3 hello.py`, PATH "
             "starting at .venvs/mpich/bin; with --baseline, that commit's mpibatch (PYTHONPATH=its `git archive`) "
             "runs in turn with this checkout's; phases from mpibatch's progress lines as they arrive; summary rows "
-            "= instance rows in the human summary; CPU = user + system seconds of the whole process tree). Goal: <= 1.5x bare at 64 nodes, time linear in N. 2-core "
+            "= instance rows in the human summary; CPU = user + system seconds of the whole process tree). "
+            "Goal: <= 1.5x bare at 64 nodes, time linear in N. 2-core "
             f"machine shared with other work (1-minute load average {load_before:.1f} before, "
             f"{os.getloadavg()[0]:.1f} after).\n\n"
             + "\n\n".join(f"{name}:\n\n" + "\n".join(table(rs)) for name, rs in results.items()))

@@ -8,7 +8,7 @@ set -eu
 mount --bind "$1" "$2"
 mount --bind "$3" /etc/hosts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
-echo "$4" > /proc/sys/kernel/hostname  # what hostname(1) does, without starting it
+hostname "$4"  # sethostname(2): writing /proc/sys/kernel/hostname is refused to a normal user's namespace root
 echo ready
 # Stay alive until the executor ends the node (SIGKILL). One process per node, no shell loop: a run starts
 # N of these (and /bin/sh, not bash: a smaller shell to start). Orphans of the node go to the run's PID 1.

@@ -11,6 +11,10 @@ lines on stderr (`[  1.2s] phase: detail`), timed as they arrive:
   application    `running` -> `collecting`           mpiexec on the primary, ranks on every node
   collection     `collecting` -> the process exits   logs and outputs of every instance, teardown, report
 
+CPU bare / CPU mpibatch: CPU seconds (user + system) of each whole process tree (getrusage of the waited-for
+children), medians: what the run costs the machine, which load from other work does not change the way it
+changes wall times. On a 2-core machine a run cannot take less wall time than half its CPU.
+
 Goal (issue 22, item 11): mpibatch <= 1.5x bare at 64 nodes, and its time growing linearly with N.
 
     .venv/bin/python benchmarks/rehearsal_scaling.py [--nodes 16,32,64] [--runs 3] [--baseline COMMIT] [--no-write]
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,8 +43,10 @@ MPICH_BIN = REPO / ".venvs" / "mpich" / "bin"
 MPIBATCH = REPO / ".venv" / "bin" / "mpibatch"
 PHASES = (("CLI start", ""), ("node start", "starting"), ("files", "files"), ("coordination", "coordination"),
           ("application", "running"), ("collection", "collecting"))
+NAMES = tuple(name for name, _ in PHASES)
 PROGRESS = re.compile(r"^\[\s*([0-9.]+)s\] ([a-z ]+): (.*)$")
 TIMEOUT_S = 300
+CPU_MARK = "<cpu>"  # the last "line" of a run: its CPU seconds in place of an arrival time
 
 
 def spec_text(n: int) -> str:
@@ -67,11 +74,18 @@ def phases(lines: list[tuple[float, str]], total: float) -> dict[str, float]:
     return out
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system) of every waited-for descendant so far: the whole process tree of a run
+    (ranks, proxies, shells), not just its top process. Load from other work does not add to it."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str, list[tuple[float, str]]]:
     """Run argv to its end (killed after TIMEOUT_S): seconds, stdout, and each stderr line with its arrival."""
     lines: list[tuple[float, str]] = []
     with tempfile.TemporaryFile("w+") as out:
-        t0 = time.monotonic()
+        c0, t0 = cpu_s(), time.monotonic()
         p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.PIPE, text=True)
         watchdog = threading.Timer(TIMEOUT_S, p.kill)
         watchdog.start()
@@ -83,6 +97,7 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str, 
         finally:
             watchdog.cancel()
         took = time.monotonic() - t0
+        lines.append((cpu_s() - c0, CPU_MARK))
         out.seek(0)
         stdout = out.read()
     if rc != 0:
@@ -94,7 +109,7 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str, 
 def run_once(argv: list[str], tmp: Path, env: dict[str, str]) -> tuple[float, dict[str, float], int]:
     took, out, err = timed(argv, tmp, env)
     shutil.rmtree(tmp / "runs", ignore_errors=True)
-    return took, phases(err, took), len(re.findall(r"^\S+\s+(?:primary|subtask)\s", out, re.M))
+    return took, {**phases(err, took), "CPU": err[-1][0]}, len(re.findall(r"^\S+\s+(?:primary|subtask)\s", out, re.M))
 
 
 def measure(n: int, runs: int, tmp: Path, variants: dict[str, dict[str, str]]) -> dict[str, dict[str, object]]:
@@ -104,14 +119,17 @@ def measure(n: int, runs: int, tmp: Path, variants: dict[str, dict[str, str]]) -
     mpibatch = [str(MPIBATCH), "run", f"n{n}.yaml", "--runs-dir", str(tmp / "runs")]
     bare = [str(MPICH_BIN / "mpiexec"), "-n", str(n), "python3", "hello.py"]
     bare_t: list[float] = []
+    bare_cpu: list[float] = []
     got: dict[str, list[tuple[float, dict[str, float], int]]] = {v: [] for v in variants}
     for _ in range(runs):
         for name, env in variants.items():
-            bare_t.append(timed(bare, tmp, env)[0])
+            took, _, lines = timed(bare, tmp, env)
+            bare_t.append(took)
+            bare_cpu.append(lines[-1][0])
             got[name].append(run_once(mpibatch, tmp, env))
     return {name: {"n": n, "bare": statistics.median(bare_t), "mpibatch": statistics.median(r[0] for r in rs),
-                   "phases": {p: statistics.median(r[1].get(p, 0.0) for r in rs) for p, _ in PHASES},
-                   "rows": rs[-1][2]} for name, rs in got.items()}
+                   "phases": {p: statistics.median(r[1].get(p, 0.0) for r in rs) for p in (*NAMES, "CPU")},
+                   "bare_cpu": statistics.median(bare_cpu), "rows": rs[-1][2]} for name, rs in got.items()}
 
 
 def export_tree(commit: str, dest: Path) -> Path:
@@ -125,14 +143,15 @@ def export_tree(commit: str, dest: Path) -> Path:
 def table(results: list[dict[str, object]]) -> list[str]:
     names = [name for name, _ in PHASES]
     lines = ["| nodes | bare mpiexec (s) | mpibatch run (s) | ratio | over bare per node (ms) | "
-             + " | ".join(f"{p} (s)" for p in names) + " | summary rows | goal met |",
-             "|---" * (7 + len(names)) + "|"]
+             + " | ".join(f"{p} (s)" for p in names) + " | CPU bare (s) | CPU mpibatch (s) | summary rows | goal met |",
+             "|---" * (9 + len(names)) + "|"]
     for r in results:
         n, bare, mb = int(r["n"]), float(r["bare"]), float(r["mpibatch"])  # type: ignore[call-overload,arg-type]
         ph: dict[str, float] = r["phases"]  # type: ignore[assignment]
         cells = " | ".join(f"{ph.get(p, 0.0):.2f}" for p in names)
         goal = "yes" if mb <= 1.5 * bare else "no"
         lines.append(f"| {n} | {bare:.2f} | {mb:.2f} | {mb / bare:.2f}x | {1000 * (mb - bare) / n:.0f} | {cells} | "
+                     f"{float(r['bare_cpu']):.2f} | {ph['CPU']:.2f} | "  # type: ignore[arg-type]
                      f"{r['rows']} | {goal if n == 64 else '-'} |")
     return lines
 
@@ -170,7 +189,8 @@ def main() -> None:
             "emulated nodes x 1 rank of examples/hello/hello.py vs bare `mpiexec -n N python3 hello.py`, PATH "
             "starting at .venvs/mpich/bin; with --baseline, that commit's mpibatch (PYTHONPATH=its `git archive`) "
             "runs in turn with this checkout's; phases from mpibatch's progress lines as they arrive; summary rows "
-            "= instance rows in the human summary). Goal: <= 1.5x bare at 64 nodes, time linear in N. 2-core "
+            "= instance rows in the human summary; CPU = user + system seconds of the whole process tree). "
+            "Goal: <= 1.5x bare at 64 nodes, time linear in N. 2-core "
             f"machine shared with other work (1-minute load average {load_before:.1f} before, "
             f"{os.getloadavg()[0]:.1f} after).\n\n"
             + "\n\n".join(f"{name}:\n\n" + "\n".join(table(rs)) for name, rs in results.items()))

@@ -59,7 +59,10 @@ read_line host_name /proc/sys/kernel/hostname || host_name=$(hostname 2> /dev/nu
 here=$node; [ "$host_name" = "$node" ] || here="$node, $host_name"
 log() { echo "mpibatch coordinate [$node]: $*" >&2; }
 tail_of() { tail -n 5 "$1" | tr '\n' ' ' | sed 's/ *$//'; }
-quote() { local q="'\\''"; printf "'%s'" "${1//\'/$q}"; }
+quote() { local q="'\\''"; REPLY="'${1//\'/$q}'"; }  # into REPLY: no subshell per value
+# A scratch directory, made when a step needs one (most nodes never do).
+work=""
+need_work() { if [ -z "$work" ]; then work=$(mktemp -d); trap 'rm -rf "$work"' EXIT; fi; }
 
 # 1. The same path on every node leads to that node's own working directory (subtask directory
 #    names differ from the primary's; AZ_BATCH_NODE_SHARED_DIR does not).
@@ -68,13 +71,17 @@ ln -sfn "$wd" "$rank_dir"
 printf 'AZ_BATCH_NODE_ID=%s\n' "$node" > "$wd/$node_id_file"
 # A retry starts afresh: no word of the last attempt's tracker and persist step (track.py).
 task_dir=${wd%/}; task_dir=${task_dir%/*}
-for name in "${clear[@]}"; do rm -f "$task_dir/$name"; done
+stale=()
+for name in "${clear[@]}"; do
+  if [ -e "$task_dir/$name" ] || [ -L "$task_dir/$name" ]; then stale+=("$task_dir/$name"); fi
+done
+if [ ${#stale[@]} -gt 0 ]; then rm -f "${stale[@]}"; fi
 
 # 2. This node's environment for its ranks. Every rank starts through the rank wrapper, which sources
 #    it: with Open MPI (-x forwards the primary's values) and hydra alike, a rank sees its own node's.
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-env_out="$work/node.env"
+#    Written in place: no rank starts before every node's coordination has ended (and a retry starts
+#    from a fresh task directory).
+env_out="$wd/$node_env_file"
 : > "$env_out"
 
 # 2a. Activate the MPI runtime the way a login shell would make `module` available (a Batch task's
@@ -83,6 +90,7 @@ case "$source_script" in "" | /*) ;; *) source_script=$AZ_BATCH_TASK_SHARED_DIR/
 if [ ${#modules[@]} -gt 0 ] || [ -n "$source_script" ]; then
   declare -A before=()
   while IFS= read -r -d '' kv; do before[${kv%%=*}]=${kv#*=}; done < <(env -0)
+  need_work
   if [ ${#modules[@]} -gt 0 ]; then how="module load ${modules[*]}"; else how="source $source_script ${source_args[*]}"; fi
   rc=0
   (
@@ -116,7 +124,7 @@ if [ ${#modules[@]} -gt 0 ] || [ -n "$source_script" ]; then
     [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
     case "$name" in PWD | OLDPWD | SHLVL | _) continue ;; esac
     if [ "${before[$name]+set}" != set ] || [ "${before[$name]}" != "$value" ]; then
-      printf 'export %s=%s\n' "$name" "$(quote "$value")" >> "$env_out"
+      quote "$value"; printf 'export %s=%s\n' "$name" "$REPLY" >> "$env_out"
     fi
   done < "$work/env.after"
   set +u
@@ -190,21 +198,20 @@ if [ "$fabric" != tcp ]; then
     name=${nv%%=*}
     case "${nv#*=}" in ucx) value=$ucx ;; iface) value=$iface ;; *) value="" ;; esac
     if [ -n "$value" ]; then
-      printf 'export %s=%s\n' "$name" "$(quote "$value")" >> "$env_out"
+      quote "$value"; printf 'export %s=%s\n' "$name" "$REPLY" >> "$env_out"
     else
       printf 'unset %s\n' "$name" >> "$env_out"
     fi
   done
 fi
-mv "$env_out" "$wd/$node_env_file"
+quote "$env_out"
 {
   echo '#!/bin/bash'
   echo '# mpibatch: every rank on this node starts here: this node environment, then the program.'
-  printf '. %s || exit 127\n' "$(quote "$wd/$node_env_file")"
+  printf '. %s || exit 127\n' "$REPLY"
   echo 'exec "$@"'
-} > "$work/rank"
-chmod 755 "$work/rank"
-mv "$work/rank" "$wd/$rank_wrapper"
+} > "$wd/$rank_wrapper"
+chmod 755 "$wd/$rank_wrapper"
 
 # 3. The paths the MPI launcher takes must be open. The primary logs in to every host the way the
 #    launcher will (ssh on Batch and SSH hosts); every other node checks that the primary's ssh port
@@ -219,12 +226,14 @@ if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   IFS=, read -r -a peer_ports <<< "${MPIBATCH_PEER_PORTS:-}"
   peer_port() { REPLY=${peer_ports[$1]:-${MPIBATCH_PEER_PORT:-22}}; [[ $REPLY =~ ^[0-9]+$ ]] || REPLY=none; }
   primary=${master_ip#[}; primary=${primary%]}
-  tmp="$work/peers"; mkdir "$tmp"
+  tmp=""  # the checks' files, by index (made with the first check: a node that checks nothing makes none)
   for i in "${!hosts[@]}"; do  # files by index: entries may share an address (one machine, several ports)
     h=${hosts[$i]}; peer_port "$i"; port=$REPLY
     if [ "$is_master" = true ]; then
+      [ -n "$tmp" ] || { need_work; tmp=$work; }
       (rc=0; timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$i.out" 2>&1 || rc=$?; echo "$rc" > "$tmp/$i.rc") &
     elif [ "$port" != none ] && [ "$h" = "$primary" ]; then
+      [ -n "$tmp" ] || { need_work; tmp=$work; }
       # shellcheck disable=SC2016  # $0/$1 expand in the inner bash, on purpose
       (rc=0; timeout 10 bash -c 'exec 3<> "/dev/tcp/$0/$1"' "$h" "$port" > "$tmp/$i.out" 2>&1 || rc=$?
        echo "$rc" > "$tmp/$i.rc") &
@@ -233,7 +242,7 @@ if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   wait
   failed=0
   for i in "${!hosts[@]}"; do
-    [ -f "$tmp/$i.rc" ] || continue
+    if [ -z "$tmp" ] || [ ! -f "$tmp/$i.rc" ]; then continue; fi
     rc=""; read_line rc "$tmp/$i.rc" || true
     peer_port "$i"; how="with '${rsh[0]}'"; [ "$is_master" = true ] || how="on port $REPLY"
     if [ "$rc" != 0 ]; then

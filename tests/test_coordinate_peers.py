@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mpibatch.launchers import protocol, script_path
 
-from mpibatch.executors.local import SYSTEM_PATH
+from mpibatch.executors.localenv import SYSTEM_PATH
 
 HOSTS = [f"127.0.0.{i}" for i in range(1, 9)]  # the primary first; the whole 127/8 is the loopback
 

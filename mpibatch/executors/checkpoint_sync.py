@@ -22,7 +22,7 @@ from ..spec_model import Checkpoint
 from .collection import CollectError
 
 if TYPE_CHECKING:
-    from .lifecycle import Node, Transport
+    from .transport import Node, Transport
 
 log = logging.getLogger(__name__)
 NODE_STORE = f"{protocol.NODE_FILE_PREFIX}checkpoints"  # under the node's shared directory

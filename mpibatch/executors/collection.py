@@ -31,7 +31,7 @@ from ..results import TAIL_CHARS, Failure, TaskResult
 
 if TYPE_CHECKING:
     from ..launchers.protocol import NodeLayout
-    from .lifecycle import Node, Transport
+    from .transport import Node, Transport
 
 COPY_CHUNK = 1024 * 1024
 

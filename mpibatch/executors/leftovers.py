@@ -2,7 +2,7 @@
 
 A run killed with SIGKILL (or the OOM killer, or a `kill -9` of the emulator that runs it) cleans nothing up:
 its node directories (``mpibatch-nodes-*``, swept by the local executor) and its resource-file downloads
-(``mpibatch-downloads-*``, swept here). A process is named by "PID START-TIME" (a PID alone is reused): a
+(``mpibatch-downloads-*``); both are swept here. A process is named by "PID START-TIME" (a PID alone is reused): a
 directory whose owner no longer exists under that name belongs to a dead run.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -55,3 +56,36 @@ def sweep_dead_downloads(tmp: str | Path | None = None) -> list[Path]:
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed
+
+
+CONTROLLER_FILE = "controller"  # "PID START-TIME" of the process that made a node directory
+# In a node directory the user was told is kept (--keep-nodes, a failed collection): the start-up sweep of
+# dead runs leaves it; the user removes it.
+KEPT_FILE = "KEPT"
+
+
+def sweep_stale_workdirs(tmp: Path) -> None:
+    """Remove the node directories of runs whose controller died without cleaning up (SIGKILL, OOM
+    killer): their processes died with it, their directories are only left behind."""
+    for d in tmp.glob("mpibatch-nodes-*"):
+        try:
+            if d.stat().st_uid != os.getuid():
+                continue
+            owner = (d / CONTROLLER_FILE).read_text().split()
+        except (OSError, ValueError):
+            continue
+        if (d / KEPT_FILE).exists():
+            continue
+        if owner and owner[0].isdigit() and process_identity(int(owner[0])) != " ".join(owner):
+            log.info("removing %s, left by a dead run", d)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def remove_tree(root: Path) -> None:
+    """rmtree, the node directories in parallel: removing thousands of entries one after the other was a
+    tenth of a 64-node run (each unlink waits on the filesystem, which threads overlap)."""
+    nodes = root / "nodes"
+    if nodes.is_dir():
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda d: shutil.rmtree(d, ignore_errors=True), list(nodes.iterdir())))
+    shutil.rmtree(root, ignore_errors=True)

@@ -16,9 +16,8 @@ import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .. import checkpoints, preemption
 from ..durations import human
@@ -31,56 +30,20 @@ from . import Executor, Progress, TaskHandle, leftovers, rendered
 from .checkpoint_sync import NodeStores, newest_complete
 from .collection import check_runs_dir, collect_instances
 from .resource_files import DownloadTimeout, FilesError, check_local_sources, download
+from .transport import Node, Proc, Transport, start_on_all, wait_any
 
 if TYPE_CHECKING:
     from ..render import Rendered
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
+LOST_GRACE_S = 0.5
 # Batch stops a job release task after 15 minutes and refuses a longer limit (docs/batch-semantics.md#lifecycle).
 RELEASE_TIMEOUT_S = 15 * 60.0
 # Exit code 127 is the shell's "command not found": on a rehearsal node, most often the MPI launcher.
 NOT_FOUND_HINT = (": code 127 means a command was not found on the node - most likely the MPI launcher "
                   "(mpirun/mpiexec) or the program is not on the node's PATH; put its directory first with "
                   "--remote-path-prepend DIR (SSH) or task.environment.PATH")
-
-
-@dataclass
-class Node:
-    index: int
-    host: str  # address in AZ_BATCH_HOST_LIST
-    node_id: str
-    root: str  # node root directory, as the node sees it
-
-
-class Proc(Protocol):
-    def poll(self) -> int | None: ...
-    def kill(self) -> None: ...
-
-
-class Transport(Protocol):
-    name: str  # a transport may also set poll_s: how often a wait looks at its processes (default POLL_S)
-
-    def open(self, n: int) -> list[Node]: ...
-    def make_dirs(self, node: Node, dirs: Sequence[str], clean: Sequence[str] = ()) -> None: ...
-    def put(self, node: Node, local: Path, node_path: str) -> None: ...
-    def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
-              stderr: str) -> Proc: ...
-    def lost(self, node: Node) -> str | None:
-        """Why the node is gone (host down, node killed), or None while it is alive."""
-    def end_processes(self) -> None:
-        """End every process the run started on every node (by process group / namespace)."""
-    def read_tail(self, node: Node, path: str, limit: int) -> str: ...
-    def collect(self, node: Node, node_dir: str, patterns: Sequence[str], dest: Path) -> list[str]:
-        """Copy the regular files under node_dir matching patterns into dest (each at
-        ``collection.collected_path(rel)``, written atomically, symlinks never followed); return those
-        paths. A file that fails does not stop the others: CollectError lists what failed."""
-    def fetch(self, node: Node, node_path: str, dest: Path) -> bool:
-        """Copy one regular file atomically; False if it does not exist, OSError if it is not a
-        regular file or the copy fails."""
-    def keep_files(self) -> str:
-        """Keep the nodes' files after the run (collection failed); returns where they are."""
-    def close(self) -> None: ...
 
 
 class _Preempted(Exception):
@@ -133,19 +96,14 @@ class Lifecycle:
         while len(codes) < len(procs):
             for i, p in procs.items():
                 if i not in codes and (rc := p.poll()) is not None:
-                    # A process that "exited" because its node went away: say so, naming the node.
-                    if rc != 0 and (why := self.t.lost(nodes[i])):
-                        raise _Failed(Failure(phase, f"instance {i} ({nodes[i].host}) was lost after "
-                                              f"{time.monotonic() - self.t0:.1f}s: {why}", i))
+                    if rc != 0:  # a process that "exited" because its node went away: say so, naming the node
+                        self._fail_if_lost(nodes[i], phase)
                     codes[i] = rc
                     if phase == "coordination" and tenth_passed(len(codes), len(procs)):
                         self._say("coordination", f"{len(codes)}/{len(procs)} done")
             for n in watch:
                 if n.index not in procs or n.index in codes:
-                    why = self.t.lost(n)
-                    if why:
-                        raise _Failed(Failure(phase, f"instance {n.index} ({n.host}) was lost after "
-                                              f"{time.monotonic() - self.t0:.1f}s: {why}", n.index))
+                    self._fail_if_lost(n, phase)
             if phase in ("coordination", "running") and preemption.due(self.preempt_at, self.preempted,
                                                                        time.monotonic() - self.t0):
                 raise _Preempted
@@ -155,8 +113,26 @@ class Lifecycle:
                 raise _Failed(Failure("timeout", f"{limit[1]} exceeded during {phase}; every process was ended"),
                               timed_out=True)
             if len(codes) < len(procs):
-                time.sleep(getattr(self.t, "poll_s", POLL_S))
+                # Lost nodes, limits and preemption are looked at between: at most POLL_S.
+                wait_any([p for i, p in procs.items() if i not in codes], POLL_S, getattr(self.t, "poll_s", POLL_S))
+        if watch and any(codes.values()):
+            self._settle(watch, phase)
         return codes
+
+    def _fail_if_lost(self, n: Node, phase: str) -> None:
+        if why := self.t.lost(n):
+            raise _Failed(Failure(phase, f"instance {n.index} ({n.host}) was lost after "
+                                  f"{time.monotonic() - self.t0:.1f}s: {why}", n.index))
+
+    def _settle(self, watch: Sequence[Node], phase: str) -> None:
+        """A process failed by a lost node can be seen ending before the node is seen gone (waits wake at once):
+        look again for LOST_GRACE_S, so the failure names the lost node, not the exit code it caused."""
+        end = time.monotonic() + LOST_GRACE_S
+        while time.monotonic() < end:  # bounded: LOST_GRACE_S
+            for n in watch:
+                self._fail_if_lost(n, phase)
+            time.sleep(0.02)
+
 
     # ------------------------------------------------------------------ phases
     def run(self) -> TaskResult:
@@ -259,15 +235,19 @@ class Lifecycle:
     def _node_task(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout], name: str,
                    command_line: str, files: Sequence[FileRef], cache: Path,
                    limit: tuple[float, str] | None = None) -> dict[int, int]:
-        procs: dict[int, Proc] = {}
         for n, lay in zip(nodes, layouts):
             tdir = lay.node_task_dir(name)
             self.t.make_dirs(n, [f"{tdir}/wd"], clean=[tdir])
             for ref in files:
                 self.t.put(n, self._local(ref, cache), f"{tdir}/wd/{ref.path}")
-            procs[n.index] = self._start(n, command_line, self._env(n, hosts, lay, tdir), f"{tdir}/wd",
-                                         f"{tdir}/stdout.txt", f"{tdir}/stderr.txt", name)
-        return self._wait(procs, name, nodes, limit=limit)
+
+        by_index = {n.index: lay for n, lay in zip(nodes, layouts)}
+
+        def start(n: Node) -> Proc:
+            tdir = by_index[n.index].node_task_dir(name)
+            return self._start(n, command_line, self._env(n, hosts, by_index[n.index], tdir), f"{tdir}/wd",
+                               f"{tdir}/stdout.txt", f"{tdir}/stderr.txt", name)
+        return self._wait(start_on_all(nodes, start), name, nodes, limit=limit)
 
     def _local(self, ref: FileRef, cache: Path) -> Path:
         try:
@@ -342,9 +322,13 @@ class Lifecycle:
             list(pool.map(lambda c: self.t.put(*c), copies))
 
         self._say("coordination", f"0/{len(nodes)}")
-        procs = {n.index: self._start(n, plan.coordination_command_line, self._env(n, hosts, lay), lay.working_dir,
-                                      f"{lay.task_dir}/stdout.txt", f"{lay.task_dir}/stderr.txt", "coordination")
-                 for n, lay in zip(nodes, layouts)}
+        by_index = {n.index: lay for n, lay in zip(nodes, layouts)}
+
+        def coordinate(n: Node) -> Proc:
+            lay = by_index[n.index]
+            return self._start(n, plan.coordination_command_line, self._env(n, hosts, lay), lay.working_dir,
+                               f"{lay.task_dir}/stdout.txt", f"{lay.task_dir}/stderr.txt", "coordination")
+        procs = start_on_all(nodes, coordinate)
         codes = self._wait(procs, "coordination", nodes, watch=nodes)
         for i, c in codes.items():
             result.instances[i].coordination_exit_code = c

@@ -13,91 +13,44 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..errors import InfraError
-from ..launchers import fileio, script_path
+from ..launchers import script_path
 from ..launchers.outputnames import match_outputs
 from ..launchers.protocol import NodeLayout
-from ..mpi import FLAVORS
 from ..plan import TaskPlan
 from ..results import TaskResult
 from . import Progress, collection, hpcnode
-from .leftovers import process_identity as _process_identity
-from .lifecycle import Node, RehearsalExecutor, split_command_line
-from .userns import check_namespaces, die_with_parent
+from .leftovers import CONTROLLER_FILE, KEPT_FILE, process_identity, remove_tree, sweep_stale_workdirs
+from .lifecycle import RehearsalExecutor, split_command_line
+from .localenv import default_base_env, rehearsal_env
+from .transport import Node
+from .userns import check_namespaces, child_pid, die_with_parent, ns_pid, process_running
 
 log = logging.getLogger(__name__)
 LOOPBACK_PREFIX = "127.0.1."
 
 
-def rehearsal_env(agent: str, nodes_dir: str, *, is_root: bool) -> dict[str, str]:
-    """What this machine needs and Batch nodes don't: the launchers' remote shell is our agent,
-    plus each flavour's local flags. Set for every flavour (their variable names are distinct),
-    so a plan from any source runs; the task's environment still wins."""
-    # Emulated nodes have no sshd: the primary checks every node through the agent, the others skip.
-    env: dict[str, str] = {"MPIBATCH_RSH": agent, "MPIBATCH_LOCAL_NODES": nodes_dir, "MPIBATCH_PEER_PORT": "none"}
-    for flavor in FLAVORS.values():
-        env |= flavor.local_agent_env(agent) | flavor.rehearsal_env(is_root=is_root)
-    return env
-
-
-# What a node "image" takes from the operator's environment: where programs and libraries are, the
-# home and locale. Nothing else: on Batch no client variable (keys, connection strings) reaches a node.
-IMAGE_VARS = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "LD_LIBRARY_PATH")
-IMAGE_PREFIXES = ("LC_",)
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def default_base_env(environ: dict[str, str] | None = None, python: str = sys.executable) -> dict[str, str]:
-    """The nodes' "image": a clean environment (IMAGE_VARS from `environ`), with the running Python's
-    bin dir (mpibatch's venv, where an MPI runtime wheel puts mpiexec) first on PATH. Pure."""
-    src = os.environ if environ is None else environ
-    env = {k: v for k, v in src.items() if k in IMAGE_VARS or k.startswith(IMAGE_PREFIXES)}
-    env.setdefault("LANG", "C.UTF-8")
-    path = env.get("PATH") or SYSTEM_PATH
-    bindir = os.path.dirname(python)
-    if bindir not in path.split(os.pathsep):
-        path = bindir + os.pathsep + path
-    env["PATH"] = path
-    return env
-
-
-CONTROLLER_FILE = "controller"  # "PID START-TIME" of the process that made a node directory
-# In a node directory the user was told is kept (--keep-nodes, a failed collection): the start-up sweep of
-# dead runs leaves it; the user removes it.
-KEPT_FILE = "KEPT"
-
-
-def sweep_stale_workdirs(tmp: Path) -> None:
-    """Remove the node directories of runs whose controller died without cleaning up (SIGKILL, OOM
-    killer): their processes died with it, their directories are only left behind."""
-    for d in tmp.glob("mpibatch-nodes-*"):
-        try:
-            if d.stat().st_uid != os.getuid():
-                continue
-            owner = (d / CONTROLLER_FILE).read_text().split()
-        except (OSError, ValueError):
-            continue
-        if (d / KEPT_FILE).exists():
-            continue
-        if owner and owner[0].isdigit() and _process_identity(int(owner[0])) != " ".join(owner):
-            log.info("removing %s, left by a dead run", d)
-            shutil.rmtree(d, ignore_errors=True)
-
-
 class _LocalProc:
     def __init__(self, popen: subprocess.Popen[bytes]):
         self.popen = popen
+        # Readable once the process has exited: the lifecycle waits on it instead of waking every few ms.
+        try:
+            self.pidfd: int | None = os.pidfd_open(popen.pid)
+        except (OSError, AttributeError):  # before Linux 5.3: the lifecycle polls
+            self.pidfd = None
 
     def poll(self) -> int | None:
-        return self.popen.poll()
+        rc = self.popen.poll()
+        if rc is not None:
+            self._close()
+        return rc
 
     def kill(self) -> None:
         if self.popen.poll() is None:
@@ -106,6 +59,12 @@ class _LocalProc:
             except ProcessLookupError:
                 pass
         self.popen.wait()
+        self._close()
+
+    def _close(self) -> None:
+        fd, self.pidfd = self.pidfd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class LocalTransport:
@@ -140,6 +99,8 @@ class LocalTransport:
         self.holder_pids: dict[int, int] = {}
         self.run_init: subprocess.Popen[bytes] | None = None
         self.run_init_pid = 0
+        self.starting = False  # node inits started, not yet awaited
+        self._up = threading.Lock()
         self.procs: list[_LocalProc] = []
         self.pid_namespaces: set[str] = set()  # for tests: no process may remain in these
         # The emulator ends a terminated task's processes from another thread than the run's.
@@ -150,7 +111,7 @@ class LocalTransport:
         sweep_stale_workdirs(self.workdir.parent)
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=self.given_workdir)
         self.made = True
-        (self.workdir / CONTROLLER_FILE).write_text(_process_identity(os.getpid()) or "")
+        (self.workdir / CONTROLLER_FILE).write_text(process_identity(os.getpid()) or "")
         if self.workdir_setup:
             self.workdir_setup(self.workdir)
         for d in (self.mount_point, self.nodes_dir):
@@ -169,18 +130,27 @@ class LocalTransport:
         return self.nodes
 
     def _start_nodes(self) -> None:
-        """A fresh run namespace and every node's init in it. All nodes are up, and the agent's
-        address table names only them, before any node process starts (a retry after
-        end_processes() never sees a PID of the previous namespace)."""
+        """A fresh run namespace and every node's init in it, awaited by _nodes_up() before the first node
+        process starts: the files arrive in the nodes' directories meanwhile (a run's start-up is
+        mostly these processes; made at once, not one after the other, it does not grow with the node count)."""
         self._start_run_init()
-        # Every node's namespaces are made at once (then each is awaited): one after the other, the
-        # run's start-up grew with the node count.
-        for nd in self.nodes:
-            self._spawn_holder(nd)
-        for nd in self.nodes:
-            self._await_holder(nd)
-        for nd in self.nodes:
-            (self.nodes_dir / nd.host).write_text(self._ns_pid(self.holder_pids[nd.index]))
+        with ThreadPoolExecutor(max_workers=min(8, len(self.nodes))) as pool:  # a start waits for its exec
+            list(pool.map(self._spawn_holder, self.nodes))
+        self.starting = True
+
+    def _nodes_up(self) -> None:
+        """Every node is up, and the agent's address table names only them, before any node process starts
+        (a retry after end_processes() never sees a PID of the previous namespace)."""
+        with self._up:  # the lifecycle starts the nodes' processes from several threads
+            if self.run_init is None:  # ended after a failed attempt or a preemption: fresh nodes
+                self._start_nodes()
+            if not self.starting:
+                return
+            for nd in self.nodes:
+                self._await_holder(nd)
+            for nd in self.nodes:
+                (self.nodes_dir / nd.host).write_text(ns_pid(self.holder_pids[nd.index]))
+            self.starting = False
 
     def _start_run_init(self) -> None:
         """PID 1 of the run: its user namespace holds the run's PID and mount namespaces.
@@ -197,7 +167,7 @@ class LocalTransport:
             err = self._stop(self.run_init)
             self.run_init = None
             raise InfraError(f"could not create the namespaces of the emulated nodes: {err or 'unshare failed'}")
-        self.run_init_pid = self._child_pid(self.run_init.pid)
+        self.run_init_pid = child_pid(self.run_init.pid)
         try:
             self.pid_namespaces.add(os.readlink(f"/proc/{self.run_init_pid}/ns/pid"))
         except OSError:
@@ -210,7 +180,7 @@ class LocalTransport:
     def _spawn_holder(self, node: Node) -> None:
         self.holders[node.index] = subprocess.Popen(
             [*self._enter(self.run_init_pid, "-p", "-m"), "unshare", "--mount", "--uts", "--propagation",
-             "private", "--", "/bin/bash", script_path("local_node_init.sh"),
+             "private", "--", "/bin/sh", script_path("local_node_init.sh"),
              str(self.workdir / "nodes" / str(node.index)),
              str(self.mount_point), str(self.hosts_file), node.node_id],
             env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -224,7 +194,7 @@ class LocalTransport:
             del self.holders[node.index]
             err = self._stop(p)
             raise InfraError(f"could not create emulated node {node.index}: {err or 'no namespace'}")
-        self.holder_pids[node.index] = self._child_pid(p.pid)
+        self.holder_pids[node.index] = child_pid(p.pid)
 
     @staticmethod
     def _stop(p: subprocess.Popen[bytes]) -> str:
@@ -237,22 +207,6 @@ class LocalTransport:
             if stream:
                 stream.close()
         return err
-
-    @staticmethod
-    def _ns_pid(pid: int) -> str:
-        """Process `pid`'s number in the run's PID namespace (where the agent runs)."""
-        status = Path(f"/proc/{pid}/status").read_text()
-        return next(line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:"))
-
-    @staticmethod
-    def _child_pid(pid: int) -> int:
-        """PID (in our namespace) of the child a fork-and-wait tool (unshare, nsenter) started."""
-        for _ in range(200):
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            if children:
-                return int(children[0])
-            time.sleep(0.005)
-        raise InfraError(f"process {pid} started no child")
 
     def _node_pids(self, index: int) -> list[int]:
         """Every process in node `index`'s mount namespace, found by PID."""
@@ -287,7 +241,10 @@ class LocalTransport:
     def put(self, node: Node, local: Path, node_path: str) -> None:
         dest = self.host_path(node, node_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fileio.copy_file(local, dest, mode=os.stat(local).st_mode & 0o7777, exact_mode=True)  # as the source has it
+        # A plain copy, not fileio's durable one: a node's root is scratch, gone with the run, and no node
+        # process runs while files arrive. An fsync per file per node was most of this phase at 64 nodes.
+        shutil.copyfile(local, dest)
+        os.chmod(dest, os.stat(local).st_mode & 0o7777)  # as the source has it
 
     def read_tail(self, node: Node, path: str, limit: int) -> str:
         return collection.read_tail(self.host_path(node, path), limit)
@@ -335,8 +292,7 @@ class LocalTransport:
     # ------------------------------------------------------------------ processes
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
               stderr: str) -> _LocalProc:
-        if self.run_init is None:  # ended after a failed attempt: a retry gets fresh nodes
-            self._start_nodes()
+        self._nodes_up()
         argv = [*self._enter(self.holder_pids[node.index], "-p", "-m", "-u"),
                 # nsenter's --wd resolves outside the node's mount namespace: chdir inside it.
                 "env", f"--chdir={cwd}", *split_command_line(command_line)]
@@ -349,12 +305,16 @@ class LocalTransport:
 
     def lost(self, node: Node) -> str | None:
         h = self.holders.get(node.index)
-        if self.run_init is None or h is None or h.poll() is None:
+        if self.run_init is None or h is None or (
+                h.poll() is None and process_running(self.holder_pids.get(node.index))):
             return None
-        return f"emulated node {node.node_id} went down (its init process exited with {h.returncode})"
+        # The node's init itself, not only its nsenter parent (which exits a moment later): the lifecycle
+        # wakes the instant a process exits, and must then already see the node that took it down.
+        return f"emulated node {node.node_id} went down (its init process ended)"
 
     def kill_node(self, index: int) -> None:
         """Tests: make node `index` disappear mid-run, as a lost VM would."""
+        self._nodes_up()
         for pid in self._node_pids(index):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -369,6 +329,7 @@ class LocalTransport:
                 (self.nodes_dir / name).unlink(missing_ok=True)  # no stale PIDs for the agent
             run_init, self.run_init = self.run_init, None
             holders, self.holders = list(self.holders.values()), {}
+            self.holder_pids, self.starting = {}, False
             procs, self.procs = self.procs, []
             for p in ([run_init] if run_init is not None else []) + holders:
                 self._stop(p)
@@ -380,7 +341,7 @@ class LocalTransport:
         if self.keep_nodes:
             self._mark_kept()
         elif self.made:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            remove_tree(self.workdir)
 
 
 class LocalExecutor(RehearsalExecutor):

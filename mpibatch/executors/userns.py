@@ -5,6 +5,9 @@ A run is `unshare --user --map-root-user --pid --mount ...`: inside its own user
 caller is root over the namespaces it creates, so mounts, hostnames and loopback addresses need no
 privileges on the host (user_namespaces(7)). Three kernel settings can switch that off for normal
 users; a fourth (`user.max_user_namespaces`) for everyone, root included.
+
+Also what the local executor reads of its namespace processes in /proc: a child's PID, a PID as the run's
+namespace numbers it, whether a process still runs.
 """
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import SpecError
+from ..errors import InfraError, SpecError
 
 # The exact namespaces a run uses: if this starts, the run's init does too.
 PROBE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount", "--uts",
@@ -88,3 +92,30 @@ def die_with_parent() -> Callable[[], None]:
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
     return preexec
+
+
+def process_running(pid: int | None) -> bool:
+    """Whether process `pid` (unknown: assumed so) is running, not gone or a zombie."""
+    if pid is None:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
+
+
+def ns_pid(pid: int) -> str:
+    """Process `pid`'s number in the run's PID namespace (where the agent runs)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:"))
+
+
+def child_pid(pid: int) -> int:
+    """PID (in our namespace) of the child a fork-and-wait tool (unshare, nsenter) started."""
+    for _ in range(200):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.005)
+    raise InfraError(f"process {pid} started no child")

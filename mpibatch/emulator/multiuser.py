@@ -30,6 +30,7 @@ from typing import Any
 from ..errors import InfraError
 from ..executors.lifecycle import Node, split_command_line
 from ..executors.local import LocalTransport, _LocalProc
+from ..executors.userns import child_pid, ns_pid
 from ..launchers import fileio, script_path
 from . import identity
 
@@ -161,7 +162,7 @@ class NodeUserTransport(LocalTransport):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                              **self.user.popen_args())
         self.procs.append(_LocalProc(p))
-        self.anchor_pid = self._child_pid(p.pid)
+        self.anchor_pid = child_pid(p.pid)
         run_ns = os.readlink(f"/proc/{self.run_init_pid}/ns/user")
         for _ in range(400):  # its namespace exists once unshare has exec'd sleep (2 s at most)
             try:
@@ -179,15 +180,14 @@ class NodeUserTransport(LocalTransport):
         base = super()._enter(pid, *namespaces)
         if pid != self.run_init_pid:
             return base
-        return [*base, "nsenter", "-t", self._ns_pid(self.anchor_pid), "-U", "--preserve-credentials", "--",
+        return [*base, "nsenter", "-t", ns_pid(self.anchor_pid), "-U", "--preserve-credentials", "--",
                 "unshare", "--user", "--map-current-user", "--keep-caps", "--"]
 
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
               stderr: str) -> _LocalProc:
         """A task process: into the run's PID namespace (as root of P), then X and node i's mount and UTS
         namespaces as the task's user; its logs opened by the emulator, never through a symlink."""
-        if self.run_init is None:  # ended after a failed attempt: a retry gets fresh nodes
-            self._start_nodes()
+        self._nodes_up()  # fresh nodes after a failed attempt, every node's init awaited
         holder = self.holder_pids[node.index]
         argv = [*super()._enter(self.run_init_pid, "-p"), "nsenter", f"--user=/proc/{self.anchor_pid}/ns/user",
                 "--preserve-credentials", f"--mount=/proc/{holder}/ns/mnt", f"--uts=/proc/{holder}/ns/uts", "--",

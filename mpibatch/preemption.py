@@ -1,6 +1,8 @@
 """``mpibatch run --preempt-at 30s[,75s]``: when a rehearsal evicts every node of its task, as Batch
-evicts a Spot VM (docs/checkpoints.md#preemption). Pure."""
+evicts a Spot VM (docs/checkpoints.md#preemption), at those times or on demand. No I/O."""
 from __future__ import annotations
+
+import threading
 
 from .durations import parse_duration
 from .errors import SpecError
@@ -24,3 +26,27 @@ def parse_preempt_at(text: str | None) -> tuple[int, ...]:
 def due(times: tuple[int, ...], done: int, elapsed_s: float) -> bool:
     """True when preemption number `done` (0-based) of `times` is due after `elapsed_s` seconds."""
     return done < len(times) and elapsed_s >= times[done]
+
+
+class Preemptions:
+    """When a rehearsal evicts every node: at each of `times` (seconds after the run's start) and whenever
+    `ask` is called (from any thread: `RehearsalExecutor.preempt`, as `mpibatch emulate preempt` for the
+    emulator). The lifecycle calls `take` while the coordination step or the program runs, so a request made
+    in between waits for the next attempt's coordination, as a time does."""
+
+    def __init__(self, times: tuple[int, ...] = ()) -> None:
+        self.times, self.done = times, 0
+        self._asked = threading.Event()
+
+    def ask(self) -> None:
+        self._asked.set()
+
+    def take(self, elapsed_s: float) -> bool:
+        """True (once) when an eviction is due now."""
+        if self._asked.is_set():
+            self._asked.clear()
+            return True
+        if due(self.times, self.done, elapsed_s):
+            self.done += 1
+            return True
+        return False

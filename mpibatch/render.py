@@ -154,10 +154,10 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
     # Subtasks have no Batch output files: when submitted to Azure, one process per node tracks that
     # node's logs and outputs while the program runs (track.py), and one persists them before the
     # primary exits (persist.py, which ends the tracker first).
-    forwarded = (PERSIST_URL_VAR, "AZ_BATCH_HOST_LIST", "AZ_BATCH_MASTER_NODE")
-    node_env = dict.fromkeys(forwarded + ((protocol.CHECKPOINT_URL_VAR,) if t.checkpoint else ()), "")
-    one_per_node = _launcher(flavor.launch(None, 1, (), node_env, "none", rdir, instances=t.instances).argv,
-                             flavor, setup)
+    node_env = dict.fromkeys(("AZ_BATCH_HOST_LIST", "AZ_BATCH_MASTER_NODE"), "")
+    sas_urls = (PERSIST_URL_VAR, *((protocol.CHECKPOINT_URL_VAR,) if t.checkpoint else ()))  # Azure only
+    one_per_node = [*_launcher(flavor.launch(None, 1, (), node_env, "none", rdir, instances=t.instances).argv,
+                               flavor, setup), *flavor.forward_if_set(sas_urls)]
     declared: list[Word] = ["--task", t.id, "--rank-vars", ",".join(flavor.rank_vars)]
     for o in t.outputs:
         declared += ["--output", protocol.encode_output(o.kind, o.pattern)]

@@ -201,6 +201,47 @@ def test_a_preempted_task_restores_its_newest_generation_and_a_new_task_resumes_
         emu.stop()
 
 
+def test_a_retried_task_restores_its_newest_generation(tmp_path: Path) -> None:
+    """The program fails once (not a preemption): Batch retries the task (retryCount 1, no requeue) and the
+    retry's nodes restore the newest generation the failed attempt completed before it failed."""
+    emu, client = start_emulator(tmp_path)
+    runs = tmp_path / "runs"
+    fail_at = 85  # the first attempt exits non-zero at step 85: its checkpoints of steps 30 and 60 are saved
+    try:
+        spec = counter_spec(tmp_path, "ck-retry", "counter", max_retries=1)
+        data = yaml.safe_load(spec.read_text())
+        data["task"]["command"].append(str(fail_at))
+        spec.write_text(yaml.safe_dump(data))
+        p = cli(["submit", str(spec), "--output", "json", "--runs-dir", str(runs)], emu)
+        assert p.returncode == 0, p.stdout + p.stderr + "\n".join(emu.log)
+        assert "sig=" not in p.stdout + p.stderr and emu.key not in p.stdout + p.stderr
+        result = json.loads(p.stdout)
+        assert (result["state"], result["exit_code"], result["attempts"], result["requeues"]) == (
+            "completed", 0, 2, 0), result
+        first, g = result["restored"]
+        assert first is None and isinstance(g, int) and g >= 1, result["restored"]
+        assert "preempted: requeued" not in p.stderr and f"attempt 2 restores generation {g}" in p.stderr, p.stderr
+        assert p.stderr.index("counter: failed: retried (1)") < p.stderr.index("attempt 2 restores"), p.stderr
+        info = call(client, "GET", "/jobs/ck-retry/tasks/counter").json()["executionInfo"]
+        assert (info["retryCount"], info.get("requeueCount", 0)) == (1, 0), info
+        # the retry went on from the step that generation holds, and computed the same total
+        from azure.storage.blob import BlobServiceClient
+
+        blob = f"{ck.generation_prefix('counter', 0, g)}/restart.json"
+        saved = json.loads(BlobServiceClient.from_connection_string(emu.connection_string).get_blob_client(
+            "job-ck-retry", blob).download_blob().readall())
+        start, total, generation = (lambda w: (int(w[1]), int(w[3]), w[5]))(result_words(runs, "ck-retry", "counter"))
+        assert (start, total, generation) == (saved["step"], expected_total(), str(g))
+        assert 0 < start <= fail_at
+        human = cli(["status", "ck-retry", "counter"], emu).stdout
+        assert f"checkpoint generation restored by each attempt: none (started fresh), {g}" in human, human
+        assert ": completed, exit code 0, " in human and ", attempts 2" in human and "requeued" not in human
+        s = json.loads(cli(["status", "ck-retry", "counter", "--output", "json"], emu).stdout)
+        assert (s["attempts"], s["requeues"], s["restored"]) == (2, 0, [None, g]), s
+    finally:
+        emu.stop()
+
+
 def test_with_from_all_every_instance_gets_its_own_part_back(tmp_path: Path) -> None:
     """Every node saves its own files (the subtask's tracker too, through the same SAS), and the requeued
     attempt puts each instance's part back on whichever node now runs that instance."""

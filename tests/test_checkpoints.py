@@ -18,6 +18,7 @@ from mpibatch.preemption import due, parse_preempt_at
 from mpibatch.spec import Spec, parse_spec
 from tests.infra.cluster import SshCluster
 from tests.infra.fixtures import VENVS, mpi_env, ssh_cluster_factory  # noqa: F401
+from tests.infra.preempt import run_preempted
 
 DATA = Path(__file__).parent / "data" / "checkpoint"
 TASK = "t"
@@ -166,6 +167,19 @@ def test_preempt_at_parses_increasing_times_and_refuses_the_rest() -> None:
     assert due((30, 75), 0, 30.0) and not due((30, 75), 1, 74.9) and not due((30,), 1, 999)
 
 
+def test_preemptions_come_at_their_times_and_on_demand_each_once() -> None:
+    from mpibatch.executors.local import LocalExecutor
+    from mpibatch.preemption import Preemptions
+
+    p = Preemptions((30,))
+    assert not p.take(10.0)
+    p.ask()
+    assert p.take(10.0) and not p.take(10.0)  # a request is one eviction, not a time
+    assert p.take(30.0) and not p.take(99.0)
+    with pytest.raises(RuntimeError, match="nothing to preempt"):
+        LocalExecutor().preempt()
+
+
 def test_run_refuses_bad_preempt_at_before_anything_starts(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["run", str(DATA / "spec.yaml"), "--preempt-at", "9s,3s",
                                    "--runs-dir", str(tmp_path / "runs")])
@@ -181,7 +195,9 @@ def test_run_refuses_bad_preempt_at_before_anything_starts(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------------------------------- a rehearsal
-STEPS = 200  # 0.1 s each, a checkpoint every 20 steps (2 s): a generation is saved every 2 s or so
+# 0.1 s each, a checkpoint every 20 steps (2 s): a generation is saved every 2 s or so. Rehearsals are evicted
+# once the attempt running saved a generation (tests/infra/preempt.py), whatever start-up took.
+STEPS = 200
 
 
 def counter_spec(*extra: str, **task: object) -> Spec:
@@ -202,11 +218,11 @@ def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: P
 
     phases: list[str] = []
     ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs", progress=lambda p, d: phases.append(p))
-    ex.preempt_at = (8, 18)
-    result = ex.submit(counter_spec()).result()
+    result, seen = run_preempted(ex, counter_spec(), 2)
     assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
     assert (result.requeues, result.attempts) == (2, 1)  # requeued, not retried
     assert phases.count("preempted") == 2
+    assert result.restored[1] >= seen[0] and result.restored[2] >= seen[1] > result.restored[1]
     out = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
     start, total, generation = int(out[1]), int(out[3]), out[5]
     assert total == expected_total()  # the same as without preemption
@@ -240,12 +256,11 @@ def test_from_all_each_instance_gets_its_own_part_back(tmp_path: Path) -> None:
     from mpibatch.executors.local import LocalExecutor
 
     ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs")
-    ex.preempt_at = (8,)
     spec = counter_spec("-1", "ranks", checkpoint={"pattern": "restart-*.json", "from": "all", "every": "1s",
                                                    "keep": 2})
-    result = ex.submit(spec).result()
+    result, seen = run_preempted(ex, spec, 1)
     assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
-    assert result.requeues == 1
+    assert result.requeues == 1 and result.restored[0] is None and result.restored[1] >= seen[0]
     words = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
     assert int(words[1]) > 0 and int(words[3]) == expected_total()
     store = ck.DirStore(result.checkpoints_dir or "")
@@ -271,6 +286,35 @@ def test_a_retry_restores_the_newest_generation(tmp_path: Path) -> None:
     assert 0 < int(words[1]) <= 70 and int(words[3]) == expected_total()
 
 
+def test_open_mpi_forwards_an_azure_only_variable_only_when_it_is_set() -> None:
+    """The node steps' `-x` of the SAS URLs (set on Azure only) is dropped by bash when the name is unset."""
+    import subprocess
+
+    from mpibatch.mpi import get_flavor
+    from mpibatch.shell import sh_join
+
+    words = sh_join(get_flavor("openmpi").forward_if_set(["MPIBATCH_PERSIST_URL", "MPIBATCH_CHECKPOINT_URL"]))
+    line = f'unset MPIBATCH_CHECKPOINT_URL; MPIBATCH_PERSIST_URL="a b"; printf "%s|" {words}'
+    assert subprocess.run(["bash", "-c", line], capture_output=True, text=True).stdout == "-x|MPIBATCH_PERSIST_URL|"
+    assert get_flavor("mpich").forward_if_set(["MPIBATCH_PERSIST_URL"]) == []  # hydra forwards everything
+
+
+@pytest.mark.mpi
+def test_an_open_mpi_rehearsal_names_no_unset_variable(tmp_path: Path) -> None:
+    """A rehearsal has no SAS URLs: mpirun of the node steps is not asked to forward them (it would warn
+    "Could not find the environment variable" on every run), and the steps still run on every node."""
+    from mpibatch.executors.local import LocalExecutor
+
+    ex = LocalExecutor(base_env=mpi_env("openmpi"), runs_dir=tmp_path / "runs")
+    spec = counter_spec(command=["python3", "counter.py", "10", "5", "0.1"],
+                        mpi={"flavor": "openmpi", "processes_per_node": 2})
+    result = ex.submit(spec).result()
+    assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
+    for i in (0, 1):  # the restore step, one process per node through that launch line
+        assert f"mpibatch checkpoint [{i}]: no complete checkpoint generation" in result.primary.stderr
+    assert "Could not find" not in "".join(i.stdout + i.stderr for i in result.instances)
+
+
 @pytest.mark.cluster
 def test_over_ssh_the_executor_pulls_generations_and_a_requeue_restores_one(
         ssh_cluster_factory: Callable[..., SshCluster], tmp_path: Path) -> None:  # noqa: F811 (the fixture)
@@ -281,14 +325,13 @@ def test_over_ssh_the_executor_pulls_generations_and_a_requeue_restores_one(
     c = ssh_cluster_factory(2)
     ex = SshExecutor(c.hosts, user="root", key=str(c.client_key_path), runs_dir=str(tmp_path / "runs"),
                      known_hosts=str(c.known_hosts_path), remote_path_prepend=[str(VENVS / "mpich" / "bin")])
-    ex.preempt_at = (12,)
-    result = ex.submit(counter_spec()).result()
+    result, seen = run_preempted(ex, counter_spec(), 1)  # once a generation is pulled into the run's store
     assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
     assert (result.requeues, result.attempts) == (1, 1)
     words = (Path(result.output_dir) / "0" / "result.txt").read_text().split()
     assert int(words[1]) > 0 and int(words[3]) == expected_total()
     assert f"restored checkpoint generation {words[5]}" in result.primary.stderr
-    assert result.restored == [None, int(words[5])]  # pushed to the nodes before the second attempt
+    assert result.restored == [None, int(words[5])] and int(words[5]) >= seen[0]  # pushed before attempt 2
     _, complete = ck.scan(ck.DirStore(result.checkpoints_dir or "").names("counter"), "counter", 0)
     assert 1 <= len(complete) <= 2
     assert not c.wait_idle(timeout=10)

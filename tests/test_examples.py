@@ -17,6 +17,7 @@ from mpibatch.cli import main as cli
 from mpibatch.render import render
 from mpibatch.spec import load_spec
 from tests.infra.fixtures import VENVS, mpi_env, require
+from tests.infra.preempt import run_preempted
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -170,14 +171,14 @@ def test_heat_simulation_preempted_twice_ends_with_the_same_plate(tmp_path: Path
     data = parse_yaml((HEAT / "spec.yaml").read_text(), "spec.yaml")
     assert data["task"]["checkpoint"]["pattern"] == "restart.bin"
     # Slowed down to at least 20 s (5 ms of sleep a step; a checkpoint every 400 steps, 2 s or more), looked at
-    # every second: both evictions fall within the run however fast this machine is, and each attempt saves.
+    # every second; each eviction comes once the attempt running saved a generation (tests/infra/preempt.py).
     data["task"]["command"] = data["task"]["command"] + " 400 5000"
     data["task"]["checkpoint"]["every"] = "1s"
     ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs")
-    ex.preempt_at = (8, 18)
-    result = ex.submit(parse_spec(data, HEAT)).result()
+    result, seen = run_preempted(ex, parse_spec(data, HEAT), 2)
     assert result.succeeded, (result.failure, [(i.stdout, i.stderr) for i in result.instances])
     assert (result.requeues, result.attempts) == (2, 1)
+    assert result.restored[0] is None and result.restored[2] >= seen[1] > result.restored[1] >= seen[0]
     assert "heat: restarted from step" in result.primary.stdout
     assert "restored checkpoint generation" in result.primary.stderr
 

@@ -129,6 +129,10 @@ class MultiInstanceRun:
                     live = self._live_primary_dir()
                     if live is not None and not t.get("_task_dir"):  # the task files endpoint serves it live
                         t["_task_dir"] = str(live)
+            if phase == "retrying":  # Batch counts a retry when it starts: a client polling sees it then
+                with emu.store.lock:
+                    t["executionInfo"]["retryCount"] = t["executionInfo"].get("retryCount", 0) + 1
+                emu.store.mark(("tasks", t))
             if phase == "starting":
                 with emu.store.lock:
                     set_state(t, "running")

@@ -58,10 +58,10 @@ class _Failed(Exception):
 class Lifecycle:
     def __init__(self, plan: TaskPlan, transport: Transport, *, base_env: dict[str, str],
                  runs_dir: Path, progress: Progress | None = None, account: str = "local",
-                 release_timeout_s: float = RELEASE_TIMEOUT_S, preempt_at: tuple[int, ...] = (),
+                 release_timeout_s: float = RELEASE_TIMEOUT_S, preemptions: preemption.Preemptions | None = None,
                  checkpoint_env: dict[str, str] | None = None, checkpoint_sync: Path | None = None) -> None:
         self.plan, self.t = plan, transport
-        self.preempt_at, self.preempted = preempt_at, 0
+        self.preemptions = preemptions or preemption.Preemptions()
         self.checkpoint_env = checkpoint_env or {}  # where the nodes' checkpoint store is (empty: none)
         # Nodes that do not see the run's store (SSH): the executor pulls their generations into it.
         self.sync = NodeStores(transport, checkpoint_sync, plan.task_id, plan.instances, plan.checkpoint) \
@@ -104,8 +104,7 @@ class Lifecycle:
             for n in watch:
                 if n.index not in procs or n.index in codes:
                     self._fail_if_lost(n, phase)
-            if phase in ("coordination", "running") and preemption.due(self.preempt_at, self.preempted,
-                                                                       time.monotonic() - self.t0):
+            if phase in ("coordination", "running") and self.preemptions.take(time.monotonic() - self.t0):
                 raise _Preempted
             if self.sync and phase == "running":
                 self.sync.pull(nodes)
@@ -214,7 +213,6 @@ class Lifecycle:
 
     def _evict(self, nodes: list[Node], layouts: list[NodeLayout]) -> None:
         """As a VM is evicted: every process killed at once (no persist step), the node's directories gone."""
-        self.preempted += 1
         self.t.end_processes()
         for n, lay in zip(nodes, layouts):
             batch_dirs = [lay.shared, lay.startup, f"{lay.root}/{WORKITEMS}"]
@@ -368,6 +366,7 @@ class RehearsalExecutor(Executor):
 
     release_timeout_s: float = RELEASE_TIMEOUT_S  # an instance may lower it (tests do)
     preempt_at: tuple[int, ...] = ()  # --preempt-at: seconds after the start when every node is evicted
+    _preemptions: preemption.Preemptions | None = None  # the running task's
     resume_from: Path | None = None  # --resume-from: a checkpoint store whose newest complete generation starts it
 
     def __init__(self, *, runs_dir: str | Path = "mpibatch-runs", progress: Progress | None = None) -> None:
@@ -386,14 +385,22 @@ class RehearsalExecutor(Executor):
         store = checkpoints.open_run_store(self.runs_dir, plan, self.resume_from, self.progress) \
             if plan.checkpoint else None
         transport, base_env = self.transport_for(plan)
+        self._preemptions = preemption.Preemptions(self.preempt_at)
         direct = store is not None and self.nodes_see_runs_dir
         store_env = {CHECKPOINT_STORE_VAR: str(store.resolve())} if store and direct else {}
         result = Lifecycle(plan, transport, base_env=base_env, runs_dir=self.runs_dir, progress=self.progress,
-                           account=self.name, release_timeout_s=self.release_timeout_s, preempt_at=self.preempt_at,
+                           account=self.name, release_timeout_s=self.release_timeout_s, preemptions=self._preemptions,
                            checkpoint_env=store_env, checkpoint_sync=None if direct else store).run()
         if store:
             result.checkpoints_dir = str(checkpoints.close_store(store, result.output_dir))
         return result
+
+    def preempt(self) -> None:
+        """Evict every node of the running task now, as at a --preempt-at time (call it from another thread
+        while `submit` runs: e.g. once a checkpoint generation is complete)."""
+        if self._preemptions is None:
+            raise RuntimeError("no task has started: nothing to preempt")
+        self._preemptions.ask()
 
     # True: the nodes reach this machine's runs directory at the same path and write the store directly;
     # else the lifecycle pulls each node's own store into it (checkpoint_sync.py).

@@ -71,6 +71,11 @@ class Flavor:
         (MS-MPI's -genv). Hydra forwards the whole environment by itself; Open MPI's -x is in its argv."""
         return []
 
+    def forward_if_set(self, names: Sequence[str]) -> list[Word]:
+        """Launcher flags that carry each of `names` to remote ranks only if it is set on the node at run time
+        (mpibatch's SAS URLs exist on Azure only). Hydra forwards the whole environment by itself: none."""
+        return []
+
     def fabric_env(self, fabric: str) -> dict[str, str]:
         """Environment for 'sriov', 'networkdirect', 'tcp' or 'none' (no opinion)."""
         return {}

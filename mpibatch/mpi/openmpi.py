@@ -35,6 +35,10 @@ class OpenMpi(Flavor):
             argv += ["-x", name]
         return argv
 
+    def forward_if_set(self, names: Sequence[str]) -> list[Word]:
+        # `-x NAME` of an unset NAME makes mpirun warn "Could not find the environment variable": bash drops it.
+        return [Raw(f"${{{n}+-x {n}}}") for n in names]
+
     def fabric_env(self, fabric: str) -> dict[str, str]:
         if fabric == "sriov":
             # UCX over InfiniBand; which device (mlx5_0, mlx5_ib0, mlx5_1...) is found on each node.

@@ -140,7 +140,7 @@ def task_result(batch: Batch, job_id: str, task: Any, subtasks: Sequence[Any],
                                         coordination_exit_code=st.exit_code))
     return TaskResult(job_id=job_id, task_id=task.id, executor="azure", state=rstate,
                       exit_code=exit_code, failure=failure, timed_out=timed_out,
-                      attempts=(info.retry_count or 0) + 1 if info else 1, elapsed_s=round(elapsed, 3),
+                      attempts=retry_count(task) + 1, elapsed_s=round(elapsed, 3),
                       instances=instances, requeues=requeue_count(task))
 
 
@@ -148,6 +148,20 @@ def requeue_count(task: Any) -> int:
     """executionInfo.requeueCount: how often Batch requeued the task (a Spot node preempted under it)."""
     info = task.execution_info
     return (getattr(info, "requeue_count", None) or 0) if info else 0
+
+
+def retry_count(task: Any) -> int:
+    """executionInfo.retryCount: how often Batch retried the task after a failure (maxTaskRetryCount)."""
+    info = task.execution_info
+    return (info.retry_count or 0) if info else 0
+
+
+def _say_restarts(say: Say, task_id: str, before: tuple[int, int], now: tuple[int, int]) -> None:
+    """Each requeue (a preemption) and retry (a failure), even one the polls never saw as a state."""
+    if now[0] > before[0]:
+        say("task", f"{task_id}: preempted: requeued ({now[0]}), runs again from its start on other nodes")
+    if now[1] > before[1]:
+        say("task", f"{task_id}: failed: retried ({now[1]}), runs again from its start")
 
 
 def status(batch: Batch, job_id: str, task_id: str, restores: Restores | None = None) -> TaskResult:
@@ -167,16 +181,16 @@ def wait(batch: Batch, job_id: str, task_id: str, say: Say, *, timeout: float | 
     interval = poll_interval
     last: str | None = None
     sub_last: dict[int, str] = {}
-    requeued = 0
+    restarts = (0, 0)  # (requeues, retries) said
     restored: list[int | None] = []
     active_since = t0
     warned_active = False
     while True:
         task = batch.task(job_id, task_id)
         state = state_of(task.state)
-        if requeue_count(task) > requeued:  # each preemption, even one the polls did not see as a state
-            requeued = requeue_count(task)
-            say("task", f"{task_id}: preempted: requeued ({requeued}), runs again from its start on other nodes")
+        if (counts := (requeue_count(task), retry_count(task))) != restarts:
+            _say_restarts(say, task_id, restarts, counts)
+            restarts = counts
             sub_last.clear()
         if state != last:
             node = _node(task)

@@ -145,7 +145,9 @@ def session_dirs_line(flavor: Flavor) -> str:
     command ends (a killed command's is in the node's TMPDIR or /tmp). Empty for a flavour without one."""
     if not flavor.session_dir_var:
         return ""
-    return (f'{LAUNCH_DIRS_VAR}=$(mktemp -d "${{TMPDIR:-/tmp}}/mpibatch.XXXXXX") || exit 3\n'
+    return (f'{LAUNCH_DIRS_VAR}=$(mktemp -d "${{TMPDIR:-/tmp}}/mpibatch.XXXXXX") || '
+            '{ echo "mpibatch: cannot make a directory in ${TMPDIR:-/tmp} for the launchers\' session directories '
+            '(set TMPDIR to a writable directory)" >&2; exit 3; }\n'
             f"trap 'rm -rf -- \"${LAUNCH_DIRS_VAR}\"' EXIT\n")
 
 

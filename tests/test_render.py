@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from azure.batch import models as bm
+from mpibatch.launchers import protocol
 
 from mpibatch import conventions
 from mpibatch.payload import batch_job, batch_task, payload_json
@@ -354,8 +355,6 @@ def test_each_open_mpi_launch_gets_a_session_directory_base_of_its_own(node):
     """Open MPI 4's launchers on one node share <base>/ompi.<node>.<uid> and remove it when it looks empty:
     the checkpoint restore's, the tracker's, the program's and the persist step's launches each get their own
     base, under one directory the command removes when it ends, whatever its exit code."""
-    from mpibatch.launchers import protocol
-
     spec = make_spec(flavor="openmpi", checkpoint={"pattern": "restart.*", "every": "1s"})
     tmp = node.root / "tmp"
     tmp.mkdir()
@@ -371,6 +370,14 @@ def test_each_open_mpi_launch_gets_a_session_directory_base_of_its_own(node):
     assert list(tmp.iterdir()) == []  # removed when the command ended
     proc, _ = run_app(node, spec, **store, STANDIN_RC="7")  # the restore step fails: the command exits at once
     assert proc.returncode == 3 and list(tmp.iterdir()) == [], proc.stderr
+
+
+def test_no_writable_tmpdir_is_named_before_any_launch(node):
+    spec = make_spec(flavor="openmpi", checkpoint={"pattern": "restart.*", "every": "1s"})
+    proc, calls = run_app(node, spec, TMPDIR=str(node.root / "missing"),
+                          **{protocol.CHECKPOINT_STORE_VAR: str(node.root / "store")})
+    assert proc.returncode == 3 and calls == []
+    assert f"cannot make a directory in {node.root / 'missing'}" in proc.stderr and "set TMPDIR" in proc.stderr
 
 
 @pytest.mark.parametrize("flavor", ["mpich", "intelmpi"])

@@ -4,10 +4,13 @@ and preempted once; the preempted run goes on from its own write_restart file, r
 
 The example's deck melts 13,500 atoms over 4000 steps (about 20 s on 2 idle cores, minutes on a loaded one);
 the test runs the same deck and spec on the classic melt's 4000 atoms (10 x 10 x 10 cells) to step TOTAL
-(LAMMPS's `-var` defines the deck's index variables first). It preempts the second run between the times the
-first run's first and second checkpoints were saved, so that it restores one whatever this machine's pace."""
+(LAMMPS's `-var` defines the deck's index variables first). This machine's pace varies twentyfold with its load
+(1-20 ms a step), so the deck pauses PAUSE s after each restart file: the tracker (every 1 s) saves a file only
+once it has been unchanged for a whole interval, and the pauses, not the pace, make most of a run's time. The
+second run is preempted when the first run had its third generation saved: a restart file saved, steps left."""
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -25,14 +28,14 @@ from tests.infra.fixtures import mpi_env, require
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lammps-restart"
 # A thermo line: the step, then Temp E_pair E_mol TotEng Press.
 THERMO = re.compile(r"^\s*(\d+)(\s+-?\d+(\.\d+)?(e[-+]?\d+)?){5}\s*$", re.MULTILINE)
-TOTAL, EVERY, CELLS = 3000, 1000, 10  # the last step, the steps between two restart files, the crystal's size
+TOTAL, EVERY, CELLS, PAUSE = 1200, 200, 10, 3  # the last step, steps between restart files, crystal size, pause
 ATOMS = 4 * CELLS**3
 
 
 def example_spec() -> Spec:
     spec = load_spec(EXAMPLE / "spec.yaml")
     argv = (*(spec.task.command.argv or ()), "-var", "total", str(TOTAL), "-var", "every", str(EVERY),
-            "-var", "cells", str(CELLS))
+            "-var", "cells", str(CELLS), "-var", "pause", str(PAUSE))
     return replace(spec, task=replace(spec.task, command=Command(argv=argv)))
 
 
@@ -94,13 +97,12 @@ def test_the_melt_runs_to_its_final_step_uninterrupted_then_preempted_once(tmp_p
     out = primary_file(result, "stdout.txt")
     assert f"checkpoint: restart.lj at step {every}, {ATOMS} atoms\n" in out
     assert "MPIBATCH_RESTART=1" not in out and result.requeues == 0
-    assert {1, 2} <= set(saved_at), saved_at  # the tracker saved the restart files while the melt ran
+    assert {1, 2, 3} <= set(saved_at), saved_at  # the tracker saved the restart files while the melt ran
 
-    # Preempted between the times the first and the second generation were saved in that run (this machine's
-    # pace varies with its load): after the start-up and one restart file saved, with steps left.
-    at = max(5, round((saved_at[1] + saved_at[2]) / 2))
+    # Preempted when that run had its third generation saved: restart files saved, three chunks left.
+    at = math.ceil(saved_at[3])
     result = run(tmp_path / "preempted", preempt_at=(at,))
-    assert result.requeues == 1 and result.attempts == 1  # requeued, not retried
+    assert result.requeues == 1 and result.attempts == 1, (at, took, saved_at)  # requeued, not retried
     log, out = final_step_reached(result), primary_file(result, "stdout.txt")
     m = re.search(r"restart: MPIBATCH_RESTART=1 \(checkpoint (\d+)\): read_restart restart.lj", out)
     assert m, (f"preempted at {at}s (the whole run took {took:.0f}s, saved {saved_at}): the new attempt started fresh",

@@ -1,7 +1,7 @@
 """Open MPI 4 (Debian's 4.1, as the LAMMPS example uses it) with a base of its own for every launch: the
 launcher's and its daemons' session directories on every node are under that launch's base, and the primary's
-bases are gone when the task command ends. (That launches starting and ending together then never fail: the
-LAMMPS example's test, and the stability runs in docs/mpi-launch-rules.md.)"""
+bases are gone when the task command ends. (That launches starting and ending together then never fail:
+benchmarks/openmpi_launch_race.py, numbers in docs/mpi-launch-rules.md.)"""
 from __future__ import annotations
 
 import re

@@ -136,6 +136,29 @@ def node_env_line() -> str:
             + sh_join([".", Raw(f'"$AZ_BATCH_TASK_WORKING_DIR/{NODE_ENV_FILE}"')]) + " || exit 3")
 
 
+# The primary's shell variable holding one directory per launch (Flavor.session_dir_var).
+LAUNCH_DIRS_VAR = "mpibatch_launches"
+
+
+def session_dirs_line(flavor: Flavor) -> str:
+    """Makes the directory under which each launch gets its own session-directory base, removed when the
+    command ends (a killed command's is in the node's TMPDIR or /tmp). Empty for a flavour without one."""
+    if not flavor.session_dir_var:
+        return ""
+    return (f'{LAUNCH_DIRS_VAR}=$(mktemp -d "${{TMPDIR:-/tmp}}/mpibatch.XXXXXX") || '
+            '{ echo "mpibatch: cannot make a directory in ${TMPDIR:-/tmp} for the launchers\' session directories '
+            '(set TMPDIR to a writable directory)" >&2; exit 3; }\n'
+            f"trap 'rm -rf -- \"${LAUNCH_DIRS_VAR}\"' EXIT\n")
+
+
+def own_session_dir(argv: list[Word], flavor: Flavor, launch: str) -> list[Word]:
+    """`argv` (a launcher's) with its own session-directory base: launches that start or end together on
+    one node (the tracker's, the program's) never share one."""
+    if not flavor.session_dir_var:
+        return list(argv)
+    return [Raw(f'{flavor.session_dir_var}="${LAUNCH_DIRS_VAR}/{launch}"'), *argv]
+
+
 def _launcher(argv: list[Word], flavor: Flavor, setup: Setup | None) -> list[Word]:
     if setup and flavor.absolute_launcher_after_setup:
         return [Raw(f'"$(command -v {argv[0]})"'), *argv[1:]]
@@ -150,7 +173,7 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
                            instances=t.instances)
     argv = _launcher(launch.argv, flavor, setup)
     wrapper = Raw(rank_wrapper(spec))
-    app = sh_join([*argv, wrapper, *_program_argv(t.command, "linux")])
+    app = sh_join([*own_session_dir(argv, flavor, "app"), wrapper, *_program_argv(t.command, "linux")])
     # Subtasks have no Batch output files: when submitted to Azure, one process per node tracks that
     # node's logs and outputs while the program runs (track.py), and one persists them before the
     # primary exits (persist.py, which ends the tracker first).
@@ -163,8 +186,9 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
         declared += ["--output", protocol.encode_output(o.kind, o.pattern)]
 
     def node_step(name: str, *action: str) -> str:
-        return sh_join([*one_per_node, "python3", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/{name}"'),
-                        *action, *declared])
+        launch = action[0] if action else name.removesuffix(".py")  # restore, track, persist
+        return sh_join([*own_session_dir(one_per_node, flavor, launch),
+                        "python3", Raw(f'"$AZ_BATCH_TASK_SHARED_DIR/{LAUNCHER_DIR}/{name}"'), *action, *declared])
 
     persisting = f'[ -n "${{{PERSIST_URL_VAR}:-}}" ]'
     restore = ""
@@ -180,6 +204,7 @@ def _linux_lines(spec: Spec, flavor: Flavor, env: Mapping[str, str], fabric: str
         restore = (f"if {store}; then {node_step('checkpoint.py', 'restore')} < /dev/null || "
                    "{ echo 'mpibatch: restoring the checkpoint failed' >&2; exit 3; }; fi\n")
     script = (f"{node_env_line()}\n"
+              f"{session_dirs_line(flavor)}"
               f"{restore}"
               f"if {persisting}; then {node_step('track.py')} < /dev/null > /dev/null & track=$!; fi\n"
               f"{app}; rc=$?\n"

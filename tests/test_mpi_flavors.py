@@ -221,8 +221,12 @@ def test_linux_rendered_launch_is_built_from_the_flavour(flavor):
     launch = get_flavor(flavor).launch(None, 2, ["--verbose"], {"A": "1"}, "none", RANK_DIR, instances=3)
     script = shlex.split(r.command_line)[2]
     # after the node's environment is sourced, every rank starts through its node's wrapper
-    first, node_env, tracker, app = script.split("\n")[:4]
-    assert node_env == '. "$AZ_BATCH_TASK_WORKING_DIR/.mpibatch-node.env" || exit 3'
-    assert "/mpibatch/track.py" in tracker and tracker.endswith("& track=$!; fi")  # on Azure only
+    lines = script.split("\n")
+    assert lines[1] == '. "$AZ_BATCH_TASK_WORKING_DIR/.mpibatch-node.env" || exit 3'
     wrapper = '"$AZ_BATCH_NODE_SHARED_DIR/mpibatch/j1/t1/.mpibatch-rank"'
-    assert app.startswith(sh_join([*launch.argv, Raw(wrapper), "app", "--flag"]) + "; rc=$?")
+    [tracker] = [line for line in lines if "/mpibatch/track.py" in line]
+    [app] = [line for line in lines if wrapper in line]
+    assert lines.index(tracker) + 1 == lines.index(app) and tracker.endswith("& track=$!; fi")  # on Azure only
+    # Open MPI: each launch with a session-directory base of its own (docs/mpi-launch-rules.md#open-mpi)
+    own = [Raw('OMPI_MCA_orte_tmpdir_base="$mpibatch_launches/app"')] if flavor == "openmpi" else []
+    assert app.startswith(sh_join([*own, *launch.argv, Raw(wrapper), "app", "--flag"]) + "; rc=$?")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from azure.batch import models as bm
+from mpibatch.launchers import protocol
 
 from mpibatch import conventions
 from mpibatch.payload import batch_job, batch_task, payload_json
@@ -350,6 +351,44 @@ def test_exit_code_is_the_applications_even_after_the_persist_step(node):
     assert "mpibatch: persisting subtask outputs failed" in proc.stderr  # the stand-in failed that too
 
 
+def test_each_open_mpi_launch_gets_a_session_directory_base_of_its_own(node):
+    """Open MPI 4's launchers on one node share <base>/ompi.<node>.<uid> and remove it when it looks empty:
+    the checkpoint restore's, the tracker's, the program's and the persist step's launches each get their own
+    base, under one directory the command removes when it ends, whatever its exit code."""
+    spec = make_spec(flavor="openmpi", checkpoint={"pattern": "restart.*", "every": "1s"})
+    tmp = node.root / "tmp"
+    tmp.mkdir()
+    store = {protocol.CHECKPOINT_STORE_VAR: str(node.root / "store"), "TMPDIR": str(tmp),
+             "STANDIN_ENV": "OMPI_MCA_orte_tmpdir_base"}
+    proc, calls = run_app(node, spec, **store)
+    assert proc.returncode == 0, proc.stderr
+    bases = [c["env"]["OMPI_MCA_orte_tmpdir_base"] for c in calls]
+    assert len(calls) == 4 and len(set(bases)) == 4, bases  # restore, tracker, program, persist
+    parents = {Path(b).parent for b in bases}
+    assert len(parents) == 1 and parents.pop().parent == tmp, bases
+    assert sorted(Path(b).name for b in bases) == ["app", "persist", "restore", "track"]
+    assert list(tmp.iterdir()) == []  # removed when the command ended
+    proc, _ = run_app(node, spec, **store, STANDIN_RC="7")  # the restore step fails: the command exits at once
+    assert proc.returncode == 3 and list(tmp.iterdir()) == [], proc.stderr
+
+
+def test_no_writable_tmpdir_is_named_before_any_launch(node):
+    spec = make_spec(flavor="openmpi", checkpoint={"pattern": "restart.*", "every": "1s"})
+    proc, calls = run_app(node, spec, TMPDIR=str(node.root / "missing"),
+                          **{protocol.CHECKPOINT_STORE_VAR: str(node.root / "store")})
+    assert proc.returncode == 3 and calls == []
+    assert f"cannot make a directory in {node.root / 'missing'}" in proc.stderr and "set TMPDIR" in proc.stderr
+
+
+@pytest.mark.parametrize("flavor", ["mpich", "intelmpi"])
+def test_hydra_launches_need_no_session_directory_base(node, flavor):
+    tmp = node.root / "tmp"
+    tmp.mkdir()
+    proc, calls = run_app(node, make_spec(flavor=flavor), TMPDIR=str(tmp), STANDIN_ENV="OMPI_MCA_orte_tmpdir_base")
+    assert proc.returncode == 0 and [c["env"] for c in calls] == [{"OMPI_MCA_orte_tmpdir_base": None}]
+    assert "mktemp" not in render(make_spec(flavor=flavor)).command_line
+
+
 def test_persist_step_is_skipped_without_its_url(node):
     proc, calls = run_app(node, make_spec(flavor="intelmpi"), persist=False)
     assert proc.returncode == 0 and len(calls) == 1
@@ -384,6 +423,7 @@ SHELLCHECK_SPECS = {
                  command=["app", *HOSTILE], mpi={"options": ["--mca", "btl", "^openib"], "fabric": "tcp"}),
     "shell-line": dict(command="python3 app.py > out.txt 2>&1 && echo done", coordination="true"),
     "ppn8": dict(ppn=8, instances=100),
+    "checkpoint": dict(checkpoint={"pattern": "restart.*", "from": "all", "every": "10s"}),
 }
 
 

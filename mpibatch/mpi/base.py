@@ -60,6 +60,10 @@ class Flavor:
     # With task.mpi.setup, start the launcher by its absolute path (Open MPI then finds its remote
     # daemons under the same prefix).
     absolute_launcher_after_setup: bool = False
+    # An environment variable naming the directory under which the launcher and its daemons on every node
+    # make their session directories. Set, every launch of a task gets a base of its own: launchers whose
+    # session directory is named by the node and user only (Open MPI 4) never meet on a node.
+    session_dir_var: str = ""
 
     # -- the rules of the flavour (override) --------------------------------------------------
     def launcher_argv(self, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word,

@@ -21,6 +21,11 @@ class OpenMpi(Flavor):
     # HPC-X (NVIDIA's Open MPI build for InfiniBand) is the Open MPI of the Azure HPC images.
     hpc_image_modules = {"ubuntu-hpc": "mpi/hpcx", "almalinux-hpc": "mpi/hpcx"}
     absolute_launcher_after_setup = True  # mpirun(1): an absolute path implies --prefix
+    # Open MPI 4.x (ORTE, also HPC-X): every mpirun and orted of a node shares <base>/ompi.<node>.<uid>, and
+    # each one starting or ending removes it when it looks empty: two launches starting together fail with
+    # "mkdir ... File exists". mpirun passes this MCA variable on to its orteds. Open MPI 5 ignores it (its
+    # session directory is named by the launcher's PID).
+    session_dir_var = "OMPI_MCA_orte_tmpdir_base"
 
     def launcher_argv(self, hosts: Sequence[str] | None, ppn: int, nprocs: int, rank_dir: Word,
                       env_names: Sequence[str]) -> list[Word]:

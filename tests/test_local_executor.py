@@ -241,6 +241,7 @@ def test_job_preparation_and_release_run_on_every_node(tmp_path: Path) -> None:
     assert Path(r.output_dir, "0", "seen.txt").read_text().strip() == "prepared"
 
 
+@pytest.mark.alone  # looks for survivors among every new process of the machine
 def test_cli_sigint_mid_run_ends_everything(tmp_path: Path) -> None:
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text("job: {id: j1}\ntask: {id: t1, instances: 3, mpi: mpich, command: 'sleep 60'}\n")

@@ -87,7 +87,8 @@ def record(name, seconds):
     time.sleep(seconds)
     with open(os.environ["LOG"], "a") as f:
         f.write("interval " + json.dumps([name, start, time.monotonic(), os.environ["PYTEST_XDIST_WORKER"],
-                                          tempfile.gettempdir()]) + "\\n")
+                                          tempfile.gettempdir(),
+                                          os.stat(tempfile.gettempdir()).st_mode & 0o7777]) + "\\n")
 
 @pytest.mark.alone  # first: the other worker has ordinary tests to run meanwhile
 def test_alone():
@@ -129,6 +130,7 @@ def test_a_parallel_run_groups_shared_fixtures_isolates_temp_dirs_and_runs_alone
     tmpdirs = {i[3]: i[4] for i in intervals}
     assert len(set(tmpdirs.values())) == 2 and all(Path(d).name == w for w, d in tmpdirs.items()), tmpdirs
     assert all(Path(d).parent.parent == tmp_path for d in tmpdirs.values())
+    assert {i[5] for i in intervals} == {0o1777}  # open to a run's other users, as /tmp is
     assert not [d for d in tmp_path.iterdir() if d.name.startswith("mpibatch-tests-")]  # the run's dir is gone
 
 

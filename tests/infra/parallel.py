@@ -72,6 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                     "emulator must run on one worker (tests/infra/parallel.py)")
         # the workers inherit the environment: their temporary directories and the run lock live here
         run_dir = Path(tempfile.mkdtemp(prefix="mpibatch-tests-"))
+        run_dir.chmod(0o755)  # mkdtemp makes it 0700: the workers' TMPDIRs below must be reachable as /tmp is
         config.stash[_RUN_DIR] = run_dir
         os.environ[RUN_DIR_ENV] = str(run_dir)
         return
@@ -81,6 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # before any test asks tempfile for its directory: every later gettempdir() answers the worker's own
     tmp = Path(run) / worker
     tmp.mkdir()
+    tmp.chmod(0o1777)  # as /tmp: a run's processes under another user or a user namespace write here too
     os.environ["TMPDIR"] = str(tmp)
     tempfile.tempdir = None
     config.stash[_RUN_DIR] = Path(run)

@@ -16,7 +16,8 @@ mkdir -p "$copy"
 git ls-files -co --exclude-standard -z | tar --null -T - -c | tar -x -C "$copy" --no-same-owner
 chown -R "$user:" "$copy"
 # A normal user's environment: the system Python, no root paths; pip's settings (mirrors) pass through.
-envs=(HOME="$home" USER="$user" LOGNAME="$user" LANG=C.UTF-8 CI=1 PATH=/usr/local/bin:/usr/bin:/bin)
+envs=(HOME="$home" USER="$user" LOGNAME="$user" LANG=C.UTF-8 CI=1 PATH=/usr/local/bin:/usr/bin:/bin
+  MPIBATCH_TEST_WORKERS="${MPIBATCH_TEST_WORKERS:-3}")
 while IFS='=' read -r name value; do
   case "$name" in PIP_*) envs+=("$name=$value") ;; esac
 done < <(env)
@@ -27,7 +28,8 @@ exec runuser -u "$user" -- env -i "${envs[@]}" bash -c '
   [ "$(id -u)" -ne 0 ]
   bash scripts/install-test-deps.sh --venvs-only
   # (the kept-directories test fills a tiny tmpfs, which only root can mount: it runs in the root run)
-  exec .venv/bin/python -m pytest -p no:cacheprovider tests/test_local_executor.py tests/test_local_rootless.py \
+  exec .venv/bin/python -m pytest -p no:cacheprovider -n "${MPIBATCH_TEST_WORKERS:-3}" --dist loadgroup \
+    tests/test_local_executor.py tests/test_local_rootless.py \
     tests/faults/test_local_faults.py tests/faults/test_local_edges.py \
     --deselect tests/faults/test_local_edges.py::test_item2_files_kept_after_a_failed_collection_survive_the_next_run \
     "$@"' bash "$@"

@@ -148,6 +148,7 @@ def test_rank_line_carries_the_boot_id():
 
 
 # ----------------------------------------------------------------------------------------------- local executor
+@pytest.mark.alone  # judges measured latencies
 def test_local_mpi4py_mpich(tmp_path):
     from mpibatch.executors.local import LocalExecutor
 
@@ -159,6 +160,7 @@ def test_local_mpi4py_mpich(tmp_path):
     assert res.program_path == str(VENVS / "mpich" / "bin" / "python3")
 
 
+@pytest.mark.alone  # judges measured latencies
 def test_local_imb_intelmpi(tmp_path):
     from mpibatch.executors.local import LocalExecutor
 
@@ -191,6 +193,7 @@ def test_local_rdma_size_without_infiniband_fails_clearly(tmp_path):
     assert "exit code None" not in report and "coordination: " in report and "no active InfiniBand port" in report
 
 
+@pytest.mark.alone  # judges measured latencies
 def test_cli_local_json_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     env = mpi_env("mpich")
@@ -212,6 +215,7 @@ def test_cli_local_json_and_plot(tmp_path):
     assert all(p["rank_boot_ids"] == [BOOT_ID, BOOT_ID] for p in data["pairs"])
 
 
+@pytest.mark.alone  # judges measured latencies
 def test_cli_local_human_verdict_and_matrix_say_one_machine(tmp_path):
     p = subprocess.run([str(REPO / ".venv" / "bin" / "mpibatch"), "bench", "latency", "--sizes", "0:64",
                         "--iterations", str(ITER), "--pairs", "all", "--nodes", "3",
@@ -268,6 +272,7 @@ def _ssh_executor(cluster, flavor: str, tmp_path):
 
 
 @pytest.mark.cluster
+@pytest.mark.alone  # judges measured latencies
 def test_ssh_two_hosts_mpi4py(ssh_cluster_factory, tmp_path):
     cluster = ssh_cluster_factory(2)
     spec = build_spec(flavor="mpich", instances=2)
@@ -277,6 +282,7 @@ def test_ssh_two_hosts_mpi4py(ssh_cluster_factory, tmp_path):
 
 
 @pytest.mark.cluster
+@pytest.mark.alone  # judges measured latencies
 def test_ssh_three_hosts_all_pairs_imb(ssh_cluster_factory, tmp_path):
     cluster = ssh_cluster_factory(3)
     spec = build_spec(flavor="intelmpi", instances=3,
@@ -294,6 +300,7 @@ def test_ssh_three_hosts_all_pairs_imb(ssh_cluster_factory, tmp_path):
 
 
 @pytest.mark.cluster
+@pytest.mark.alone  # judges measured latencies
 def test_cli_ssh_first_pair_of_three_hosts(ssh_cluster_factory, tmp_path):
     """The CLI with --executor ssh: --pairs first on 3 hosts uses the first two; human output names them."""
     cluster = ssh_cluster_factory(3)

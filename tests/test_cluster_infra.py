@@ -166,6 +166,7 @@ def test_processes_and_kill_sshd(ssh_cluster_factory) -> None:
     assert not cluster_mod._pid_alive(bg)
 
 
+@pytest.mark.alone  # compares every network namespace and link of the machine before and after
 def test_teardown_leaves_nothing_behind(ssh_cluster_factory) -> None:
     before_ns, before_links = _netns_names(), _links()
     c = ssh_cluster_factory(3)
@@ -236,6 +237,7 @@ def test_sigterm_tears_down(ssh_cluster_factory) -> None:
     assert not any(cluster_mod._pid_alive(p) for p in pids)
 
 
+@pytest.mark.alone  # another worker's cluster start would sweep the killed run's cluster first
 def test_stale_cluster_of_killed_run_is_cleaned(ssh_cluster_factory) -> None:
     proc, run_id, namespaces, pids = _start_child_cluster()
     try:

@@ -88,14 +88,14 @@ def test_resize_grow_shrink_and_stop(emulator: EmulatorProcess) -> None:
 
     client = client_of(emulator)
     pool(client, "r", 1)
-    client.begin_resize_pool("r", m.BatchPoolResizeOptions(target_dedicated_nodes=3), polling_interval=1).result()
+    client.begin_resize_pool("r", m.BatchPoolResizeOptions(target_dedicated_nodes=3), polling_interval=0.2).result()
     got = client.get_pool("r")
     assert got.allocation_state == "steady" and not got.resize_errors and got.current_dedicated_nodes == 3
     assert len(list(client.list_nodes("r"))) == 3
-    client.begin_resize_pool("r", m.BatchPoolResizeOptions(target_dedicated_nodes=1), polling_interval=1).result()
+    client.begin_resize_pool("r", m.BatchPoolResizeOptions(target_dedicated_nodes=1), polling_interval=0.2).result()
     wait_for("one node left", lambda: len(list(client.list_nodes("r"))) == 1)
     assert client.get_pool("r").current_dedicated_nodes == 1
-    client.begin_stop_pool_resize("r", polling_interval=1).result()
+    client.begin_stop_pool_resize("r", polling_interval=0.2).result()
     assert client.get_pool("r").allocation_state == "steady"
 
 
@@ -151,7 +151,7 @@ def test_autoscale_enable_evaluate_disable(emulator: EmulatorProcess) -> None:
     assert manual.value.status_code == 409
     client.disable_pool_auto_scale("a")
     assert client.get_pool("a").enable_auto_scale is False
-    client.begin_resize_pool("a", m.BatchPoolResizeOptions(target_dedicated_nodes=1), polling_interval=1).result()
+    client.begin_resize_pool("a", m.BatchPoolResizeOptions(target_dedicated_nodes=1), polling_interval=0.2).result()
     wait_for("one node", lambda: len(list(client.list_nodes("a"))) == 1)
 
 
@@ -177,7 +177,7 @@ def test_reboot_requeues_the_running_task_and_reruns_the_start_task(emulator: Em
                              '{ touch $AZ_BATCH_NODE_SHARED_DIR/second; sleep 30; }"'))
     wait_for("running", lambda: client.get_task("j", "t").state == "running" and
              b"second" in b"".join(f.name.encode() for f in client.list_node_files("n", node.id, recursive=True)))
-    client.begin_reboot_node("n", node.id, {"nodeRebootOption": "requeue"}, polling_interval=1).result()
+    client.begin_reboot_node("n", node.id, {"nodeRebootOption": "requeue"}, polling_interval=0.2).result()
     done = wait_for("the task ran again", lambda: (lambda t: t if t.state == "completed" else None)(
         client.get_task("j", "t")))
     assert done.execution_info.requeue_count == 1 and done.execution_info.exit_code == 0
@@ -192,7 +192,7 @@ def test_reboot_terminate_ends_the_task(emulator: EmulatorProcess) -> None:
     client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="n")))
     client.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="/bin/sleep 30"))
     wait_for("running", lambda: client.get_task("j", "t").state == "running")
-    client.begin_reboot_node("n", node.id, {"nodeRebootOption": "terminate"}, polling_interval=1).result()
+    client.begin_reboot_node("n", node.id, {"nodeRebootOption": "terminate"}, polling_interval=0.2).result()
     t = wait_for("ended", lambda: (lambda t: t if t.state == "completed" else None)(client.get_task("j", "t")))
     assert t.execution_info.failure_info.code == "TaskEnded"
     wait_for("idle again", lambda: client.get_node("n", node.id).state == "idle")
@@ -207,12 +207,12 @@ def test_reimage_deallocate_start_and_scheduling(emulator: EmulatorProcess) -> N
     client.create_task("j", m.BatchTaskCreateOptions(id="t1", command_line="/bin/true"))
     wait_for("t1 done", lambda: client.get_task("j", "t1").state == "completed")
     assert any(f.name.startswith("workitems/") for f in client.list_node_files("n", node.id, recursive=True))
-    client.begin_reimage_node("n", node.id, {"nodeReimageOption": "requeue"}, polling_interval=1).result()
+    client.begin_reimage_node("n", node.id, {"nodeReimageOption": "requeue"}, polling_interval=0.2).result()
     wait_for("idle after reimage", lambda: client.get_node("n", node.id).state == "idle")
     assert not any(f.name.startswith("workitems/j") for f in client.list_node_files("n", node.id, recursive=True))
-    client.begin_deallocate_node("n", node.id, {"nodeDeallocateOption": "requeue"}, polling_interval=1).result()
+    client.begin_deallocate_node("n", node.id, {"nodeDeallocateOption": "requeue"}, polling_interval=0.2).result()
     assert client.get_node("n", node.id).state == "deallocated"
-    client.begin_start_node("n", node.id, polling_interval=1).result()
+    client.begin_start_node("n", node.id, polling_interval=0.2).result()
     wait_for("idle after start", lambda: client.get_node("n", node.id).state == "idle")
     client.disable_node_scheduling("n", node.id, m.BatchNodeDisableSchedulingOptions(
         node_disable_scheduling_option="taskcompletion"))
@@ -427,7 +427,7 @@ def test_async_client_pool_node_and_job_operations(emulator: EmulatorProcess) ->
             run = await c.evaluate_pool_auto_scale("aio", m.BatchPoolEvaluateAutoScaleOptions(
                 auto_scale_formula="$TargetDedicatedNodes = $CurrentDedicatedNodes * 3;"))
             await c.create_node_user("aio", node.id, m.BatchNodeUserCreateOptions(name="bob", password="pw!Pw1x"))
-            poller = await c.begin_reboot_node("aio", node.id, {"nodeRebootOption": "requeue"}, polling_interval=1)
+            poller = await c.begin_reboot_node("aio", node.id, {"nodeRebootOption": "requeue"}, polling_interval=0.2)
             await poller.result()
             login = await c.get_node_remote_login_settings("aio", node.id)
             counts = [x async for x in c.list_pool_node_counts()]
@@ -470,7 +470,7 @@ def test_job_disable_requeue_enable_move_pool_and_task_reactivate(emulator: Emul
     client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p1")))
     client.create_task("j", m.BatchTaskCreateOptions(id="slow", command_line="/bin/sleep 30"))
     wait_for("running", lambda: client.get_task("j", "slow").state == "running")
-    client.begin_disable_job("j", m.BatchJobDisableOptions(disable_tasks="requeue"), polling_interval=1).result()
+    client.begin_disable_job("j", m.BatchJobDisableOptions(disable_tasks="requeue"), polling_interval=0.2).result()
     assert client.get_job("j").state == "disabled"
     slow = client.get_task("j", "slow")
     assert slow.state == "active" and slow.execution_info.requeue_count == 1
@@ -480,7 +480,7 @@ def test_job_disable_requeue_enable_move_pool_and_task_reactivate(emulator: Emul
     client.update_job("j", m.BatchJobUpdateOptions(pool_info=m.BatchPoolInfo(pool_id="p2")))
     client.replace_task("j", "slow", m.BatchTask(constraints=m.BatchTaskConstraints(
         max_wall_clock_time=timedelta(seconds=1))))
-    client.begin_enable_job("j", polling_interval=1).result()
+    client.begin_enable_job("j", polling_interval=0.2).result()
     failed = wait_for("fails done", lambda: (lambda t: t if t.state == "completed" else None)(
         client.get_task("j", "fails")))
     assert failed.node_info.pool_id == "p2" and failed.execution_info.exit_code == 1

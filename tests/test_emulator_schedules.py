@@ -98,7 +98,7 @@ def test_auto_pool_comes_and_goes_with_its_job(client: Any) -> None:
     t = wait_for("the task", lambda: (x := client.get_task("autojob", "t")).state == "completed" and x)
     assert t.execution_info.exit_code == 0 and t.node_info.pool_id == auto
     assert auto in b"".join(client.download_task_file("autojob", "t", "stdout.txt")).decode()
-    client.begin_terminate_job("autojob", {"terminateReason": "done"}, polling_interval=1).result()
+    client.begin_terminate_job("autojob", {"terminateReason": "done"}, polling_interval=0.2).result()
     wait_for("the job to complete", lambda: client.get_job("autojob").state == "completed")
     # deleting, not gone: the task's files are still there for a client that reads them right after (samples do)
     assert client.get_pool(auto).state == "deleting"
@@ -135,10 +135,10 @@ def test_kept_alive_auto_pool_stays_and_cloud_services_are_refused(client: Any, 
         id="keepjob", pool_info=m.BatchPoolInfo(auto_pool_specification=m.BatchAutoPoolSpecification(
             pool_lifetime_option="job", keep_alive=True, pool=small_pool(m)))))
     auto = client.get_job("keepjob").execution_info.pool_id
-    client.begin_delete_job("keepjob", polling_interval=1).result()
+    client.begin_delete_job("keepjob", polling_interval=0.2).result()
     time.sleep(1)
     assert auto in pool_ids(client)
-    client.begin_delete_pool(auto, polling_interval=1).result()
+    client.begin_delete_pool(auto, polling_interval=0.2).result()
 
     csc = {"osFamily": "6"}
     a = send_json(emu.endpoint, emu.account, emu.key, "POST", "/pools",
@@ -193,7 +193,7 @@ def test_job_schedule_creates_jobs_on_its_recurrence_until_terminated(client: An
     client.disable_job_schedule("every2s")
     assert client.get_job_schedule("every2s").state == "disabled"
     client.enable_job_schedule("every2s")
-    client.begin_terminate_job_schedule("every2s", polling_interval=1).result()
+    client.begin_terminate_job_schedule("every2s", polling_interval=0.2).result()
     s = wait_for("completed", lambda: (x := client.get_job_schedule("every2s")).state == "completed" and x)
     assert s.execution_info.next_run_time is None and s.execution_info.end_time is not None
     count = len(list(client.list_jobs_from_schedule("every2s")))
@@ -201,7 +201,7 @@ def test_job_schedule_creates_jobs_on_its_recurrence_until_terminated(client: An
     assert len(list(client.list_jobs_from_schedule("every2s"))) == count  # terminate stopped it
     wait_for("the schedule's auto pool to go", lambda: not pools_of & pool_ids(client))
 
-    client.begin_delete_job_schedule("every2s", polling_interval=1).result()
+    client.begin_delete_job_schedule("every2s", polling_interval=0.2).result()
     assert not [j for j in client.list_jobs() if j.id.startswith("every2s:")]
     assert "every2s" not in {x.id for x in client.list_job_schedules()}
 
@@ -234,7 +234,7 @@ def test_job_schedule_window_until_and_bad_input(client: Any, emu: EmulatorProce
                                                            "networkConfiguration": {"subnetId": "x"}}})
     assert (a.status, a.code) == (501, "NotSupportedByEmulator")  # refused in a job specification as in a job
     assert {"bad1", "bad2", "bad3", "bad4"}.isdisjoint(x.id for x in client.list_job_schedules())
-    client.begin_delete_job_schedule("later", polling_interval=1).result()
+    client.begin_delete_job_schedule("later", polling_interval=0.2).result()
 
 
 def test_a_job_schedule_survives_a_restart_without_a_second_job(tmp_path: Any) -> None:

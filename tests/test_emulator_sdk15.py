@@ -136,7 +136,7 @@ def test_sdk15_full_workflow(emulator: EmulatorProcess) -> None:
 
     # Job end: release on every node that ran a task, and the status list says so.
     # azure-batch 15.1 cannot send a terminate without options (no content type): give a reason
-    client.begin_terminate_job("wfjob", {"terminateReason": "done"}, polling_interval=1).result()
+    client.begin_terminate_job("wfjob", {"terminateReason": "done"}, polling_interval=0.2).result()
     assert client.get_job("wfjob").state == "completed"
     status = list(client.list_job_preparation_and_release_task_status("wfjob"))
     assert {s.node_id for s in status} == {n.id for n in nodes} & ({t.node_info.node_id for t in done} |

@@ -123,7 +123,8 @@ def test_a_preempted_spot_node_requeues_its_task_which_then_completes(emu: Emula
     running = wait_for("the task running", lambda: (lambda t: t if t["state"] == "running" else None)(
         get(client, "/jobs/j/tasks/t")))
     victim = running["nodeInfo"]["nodeId"]
-    assert processes_mentioning(victim), "the task's process is there before the preemption"
+    wait_for("the task's process on its node before the preemption", lambda: processes_mentioning(victim),
+             timeout=15)  # "running" is reported as the process starts
     assert call(client, "POST", f"/_emulator/pools/spot/nodes/{victim}/preempt").status_code == 202
     assert get(client, f"/pools/spot/nodes/{victim}")["state"] == "preempted"
     wait_for("no process left on the preempted node", lambda: not processes_mentioning(victim), timeout=15)
@@ -142,7 +143,8 @@ def test_a_preempted_spot_node_requeues_its_task_which_then_completes(emu: Emula
 
 def test_the_operator_command_preempts_through_the_running_emulator(emu: EmulatorProcess, client: Any) -> None:
     make_pool(client, "cli", 0, 1)
-    add_task(client, "cj", "cli", {"id": "t", "commandLine": "/bin/bash -c 'sleep 3'"})
+    # long enough for the preempt command to start and land while the first run still runs, however busy
+    add_task(client, "cj", "cli", {"id": "t", "commandLine": "/bin/bash -c 'sleep 10'"})
     victim = wait_for("the task running", lambda: (lambda t: t["nodeInfo"]["nodeId"] if t["state"] == "running"
                                                    else None)(get(client, "/jobs/cj/tasks/t")))
     cmd = [str(MPIBATCH), "emulate", "preempt", "--state-dir", str(emu.state_dir), "cli", victim]

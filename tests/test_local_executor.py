@@ -15,6 +15,8 @@ import pytest
 
 from mpibatch.executors.local import LocalExecutor
 from mpibatch.spec import parse_spec
+from tests.faults.helpers import wait_for_line
+from tests.infra.emulator import processes_mentioning
 from tests.infra.fixtures import VENVS, mpi_env
 from tests.infra.httpserve import serving
 from tests.infra.signals import default_sigint
@@ -244,25 +246,29 @@ def test_job_preparation_and_release_run_on_every_node(tmp_path: Path) -> None:
 def test_cli_sigint_mid_run_ends_everything(tmp_path: Path) -> None:
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text("job: {id: j1}\ntask: {id: t1, instances: 3, mpi: mpich, command: 'sleep 60'}\n")
-    before = {p for p in os.listdir("/proc") if p.isdigit()}
-    env = mpi_env("mpich")
+    # The run's own temporary directory: every process of the run names it (its nodes' TMPDIR is below), so
+    # the check sees this run only, whatever else runs on the machine.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(mpi_env("mpich"), TMPDIR=str(tmp))
     p = subprocess.Popen([sys.executable, "-m", "mpibatch.cli", "run", str(spec_file), "--runs-dir",
                           str(tmp_path / "runs")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, preexec_fn=default_sigint)
-    time.sleep(3.0)  # well into 'running' (MPICH starts in well under a second)
-    assert p.poll() is None
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=30)
+    try:
+        wait_for_line(p, "running:")
+        time.sleep(1.0)  # the ranks up on every node (MPICH starts them in well under a second)
+        assert p.poll() is None
+        run = processes_mentioning(str(tmp))
+        assert len(run) >= 6, run  # the run's init, node inits, mpiexec, proxies, ranks: seen, so checkable
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
     assert p.returncode == 1, err
     assert "interrupted" in (out + err)
-    time.sleep(0.3)
-    new = {q for q in os.listdir("/proc") if q.isdigit()} - before
-    survivors = []
-    for q in new:
-        try:
-            cmd = Path(f"/proc/{q}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "sleep 60" in cmd or "mpiexec" in cmd or "hydra" in cmd or "local_node_init" in cmd:
-            survivors.append((q, cmd))
-    assert not survivors, survivors
+    deadline = time.monotonic() + 5
+    while (survivors := processes_mentioning(str(tmp))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not survivors, [(q, Path(f"/proc/{q}/cmdline").read_bytes()) for q in survivors]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -80,13 +81,13 @@ def test_item2_the_cli_exits_2_and_starts_nothing(tmp_path: Path) -> None:
     """2. (the same, as a user meets it) `mpibatch run --runs-dir FILE` exits 2 with one clear line."""
     (tmp_path / "spec.yaml").write_text("job: {id: j}\ntask: {id: t, instances: 2, mpi: mpich, command: 'true'}\n")
     (tmp_path / "runs").write_text("a file")
-    before = set(os.listdir("/tmp"))
+    before = set(os.listdir(tempfile.gettempdir()))
     p = subprocess.run([sys.executable, "-m", "mpibatch.cli", "run", str(tmp_path / "spec.yaml"), "--runs-dir",
                         str(tmp_path / "runs")], env=mpi_env("mpich"), capture_output=True, text=True, timeout=60,
                        cwd=REPO_ROOT)
     assert p.returncode == 2, p.stderr
     assert "--runs-dir" in p.stderr and "Traceback" not in p.stderr
-    assert not [n for n in set(os.listdir("/tmp")) - before if n.startswith("mpibatch-nodes-")]
+    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("mpibatch-nodes-")]
 
 
 @pytest.fixture

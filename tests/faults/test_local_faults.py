@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -97,6 +98,7 @@ def test_item6_sigkill_of_mpibatch_run_leaves_no_process(tmp_path: Path) -> None
     assert not list(Path(env["TMPDIR"]).iterdir()), "the next run did not remove what the killed one left"
 
 
+@pytest.mark.alone  # compares the machine's whole /dev/shm before and after
 def test_item7_concurrent_runs_are_isolated_and_dev_shm_stays_clean(tmp_path: Path) -> None:
     """Issue 12 item 7: "MPICH shared-memory segments leak into the host's `/dev/shm` ... and two local
     runs at once hang each other ... both runs' ranks mapped the same `/dev/shm/mpich_shm_*`"."""
@@ -147,6 +149,7 @@ def test_item12_nodes_get_no_secret_from_the_operators_environment(tmp_path: Pat
     assert rank_env["HOME"] == os.environ["HOME"] and rank_env.get("LANG")
 
 
+@pytest.mark.alone  # compares the machine's whole /dev/shm before and after
 def test_many_runs_two_at_a_time_leave_nothing(tmp_path: Path) -> None:
     """Issue 12's done-when: "Fifty local runs, two at a time, all succeed with nothing left in
     `/dev/shm`, `/tmp` or the process table" (here 8; benchmarks/concurrent_runs.py runs fifty)."""
@@ -155,7 +158,7 @@ def test_many_runs_two_at_a_time_leave_nothing(tmp_path: Path) -> None:
         "id": "t", "instances": 3, "mpi": {"flavor": "mpich", "processes_per_node": 2}, "max_wall_clock": "60s",
         "command": ["python3", "shm.py"], "common_files": ["shm.py"]}}, tmp_path)
     shm_before = shm_entries()
-    tmp_before = set(os.listdir("/tmp"))
+    tmp_before = set(os.listdir(tempfile.gettempdir()))
     kids_before = descendants(os.getpid())
 
     def one(k: int) -> tuple[bool, set[str]]:
@@ -169,5 +172,6 @@ def test_many_runs_two_at_a_time_leave_nothing(tmp_path: Path) -> None:
     namespaces = set().union(*(ns for _, ns in results))
     assert not wait_gone(namespaces, descendants(os.getpid()) - kids_before, within_s=5)
     assert shm_entries() - shm_before == set()
-    left = {n for n in set(os.listdir("/tmp")) - tmp_before if n.startswith(("mpibatch-", "mpich", "hydra"))}
+    new = set(os.listdir(tempfile.gettempdir())) - tmp_before
+    left = {n for n in new if n.startswith(("mpibatch-", "mpich", "hydra"))}
     assert not left, left

@@ -213,7 +213,6 @@ def expected_total() -> int:
 
 
 @pytest.mark.mpi
-@pytest.mark.alone  # evicted at fixed times, each after a checkpoint was saved
 def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: Path) -> None:
     from mpibatch.executors.local import LocalExecutor
 
@@ -251,7 +250,6 @@ def test_preempted_twice_restores_the_newest_generation_and_finishes(tmp_path: P
 
 
 @pytest.mark.mpi
-@pytest.mark.alone  # evicted at fixed times, each after a checkpoint was saved
 def test_from_all_each_instance_gets_its_own_part_back(tmp_path: Path) -> None:
     """from: all: every node's files make up a generation; each instance gets its own part back, and every
     rank restores the same step."""
@@ -318,7 +316,6 @@ def test_an_open_mpi_rehearsal_names_no_unset_variable(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
-@pytest.mark.alone  # evicted at fixed times, each after a checkpoint was saved
 def test_over_ssh_the_executor_pulls_generations_and_a_requeue_restores_one(
         ssh_cluster_factory: Callable[..., SshCluster], tmp_path: Path) -> None:  # noqa: F811 (the fixture)
     """SSH hosts do not see the runs directory: each node's tracker saves into its own node store, the executor

@@ -161,7 +161,6 @@ def test_heat_simulation_matches_a_serial_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.mpi
-@pytest.mark.alone  # the evictions at 8 s and 18 s must each fall after a checkpoint was saved
 def test_heat_simulation_preempted_twice_ends_with_the_same_plate(tmp_path: Path) -> None:
     """Preempted twice in rehearsal, heat restarts from its newest saved checkpoint each time; the plate it
     ends with is bit-identical to an uninterrupted run's."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -139,12 +141,15 @@ def test_coordination_failure_on_a_subtask_says_coordination_and_numbers_the_ins
 
 
 def test_mpibatchs_own_coordination_step_failing_on_the_primary_is_phase_coordination(
-        standin: BatchEmulator, azurite: Azurite, tmp_path: Path) -> None:
+        standin: BatchEmulator, azurite: Azurite, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Issue 19 item 9b: no mpiexec on the nodes' PATH makes coordinate.sh fail on the primary (the subtasks
     do not need the launcher): `run -o json` and `status` say coordination, not running."""
-    # The system's programs without any MPI launcher (this machine may have Debian's Open MPI, for LAMMPS).
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
+    # The system's programs without any MPI launcher (this machine may have Debian's Open MPI, for LAMMPS), in
+    # a directory the nodes see and their own user can enter (as root the emulator runs tasks as that user;
+    # tmp_path is 0700, and a node's /tmp is its own).
+    bindir = Path(tempfile.mkdtemp(prefix="mpibatch-nompi-", dir="/run"))
+    bindir.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(bindir, ignore_errors=True))
     for name in os.listdir("/usr/bin"):
         if not name.startswith(("mpi", "orte", "prte", "ompi", "hydra")):
             (bindir / name).symlink_to(f"/usr/bin/{name}")

@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import InfraError
 from ..executors.lifecycle import Node, split_command_line
 from ..executors.local import LocalTransport, _LocalProc
-from ..executors.userns import child_pid, ns_pid
+from ..executors.userns import child_pid, ns_pid, tool
 from ..launchers import fileio, script_path
 from . import identity
 
@@ -180,8 +180,8 @@ class NodeUserTransport(LocalTransport):
         base = super()._enter(pid, *namespaces)
         if pid != self.run_init_pid:
             return base
-        return [*base, "nsenter", "-t", ns_pid(self.anchor_pid), "-U", "--preserve-credentials", "--",
-                "unshare", "--user", "--map-current-user", "--keep-caps", "--"]
+        return [*base, tool("nsenter"), "-t", ns_pid(self.anchor_pid), "-U", "--preserve-credentials", "--",
+                tool("unshare"), "--user", "--map-current-user", "--keep-caps", "--"]
 
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
               stderr: str) -> _LocalProc:
@@ -189,9 +189,9 @@ class NodeUserTransport(LocalTransport):
         namespaces as the task's user; its logs opened by the emulator, never through a symlink."""
         self._nodes_up()  # fresh nodes after a failed attempt, every node's init awaited
         holder = self.holder_pids[node.index]
-        argv = [*super()._enter(self.run_init_pid, "-p"), "nsenter", f"--user=/proc/{self.anchor_pid}/ns/user",
+        argv = [*super()._enter(self.run_init_pid, "-p"), tool("nsenter"), f"--user=/proc/{self.anchor_pid}/ns/user",
                 "--preserve-credentials", f"--mount=/proc/{holder}/ns/mnt", f"--uts=/proc/{holder}/ns/uts", "--",
-                "env", f"--chdir={cwd}", *split_command_line(command_line)]
+                tool("env"), f"--chdir={cwd}", *split_command_line(command_line)]
         user = self.node_user(node)
         out = identity.open_append(user, self.host_path(node, stdout))
         try:

@@ -31,7 +31,7 @@ from .leftovers import CONTROLLER_FILE, KEPT_FILE, process_identity, remove_tree
 from .lifecycle import RehearsalExecutor, split_command_line
 from .localenv import default_base_env, rehearsal_env
 from .transport import Node
-from .userns import check_namespaces, child_pid, die_with_parent, ns_pid, process_running
+from .userns import check_namespaces, child_pid, die_with_parent, ns_pid, process_running, tool
 
 log = logging.getLogger(__name__)
 LOOPBACK_PREFIX = "127.0.1."
@@ -175,7 +175,7 @@ class LocalTransport:
 
     def _enter(self, pid: int, *namespaces: str) -> list[str]:
         """nsenter into process `pid`'s user namespace (keeping our uid, root inside) and `namespaces`."""
-        return ["nsenter", "-t", str(pid), "-U", "--preserve-credentials", *namespaces, "--"]
+        return [tool("nsenter"), "-t", str(pid), "-U", "--preserve-credentials", *namespaces, "--"]
 
     def _spawn_holder(self, node: Node) -> None:
         self.holders[node.index] = subprocess.Popen(
@@ -295,7 +295,7 @@ class LocalTransport:
         self._nodes_up()
         argv = [*self._enter(self.holder_pids[node.index], "-p", "-m", "-u"),
                 # nsenter's --wd resolves outside the node's mount namespace: chdir inside it.
-                "env", f"--chdir={cwd}", *split_command_line(command_line)]
+                tool("env"), f"--chdir={cwd}", *split_command_line(command_line)]
         with open(self.host_path(node, stdout), "ab") as out, open(self.host_path(node, stderr), "ab") as err:
             p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  start_new_session=True)

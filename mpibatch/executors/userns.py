@@ -55,6 +55,12 @@ def _read(path: str) -> str | None:
         return None
 
 
+def tool(name: str) -> str:
+    """A helper program (nsenter, unshare, env) by its path on mpibatch's own PATH: a task's environment
+    names its own PATH, which may hold directories the node's user cannot enter."""
+    return shutil.which(name) or name
+
+
 def check_namespaces() -> None:
     """Bad input (exit 2) unless this process can create a run's namespaces; asked once per process."""
     global _ok

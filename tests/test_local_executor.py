@@ -59,6 +59,16 @@ def make_spec(tmp_path: Path, *, flavor: str = "mpich", instances: int = 3, ppn:
     return parse_spec({"job": {"id": "j1"}, "task": t}, tmp_path)
 
 
+def still_running(pid: str) -> bool:
+    """Not a zombie, and not already exiting (an exiting process has released its memory: no command line).
+    A namespace's last processes are reaped by this machine's PID 1, which may take its time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rfind(")") + 2] not in "ZX" and Path(f"/proc/{pid}/cmdline").read_bytes() != b""
+    except OSError:
+        return False
+
+
 def no_process_left(ex: LocalExecutor) -> None:
     namespaces = ex.transport.pid_namespaces if ex.transport else set()
     assert namespaces, "the run recorded no PID namespace"
@@ -67,7 +77,7 @@ def no_process_left(ex: LocalExecutor) -> None:
         left = []
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
-                if os.readlink(f"/proc/{pid}/ns/pid") in namespaces:
+                if os.readlink(f"/proc/{pid}/ns/pid") in namespaces and still_running(pid):
                     left.append(pid)
             except OSError:
                 continue

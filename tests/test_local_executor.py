@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mpibatch.executors.local import LocalExecutor
+from mpibatch.executors.userns import process_running
 from mpibatch.spec import parse_spec
 from tests.faults.helpers import wait_for_line
 from tests.infra.emulator import processes_mentioning
@@ -63,8 +64,7 @@ def still_running(pid: str) -> bool:
     """Not a zombie, and not already exiting (an exiting process has released its memory: no command line).
     A namespace's last processes are reaped by this machine's PID 1, which may take its time."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rfind(")") + 2] not in "ZX" and Path(f"/proc/{pid}/cmdline").read_bytes() != b""
+        return process_running(int(pid)) and Path(f"/proc/{pid}/cmdline").read_bytes() != b""
     except OSError:
         return False
 

@@ -12,6 +12,7 @@ namespace numbers it, whether a process still runs.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -55,6 +56,7 @@ def _read(path: str) -> str | None:
         return None
 
 
+@functools.cache  # looked up once: every node process starts through these
 def tool(name: str) -> str:
     """A helper program (nsenter, unshare, env) by its path on mpibatch's own PATH: a task's environment
     names its own PATH, which may hold directories the node's user cannot enter."""

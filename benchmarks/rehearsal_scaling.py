@@ -1,5 +1,6 @@
 """Local rehearsal at scale, as a user runs it: `mpibatch run` (the console script of this checkout's venv)
-of N emulated nodes x 1 rank of examples/hello/hello.py, against bare `mpiexec -n N python3 hello.py`, both as
+of N emulated nodes x 1 rank of examples/hello/hello.py, against bare `mpiexec -n N python3 hello.py` and
+against MPICH alone on N "hosts" of this machine (the floor: one proxy per host, no mpibatch), all as
 whole processes with PATH starting at .venvs/mpich/bin (so both use that venv's mpiexec and mpi4py), for
 N = 16, 32, 64; medians of alternating runs. Also where mpibatch's time goes, per phase, from its own progress
 lines on stderr (`[  1.2s] phase: detail`), timed as they arrive:
@@ -25,6 +26,7 @@ checkout's: before/after numbers taken under the same load.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import resource
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,11 +50,12 @@ NAMES = tuple(name for name, _ in PHASES)
 PROGRESS = re.compile(r"^\[\s*([0-9.]+)s\] ([a-z ]+): (.*)$")
 TIMEOUT_S = 300
 CPU_MARK = "<cpu>"  # the last "line" of a run: its CPU seconds in place of an arrival time
+HELLO_COMMAND = ("python3", "hello.py")
 
 
-def spec_text(n: int) -> str:
+def spec_text(n: int, command: Sequence[str] = HELLO_COMMAND) -> str:
     return (f"job: {{id: scaling}}\ntask:\n  id: n{n}\n  instances: {n}\n"
-            "  mpi: {flavor: mpich, processes_per_node: 1}\n  command: [python3, hello.py]\n"
+            f"  mpi: {{flavor: mpich, processes_per_node: 1}}\n  command: {json.dumps(list(command))}\n"
             "  common_files: [{source: hello.py, path: hello.py}]\n"
             "  outputs: [{pattern: \"rank-*.txt\"}]\n  max_wall_clock: 5m\n")
 
@@ -112,22 +116,30 @@ def run_once(argv: list[str], tmp: Path, env: dict[str, str]) -> tuple[float, di
     return took, {**phases(err, took), "CPU": err[-1][0]}, len(re.findall(r"^\S+\s+(?:primary|subtask)\s", out, re.M))
 
 
-def measure(n: int, runs: int, tmp: Path, variants: dict[str, dict[str, str]]) -> dict[str, dict[str, object]]:
+def measure(n: int, runs: int, tmp: Path, variants: dict[str, dict[str, str]],
+            command: Sequence[str] = HELLO_COMMAND) -> dict[str, dict[str, object]]:
     """Per variant (name -> environment): medians of its runs, each run after a bare one (alternating, so a
     busy moment of the machine hits every variant alike)."""
-    (tmp / f"n{n}.yaml").write_text(spec_text(n))
+    (tmp / f"n{n}.yaml").write_text(spec_text(n, command))
     mpibatch = [str(MPIBATCH), "run", f"n{n}.yaml", "--runs-dir", str(tmp / "runs")]
-    bare = [str(MPICH_BIN / "mpiexec"), "-n", str(n), "python3", "hello.py"]
+    bare = [str(MPICH_BIN / "mpiexec"), "-n", str(n), *command]
+    # The floor no launcher of emulated nodes goes below: MPICH alone, one proxy per "host" of this machine
+    # (the same addresses the nodes get), no namespaces, no mpibatch.
+    hosts = [str(MPICH_BIN / "mpiexec"), "-launcher", "fork", "-hosts", ",".join(f"127.0.1.{i + 1}" for i in range(n)),
+             "-n", str(n), "-ppn", "1", *command]
     bare_t: list[float] = []
     bare_cpu: list[float] = []
+    hosts_t: list[float] = []
     got: dict[str, list[tuple[float, dict[str, float], int]]] = {v: [] for v in variants}
     for _ in range(runs):
+        hosts_t.append(timed(hosts, tmp, next(iter(variants.values())))[0])
         for name, env in variants.items():
             took, _, lines = timed(bare, tmp, env)
             bare_t.append(took)
             bare_cpu.append(lines[-1][0])
             got[name].append(run_once(mpibatch, tmp, env))
-    return {name: {"n": n, "bare": statistics.median(bare_t), "mpibatch": statistics.median(r[0] for r in rs),
+    return {name: {"n": n, "bare": statistics.median(bare_t), "hosts": statistics.median(hosts_t),
+                   "mpibatch": statistics.median(r[0] for r in rs),
                    "phases": {p: statistics.median(r[1].get(p, 0.0) for r in rs) for p in (*NAMES, "CPU")},
                    "bare_cpu": statistics.median(bare_cpu), "rows": rs[-1][2]} for name, rs in got.items()}
 
@@ -142,15 +154,18 @@ def export_tree(commit: str, dest: Path) -> Path:
 
 def table(results: list[dict[str, object]]) -> list[str]:
     names = [name for name, _ in PHASES]
-    lines = ["| nodes | bare mpiexec (s) | mpibatch run (s) | ratio | over bare per node (ms) | "
-             + " | ".join(f"{p} (s)" for p in names) + " | CPU bare (s) | CPU mpibatch (s) | summary rows | goal met |",
-             "|---" * (9 + len(names)) + "|"]
+    lines = ["| nodes | bare mpiexec (s) | MPICH alone on N hosts (s) | mpibatch run (s) | ratio | "
+             "over bare per node (ms) | " + " | ".join(f"{p} (s)" for p in names)
+             + " | CPU bare (s) | CPU mpibatch (s) | summary rows | goal met |",
+             "|---" * (11 + len(names)) + "|"]
     for r in results:
         n, bare, mb = int(r["n"]), float(r["bare"]), float(r["mpibatch"])  # type: ignore[call-overload,arg-type]
+        hosts = float(r["hosts"])  # type: ignore[arg-type]
         ph: dict[str, float] = r["phases"]  # type: ignore[assignment]
         cells = " | ".join(f"{ph.get(p, 0.0):.2f}" for p in names)
         goal = "yes" if mb <= 1.5 * bare else "no"
-        lines.append(f"| {n} | {bare:.2f} | {mb:.2f} | {mb / bare:.2f}x | {1000 * (mb - bare) / n:.0f} | {cells} | "
+        lines.append(f"| {n} | {bare:.2f} | {hosts:.2f} ({hosts / bare:.2f}x) | {mb:.2f} | {mb / bare:.2f}x | "
+                     f"{1000 * (mb - bare) / n:.0f} | {cells} | "
                      f"{float(r['bare_cpu']):.2f} | {ph['CPU']:.2f} | "  # type: ignore[arg-type]
                      f"{r['rows']} | {goal if n == 64 else '-'} |")
     return lines
@@ -162,7 +177,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="alternating runs per node count (median)")
     ap.add_argument("--baseline", metavar="COMMIT", help="also measure this commit's mpibatch, run for run")
     ap.add_argument("--no-write", action="store_true", help="print the tables, do not write RESULTS.md")
+    ap.add_argument("--command", default=" ".join(HELLO_COMMAND),
+                    help="each rank's program (split on spaces); /bin/true leaves mpibatch's own cost "
+                         "(its own RESULTS.md section)")
     args = ap.parse_args()
+    command = tuple(args.command.split())
     counts = [int(x) for x in args.nodes.split(",")]
     if not (MPIBATCH.exists() and (MPICH_BIN / "mpiexec").exists()):
         raise SystemExit(f"needs {MPIBATCH} and {MPICH_BIN / 'mpiexec'} (scripts/test.sh makes them)")
@@ -179,15 +198,20 @@ def main() -> None:
         shutil.copy(HELLO, tmp / "hello.py")
         timed([str(MPICH_BIN / "mpiexec"), "-n", "2", "python3", "hello.py"], tmp, env)  # warm the page cache
         for n in counts:
-            for name, r in measure(n, args.runs, tmp, variants).items():
+            for name, r in measure(n, args.runs, tmp, variants, command).items():
                 results[name].append(r)
                 print(name, table(results[name])[-1], flush=True)
-    command = "python benchmarks/rehearsal_scaling.py" + (f" --nodes {args.nodes}" if args.nodes != "16,32,64" else "")
-    command += f" --runs {args.runs}" if args.runs != 3 else ""
-    command += f" --baseline {args.baseline}" if args.baseline else ""
-    body = (f"`{command}` (medians of {args.runs} alternating whole processes: `.venv/bin/mpibatch run` of N "
-            "emulated nodes x 1 rank of examples/hello/hello.py vs bare `mpiexec -n N python3 hello.py`, PATH "
-            "starting at .venvs/mpich/bin; with --baseline, that commit's mpibatch (PYTHONPATH=its `git archive`) "
+    custom = command != HELLO_COMMAND
+    line = "python benchmarks/rehearsal_scaling.py" + (f" --nodes {args.nodes}" if args.nodes != "16,32,64" else "")
+    line += f" --runs {args.runs}" if args.runs != 3 else ""
+    line += f" --baseline {args.baseline}" if args.baseline else ""
+    line += f" --command '{args.command}'" if custom else ""
+    program = " ".join(command) if custom else "python3 hello.py"
+    body = (f"`{line}` (medians of {args.runs} alternating whole processes: `.venv/bin/mpibatch run` of N "
+            f"emulated nodes x 1 rank of `{program}` vs bare `mpiexec -n N {program}`, and "
+            "MPICH alone on N hosts of this machine (`mpiexec -launcher fork -hosts 127.0.1.1,... -n N -ppn 1`: one "
+            "proxy per host, no namespaces, no mpibatch - the floor), PATH starting at .venvs/mpich/bin; "
+            "with --baseline, that commit's mpibatch (PYTHONPATH=its `git archive`) "
             "runs in turn with this checkout's; phases from mpibatch's progress lines as they arrive; summary rows "
             "= instance rows in the human summary; CPU = user + system seconds of the whole process tree). "
             "Goal: <= 1.5x bare at 64 nodes, time linear in N. 2-core "
@@ -198,7 +222,7 @@ def main() -> None:
     if not args.no_write:
         sys.path.insert(0, str(Path(__file__).parent))
         from _results import write_section
-        write_section("rehearsal_scaling", body)
+        write_section(f"rehearsal_scaling ({program})" if custom else "rehearsal_scaling", body)
 
 
 if __name__ == "__main__":

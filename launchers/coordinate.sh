@@ -205,8 +205,8 @@ if [ "$fabric" != tcp ]; then
   done
 fi
 quote "$env_out"
-{
-  echo '#!/bin/bash'
+{  # /bin/sh: started once per rank, and the node environment is plain `export NAME='value'` / `unset NAME`
+  echo '#!/bin/sh'
   echo '# mpibatch: every rank on this node starts here: this node environment, then the program.'
   printf '. %s || exit 127\n' "$REPLY"
   echo 'exec "$@"'
@@ -226,27 +226,26 @@ if [ "${MPIBATCH_PEER_CHECK:-1}" != 0 ]; then
   IFS=, read -r -a peer_ports <<< "${MPIBATCH_PEER_PORTS:-}"
   peer_port() { REPLY=${peer_ports[$1]:-${MPIBATCH_PEER_PORT:-22}}; [[ $REPLY =~ ^[0-9]+$ ]] || REPLY=none; }
   primary=${master_ip#[}; primary=${primary%]}
-  tmp=""  # the checks' files, by index (made with the first check: a node that checks nothing makes none)
-  for i in "${!hosts[@]}"; do  # files by index: entries may share an address (one machine, several ports)
+  checks=()  # the checks' PIDs by index; their output in $work/INDEX.out (entries may share an address)
+  for i in "${!hosts[@]}"; do
     h=${hosts[$i]}; peer_port "$i"; port=$REPLY
     if [ "$is_master" = true ]; then
-      [ -n "$tmp" ] || { need_work; tmp=$work; }
-      (rc=0; timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$tmp/$i.out" 2>&1 || rc=$?; echo "$rc" > "$tmp/$i.rc") &
+      need_work
+      timeout 30 "${rsh[@]}" "$h" true < /dev/null > "$work/$i.out" 2>&1 &
+      checks[i]=$!
     elif [ "$port" != none ] && [ "$h" = "$primary" ]; then
-      [ -n "$tmp" ] || { need_work; tmp=$work; }
+      need_work
       # shellcheck disable=SC2016  # $0/$1 expand in the inner bash, on purpose
-      (rc=0; timeout 10 bash -c 'exec 3<> "/dev/tcp/$0/$1"' "$h" "$port" > "$tmp/$i.out" 2>&1 || rc=$?
-       echo "$rc" > "$tmp/$i.rc") &
+      timeout 10 bash -c 'exec 3<> "/dev/tcp/$0/$1"' "$h" "$port" > "$work/$i.out" 2>&1 &
+      checks[i]=$!
     fi
   done
-  wait
   failed=0
-  for i in "${!hosts[@]}"; do
-    if [ -z "$tmp" ] || [ ! -f "$tmp/$i.rc" ]; then continue; fi
-    rc=""; read_line rc "$tmp/$i.rc" || true
+  for i in "${!checks[@]}"; do
+    rc=0; wait "${checks[$i]}" || rc=$?
     peer_port "$i"; how="with '${rsh[0]}'"; [ "$is_master" = true ] || how="on port $REPLY"
     if [ "$rc" != 0 ]; then
-      log "cannot reach ${hosts[$i]} from this node ($node) $how: exit $rc: $(tail -n 3 "$tmp/$i.out" | tr '\n' ' ')"
+      log "cannot reach ${hosts[$i]} from this node ($node) $how: exit $rc: $(tail -n 3 "$work/$i.out" | tr '\n' ' ')"
       failed=1
     fi
   done

@@ -6,8 +6,7 @@ import subprocess
 import threading
 import time
 
-from mpibatch.executors.local import _LocalProc
-from mpibatch.executors.transport import Node, Proc, start_on_all, wait_any
+from mpibatch.executors.transport import GroupProc, Node, Proc, start_on_all, wait_any
 
 
 def nodes(n: int) -> list[Node]:
@@ -19,19 +18,19 @@ def test_start_on_all_starts_one_process_per_node_the_first_in_the_callers_threa
 
     def start(n: Node) -> Proc:
         threads[n.index] = threading.get_ident()
-        return _LocalProc(subprocess.Popen(["sh", "-c", f"exit {n.index}"], start_new_session=True))
+        return GroupProc(subprocess.Popen(["sh", "-c", f"exit {n.index}"], start_new_session=True))
 
     procs = start_on_all(nodes(12), start)
     assert sorted(procs) == list(range(12))
     assert threads[0] == threading.get_ident()  # the node bring-up of a retry must not die with a pool thread
-    assert all(isinstance(p, _LocalProc) for p in procs.values())
+    assert all(isinstance(p, GroupProc) for p in procs.values())
     for i, p in procs.items():  # each index holds its own node's process
         assert p.popen.wait(timeout=10) == i
         p.kill()
 
 
 def test_wait_any_wakes_when_a_process_exits_not_after_the_longest_wait() -> None:
-    proc = _LocalProc(subprocess.Popen(["sleep", "0.3"], start_new_session=True))
+    proc = GroupProc(subprocess.Popen(["sleep", "0.3"], start_new_session=True))
     assert proc.pidfd is not None  # Linux >= 5.3
     t0 = time.monotonic()
     while proc.poll() is None and time.monotonic() - t0 < 20:  # bounded

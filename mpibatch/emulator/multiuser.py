@@ -29,7 +29,8 @@ from typing import Any
 
 from ..errors import InfraError
 from ..executors.lifecycle import Node, split_command_line
-from ..executors.local import LocalTransport, _LocalProc
+from ..executors.local import LocalTransport
+from ..executors.transport import GroupProc
 from ..executors.userns import child_pid, ns_pid, tool
 from ..launchers import fileio, script_path
 from . import identity
@@ -161,7 +162,7 @@ class NodeUserTransport(LocalTransport):
                               "sleep", "infinity"], env=self.helper_env, stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                              **self.user.popen_args())
-        self.procs.append(_LocalProc(p))
+        self.procs.append(GroupProc(p))
         self.anchor_pid = child_pid(p.pid)
         run_ns = os.readlink(f"/proc/{self.run_init_pid}/ns/user")
         for _ in range(400):  # its namespace exists once unshare has exec'd sleep (2 s at most)
@@ -184,7 +185,7 @@ class NodeUserTransport(LocalTransport):
                 tool("unshare"), "--user", "--map-current-user", "--keep-caps", "--"]
 
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
-              stderr: str) -> _LocalProc:
+              stderr: str) -> GroupProc:
         """A task process: into the run's PID namespace (as root of P), then X and node i's mount and UTS
         namespaces as the task's user; its logs opened by the emulator, never through a symlink."""
         self._nodes_up()  # fresh nodes after a failed attempt, every node's init awaited
@@ -203,7 +204,7 @@ class NodeUserTransport(LocalTransport):
                 os.close(err)
         finally:
             os.close(out)
-        proc = _LocalProc(p)
+        proc = GroupProc(p)
         self.procs.append(proc)
         return proc
 

@@ -13,7 +13,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,42 +28,13 @@ from ..results import TaskResult
 from . import Progress, collection, hpcnode
 from .leftovers import CONTROLLER_FILE, KEPT_FILE, process_identity, remove_tree, sweep_stale_workdirs
 from .lifecycle import RehearsalExecutor, split_command_line
-from .localenv import default_base_env, rehearsal_env
-from .transport import Node
+from .localenv import default_base_env, rehearsal_env, scratch_base
+from .transport import GroupProc, Node
 from .userns import check_namespaces, child_pid, die_with_parent, ns_pid, process_running, tool
 
 log = logging.getLogger(__name__)
 LOOPBACK_PREFIX = "127.0.1."
-
-
-class _LocalProc:
-    def __init__(self, popen: subprocess.Popen[bytes]):
-        self.popen = popen
-        # Readable once the process has exited: the lifecycle waits on it instead of waking every few ms.
-        try:
-            self.pidfd: int | None = os.pidfd_open(popen.pid)
-        except (OSError, AttributeError):  # before Linux 5.3: the lifecycle polls
-            self.pidfd = None
-
-    def poll(self) -> int | None:
-        rc = self.popen.poll()
-        if rc is not None:
-            self._close()
-        return rc
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.popen.wait()
-        self._close()
-
-    def _close(self) -> None:
-        fd, self.pidfd = self.pidfd, None
-        if fd is not None:
-            os.close(fd)
+NODE_SCRIPTS = Path(script_path("coordinate.sh")).parent  # where the node-side scripts are installed
 
 
 class LocalTransport:
@@ -86,7 +56,7 @@ class LocalTransport:
         self.node_setup = node_setup  # fills node i's root directory (as this machine sees it) before it starts
         self.workdir_setup = workdir_setup  # fills the run's directory once it exists
         # Named now, made by open(): bad input found before that leaves nothing behind.
-        self.workdir = Path(workdir or Path(tempfile.gettempdir()) / f"mpibatch-nodes-{secrets.token_hex(6)}")
+        self.workdir = Path(workdir or Path(scratch_base()) / f"mpibatch-nodes-{secrets.token_hex(6)}")
         self.mount_point = self.workdir / "node"  # every node's root appears here, in its namespace
         self.nodes_dir = self.workdir / "hosts"  # address -> PID of the node's init, for the agent
         self.hosts_file = self.workdir / "etc-hosts"
@@ -101,7 +71,8 @@ class LocalTransport:
         self.run_init_pid = 0
         self.starting = False  # node inits started, not yet awaited
         self._up = threading.Lock()
-        self.procs: list[_LocalProc] = []
+        self._staging = threading.Lock()
+        self.procs: list[GroupProc] = []
         self.pid_namespaces: set[str] = set()  # for tests: no process may remain in these
         # The emulator ends a terminated task's processes from another thread than the run's.
         self._ending = threading.Lock()
@@ -160,7 +131,7 @@ class LocalTransport:
         self.run_init = subprocess.Popen(
             ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child=SIGKILL", "--mount",
              "--propagation", "private", "--mount-proc", "--",
-             "/bin/bash", script_path("local_run_init.sh")],
+             "/bin/bash", script_path("local_run_init.sh"), str(self.hosts_file)],
             env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, preexec_fn=die_with_parent(), **self.spawn_as)
         if self.run_init.stdout is None or self.run_init.stdout.readline().strip() != b"ready":
@@ -182,7 +153,7 @@ class LocalTransport:
             [*self._enter(self.run_init_pid, "-p", "-m"), "unshare", "--mount", "--uts", "--propagation",
              "private", "--", "/bin/sh", script_path("local_node_init.sh"),
              str(self.workdir / "nodes" / str(node.index)),
-             str(self.mount_point), str(self.hosts_file), node.node_id],
+             str(self.mount_point), node.node_id],
             env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, **self.spawn_as)
 
@@ -241,10 +212,28 @@ class LocalTransport:
     def put(self, node: Node, local: Path, node_path: str) -> None:
         dest = self.host_path(node, node_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if local.parent == NODE_SCRIPTS:
+            # mpibatch's own node-side files, the same on every node and never written there: hard links to
+            # one copy per run. Each file made costs an inode, and a filesystem without a journal (ext4
+            # here) avoids recently freed ones by scanning past them: per-node copies made back-to-back
+            # runs of 64 nodes seconds slower (docs/local-executor.md#many-nodes).
+            dest.unlink(missing_ok=True)
+            os.link(self._staged(local), dest)
+            return
         # A plain copy, not fileio's durable one: a node's root is scratch, gone with the run, and no node
         # process runs while files arrive. An fsync per file per node was most of this phase at 64 nodes.
         shutil.copyfile(local, dest)
         os.chmod(dest, os.stat(local).st_mode & 0o7777)  # as the source has it
+
+    def _staged(self, local: Path) -> Path:
+        """The run's one copy of a node-side script (made by the first node that needs it)."""
+        staged = self.workdir / "node-scripts" / local.name
+        with self._staging:
+            if not staged.exists():
+                staged.parent.mkdir(exist_ok=True)
+                shutil.copyfile(local, staged)
+                os.chmod(staged, os.stat(local).st_mode & 0o7777)
+        return staged
 
     def read_tail(self, node: Node, path: str, limit: int) -> str:
         return collection.read_tail(self.host_path(node, path), limit)
@@ -291,7 +280,7 @@ class LocalTransport:
 
     # ------------------------------------------------------------------ processes
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
-              stderr: str) -> _LocalProc:
+              stderr: str) -> GroupProc:
         self._nodes_up()
         argv = [*self._enter(self.holder_pids[node.index], "-p", "-m", "-u"),
                 # nsenter's --wd resolves outside the node's mount namespace: chdir inside it.
@@ -299,7 +288,7 @@ class LocalTransport:
         with open(self.host_path(node, stdout), "ab") as out, open(self.host_path(node, stderr), "ab") as err:
             p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  start_new_session=True)
-        proc = _LocalProc(p)
+        proc = GroupProc(p)
         self.procs.append(proc)
         return proc
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 from ..mpi import FLAVORS
 
@@ -40,3 +41,15 @@ def default_base_env(environ: dict[str, str] | None = None, python: str = sys.ex
         path = bindir + os.pathsep + path
     env["PATH"] = path
     return env
+
+
+NODE_SHM = "/dev/shm"  # every node mounts its own here
+
+
+def scratch_base(tmp: str | None = None) -> str:
+    """Where a run's node directories go: the temporary directory, unless it lies under /dev/shm, which every
+    node covers with its own (TMPDIR=/dev/shm would hide the nodes' files from the nodes): then /tmp."""
+    tmp = os.path.realpath(tmp or tempfile.gettempdir())
+    if tmp == NODE_SHM or tmp.startswith(NODE_SHM + "/"):
+        return "/tmp"
+    return tmp

@@ -4,7 +4,10 @@ and starting and waiting for one process per node.
 """
 from __future__ import annotations
 
+import os
 import select
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +52,38 @@ class Transport(Protocol):
     def keep_files(self) -> str:
         """Keep the nodes' files after the run (collection failed); returns where they are."""
     def close(self) -> None: ...
+
+
+class GroupProc:
+    """A process started as the leader of its own process group, ended with the whole group."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]):
+        self.popen = popen
+        # Readable once the process has exited: the lifecycle waits on it instead of waking every few ms.
+        try:
+            self.pidfd: int | None = os.pidfd_open(popen.pid)
+        except (OSError, AttributeError):  # before Linux 5.3: the lifecycle polls
+            self.pidfd = None
+
+    def poll(self) -> int | None:
+        rc = self.popen.poll()
+        if rc is not None:
+            self._close()
+        return rc
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.popen.wait()
+        self._close()
+
+    def _close(self) -> None:
+        fd, self.pidfd = self.pidfd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def start_on_all(nodes: Sequence[Node], start: Callable[[Node], Proc]) -> dict[int, Proc]:

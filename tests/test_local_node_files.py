@@ -1,0 +1,58 @@
+"""Where the local executor puts each emulated node's files: mpibatch's own node-side scripts are one copy per
+run, hard-linked into every node (they are never written there), while the user's common files stay each node's
+own copy, as on Batch; and a TMPDIR under /dev/shm (which every node covers with its own) still works."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mpibatch.executors.local import LocalExecutor
+from mpibatch.executors.localenv import scratch_base
+from mpibatch.launchers.protocol import NodeLayout
+from mpibatch.render import LAUNCHER_DIR, NODE_FILES
+from tests.infra.fixtures import mpi_env
+from tests.test_local_executor import make_spec, run
+
+pytestmark = pytest.mark.mpi
+
+
+def test_node_scripts_shared_user_files_each_nodes_own(tmp_path: Path) -> None:
+    # node-1 appends to its copy of the common file before the ranks start; the others must not see it
+    script = ('if [ "$AZ_BATCH_NODE_ID" = node-1 ]; then '
+              'echo "# written on node-1" >> "$AZ_BATCH_TASK_SHARED_DIR/hello.py"; fi')
+    spec = make_spec(tmp_path, instances=3, ppn=1, coordination=script)
+    ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs", keep_nodes=True)
+    r = ex.submit(spec).result()
+    assert r.succeeded, r.failure
+    t = ex.transport
+    assert t is not None
+    try:
+        shared = [t.host_path(n, NodeLayout(n.root, "j1", "t1").task_shared_dir) for n in t.nodes]
+        for name in NODE_FILES:
+            inodes = {os.stat(d / LAUNCHER_DIR / name).st_ino for d in shared}
+            assert len(inodes) == 1, f"{name}: one copy expected, found {len(inodes)}"
+        user = [d / "hello.py" for d in shared]
+        assert len({os.stat(p).st_ino for p in user}) == 3, "each node needs its own copy of a common file"
+        assert [p.read_text().endswith("# written on node-1\n") for p in user] == [False, True, False]
+    finally:
+        t.keep_nodes = False
+        t.close()
+
+
+@pytest.mark.parametrize("tmp, base", [("/dev/shm", "/tmp"), ("/dev/shm/x/y", "/tmp"), ("/dev/shmx", "/dev/shmx"),
+                                       ("/var/tmp", "/var/tmp")])
+def test_scratch_base(tmp: str, base: str) -> None:
+    assert scratch_base(tmp) == base
+
+
+def test_tmpdir_under_dev_shm_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(shm))
+        r = run(tmp_path, make_spec(tmp_path, instances=2, ppn=1))
+        assert r.succeeded, r.failure
+    finally:
+        os.rmdir(shm)

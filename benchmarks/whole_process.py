@@ -173,6 +173,9 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="a venv bin directory with another mpibatch, measured in the same "
                     "rounds (before/after)")
     args = ap.parse_args()
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("whole_process: PYTHONDONTWRITEBYTECODE is set: every run compiles mpibatch's modules from source, "
+              "which a user's runs do not (unset it to measure what they feel)", file=sys.stderr)
     results: list[dict[str, object]] = [measure(args.runs, args.baseline)]
     if args.json:
         print(json.dumps(results[0]))

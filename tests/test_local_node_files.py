@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from mpibatch.launchers.protocol import NodeLayout
 
 from mpibatch.executors.local import LocalExecutor
 from mpibatch.executors.localenv import scratch_base
-from mpibatch.launchers.protocol import NodeLayout
 from mpibatch.render import LAUNCHER_DIR, NODE_FILES
 from tests.infra.fixtures import mpi_env
 from tests.test_local_executor import make_spec, run

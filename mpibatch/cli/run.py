@@ -11,7 +11,7 @@ import click
 from ..checkpoints import resume_source
 from ..errors import SpecError
 from ..executors import TaskHandle
-from ..executors.lifecycle import RehearsalExecutor
+from ..executors.rehearsal import RehearsalExecutor
 from ..preemption import parse_preempt_at
 from ..report import format_result
 from ..spec import load_spec

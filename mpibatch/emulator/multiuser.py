@@ -28,9 +28,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import InfraError
-from ..executors.lifecycle import Node, split_command_line
 from ..executors.local import LocalTransport
-from ..executors.transport import GroupProc
+from ..executors.transport import GroupProc, Node, split_command_line
 from ..executors.userns import child_pid, ns_pid, tool
 from ..launchers import fileio, script_path
 from . import identity

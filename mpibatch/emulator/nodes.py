@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..executors.lifecycle import split_command_line
+from ..executors.transport import split_command_line
 from ..executors.userns import die_with_parent
 from ..launchers.protocol import NodeLayout
 from .identity import TaskUser, make_dirs, open_logs

@@ -27,9 +27,9 @@ from ..plan import TaskPlan
 from ..results import TaskResult
 from . import Progress, collection, hpcnode
 from .leftovers import CONTROLLER_FILE, KEPT_FILE, process_identity, remove_tree, sweep_stale_workdirs
-from .lifecycle import RehearsalExecutor, split_command_line
 from .localenv import default_base_env, rehearsal_env, scratch_base
-from .transport import GroupProc, Node
+from .rehearsal import RehearsalExecutor
+from .transport import GroupProc, Node, split_command_line
 from .userns import check_namespaces, child_pid, die_with_parent, ns_pid, process_running, tool
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import select
+import shlex
 import signal
 import subprocess
 import time
@@ -109,3 +110,8 @@ def wait_any(running: Sequence[Proc], most_s: float, poll_s: float) -> None:
         waiter.poll(most_s * 1000)
     else:
         time.sleep(min(poll_s, most_s))
+
+
+def split_command_line(command_line: str) -> list[str]:
+    """How a Linux Batch node splits a task command line (no shell: just words)."""
+    return shlex.split(command_line)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mpibatch.checkpoints import running_store
 from mpibatch.executors.checkpoint_sync import newest_complete
-from mpibatch.executors.lifecycle import RehearsalExecutor
+from mpibatch.executors.rehearsal import RehearsalExecutor
 from mpibatch.results import TaskResult
 from mpibatch.spec import Spec
 

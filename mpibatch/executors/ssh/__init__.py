@@ -13,7 +13,7 @@ from ...hostlist import HostSpec
 from ...mpi import FLAVORS
 from ...plan import TaskPlan
 from .. import Progress
-from ..lifecycle import RehearsalExecutor
+from ..rehearsal import RehearsalExecutor
 from .connection import INSECURE_FLAG, RUN_VAR, SYSTEM_PATH, WIRE_LOG, check_host_count
 from .transport import DEFAULT_NODE_ROOT, SshTransport
 

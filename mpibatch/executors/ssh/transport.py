@@ -28,8 +28,7 @@ from ...errors import InfraError, SpecError
 from ...hostlist import HostSpec, parse_host_spec, validate_host
 from ...launchers.outputnames import select_outputs
 from .. import collection
-from ..lifecycle import split_command_line
-from ..transport import Node
+from ..transport import Node, split_command_line
 from . import connection, roots
 from .connection import CONNECT_TIMEOUT_S, LOST_AFTER_S, Host
 

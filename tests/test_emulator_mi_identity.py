@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mpibatch.emulator.multiuser import exposure
+from mpibatch.emulator.multiuser import exposure, image_paths
 from tests.infra.emulator import EmulatorProcess
 from tests.infra.fixtures import mpi_env, require
 from tests.test_emulator_spot import add_task, get, make_pool, wait_for
@@ -151,3 +151,18 @@ def test_a_retried_non_admin_mpi_task_runs_again_as_the_same_user_on_fresh_nodes
     out = b"".join(client.download_task_file("mrj", "again", "stdout.txt")).decode().split()
     assert t["executionInfo"]["retryCount"] == 1 and t["executionInfo"].get("exitCode") == 0, (t["executionInfo"], out)
     assert out[0] == "attempt=1" and sorted(out[1:]) == ["1000@node-0", "1000@node-1"], out
+
+
+def test_a_venv_on_the_path_is_exposed_whole(tmp_path: Path) -> None:
+    """A venv's Python needs its pyvenv.cfg and site-packages, not only bin/: with the venv under a directory the
+    run covers (a checkout in /tmp), exposing bin/ alone ran the ranks without the venv's packages."""
+    base = tmp_path / "python" / "bin"
+    base.mkdir(parents=True)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(f"home = {base}\ninclude-system-site-packages = false\n")
+    plain = tmp_path / "tools"
+    plain.mkdir()
+    found = image_paths({"PATH": f"{venv / 'bin'}:{plain}"})
+    assert str(venv) in found and str(venv / "bin") not in found
+    assert str(base.parent) in found and str(plain) in found

@@ -84,19 +84,20 @@ def exposure(uid: int, image: Iterable[str], writable: Iterable[str], private: S
 
 
 def image_paths(env: Mapping[str, str]) -> list[str]:
-    """What a node's image is made of: the directories of PATH and LD_LIBRARY_PATH, the Python installations
-    the venvs among them were made from, this Python's, and the node-side scripts. Real paths, no repeats."""
+    """What a node's image is made of: the directories of PATH and LD_LIBRARY_PATH (a venv's bin directory: the
+    whole venv, whose pyvenv.cfg and site-packages its Python needs), the Python installations the venvs were
+    made from, this Python's, and the node-side scripts. Real paths, no repeats."""
     found: list[str] = []
     dirs = [d for var in ("PATH", "LD_LIBRARY_PATH") for d in env.get(var, "").split(os.pathsep) if d]
     for d in [*dirs, sys.base_prefix, os.path.dirname(script_path("local_rsh.sh"))]:
-        found.append(os.path.realpath(d))
         cfg = Path(d).parent / "pyvenv.cfg"
         try:
             home = next(line.split("=", 1)[1].strip() for line in cfg.read_text().splitlines()
                         if line.split("=", 1)[0].strip() == "home")
-            found.append(os.path.dirname(os.path.realpath(home)))
         except (OSError, StopIteration):
-            pass
+            found.append(os.path.realpath(d))
+            continue
+        found += [os.path.realpath(cfg.parent), os.path.dirname(os.path.realpath(home))]
     return [p for i, p in enumerate(found) if p not in found[:i] and os.path.isdir(p)]
 
 

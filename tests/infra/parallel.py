@@ -118,10 +118,11 @@ def group_of(item: pytest.Item) -> str | None:
 GROUPS_FILE = "groups-{worker}.json"
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook tells the controller that collection finished
 def pytest_collection_finish(session: pytest.Session) -> None:
     """A worker leaves the groups of what it collected for the controller's scheduler (xdist 3.8 renames the
-    tests of a group by a node attribute that pytest 9.2 no longer reads, so its `loadgroup` finds none)."""
+    tests of a group by a node attribute that pytest 9.2 no longer reads, so its `loadgroup` finds none).
+    Written before the worker reports its collection: the scheduler reads it as soon as every worker has."""
     run_dir, worker = session.config.stash.get(_RUN_DIR, None), _worker_id(session.config)
     if run_dir is None or worker is None:
         return
@@ -145,7 +146,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             if self.groups is None:  # called once every worker has collected (and written its file)
                 self.groups = {}
-                for f in sorted(run_dir.glob(GROUPS_FILE.format(worker="*"))):
+                files = sorted(run_dir.glob(GROUPS_FILE.format(worker="*")))
+                if not files:  # cannot happen with the hook order above: say so rather than split a group
+                    raise RuntimeError(f"no worker left its test groups in {run_dir} (tests/infra/parallel.py)")
+                for f in files:
                     self.groups.update(json.loads(f.read_text()))
             return self.groups.get(nodeid, nodeid)
 

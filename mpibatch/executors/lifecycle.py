@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import checkpoints, preemption
 from ..durations import human
@@ -30,9 +29,6 @@ from .checkpoint_sync import NodeStores, newest_complete
 from .collection import collect_instances
 from .resource_files import DownloadTimeout, FilesError, download
 from .transport import Node, Proc, Transport, start_on_all, wait_any
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05

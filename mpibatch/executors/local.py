@@ -214,9 +214,9 @@ class LocalTransport:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if local.parent == NODE_SCRIPTS:
             # mpibatch's own node-side files, the same on every node and never written there: hard links to
-            # one copy per run. Each file made costs an inode, and a filesystem without a journal (ext4
-            # here) avoids recently freed ones by scanning past them: per-node copies made back-to-back
-            # runs of 64 nodes seconds slower (docs/local-executor.md#many-nodes).
+            # one copy per run. Each file made costs an inode, and ext4 without a journal skips recently freed
+            # ones by reading each: per-node copies cost back-to-back 64-node runs seconds of CPU
+            # (docs/local-executor.md#many-nodes).
             dest.unlink(missing_ok=True)
             os.link(self._staged(local), dest)
             return

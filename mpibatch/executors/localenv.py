@@ -46,10 +46,11 @@ def default_base_env(environ: dict[str, str] | None = None, python: str = sys.ex
 NODE_SHM = "/dev/shm"  # every node mounts its own here
 
 
-def scratch_base(tmp: str | None = None) -> str:
+def scratch_base(tmp: str | None = None, others: tuple[str, ...] = ("/tmp", "/var/tmp")) -> str:
     """Where a run's node directories go: the temporary directory, unless it lies under /dev/shm, which every
-    node covers with its own (TMPDIR=/dev/shm would hide the nodes' files from the nodes): then /tmp."""
+    node covers with its own (TMPDIR=/dev/shm would hide the nodes' files from the nodes): then the first of
+    `others` this user may write, as tempfile would have chosen without TMPDIR."""
     tmp = os.path.realpath(tmp or tempfile.gettempdir())
-    if tmp == NODE_SHM or tmp.startswith(NODE_SHM + "/"):
-        return "/tmp"
-    return tmp
+    if tmp != NODE_SHM and not tmp.startswith(NODE_SHM + "/"):
+        return tmp
+    return next((d for d in others if os.access(d, os.W_OK | os.X_OK)), others[0])

@@ -53,3 +53,13 @@ def test_scratch_base_skips_what_the_user_may_not_write(tmp_path: Path) -> None:
     there.mkdir()
     assert scratch_base("/dev/shm", (str(missing), str(there))) == str(there)
     assert scratch_base("/dev/shm/x", (str(missing),)) == str(missing)  # none: the first, and its error later
+
+
+def test_tmpdir_under_dev_shm_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(shm))
+        r = run(tmp_path, make_spec(tmp_path, instances=2, ppn=1))
+        assert r.succeeded, r.failure
+    finally:
+        os.rmdir(shm)

@@ -7,6 +7,9 @@
 #   local_node_init.sh NODE_DIR NODE_ROOT HOSTNAME
 set -eu
 mount --bind "$1" "$2"
+# The other nodes' directories (beside this one's, at their paths on this machine) are not this node's to see
+# or write, as on Batch: covered, in this node only (its own stays at NODE_ROOT).
+mount -t tmpfs -o mode=755,size=64k tmpfs "${1%/*}"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 hostname "$3"  # sethostname(2): writing /proc/sys/kernel/hostname is refused to a normal user's namespace root
 echo ready

@@ -63,3 +63,23 @@ def test_tmpdir_under_dev_shm_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert r.succeeded, r.failure
     finally:
         os.rmdir(shm)
+
+
+def test_a_node_cannot_see_or_write_another_nodes_directory(tmp_path: Path) -> None:
+    """Every node's directory lies on this machine beside the others (under the run's directory, which the agent's
+    address table names); a node sees only its own, as on Batch."""
+    script = ('nodes="${MPIBATCH_LOCAL_NODES%/*}/nodes"; ls -A "$nodes" > seen.txt; '
+              'for i in 0 1 2; do touch "$nodes/$i/intruder-$AZ_BATCH_NODE_ID" 2> /dev/null; done; true')
+    spec = make_spec(tmp_path, instances=3, ppn=1, coordination=script, outputs=[{"pattern": "seen.txt"}])
+    ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs", keep_nodes=True)
+    r = ex.submit(spec).result()
+    assert r.succeeded, r.failure
+    t = ex.transport
+    assert t is not None
+    try:
+        for inst in r.instances:
+            assert (Path(inst.output_dir) / "seen.txt").read_text() == "", inst.index
+        assert not list((t.workdir / "nodes").rglob("intruder-*"))
+    finally:
+        t.keep_nodes = False
+        t.close()

@@ -83,3 +83,12 @@ def test_a_node_cannot_see_or_write_another_nodes_directory(tmp_path: Path) -> N
     finally:
         t.keep_nodes = False
         t.close()
+
+
+def test_without_hard_links_the_node_scripts_are_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses hard links (some network and FUSE ones) gets plain copies: the run works."""
+    def refuse(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "link", refuse)
+    r = run(tmp_path, make_spec(tmp_path, instances=2, ppn=1))
+    assert r.succeeded, r.failure

@@ -218,8 +218,11 @@ class LocalTransport:
             # ones by reading each: per-node copies cost back-to-back 64-node runs seconds of CPU
             # (docs/local-executor.md#many-nodes).
             dest.unlink(missing_ok=True)
-            os.link(self._staged(local), dest)
-            return
+            try:
+                os.link(self._staged(local), dest)
+                return
+            except OSError as e:  # a file system without hard links: a copy, as for every other file
+                log.debug("no hard link for %s (%s): copied", dest, e)
         # A plain copy, not fileio's durable one: a node's root is scratch, gone with the run, and no node
         # process runs while files arrive. An fsync per file per node was most of this phase at 64 nodes.
         shutil.copyfile(local, dest)

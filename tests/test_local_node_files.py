@@ -5,31 +5,43 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from mpibatch.launchers.protocol import NodeLayout
 
-from mpibatch.executors.local import LocalExecutor
+from mpibatch.executors.local import LocalExecutor, LocalTransport
 from mpibatch.executors.localenv import scratch_base
 from mpibatch.render import LAUNCHER_DIR, NODE_FILES
+from mpibatch.results import TaskResult
 from tests.infra.fixtures import mpi_env
 from tests.test_local_executor import make_spec, run
 
 pytestmark = pytest.mark.mpi
 
 
-def test_node_scripts_shared_user_files_each_nodes_own(tmp_path: Path) -> None:
-    # node-1 appends to its copy of the common file before the ranks start; the others must not see it
-    script = ('if [ "$AZ_BATCH_NODE_ID" = node-1 ]; then '
-              'echo "# written on node-1" >> "$AZ_BATCH_TASK_SHARED_DIR/hello.py"; fi')
-    spec = make_spec(tmp_path, instances=3, ppn=1, coordination=script)
+@contextmanager
+def kept_run(tmp_path: Path, spec: object) -> Iterator[tuple[TaskResult, LocalTransport]]:
+    """A successful local run whose node directories stay until the end of the block."""
     ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs", keep_nodes=True)
     r = ex.submit(spec).result()
     assert r.succeeded, r.failure
     t = ex.transport
     assert t is not None
     try:
+        yield r, t
+    finally:
+        t.keep_nodes = False
+        t.close()
+
+
+def test_node_scripts_shared_user_files_each_nodes_own(tmp_path: Path) -> None:
+    # node-1 appends to its copy of the common file before the ranks start; the others must not see it
+    script = ('if [ "$AZ_BATCH_NODE_ID" = node-1 ]; then '
+              'echo "# written on node-1" >> "$AZ_BATCH_TASK_SHARED_DIR/hello.py"; fi')
+    with kept_run(tmp_path, make_spec(tmp_path, instances=3, ppn=1, coordination=script)) as (_, t):
         shared = [t.host_path(n, NodeLayout(n.root, "j1", "t1").task_shared_dir) for n in t.nodes]
         for name in NODE_FILES:
             inodes = {os.stat(d / LAUNCHER_DIR / name).st_ino for d in shared}
@@ -37,9 +49,6 @@ def test_node_scripts_shared_user_files_each_nodes_own(tmp_path: Path) -> None:
         user = [d / "hello.py" for d in shared]
         assert len({os.stat(p).st_ino for p in user}) == 3, "each node needs its own copy of a common file"
         assert [p.read_text().endswith("# written on node-1\n") for p in user] == [False, True, False]
-    finally:
-        t.keep_nodes = False
-        t.close()
 
 
 @pytest.mark.parametrize("tmp, base", [("/dev/shm", "/tmp"), ("/dev/shm/x/y", "/tmp"), ("/dev/shmx", "/dev/shmx"),
@@ -71,18 +80,10 @@ def test_a_node_cannot_see_or_write_another_nodes_directory(tmp_path: Path) -> N
     script = ('nodes="${MPIBATCH_LOCAL_NODES%/*}/nodes"; ls -A "$nodes" > seen.txt; '
               'for i in 0 1 2; do touch "$nodes/$i/intruder-$AZ_BATCH_NODE_ID" 2> /dev/null; done; true')
     spec = make_spec(tmp_path, instances=3, ppn=1, coordination=script, outputs=[{"pattern": "seen.txt"}])
-    ex = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs", keep_nodes=True)
-    r = ex.submit(spec).result()
-    assert r.succeeded, r.failure
-    t = ex.transport
-    assert t is not None
-    try:
+    with kept_run(tmp_path, spec) as (r, t):
         for inst in r.instances:
             assert (Path(inst.output_dir) / "seen.txt").read_text() == "", inst.index
         assert not list((t.workdir / "nodes").rglob("intruder-*"))
-    finally:
-        t.keep_nodes = False
-        t.close()
 
 
 def test_without_hard_links_the_node_scripts_are_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,6 +37,14 @@ LOOPBACK_PREFIX = "127.0.1."
 NODE_SCRIPTS = Path(script_path("coordinate.sh")).parent  # where the node-side scripts are installed
 
 
+def _scratch_copy(src: Path, dest: Path) -> None:
+    """A plain copy, not fileio's durable one: a node's root is scratch, gone with the run, and no node process
+    runs while files arrive (an fsync per file per node was most of the files phase at 64 nodes). Its mode is
+    the source's."""
+    shutil.copyfile(src, dest)
+    os.chmod(dest, os.stat(src).st_mode & 0o7777)
+
+
 class LocalTransport:
     name = "local"
     poll_s = 0.01  # a poll here is a waitpid: look often, so no wait adds tens of milliseconds to a run
@@ -223,10 +231,7 @@ class LocalTransport:
                 return
             except OSError as e:  # a file system without hard links: a copy, as for every other file
                 log.debug("no hard link for %s (%s): copied", dest, e)
-        # A plain copy, not fileio's durable one: a node's root is scratch, gone with the run, and no node
-        # process runs while files arrive. An fsync per file per node was most of this phase at 64 nodes.
-        shutil.copyfile(local, dest)
-        os.chmod(dest, os.stat(local).st_mode & 0o7777)  # as the source has it
+        _scratch_copy(local, dest)
 
     def _staged(self, local: Path) -> Path:
         """The run's one copy of a node-side script (made by the first node that needs it)."""
@@ -234,8 +239,7 @@ class LocalTransport:
         with self._staging:
             if not staged.exists():
                 staged.parent.mkdir(exist_ok=True)
-                shutil.copyfile(local, staged)
-                os.chmod(staged, os.stat(local).st_mode & 0o7777)
+                _scratch_copy(local, staged)
         return staged
 
     def read_tail(self, node: Node, path: str, limit: int) -> str:

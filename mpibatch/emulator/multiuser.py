@@ -7,12 +7,12 @@ namespace levels, each made by the one above:
 - P, the run's user namespace (root in it is the node's host user), and the run's mount namespace, where the
   emulator (root) first makes /tmp and /var/tmp private and exposes the nodes' image read-only (`exposure`);
 - X, the task's user namespace, made by root of P: the task's user is root in X (elevated) or NONADMIN_UID;
-- M_i, each node's user namespace, made by the task's user in X; its mount and UTS namespaces hold node i.
-  The mounts copied from P's mount namespace are locked there: not even an elevated task can unmount its
-  private /tmp or the image to reach what is underneath.
+- M, the nodes' user namespace, made by the task's user in X; node i's mount and UTS namespaces (made in M
+  by launchers/local_nodes.py) hold node i. The mounts copied from P's mount namespace are locked there: not
+  even an elevated task can unmount its private /tmp or the image to reach what is underneath.
 The task's processes live in X and in node i's mount namespace. An elevated task is root of X and of every
-node below it; a non-admin one has no capability at all, yet owns each M_i (it made them): the remote-shell
-agent enters node j through M_j, as the same non-root user (launchers/local_rsh.sh). Nothing they write
+node below it; a non-admin one has no capability at all, yet owns M (it made it): the remote-shell
+agent enters node j through M, as the same non-root user (launchers/local_rsh.sh). Nothing they write
 outside their node's directory reaches the host: the rest of the host is not that user's to write.
 """
 from __future__ import annotations
@@ -177,7 +177,7 @@ class NodeUserTransport(LocalTransport):
         raise InfraError("could not create the task's user namespace on the emulated nodes")
 
     def _enter(self, pid: int, *namespaces: str) -> list[str]:
-        """A node's init is made by the task's user in X, in a user namespace of its own (M_i)."""
+        """The nodes' inits are made by the task's user in X, in a user namespace of their own (M)."""
         base = super()._enter(pid, *namespaces)
         if pid != self.run_init_pid:
             return base
@@ -189,7 +189,7 @@ class NodeUserTransport(LocalTransport):
         """A task process: into the run's PID namespace (as root of P), then X and node i's mount and UTS
         namespaces as the task's user; its logs opened by the emulator, never through a symlink."""
         self._nodes_up()  # fresh nodes after a failed attempt, every node's init awaited
-        holder = self.holder_pids[node.index]
+        holder = self.holder_pid(node.index)
         argv = [*super()._enter(self.run_init_pid, "-p"), tool("nsenter"), f"--user=/proc/{self.anchor_pid}/ns/user",
                 "--preserve-credentials", f"--mount=/proc/{holder}/ns/mnt", f"--uts=/proc/{holder}/ns/uts", "--",
                 tool("env"), f"--chdir={cwd}", *split_command_line(command_line)]

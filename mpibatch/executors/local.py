@@ -13,9 +13,9 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,10 @@ from ..results import TaskResult
 from . import Progress, collection, hpcnode
 from .leftovers import CONTROLLER_FILE, KEPT_FILE, process_identity, remove_tree, sweep_stale_workdirs
 from .localenv import default_base_env, rehearsal_env, scratch_base
+from .nodeinits import NodeInits, stop_helper
 from .rehearsal import RehearsalExecutor
 from .transport import GroupProc, Node, split_command_line
-from .userns import check_namespaces, child_pid, die_with_parent, ns_pid, process_running, tool
+from .userns import check_namespaces, child_pid, die_with_parent, tool
 
 log = logging.getLogger(__name__)
 LOOPBACK_PREFIX = "127.0.1."
@@ -73,11 +74,9 @@ class LocalTransport:
         self.node_tmp = str(self.mount_point / "tmp")
         self.given_workdir, self.made = workdir is not None, False
         self.nodes: list[Node] = []
-        self.holders: dict[int, subprocess.Popen[bytes]] = {}
-        self.holder_pids: dict[int, int] = {}
+        self.inits: NodeInits | None = None
         self.run_init: subprocess.Popen[bytes] | None = None
         self.run_init_pid = 0
-        self.starting = False  # node inits started, not yet awaited
         self._up = threading.Lock()
         self._staging = threading.Lock()
         self.procs: list[GroupProc] = []
@@ -110,12 +109,12 @@ class LocalTransport:
 
     def _start_nodes(self) -> None:
         """A fresh run namespace and every node's init in it, awaited by _nodes_up() before the first node
-        process starts: the files arrive in the nodes' directories meanwhile (a run's start-up is
-        mostly these processes; made at once, not one after the other, it does not grow with the node count)."""
+        process starts: the files arrive in the nodes' directories meanwhile. One process forks every node's
+        init (launchers/local_nodes.py): a run's start-up does not grow with a chain of programs per node."""
         self._start_run_init()
-        with ThreadPoolExecutor(max_workers=min(8, len(self.nodes))) as pool:  # a start waits for its exec
-            list(pool.map(self._spawn_holder, self.nodes))
-        self.starting = True
+        self.inits = NodeInits(self._enter(self.run_init_pid, "-p", "-m"), os.path.realpath(sys.executable),
+                               str(self.workdir / "nodes"), str(self.mount_point), [nd.node_id for nd in self.nodes],
+                               {"env": self.helper_env, **self.spawn_as})
 
     def _nodes_up(self) -> None:
         """Every node is up, and the agent's address table names only them, before any node process starts
@@ -123,13 +122,11 @@ class LocalTransport:
         with self._up:  # the lifecycle starts the nodes' processes from several threads
             if self.run_init is None:  # ended after a failed attempt or a preemption: fresh nodes
                 self._start_nodes()
-            if not self.starting:
+            if self.inits is None or self.inits.pids:
                 return
+            ns_pids = self.inits.await_ready()
             for nd in self.nodes:
-                self._await_holder(nd)
-            for nd in self.nodes:
-                (self.nodes_dir / nd.host).write_text(ns_pid(self.holder_pids[nd.index]))
-            self.starting = False
+                (self.nodes_dir / nd.host).write_text(ns_pids[nd.index])
 
     def _start_run_init(self) -> None:
         """PID 1 of the run: its user namespace holds the run's PID and mount namespaces.
@@ -143,7 +140,7 @@ class LocalTransport:
             env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, preexec_fn=die_with_parent(), **self.spawn_as)
         if self.run_init.stdout is None or self.run_init.stdout.readline().strip() != b"ready":
-            err = self._stop(self.run_init)
+            err = stop_helper(self.run_init)
             self.run_init = None
             raise InfraError(f"could not create the namespaces of the emulated nodes: {err or 'unshare failed'}")
         self.run_init_pid = child_pid(self.run_init.pid)
@@ -156,41 +153,10 @@ class LocalTransport:
         """nsenter into process `pid`'s user namespace (keeping our uid, root inside) and `namespaces`."""
         return [tool("nsenter"), "-t", str(pid), "-U", "--preserve-credentials", *namespaces, "--"]
 
-    def _spawn_holder(self, node: Node) -> None:
-        self.holders[node.index] = subprocess.Popen(
-            [*self._enter(self.run_init_pid, "-p", "-m"), "unshare", "--mount", "--uts", "--propagation",
-             "private", "--", "/bin/sh", script_path("local_node_init.sh"),
-             str(self.workdir / "nodes" / str(node.index)),
-             str(self.mount_point), node.node_id],
-            env=self.helper_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, **self.spawn_as)
-
-    def _await_holder(self, node: Node) -> None:
-        """The node's init says it is ready; one that does not is stopped (the others are ended with the run)."""
-        p = self.holders[node.index]
-        line = p.stdout.readline() if p.stdout else b""
-        if line.strip() != b"ready":
-            del self.holders[node.index]
-            err = self._stop(p)
-            raise InfraError(f"could not create emulated node {node.index}: {err or 'no namespace'}")
-        self.holder_pids[node.index] = child_pid(p.pid)
-
-    @staticmethod
-    def _stop(p: subprocess.Popen[bytes]) -> str:
-        """Kill a helper that did not come up; its stderr, for the message."""
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-        err = p.stderr.read().decode(errors="replace").strip() if p.stderr and not p.stderr.closed else ""
-        for stream in (p.stdout, p.stderr):
-            if stream:
-                stream.close()
-        return err
-
     def _node_pids(self, index: int) -> list[int]:
         """Every process in node `index`'s mount namespace, found by PID."""
         try:
-            ns = os.readlink(f"/proc/{self.holder_pids[index]}/ns/mnt")
+            ns = os.readlink(f"/proc/{self.holder_pid(index)}/ns/mnt")
         except (OSError, KeyError):
             return []
         pids = []
@@ -202,6 +168,12 @@ class LocalTransport:
                 except OSError:
                     continue
         return pids
+
+    def holder_pid(self, index: int) -> int:
+        """Node `index`'s init, by its PID on this machine (once the nodes are up)."""
+        if self.inits is None or index not in self.inits.pids:
+            raise InfraError(f"emulated node {index} is not up")
+        return self.inits.pids[index]
 
     def host_path(self, node: Node, node_path: str) -> Path:
         """Where a path of the node's lives on this machine."""
@@ -289,7 +261,7 @@ class LocalTransport:
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
               stderr: str) -> GroupProc:
         self._nodes_up()
-        argv = [*self._enter(self.holder_pids[node.index], "-p", "-m", "-u"),
+        argv = [*self._enter(self.holder_pid(node.index), "-p", "-m", "-u"),
                 # nsenter's --wd resolves outside the node's mount namespace: chdir inside it.
                 tool("env"), f"--chdir={cwd}", *split_command_line(command_line)]
         with open(self.host_path(node, stdout), "ab") as out, open(self.host_path(node, stderr), "ab") as err:
@@ -300,12 +272,9 @@ class LocalTransport:
         return proc
 
     def lost(self, node: Node) -> str | None:
-        h = self.holders.get(node.index)
-        if self.run_init is None or h is None or (
-                h.poll() is None and process_running(self.holder_pids.get(node.index))):
+        inits = self.inits
+        if self.run_init is None or inits is None or not inits.pids or not inits.ended(node.index):
             return None
-        # The node's init itself, not only its nsenter parent (which exits a moment later): the lifecycle
-        # wakes the instant a process exits, and must then already see the node that took it down.
         return f"emulated node {node.node_id} went down (its init process ended)"
 
     def kill_node(self, index: int) -> None:
@@ -324,11 +293,12 @@ class LocalTransport:
             for name in os.listdir(self.nodes_dir) if self.nodes_dir.is_dir() else ():
                 (self.nodes_dir / name).unlink(missing_ok=True)  # no stale PIDs for the agent
             run_init, self.run_init = self.run_init, None
-            holders, self.holders = list(self.holders.values()), {}
-            self.holder_pids, self.starting = {}, False
+            inits, self.inits = self.inits, None
             procs, self.procs = self.procs, []
-            for p in ([run_init] if run_init is not None else []) + holders:
-                self._stop(p)
+            if run_init is not None:
+                stop_helper(run_init)
+            if inits is not None:
+                inits.stop()
             for proc in procs:
                 proc.kill()
 

@@ -119,11 +119,16 @@ def ns_pid(pid: int) -> str:
     return next(line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:"))
 
 
+def child_pids(pid: int) -> list[int]:
+    """The children of process `pid` (PIDs in our namespace)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def child_pid(pid: int) -> int:
     """PID (in our namespace) of the child a fork-and-wait tool (unshare, nsenter) started."""
     for _ in range(200):
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        children = child_pids(pid)
         if children:
-            return int(children[0])
+            return children[0]
         time.sleep(0.005)
     raise InfraError(f"process {pid} started no child")

@@ -1,0 +1,83 @@
+"""The inits of a local run's emulated nodes: one process forks them all (launchers/local_nodes.py), each in its
+own mount and UTS namespaces; a node that cannot be made fails the run naming it and leaves no process; a node
+whose init ends is reported lost at once, and only that node."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from mpibatch.errors import InfraError
+from mpibatch.executors.local import LocalTransport
+from mpibatch.executors.transport import Node
+from mpibatch.executors.userns import check_namespaces
+
+pytestmark = pytest.mark.mpi
+
+
+def processes_in(namespaces: set[str]) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") in namespaces:
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def wait_until_none_in(namespaces: set[str]) -> list[int]:
+    deadline = time.monotonic() + 5
+    while (left := processes_in(namespaces)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def test_one_process_makes_every_node_in_its_own_namespaces(tmp_path: Path) -> None:
+    check_namespaces()
+    t = LocalTransport(workdir=str(tmp_path / "run"))
+    try:
+        nodes = t.open(3)
+        t._nodes_up()
+        inits = [t.holder_pid(n.index) for n in nodes]
+        parents = {Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] for pid in inits}
+        assert len(parents) == 1  # forked by one maker
+        for kind in ("mnt", "uts"):
+            spaces = {os.readlink(f"/proc/{pid}/ns/{kind}") for pid in inits}
+            assert len(spaces) == 3 and os.readlink(f"/proc/{t.run_init_pid}/ns/{kind}") not in spaces
+        # The agent's address table: each node's init by its PID in the run's namespace.
+        for n, pid in zip(nodes, inits):
+            status = Path(f"/proc/{pid}/status").read_text()
+            ns_pid = next(line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:"))
+            assert (t.nodes_dir / n.host).read_text() == ns_pid
+        assert [t.lost(n) for n in nodes] == [None, None, None]
+        os.kill(inits[1], signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while t.lost(nodes[1]) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "node-1 went down" in (t.lost(nodes[1]) or "")
+        assert t.lost(nodes[0]) is None and t.lost(nodes[2]) is None
+    finally:
+        t.close()
+    assert not wait_until_none_in(t.pid_namespaces)
+
+
+def test_a_node_that_cannot_be_made_fails_naming_it_and_leaves_nothing(tmp_path: Path) -> None:
+    check_namespaces()
+
+    def bad_hostname(node: Node, root: Path) -> None:
+        if node.index == 1:
+            node.node_id = "n" * 100  # longer than a hostname may be: sethostname(2) refuses it
+
+    t = LocalTransport(workdir=str(tmp_path / "run"), node_setup=bad_hostname)
+    try:
+        t.open(3)
+        with pytest.raises(InfraError, match=r"could not create emulated node 1: sethostname: Invalid argument"):
+            t._nodes_up()
+    finally:
+        t.close()
+    assert t.pid_namespaces and not wait_until_none_in(t.pid_namespaces)
+    assert not (tmp_path / "run").exists()

@@ -136,8 +136,13 @@ fi
 # 2b. The runtime on this node must be the spec's flavour: another MPI's launcher takes the arguments
 #     it understands and runs the ranks by its own rules, without a word.
 if [ -n "$launcher" ]; then
-  if path=$(command -v "$launcher"); then
-    out=$(timeout 30 "$path" --version 2>&1 < /dev/null || true)
+  path=""  # where PATH finds it, by bash's own lookup (`hash`: no subshell)
+  case "$launcher" in
+    */*) if [ -x "$launcher" ]; then path=$launcher; fi ;;
+    *) if hash "$launcher" 2> /dev/null; then path=${BASH_CMDS[$launcher]:-}; fi ;;
+  esac
+  if [ -n "$path" ]; then
+    out=$(exec timeout 30 "$path" --version 2>&1 < /dev/null) || true
     found=""
     for r in "${runtimes[@]}"; do
       regex=${r#*=}

@@ -157,7 +157,7 @@ class LocalTransport:
         """Every process in node `index`'s mount namespace, found by PID."""
         try:
             ns = os.readlink(f"/proc/{self.holder_pid(index)}/ns/mnt")
-        except (OSError, KeyError):
+        except (OSError, InfraError):
             return []
         pids = []
         for entry in os.listdir("/proc"):

@@ -12,13 +12,14 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 DOWNLOADS_PREFIX = "mpibatch-downloads-"
+RM = "/bin/rm"  # by its path: a user's PATH may put a trash-can wrapper called rm first
 # The owner is in the name itself (no owner file to write after mkdir, so no window where a kill leaves a
 # directory nobody can attribute): mpibatch-downloads-<pid>.<start time>.<random>.
 _DOWNLOADS_NAME = re.compile(re.escape(DOWNLOADS_PREFIX) + r"(\d+)\.(\d+)\.[0-9a-f]+")
@@ -82,10 +83,14 @@ def sweep_stale_workdirs(tmp: Path) -> None:
 
 
 def remove_tree(root: Path) -> None:
-    """rmtree, the node directories in parallel: removing thousands of entries one after the other was a
-    tenth of a 64-node run (each unlink waits on the filesystem, which threads overlap)."""
-    nodes = root / "nodes"
-    if nodes.is_dir():
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda d: shutil.rmtree(d, ignore_errors=True), list(nodes.iterdir())))
-    shutil.rmtree(root, ignore_errors=True)
+    """Remove a run's directory: `/bin/rm -rf`, one process in C, where shutil.rmtree took five times the CPU
+    for the ~2,000 entries of 64 nodes (0.17 s against 0.03 s here, at the end of every run); rmtree for
+    whatever is left (no /bin/rm, or an entry rm could not remove: errors are ignored either way)."""
+    if os.path.exists(RM):
+        try:
+            subprocess.run([RM, "-rf", "--", str(root)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=600, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.debug("%s -rf %s: %s", RM, root, e)
+    if os.path.lexists(root):
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The inits of a local run's emulated nodes: one process forks them all (launchers/local_nodes.py), each in its
 own mount and UTS namespaces; a node that cannot be made fails the run naming it and leaves no process; a node
-whose init ends is reported lost at once, and only that node."""
+whose init ends is reported lost at once, and only that node; a node process starts in its directory as the
+node sees it."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mpibatch.errors import InfraError
+from mpibatch.executors import userns
 from mpibatch.executors.local import LocalTransport
 from mpibatch.executors.transport import Node
 from mpibatch.executors.userns import check_namespaces
@@ -81,3 +83,28 @@ def test_a_node_that_cannot_be_made_fails_naming_it_and_leaves_nothing(tmp_path:
         t.close()
     assert t.pid_namespaces and not wait_until_none_in(t.pid_namespaces)
     assert not (tmp_path / "run").exists()
+
+
+
+@pytest.mark.parametrize("wdns", [True, False], ids=["nsenter --wdns", "env --chdir"])
+def test_a_node_process_starts_in_its_directory_as_the_node_sees_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   wdns: bool) -> None:
+    """The directory is the node's (inside its mount namespace, where the node root shows that node's own files),
+    set by nsenter where it can, else by env."""
+    check_namespaces()
+    monkeypatch.setattr(userns, "_nsenter_wdns", lambda: wdns)
+    assert (userns.in_directory("/x")[1] == []) == wdns
+    t = LocalTransport(workdir=str(tmp_path / "run"))
+    try:
+        nodes = t.open(2)
+        for n in nodes:  # the same node path, each node's own directory behind it
+            t.host_path(n, f"{t.mount_point}/here").mkdir()
+            (t.host_path(n, f"{t.mount_point}/here") / "mark").write_text(n.node_id)
+        procs = [t.start(n, "/bin/sh -c 'pwd; cat mark'", dict(t.helper_env), f"{t.mount_point}/here",
+                         f"{t.mount_point}/out.txt", f"{t.mount_point}/err.txt") for n in nodes]
+        for proc, n in zip(procs, nodes):
+            assert proc.popen.wait(timeout=30) == 0, t.host_path(n, f"{t.mount_point}/err.txt").read_text()
+            assert t.host_path(n, f"{t.mount_point}/out.txt").read_text().split() == [
+                f"{t.mount_point}/here", n.node_id]
+    finally:
+        t.close()

@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import InfraError
 from ..executors.local import LocalTransport
 from ..executors.transport import GroupProc, Node, split_command_line
-from ..executors.userns import child_pid, ns_pid, tool
+from ..executors.userns import child_pid, in_directory, ns_pid, tool
 from ..launchers import fileio, script_path
 from . import identity
 
@@ -190,9 +190,10 @@ class NodeUserTransport(LocalTransport):
         namespaces as the task's user; its logs opened by the emulator, never through a symlink."""
         self._nodes_up()  # fresh nodes after a failed attempt, every node's init awaited
         holder = self.holder_pid(node.index)
+        enter_opts, before = in_directory(cwd)
         argv = [*super()._enter(self.run_init_pid, "-p"), tool("nsenter"), f"--user=/proc/{self.anchor_pid}/ns/user",
-                "--preserve-credentials", f"--mount=/proc/{holder}/ns/mnt", f"--uts=/proc/{holder}/ns/uts", "--",
-                tool("env"), f"--chdir={cwd}", *split_command_line(command_line)]
+                "--preserve-credentials", f"--mount=/proc/{holder}/ns/mnt", f"--uts=/proc/{holder}/ns/uts",
+                *enter_opts, "--", *before, *split_command_line(command_line)]
         user = self.node_user(node)
         out = identity.open_append(user, self.host_path(node, stdout))
         try:

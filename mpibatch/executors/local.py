@@ -31,7 +31,7 @@ from .localenv import default_base_env, rehearsal_env, scratch_base
 from .nodeinits import NodeInits, stop_helper
 from .rehearsal import RehearsalExecutor
 from .transport import GroupProc, Node, split_command_line
-from .userns import check_namespaces, child_pid, die_with_parent, tool
+from .userns import check_namespaces, child_pid, die_with_parent, in_directory, tool
 
 log = logging.getLogger(__name__)
 LOOPBACK_PREFIX = "127.0.1."
@@ -261,9 +261,9 @@ class LocalTransport:
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
               stderr: str) -> GroupProc:
         self._nodes_up()
-        argv = [*self._enter(self.holder_pid(node.index), "-p", "-m", "-u"),
-                # nsenter's --wd resolves outside the node's mount namespace: chdir inside it.
-                tool("env"), f"--chdir={cwd}", *split_command_line(command_line)]
+        enter_opts, before = in_directory(cwd)
+        argv = [*self._enter(self.holder_pid(node.index), "-p", "-m", "-u", *enter_opts), *before,
+                *split_command_line(command_line)]
         with open(self.host_path(node, stdout), "ab") as out, open(self.host_path(node, stderr), "ab") as err:
             p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  start_new_session=True)

@@ -63,6 +63,25 @@ def tool(name: str) -> str:
     return shutil.which(name) or name
 
 
+@functools.cache
+def _nsenter_wdns() -> bool:
+    """Whether this nsenter can change directory inside the namespaces it enters (util-linux 2.38 and later)."""
+    try:
+        out = subprocess.run([tool("nsenter"), "--help"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"--wdns" in out.stdout
+
+
+def in_directory(cwd: str) -> tuple[list[str], list[str]]:
+    """How a command started by nsenter runs in `cwd` as the entered mount namespace sees it (nsenter's --wd
+    resolves it before entering): nsenter's options, and what goes before the command. `--wdns` where this
+    nsenter has it (one program fewer per node process), else `env --chdir`."""
+    if _nsenter_wdns():
+        return [f"--wdns={cwd}"], []
+    return [], [tool("env"), f"--chdir={cwd}"]
+
+
 def check_namespaces() -> None:
     """Bad input (exit 2) unless this process can create a run's namespaces; asked once per process."""
     global _ok

@@ -91,6 +91,16 @@ def test_coordination_failure_reason_shows_whole_words(tmp_path: Path) -> None:
     assert len(tail) <= 803
 
 
+
+@pytest.mark.mpi
+def test_a_silent_coordination_failure_says_its_stderr_is_empty(tmp_path: Path) -> None:
+    require_local_nodes()
+    spec = parse_spec({"job": {"id": "j"}, "task": {
+        "id": "t", "instances": 2, "mpi": "mpich", "command": "true", "coordination": "exit 3"}}, tmp_path)
+    result = LocalExecutor(base_env=mpi_env("mpich"), runs_dir=tmp_path / "runs").submit(spec).result()
+    assert result.failure is not None and result.failure.phase == "coordination", result.failure
+    assert result.failure.reason.endswith("the application was not started: (stderr empty)"), result.failure.reason
+
 def _many(n: int, odd: int | None = None) -> TaskResult:
     insts = [InstanceResult(i, f"node-{i}", f"127.0.1.{i + 1}", 0, 0 if i == 0 else None,
                             files=["f"] * (3 if i == 0 else 2)) for i in range(n)]

@@ -268,7 +268,7 @@ class Lifecycle:
     def _stderr_tail(self, node: Node, path: str, limit: int) -> str:
         """The end of a node's stderr for a failure reason, cut at a word (one more byte read tells a cut)."""
         text = self.t.read_tail(node, path, limit + 1)
-        return reason_tail(text, limit, cut=len(text) > limit)
+        return reason_tail(text, limit, cut=len(text) > limit) or "(stderr empty)"
 
     def _release(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout]) -> None:
         if not self.plan.release_command_line or not nodes:
@@ -293,8 +293,7 @@ class Lifecycle:
             if c != 0:
                 n = next(nd for nd in nodes if nd.index == i)
                 err = self._stderr_tail(n, f"{layouts[i].node_task_dir('jobrelease')}/stderr.txt", 500)
-                log.warning("job release task exited with code %s on instance %s (%s)%s", c, i, n.host,
-                            f": {err}" if err else " (stderr empty)")
+                log.warning("job release task exited with code %s on instance %s (%s): %s", c, i, n.host, err)
 
     def _attempt(self, nodes: list[Node], hosts: list[str], layouts: list[NodeLayout], cache: Path,
                  result: TaskResult) -> None:

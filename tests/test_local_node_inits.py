@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mpibatch.errors import InfraError
-from mpibatch.executors import userns
+from mpibatch.executors import nodeinits, userns
 from mpibatch.executors.local import LocalTransport
 from mpibatch.executors.transport import Node
 from mpibatch.executors.userns import check_namespaces
@@ -108,3 +108,37 @@ def test_a_node_process_starts_in_its_directory_as_the_node_sees_it(tmp_path: Pa
                 f"{t.mount_point}/here", n.node_id]
     finally:
         t.close()
+
+
+def test_a_maker_that_dies_or_hangs_is_reported_and_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor waits for the inits' lines a bounded time: a maker that exits without a word, or that never
+    writes, is named, stopped, and every later wait is told the same."""
+    died = nodeinits.NodeInits([], "/bin/false", "/nonexistent", "/nonexistent", ["node-0"], {})
+    with pytest.raises(InfraError, match="could not create the emulated nodes"):
+        died.await_ready()
+    monkeypatch.setattr(nodeinits, "READY_S", 1.0)
+    hung = nodeinits.NodeInits(["/bin/sh", "-c", "sleep 60", "sh"], "python3", "/x", "/y", ["node-0"], {})
+    pid = hung.maker.pid if hung.maker else 0
+    t0 = time.monotonic()
+    with pytest.raises(InfraError, match="did not come up within 1 s"):
+        hung.await_ready()
+    assert time.monotonic() - t0 < 10 and not Path(f"/proc/{pid}").exists()
+    with pytest.raises(InfraError, match="did not come up within 1 s"):
+        hung.await_ready()
+
+
+def test_ready_lines() -> None:
+    r, w = os.pipe()
+    os.write(w, b"ready 1 12\nready 0 11\n")
+    t0 = time.monotonic()
+    assert nodeinits.read_lines(r, 3, time.monotonic() + 0.3) == ["ready 1 12", "ready 0 11"]
+    assert 0.25 < time.monotonic() - t0 < 5  # waited for the third line until the deadline
+    os.write(w, b"ready 2 13\nextra\n")
+    assert nodeinits.read_lines(r, 1, time.monotonic() + 5) == ["ready 2 13"]
+    os.close(w)
+    assert nodeinits.read_lines(r, 5, time.monotonic() + 5) == []  # end of file (the rest of the chunk read before)
+    os.close(r)
+    assert nodeinits.parse_ready(["ready 1 12", "ready 0 11"]) == ({1: "12", 0: "11"}, "")
+    assert nodeinits.parse_ready(["ready 0 11", "failed 1 sethostname: Invalid argument"]) == (
+        {0: "11"}, "could not create emulated node 1: sethostname: Invalid argument")
+    assert nodeinits.parse_ready(["ready 0 11", ""]) == ({0: "11"}, "")

@@ -7,12 +7,15 @@ import os
 import select
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InfraError
 from ..launchers import script_path
 from .userns import child_pid, child_pids, ns_pid, process_running
+
+READY_S = 120.0  # for every init of a run to say it is up (64 take well under a second)
 
 
 def stop_helper(p: subprocess.Popen[bytes]) -> str:
@@ -25,6 +28,20 @@ def stop_helper(p: subprocess.Popen[bytes]) -> str:
         if stream:
             stream.close()
     return err
+
+
+def read_lines(fd: int, count: int, deadline: float) -> list[str]:
+    """Up to `count` lines from `fd`, until end of file or `deadline` (time.monotonic()): the inits' maker may
+    die, or hang, before all its children have written theirs."""
+    data = b""
+    while data.count(b"\n") < count and (left := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return [line.decode(errors="replace") for line in data.splitlines()[:count]]
 
 
 def parse_ready(lines: Sequence[str]) -> tuple[dict[int, str], str]:
@@ -62,16 +79,15 @@ class NodeInits:
         maker = self.maker
         if self.problem or maker is None or maker.stdout is None:
             raise InfraError(self.problem or "the emulated nodes were ended")
-        # One line from each init (none once the maker died; the maker's own stdout is closed).
-        lines = []
-        for _ in range(self.count):
-            lines.append(maker.stdout.readline().decode(errors="replace"))
-            if not lines[-1].startswith("ready"):
-                break
-        ready, problem = parse_ready(lines)
+        deadline = time.monotonic() + READY_S
+        ready, problem = parse_ready(read_lines(maker.stdout.fileno(), self.count, deadline))
         if len(ready) < self.count:
+            late = time.monotonic() >= deadline
             err = self.stop()
-            self.problem = problem or f"could not create the emulated nodes: {err or 'no namespace'}"
+            if not problem:
+                problem = (f"the emulated nodes did not come up within {READY_S:.0f} s" if late else
+                           f"could not create the emulated nodes: {err or 'no namespace'}")
+            self.problem = problem
             raise InfraError(self.problem)
         by_ns: dict[str, int] = {}
         for pid in child_pids(child_pid(maker.pid)):

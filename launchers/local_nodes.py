@@ -73,7 +73,6 @@ def main(argv: list[str]) -> int:
         print("usage: local_nodes.py NODES_DIR NODE_ROOT HOSTNAME...", file=sys.stderr)
         return 2
     nodes_dir, node_root, hostnames = argv[0], argv[1], argv[2:]
-    sys.stdout.flush()
     for index, hostname in enumerate(hostnames):
         if os.fork() == 0:
             try:

@@ -1,7 +1,9 @@
 """Local rehearsal at scale, as a user runs it: `mpibatch run` (the console script of this checkout's venv)
 of N emulated nodes x 1 rank of examples/hello/hello.py, against bare `mpiexec -n N python3 hello.py` and
 against MPICH alone on N "hosts" of this machine (the floor: one proxy per host, no mpibatch), all as
-whole processes with PATH starting at .venvs/mpich/bin (so both use that venv's mpiexec and mpi4py), for
+whole processes with PATH starting at .venvs/mpich/bin, then .venv/bin (so both use that venv's mpiexec, python3
+and mpi4py: mpibatch puts its own venv first on the nodes' PATH only when PATH lacks it, and .venv is an editable
+install, whose import hook costs every Python start there about 8 ms - 0.5 s of CPU over 64 ranks), for
 N = 16, 32, 64; medians of alternating runs. Also where mpibatch's time goes, per phase, from its own progress
 lines on stderr (`[  1.2s] phase: detail`), timed as they arrive:
 
@@ -185,7 +187,7 @@ def main() -> None:
     counts = [int(x) for x in args.nodes.split(",")]
     if not (MPIBATCH.exists() and (MPICH_BIN / "mpiexec").exists()):
         raise SystemExit(f"needs {MPIBATCH} and {MPICH_BIN / 'mpiexec'} (scripts/test.sh makes them)")
-    env = dict(os.environ, PATH=f"{MPICH_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(os.environ, PATH=os.pathsep.join((str(MPICH_BIN), str(MPIBATCH.parent), os.environ.get("PATH", ""))))
     env.pop("PYTHONPATH", None)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
@@ -210,7 +212,8 @@ def main() -> None:
     body = (f"`{line}` (medians of {args.runs} alternating whole processes: `.venv/bin/mpibatch run` of N "
             f"emulated nodes x 1 rank of `{program}` vs bare `mpiexec -n N {program}`, and "
             "MPICH alone on N hosts of this machine (`mpiexec -launcher fork -hosts 127.0.1.1,... -n N -ppn 1`: one "
-            "proxy per host, no namespaces, no mpibatch - the floor), PATH starting at .venvs/mpich/bin; "
+            "proxy per host, no namespaces, no mpibatch - the floor), PATH starting at .venvs/mpich/bin, then .venv/bin "
+            "(the ranks of all three run .venvs/mpich's python3); "
             "with --baseline, that commit's mpibatch (PYTHONPATH=its `git archive`) "
             "runs in turn with this checkout's; phases from mpibatch's progress lines as they arrive; summary rows "
             "= instance rows in the human summary; CPU = user + system seconds of the whole process tree). "

@@ -3,7 +3,10 @@ run, hard-linked into every node (they are never written there), while the user'
 own copy, as on Batch; and a TMPDIR under /dev/shm (which every node covers with its own) still works."""
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +16,7 @@ import pytest
 from mpibatch.launchers.protocol import NodeLayout
 
 from mpibatch.executors.local import LocalExecutor, LocalTransport
-from mpibatch.executors.localenv import scratch_base
+from mpibatch.executors.localenv import FS_IOC_GETFLAGS, FS_TOPDIR_FL, scratch_base, spread_subdirectories
 from mpibatch.render import LAUNCHER_DIR, NODE_FILES
 from mpibatch.results import TaskResult
 from tests.infra.fixtures import mpi_env
@@ -93,3 +96,36 @@ def test_without_hard_links_the_node_scripts_are_copied(tmp_path: Path, monkeypa
     monkeypatch.setattr(os, "link", refuse)
     r = run(tmp_path, make_spec(tmp_path, instances=2, ppn=1))
     assert r.succeeded, r.failure
+
+
+def _flags(path: Path) -> int | None:
+    """The directory's inode flags (chattr's), None where the file system keeps none."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        buf = bytearray(8)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
+        return int(struct.unpack_from("i", buf)[0])
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def test_node_directories_are_spread_over_the_file_system_where_it_can(tmp_path: Path) -> None:
+    """On ext4 (this machine's /tmp, without a journal) the nodes' parent is flagged +T, so each run's node
+    directories land away from the inodes the last run freed; elsewhere the call says it did nothing."""
+    d = tmp_path / "d"
+    d.mkdir()
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(d)], capture_output=True, text=True, check=True).stdout.strip()
+    done = spread_subdirectories(str(d))
+    flags = _flags(d)
+    assert done == bool(flags is not None and flags & FS_TOPDIR_FL)
+    if fs.startswith("ext"):
+        assert done, f"{fs}: the +T flag was not set"
+    link = tmp_path / "link"
+    link.symlink_to(d)
+    assert not spread_subdirectories(str(link))  # never through a symlink
+    assert not spread_subdirectories(str(tmp_path / "missing"))
+    with kept_run(tmp_path, make_spec(tmp_path, instances=2, ppn=1)) as (_, t):
+        nodes_flags = _flags(Path(t.kept_dir))
+        assert bool(nodes_flags is not None and nodes_flags & FS_TOPDIR_FL) == spread_subdirectories(t.kept_dir)

@@ -27,7 +27,7 @@ from ..plan import TaskPlan
 from ..results import TaskResult
 from . import Progress, collection, hpcnode
 from .leftovers import CONTROLLER_FILE, KEPT_FILE, process_identity, remove_tree, sweep_stale_workdirs
-from .localenv import default_base_env, rehearsal_env, scratch_base
+from .localenv import default_base_env, rehearsal_env, scratch_base, spread_subdirectories
 from .nodeinits import NodeInits, stop_helper
 from .rehearsal import RehearsalExecutor
 from .transport import GroupProc, Node, split_command_line
@@ -92,8 +92,9 @@ class LocalTransport:
         (self.workdir / CONTROLLER_FILE).write_text(process_identity(os.getpid()) or "")
         if self.workdir_setup:
             self.workdir_setup(self.workdir)
-        for d in (self.mount_point, self.nodes_dir):
+        for d in (self.mount_point, self.nodes_dir, self.workdir / "nodes"):
             d.mkdir(parents=True, exist_ok=True)
+        spread_subdirectories(str(self.workdir / "nodes"))
         self.nodes = [Node(index=i, host=f"{LOOPBACK_PREFIX}{i + 1}", node_id=f"node-{i}", root=str(self.mount_point))
                       for i in range(n)]
         lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]

@@ -19,7 +19,7 @@
 #                       the task directory
 # Writes this node's environment and the per-rank wrapper into the working directory. Environment: the Batch variables (docs/batch-semantics.md#environment); for
 # rehearsals MPIBATCH_RSH (remote shell, default ssh), MPIBATCH_PEER_CHECK=0 (skip the reachability
-# check), MPIBATCH_SYSFS (default /sys).
+# check), MPIBATCH_SYSFS (default /sys); MPIBATCH_VERSION_WAIT (seconds `--launcher --version` may take, 30).
 set -euo pipefail
 
 rank_dir="" shared_mode="none" links=() modules=() source_script="" source_args=()
@@ -142,7 +142,11 @@ if [ -n "$launcher" ]; then
     *) if hash "$launcher" 2> /dev/null; then path=${BASH_CMDS[$launcher]:-}; fi ;;
   esac
   if [ -n "$path" ]; then
-    out=$(exec timeout 30 "$path" --version 2>&1 < /dev/null) || true
+    # `PROG --version`, given 30 s (a launcher that hangs must not hang the node), timed by `read -t`: no
+    # `timeout` program on every node. Its exit status says nothing here, its output everything.
+    out="" rc=0
+    { IFS= read -r -d '' -t "${MPIBATCH_VERSION_WAIT:-30}" out; } < <(exec "$path" --version 2>&1 < /dev/null) || rc=$?
+    if [ "$rc" -gt 128 ]; then kill "$!" 2> /dev/null || true; fi  # timed out: it is still running
     found=""
     for r in "${runtimes[@]}"; do
       regex=${r#*=}

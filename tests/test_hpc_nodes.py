@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,28 @@ def test_cli_rehearsal_nodes_offer_the_venvs_runtime_as_mpi_venv(tmp_path):
     res = CliRunner().invoke(cli, ["run", str(spec), "--runs-dir", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
     assert "host=node-0 loaded=mpi/venv" in res.output and "host=node-1 loaded=mpi/venv" in res.output
+
+
+def test_a_launcher_whose_version_hangs_is_ended_and_its_words_still_count(tmp_path):
+    """`--launcher --version` gets MPIBATCH_VERSION_WAIT seconds (30 by default); one that prints, then hangs
+    with its output open, is killed when they are up, and what it printed still names the runtime."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    pidfile = tmp_path / "launcher.pid"
+    (bindir / "mpiexec").write_text(f"#!/bin/sh\necho 'HYDRA build details:'\necho $$ > {pidfile}\nexec sleep 600\n")
+    (bindir / "mpiexec").chmod(0o755)
+    start = time.monotonic()
+    proc = _coordinate(tmp_path, ["--launcher", "mpiexec", "--expect", "MPICH", "--runtime",
+                                  "MPICH=HYDRA build details"], f"{bindir}:{SYSTEM_PATH}", MPIBATCH_VERSION_WAIT="1")
+    took = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot tell which MPI" not in proc.stderr  # the words before the hang were read
+    assert took < 20, f"coordination took {took:.1f}s with a 1 s wait"
+    pid = int(pidfile.read_text())
+    for _ in range(100):  # bounded: 5 s for the kill to land
+        if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the hanging launcher was left running")

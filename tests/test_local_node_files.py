@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from mpibatch.launchers.protocol import NodeLayout
 
+from mpibatch.executors.leftovers import exited_within, remove_tree
 from mpibatch.executors.local import LocalExecutor, LocalTransport
 from mpibatch.executors.localenv import FS_IOC_GETFLAGS, FS_TOPDIR_FL, scratch_base, spread_subdirectories
 from mpibatch.render import LAUNCHER_DIR, NODE_FILES
@@ -129,3 +131,22 @@ def test_node_directories_are_spread_over_the_file_system_where_it_can(tmp_path:
     with kept_run(tmp_path, make_spec(tmp_path, instances=2, ppn=1)) as (_, t):
         nodes_flags = _flags(Path(t.kept_dir))
         assert bool(nodes_flags is not None and nodes_flags & FS_TOPDIR_FL) == spread_subdirectories(t.kept_dir)
+
+
+def test_remove_tree_waits_for_rm_by_its_exit_and_bounds_it(tmp_path: Path) -> None:
+    tree = tmp_path / "run"
+    (tree / "nodes" / "0" / "wd").mkdir(parents=True)
+    (tree / "nodes" / "0" / "wd" / "f").write_text("x")
+    (tree / "link").symlink_to("/etc")  # removed, never followed
+    remove_tree(tree)
+    assert not os.path.lexists(tree) and os.path.isdir("/etc")
+    quick = subprocess.Popen(["sleep", "0.2"])
+    start = time.monotonic()
+    assert exited_within(quick, 30) and quick.returncode == 0
+    assert time.monotonic() - start < 5
+    stuck = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not exited_within(stuck, 0.2) and stuck.returncode is None
+    finally:
+        stuck.kill()
+        stuck.wait()

@@ -4,8 +4,11 @@ whose init ends is reported lost at once, and only that node; a node process sta
 node sees it."""
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 from mpibatch.errors import InfraError
 from mpibatch.executors import nodeinits, userns
 from mpibatch.executors.local import LocalTransport
-from mpibatch.executors.transport import Node
+from mpibatch.executors.transport import Node, Proc
 from mpibatch.executors.userns import check_namespaces
 
 pytestmark = pytest.mark.mpi
@@ -29,6 +32,13 @@ def processes_in(namespaces: set[str]) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def wait_until_none_in(namespaces: set[str]) -> list[int]:
@@ -86,28 +96,118 @@ def test_a_node_that_cannot_be_made_fails_naming_it_and_leaves_nothing(tmp_path:
 
 
 
+def wait_proc(proc: Proc, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while (rc := proc.poll()) is None:  # bounded: timeout
+        assert time.monotonic() < deadline, "the node process did not end"
+        time.sleep(0.02)
+    return rc
+
+
+def test_a_node_process_starts_in_its_directory_as_the_node_sees_it(tmp_path: Path) -> None:
+    """Started by the run's agent: the directory is the node's (inside its mount namespace, where the node root
+    shows that node's own files), the hostname the node's, its own session."""
+    check_namespaces()
+    t = LocalTransport(workdir=str(tmp_path / "run"))
+    try:
+        nodes = t.open(2)
+        for n in nodes:  # the same node path, each node's own directory behind it
+            t.host_path(n, f"{t.mount_point}/here").mkdir()
+            (t.host_path(n, f"{t.mount_point}/here") / "mark").write_text(n.node_id + "\n")
+        line = "/bin/sh -c 'pwd; cat mark; hostname; read -r a b c d e sid f < /proc/$$/stat; echo $sid $$'"
+        procs = [t.start(n, line, dict(t.helper_env), f"{t.mount_point}/here", f"{t.mount_point}/out.txt",
+                         f"{t.mount_point}/err.txt") for n in nodes]
+        for proc, n in zip(procs, nodes):
+            assert wait_proc(proc) == 0, t.host_path(n, f"{t.mount_point}/err.txt").read_text()
+            here, mark, host, sid, pid = t.host_path(n, f"{t.mount_point}/out.txt").read_text().split()
+            assert (here, mark, host, sid) == (f"{t.mount_point}/here", n.node_id, n.node_id, pid)
+    finally:
+        t.close()
+
+
 @pytest.mark.parametrize("wdns", [True, False], ids=["nsenter --wdns", "env --chdir"])
-def test_a_node_process_starts_in_its_directory_as_the_node_sees_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   wdns: bool) -> None:
-    """The directory is the node's (inside its mount namespace, where the node root shows that node's own files),
-    set by nsenter where it can, else by env."""
+def test_in_directory_enters_the_node_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wdns: bool) -> None:
+    """The emulator's task processes enter a node by nsenter: into its directory as the node sees it, by nsenter
+    itself where it can, else by env."""
     check_namespaces()
     monkeypatch.setattr(userns, "_nsenter_wdns", lambda: wdns)
     assert (userns.in_directory("/x")[1] == []) == wdns
     t = LocalTransport(workdir=str(tmp_path / "run"))
     try:
         nodes = t.open(2)
-        for n in nodes:  # the same node path, each node's own directory behind it
+        t._nodes_up()
+        for n in nodes:
             t.host_path(n, f"{t.mount_point}/here").mkdir()
             (t.host_path(n, f"{t.mount_point}/here") / "mark").write_text(n.node_id)
-        procs = [t.start(n, "/bin/sh -c 'pwd; cat mark'", dict(t.helper_env), f"{t.mount_point}/here",
-                         f"{t.mount_point}/out.txt", f"{t.mount_point}/err.txt") for n in nodes]
-        for proc, n in zip(procs, nodes):
-            assert proc.popen.wait(timeout=30) == 0, t.host_path(n, f"{t.mount_point}/err.txt").read_text()
-            assert t.host_path(n, f"{t.mount_point}/out.txt").read_text().split() == [
-                f"{t.mount_point}/here", n.node_id]
+            opts, before = userns.in_directory(f"{t.mount_point}/here")
+            out = subprocess.run([*t._enter(t.holder_pid(n.index), "-m", *opts), *before, "cat", "mark"],
+                                 capture_output=True, text=True, timeout=30)
+            assert out.stdout == n.node_id, out.stderr
     finally:
         t.close()
+
+
+def test_the_agent_kills_reports_and_refuses_as_popen_would(tmp_path: Path) -> None:
+    """kill() ends the process's whole group (-9); a program that is not there ends 127 with a line on its stderr
+    (as a shell's would); exec's E2BIG is an OSError here, which the lifecycle turns into its message."""
+    check_namespaces()
+    t = LocalTransport(workdir=str(tmp_path / "run"))
+    try:
+        n = t.open(1)[0]
+        out, err = f"{t.mount_point}/out.txt", f"{t.mount_point}/err.txt"
+        proc = t.start(n, "/bin/sh -c 'sleep 299 & echo $!; wait'", dict(t.helper_env), t.mount_point, out, err)
+        child = t.host_path(n, out)
+        deadline = time.monotonic() + 10
+        while not child.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert child.read_text().strip(), "the process did not start"
+        proc.kill()
+        assert proc.poll() == -signal.SIGKILL
+        assert not [p for p in processes_in(t.pid_namespaces) if cmdline(p) == "sleep 299"], "its child lives on"
+        missing = t.start(n, "no-such-program-here", dict(t.helper_env), t.mount_point, out, err)
+        assert wait_proc(missing) == 127
+        assert "mpibatch: cannot run no-such-program-here: No such file or directory" in t.host_path(n, err).read_text()
+        with pytest.raises(OSError) as e:
+            t.start(n, "/bin/true", {**t.helper_env, "BIG": "x" * 200_000}, t.mount_point, out, err)
+        assert e.value.errno == errno.E2BIG
+    finally:
+        t.close()
+    assert wait_until_none_in(t.pid_namespaces) == []
+
+
+def test_node_processes_ended_with_the_run_count_in_its_cpu_time(tmp_path: Path) -> None:
+    """The agent reaps what it started when the run ends, so a busy node process killed then still shows in the
+    CPU time of the process that ran the run (the benchmarks' CPU columns), not lost with an orphan."""
+    check_namespaces()
+    t = LocalTransport(workdir=str(tmp_path / "run"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        n = t.open(1)[0]
+        t.start(n, "/bin/sh -c 'while :; do :; done'", dict(t.helper_env), t.mount_point,
+                f"{t.mount_point}/out.txt", f"{t.mount_point}/err.txt")
+        time.sleep(1.0)
+    finally:
+        t.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert used > 0.3, f"{used:.2f} s of CPU accounted for a second of a busy loop"
+
+
+def test_a_dead_agent_makes_every_node_lost(tmp_path: Path) -> None:
+    check_namespaces()
+    t = LocalTransport(workdir=str(tmp_path / "run"))
+    try:
+        nodes = t.open(2)
+        proc = t.start(nodes[1], "sleep 300", dict(t.helper_env), t.mount_point, f"{t.mount_point}/out.txt",
+                       f"{t.mount_point}/err.txt")
+        assert t.lost(nodes[0]) is None and proc.poll() is None
+        assert t.inits is not None and t.inits.maker is not None
+        os.kill(userns.child_pid(t.inits.maker.pid), signal.SIGKILL)  # the agent, inside the run's namespaces
+        assert wait_proc(proc) == -signal.SIGKILL  # its end is not heard of any more: counted as killed
+        assert t.lost(nodes[0]) == "emulated node node-0 went down (the emulated nodes' agent ended)"
+    finally:
+        t.close()
+    assert wait_until_none_in(t.pid_namespaces) == []
 
 
 def test_a_maker_that_dies_or_hangs_is_reported_and_ended(monkeypatch: pytest.MonkeyPatch) -> None:

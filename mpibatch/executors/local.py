@@ -30,8 +30,8 @@ from .leftovers import CONTROLLER_FILE, KEPT_FILE, process_identity, remove_tree
 from .localenv import default_base_env, rehearsal_env, scratch_base, spread_subdirectories
 from .nodeinits import NodeInits, stop_helper
 from .rehearsal import RehearsalExecutor
-from .transport import GroupProc, Node, split_command_line
-from .userns import check_namespaces, child_pid, die_with_parent, in_directory, tool
+from .transport import Node, Proc, split_command_line
+from .userns import check_namespaces, child_pid, die_with_parent, tool
 
 log = logging.getLogger(__name__)
 LOOPBACK_PREFIX = "127.0.1."
@@ -79,7 +79,7 @@ class LocalTransport:
         self.run_init_pid = 0
         self._up = threading.Lock()
         self._staging = threading.Lock()
-        self.procs: list[GroupProc] = []
+        self.procs: list[Proc] = []
         self.pid_namespaces: set[str] = set()  # for tests: no process may remain in these
         # The emulator ends a terminated task's processes from another thread than the run's.
         self._ending = threading.Lock()
@@ -260,23 +260,25 @@ class LocalTransport:
 
     # ------------------------------------------------------------------ processes
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
-              stderr: str) -> GroupProc:
+              stderr: str) -> Proc:
+        """Started by the run's agent, in node i's namespaces (launchers/local_nodes.py): no `nsenter` and no
+        fork of this process per node process."""
         self._nodes_up()
-        enter_opts, before = in_directory(cwd)
-        argv = [*self._enter(self.holder_pid(node.index), "-p", "-m", "-u", *enter_opts), *before,
-                *split_command_line(command_line)]
-        with open(self.host_path(node, stdout), "ab") as out, open(self.host_path(node, stderr), "ab") as err:
-            p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                 start_new_session=True)
-        proc = GroupProc(p)
+        assert self.inits is not None  # _nodes_up() made them
+        proc = self.inits.spawn(node.index, split_command_line(command_line), env, cwd,
+                                str(self.host_path(node, stdout)), str(self.host_path(node, stderr)))
         self.procs.append(proc)
         return proc
 
     def lost(self, node: Node) -> str | None:
         inits = self.inits
-        if self.run_init is None or inits is None or not inits.pids or not inits.ended(node.index):
+        if self.run_init is None or inits is None or not inits.pids:
             return None
-        return f"emulated node {node.node_id} went down (its init process ended)"
+        if inits.ended(node.index):
+            return f"emulated node {node.node_id} went down (its init process ended)"
+        if inits.problem:  # the agent that started the node processes, and hears of their ends
+            return f"emulated node {node.node_id} went down ({inits.problem})"
+        return None
 
     def kill_node(self, index: int) -> None:
         """Tests: make node `index` disappear mid-run, as a lost VM would."""
@@ -296,10 +298,10 @@ class LocalTransport:
             run_init, self.run_init = self.run_init, None
             inits, self.inits = self.inits, None
             procs, self.procs = self.procs, []
+            if inits is not None:  # first: it ends the node processes it started, and is then gone with them
+                inits.stop()
             if run_init is not None:
                 stop_helper(run_init)
-            if inits is not None:
-                inits.stop()
             for proc in procs:
                 proc.kill()
 

@@ -1,21 +1,27 @@
 """The inits of a local run's emulated nodes, as the local executor sees them: one process started in the run's
 namespaces (launchers/local_nodes.py) forks them all, and each says it is ready with its PID in the run's PID
-namespace. Here: their PIDs on this machine, a pidfd of each, and whether one has ended."""
+namespace. Here: their PIDs on this machine, a pidfd of each, and whether one has ended. The same process then
+starts every node process the executor asks for (`spawn`), and says when each ends (`AgentProc`)."""
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import InfraError
 from ..launchers import script_path
+from .leftovers import exited_within
 from .userns import child_pid, child_pids, ns_pid, process_running
 
 READY_S = 120.0  # for every init of a run to say it is up (64 take well under a second)
+REPLY_S = 60.0  # for the agent to say a process started (a fork and an exec), or ended once killed
+STOP_S = 2.0  # for the agent to end the run's node processes and itself when asked
 
 
 def stop_helper(p: subprocess.Popen[bytes]) -> str:
@@ -68,11 +74,15 @@ class NodeInits:
         self.count = len(hostnames)
         self.maker: subprocess.Popen[bytes] | None = subprocess.Popen(
             [*enter, python, "-I", "-S", script_path("local_nodes.py"), nodes_dir, node_root, *hostnames],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             **popen_args)
         self.pids: dict[int, int] = {}  # each node's init, by its PID on this machine
         self.fds: dict[int, int] = {}  # and a pidfd of it (readable once it has ended)
         self.problem = ""  # why they did not come up (every caller that awaits them is told)
+        self.procs: dict[str, AgentProc] = {}  # node processes the agent started and has not seen end, by tag
+        self.tags = itertools.count()
+        self.lock = threading.Lock()  # the table above, the maker
+        self.writing = threading.Lock()  # one request at a time on the agent's stdin (never held with `lock`)
 
     def await_ready(self) -> dict[int, str]:
         """Each node's PID in the run's namespace, once every init is up; else InfraError naming the node."""
@@ -105,7 +115,77 @@ class NodeInits:
                 self.fds[index] = os.pidfd_open(by_ns[inner])
             except (OSError, AttributeError):  # before Linux 5.3: ended() reads /proc
                 pass
+        # The agent's replies from now on; its own copy of the pipe, which stop() cannot close under it.
+        threading.Thread(target=self._replies, args=(os.dup(maker.stdout.fileno()),), daemon=True).start()
         return ready
+
+    def spawn(self, index: int, argv: Sequence[str], env: Mapping[str, str], cwd: str, stdout: str,
+              stderr: str) -> AgentProc:
+        """Start argv on node `index` (in `cwd` as the node sees it; stdout and stderr appended to those files,
+        paths as this machine sees them), in a session of its own. OSError(E2BIG) when exec refuses it."""
+        with self.lock:
+            if self.maker is None or not self.pids:
+                raise InfraError(self.problem or "the emulated nodes were ended")
+            tag = str(next(self.tags))
+            proc = self.procs[tag] = AgentProc(tag, self)
+        if not self._send(["spawn", tag, str(index), cwd, stdout, stderr, str(len(argv)), *argv,
+                           *(f"{k}={v}" for k, v in env.items())]):
+            with self.lock:
+                self.procs.pop(tag, None)
+            proc.close()
+            raise InfraError(self.problem or "the emulated nodes' agent ended")
+        if not proc.started.wait(REPLY_S):
+            raise InfraError(f"the emulated nodes' agent did not start a process on node {index} within "
+                             f"{REPLY_S:.0f} s")
+        if proc.refused:
+            proc.close()
+            raise OSError(proc.refused, os.strerror(proc.refused))
+        return proc
+
+    def kill(self, tag: str) -> None:
+        self._send(["kill", tag])
+
+    def _send(self, fields: Sequence[str]) -> bool:
+        """One request to the agent (launchers/local_nodes.py says how it is framed); False when it is gone (and
+        the run with it)."""
+        payload = b"\0".join(os.fsencode(f) for f in fields)
+        with self.writing:
+            maker = self.maker
+            if maker is None or maker.stdin is None or maker.stdin.closed:
+                return False
+            try:
+                maker.stdin.write(b"%d\n" % len(payload) + payload)
+                maker.stdin.flush()
+                return True
+            except (OSError, ValueError):  # ValueError: stop() closed it just now
+                return False
+
+    def _replies(self, fd: int) -> None:
+        """The agent's lines (`started TAG PID`, `error TAG ERRNO`, `exit TAG CODE`) until it ends; then every
+        process it had started counts as killed (they died with the run, or live on unreported)."""
+        with os.fdopen(fd, "rb") as f:
+            for line in f:
+                word, tag, value = (line.decode(errors="replace").split() + ["", "", ""])[:3]
+                with self.lock:
+                    proc = self.procs.get(tag)
+                    if proc is not None and word in ("exit", "error"):
+                        del self.procs[tag]
+                if proc is None:
+                    continue
+                if word == "started":
+                    proc.started.set()
+                elif word == "error":
+                    proc.refused = int(value)
+                    proc.started.set()
+                elif word == "exit":
+                    proc.ended(int(value))
+        with self.lock:
+            procs, self.procs = list(self.procs.values()), {}
+            if not self.problem:
+                self.problem = "the emulated nodes' agent ended"
+        for proc in procs:
+            proc.started.set()
+            proc.ended(-signal.SIGKILL)
 
     def ended(self, index: int) -> bool:
         """Whether node `index`'s init has ended: the lifecycle asks this of every node, every few milliseconds,
@@ -116,9 +196,60 @@ class NodeInits:
         return not process_running(self.pids.get(index))
 
     def stop(self) -> str:
-        """Kill the maker and every init it forked (one process group); the maker's stderr."""
-        maker, self.maker = self.maker, None
+        """End every node process the agent started, every init and the agent itself; its stderr. Asked first
+        (its stdin closed: it kills and reaps them all, so their CPU time is accounted to this process), killed
+        after STOP_S (with its process group)."""
+        with self.lock:
+            maker, self.maker = self.maker, None
         fds, self.fds, self.pids = list(self.fds.values()), {}, {}
         for fd in fds:
             os.close(fd)
-        return stop_helper(maker) if maker is not None else ""
+        if maker is None:
+            return ""
+        if maker.stdin is not None:
+            with self.writing:
+                maker.stdin.close()
+            exited_within(maker, STOP_S)
+        return stop_helper(maker)
+
+
+class AgentProc:
+    """A node process the agent started: the lifecycle's Proc, with a descriptor that becomes readable when it
+    ends (as a pidfd does), so a wait wakes at once."""
+
+    def __init__(self, tag: str, inits: NodeInits) -> None:
+        self.tag, self.inits = tag, inits
+        self.started = threading.Event()
+        self.refused = 0  # errno, when exec refused it
+        self.returncode: int | None = None
+        self.pidfd: int | None
+        self._signal: int | None
+        self.pidfd, self._signal = os.pipe()  # `pidfd`: the name wait_any looks for
+        self._ended = threading.Event()
+        self._fds = threading.Lock()  # the reply thread writes _signal, the lifecycle closes it
+
+    def ended(self, code: int) -> None:
+        self.returncode = code
+        self._ended.set()
+        with self._fds:
+            if self._signal is not None:
+                os.write(self._signal, b"x")
+
+    def poll(self) -> int | None:
+        if self._ended.is_set():
+            self.close()
+        return self.returncode
+
+    def kill(self) -> None:
+        """Kill its process group and wait (bounded) until the agent has seen it end."""
+        if not self._ended.is_set():
+            self.inits.kill(self.tag)
+            self._ended.wait(REPLY_S)
+        self.close()
+
+    def close(self) -> None:
+        with self._fds:
+            fds, self.pidfd, self._signal = (self.pidfd, self._signal), None, None
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)

@@ -13,13 +13,17 @@ One fork per node instead of a chain of programs (nsenter, unshare, a shell, mou
 sleep): at 64 nodes that chain was most of a run's start-up CPU. Standard library only; the system calls through
 ctypes (os.unshare is Python 3.12+).
 
-Then it is the run's agent: the executor starts each node process (a coordination command, the application) by
-a request on stdin - `LENGTH\n` then LENGTH bytes of NUL-separated fields (no argument, variable or path holds a
-NUL; any may hold a newline): `spawn TAG INDEX CWD STDOUT STDERR ARGC ARGV... NAME=VALUE...` - and this process
-forks it into node INDEX's mount and UTS namespaces, in its own session (`started TAG PID`; `error TAG ERRNO` when
-exec refused it, E2BIG: the executor says why); `kill TAG` kills its process group; each one's end is
-`exit TAG CODE` (negative: the signal that ended it). No `nsenter` and no fork of the executor per node process.
-No json either: its import alone (re, enum) was most of this process's start-up.
+Then the inits are the run's agent: the executor starts each node process (a coordination command, the
+application) by a request on this process's stdin - `LENGTH\n` then LENGTH bytes of NUL-separated fields (no
+argument, variable or path holds a NUL; any may hold a newline): `spawn TAG INDEX CWD STDOUT STDERR ARGC ARGV...
+NAME=VALUE...` (paths as the node sees them) - which this process hands to node INDEX's init. The init, already
+in the node's namespaces, starts it with posix_spawn (a vfork: no copy of a Python process per node process) in
+a session of its own, and says `started TAG PID`, or `error TAG ERRNO` when exec refused it with E2BIG (the
+executor says why); a program that cannot be run ends with 127 or 126 and a line on its stderr, as under a
+shell. `kill TAG INDEX` kills its process group; each one's end is `exit TAG CODE` (negative: the signal that
+ended it); `lost TAG` when node INDEX's init is gone. Closing stdin ends the run: each init kills what it
+started and reaps it (so its CPU time reaches the executor's accounting), then ends. No `nsenter` and no fork of
+the executor per node process; no json either (its import was most of this process's start-up).
 """
 from __future__ import annotations
 
@@ -59,157 +63,169 @@ def become_node(nodes_dir: str, node_root: str, index: int, hostname: str) -> No
     _call("sethostname", libc.sethostname(name, len(name)))
 
 
-def node_init(nodes_dir: str, node_root: str, index: int, hostname: str) -> None:
-    """The forked child: one line on stdout (each under PIPE_BUF: lines of different nodes never mix), then
-    sleep until killed (SIGKILL with the run; the kernel ends it with the run's PID 1 in any case)."""
+def reply(fd: int, line: str) -> None:
+    os.write(fd, (line + "\n").encode())  # under PIPE_BUF: the lines of different inits never mix
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a signal may cut a write to a pipe short
+        view = view[os.write(fd, view):]
+
+
+def wake_on_sigchld() -> int:
+    """A descriptor that becomes readable when a child ends (a select() on it wakes)."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    return wake_r
+
+
+def requests(fd: int, pending: bytearray) -> list[bytes] | None:
+    """The whole requests read from `fd` (what is left of a partial one stays in `pending`); None at its end."""
+    chunk = os.read(fd, 1 << 20)
+    if not chunk:
+        return None
+    pending += chunk
+    whole = []
+    while (nl := pending.find(b"\n")) >= 0 and len(pending) - nl - 1 >= (size := int(pending[:nl])):
+        whole.append(bytes(pending[:nl + 1 + size]))  # the request as framed, to pass on unchanged
+        del pending[:nl + 1 + size]
+    return whole
+
+
+def fields_of(framed: bytes) -> list[str]:
+    return [os.fsdecode(f) for f in framed.partition(b"\n")[2].split(b"\0")]
+
+
+def program(name: str, path: str | None) -> str:
+    """Where `name` is, by the request's PATH (posix_spawnp would search this process's own)."""
+    if "/" in name:
+        return name
+    for d in (path if path is not None else os.defpath).split(os.pathsep):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+
+def spawn(fields: list[str], tags: dict[int, str], replies: int) -> None:
+    """One `spawn` request, in this node (see the module's text)."""
+    tag, cwd, stdout, stderr, argc = fields[1], fields[3], fields[4], fields[5], int(fields[6])
+    argv = fields[7:7 + argc]
+    env = dict(kv.split("=", 1) for kv in fields[7 + argc:])
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     try:
-        become_node(nodes_dir, node_root, index, hostname)
-        line = f"ready {index} {os.getpid()}\n"
+        os.chdir(cwd)
+        pid = os.posix_spawn(program(argv[0], env.get("PATH")), argv, env, setsid=True,
+                             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores both; a program may not
+                             file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                           (os.POSIX_SPAWN_OPEN, 1, stdout, flags, 0o666),
+                                           (os.POSIX_SPAWN_OPEN, 2, stderr, flags, 0o666)])
     except OSError as e:
-        line = f"failed {index} {e.strerror or e}\n"
-    os.write(1, line.encode())
-    if not line.startswith("ready"):
-        os._exit(1)
-    fd = os.open(os.devnull, os.O_RDWR)  # no pipe of the executor stays open in a node's init
-    for n in (0, 1, 2):
-        os.dup2(fd, n)
-    os.close(fd)
-    while True:
-        signal.pause()
-
-
-class Request:
-    """One `spawn` request (see the module's text)."""
-
-    def __init__(self, fields: list[str]) -> None:
-        self.tag, self.node, self.cwd, self.stdout, self.stderr = fields[1], int(fields[2]), *fields[3:6]
-        argc = int(fields[6])
-        self.argv = fields[7:7 + argc]
-        self.env = dict(kv.split("=", 1) for kv in fields[7 + argc:])
-
-
-def spawn(inits: dict[int, int], req: Request) -> tuple[int, int]:
-    """Fork req's process into its node's namespaces: (its PID, 0), or (0, errno) when exec refused it with
-    E2BIG (other exec errors end it with 127 or 126 and a line on its stderr, as a shell would)."""
-    status_r, status_w = os.pipe()  # close-on-exec: end of file here once the program runs
-    pid = os.fork()
-    if pid == 0:
-        code, err = 127, 2
+        if e.errno == errno.E2BIG:
+            reply(replies, f"error {tag} {e.errno}")
+            return
         try:
-            os.close(status_r)
-            os.setsid()
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):  # Python ignores the first two
-                signal.signal(sig, signal.SIG_DFL)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-            out = os.open(req.stdout, flags, 0o666)  # paths as the run sees them: before entering the node
-            err = os.open(req.stderr, flags, 0o666)
-            for ns in ("mnt", "uts"):
-                fd = os.open(f"/proc/{inits[req.node]}/ns/{ns}", os.O_RDONLY)
-                _call(f"setns {ns}", libc.setns(fd, 0))
-                os.close(fd)
-            os.chdir(req.cwd)
-            null = os.open(os.devnull, os.O_RDONLY)
-            for fd, n in ((null, 0), (out, 1), (err, 2)):
-                os.dup2(fd, n)
-        except OSError as e:
-            os.write(err, f"mpibatch: node {req.node}: {e}\n".encode())
-            os._exit(code)
-        try:
-            os.execvpe(req.argv[0], req.argv, req.env)
-        except OSError as e:
-            if e.errno == errno.E2BIG:
-                os.write(status_w, str(e.errno).encode())
-            else:
-                os.write(2, f"mpibatch: cannot run {req.argv[0]}: {e.strerror or e}\n".encode())
-                code = 127 if e.errno == errno.ENOENT else 126
-        finally:
-            os._exit(code)
-    os.close(status_w)
-    with os.fdopen(status_r, "rb") as f:
-        refused = f.read()
-    if refused:
-        os.waitpid(pid, 0)
-        return 0, int(refused)
-    return pid, 0
+            fd = os.open(stderr, flags, 0o666)
+            os.write(fd, f"mpibatch: cannot run {argv[0]} in {cwd}: {e.strerror or e}\n".encode())
+            os.close(fd)
+        except OSError:
+            pass
+        reply(replies, f"started {tag} 0")
+        reply(replies, f"exit {tag} {127 if e.errno == errno.ENOENT else 126}")
+        return
+    tags[pid] = tag
+    reply(replies, f"started {tag} {pid}")
 
 
-def reply(line: str) -> None:
-    os.write(1, (line + "\n").encode())
-
-
-def reap(tags: dict[int, str]) -> None:
-    """Every child that has ended: a node process's end is reported; an init's is not (the executor watches
-    each init itself: a lost node)."""
+def reap(tags: dict[int, str], replies: int, block: bool = False) -> None:
+    """Every child that has ended, each node process's end said; with `block`, until there is none left."""
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
         if pid in tags:
-            reply(f"exit {tags.pop(pid)} {os.waitstatus_to_exitcode(status)}")
+            reply(replies, f"exit {tags.pop(pid)} {os.waitstatus_to_exitcode(status)}")
 
 
-def handle(fields: list[str], inits: dict[int, int], tags: dict[int, str]) -> None:
-    if fields[0] == "kill":
-        pid = next((p for p, t in tags.items() if t == fields[1]), 0)
-        if pid:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return
-    req = Request(fields)
-    pid, refused = spawn(inits, req)
-    if pid:
-        tags[pid] = req.tag
-        reply(f"started {req.tag} {pid}")
-    else:
-        reply(f"error {req.tag} {refused}")
-
-
-def serve(inits: dict[int, int]) -> None:
-    """Requests on stdin, replies on stdout (see the module's text), until the executor closes stdin - or the run
-    ends, and this process with it."""
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the select below
+def serve_node(requests_fd: int, replies: int) -> None:
+    """A node's init: its requests until the maker closes them, then every process it started is killed and
+    reaped (bounded: SIGKILL)."""
+    wake = wake_on_sigchld()
     tags: dict[int, str] = {}  # PID -> tag of each running node process
-    pending = b""
+    pending = bytearray()
     while True:
-        ready = select.select([0, wake_r], [], [])[0]
-        if wake_r in ready:
-            os.read(wake_r, 4096)
-        reap(tags)
-        if 0 not in ready:
+        ready = select.select([requests_fd, wake], [], [])[0]
+        if wake in ready:
+            os.read(wake, 4096)
+            reap(tags, replies)
+        if requests_fd not in ready:
             continue
-        chunk = os.read(0, 1 << 20)
-        if not chunk:
+        batch = requests(requests_fd, pending)
+        if batch is None:
             break
-        pending += chunk
-        while b"\n" in pending:  # every whole request
-            head, _, rest = pending.partition(b"\n")
-            if len(rest) < int(head):
-                break
-            handle([os.fsdecode(f) for f in rest[:int(head)].split(b"\0")], inits, tags)
-            pending = rest[int(head):]
-    # The executor closed stdin: the run ends. Everything this process started is killed and reaped here, so
-    # the CPU time of every node process reaches the executor's accounting (a SIGKILL of the whole run orphans
-    # them first: their time was lost).
-    for pid in [*tags, *inits.values()]:
+        for framed in batch:
+            fields = fields_of(framed)
+            if fields[0] == "spawn":
+                spawn(fields, tags, replies)
+            elif (pid := next((p for p, t in tags.items() if t == fields[1]), 0)):  # kill
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    for pid in tags:
         try:
-            os.killpg(pid, signal.SIGKILL) if pid in tags else os.kill(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    while True:  # bounded: every child was sent SIGKILL
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            return
-        if pid in tags:
-            reply(f"exit {tags.pop(pid)} {os.waitstatus_to_exitcode(status)}")
+    reap(tags, replies, block=True)
+
+
+def node_init(nodes_dir: str, node_root: str, index: int, hostname: str, requests_fd: int, replies: int) -> None:
+    """The forked child: one line on stdout, then node INDEX's requests (see the module's text)."""
+    try:
+        become_node(nodes_dir, node_root, index, hostname)
+        line = f"ready {index} {os.getpid()}"
+    except OSError as e:
+        line = f"failed {index} {e.strerror or e}"
+    reply(1, line)
+    if not line.startswith("ready"):
+        os._exit(1)
+    fd = os.open(os.devnull, os.O_RDWR)  # no pipe of the executor stays open as a node process's stdio
+    for n in (0, 1, 2):
+        os.dup2(fd, n)
+    os.close(fd)
+    serve_node(requests_fd, replies)
+
+
+def relay(writers: dict[int, int], replies: int) -> None:
+    """The maker: each request to its node's init, until stdin ends; then the inits end, and are reaped."""
+    wake = wake_on_sigchld()
+    pending = bytearray()
+    while True:
+        ready = select.select([0, wake], [], [])[0]
+        if wake in ready:
+            os.read(wake, 4096)
+            reap({}, replies)  # an init that ended: a lost node (the executor watches each init itself)
+        if 0 not in ready:
+            continue
+        batch = requests(0, pending)
+        if batch is None:
+            break
+        for framed in batch:
+            fields = fields_of(framed)
+            try:
+                write_all(writers[int(fields[2])], framed)  # blocks while the init reads: a pipe holds 64 KiB
+            except OSError:  # its init is gone
+                reply(replies, f"lost {fields[1]}")
+    for fd in writers.values():
+        os.close(fd)
+    reap({}, replies, block=True)
 
 
 def main(argv: list[str]) -> int:
@@ -217,16 +233,20 @@ def main(argv: list[str]) -> int:
         print("usage: local_nodes.py NODES_DIR NODE_ROOT HOSTNAME...", file=sys.stderr)
         return 2
     nodes_dir, node_root, hostnames = argv[0], argv[1], argv[2:]
-    inits: dict[int, int] = {}
+    replies = os.dup(1)  # kept by every init (its stdout becomes /dev/null)
+    writers: dict[int, int] = {}  # each init's requests, by node index
     for index, hostname in enumerate(hostnames):
-        pid = os.fork()
-        if pid == 0:
+        r, w = os.pipe()
+        if os.fork() == 0:
             try:
-                node_init(nodes_dir, node_root, index, hostname)
+                for fd in (*writers.values(), w):  # only the maker writes requests: its end is their end
+                    os.close(fd)
+                node_init(nodes_dir, node_root, index, hostname, r, replies)
             finally:
-                os._exit(1)
-        inits[index] = pid
-    serve(inits)
+                os._exit(0)
+        os.close(r)
+        writers[index] = w
+    relay(writers, replies)
     return 0
 
 

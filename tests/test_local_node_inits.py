@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from mpibatch.launchers import script_path
 
 from mpibatch.errors import InfraError
 from mpibatch.executors import nodeinits, userns
 from mpibatch.executors.local import LocalTransport
+from mpibatch.executors.localenv import rehearsal_env
 from mpibatch.executors.transport import Node, Proc
 from mpibatch.executors.userns import check_namespaces
 
@@ -166,7 +168,8 @@ def test_the_agent_kills_reports_and_refuses_as_popen_would(tmp_path: Path) -> N
         assert not [p for p in processes_in(t.pid_namespaces) if cmdline(p) == "sleep 299"], "its child lives on"
         missing = t.start(n, "no-such-program-here", dict(t.helper_env), t.mount_point, out, err)
         assert wait_proc(missing) == 127
-        assert "mpibatch: cannot run no-such-program-here: No such file or directory" in t.host_path(n, err).read_text()
+        assert (f"mpibatch: cannot run no-such-program-here in {t.mount_point}: No such file or directory"
+                in t.host_path(n, err).read_text())
         with pytest.raises(OSError) as e:
             t.start(n, "/bin/true", {**t.helper_env, "BIG": "x" * 200_000}, t.mount_point, out, err)
         assert e.value.errno == errno.E2BIG
@@ -194,6 +197,8 @@ def test_node_processes_ended_with_the_run_count_in_its_cpu_time(tmp_path: Path)
 
 
 def test_a_dead_agent_makes_every_node_lost(tmp_path: Path) -> None:
+    """The maker hands each request to its node's init: without it no node can start anything, so each init ends
+    what it started and itself, and every node is lost."""
     check_namespaces()
     t = LocalTransport(workdir=str(tmp_path / "run"))
     try:
@@ -202,9 +207,13 @@ def test_a_dead_agent_makes_every_node_lost(tmp_path: Path) -> None:
                        f"{t.mount_point}/err.txt")
         assert t.lost(nodes[0]) is None and proc.poll() is None
         assert t.inits is not None and t.inits.maker is not None
-        os.kill(userns.child_pid(t.inits.maker.pid), signal.SIGKILL)  # the agent, inside the run's namespaces
-        assert wait_proc(proc) == -signal.SIGKILL  # its end is not heard of any more: counted as killed
-        assert t.lost(nodes[0]) == "emulated node node-0 went down (the emulated nodes' agent ended)"
+        os.kill(userns.child_pid(t.inits.maker.pid), signal.SIGKILL)  # the maker, inside the run's namespaces
+        assert wait_proc(proc) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while not all(t.lost(n) for n in nodes) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [t.lost(n) for n in nodes] == [f"emulated node {n.node_id} went down (its init process ended)"
+                                              for n in nodes]
     finally:
         t.close()
     assert wait_until_none_in(t.pid_namespaces) == []
@@ -242,3 +251,25 @@ def test_ready_lines() -> None:
     assert nodeinits.parse_ready(["ready 0 11", "failed 1 sethostname: Invalid argument"]) == (
         {0: "11"}, "could not create emulated node 1: sethostname: Invalid argument")
     assert nodeinits.parse_ready(["ready 0 11", ""]) == ({0: "11"}, "")
+
+
+def test_the_remote_shell_runs_a_command_in_a_session_of_its_own(tmp_path: Path) -> None:
+    """As sshd on another host would: a signal the remote command sends its process group (MPICH's proxies do as
+    they end) must not reach the MPI launcher that called the agent - it did, 2 runs in 15 of 64 nodes ended 141."""
+    check_namespaces()
+    t = LocalTransport(workdir=str(tmp_path / "run"))
+    try:
+        nodes = t.open(2)
+        env = {**t.helper_env, **rehearsal_env(script_path("local_rsh.sh"), str(t.nodes_dir), is_root=True)}
+        t.host_path(nodes[1], f"{t.mount_point}/probe.sh").write_text(
+            "read -r a b c d e sid f < /proc/$$/stat; echo $sid $$ $(hostname)\n")
+        line = (f"/bin/sh -c '{script_path('local_rsh.sh')} {nodes[1].host} /bin/sh {t.mount_point}/probe.sh; "
+                "read -r a b c d e sid f < /proc/$$/stat; echo caller $sid'")
+        proc = t.start(nodes[0], line, env, t.mount_point, f"{t.mount_point}/out.txt", f"{t.mount_point}/err.txt")
+        assert wait_proc(proc) == 0, t.host_path(nodes[0], f"{t.mount_point}/err.txt").read_text()
+        remote, caller = t.host_path(nodes[0], f"{t.mount_point}/out.txt").read_text().splitlines()
+        sid, _, host = remote.split()
+        assert host == nodes[1].node_id
+        assert caller.split()[1] != sid, "the remote command ran in its caller's session"
+    finally:
+        t.close()

@@ -261,12 +261,11 @@ class LocalTransport:
     # ------------------------------------------------------------------ processes
     def start(self, node: Node, command_line: str, env: dict[str, str], cwd: str, stdout: str,
               stderr: str) -> Proc:
-        """Started by the run's agent, in node i's namespaces (launchers/local_nodes.py): no `nsenter` and no
-        fork of this process per node process."""
+        """Started by node i's init, in its namespaces (launchers/local_nodes.py): no `nsenter` and no fork of
+        this process per node process."""
         self._nodes_up()
         assert self.inits is not None  # _nodes_up() made them
-        proc = self.inits.spawn(node.index, split_command_line(command_line), env, cwd,
-                                str(self.host_path(node, stdout)), str(self.host_path(node, stderr)))
+        proc = self.inits.spawn(node.index, split_command_line(command_line), env, cwd, stdout, stderr)
         self.procs.append(proc)
         return proc
 

@@ -121,13 +121,13 @@ class NodeInits:
 
     def spawn(self, index: int, argv: Sequence[str], env: Mapping[str, str], cwd: str, stdout: str,
               stderr: str) -> AgentProc:
-        """Start argv on node `index` (in `cwd` as the node sees it; stdout and stderr appended to those files,
-        paths as this machine sees them), in a session of its own. OSError(E2BIG) when exec refuses it."""
+        """Start argv on node `index` (in `cwd`, its output appended to `stdout` and `stderr`: paths as the node
+        sees them), in a session of its own. OSError(E2BIG) when exec refuses it."""
         with self.lock:
             if self.maker is None or not self.pids:
                 raise InfraError(self.problem or "the emulated nodes were ended")
             tag = str(next(self.tags))
-            proc = self.procs[tag] = AgentProc(tag, self)
+            proc = self.procs[tag] = AgentProc(tag, index, self)
         if not self._send(["spawn", tag, str(index), cwd, stdout, stderr, str(len(argv)), *argv,
                            *(f"{k}={v}" for k, v in env.items())]):
             with self.lock:
@@ -142,8 +142,8 @@ class NodeInits:
             raise OSError(proc.refused, os.strerror(proc.refused))
         return proc
 
-    def kill(self, tag: str) -> None:
-        self._send(["kill", tag])
+    def kill(self, proc: AgentProc) -> None:
+        self._send(["kill", proc.tag, str(proc.index)])
 
     def _send(self, fields: Sequence[str]) -> bool:
         """One request to the agent (launchers/local_nodes.py says how it is framed); False when it is gone (and
@@ -161,14 +161,14 @@ class NodeInits:
                 return False
 
     def _replies(self, fd: int) -> None:
-        """The agent's lines (`started TAG PID`, `error TAG ERRNO`, `exit TAG CODE`) until it ends; then every
-        process it had started counts as killed (they died with the run, or live on unreported)."""
+        """The agent's lines (`started TAG PID`, `error TAG ERRNO`, `exit TAG CODE`, `lost TAG`) until it ends;
+        then every process it had started counts as killed (they died with the run, or live on unreported)."""
         with os.fdopen(fd, "rb") as f:
             for line in f:
                 word, tag, value = (line.decode(errors="replace").split() + ["", "", ""])[:3]
                 with self.lock:
                     proc = self.procs.get(tag)
-                    if proc is not None and word in ("exit", "error"):
+                    if proc is not None and word in ("exit", "error", "lost"):
                         del self.procs[tag]
                 if proc is None:
                     continue
@@ -179,6 +179,9 @@ class NodeInits:
                     proc.started.set()
                 elif word == "exit":
                     proc.ended(int(value))
+                elif word == "lost":  # its node's init is gone: the lifecycle finds the node lost
+                    proc.started.set()
+                    proc.ended(-signal.SIGKILL)
         with self.lock:
             procs, self.procs = list(self.procs.values()), {}
             if not self.problem:
@@ -217,8 +220,8 @@ class AgentProc:
     """A node process the agent started: the lifecycle's Proc, with a descriptor that becomes readable when it
     ends (as a pidfd does), so a wait wakes at once."""
 
-    def __init__(self, tag: str, inits: NodeInits) -> None:
-        self.tag, self.inits = tag, inits
+    def __init__(self, tag: str, index: int, inits: NodeInits) -> None:
+        self.tag, self.index, self.inits = tag, index, inits
         self.started = threading.Event()
         self.refused = 0  # errno, when exec refused it
         self.returncode: int | None = None
@@ -243,7 +246,7 @@ class AgentProc:
     def kill(self) -> None:
         """Kill its process group and wait (bounded) until the agent has seen it end."""
         if not self._ended.is_set():
-            self.inits.kill(self.tag)
+            self.inits.kill(self)
             self._ended.wait(REPLY_S)
         self.close()
 

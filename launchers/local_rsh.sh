@@ -21,10 +21,7 @@ for name in "${!AZ_BATCH_@}" CCP_NODES; do unset "$name"; done
 # Already inside the run's user and PID namespaces (as root there): enter only the
 # node's mount and UTS namespaces. A caller that is not root (a non-admin task of `mpibatch
 # emulate`) owns the node's user namespace instead: it enters that too, and stays itself there.
-# The command runs in a session of its own, as sshd runs it on another host: a signal the remote
-# side sends its process group never reaches the launcher here (MPICH's mpiexec died of SIGPIPE
-# from one of its proxies in about one run in ten of 64 nodes).
 if [ "$EUID" -ne 0 ]; then
-  exec nsenter -t "$pid" -U --preserve-credentials -m -u -- setsid -w /bin/sh -c "$*"
+  exec nsenter -t "$pid" -U --preserve-credentials -m -u -- /bin/sh -c "$*"
 fi
-exec nsenter -t "$pid" -m -u -- setsid -w /bin/sh -c "$*"
+exec nsenter -t "$pid" -m -u -- /bin/sh -c "$*"

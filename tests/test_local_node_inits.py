@@ -252,24 +252,3 @@ def test_ready_lines() -> None:
         {0: "11"}, "could not create emulated node 1: sethostname: Invalid argument")
     assert nodeinits.parse_ready(["ready 0 11", ""]) == ({0: "11"}, "")
 
-
-def test_the_remote_shell_runs_a_command_in_a_session_of_its_own(tmp_path: Path) -> None:
-    """As sshd on another host would: a signal the remote command sends its process group (MPICH's proxies do as
-    they end) must not reach the MPI launcher that called the agent - it did, 2 runs in 15 of 64 nodes ended 141."""
-    check_namespaces()
-    t = LocalTransport(workdir=str(tmp_path / "run"))
-    try:
-        nodes = t.open(2)
-        env = {**t.helper_env, **rehearsal_env(script_path("local_rsh.sh"), str(t.nodes_dir), is_root=True)}
-        t.host_path(nodes[1], f"{t.mount_point}/probe.sh").write_text(
-            "read -r a b c d e sid f < /proc/$$/stat; echo $sid $$ $(hostname)\n")
-        line = (f"/bin/sh -c '{script_path('local_rsh.sh')} {nodes[1].host} /bin/sh {t.mount_point}/probe.sh; "
-                "read -r a b c d e sid f < /proc/$$/stat; echo caller $sid'")
-        proc = t.start(nodes[0], line, env, t.mount_point, f"{t.mount_point}/out.txt", f"{t.mount_point}/err.txt")
-        assert wait_proc(proc) == 0, t.host_path(nodes[0], f"{t.mount_point}/err.txt").read_text()
-        remote, caller = t.host_path(nodes[0], f"{t.mount_point}/out.txt").read_text().splitlines()
-        sid, _, host = remote.split()
-        assert host == nodes[1].node_id
-        assert caller.split()[1] != sid, "the remote command ran in its caller's session"
-    finally:
-        t.close()

@@ -13,12 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from mpibatch.launchers import script_path
 
 from mpibatch.errors import InfraError
 from mpibatch.executors import nodeinits, userns
 from mpibatch.executors.local import LocalTransport
-from mpibatch.executors.localenv import rehearsal_env
 from mpibatch.executors.transport import Node, Proc
 from mpibatch.executors.userns import check_namespaces
 

@@ -19,7 +19,8 @@
 #                       the task directory
 # Writes this node's environment and the per-rank wrapper into the working directory. Environment: the Batch variables (docs/batch-semantics.md#environment); for
 # rehearsals MPIBATCH_RSH (remote shell, default ssh), MPIBATCH_PEER_CHECK=0 (skip the reachability
-# check), MPIBATCH_SYSFS (default /sys); MPIBATCH_VERSION_WAIT (seconds `--launcher --version` may take, 30).
+# check), MPIBATCH_SYSFS (default /sys); MPIBATCH_VERSION_WAIT (seconds `--launcher --version` may take, 30),
+# MPIBATCH_LAUNCHER_CHECK=primary (the launcher is checked on the primary only).
 set -euo pipefail
 
 rank_dir="" shared_mode="none" links=() modules=() source_script="" source_args=()
@@ -134,8 +135,10 @@ if [ ${#modules[@]} -gt 0 ] || [ -n "$source_script" ]; then
 fi
 
 # 2b. The runtime on this node must be the spec's flavour: another MPI's launcher takes the arguments
-#     it understands and runs the ranks by its own rules, without a word.
-if [ -n "$launcher" ]; then
+#     it understands and runs the ranks by its own rules, without a word. Emulated nodes share one
+#     machine's programs and the task's PATH: there the primary's finding is every node's
+#     (MPIBATCH_LAUNCHER_CHECK=primary), and the check - a program run, 3 ms a node - runs once.
+if [ -n "$launcher" ] && { [ "$is_master" = true ] || [ "${MPIBATCH_LAUNCHER_CHECK:-}" != primary ]; }; then
   path=""  # where PATH finds it, by bash's own lookup (`hash`: no subshell)
   case "$launcher" in
     */*) if [ -x "$launcher" ]; then path=$launcher; fi ;;

@@ -277,3 +277,17 @@ def test_a_launcher_whose_version_hangs_is_ended_and_its_words_still_count(tmp_p
     else:
         os.kill(pid, 9)
         raise AssertionError("the hanging launcher was left running")
+
+
+def test_launcher_checked_on_every_node_unless_only_the_primary_is_asked(tmp_path):
+    """A subtask whose launcher is another flavour's fails its coordination - on Batch, where nodes may differ; on
+    emulated nodes (MPIBATCH_LAUNCHER_CHECK=primary: one machine's programs) only the primary checks."""
+    args = ["--launcher", "mpiexec", "--expect", "Open MPI", "--runtime", "Open MPI=Open MPI",
+            "--runtime", "MPICH=HYDRA build details"]
+    path = f"{VENVS / 'mpich' / 'bin'}:{SYSTEM_PATH}"
+    sub = _coordinate(tmp_path, args, path, AZ_BATCH_IS_CURRENT_NODE_MASTER="false")
+    assert sub.returncode == 1 and "the spec's flavour is Open MPI but mpiexec on this node" in sub.stderr
+    assert _coordinate(tmp_path, args, path, AZ_BATCH_IS_CURRENT_NODE_MASTER="false",
+                       MPIBATCH_LAUNCHER_CHECK="primary").returncode == 0
+    primary = _coordinate(tmp_path, args, path, MPIBATCH_LAUNCHER_CHECK="primary")
+    assert primary.returncode == 1 and "the spec's flavour is Open MPI" in primary.stderr

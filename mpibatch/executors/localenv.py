@@ -20,7 +20,9 @@ def rehearsal_env(agent: str, nodes_dir: str, *, is_root: bool) -> dict[str, str
     # No reachability check (coordinate.sh step 3): it names a firewall between two VMs, and emulated nodes have
     # none - the agent reaches a node by its init's PID, and the launch itself says so if it cannot. At 64 nodes
     # the primary's 63 logins through the agent were 250 programs and a tenth of a second before every run.
-    env: dict[str, str] = {"MPIBATCH_RSH": agent, "MPIBATCH_LOCAL_NODES": nodes_dir, "MPIBATCH_PEER_CHECK": "0"}
+    # The launcher's flavour is checked on the primary only: every emulated node runs this machine's programs.
+    env: dict[str, str] = {"MPIBATCH_RSH": agent, "MPIBATCH_LOCAL_NODES": nodes_dir, "MPIBATCH_PEER_CHECK": "0",
+                           "MPIBATCH_LAUNCHER_CHECK": "primary"}
     for flavor in FLAVORS.values():
         env |= flavor.local_agent_env(agent) | flavor.rehearsal_env(is_root=is_root)
     return env

@@ -7,7 +7,7 @@ per HOSTNAME, i.e. per node, in its own mount and UTS namespaces:
 - /dev/shm is its own (POSIX shared-memory segments never reach the host's, nor another node's or run's; System V
   ones are the run's, and UCX, seeing one kernel boot id, treats the nodes as one machine).
 /etc/hosts comes from the run (local_run_init.sh). Each init writes `ready INDEX PID` (its PID in the run's PID
-namespace) or `failed INDEX REASON` on stdout, then sleeps until the executor ends the run.
+namespace) or `failed INDEX REASON` on stdout, then serves its node's requests (below) until the run ends.
 
 One fork per node instead of a chain of programs (nsenter, unshare, a shell, mount three times, hostname,
 sleep): at 64 nodes that chain was most of a run's start-up CPU. Standard library only; the system calls through

@@ -48,7 +48,7 @@ def _scratch_copy(src: Path, dest: Path) -> None:
 
 class LocalTransport:
     name = "local"
-    poll_s = 0.01  # a poll here is a waitpid: look often, so no wait adds tens of milliseconds to a run
+    poll_s = 0.01  # only where a process offers no descriptor to wait on (each wakes the lifecycle as it ends)
     MODULEFILES = "modulefiles"  # in the run's directory: what the nodes' `module avail` lists
     # Popen arguments of the run's init and node inits (a subclass starts them as another user).
     spawn_as: dict[str, Any] = {}

@@ -1,7 +1,8 @@
 """The inits of a local run's emulated nodes, as the local executor sees them: one process started in the run's
 namespaces (launchers/local_nodes.py) forks them all, and each says it is ready with its PID in the run's PID
-namespace. Here: their PIDs on this machine, a pidfd of each, and whether one has ended. The same process then
-starts every node process the executor asks for (`spawn`), and says when each ends (`AgentProc`)."""
+namespace. Here: their PIDs on this machine, a pidfd of each, and whether one has ended; and the node processes
+each init starts when the executor asks (`spawn`, through that one process), each an `AgentProc` that says when
+it ends."""
 from __future__ import annotations
 
 import itertools
@@ -135,6 +136,7 @@ class NodeInits:
             proc.close()
             raise InfraError(self.problem or "the emulated nodes' agent ended")
         if not proc.started.wait(REPLY_S):
+            proc.close()
             raise InfraError(f"the emulated nodes' agent did not start a process on node {index} within "
                              f"{REPLY_S:.0f} s")
         if proc.refused:

@@ -173,17 +173,19 @@ def serve_node(requests_fd: int, replies: int) -> None:
             fields = fields_of(framed)
             if fields[0] == "spawn":
                 spawn(fields, tags, replies)
-            elif (pid := next((p for p, t in tags.items() if t == fields[1]), 0)):  # kill
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            else:  # kill
+                for pid in [p for p, t in tags.items() if t == fields[1]]:
+                    kill_group(pid)
     for pid in tags:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(pid)
     reap(tags, replies, block=True)
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # ended already: its exit is reaped and said
+        pass
 
 
 def node_init(nodes_dir: str, node_root: str, index: int, hostname: str, requests_fd: int, replies: int) -> None:
@@ -218,11 +220,11 @@ def relay(writers: dict[int, int], replies: int) -> None:
         if batch is None:
             break
         for framed in batch:
-            fields = fields_of(framed)
+            tag, index = framed.partition(b"\n")[2].split(b"\0", 3)[1:3]  # the rest is the init's to read
             try:
-                write_all(writers[int(fields[2])], framed)  # blocks while the init reads: a pipe holds 64 KiB
+                write_all(writers[int(index)], framed)  # blocks while the init reads: a pipe holds 64 KiB
             except OSError:  # its init is gone
-                reply(replies, f"lost {fields[1]}")
+                reply(replies, f"lost {tag.decode()}")
     for fd in writers.values():
         os.close(fd)
     reap({}, replies, block=True)

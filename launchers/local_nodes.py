@@ -33,6 +33,7 @@ import os
 import select
 import signal
 import sys
+from collections.abc import Iterator
 
 CLONE_NEWNS, CLONE_NEWUTS = 0x00020000, 0x04000000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
@@ -82,17 +83,25 @@ def wake_on_sigchld() -> int:
     return wake_r
 
 
-def requests(fd: int, pending: bytearray) -> list[bytes] | None:
-    """The whole requests read from `fd` (what is left of a partial one stays in `pending`); None at its end."""
-    chunk = os.read(fd, 1 << 20)
-    if not chunk:
-        return None
-    pending += chunk
-    whole = []
-    while (nl := pending.find(b"\n")) >= 0 and len(pending) - nl - 1 >= (size := int(pending[:nl])):
-        whole.append(bytes(pending[:nl + 1 + size]))  # the request as framed, to pass on unchanged
-        del pending[:nl + 1 + size]
-    return whole
+def each_request(fd: int, tags: dict[int, str], replies: int) -> Iterator[bytes]:
+    """Every whole request read from `fd`, as framed, until it ends; meanwhile every child that ends is reaped
+    (and said, when it is one of `tags`)."""
+    wake = wake_on_sigchld()
+    pending = bytearray()
+    while True:
+        ready = select.select([fd, wake], [], [])[0]
+        if wake in ready:
+            os.read(wake, 4096)
+            reap(tags, replies)
+        if fd not in ready:
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return
+        pending += chunk
+        while (nl := pending.find(b"\n")) >= 0 and len(pending) - nl - 1 >= (size := int(pending[:nl])):
+            yield bytes(pending[:nl + 1 + size])
+            del pending[:nl + 1 + size]
 
 
 def fields_of(framed: bytes) -> list[str]:
@@ -156,26 +165,14 @@ def reap(tags: dict[int, str], replies: int, block: bool = False) -> None:
 def serve_node(requests_fd: int, replies: int) -> None:
     """A node's init: its requests until the maker closes them, then every process it started is killed and
     reaped (bounded: SIGKILL)."""
-    wake = wake_on_sigchld()
     tags: dict[int, str] = {}  # PID -> tag of each running node process
-    pending = bytearray()
-    while True:
-        ready = select.select([requests_fd, wake], [], [])[0]
-        if wake in ready:
-            os.read(wake, 4096)
-            reap(tags, replies)
-        if requests_fd not in ready:
-            continue
-        batch = requests(requests_fd, pending)
-        if batch is None:
-            break
-        for framed in batch:
-            fields = fields_of(framed)
-            if fields[0] == "spawn":
-                spawn(fields, tags, replies)
-            else:  # kill
-                for pid in [p for p, t in tags.items() if t == fields[1]]:
-                    kill_group(pid)
+    for framed in each_request(requests_fd, tags, replies):
+        fields = fields_of(framed)
+        if fields[0] == "spawn":
+            spawn(fields, tags, replies)
+        else:  # kill
+            for pid in [p for p, t in tags.items() if t == fields[1]]:
+                kill_group(pid)
     for pid in tags:
         kill_group(pid)
     reap(tags, replies, block=True)
@@ -206,25 +203,14 @@ def node_init(nodes_dir: str, node_root: str, index: int, hostname: str, request
 
 
 def relay(writers: dict[int, int], replies: int) -> None:
-    """The maker: each request to its node's init, until stdin ends; then the inits end, and are reaped."""
-    wake = wake_on_sigchld()
-    pending = bytearray()
-    while True:
-        ready = select.select([0, wake], [], [])[0]
-        if wake in ready:
-            os.read(wake, 4096)
-            reap({}, replies)  # an init that ended: a lost node (the executor watches each init itself)
-        if 0 not in ready:
-            continue
-        batch = requests(0, pending)
-        if batch is None:
-            break
-        for framed in batch:
-            tag, index = framed.partition(b"\n")[2].split(b"\0", 3)[1:3]  # the rest is the init's to read
-            try:
-                write_all(writers[int(index)], framed)  # blocks while the init reads: a pipe holds 64 KiB
-            except OSError:  # its init is gone
-                reply(replies, f"lost {tag.decode()}")
+    """The maker: each request to its node's init, until stdin ends; then the inits end, and are reaped (an init
+    that ends before is a lost node: the executor watches each init itself)."""
+    for framed in each_request(0, {}, replies):
+        tag, index = framed.partition(b"\n")[2].split(b"\0", 3)[1:3]  # the rest is the init's to read
+        try:
+            write_all(writers[int(index)], framed)  # blocks while the init reads: a pipe holds 64 KiB
+        except OSError:  # its init is gone
+            reply(replies, f"lost {tag.decode()}")
     for fd in writers.values():
         os.close(fd)
     reap({}, replies, block=True)

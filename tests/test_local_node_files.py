@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from mpibatch.launchers.protocol import NodeLayout
 
-from mpibatch.executors.leftovers import exited_within, remove_tree
+from mpibatch.executors.leftovers import remove_tree
 from mpibatch.executors.local import LocalExecutor, LocalTransport
 from mpibatch.executors.localenv import FS_IOC_GETFLAGS, FS_TOPDIR_FL, scratch_base, spread_subdirectories
+from mpibatch.executors.userns import exited_within
 from mpibatch.render import LAUNCHER_DIR, NODE_FILES
 from mpibatch.results import TaskResult
 from tests.infra.fixtures import mpi_env

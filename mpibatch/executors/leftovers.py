@@ -11,16 +11,18 @@ import logging
 import os
 import re
 import secrets
-import select
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from .userns import exited_within
+
 log = logging.getLogger(__name__)
 
 DOWNLOADS_PREFIX = "mpibatch-downloads-"
 RM = "/bin/rm"  # by its path: a user's PATH may put a trash-can wrapper called rm first
+RM_WAIT_S = 600
 # The owner is in the name itself (no owner file to write after mkdir, so no window where a kill leaves a
 # directory nobody can attribute): mpibatch-downloads-<pid>.<start time>.<random>.
 _DOWNLOADS_NAME = re.compile(re.escape(DOWNLOADS_PREFIX) + r"(\d+)\.(\d+)\.[0-9a-f]+")
@@ -101,25 +103,3 @@ def remove_tree(root: Path) -> None:
     if os.path.lexists(root):
         shutil.rmtree(root, ignore_errors=True)
 
-
-RM_WAIT_S = 600
-
-
-def exited_within(p: subprocess.Popen[bytes], seconds: float) -> bool:
-    """Whether `p` ends (and is reaped) within `seconds`, woken by its exit through a pidfd: Popen.wait(timeout)
-    looks with sleeps that double up to 50 ms, and saw rm end up to 30 ms late at the end of every run."""
-    try:
-        fd = os.pidfd_open(p.pid)
-    except (OSError, AttributeError):  # before Linux 5.3
-        try:
-            p.wait(timeout=seconds)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        ready, _, _ = select.select([fd], [], [], seconds)  # readable once the process has exited
-    finally:
-        os.close(fd)
-    if ready:
-        p.wait()
-    return bool(ready)

@@ -17,8 +17,7 @@ from typing import Any
 
 from ..errors import InfraError
 from ..launchers import script_path
-from .leftovers import exited_within
-from .userns import child_pid, child_pids, ns_pid, process_running
+from .userns import child_pid, child_pids, exited_within, ns_pid, process_running
 
 READY_S = 120.0  # for every init of a run to say it is up (64 take well under a second)
 REPLY_S = 60.0  # for the agent to say a process started (a fork and an exec), or ended once killed
